@@ -1,0 +1,525 @@
+"""compile(model, profile, calibration data) -> QuantizedGraph.
+
+Steps, in order (each a function below, so PTQ algorithms can hook in between):
+
+1. ``fold_graph``: BatchNorm handling (``fold``: WP eq. 11-12; ``scale``: weights stay unfolded,
+   γ/√(σ²+ε) goes into the per-channel requant multiplier, WP eq. 41), dead-BN-channel
+   detection, and fusion of ReLU/ReLU6 into the preceding conv/linear/add as its output clamp.
+   The result is a float graph without BN whose float outputs equal the original's.
+2. ``calibrate``: float forward pass of the folded graph on calibration images (a seeded subset
+   of the train split); records every tensor that gets its own integer grid.
+3. ``quantize``: weight grids (min-max / MSE, per tensor / channel, float / pow2 scales,
+   ``step_scale``), activation grids (min-max / MSE / percentile), int32 biases at s_x·s_w,
+   requant parameters, overflow certificates. ``QuantHooks`` lets a PTQ algorithm replace the
+   weight or activation range setting, or adjust weights/biases before quantization.
+
+Tensors that only move values (max-pool, flatten, a standalone ReLU) share their input's
+grid; average pooling keeps its input's grid (a rounded mean of grid values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from hwsim import certify, ops
+from hwsim.errors import HwsimError
+from hwsim.floatref import run_float
+from hwsim.graph import Graph, Node
+from hwsim.profile import Profile, TensorFormat
+
+LINEAR_OPS = ("conv2d", "linear")
+GRID_PRESERVING = ("maxpool2d", "flatten", "relu", "relu6")
+DEAD_VAR_RATIO = 1e-3  # running_var < ratio * eps marks a BN channel as dead (see docs)
+
+
+# ----------------------------------------------------------------------------- data classes
+@dataclass
+class Grid:
+    """An integer grid for one tensor: real = scale * (q - zero_point), q in [qmin, qmax]."""
+
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+    bits: int
+    signed: bool
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """float -> grid, round half to even (the input quantizer)."""
+        q = np.rint(np.asarray(x, np.float64) / self.scale) + self.zero_point
+        return np.clip(q, self.qmin, self.qmax).astype(np.int64)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return ((q - self.zero_point) * self.scale).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class QLayer:
+    """One executable step of a quantized graph."""
+
+    name: str
+    op: str  # conv2d | linear | maxpool2d | avgpool2d | global_avgpool | add | concat | flatten | relu
+    kind: str  # conv | depthwise | linear | add | concat | pool | move
+    inputs: list[str]
+    output: str
+    attrs: dict = field(default_factory=dict)
+    # linear ops
+    w_q: np.ndarray | None = None
+    w_zero_point: np.ndarray | int = 0
+    w_scale: np.ndarray | None = None  # effective per-channel scale (incl. BN 'scale' factor)
+    bias_q: np.ndarray | None = None
+    bias_clipped: int = 0
+    accumulator: ops.Accumulator | None = None
+    requant: ops.Requant | None = None
+    requant_params: object = None
+    certificate: object = None
+    # float copies for weight-only execution and the fake-quant mirror
+    w_float: np.ndarray | None = None
+    b_float: np.ndarray | None = None
+    # output clamp (fused activation) on the output grid
+    clamp: tuple[int, int] | None = None
+    activation: str | None = None
+    profile: Profile | None = None
+
+
+@dataclass
+class QuantizedGraph:
+    """Everything the integer executor needs; no floats on the integer path except the input scale."""
+
+    model: Graph  # the folded float graph (no BN, activations fused as attrs)
+    profile: Profile
+    grids: dict[str, Grid]
+    layers: list[QLayer]
+    input_name: str
+    output_name: str
+    dead_channels: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def weight_only(self) -> bool:
+        return self.profile.weight_only
+
+    def layer(self, name: str) -> QLayer:
+        for lay in self.layers:
+            if lay.name == name:
+                return lay
+        raise KeyError(name)
+
+    @property
+    def mac_layers(self) -> list[QLayer]:
+        return [lay for lay in self.layers if lay.op in LINEAR_OPS]
+
+
+@dataclass
+class QuantHooks:
+    """Extension points for PTQ algorithms (ACIQ, Lp, LAPQ, bias correction, CLE, AdaRound).
+
+    - ``before_quantize(folded_graph, calib_tensors) -> folded_graph``: e.g. CLE rescaling.
+    - ``weight_range(layer_name, w, fmt) -> (lo, hi)`` per channel arrays: replaces min-max/MSE.
+    - ``activation_range(tensor_name, values, fmt) -> (lo, hi)``: replaces min-max/MSE/percentile.
+    - ``after_quantize(qgraph, calib_images) -> qgraph``: e.g. bias correction, AdaRound.
+    """
+
+    before_quantize: Callable | None = None
+    weight_range: Callable | None = None
+    activation_range: Callable | None = None
+    after_quantize: Callable | None = None
+
+
+# ----------------------------------------------------------------------------- step 1: fold
+def _op_kind(node: Node, graph: Graph) -> str:
+    if node.op == "conv2d":
+        w = graph.param(node, "weight")
+        groups = node.attrs.get("groups", 1)
+        return "depthwise" if groups > 1 and groups == w.shape[0] and w.shape[1] == 1 else "conv"
+    return {"linear": "linear", "add": "add", "concat": "concat", "maxpool2d": "pool",
+            "avgpool2d": "pool", "global_avgpool": "pool"}.get(node.op, "move")
+
+
+def fold_graph(graph: Graph, batchnorm: str = "fold") -> tuple[Graph, list[dict]]:
+    """Fold BN into the preceding conv/linear and fuse ReLU/ReLU6 into their producer.
+
+    Returns the folded float graph and the list of dead BN channels found. With ``batchnorm =
+    'scale'`` the folded graph is the same float function; the unfolded weights and the BN
+    factor are kept in the node attrs (``bn_scale``) for :func:`quantize` (WP eq. 41).
+    """
+    consumers: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            consumers.setdefault(i, []).append(n)
+    tensors = dict(graph.tensors)
+    replaced: dict[str, str] = {}  # tensor name -> tensor name it is now produced as
+    removed: set[str] = set()
+    dead: list[dict] = []
+    new_nodes: list[Node] = []
+    by_name = {n.name: n for n in graph.nodes}
+
+    def sole_consumer(tensor: str, op: tuple[str, ...]) -> Node | None:
+        cs = consumers.get(tensor, [])
+        if len(cs) == 1 and cs[0].op in op and tensor not in graph.outputs:
+            return cs[0]
+        return None
+
+    for n in graph.nodes:
+        if n.name in removed:
+            continue
+        node = Node(n.name, n.op, [replaced.get(i, i) for i in n.inputs], list(n.outputs), dict(n.attrs), dict(n.params))
+        if node.op == "batchnorm":
+            raise HwsimError(f"node '{n.name}': a batchnorm that does not follow a conv2d/linear "
+                             "(as its only consumer) cannot be folded; hwsim supports conv/linear -> batchnorm")
+        out = n.outputs[0]
+        if node.op in LINEAR_OPS:
+            w = tensors[node.params["weight"]].astype(np.float64)
+            b = (tensors[node.params["bias"]].astype(np.float64) if node.params.get("bias")
+                 else np.zeros(w.shape[0]))
+            bn = sole_consumer(out, ("batchnorm",))
+            if bn is not None:
+                g = tensors[bn.params["weight"]].astype(np.float64)
+                beta = tensors[bn.params["bias"]].astype(np.float64)
+                mu = tensors[bn.params["running_mean"]].astype(np.float64)
+                var = tensors[bn.params["running_var"]].astype(np.float64)
+                eps = float(bn.attrs.get("eps", 1e-5))
+                f = g / np.sqrt(var + eps)  # WP eq. 11: W~ = γW/√(σ²+ε)
+                wf = w * f.reshape((-1,) + (1,) * (w.ndim - 1))
+                bf = beta + f * (b - mu)  # WP eq. 12: b~ = β + γ(b − μ)/√(σ²+ε)
+                # dead channels: running variance ~ 0 blows the folded weights up (DESIGN.md)
+                per_ch = np.abs(wf).reshape(w.shape[0], -1).max(axis=1)
+                med = float(np.median(per_ch)) if per_ch.size else 0.0
+                for c in np.nonzero(var < DEAD_VAR_RATIO * eps)[0]:
+                    if per_ch[c] > 10 * max(med, 1e-12) or var[c] == 0:
+                        dead.append({"layer": node.name, "batchnorm": bn.name, "channel": int(c),
+                                     "running_var": float(var[c]), "folded_max_abs_weight": float(per_ch[c])})
+                        wf[c] = 0.0
+                        w[c] = 0.0
+                        f[c] = 0.0 if batchnorm == "fold" else f[c]
+                if batchnorm == "scale":
+                    node.attrs["bn_scale"] = f.astype(np.float64).tolist()
+                    tensors[f"{node.name}.weight_unfolded"] = w.astype(np.float32)
+                tensors[node.params["weight"]] = wf.astype(np.float32)
+                bname = node.params.get("bias") or f"{node.name}.bias"
+                tensors[bname] = bf.astype(np.float32)
+                node.params["bias"] = bname
+                removed.add(bn.name)
+                replaced[bn.outputs[0]] = out
+                out_alias = bn.outputs[0]
+            else:
+                out_alias = out
+            node = _fuse_activation(node, out_alias, sole_consumer, removed, replaced, by_name)
+        elif node.op == "add":
+            node = _fuse_activation(node, out, sole_consumer, removed, replaced, by_name)
+        new_nodes.append(node)
+    outputs = [replaced.get(o, o) for o in graph.outputs]
+    used = {t for nd in new_nodes for t in nd.params.values()}
+    folded = Graph(inputs=graph.inputs, nodes=new_nodes, outputs=outputs,
+                   tensors={k: v for k, v in tensors.items() if k in used or k.endswith(".weight_unfolded")},
+                   metadata=dict(graph.metadata))
+    return folded, dead
+
+
+def _fuse_activation(node, out, sole_consumer, removed, replaced, by_name):
+    act = sole_consumer(out, ("relu", "relu6"))
+    node.outputs = [out]
+    if act is not None:
+        node.attrs["activation"] = act.op
+        removed.add(act.name)
+        replaced[act.outputs[0]] = node.outputs[0]
+        # keep the activation's name as the tensor name so consumers need no renaming
+        node.outputs = [act.outputs[0]]
+        replaced[out] = act.outputs[0]
+    return node
+
+
+def _float_graph(folded: Graph) -> Graph:
+    """The folded graph as plain float nodes (fused activations re-expanded) for run_float."""
+    nodes: list[Node] = []
+    for n in folded.nodes:
+        act = n.attrs.get("activation")
+        attrs = {k: v for k, v in n.attrs.items() if k not in ("activation", "bn_scale")}
+        if act:
+            pre = n.outputs[0] + "::pre"
+            nodes.append(Node(n.name, n.op, list(n.inputs), [pre], attrs, dict(n.params)))
+            nodes.append(Node(n.name + "::" + act, act, [pre], list(n.outputs), {}, {}))
+        else:
+            nodes.append(Node(n.name, n.op, list(n.inputs), list(n.outputs), attrs, dict(n.params)))
+    return Graph(inputs=folded.inputs, nodes=nodes, outputs=folded.outputs,
+                 tensors=folded.tensors, metadata=folded.metadata)
+
+
+# ----------------------------------------------------------------------------- step 2: calibrate
+def calibrate(folded: Graph, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Float forward pass over normalised calibration images; every named tensor, concatenated."""
+    fg = _float_graph(folded)
+    out: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), batch_size):
+        res = run_float(fg, images[i:i + batch_size], return_all=True)
+        for k, v in res.items():
+            out.setdefault(k, []).append(np.asarray(v, np.float32))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- range setting
+def _pow2(scale: np.ndarray, how: str) -> np.ndarray:
+    e = np.log2(scale)
+    e = np.ceil(e) if how == "ceil" else np.round(e)
+    return np.exp2(e)
+
+
+def int_grid(fmt: TensorFormat, bits: int | None = None) -> tuple[int, int]:
+    b = bits or fmt.bits
+    if not fmt.signed:
+        return 0, 2**b - 1
+    return -(2 ** (b - 1)) + (1 if fmt.narrow else 0), 2 ** (b - 1) - 1
+
+
+def scale_zero_point(lo, hi, fmt: TensorFormat, qmin: int, qmax: int):
+    """Range [lo, hi] (arrays) -> (scale, zero_point) on the format's grid (WP eq. 2-3)."""
+    lo = np.minimum(np.asarray(lo, np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, np.float64), 0.0)
+    if fmt.symmetric:
+        top = qmax if fmt.signed else qmax
+        amax = np.maximum(np.abs(lo), np.abs(hi)) if fmt.signed else hi
+        scale = amax / top
+        zp = np.zeros_like(scale, dtype=np.int64)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+        zp = None
+    scale = np.where(scale > 0, scale, 1.0) * fmt.step_scale
+    if fmt.scale == "pow2":
+        scale = _pow2(scale, fmt.pow2_rounding)
+    if zp is None:
+        zp = np.clip(np.rint(qmin - lo / scale), qmin, qmax).astype(np.int64)
+    return scale, zp
+
+
+def fake_quant(x, scale, zp, qmin, qmax):
+    return (np.clip(np.rint(x / scale) + zp, qmin, qmax) - zp) * scale
+
+
+def _mse_range(x: np.ndarray, fmt, qmin, qmax, axis_reduce=None, grid=np.linspace(0.2, 1.0, 41)):
+    """Clipping search: the range α·[min, max] minimising ||x − Q(x)||² (α on a fixed grid)."""
+    if axis_reduce is None:
+        lo0, hi0 = float(x.min()), float(x.max())
+        best, best_err = (lo0, hi0), np.inf
+        for a in grid:
+            s, z = scale_zero_point(a * lo0, a * hi0, fmt, qmin, qmax)
+            err = float(np.mean((x - fake_quant(x, s, z, qmin, qmax)) ** 2))
+            if err < best_err:
+                best, best_err = (a * lo0, a * hi0), err
+        return best
+    # per channel (rows of a 2-D array)
+    lo0, hi0 = x.min(axis=1), x.max(axis=1)
+    best_lo, best_hi = lo0.copy(), hi0.copy()
+    best_err = np.full(x.shape[0], np.inf)
+    for a in grid:
+        s, z = scale_zero_point(a * lo0, a * hi0, fmt, qmin, qmax)
+        err = np.mean((x - fake_quant(x, s[:, None], z[:, None], qmin, qmax)) ** 2, axis=1)
+        better = err < best_err
+        best_lo[better], best_hi[better], best_err[better] = a * lo0[better], a * hi0[better], err[better]
+    return best_lo, best_hi
+
+
+def weight_grid(w: np.ndarray, fmt: TensorFormat, bits: int, hook=None, name=""):
+    """Per-channel (or per-tensor, broadcast) weight scale and zero point arrays of length Cout."""
+    qmin, qmax = int_grid(fmt, bits)
+    w2 = w.reshape(w.shape[0], -1).astype(np.float64)
+    if hook is not None:
+        lo, hi = hook(name, w2, fmt)
+    elif fmt.granularity == "per_channel":
+        lo, hi = _mse_range(w2, fmt, qmin, qmax, axis_reduce=1) if fmt.range == "mse" else (w2.min(1), w2.max(1))
+    else:
+        lo, hi = _mse_range(w2, fmt, qmin, qmax) if fmt.range == "mse" else (w2.min(), w2.max())
+        lo, hi = np.full(w2.shape[0], lo), np.full(w2.shape[0], hi)
+    scale, zp = scale_zero_point(lo, hi, fmt, qmin, qmax)
+    return np.asarray(scale, np.float64), np.asarray(zp, np.int64), qmin, qmax
+
+
+def activation_grid(x: np.ndarray, fmt: TensorFormat, bits: int, hook=None, name="") -> Grid:
+    qmin, qmax = int_grid(fmt, bits)
+    v = x.reshape(-1).astype(np.float64)
+    if hook is not None:
+        lo, hi = hook(name, v, fmt)
+    elif fmt.range == "percentile":
+        lo, hi = np.percentile(v, 100 - fmt.percentile), np.percentile(v, fmt.percentile)
+    elif fmt.range == "mse":
+        sub = v if v.size <= 200_000 else v[np.random.default_rng(0).choice(v.size, 200_000, replace=False)]
+        lo, hi = _mse_range(sub, fmt, qmin, qmax)
+    else:
+        lo, hi = v.min(), v.max()
+    s, z = scale_zero_point(lo, hi, fmt, qmin, qmax)
+    return Grid(float(s), int(z), qmin, qmax, bits, fmt.signed)
+
+
+# ----------------------------------------------------------------------------- step 3: quantize
+def _accumulator(p: Profile) -> ops.Accumulator:
+    a = p.accumulator
+    return ops.Accumulator(bits=a.bits, overflow=a.overflow, rows=a.rows,
+                           partial_bits=a.partial_bits, partial_overflow=a.partial_overflow)
+
+
+def _requant(p: Profile) -> ops.Requant:
+    r = p.requant
+    return ops.Requant(mode=r.mode, rounding=r.rounding, fixed_rounding=r.fixed_rounding,
+                       fixed_ties=tuple(r.fixed_ties), multiplier_bits=r.multiplier_bits,
+                       zero_point=r.zero_point, multiplier_order=r.multiplier_order, seed=r.seed)
+
+
+def _round_array(x: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "half_even":
+        return np.rint(x)
+    if mode == "half_away":
+        return np.sign(x) * np.floor(np.abs(x) + 0.5)
+    if mode == "half_up":
+        return np.floor(x + 0.5)
+    if mode == "floor":
+        return np.floor(x)
+    return np.trunc(x)
+
+
+def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
+                  hooks: QuantHooks | None = None) -> QuantizedGraph:
+    """Quantize a float graph for a profile. ``calib_images`` are *normalised* float32 NCHW."""
+    hooks = hooks or QuantHooks()
+    folded, dead = fold_graph(model, profile.batchnorm)
+    calib = calibrate(folded, calib_images)
+    if hooks.before_quantize is not None:
+        folded = hooks.before_quantize(folded, calib)
+        calib = calibrate(folded, calib_images)
+    input_name = folded.inputs[0].name
+    mac_nodes = [n for n in folded.nodes if n.op in LINEAR_OPS]
+    if not mac_nodes:
+        raise HwsimError("model has no conv2d/linear layer to quantize")
+    first, last = mac_nodes[0].name, mac_nodes[-1].name
+    producer = {n.outputs[0]: n for n in folded.nodes}
+
+    def grid_source(t: str) -> str:
+        """The tensor whose grid ``t`` shares (through max-pool/flatten/relu/avg-pool)."""
+        while t in producer and producer[t].op in GRID_PRESERVING + ("avgpool2d", "global_avgpool"):
+            t = producer[t].inputs[0]
+        return t
+
+    # which grid tensors feed the last layer / are outputs (last-layer precision)
+    last_node = next(n for n in folded.nodes if n.name == last)
+    last_grids = {grid_source(last_node.inputs[0]), grid_source(last_node.outputs[0])}
+    last_grids |= {grid_source(o) for o in folded.outputs}
+
+    def act_bits(tensor: str, prof: Profile) -> int:
+        bits = prof.activations.bits
+        if tensor == input_name and profile.first_layer.bits:
+            bits = profile.first_layer.bits
+        if tensor in last_grids and profile.last_layer.bits:
+            bits = profile.last_layer.bits
+        return bits
+
+    grids: dict[str, Grid] = {}
+    weight_only = profile.weight_only
+    if not weight_only:
+        grids[input_name] = activation_grid(calib[input_name], profile.activations,
+                                            act_bits(input_name, profile), hooks.activation_range, input_name)
+
+    # reachable integer range of every tensor (a fused ReLU narrows it): certificates use it
+    reach: dict[str, tuple[int, int]] = {}
+    if not weight_only:
+        reach[input_name] = (grids[input_name].qmin, grids[input_name].qmax)
+    layers: list[QLayer] = []
+    for n in folded.nodes:
+        kind = _op_kind(n, folded)
+        prof = profile.for_layer(n.name, kind)
+        out = n.outputs[0]
+        lay = QLayer(name=n.name, op=n.op, kind=kind, inputs=list(n.inputs), output=out,
+                     attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},
+                     activation=n.attrs.get("activation"), profile=prof)
+        if n.op in GRID_PRESERVING + ("avgpool2d", "global_avgpool"):
+            if not weight_only:
+                grids[out] = grids[grid_source(out)]
+                lo, hi = reach[n.inputs[0]]
+                if n.op in ("relu", "relu6"):
+                    g = grids[out]
+                    lo = max(lo, g.zero_point)
+                    if n.op == "relu6":
+                        hi = min(hi, g.zero_point + int(np.floor(6.0 / g.scale + 0.5)))
+                    lay.clamp = (lo, hi)
+                reach[out] = (lo, hi)
+            layers.append(lay)
+            continue
+        if not weight_only:
+            g = activation_grid(calib[out], prof.activations, act_bits(out, prof), hooks.activation_range, out)
+            grids[out] = g
+            lo, hi = g.qmin, g.qmax
+            if lay.activation in ("relu", "relu6"):
+                lo = max(lo, g.zero_point)
+                if lay.activation == "relu6":
+                    hi = min(hi, g.zero_point + int(np.floor(6.0 / g.scale + 0.5)))
+            lay.clamp = (lo, hi)
+            reach[out] = (lo, hi)
+        if n.op in LINEAR_OPS:
+            _quantize_linear(lay, n, folded, prof, grids, reach, weight_only,
+                             w_bits=(profile.first_layer.bits if n.name == first and profile.first_layer.bits
+                                     else profile.last_layer.bits if n.name == last and profile.last_layer.bits
+                                     else prof.weights.bits),
+                             hook=hooks.weight_range)
+        elif n.op in ("add", "concat"):
+            lay.requant = _requant(prof)
+        layers.append(lay)
+
+    qg = QuantizedGraph(model=folded, profile=profile, grids=grids, layers=layers,
+                        input_name=input_name, output_name=folded.outputs[0], dead_channels=dead)
+    if dead:
+        qg.notes.append(f"{len(dead)} dead BatchNorm channel(s) (running variance ~ 0): folded weights zeroed")
+    if hooks.after_quantize is not None:
+        qg = hooks.after_quantize(qg, calib_images)
+    return qg
+
+
+def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, reach, weight_only, w_bits, hook):
+    w = folded.param(n, "weight").astype(np.float64)
+    b = folded.param(n, "bias")
+    b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
+    bn_scale = n.attrs.get("bn_scale")
+    if bn_scale is not None:
+        # WP eq. 41: quantize the unfolded weights, absorb γ/√(σ²+ε) into the requant multiplier;
+        # a negative factor flips the sign of that channel's weights so the multiplier stays positive.
+        if prof.requant.mode == "pow2" and not weight_only:
+            raise HwsimError(f"layer '{n.name}': batchnorm = 'scale' needs requant.mode float32 or fixed "
+                             "(a BN factor is not a power of two)")
+        f = np.asarray(bn_scale, np.float64)
+        w_unf = folded.tensors[f"{n.name}.weight_unfolded"].astype(np.float64)
+        sign = np.where(f < 0, -1.0, 1.0)
+        w_src = w_unf * sign.reshape((-1,) + (1,) * (w.ndim - 1))
+        factor = np.abs(f)
+    else:
+        w_src, factor = w, np.ones(w.shape[0])
+    fmt = prof.weights
+    scale, zp, qmin, qmax = weight_grid(w_src, fmt, w_bits, hook, n.name)
+    shp = (-1,) + (1,) * (w.ndim - 1)
+    w_q = np.clip(np.rint(w_src / scale.reshape(shp)) + zp.reshape(shp), qmin, qmax).astype(np.int64)
+    eff_scale = scale * factor
+    lay.w_q = w_q
+    lay.w_zero_point = zp if fmt.granularity == "per_channel" or not fmt.symmetric else 0
+    if isinstance(lay.w_zero_point, np.ndarray) and not lay.w_zero_point.any():
+        lay.w_zero_point = 0
+    lay.w_scale = eff_scale
+    lay.w_float = ((w_q - zp.reshape(shp)) * eff_scale.reshape(shp)).astype(np.float32)
+    lay.b_float = b.astype(np.float32)
+    lay.accumulator = _accumulator(prof)
+    lay.requant = _requant(prof)
+    if weight_only:
+        return
+    gx = grids[n.inputs[0]]
+    s_bias = gx.scale * eff_scale
+    bq = _round_array(b / s_bias, prof.bias.rounding)
+    blim = 2 ** (prof.bias.bits - 1)
+    lay.bias_clipped = int(np.sum((bq < -blim) | (bq > blim - 1)))
+    lay.bias_q = np.clip(bq, -blim, blim - 1).astype(np.int64)
+    gy = grids[n.outputs[0]]
+    lay.requant_params = ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant)
+    # the input's reachable range: the producer's clamp (a fused ReLU narrows it)
+    lo, hi = reach[n.inputs[0]]
+    lay.certificate = certify.certify_linear(
+        w_q.reshape(w_q.shape[0], -1), lay.bias_q, lay.w_zero_point, lo, hi, gx.zero_point, lay.accumulator)

@@ -1,0 +1,240 @@
+"""Library functions behind the CLI: run one profile, sweep many, inspect a model.
+
+Each returns a plain result object (data first); :mod:`hwsim.report` renders it as a table,
+JSON, CSV or a plot, so the numbers in every format come from the same object.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from hwsim.compile import QuantizedGraph, compile_model
+from hwsim.data import Dataset, calibration_subset, load_dataset
+from hwsim.errors import HwsimError
+from hwsim.execute import accuracy, max_defined, min_defined, run_quantized
+from hwsim.floatref import normalize, run_float
+from hwsim.graph import Graph, infer_shapes, load_model
+from hwsim.profile import Profile, builtin_names, load_profile
+
+DEFAULT_MODEL = "smallcnn_robust"
+
+
+def bundled_models() -> list[str]:
+    files = resources.files("hwsim") / "models"
+    return sorted(p.name[:-6] for p in files.iterdir() if p.name.endswith(".hwsim"))
+
+
+def resolve_model(spec: str | None) -> tuple[Graph, str]:
+    """A bundled model name (``smallcnn_robust``) or a path to a ``.hwsim`` file."""
+    spec = spec or DEFAULT_MODEL
+    names = bundled_models()
+    if spec in names:
+        ref = resources.files("hwsim") / "models" / f"{spec}.hwsim"
+        with resources.as_file(ref) as path:
+            return load_model(path), spec
+    if not Path(spec).exists() and not spec.endswith(".hwsim"):
+        raise HwsimError(f"unknown model {spec!r}: give a .hwsim path or a bundled model ({', '.join(names) or 'none'})")
+    return load_model(spec), spec
+
+
+@dataclass
+class Context:
+    """A loaded model + dataset, with the float baseline computed once (sweeps reuse it)."""
+
+    graph: Graph
+    model_name: str
+    data: Dataset
+    data_spec: str
+    x_test: np.ndarray  # normalised
+    y_test: np.ndarray
+    float_logits: np.ndarray
+    float_accuracy: float
+
+
+def check_shapes(graph: Graph, ds: Dataset, model_name: str, data_spec: str) -> None:
+    want = tuple(graph.inputs[0].shape)
+    got = tuple(ds.x_test.shape[1:])
+    if want != got:
+        raise HwsimError(f"model {model_name!r} expects inputs of shape {want} but data {data_spec!r} has {got}")
+    out_shape = infer_shapes(graph)[graph.outputs[0]]
+    n_out = int(np.prod(out_shape))
+    if n_out < ds.num_classes:
+        raise HwsimError(f"model {model_name!r} has {n_out} outputs but data {data_spec!r} has {ds.num_classes} classes")
+
+
+def load_context(model: str | None = None, data: str = "default", limit: int | None = None,
+                 batch_size: int = 256) -> Context:
+    graph, name = resolve_model(model)
+    ds = load_dataset(data)
+    check_shapes(graph, ds, name, data)
+    x, y = ds.x_test, ds.y_test
+    if limit is not None:
+        if limit < 1:
+            raise HwsimError(f"--limit {limit}: must be a positive number of images")
+        x, y = x[:limit], y[:limit]
+    xn = normalize(graph, x)
+    fl = np.concatenate([run_float(graph, xn[i:i + batch_size]) for i in range(0, len(xn), batch_size)])
+    return Context(graph, name, ds, data, xn, y, fl, accuracy(fl, y))
+
+
+@dataclass
+class RunResult:
+    profile: str
+    description: str
+    model: str
+    data: str
+    images: int
+    float_accuracy: float
+    sim_accuracy: float
+    weight_only: bool
+    seconds: float
+    compile_seconds: float
+    images_per_s: float
+    agreement: float  # fraction of predictions equal to the float model's
+    layers: list[dict] = field(default_factory=list)
+    dead_channels: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def overflow_events(self) -> int:
+        return sum(lay["overflow_events"] for lay in self.layers)
+
+    def to_json(self) -> dict:
+        return {"profile": self.profile, "description": self.description, "model": self.model,
+                "data": self.data, "images": self.images, "float_accuracy": self.float_accuracy,
+                "sim_accuracy": self.sim_accuracy, "weight_only": self.weight_only,
+                "mode": "weight-only" if self.weight_only else "integer",
+                "seconds": self.seconds, "compile_seconds": self.compile_seconds,
+                "images_per_s": self.images_per_s, "agreement_with_float": self.agreement,
+                "overflow_events": self.overflow_events, "settings": self.settings,
+                "layers": self.layers, "dead_channels": self.dead_channels, "notes": self.notes}
+
+
+def compile_for(ctx: Context, profile: Profile) -> QuantizedGraph:
+    calib = normalize(ctx.graph, calibration_subset(ctx.data, profile.calibration.images, profile.calibration.seed))
+    return compile_model(ctx.graph, profile, calib)
+
+
+def run_profile(ctx: Context, profile: Profile, batch_size: int = 256, progress: Callable | None = None,
+                settings: dict | None = None) -> RunResult:
+    """Compile ``ctx.graph`` for ``profile``, run the test images in integers, gather stats."""
+    t0 = time.perf_counter()
+    qg = compile_for(ctx, profile)
+    t1 = time.perf_counter()
+    out = run_quantized(qg, ctx.x_test, batch_size=batch_size, progress=progress)
+    pred = np.argmax(out.logits, axis=1)
+    n = len(ctx.y_test)
+    layers = [s.to_json() for s in out.layers if s.op in ("conv2d", "linear", "add", "concat")]
+    return RunResult(
+        profile=profile.name, description=profile.description, model=ctx.model_name, data=ctx.data_spec,
+        images=n, float_accuracy=ctx.float_accuracy, sim_accuracy=accuracy(out.logits, ctx.y_test),
+        weight_only=qg.weight_only, seconds=out.seconds, compile_seconds=t1 - t0,
+        images_per_s=n / out.seconds if out.seconds > 0 else float("inf"),
+        agreement=float(np.mean(pred == np.argmax(ctx.float_logits, axis=1))) if n else 0.0,
+        layers=layers, dead_channels=qg.dead_channels, notes=qg.notes, settings=dict(settings or {}))
+
+
+def parse_vary(items: tuple[str, ...] | list[str]) -> list[dict[str, str]]:
+    """``["accumulator.bits=16,24,32", "weights.step_scale=0.8,1"]`` -> the grid of settings dicts."""
+    axes = []
+    for item in items:
+        if "=" not in item:
+            raise HwsimError(f"--vary {item!r}: expected KEY=V1,V2,... e.g. accumulator.bits=16,24,32")
+        k, vs = item.split("=", 1)
+        values = [v.strip() for v in vs.split(",") if v.strip()]
+        if not values:
+            raise HwsimError(f"--vary {item!r}: no values given")
+        axes.append([(k.strip(), v) for v in values])
+    return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+
+
+def plan_sweep(profiles: list[str], all_profiles: bool, vary: list[str], base_settings: dict) -> list[tuple[Profile, dict]]:
+    """Validate every (profile, settings) combination up front: nothing runs if one is bad."""
+    names = builtin_names() if all_profiles else list(profiles)
+    if not names:
+        raise HwsimError("sweep: give --profile NAME (repeatable) or --all")
+    plan = []
+    for name in names:
+        for combo in parse_vary(vary):
+            settings = {**base_settings, **combo}
+            plan.append((load_profile(name, settings), combo))
+    return plan
+
+
+def sweep(ctx: Context, plan: list[tuple[Profile, dict]], batch_size: int = 256,
+          on_result: Callable | None = None) -> list[RunResult]:
+    results = []
+    for profile, combo in plan:
+        r = run_profile(ctx, profile, batch_size=batch_size, settings=combo)
+        results.append(r)
+        if on_result:
+            on_result(r)
+    return results
+
+
+@dataclass
+class InspectResult:
+    model: str
+    profile: str | None
+    inputs: list[dict]
+    nodes: list[dict]
+    outputs: list[str]
+    metadata: dict
+    dead_channels: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "profile": self.profile, "inputs": self.inputs, "nodes": self.nodes,
+                "outputs": self.outputs, "metadata": self.metadata, "dead_channels": self.dead_channels}
+
+
+def weight_stats(w: np.ndarray) -> dict:
+    """Per-tensor statistics: kurtosis (KURE eq. 5) and a symmetry score."""
+    v = w.astype(np.float64).ravel()
+    mu, sd = v.mean(), v.std()
+    kurt = float(np.mean(((v - mu) / sd) ** 4)) if sd > 0 else float("nan")
+    # symmetry: 1 - |max + min| / (max - min), per output channel, averaged (1 = symmetric range)
+    rows = w.reshape(w.shape[0], -1).astype(np.float64)
+    span = rows.max(1) - rows.min(1)
+    sym = np.where(span > 0, 1 - np.abs(rows.max(1) + rows.min(1)) / np.where(span > 0, span, 1), 1.0)
+    return {"params": int(v.size), "min": float(v.min()), "max": float(v.max()), "std": float(sd),
+            "kurtosis": kurt, "symmetry": float(sym.mean())}
+
+
+def inspect_model(model: str | None, profile: Profile | None = None, data: str = "default") -> InspectResult:
+    graph, name = resolve_model(model)
+    shapes = infer_shapes(graph)
+    nodes = []
+    qg = None
+    if profile is not None:
+        ctx_ds = load_dataset(data)
+        check_shapes(graph, ctx_ds, name, data)
+        calib = normalize(graph, calibration_subset(ctx_ds, profile.calibration.images, profile.calibration.seed))
+        qg = compile_model(graph, profile, calib)
+    qlayers = {lay.name: lay for lay in qg.layers} if qg else {}
+    for n in graph.nodes:
+        d = {"name": n.name, "op": n.op, "inputs": n.inputs, "shape": list(shapes[n.outputs[0]])}
+        w = graph.param(n, "weight")
+        if n.op in ("conv2d", "linear") and w is not None:
+            d["weight_shape"] = list(w.shape)
+            d.update(weight_stats(w))
+        lay = qlayers.get(n.name)
+        if lay is not None and lay.certificate is not None:
+            c = lay.certificate
+            d["headroom_bits"] = min_defined(c.headroom_bits)
+            d["min_acc_bits"] = max_defined(c.min_acc_bits)
+            d["min_partial_bits"] = max_defined(getattr(c, "min_partial_bits", None))
+            d["certified"] = bool(np.all(c.certified))
+            d["folded_weight_kurtosis"] = weight_stats(lay.w_float)["kurtosis"]
+        nodes.append(d)
+    return InspectResult(name, profile.name if profile else None,
+                         [{"name": i.name, "shape": list(i.shape), "mean": list(i.mean), "std": list(i.std)} for i in graph.inputs],
+                         nodes, list(graph.outputs), dict(graph.metadata), qg.dead_channels if qg else [])
+

@@ -1,0 +1,488 @@
+"""Hardware profiles: one frozen dataclass, loaded from TOML.
+
+A profile fixes every choice that changes the integers a network produces: tensor formats,
+accumulator, requantization, bias, BatchNorm handling, layer overrides. Built-ins ship in
+``hwsim/profiles/*.toml``; a user profile is a path and may start with
+``extends = "<built-in>"`` so it states only what differs; ``--set key=value`` overrides a
+single field on the command line. Unknown keys and out-of-range values raise
+:class:`~hwsim.errors.HwsimError` naming the key, the value and what is allowed.
+
+Every field is documented in ``SCHEMA`` below (key -> allowed values, meaning) and listed by
+``hwsim profiles show NAME``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hwsim.errors import HwsimError
+
+ROUNDING_MODES = ("half_even", "half_away", "half_up", "floor", "trunc", "stochastic")
+TIE_RULES = ("half_even", "half_away", "half_up")
+OP_KINDS = ("conv", "depthwise", "linear", "add", "concat", "pool")
+UNBOUNDED = None
+
+
+# ----------------------------------------------------------------------------- schema
+class _Key:
+    """One profile key: its kind, allowed values and a one-line meaning."""
+
+    def __init__(self, kind, allowed=None, lo=None, hi=None, doc="", unbounded_ok=False):
+        self.kind, self.allowed, self.lo, self.hi = kind, allowed, lo, hi
+        self.doc, self.unbounded_ok = doc, unbounded_ok
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(repr(a) for a in self.allowed)
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "int":
+            s = f"an integer in [{self.lo}, {self.hi}]"
+            return s + (' or "unbounded" (0)' if self.unbounded_ok else "")
+        if self.kind == "float":
+            return f"a number in [{self.lo}, {self.hi}]"
+        if self.kind == "ties":
+            return "a list of two tie rules, each one of " + ", ".join(TIE_RULES)
+        if self.kind == "intset":
+            return "one of " + ", ".join(str(a) for a in self.allowed)
+        return "a string"
+
+    def parse(self, key: str, value: Any, where: str) -> Any:
+        """Validate ``value`` (TOML value or a --set string) and return the typed value."""
+        v = value
+        bad = HwsimError(f"{where}: invalid value {value!r} for '{key}': allowed {self.describe()}")
+        if self.kind == "choice":
+            if v not in self.allowed:
+                raise bad
+            return v
+        if self.kind == "bool":
+            if isinstance(v, bool):
+                return v
+            if isinstance(v, str) and v.lower() in ("true", "false"):
+                return v.lower() == "true"
+            raise bad
+        if self.kind in ("int", "intset"):
+            if self.unbounded_ok and v in ("unbounded", "none", 0, "0"):
+                return UNBOUNDED
+            if isinstance(v, str):
+                try:
+                    v = int(v)
+                except ValueError:
+                    raise bad from None
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad
+            if self.kind == "intset" and v not in self.allowed:
+                raise bad
+            if self.kind == "int" and not (self.lo <= v <= self.hi):
+                raise bad
+            return v
+        if self.kind == "float":
+            if isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise bad from None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (self.lo <= v <= self.hi):
+                raise bad
+            return float(v)
+        if self.kind == "ties":
+            if isinstance(v, str):
+                v = [t.strip() for t in v.strip("[]").replace('"', "").replace("'", "").split(",")]
+            if not isinstance(v, (list, tuple)) or len(v) != 2 or any(t not in TIE_RULES for t in v):
+                raise bad
+            return tuple(v)
+        if not isinstance(v, str):
+            raise bad
+        return v
+
+
+_FMT = {
+    "bits": _Key("int", lo=2, hi=16, doc="bit width of the integer grid"),
+    "signed": _Key("bool", doc="signed (two's complement) or unsigned integers"),
+    "symmetric": _Key("bool", doc="zero point fixed at 0 (symmetric) or an integer zero point"),
+    "narrow": _Key("bool", doc="symmetric signed grid without the most negative value"),
+    "scale": _Key("choice", ("float", "pow2"), doc="scale kind: any float, or a power of two"),
+    "pow2_rounding": _Key("choice", ("nearest", "ceil"), doc="how a float scale becomes 2^n (log2 rounded)"),
+}
+SCHEMA: dict[str, _Key] = {
+    "name": _Key("str", doc="profile name"),
+    "description": _Key("str", doc="one line about the hardware this models"),
+    "batchnorm": _Key("choice", ("fold", "scale"),
+                      doc="fold BN into weights before quantization (WP eq. 11-12) or absorb it into the requant multiplier (WP eq. 41)"),
+    **{f"weights.{k}": v for k, v in _FMT.items()},
+    "weights.granularity": _Key("choice", ("per_tensor", "per_channel"), doc="one scale per tensor or per output channel"),
+    "weights.range": _Key("choice", ("minmax", "mse"), doc="weight range setting"),
+    "weights.step_scale": _Key("float", lo=0.01, hi=100.0, doc="multiply every weight step size by this factor (sweeps)"),
+    **{f"activations.{k}": v for k, v in _FMT.items()},
+    "activations.dtype": _Key("choice", ("int", "float"), doc="'float' = weight-only policy: float32 activations, dequantized integer weights"),
+    "activations.range": _Key("choice", ("minmax", "mse", "percentile"), doc="activation range setting on the calibration set"),
+    "activations.percentile": _Key("float", lo=50.0, hi=100.0, doc="percentile for range = 'percentile'"),
+    "accumulator.bits": _Key("int", lo=8, hi=64, unbounded_ok=True, doc="accumulator width A (signed)"),
+    "accumulator.overflow": _Key("choice", ("wrap", "saturate"), doc="accumulator overflow policy, applied after every chunk add"),
+    "accumulator.rows": _Key("int", lo=1, hi=1 << 30, unbounded_ok=True, doc="MAC-array rows R: reduction chunk size (unbounded = whole reduction)"),
+    "accumulator.partial_bits": _Key("int", lo=4, hi=64, unbounded_ok=True, doc="partial-sum register width P for each chunk sum"),
+    "accumulator.partial_overflow": _Key("choice", ("wrap", "saturate"), doc="partial-sum overflow policy"),
+    "requant.mode": _Key("choice", ("float32", "fixed", "pow2"), doc="float32 multiply (fbgemm/ORT), Q31 fixed point (gemmlowp/TFLite) or shift"),
+    "requant.rounding": _Key("choice", ROUNDING_MODES, doc="rounding of float32 and pow2 requantization"),
+    "requant.fixed_rounding": _Key("choice", ("double", "single"), doc="gemmlowp double rounding or TFLITE_SINGLE_ROUNDING"),
+    "requant.fixed_ties": _Key("ties", doc="tie rule of the two rounding steps of fixed requant"),
+    "requant.multiplier_bits": _Key("intset", (31, 15), doc="fixed-point multiplier width (15 = TOSA scale32=false)"),
+    "requant.zero_point": _Key("choice", ("after", "before"), doc="float32 requant: output zero point added after or before rounding"),
+    "requant.multiplier_order": _Key("choice", ("sequential", "fused"), doc="float32 M = fl32(fl32(sx*sw)/sy) or fl32(sx*sw/sy)"),
+    "requant.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of stochastic rounding"),
+    "bias.bits": _Key("int", lo=8, hi=64, doc="bias width (quantized at s_x*s_w)"),
+    "bias.rounding": _Key("choice", ROUNDING_MODES[:-1], doc="rounding of the bias to integers"),
+    "first_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, doc="weights + input bits of the first layer (unbounded = profile bits)"),
+    "last_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, doc="weights + input/output bits of the last layer (unbounded = profile bits)"),
+    "calibration.images": _Key("int", lo=1, hi=1 << 20, doc="calibration images (from the train split)"),
+    "calibration.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of the calibration subset"),
+}
+_OVERRIDE_SELECTORS = {"match": "fnmatch pattern on the layer name", "op": "op kind: " + ", ".join(OP_KINDS)}
+
+
+# ----------------------------------------------------------------------------- dataclasses
+@dataclass(frozen=True)
+class TensorFormat:
+    """An integer grid: bits, signedness, zero point, granularity, scale kind."""
+
+    bits: int = 8
+    signed: bool = True
+    symmetric: bool = True
+    narrow: bool = False
+    scale: str = "float"
+    pow2_rounding: str = "nearest"
+    granularity: str = "per_tensor"
+    range: str = "minmax"
+    percentile: float = 99.99
+    step_scale: float = 1.0
+    dtype: str = "int"
+
+    @property
+    def qmin(self) -> int:
+        if not self.signed:
+            return 0
+        return -(2 ** (self.bits - 1)) + (1 if self.narrow else 0)
+
+    @property
+    def qmax(self) -> int:
+        return 2**self.bits - 1 if not self.signed else 2 ** (self.bits - 1) - 1
+
+
+@dataclass(frozen=True)
+class AccumulatorSpec:
+    bits: int | None = 32
+    overflow: str = "saturate"
+    rows: int | None = None
+    partial_bits: int | None = None
+    partial_overflow: str = "saturate"
+
+
+@dataclass(frozen=True)
+class RequantSpec:
+    mode: str = "float32"
+    rounding: str = "half_even"
+    fixed_rounding: str = "double"
+    fixed_ties: tuple = ("half_away", "half_away")
+    multiplier_bits: int = 31
+    zero_point: str = "after"
+    multiplier_order: str = "sequential"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BiasSpec:
+    bits: int = 32
+    rounding: str = "half_even"
+
+
+@dataclass(frozen=True)
+class LayerBits:
+    bits: int | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    images: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Override:
+    """Fields (dotted keys) that apply to layers whose name matches ``match`` and/or op kind ``op``."""
+
+    match: str | None
+    op: str | None
+    settings: tuple  # ((dotted_key, value), ...)
+
+    def applies(self, layer: str, op_kind: str) -> bool:
+        if self.match is not None and not fnmatch.fnmatchcase(layer, self.match):
+            return False
+        if self.op is not None and self.op != op_kind:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A hardware profile. Frozen: pass it explicitly; derive variants with :meth:`with_settings`."""
+
+    name: str = "custom"
+    description: str = ""
+    batchnorm: str = "fold"
+    weights: TensorFormat = field(default_factory=lambda: TensorFormat(granularity="per_channel", narrow=True))
+    activations: TensorFormat = field(default_factory=lambda: TensorFormat(signed=True, symmetric=False))
+    accumulator: AccumulatorSpec = field(default_factory=AccumulatorSpec)
+    requant: RequantSpec = field(default_factory=RequantSpec)
+    bias: BiasSpec = field(default_factory=BiasSpec)
+    first_layer: LayerBits = field(default_factory=LayerBits)
+    last_layer: LayerBits = field(default_factory=LayerBits)
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    overrides: tuple = ()
+
+    @property
+    def weight_only(self) -> bool:
+        return self.activations.dtype == "float"
+
+    def with_settings(self, settings: dict[str, Any], where: str = "--set") -> "Profile":
+        """A copy with dotted-key settings applied (values validated as in a TOML file)."""
+        data = to_dict(self)
+        for key, value in settings.items():
+            _set_dotted(data, key, _parse_key(key, value, where))
+        return _from_dict(data, where)
+
+    def for_layer(self, layer: str, op_kind: str) -> "Profile":
+        """The profile as seen by one layer: overrides whose selector matches are applied in order."""
+        hits = [o for o in self.overrides if o.applies(layer, op_kind)]
+        if not hits:
+            return self
+        data = to_dict(self)
+        for o in hits:
+            for key, value in o.settings:
+                _set_dotted(data, key, value)
+        return _from_dict(data, f"profile {self.name!r} override")
+
+    def describe(self) -> str:
+        """A short one-line summary (W/A bits, scales, accumulator, requant)."""
+        a = self.activations
+        act = "FP" if self.weight_only else f"{a.bits}"
+        acc = self.accumulator
+        accs = "exact" if acc.bits is None else f"{acc.bits}b {acc.overflow}"
+        if acc.partial_bits is not None:
+            accs += f", {acc.partial_bits}b partial {acc.partial_overflow}"
+        if acc.rows is not None:
+            accs += f", R={acc.rows}"
+        return (f"W{self.weights.bits}A{act} w:{self.weights.granularity}/{self.weights.scale} "
+                f"acc:{accs} requant:{self.requant.mode}/{self.requant.rounding}")
+
+
+_SECTIONS = {
+    "weights": TensorFormat, "activations": TensorFormat, "accumulator": AccumulatorSpec,
+    "requant": RequantSpec, "bias": BiasSpec, "first_layer": LayerBits, "last_layer": LayerBits,
+    "calibration": CalibrationSpec,
+}
+
+
+def to_dict(p: Profile) -> dict:
+    """Profile -> nested plain dict (TOML/JSON friendly; ``None`` means unbounded)."""
+    d = dataclasses.asdict(p)
+    d["overrides"] = [
+        {**({"match": o.match} if o.match else {}), **({"op": o.op} if o.op else {}), **dict(o.settings)}
+        for o in p.overrides
+    ]
+    return d
+
+
+def flat_items(p: Profile) -> list[tuple[str, Any]]:
+    """[(dotted key, value)] for every schema key: what ``profiles show`` prints."""
+    d = to_dict(p)
+    out = []
+    for key in SCHEMA:
+        cur: Any = d
+        for part in key.split("."):
+            cur = cur[part]
+        out.append((key, cur))
+    return out
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        d = d.setdefault(part, {})
+    d[parts[-1]] = value
+
+
+def _parse_key(key: str, value: Any, where: str) -> Any:
+    if key not in SCHEMA:
+        sections = sorted({k.split(".")[0] for k in SCHEMA})
+        raise HwsimError(f"{where}: unknown profile key '{key}' (known sections: {', '.join(sections)}; "
+                         f"'hwsim profiles show NAME' lists every key)")
+    return SCHEMA[key].parse(key, value, where)
+
+
+def _from_dict(d: dict, where: str) -> Profile:
+    kw: dict[str, Any] = {}
+    for name in ("name", "description", "batchnorm"):
+        if name in d:
+            kw[name] = d[name]
+    for sec, cls in _SECTIONS.items():
+        if sec in d:
+            vals = dict(d[sec])
+            if "fixed_ties" in vals:
+                vals["fixed_ties"] = tuple(vals["fixed_ties"])
+            kw[sec] = cls(**vals)
+    ovs = []
+    for o in d.get("overrides", ()):
+        o = dict(o)
+        match, op = o.pop("match", None), o.pop("op", None)
+        ovs.append(Override(match, op, tuple(sorted(o.items()))))
+    kw["overrides"] = tuple(ovs)
+    return Profile(**kw)
+
+
+def _flatten_toml(d: dict, where: str, prefix: str = "") -> dict[str, Any]:
+    """Nested TOML table -> {dotted key: validated value}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten_toml(v, where, key + "."))
+        else:
+            out[key] = _parse_key(key, v, where)
+    return out
+
+
+def _parse_override(o: Any, i: int, where: str) -> dict:
+    if not isinstance(o, dict):
+        raise HwsimError(f"{where}: overrides[{i}] must be a table with 'match' and/or 'op' and settings")
+    o = dict(o)
+    sel = {}
+    if "match" in o:
+        sel["match"] = str(o.pop("match"))
+    if "op" in o:
+        op = o.pop("op")
+        if op not in OP_KINDS:
+            raise HwsimError(f"{where}: invalid value {op!r} for 'overrides[{i}].op': allowed one of {', '.join(OP_KINDS)}")
+        sel["op"] = op
+    if not sel:
+        raise HwsimError(f"{where}: overrides[{i}] needs a selector: 'match' (layer-name pattern) or 'op' ({', '.join(OP_KINDS)})")
+    settings = _flatten_toml(o, f"{where} overrides[{i}]")
+    for key in settings:
+        if key.split(".")[0] in ("name", "description", "calibration", "first_layer", "last_layer"):
+            raise HwsimError(f"{where}: key '{key}' cannot be overridden per layer")
+    return {**sel, **settings}
+
+
+# ----------------------------------------------------------------------------- loading
+def builtin_names() -> list[str]:
+    files = resources.files("hwsim") / "profiles"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def _read_toml(text: str, where: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise HwsimError(f"{where}: not valid TOML: {e}") from None
+
+
+def _resolve(name_or_path: str, seen: tuple = ()) -> tuple[dict, str]:
+    """Load a profile's raw settings (with ``extends`` resolved) as a nested dict."""
+    path = Path(name_or_path)
+    if name_or_path in builtin_names():
+        where = f"built-in profile {name_or_path!r}"
+        text = (resources.files("hwsim") / "profiles" / f"{name_or_path}.toml").read_text()
+    elif path.suffix == ".toml" or path.exists() or "/" in name_or_path:
+        where = str(path)
+        if not path.is_file():
+            raise HwsimError(f"{where}: profile file not found (built-in profiles: {', '.join(builtin_names())})")
+        text = path.read_text()
+    else:
+        raise HwsimError(f"unknown profile {name_or_path!r}: choose one of {', '.join(builtin_names())} or give a .toml path")
+    if where in seen:
+        raise HwsimError(f"{where}: 'extends' forms a cycle: {' -> '.join(seen + (where,))}")
+    raw = _read_toml(text, where)
+    base: dict = {}
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise HwsimError(f"{where}: 'extends' must be a profile name or path, got {parent!r}")
+        base, _ = _resolve(parent, seen + (where,))
+        base.pop("name", None)
+    overrides = raw.pop("overrides", None)
+    flat = _flatten_toml(raw, where)
+    data = copy.deepcopy(base)
+    for k, v in flat.items():
+        _set_dotted(data, k, v)
+    if overrides is not None:
+        if not isinstance(overrides, list):
+            raise HwsimError(f"{where}: 'overrides' must be an array of tables ([[overrides]])")
+        data["overrides"] = list(data.get("overrides", [])) + [_parse_override(o, i, where) for i, o in enumerate(overrides)]
+    if "name" not in data:
+        data["name"] = path.stem if where == str(path) else name_or_path
+    return data, where
+
+
+def load_profile(name_or_path: str, settings: dict[str, Any] | None = None) -> Profile:
+    """Load a built-in profile by name or a TOML file by path, then apply ``settings`` (--set)."""
+    data, where = _resolve(name_or_path)
+    base = _from_dict(to_dict(Profile()) | _merge_defaults(data), where)
+    if settings:
+        base = base.with_settings(settings)
+    return base
+
+
+def _merge_defaults(data: dict) -> dict:
+    """Nested merge of ``data`` onto the defaults of :class:`Profile`."""
+    out = to_dict(Profile())
+    for k, v in data.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``["accumulator.bits=16", ...]`` -> {key: raw value} (validated when applied)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise HwsimError(f"--set {item!r}: expected KEY=VALUE, e.g. accumulator.bits=16")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def profile_toml(p: Profile) -> str:
+    """Render a profile as TOML (round-trips through :func:`load_profile`)."""
+    def fmt(v):
+        if v is None:
+            return '"unbounded"'
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return f'"{v}"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return repr(v)
+
+    d = to_dict(p)
+    lines = [f"name = {fmt(d['name'])}", f"description = {fmt(d['description'])}",
+             f"batchnorm = {fmt(d['batchnorm'])}"]
+    for sec in _SECTIONS:
+        lines.append(f"\n[{sec}]")
+        for k, v in d[sec].items():
+            if f"{sec}.{k}" in SCHEMA:
+                lines.append(f"{k} = {fmt(v)}")
+    for o in d["overrides"]:
+        lines.append("\n[[overrides]]")
+        for k, v in o.items():
+            lines.append(f'"{k}" = {fmt(v)}' if "." in k else f"{k} = {fmt(v)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,185 @@
+"""Render result objects: terminal tables, JSON, CSV and PNG plots (one function each)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from hwsim.errors import HwsimError
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:6.2f}%"
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_text(r) -> str:
+    mode = "weight-only (float32 activations, dequantized integer weights)" if r.weight_only else "integer"
+    head = [
+        f"profile   {r.profile}  [{mode}]",
+        f"          {r.description}",
+        f"model     {r.model}    data {r.data}  ({r.images} test images)",
+        f"float accuracy      {_pct(r.float_accuracy)}",
+        f"simulated accuracy  {_pct(r.sim_accuracy)}" + ("  (weight-only)" if r.weight_only else ""),
+        f"agreement w/ float  {_pct(r.agreement)}",
+        f"speed     {r.images_per_s:,.0f} images/s  ({r.seconds:.2f} s run, {r.compile_seconds:.2f} s compile)",
+    ]
+    if r.settings:
+        head.insert(2, "settings  " + ", ".join(f"{k}={v}" for k, v in r.settings.items()))
+    if r.weight_only:
+        return "\n".join(head)
+    rows = []
+    for lay in r.layers:
+        hr = lay["headroom_bits"]
+        rows.append([lay["name"], lay["kind"], lay["acc_events"], lay["partial_events"],
+                     f"{100 * lay['clip_rate']:.3f}%", "-" if hr is None else hr,
+                     "-" if lay["certified"] is None else ("yes" if lay["certified"] else "NO")])
+    body = table(rows, ["layer", "kind", "acc overflow", "partial overflow", "clip rate", "headroom bits", "certified"])
+    tail = []
+    total = r.overflow_events
+    tail.append(f"overflow events: {total} in {sum(1 for x in r.layers if x['overflow_events'])} layer(s)"
+                if total else "overflow events: none")
+    for d in r.dead_channels:
+        tail.append(f"dead BN channel: {d['layer']} channel {d['channel']} (running_var {d['running_var']:.2e}) — folded weights zeroed")
+    tail += [f"note: {n}" for n in r.notes if "dead BatchNorm" not in n]
+    return "\n".join(head) + "\n\n" + body + "\n" + "\n".join(tail)
+
+
+SWEEP_COLUMNS = ["profile", "settings", "mode", "float_accuracy", "sim_accuracy", "agreement_with_float",
+                 "overflow_events", "max_clip_rate", "min_headroom_bits", "uncertified_layers", "images_per_s", "seconds"]
+
+
+def sweep_rows(results) -> list[dict]:
+    rows = []
+    for r in results:
+        hr = [x["headroom_bits"] for x in r.layers if x["headroom_bits"] is not None]
+        rows.append({
+            "profile": r.profile,
+            "settings": ";".join(f"{k}={v}" for k, v in r.settings.items()),
+            "mode": "weight-only" if r.weight_only else "integer",
+            "float_accuracy": round(r.float_accuracy, 6), "sim_accuracy": round(r.sim_accuracy, 6),
+            "agreement_with_float": round(r.agreement, 6), "overflow_events": r.overflow_events,
+            "max_clip_rate": round(max([x["clip_rate"] for x in r.layers] or [0.0]), 6),
+            "min_headroom_bits": min(hr) if hr else "",
+            "uncertified_layers": sum(1 for x in r.layers if x["certified"] is False),
+            "images_per_s": round(r.images_per_s, 1), "seconds": round(r.seconds, 3),
+        })
+    return rows
+
+
+def sweep_text(results) -> str:
+    rows = sweep_rows(results)
+    return table([[r["profile"] + (f" [{r['settings']}]" if r["settings"] else ""), r["mode"],
+                   _pct(r["float_accuracy"]), _pct(r["sim_accuracy"]), r["overflow_events"],
+                   f"{100 * r['max_clip_rate']:.2f}%", r["min_headroom_bits"], r["uncertified_layers"],
+                   f"{r['images_per_s']:,.0f}"] for r in rows],
+                 ["profile", "mode", "float", "simulated", "overflows", "max clip", "min headroom", "uncertified", "img/s"])
+
+
+def atomic_write(path: str | os.PathLike, text: str | bytes) -> None:
+    """Write a file completely or not at all (temp file + rename in the same directory)."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise HwsimError(f"{path}: directory {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def to_json_text(obj) -> str:
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def sweep_csv(results) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in sweep_rows(results):
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def sweep_plot(results, path: str | os.PathLike) -> None:
+    """Bar chart: float vs simulated accuracy per profile (weight-only bars hatched)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sweep_rows(results)
+    labels = [r["profile"] + (f"\n{r['settings']}" if r["settings"] else "") for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows) + 2), 4.5))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [100 * r["float_accuracy"] for r in rows], 0.4, label="float", color="#999999")
+    bars = ax.bar([x + 0.2 for x in xs], [100 * r["sim_accuracy"] for r in rows], 0.4, label="simulated", color="#1f77b4")
+    for b, r in zip(bars, rows):
+        if r["mode"] == "weight-only":
+            b.set_hatch("//")
+        if r["overflow_events"]:
+            b.set_color("#d62728")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{results[0].model} on {results[0].data}: float vs integer simulation (red: overflow, hatched: weight-only)", fontsize=9)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def inspect_text(r) -> str:
+    head = [f"model {r.model}", "inputs: " + ", ".join(f"{i['name']} {tuple(i['shape'])}" for i in r.inputs)]
+    if r.metadata:
+        head.append("metadata: " + ", ".join(f"{k}={v}" for k, v in r.metadata.items() if not isinstance(v, (dict, list))))
+    rows = []
+    for n in r.nodes:
+        row = [n["name"], n["op"], "x".join(map(str, n["shape"]))]
+        if "kurtosis" in n:
+            row += [n["params"], f"{n['kurtosis']:.2f}", f"{n['symmetry']:.3f}"]
+        else:
+            row += ["", "", ""]
+        if r.profile:
+            hr = n.get("headroom_bits")
+            row += ["" if "certified" not in n else n.get("min_acc_bits"), "" if hr is None else hr,
+                    "" if "certified" not in n else ("yes" if n["certified"] else "NO")]
+        rows.append(row)
+    hdr = ["node", "op", "shape", "params", "kurtosis", "symmetry"]
+    if r.profile:
+        hdr += ["min acc bits", "headroom bits", "certified"]
+        head.append(f"profile {r.profile}: certificates are worst cases over the input grid (exact integers)")
+    out = "\n".join(head) + "\n\n" + table(rows, hdr)
+    for d in r.dead_channels:
+        out += f"\ndead BN channel: {d['layer']} channel {d['channel']} (running_var {d['running_var']:.2e})"
+    return out
