@@ -39,14 +39,14 @@ def _progress(total: int, desc: str, quiet: bool):
     return update
 
 
-def _out_check(path: str | None, suffixes: tuple[str, ...]) -> None:
+def _out_check(path: str | None, suffixes: tuple[str, ...], option: str = "--out") -> None:
     if path is None:
         return
     p = Path(path)
     if p.suffix.lower() not in suffixes:
-        raise HwsimError(f"--out {path}: unsupported extension {p.suffix or '(none)'!r}; allowed {', '.join(suffixes)}")
+        raise HwsimError(f"{option} {path}: unsupported extension {p.suffix or '(none)'!r}; allowed {', '.join(suffixes)}")
     if not p.parent.exists():
-        raise HwsimError(f"--out {path}: directory {p.parent} does not exist")
+        raise HwsimError(f"{option} {path}: directory {p.parent} does not exist")
 
 
 _common = [
@@ -134,8 +134,9 @@ def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out):
 @common_options
 @click.option("--out", default=None, help="write results (.csv or .json)")
 @click.option("--plot", is_flag=True, help="also write a PNG next to --out (or sweep.png)")
+@click.option("--compare", "with_fq", is_flag=True, help="add the fake-quant mirror's accuracy to every row (needs torch)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, quiet, out, plot, as_json):
+def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, quiet, out, plot, with_fq, as_json):
     """Run one checkpoint under many hardware profiles / field values."""
     from hwsim import experiments as ex
     from hwsim.profile import parse_set_options
@@ -147,7 +148,8 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
     from tqdm import tqdm
 
     bar = tqdm(total=len(plan), desc="sweep", unit="profile", file=sys.stderr, disable=quiet or as_json)
-    results = ex.sweep(ctx, plan, batch_size, on_result=lambda r: (bar.set_postfix_str(r.profile), bar.update(1)))
+    results = ex.sweep(ctx, plan, batch_size, on_result=lambda r: (bar.set_postfix_str(r.profile), bar.update(1)),
+                       with_fakequant=with_fq)
     bar.close()
     if out:
         atomic_write(out, to_json_text([r.to_json() for r in results]) if out.endswith(".json") else sweep_csv(results))
@@ -163,6 +165,33 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
             click.echo(f"wrote {out}")
         if plot:
             click.echo(f"wrote {png}")
+
+
+# ----------------------------------------------------------------------------- compare
+@cli.command()
+@click.option("--profile", "-p", default="int8-fbgemm", show_default=True, help="built-in profile name or .toml path")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.option("--out", default=None, help="also write the JSON result to this file")
+@click.option("--plot", default=None, help="write a PNG of per-layer SQNR and mismatch to this path")
+def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, plot):
+    """Float vs fake-quant (what training simulated) vs integer simulator, per layer."""
+    from hwsim.compare import compare as run_compare
+    from hwsim.experiments import compile_for, load_context
+    from hwsim.profile import load_profile, parse_set_options
+    from hwsim.report import atomic_write, compare_plot, compare_text, to_json_text
+
+    _out_check(out, (".json",))
+    _out_check(plot, (".png",), "--plot")
+    prof = load_profile(profile, parse_set_options(set_))
+    ctx = load_context(model, data, limit, batch_size)
+    r = run_compare(ctx, compile_for(ctx, prof), batch_size)
+    text = to_json_text(r.to_json())
+    if out:
+        atomic_write(out, text)
+    if plot:
+        compare_plot(r, plot)
+    click.echo(text if as_json else compare_text(r), nl=not as_json)
 
 
 # ----------------------------------------------------------------------------- inspect

@@ -229,7 +229,6 @@ def _fuse_activation(node, out, sole_consumer, removed, replaced, by_name):
     if act is not None:
         node.attrs["activation"] = act.op
         removed.add(act.name)
-        replaced[act.outputs[0]] = node.outputs[0]
         # keep the activation's name as the tensor name so consumers need no renaming
         node.outputs = [act.outputs[0]]
         replaced[out] = act.outputs[0]

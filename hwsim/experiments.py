@@ -102,6 +102,7 @@ class RunResult:
     dead_channels: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    fakequant_accuracy: float | None = None  # with sweep --compare
 
     @property
     def overflow_events(self) -> int:
@@ -115,6 +116,7 @@ class RunResult:
                 "seconds": self.seconds, "compile_seconds": self.compile_seconds,
                 "images_per_s": self.images_per_s, "agreement_with_float": self.agreement,
                 "overflow_events": self.overflow_events, "settings": self.settings,
+                "fakequant_accuracy": self.fakequant_accuracy,
                 "layers": self.layers, "dead_channels": self.dead_channels, "notes": self.notes}
 
 
@@ -123,8 +125,19 @@ def compile_for(ctx: Context, profile: Profile) -> QuantizedGraph:
     return compile_model(ctx.graph, profile, calib)
 
 
+def fakequant_accuracy(ctx: Context, qg: QuantizedGraph, batch_size: int = 256) -> float:
+    """Accuracy of the fake-quant mirror (what QAT simulated); weight-only: same as the simulator."""
+    from hwsim.compare import _mirror
+
+    if qg.weight_only:
+        return accuracy(run_quantized(qg, ctx.x_test, batch_size).logits, ctx.y_test)
+    mirror_codes = _mirror()
+    logits = [mirror_codes(qg, ctx.x_test[i:i + batch_size])[0] for i in range(0, len(ctx.x_test), batch_size)]
+    return accuracy(np.concatenate(logits), ctx.y_test)
+
+
 def run_profile(ctx: Context, profile: Profile, batch_size: int = 256, progress: Callable | None = None,
-                settings: dict | None = None) -> RunResult:
+                settings: dict | None = None, with_fakequant: bool = False) -> RunResult:
     """Compile ``ctx.graph`` for ``profile``, run the test images in integers, gather stats."""
     t0 = time.perf_counter()
     qg = compile_for(ctx, profile)
@@ -133,13 +146,15 @@ def run_profile(ctx: Context, profile: Profile, batch_size: int = 256, progress:
     pred = np.argmax(out.logits, axis=1)
     n = len(ctx.y_test)
     layers = [s.to_json() for s in out.layers if s.op in ("conv2d", "linear", "add", "concat")]
+    fq = fakequant_accuracy(ctx, qg, batch_size) if with_fakequant else None
     return RunResult(
         profile=profile.name, description=profile.description, model=ctx.model_name, data=ctx.data_spec,
         images=n, float_accuracy=ctx.float_accuracy, sim_accuracy=accuracy(out.logits, ctx.y_test),
         weight_only=qg.weight_only, seconds=out.seconds, compile_seconds=t1 - t0,
         images_per_s=n / out.seconds if out.seconds > 0 else float("inf"),
         agreement=float(np.mean(pred == np.argmax(ctx.float_logits, axis=1))) if n else 0.0,
-        layers=layers, dead_channels=qg.dead_channels, notes=qg.notes, settings=dict(settings or {}))
+        layers=layers, dead_channels=qg.dead_channels, notes=qg.notes, settings=dict(settings or {}),
+        fakequant_accuracy=fq)
 
 
 def parse_vary(items: tuple[str, ...] | list[str]) -> list[dict[str, str]]:
@@ -170,10 +185,10 @@ def plan_sweep(profiles: list[str], all_profiles: bool, vary: list[str], base_se
 
 
 def sweep(ctx: Context, plan: list[tuple[Profile, dict]], batch_size: int = 256,
-          on_result: Callable | None = None) -> list[RunResult]:
+          on_result: Callable | None = None, with_fakequant: bool = False) -> list[RunResult]:
     results = []
     for profile, combo in plan:
-        r = run_profile(ctx, profile, batch_size=batch_size, settings=combo)
+        r = run_profile(ctx, profile, batch_size=batch_size, settings=combo, with_fakequant=with_fakequant)
         results.append(r)
         if on_result:
             on_result(r)

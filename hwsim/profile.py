@@ -189,7 +189,7 @@ class RequantSpec:
     mode: str = "float32"
     rounding: str = "half_even"
     fixed_rounding: str = "double"
-    fixed_ties: tuple = ("half_away", "half_away")
+    fixed_ties: tuple = ("half_up", "half_away")  # gemmlowp: SRDHM ties toward +inf, RDBPOT away from 0
     multiplier_bits: int = 31
     zero_point: str = "after"
     multiplier_order: str = "sequential"

@@ -56,7 +56,7 @@ def run_text(r) -> str:
     return "\n".join(head) + "\n\n" + body + "\n" + "\n".join(tail)
 
 
-SWEEP_COLUMNS = ["profile", "settings", "mode", "float_accuracy", "sim_accuracy", "agreement_with_float",
+SWEEP_COLUMNS = ["profile", "settings", "mode", "float_accuracy", "fakequant_accuracy", "sim_accuracy", "agreement_with_float",
                  "overflow_events", "max_clip_rate", "min_headroom_bits", "uncertified_layers", "images_per_s", "seconds"]
 
 
@@ -69,6 +69,7 @@ def sweep_rows(results) -> list[dict]:
             "settings": ";".join(f"{k}={v}" for k, v in r.settings.items()),
             "mode": "weight-only" if r.weight_only else "integer",
             "float_accuracy": round(r.float_accuracy, 6), "sim_accuracy": round(r.sim_accuracy, 6),
+            "fakequant_accuracy": "" if r.fakequant_accuracy is None else round(r.fakequant_accuracy, 6),
             "agreement_with_float": round(r.agreement, 6), "overflow_events": r.overflow_events,
             "max_clip_rate": round(max([x["clip_rate"] for x in r.layers] or [0.0]), 6),
             "min_headroom_bits": min(hr) if hr else "",
@@ -80,11 +81,13 @@ def sweep_rows(results) -> list[dict]:
 
 def sweep_text(results) -> str:
     rows = sweep_rows(results)
+    fq = any(r["fakequant_accuracy"] != "" for r in rows)
     return table([[r["profile"] + (f" [{r['settings']}]" if r["settings"] else ""), r["mode"],
-                   _pct(r["float_accuracy"]), _pct(r["sim_accuracy"]), r["overflow_events"],
+                   _pct(r["float_accuracy"])] + ([_pct(r["fakequant_accuracy"])] if fq else [])
+                 + [_pct(r["sim_accuracy"]), r["overflow_events"],
                    f"{100 * r['max_clip_rate']:.2f}%", r["min_headroom_bits"], r["uncertified_layers"],
                    f"{r['images_per_s']:,.0f}"] for r in rows],
-                 ["profile", "mode", "float", "simulated", "overflows", "max clip", "min headroom", "uncertified", "img/s"])
+                 ["profile", "mode", "float"] + (["fake-quant"] if fq else []) + ["simulated", "overflows", "max clip", "min headroom", "uncertified", "img/s"])
 
 
 def atomic_write(path: str | os.PathLike, text: str | bytes) -> None:
@@ -183,3 +186,53 @@ def inspect_text(r) -> str:
     for d in r.dead_channels:
         out += f"\ndead BN channel: {d['layer']} channel {d['channel']} (running_var {d['running_var']:.2e})"
     return out
+
+
+def _db(x: float) -> str:
+    return "inf" if x == float("inf") else ("-inf" if x == float("-inf") else f"{x:.1f}")
+
+
+def compare_text(r) -> str:
+    head = [f"profile {r.profile}   model {r.model}   data {r.data} ({r.images} test images)",
+            f"float accuracy       {_pct(r.float_accuracy)}",
+            f"fake-quant accuracy  {_pct(r.fakequant_accuracy)}",
+            f"simulator accuracy   {_pct(r.sim_accuracy)}",
+            f"fake-quant vs simulator: {_pct(r.prediction_agreement)} identical predictions"]
+    rows = [[d.name, d.kind, _db(d.sqnr_fq_vs_sim), _db(d.sqnr_fq_vs_float), _db(d.sqnr_sim_vs_float),
+             d.max_lsb, f"{d.mean_lsb:.4f}", f"{100 * d.frac_diff:.3f}%", d.overflow_events,
+             f"{100 * d.clip_rate:.2f}%", d.cause] for d in r.layers]
+    body = table(rows, ["layer", "kind", "SQNR fq/sim dB", "fq/float", "sim/float", "max LSB", "mean LSB",
+                        "differ", "overflows", "clip", "cause"])
+    tail = (f"first layer diverging by more than 1 LSB: {r.first_divergent_layer}" if r.first_divergent_layer
+            else "no layer diverges by more than 1 LSB")
+    return "\n".join(head) + "\n\n" + body + "\n" + tail
+
+
+def compare_plot(r, path) -> None:
+    """Per-layer SQNR (fake-quant vs simulator, each vs float) and fraction of differing outputs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [d.name for d in r.layers]
+    cap = lambda v: 120.0 if v == float("inf") else max(v, -20.0)  # noqa: E731
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(names) + 2), 6), sharex=True)
+    xs = range(len(names))
+    a1.plot(xs, [cap(d.sqnr_fq_vs_sim) for d in r.layers], "o-", label="fake-quant vs simulator")
+    a1.plot(xs, [cap(d.sqnr_fq_vs_float) for d in r.layers], "s--", label="fake-quant vs float")
+    a1.plot(xs, [cap(d.sqnr_sim_vs_float) for d in r.layers], "^--", label="simulator vs float")
+    a1.set_ylabel("SQNR (dB, inf shown as 120)")
+    a1.legend(fontsize=8)
+    a1.set_title(f"{r.model} under {r.profile}: fake-quant {100 * r.fakequant_accuracy:.2f}% vs "
+                 f"simulator {100 * r.sim_accuracy:.2f}% (float {100 * r.float_accuracy:.2f}%)", fontsize=9)
+    a2.bar(xs, [100 * d.frac_diff for d in r.layers],
+           color=["#d62728" if d.max_lsb > 1 else "#1f77b4" for d in r.layers])
+    a2.set_ylabel("% outputs differing\n(red: > 1 LSB)")
+    a2.set_xticks(list(xs))
+    a2.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())

@@ -1,0 +1,97 @@
+"""Throughput of hwsim's conv kernels beside PyTorch's int8 quantized conv (a script, not a test).
+
+Shape: 64 -> 64 channels, 32x32, 3x3, pad 1, int8 operands (uint8 activations with zero point
+128, symmetric int8 weights), batch 64 by default. Three accumulator models:
+
+  (a) 32-bit accumulator that cannot overflow (the whole layer is one exact BLAS product),
+  (b) 16-bit saturating accumulator, saturation after each chunk of 16 MACs,
+  (c) 16-bit saturating accumulator, saturation after every MAC (R = 1),
+
+each timed beside ``torch.ops.quantized.conv2d`` (engine x86 unless --engine) on the same data
+with the same thread count (torch.set_num_threads == numba threads == BLAS threads).
+
+    python benchmarks/kernels.py [--batch 64] [--threads 2] [--repeat 3] [--engine x86]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def _best(fn, repeat):
+    fn()  # warm-up (numba compilation, BLAS/torch init)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--engine", default="x86", help="torch quantized engine (x86, fbgemm, onednn)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from hwsim import kernels, ops
+
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads)
+    except ImportError:  # BLAS threads then follow OPENBLAS_NUM_THREADS / OMP_NUM_THREADS
+        pass
+    kernels.set_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    torch.backends.quantized.engine = args.engine
+
+    N, C, H, K = args.batch, 64, 32, 3
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (N, C, H, H)).astype(np.int64)
+    w = rng.integers(-128, 128, (C, C, K, K)).astype(np.int64)
+    b = rng.integers(-1000, 1000, C).astype(np.int64)
+    macs = N * C * H * H * C * K * K
+
+    xt = torch._make_per_tensor_quantized_tensor(torch.tensor(x, dtype=torch.uint8), 0.02, 128)
+    wt = torch._make_per_tensor_quantized_tensor(torch.tensor(w, dtype=torch.int8), 0.01, 0)
+    packed = torch.ops.quantized.conv2d_prepack(wt, torch.tensor(b * 0.0002, dtype=torch.float32), [1, 1], [1, 1],
+                                                [1, 1], 1)
+    t_torch = _best(lambda: torch.ops.quantized.conv2d(xt, packed, 0.5, 128), args.repeat)
+
+    cases = {
+        "a: A=32, cannot overflow": ops.Accumulator(bits=32, overflow="saturate"),
+        "b: A=16 saturate, R=16": ops.Accumulator(bits=16, overflow="saturate", rows=16),
+        "c: A=16 saturate, R=1": ops.Accumulator(bits=16, overflow="saturate", rows=1),
+    }
+    rows = []
+    for name, acc in cases.items():
+        out = {}
+
+        def run(acc=acc, out=out):
+            out["r"] = ops.conv2d(x, w, b, x_zero_point=128, padding=1, acc=acc)
+
+        t = _best(run, args.repeat)
+        st = out["r"][1]
+        rows.append(dict(case=name, seconds=t, gmacs=macs / t / 1e9, torch_seconds=t_torch,
+                         torch_gmacs=macs / t_torch / 1e9, ratio=t_torch / t, acc_events=st.acc_events,
+                         partial_events=st.partial_events))
+    if args.json:
+        import json
+        print(json.dumps(dict(batch=N, threads=args.threads, engine=args.engine, macs=macs, results=rows), indent=1))
+        return
+    print(f"conv 64->64, 32x32, 3x3, pad 1, batch {N}, int8; threads {args.threads}; torch engine {args.engine}")
+    print(f"torch.ops.quantized.conv2d: {macs / t_torch / 1e9:8.2f} GMAC/s ({t_torch * 1e3:.1f} ms)")
+    for r in rows:
+        print(f"{r['case']:<28s} {r['gmacs']:8.2f} GMAC/s ({r['seconds'] * 1e3:8.1f} ms)  ratio vs torch "
+              f"{r['ratio']:.3f}x  events acc={r['acc_events']} partial={r['partial_events']}")
+
+
+if __name__ == "__main__":
+    main()

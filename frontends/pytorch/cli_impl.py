@@ -1,0 +1,124 @@
+"""`hwsim train` and `hwsim export`: click options and plain entry functions. torch is imported lazily."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from hwsim.errors import HwsimError
+
+TORCH_MISSING = "PyTorch is required: pip install 'hwsim[torch]'"
+
+
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise HwsimError(TORCH_MISSING) from None
+
+
+def _pair(text: str | None, what: str, kinds=(int, int)):
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return tuple(k(p) if p.strip().lower() not in ("", "none", "float") else None for k, p in zip(kinds, parts))
+    except ValueError:
+        raise HwsimError(f"{what} {text!r} must be two comma-separated numbers, e.g. 4,4") from None
+
+
+def train_command(arch="smallcnn", data="default", epochs=10, lr=0.05, batch_size=64, seed=0, kure=None,
+                  kure_raw=False, symreg=None, satnl=False, sam=None, rho=None, qat_bits=None, per_tensor=False,
+                  noise=None, optimizer="sgd", weight_decay=5e-4, out="model.pt", resume=None, init=None,
+                  threads=1, quiet=False, export=None, as_json=False):
+    """Run frontends.pytorch.train.train with CLI-typed options; optionally export; print a summary."""
+    _need_torch()
+    from .train import train
+
+    r = train(arch, data, epochs, lr, batch_size, seed, kure=kure, kure_on_folded=False if kure_raw else None,
+              symreg=symreg, satnl=satnl, sam=None if sam in (None, "none") else sam, rho=rho,
+              qat_bits=_pair(qat_bits, "--qat-bits") if isinstance(qat_bits, str) else qat_bits,
+              per_channel=not per_tensor,
+              noise=_pair(noise, "--noise", (float, float)) if isinstance(noise, str) else noise,
+              optimizer=optimizer, weight_decay=weight_decay, out=out, resume=resume, init=init,
+              threads=threads, quiet=quiet)
+    if export:
+        export_command(out, export)
+    summary = {"checkpoint": out, "epochs_run": r.epochs_run, "seconds": round(r.seconds, 2),
+               "train_acc": r.train_acc, "test_acc": r.test_acc, "exported": export}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"test accuracy {r.final_test_acc:.4f} after {len(r.test_acc)} epochs "
+                   f"({r.seconds:.1f} s this run); checkpoint {out}" + (f"; exported {export}" if export else ""))
+    return r
+
+
+def export_command(checkpoint: str, out: str):
+    """Export a training checkpoint to an .hwsim model file."""
+    _need_torch()
+    if not str(out).endswith(".hwsim"):
+        raise HwsimError(f"--out {out!r}: the model file must end in .hwsim")
+    from .export import export_checkpoint
+
+    return export_checkpoint(checkpoint, out)
+
+
+def register(group: click.Group) -> None:
+    """Add `train` and `export` to ``group``."""
+
+    @group.command("train")
+    @click.option("--arch", default="smallcnn", show_default=True, help="smallcnn, resnet8, resnet20, mobilenetv2")
+    @click.option("--data", default="default", show_default=True, help="default | cifar10:PATH | cifar100:PATH | npz:PATH")
+    @click.option("--epochs", default=10, show_default=True, type=int)
+    @click.option("--lr", default=0.05, show_default=True, type=float)
+    @click.option("--batch-size", default=64, show_default=True, type=int)
+    @click.option("--seed", default=0, show_default=True, type=int)
+    @click.option("--kure", default=None, type=float, help="KURE λ (target kurtosis 1.8); off by default")
+    @click.option("--kure-raw", is_flag=True, help="KURE on the raw weights instead of the BN-folded ones")
+    @click.option("--symreg", default=None, type=float, help="SymReg λ1 = λ2; off by default")
+    @click.option("--satnl", is_flag=True, help="weights W = tanh(V) (SatNL)")
+    @click.option("--sam", type=click.Choice(["none", "sam", "asam"]), default="none", show_default=True)
+    @click.option("--rho", default=None, type=float, help="(A)SAM radius; default 0.05 (sam) / 1.0 (asam)")
+    @click.option("--qat-bits", default=None, metavar="W,A", help="LSQ QAT bit widths, e.g. 4,4 (A may be 'none')")
+    @click.option("--per-tensor", is_flag=True, help="LSQ weight steps per tensor (default per channel)")
+    @click.option("--noise", default=None, metavar="C,K", help="noise tempering constants, e.g. 0.3,50")
+    @click.option("--init", default=None, help="start from this checkpoint's weights (e.g. float model for QAT)")
+    @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+    @click.option("--weight-decay", default=5e-4, show_default=True, type=float)
+    @click.option("--out", default="model.pt", show_default=True, help="checkpoint path (written every epoch)")
+    @click.option("--resume", default=None, help="continue from this checkpoint")
+    @click.option("--threads", default=1, show_default=True, type=int)
+    @click.option("--export", "export_", default=None, help="also export the result to this .hwsim file")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--quiet", "-q", is_flag=True)
+    def train_cmd(arch, data, epochs, lr, batch_size, seed, kure, kure_raw, symreg, satnl, sam, rho, qat_bits,
+                  per_tensor, noise, init, optimizer, weight_decay, out, resume, threads, export_, as_json, quiet):
+        """Train a model with the PyTorch frontend (needs torch)."""
+        train_command(arch, data, epochs, lr, batch_size, seed, kure, kure_raw, symreg, satnl, sam, rho, qat_bits,
+                      per_tensor, noise, optimizer, weight_decay, out, resume, init, threads, quiet, export_, as_json)
+
+    @group.command("export")
+    @click.argument("checkpoint")
+    @click.option("--out", required=True, help="output .hwsim model file")
+    def export_cmd(checkpoint, out):
+        """Export a training checkpoint to an .hwsim model (needs torch)."""
+        g = export_command(checkpoint, out)
+        click.echo(f"wrote {out}: {len(g.nodes)} nodes")
+
+
+if __name__ == "__main__":  # standalone: python -m frontends.pytorch.cli_impl train ...
+    class _Group(click.Group):
+        def invoke(self, ctx):
+            try:
+                return super().invoke(ctx)
+            except HwsimError as e:
+                raise click.ClickException(str(e)) from None
+
+    _main = _Group()
+    register(_main)
+    _main(sys.argv[1:])

@@ -1,0 +1,224 @@
+"""torch.fx export of a float (or SatNL / LSQ-wrapped) model to an .hwsim graph.
+
+Supported: nn.Conv2d (groups, dilation, zero padding), nn.BatchNorm2d, ReLU/ReLU6 (modules, F.relu,
+torch.relu, F.relu6, .relu()), nn.Linear, max/avg pools (modules and F.*, floor mode; avg with
+count_include_pad), adaptive avg pool to 1x1 → global_avgpool, add (operator.add, torch.add, .add),
+flatten (torch.flatten(x, 1), nn.Flatten, .flatten(1), .view/.reshape(N, -1)), torch.cat (dim 1),
+nn.Identity / nn.Dropout (pass-through). SatNL layers export f(V); QuantWrapper layers export the
+float weight, their LSQ steps go to metadata["lsq"][node name]. Anything else: HwsimError naming
+the fx node and its target.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hwsim.errors import HwsimError
+from hwsim.graph import GraphBuilder, Graph, save_model
+
+from .lsq import LSQQuantizer, QuantWrapper
+from .satnl import SatNLConv2d, SatNLLinear, effective_weight
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, (QuantWrapper, SatNLConv2d, SatNLLinear, LSQQuantizer)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _np(t: torch.Tensor | None):
+    return None if t is None else t.detach().cpu().numpy().astype(np.float32)
+
+
+class _Exporter:
+    def __init__(self, model: nn.Module, input_shape, mean, std):
+        self.model = model
+        self.b = GraphBuilder(input_shape, mean, std)
+        self.env: dict[str, object] = {}
+        self.lsq: dict[str, dict] = {}
+
+    def fail(self, node: fx.Node, why: str = "unsupported") -> None:
+        raise HwsimError(f"export: fx node {node.name!r} (op {node.op}, target {_tname(node.target)}) is {why}; "
+                         f"see docs/frontend.md for the supported ops")
+
+    def t(self, node: fx.Node, a) -> str:
+        v = self.env.get(a.name) if isinstance(a, fx.Node) else None
+        if not isinstance(v, str):
+            self.fail(node, f"given a non-tensor argument {a!r}")
+        return v
+
+    def module(self, node: fx.Node, m: nn.Module, x: str) -> str:
+        name = node.name
+        if isinstance(m, QuantWrapper):
+            self.lsq[name] = {"w_step": [float(v) for v in m.wq.step.detach()], "w_bits": m.wq.bits,
+                              "a_step": float(m.aq.step.detach()[0]) if m.aq is not None else None,
+                              "a_bits": m.aq.bits if m.aq is not None else None,
+                              "a_signed": m.aq.signed if m.aq is not None else None}
+            m = m.module
+        if isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                if isinstance(m.padding, str) and m.padding == "valid":
+                    pad = 0
+                else:
+                    self.fail(node, f"a conv with padding {m.padding!r}/{m.padding_mode!r} (only numeric zero padding)")
+            else:
+                pad = tuple(m.padding)
+            return self.b.conv2d(name, x, _np(effective_weight(m)), _np(m.bias), tuple(m.stride), pad,
+                                 tuple(m.dilation), m.groups)
+        if isinstance(m, nn.Linear):
+            return self.b.linear(name, x, _np(effective_weight(m)), _np(m.bias))
+        if isinstance(m, nn.BatchNorm2d):
+            if m.running_mean is None:
+                self.fail(node, "a BatchNorm2d without running statistics")
+            w = m.weight if m.affine else torch.ones_like(m.running_mean)
+            bb = m.bias if m.affine else torch.zeros_like(m.running_mean)
+            return self.b.batchnorm(name, x, _np(w), _np(bb), _np(m.running_mean), _np(m.running_var), float(m.eps))
+        if isinstance(m, nn.ReLU):
+            return self.b.relu(name, x)
+        if isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and m.min_val == 0 and m.max_val == 6):
+            return self.b.relu6(name, x)
+        if isinstance(m, nn.MaxPool2d):
+            if m.ceil_mode or m.dilation not in (1, (1, 1)) or m.return_indices:
+                self.fail(node, "a MaxPool2d with ceil_mode/dilation/return_indices")
+            return self.b.maxpool2d(name, x, m.kernel_size, m.stride, m.padding)
+        if isinstance(m, nn.AvgPool2d):
+            if m.ceil_mode or not m.count_include_pad or m.divisor_override:
+                self.fail(node, "an AvgPool2d with ceil_mode/count_include_pad=False/divisor_override")
+            return self.b.avgpool2d(name, x, m.kernel_size, m.stride, m.padding)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            if m.output_size not in (1, (1, 1), [1, 1]):
+                self.fail(node, f"an AdaptiveAvgPool2d to {m.output_size} (only 1x1)")
+            return self.b.global_avgpool(name, x)
+        if isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                self.fail(node, "a Flatten other than start_dim=1")
+            return self.b.flatten(name, x)
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            return x
+        self.fail(node, f"an unsupported module {type(m).__name__}")
+
+    def function(self, node: fx.Node) -> object:
+        f, a, kw = node.target, node.args, node.kwargs
+        name = node.name
+        if f in (F.relu, torch.relu) or (node.op == "call_method" and f in ("relu", "relu_")):
+            return self.b.relu(name, self.t(node, a[0]))
+        if f is F.relu6:
+            return self.b.relu6(name, self.t(node, a[0]))
+        if f is F.hardtanh and tuple(a[1:3]) == (0.0, 6.0):
+            return self.b.relu6(name, self.t(node, a[0]))
+        if f in (operator.add, torch.add) or (node.op == "call_method" and f == "add"):
+            if len(a) != 2 or kw.get("alpha", 1) != 1:
+                self.fail(node, "an add with other than two tensor operands")
+            return self.b.add(name, self.t(node, a[0]), self.t(node, a[1]))
+        if f is torch.cat or f is torch.concat:
+            dim = a[1] if len(a) > 1 else kw.get("dim", 0)
+            if dim != 1:
+                self.fail(node, f"a cat along dim {dim} (only dim 1)")
+            return self.b.concat(name, [self.t(node, v) for v in a[0]], 1)
+        if f is torch.flatten or (node.op == "call_method" and f == "flatten"):
+            start = a[1] if len(a) > 1 else kw.get("start_dim", 0 if f is torch.flatten else 0)
+            end = a[2] if len(a) > 2 else kw.get("end_dim", -1)
+            if start != 1 or end != -1:
+                self.fail(node, f"a flatten from dim {start} to {end} (only start_dim=1)")
+            return self.b.flatten(name, self.t(node, a[0]))
+        if node.op == "call_method" and f in ("view", "reshape"):
+            shape = a[1:] if len(a) > 2 else (a[1] if len(a) > 1 else ())
+            ok = len(shape) == 2 and shape[1] == -1 and (
+                (isinstance(shape[0], fx.Node) and self.env.get(shape[0].name) == ("batch",)))
+            if not ok:
+                self.fail(node, "a view/reshape other than (N, -1) with N = x.size(0) / x.shape[0]")
+            return self.b.flatten(name, self.t(node, a[0]))
+        if node.op == "call_method" and f == "size" and len(a) == 2 and a[1] == 0:
+            return ("batch",)
+        if f is getattr and a[1] == "shape":
+            return ("shape",)
+        if f is operator.getitem and isinstance(a[0], fx.Node) and self.env.get(a[0].name) == ("shape",) and a[1] == 0:
+            return ("batch",)
+        if f is F.adaptive_avg_pool2d:
+            if (a[1] if len(a) > 1 else kw.get("output_size")) not in (1, (1, 1), [1, 1]):
+                self.fail(node, "an adaptive_avg_pool2d not to 1x1")
+            return self.b.global_avgpool(name, self.t(node, a[0]))
+        if f is F.max_pool2d or f is F.avg_pool2d:
+            args = list(a[1:]) + [None] * 3
+            k = args[0] if args[0] is not None else kw.get("kernel_size")
+            s = args[1] if args[1] is not None else kw.get("stride")
+            p = args[2] if args[2] is not None else kw.get("padding", 0)
+            if kw.get("ceil_mode") or (f is F.max_pool2d and kw.get("dilation", 1) != 1) or \
+                    (f is F.avg_pool2d and (kw.get("count_include_pad", True) is False or kw.get("divisor_override"))) \
+                    or len(a) > 4:
+                self.fail(node, "a pool with ceil_mode/dilation/count_include_pad=False")
+            op = self.b.maxpool2d if f is F.max_pool2d else self.b.avgpool2d
+            return op(name, self.t(node, a[0]), k, s, p)
+        self.fail(node)
+
+    def run(self, gm: fx.GraphModule, metadata: dict) -> Graph:
+        outputs = []
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                if self.env:
+                    self.fail(node, "a second input (only one input is supported)")
+                self.env[node.name] = "input"
+            elif node.op == "call_module":
+                self.env[node.name] = self.module(node, gm.get_submodule(node.target), self.t(node, node.args[0]))
+            elif node.op in ("call_function", "call_method"):
+                self.env[node.name] = self.function(node)
+            elif node.op == "output":
+                outs = node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]]
+                outputs = [self.t(node, o) for o in outs]
+            else:
+                self.fail(node)
+        md = dict(metadata or {})
+        if self.lsq:
+            md["lsq"] = self.lsq
+        return self.b.build(outputs=outputs, metadata=md)
+
+
+def _tname(t) -> str:
+    return getattr(t, "__name__", None) or str(t)
+
+
+def to_graph(model: nn.Module, input_shape, mean=0.0, std=1.0, metadata: dict | None = None) -> Graph:
+    """The float hwsim Graph of ``model`` (traced with torch.fx in eval mode)."""
+    was = model.training
+    model.eval()
+    try:
+        tracer = _Tracer()
+        g = tracer.trace(model)
+        gm = fx.GraphModule(tracer.root, g)
+    except HwsimError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tracing failures are user errors about the model
+        raise HwsimError(f"export: torch.fx cannot trace {type(model).__name__}: {str(e).splitlines()[0]}") from None
+    finally:
+        model.train(was)
+    return _Exporter(model, input_shape, mean, std).run(gm, metadata or {})
+
+
+def export_model(model: nn.Module, path: str | None, input_shape, mean=0.0, std=1.0, metadata: dict | None = None) -> Graph:
+    """Trace ``model`` and write it to ``path`` (.hwsim) unless path is None; returns the Graph."""
+    g = to_graph(model, input_shape, mean, std, metadata)
+    if path is not None:
+        save_model(g, path)
+    return g
+
+
+def export_checkpoint(ckpt_path: str, out_path: str, metadata: dict | None = None) -> Graph:
+    """Export a training checkpoint (loaded with weights_only=True) to ``out_path``."""
+    from .train import model_from_checkpoint
+
+    model, ck = model_from_checkpoint(ckpt_path)
+    cfg = ck["config"]
+    hist = ck.get("history", {})
+    md = {"arch": cfg["arch"], "dataset": cfg.get("dataset"), "epochs": int(ck["epoch"]),
+          "train_config": {k: v for k, v in cfg.items() if k not in ("mean", "std")}}
+    if hist.get("test_acc"):
+        md["float_accuracy"] = float(hist["test_acc"][-1])
+    md.update(metadata or {})
+    return export_model(model, out_path, cfg["input_shape"], cfg["mean"], cfg["std"], md)

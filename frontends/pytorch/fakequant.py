@@ -1,0 +1,147 @@
+"""The fake-quant mirror: what a QAT framework simulates, built from hwsim's compiled graph.
+
+Given a :class:`hwsim.compile.QuantizedGraph`, :class:`FakeQuantModel` applies exactly the same
+scales, zero points, bit widths, granularity and clamps — but in float32 torch arithmetic, the
+way fake quantization (MQBench, AIMET, Brevitas, torch.ao QAT) does it:
+
+- the input is quantized to its grid (round half to even) and dequantized;
+- conv/linear use the dequantized integer weights ``(w_q - z_w) * s_w`` and the dequantized
+  int32 bias ``b_q * s_x * s_w``, float32 math, then the output is fake-quantized:
+  ``clamp(round(y / s_y) + z_y, lo, hi)``. ``round`` is round-half-to-even by default — what
+  QAT fake-quant ops do (torch.fake_quantize_* use nearbyint, LSQ and Brevitas use
+  torch.round) — or, with ``rounding="profile"``, the profile's own mode (``stochastic`` has
+  no fake-quant analogue and stays half-even);
+- BatchNorm is handled as the profile handles it: statically folded (``fold``) or, for
+  ``scale``, with γ/√(σ²+ε) absorbed into the per-channel weight scale — the same
+  dequantized weights the simulator's integers represent;
+- pools, add and concat work on dequantized floats and fake-quantize to the output grid.
+
+What fake quantization cannot express — the accumulator width and its wrap/saturate policy,
+partial sums, fixed-point multipliers and their double rounding, shift rounding — is exactly
+what ``hwsim compare`` measures against this mirror.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hwsim.compile import QuantizedGraph
+
+
+def _round(x: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode in ("half_even", "stochastic"):
+        return torch.round(x)  # torch.round rounds half to even
+    if mode == "half_away":
+        return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
+    if mode == "half_up":
+        return torch.floor(x + 0.5)
+    if mode == "floor":
+        return torch.floor(x)
+    if mode == "trunc":
+        return torch.trunc(x)
+    raise ValueError(mode)
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
+class FakeQuantModel(torch.nn.Module):
+    """float32 fake-quant execution of a compiled graph; ``forward`` returns logits.
+
+    ``forward(x, return_codes=True)`` also returns, per grid tensor, the integer codes
+    ``round(y / s) + z`` the fake-quant model holds (comparable with the simulator's integers).
+    """
+
+    def __init__(self, qg: QuantizedGraph, rounding: str = "half_even"):
+        super().__init__()
+        self.rounding = rounding
+        if qg.weight_only:
+            raise ValueError("weight-only profiles have no activation grids to mirror")
+        self.qg = qg
+        self.weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for lay in qg.mac_layers:
+            gx = qg.grids[lay.inputs[0]]
+            shp = (-1,) + (1,) * (lay.w_q.ndim - 1)
+            zp = np.broadcast_to(np.asarray(lay.w_zero_point), (lay.w_q.shape[0],)).reshape(shp)
+            w = ((lay.w_q - zp) * lay.w_scale.reshape(shp)).astype(np.float32)
+            b = (lay.bias_q * (gx.scale * lay.w_scale)).astype(np.float32)
+            self.weights[lay.name] = (torch.from_numpy(w), torch.from_numpy(b))
+
+    def _fq(self, y: torch.Tensor, tensor: str, lo: int, hi: int, rounding: str):
+        g = self.qg.grids[tensor]
+        q = torch.clamp(_round(y / g.scale, rounding) + g.zero_point, lo, hi)
+        return (q - g.zero_point) * g.scale, q
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, return_codes: bool = False):
+        qg = self.qg
+        gi = qg.grids[qg.input_name]
+        xf, xq = self._fq(x.float(), qg.input_name, gi.qmin, gi.qmax, "half_even")
+        env = {qg.input_name: xf}
+        codes = {qg.input_name: xq}
+        for lay in qg.layers:
+            a = lay.attrs
+            x = env[lay.inputs[0]]
+            rounding = lay.profile.requant.rounding if self.rounding == "profile" else self.rounding
+            if lay.op in ("conv2d", "linear"):
+                w, b = self.weights[lay.name]
+                if lay.op == "conv2d":
+                    t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
+                    x = F.pad(x, (l_, r, t, bt))  # zeros = the zero point in the integer domain
+                    y = F.conv2d(x, w, b, stride=_pair(a.get("stride", 1)), dilation=_pair(a.get("dilation", 1)),
+                                 groups=a.get("groups", 1))
+                else:
+                    y = F.linear(x.reshape(x.shape[0], -1), w, b)
+            elif lay.op == "maxpool2d":
+                t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
+                x = F.pad(x, (l_, r, t, bt), value=float("-inf"))
+                y = F.max_pool2d(x, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])))
+            elif lay.op in ("avgpool2d", "global_avgpool"):
+                if lay.op == "global_avgpool":
+                    y = x.mean(dim=(2, 3), keepdim=True)
+                else:
+                    t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
+                    x = F.pad(x, (l_, r, t, bt))
+                    y = F.avg_pool2d(x, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])))
+                g = qg.grids[lay.output]
+                y, q = self._fq(y, lay.output, g.qmin, g.qmax, rounding)
+                env[lay.output], codes[lay.output] = y, q
+                continue
+            elif lay.op == "add":
+                y = x + env[lay.inputs[1]]
+            elif lay.op == "concat":
+                y = torch.cat([env[i] for i in lay.inputs], dim=a.get("axis", 1))
+            elif lay.op == "flatten":
+                env[lay.output] = x.reshape(x.shape[0], -1)
+                codes[lay.output] = codes[lay.inputs[0]].reshape(x.shape[0], -1)
+                continue
+            elif lay.op in ("relu", "relu6"):
+                g = qg.grids[lay.output]
+                lo, hi = lay.clamp
+                y = torch.clamp(x, (lo - g.zero_point) * g.scale, (hi - g.zero_point) * g.scale)
+                env[lay.output] = y
+                codes[lay.output] = torch.clamp(codes[lay.inputs[0]], lo, hi)
+                continue
+            else:  # pragma: no cover
+                raise AssertionError(lay.op)
+            if lay.op == "maxpool2d":
+                env[lay.output] = y
+                codes[lay.output] = _round(y / qg.grids[lay.output].scale, "half_even") + qg.grids[lay.output].zero_point
+                continue
+            lo, hi = lay.clamp
+            y, q = self._fq(y, lay.output, lo, hi, rounding)
+            env[lay.output], codes[lay.output] = y, q
+        out = env[qg.output_name].reshape(env[qg.output_name].shape[0], -1)
+        if return_codes:
+            return out, codes
+        return out
+
+
+def mirror_codes(qg: QuantizedGraph, x_norm: np.ndarray, rounding: str = "half_even"):
+    """Run the mirror on normalised images: (logits, {tensor: int64 codes})."""
+    m = FakeQuantModel(qg, rounding)
+    out, codes = m(torch.from_numpy(np.ascontiguousarray(x_norm, np.float32)), return_codes=True)
+    return out.numpy(), {k: v.numpy().astype(np.int64) for k, v in codes.items()}

@@ -1,0 +1,717 @@
+"""Fast kernels for conv/linear accumulation, bit-exact to ``hwsim.reference`` (docs/semantics.md, section 10).
+
+- :func:`im2col` / :func:`im2col_serial` (numba) lay a block of samples out as columns
+  ``cols[n, k, position]`` of x - z_x, k in canonical order (input channel, kernel row, kernel
+  column); padding pixels are 0.
+- :func:`accumulate_rows` / :func:`accumulate_rows_f32` (numba, parallel over positions) are
+  the MAC-array model itself: chunks of R products summed exactly, the P-bit partial register,
+  the A-bit accumulator and the event counters, one output position (all groups and channels)
+  at a time. The float32 variant is used only where every value it holds is provably < 2^24.
+- Exact BLAS: when every partial sum of sum_k |w_k - z_w| |x_k - z_x| is provably < 2^24
+  (float32) or < 2^53 (float64), a float matmul of the integer operands is exact in any order.
+  A layer whose per-channel static bound fits the accumulator is one such matmul. Otherwise a
+  position whose data bound |b| + sum_k |w_k - z_w| |x_k - z_x| fits cannot overflow either;
+  :func:`risky_positions` screens the first sample to choose between "BLAS everywhere + model
+  kernel on risky positions" and "model kernel everywhere".
+
+Module-level njit functions write into caller-allocated arrays; cache=True, no fastmath.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from hwsim.errors import HwsimError
+
+try:  # optional: pins BLAS to one thread inside hwsim calls (installed with scikit-learn, which mlxtend needs)
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # pragma: no cover - correctness never depends on it, only speed
+    ThreadpoolController = None
+
+MODE_NONE, MODE_WRAP, MODE_SAT = 0, 1, 2
+_POLICY = {"wrap": MODE_WRAP, "saturate": MODE_SAT}
+BLOCK_BYTES = 6 << 20  # im2col block budget (a reused, cache-friendly buffer)
+EXACT_F32 = 1 << 24
+EXACT_F64 = 1 << 53
+INT64_LIMIT = 1 << 62  # |bias| + sum |w||x| must stay below this (int64 simulation with a spare bit)
+
+
+# ----------------------------------------------------------------------------- numba kernels
+@njit(parallel=True, cache=True)
+def pad_shift(x, zx, pt, pl, out):
+    """out[n, c, pt + i, pl + j] = x[n, c, i, j] - zx; the caller zeroes ``out`` (padding pixels hold z_x)."""
+    N, C, H, W = x.shape
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        for i in range(H):
+            for j in range(W):
+                out[n, c, pt + i, pl + j] = x[n, c, i, j] - zx
+
+
+@njit(parallel=True, cache=True)
+def im2col(xp, n0, geom, out):
+    """out[i, (c*kh + a)*kw + b, oh*Wo + ow] = xp[n0+i, c, oh*sh + a*dh, ow*sw + b*dw] (k in canonical order).
+
+    ``xp`` is the input minus its zero point, already padded with zeros; geom = (kh, kw, sh, sw, dh, dw, Ho, Wo).
+    """
+    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    C = xp.shape[1]
+    nb = out.shape[0]
+    for t in prange(nb * C):
+        i = t // C
+        c = t - i * C
+        for a in range(kh):
+            for b in range(kw):
+                k = (c * kh + a) * kw + b
+                for oh in range(Ho):
+                    ih = oh * sh + a * dh
+                    base = oh * Wo
+                    for ow in range(Wo):
+                        out[i, k, base + ow] = xp[n0 + i, c, ih, ow * sw + b * dw]
+
+
+@njit(parallel=True, cache=True)
+def im2col_positions(xp, n0, geom, out):
+    """Position-major :func:`im2col`: out[i, oh*Wo + ow, k] (contiguous in k, what the model kernel reads)."""
+    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    C = xp.shape[1]
+    nb = out.shape[0]
+    for t in prange(nb * Ho):
+        i = t // Ho
+        oh = t - i * Ho
+        for ow in range(Wo):
+            row = oh * Wo + ow
+            for c in range(C):
+                for a in range(kh):
+                    ih = oh * sh + a * dh
+                    for b in range(kw):
+                        out[i, row, (c * kh + a) * kw + b] = xp[n0 + i, c, ih, ow * sw + b * dw]
+
+
+@njit(cache=True, nogil=True)
+def im2col_serial(xp, n0, geom, out):
+    """Single-threaded :func:`im2col`, releasing the GIL (run in hwsim's own worker threads beside BLAS calls)."""
+    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    C = xp.shape[1]
+    for i in range(out.shape[0]):
+        for c in range(C):
+            for a in range(kh):
+                for b in range(kw):
+                    k = (c * kh + a) * kw + b
+                    for oh in range(Ho):
+                        ih = oh * sh + a * dh
+                        base = oh * Wo
+                        for ow in range(Wo):
+                            out[i, k, base + ow] = xp[n0 + i, c, ih, ow * sw + b * dw]
+
+
+@njit(parallel=True, cache=True)
+def accumulate_rows(cols, k0, wT, bias, rows_sel, spec, acc_buf, out, events):
+    """MAC-array model for output positions p = rows_sel[j] (n = p // L, l = p % L), all groups and channels.
+
+    out[n, g*M + m, l] = accumulation of bias[g*M + m] + sum_k cols[n, k0 + g*K + k, l] * wT[g, k, m]
+    with wT [G, K, M]; spec = (a_bits, a_mode, p_bits, p_mode, R), mode 0 = unbounded, 1 = wrap,
+    2 = saturate (bits <= 62). Chunks of R consecutive k are summed exactly in wT's dtype and the
+    running accumulator is kept in acc_buf's dtype (the caller proves neither can overflow);
+    events[j] = (partial events, acc events) of position rows_sel[j].
+    """
+    G, K, M = wT.shape
+    L = cols.shape[2]
+    a_bits, a_mode, p_bits, p_mode, R = spec[0], spec[1], spec[2], spec[3], spec[4]
+    if a_mode == MODE_NONE:
+        a_bits = 62
+    if p_mode == MODE_NONE:
+        p_bits = 62
+    a_lo = -(np.int64(1) << (a_bits - 1))
+    a_hi = -a_lo - 1
+    a_mask = (np.int64(1) << a_bits) - 1
+    p_lo = -(np.int64(1) << (p_bits - 1))
+    p_hi = -p_lo - 1
+    p_mask = (np.int64(1) << p_bits) - 1
+    npos = rows_sel.shape[0]
+    nchunk = min(npos, 256)
+    for t in prange(nchunk):
+        acc = np.empty(M, acc_buf.dtype)  # per-chunk scratch, reused for every position of the chunk
+        s = np.empty(M, wT.dtype)
+        for j in range(t * npos // nchunk, (t + 1) * npos // nchunk):
+            p = rows_sel[j]
+            n = p // L
+            l = p - n * L
+            pe = np.int64(0)
+            ae = np.int64(0)
+            for g in range(G):
+                kg = k0 + g * K
+                for m in range(M):
+                    b = bias[g * M + m]
+                    if a_mode != MODE_NONE and (b < a_lo or b > a_hi):
+                        ae += 1
+                        if a_mode == MODE_WRAP:
+                            b = ((b - a_lo) & a_mask) + a_lo
+                        else:
+                            b = min(max(b, a_lo), a_hi)
+                    acc[m] = b
+                if R == 1 and p_mode == MODE_NONE and a_mode == MODE_SAT:
+                    # saturation after every MAC, fused into one pass over the channels
+                    for k in range(K):
+                        xv = np.int64(cols[n, kg + k, l])
+                        if xv != 0:
+                            for m in range(M):
+                                v = acc[m] + xv * wT[g, k, m]
+                                c = min(max(v, a_lo), a_hi)
+                                ae += np.int64(c != v)  # clamping changed v <=> v left the range
+                                acc[m] = c
+                else:
+                    for c0 in range(0, K, R):
+                        for m in range(M):
+                            s[m] = 0
+                        for k in range(c0, min(c0 + R, K)):
+                            xv = np.int64(cols[n, kg + k, l])
+                            if xv != 0:
+                                for m in range(M):
+                                    s[m] += xv * wT[g, k, m]
+                        if p_mode == MODE_WRAP:
+                            for m in range(M):
+                                v = np.int64(s[m])
+                                c = ((v - p_lo) & p_mask) + p_lo
+                                pe += np.int64(c != v)
+                                s[m] = c
+                        elif p_mode == MODE_SAT:
+                            for m in range(M):
+                                v = np.int64(s[m])
+                                c = min(max(v, p_lo), p_hi)
+                                pe += np.int64(c != v)
+                                s[m] = c
+                        if a_mode == MODE_NONE:
+                            for m in range(M):
+                                acc[m] += s[m]
+                        elif a_mode == MODE_WRAP:
+                            for m in range(M):
+                                v = acc[m] + s[m]
+                                c = ((v - a_lo) & a_mask) + a_lo
+                                ae += np.int64(c != v)
+                                acc[m] = c
+                        else:
+                            for m in range(M):
+                                v = acc[m] + s[m]
+                                c = min(max(v, a_lo), a_hi)
+                                ae += np.int64(c != v)
+                                acc[m] = c
+                for m in range(M):
+                    out[n, g * M + m, l] = acc[m]
+            events[j, 0] = pe
+            events[j, 1] = ae
+
+
+@njit(parallel=True, cache=True)
+def accumulate_rows_f32(cols, k0, wT, bias, rows_sel, spec, out, events):
+    """:func:`accumulate_rows` in float32 arithmetic (16 SIMD lanes), for problems where that is exact.
+
+    Preconditions (checked by the caller): every integer the model holds -- products, chunk sums,
+    the running accumulator plus one chunk, wrap intermediates -- is below 2^24 in magnitude, so
+    every float32 add, multiply, min/max and floor here is exact integer arithmetic. cols and wT
+    are float32 holding integers; wrapping is v - 2^bits * floor((v - lo) / 2^bits).
+    """
+    G, K, M = wT.shape
+    L = cols.shape[2]
+    a_bits, a_mode, p_bits, p_mode, R = spec[0], spec[1], spec[2], spec[3], spec[4]
+    if a_mode == MODE_NONE:
+        a_bits = 30
+    if p_mode == MODE_NONE:
+        p_bits = 30
+    a_lo_i = -(np.int64(1) << (a_bits - 1))
+    a_hi_i = -a_lo_i - 1
+    a_lo = np.float32(a_lo_i)  # exact: a_bits <= 24 whenever a_mode != MODE_NONE
+    a_hi = np.float32(a_hi_i)
+    a_mod = np.float32(2.0) ** np.float32(a_bits)
+    a_inv = np.float32(1.0) / a_mod
+    p_lo = np.float32(-(np.int64(1) << (p_bits - 1)))
+    p_hi = np.float32((np.int64(1) << (p_bits - 1)) - 1)
+    p_mod = np.float32(2.0) ** np.float32(p_bits)
+    p_inv = np.float32(1.0) / p_mod
+    npos = rows_sel.shape[0]
+    nchunk = min(npos, 256)
+    for t in prange(nchunk):
+        acc = np.empty(M, np.float32)  # per-chunk scratch, reused for every position of the chunk
+        s = np.empty(M, np.float32)
+        pcnt = np.empty(M, np.int32)
+        acnt = np.empty(M, np.int32)
+        for j in range(t * npos // nchunk, (t + 1) * npos // nchunk):
+            p = rows_sel[j]
+            n = p // L
+            l = p - n * L
+            pe = np.int64(0)
+            ae = np.int64(0)
+            for g in range(G):
+                kg = k0 + g * K
+                for m in range(M):
+                    pcnt[m] = 0
+                    acnt[m] = 0
+                    b = bias[g * M + m]
+                    if a_mode != MODE_NONE and (b < a_lo_i or b > a_hi_i):
+                        ae += 1
+                        if a_mode == MODE_WRAP:
+                            b = ((b - a_lo_i) & ((np.int64(1) << a_bits) - 1)) + a_lo_i
+                        else:
+                            b = min(max(b, a_lo_i), a_hi_i)
+                    acc[m] = np.float32(b)
+                if R == 1 and p_mode == MODE_NONE and a_mode == MODE_SAT:
+                    for k in range(K):
+                        xv = cols[n, kg + k, l]
+                        if xv != 0:
+                            for m in range(M):
+                                v = acc[m] + xv * wT[g, k, m]
+                                c = min(max(v, a_lo), a_hi)
+                                acnt[m] += np.int32(c != v)  # clamping changed v <=> v left the range
+                                acc[m] = c
+                else:
+                    for c0 in range(0, K, R):
+                        for m in range(M):
+                            s[m] = 0
+                        for k in range(c0, min(c0 + R, K)):
+                            xv = cols[n, kg + k, l]
+                            if xv != 0:
+                                for m in range(M):
+                                    s[m] += xv * wT[g, k, m]
+                        if p_mode == MODE_WRAP:
+                            for m in range(M):
+                                v = s[m]
+                                c = v - p_mod * np.floor((v - p_lo) * p_inv)
+                                pcnt[m] += np.int32(c != v)
+                                s[m] = c
+                        elif p_mode == MODE_SAT:
+                            for m in range(M):
+                                v = s[m]
+                                c = min(max(v, p_lo), p_hi)
+                                pcnt[m] += np.int32(c != v)
+                                s[m] = c
+                        if a_mode == MODE_NONE:
+                            for m in range(M):
+                                acc[m] += s[m]
+                        elif a_mode == MODE_WRAP:
+                            for m in range(M):
+                                v = acc[m] + s[m]
+                                c = v - a_mod * np.floor((v - a_lo) * a_inv)
+                                acnt[m] += np.int32(c != v)
+                                acc[m] = c
+                        else:
+                            for m in range(M):
+                                v = acc[m] + s[m]
+                                c = min(max(v, a_lo), a_hi)
+                                acnt[m] += np.int32(c != v)
+                                acc[m] = c
+                for m in range(M):
+                    out[n, g * M + m, l] = np.int64(acc[m])
+                    pe += pcnt[m]
+                    ae += acnt[m]
+            events[j, 0] = pe
+            events[j, 1] = ae
+
+
+@njit(parallel=True, cache=True)
+def accumulate_planes(cols, k0, wT, bias, spec, lims, out, events):
+    """The MAC-array model vectorized over positions: one (sample, group, channel) plane at a time.
+
+    Same semantics as :func:`accumulate_rows` (out[n, g*M + m, l], every position l < L of every
+    sample), for few output channels per group (depthwise convs). Arithmetic runs in lims' dtype
+    (float32 where the caller proved it exact, else int64); lims = (a_lo, a_hi, a_mod, p_lo, p_hi,
+    p_mod) in that dtype; wrapping is v - mod * ((v - lo) // mod). events[t] = (partial events,
+    acc events) of plane t = (n * G + g) * M + m.
+    """
+    G, K, M = wT.shape
+    nb = cols.shape[0]
+    L = cols.shape[2]
+    a_bits, a_mode, p_bits, p_mode, R = spec[0], spec[1], spec[2], spec[3], spec[4]
+    a_lo, a_hi, a_mod, p_lo, p_hi, p_mod = lims[0], lims[1], lims[2], lims[3], lims[4], lims[5]
+    a_lo_i = -(np.int64(1) << (min(a_bits, 62) - 1)) if a_mode != MODE_NONE else np.int64(0)
+    a_hi_i = -a_lo_i - 1
+    for t in prange(nb * G * M):
+        n = t // (G * M)
+        g = (t - n * G * M) // M
+        m = t - n * G * M - g * M
+        acc = np.empty(L, lims.dtype)
+        s = np.empty(L, lims.dtype)
+        pe = np.int64(0)
+        ae = np.int64(0)
+        b = bias[g * M + m]
+        if a_mode != MODE_NONE and (b < a_lo_i or b > a_hi_i):
+            ae += L  # one event per output position
+            if a_mode == MODE_WRAP:
+                b = ((b - a_lo_i) & ((np.int64(1) << a_bits) - 1)) + a_lo_i
+            else:
+                b = min(max(b, a_lo_i), a_hi_i)
+        for l in range(L):
+            acc[l] = b
+        kg = k0 + g * K
+        if R == 1 and p_mode == MODE_NONE and a_mode == MODE_SAT:
+            for k in range(K):
+                wv = wT[g, k, m]
+                if wv != 0:
+                    for l in range(L):
+                        v = acc[l] + wv * cols[n, kg + k, l]
+                        c = min(max(v, a_lo), a_hi)
+                        ae += np.int64(c != v)
+                        acc[l] = c
+        else:
+            for c0 in range(0, K, R):
+                for l in range(L):
+                    s[l] = 0
+                for k in range(c0, min(c0 + R, K)):
+                    wv = wT[g, k, m]
+                    if wv != 0:
+                        for l in range(L):
+                            s[l] += wv * cols[n, kg + k, l]
+                if p_mode == MODE_WRAP:
+                    for l in range(L):
+                        v = s[l]
+                        c = v - p_mod * ((v - p_lo) // p_mod)
+                        pe += np.int64(c != v)
+                        s[l] = c
+                elif p_mode == MODE_SAT:
+                    for l in range(L):
+                        v = s[l]
+                        c = min(max(v, p_lo), p_hi)
+                        pe += np.int64(c != v)
+                        s[l] = c
+                if a_mode == MODE_NONE:
+                    for l in range(L):
+                        acc[l] += s[l]
+                elif a_mode == MODE_WRAP:
+                    for l in range(L):
+                        v = acc[l] + s[l]
+                        c = v - a_mod * ((v - a_lo) // a_mod)
+                        ae += np.int64(c != v)
+                        acc[l] = c
+                else:
+                    for l in range(L):
+                        v = acc[l] + s[l]
+                        c = min(max(v, a_lo), a_hi)
+                        ae += np.int64(c != v)
+                        acc[l] = c
+        for l in range(L):
+            out[n, g * M + m, l] = np.int64(acc[l])
+        events[t, 0] = pe
+        events[t, 1] = ae
+
+
+@njit(parallel=True, cache=True)
+def risky_positions(cols, k0, wabsT, babs, a_thr, p_thr, mask):
+    """mask[p] = any_m (babs[m] + d[m] > a_thr or d[m] > p_thr), d[m] = sum_k |cols[n, k0+k, l]| wabsT[k, m], p < mask.size.
+
+    d is summed in wabsT's float dtype, exact because the caller proves every partial sum is below
+    2^24 (float32) or 2^53 (float64); the comparisons are done in int64.
+    """
+    K = wabsT.shape[0]
+    M = wabsT.shape[1]
+    L = cols.shape[2]
+    for p in prange(mask.shape[0]):
+        n = p // L
+        l = p - n * L
+        d = np.zeros(M, wabsT.dtype)
+        for k in range(K):
+            xv = abs(cols[n, k0 + k, l])
+            if xv != 0:
+                for m in range(M):
+                    d[m] += xv * wabsT[k, m]
+        r = False
+        for m in range(M):
+            di = np.int64(d[m])
+            if babs[m] + di > a_thr or di > p_thr:
+                r = True
+        mask[p] = r
+
+
+# ----------------------------------------------------------------------------- planning (exact Python ints)
+@dataclass
+class _Plan:
+    """What one GEMM problem (a linear layer, or one conv group) needs, decided from weights and max |x - z_x|."""
+
+    w_kernel: np.ndarray  # [K, M] w - z_w, int32 when every chunk sum fits int32, else int64 (the product is int64)
+    acc_dtype: type  # running accumulator buffer of the integer kernel: int32 when its values provably fit
+    w_f32: np.ndarray | None  # float32 [K, M] when the float32 kernel is exact (else None: integer kernel)
+    w_f: np.ndarray | None  # float [M, K] for the exact BLAS product
+    wabs_f: np.ndarray | None  # float [M, K] |w - z_w| for the per-element data bound
+    bias: np.ndarray  # int64 [M]
+    spec: np.ndarray  # int64 [5] for the model kernels
+    blas: type | None  # np.float32 / np.float64 / None (no exact BLAS product)
+    layer_exact: bool  # the static bound fits: no element can overflow
+    a_hi: int | None
+    p_hi: int | None
+    kernel_only: bool  # tiny (depthwise-like) or huge problems: the model kernel runs on every position
+
+
+def _plan(wd: np.ndarray, bias: np.ndarray | None, xmax: int, acc) -> _Plan:
+    M, K = wd.shape
+    b = np.zeros(M, np.int64) if bias is None else bias.astype(np.int64)
+    wabs = np.abs(wd)
+    if wabs.size and int(wabs.max()) >= 1 << 31:
+        raise HwsimError("weights minus zero point exceed 2^31 in magnitude: not an integer grid hwsim simulates")
+    colsum = [int(v) for v in wabs.sum(axis=1)]  # per output channel, exact
+    bmax = int(np.abs(b).max()) if M else 0
+    bound = [abs(int(bb)) + c * xmax for bb, c in zip(b, colsum)]
+    gsum = max(colsum, default=0) * xmax  # every partial sum of sum_k |w||x| of any element is <= gsum
+    if max(bound, default=0) >= INT64_LIMIT or gsum + bmax >= INT64_LIMIT:
+        raise HwsimError(f"layer too large for the int64 simulator: |bias| + sum|w||x| = {max(bound)} >= 2^62")
+    R = acc.rows if acc.rows is not None else max(K, 1)
+    R = min(R, max(K, 1))
+    pad = (-K) % R
+    wpad = np.concatenate([wabs, np.zeros((M, pad), np.int64)], axis=1) if pad else wabs
+    chunk = [int(v) * xmax for v in wpad.reshape(M, -1, R).sum(axis=2).max(axis=1)] if M else [0]
+    cmax = max(chunk, default=0)
+    a_hi = None if acc.bits is None or acc.bits >= 63 else (1 << (acc.bits - 1)) - 1
+    p_hi = None if acc.partial_bits is None or acc.partial_bits >= 63 else (1 << (acc.partial_bits - 1)) - 1
+    if p_hi is not None and cmax <= p_hi:
+        p_hi = None  # no chunk sum can leave the partial register: it is exact
+    layer_exact = (a_hi is None or max(bound, default=0) <= a_hi) and p_hi is None
+    blas = np.float32 if gsum < EXACT_F32 else (np.float64 if gsum < EXACT_F64 else None)
+    kernel_only = blas is None or M < 8
+    spec = np.array([acc.bits or 0, MODE_NONE if a_hi is None else _POLICY[acc.overflow],
+                     acc.partial_bits or 0, MODE_NONE if p_hi is None else _POLICY[acc.partial_overflow], R],
+                    dtype=np.int64)
+    # float32 model kernel: exact when every value it holds stays below 2^24 (see accumulate_rows_f32)
+    p_cfg = None if acc.partial_bits is None or acc.partial_bits >= 63 else 1 << (acc.partial_bits - 1)
+    f32_ok = (cmax < EXACT_F32 and gsum + bmax < EXACT_F64 and (p_cfg is None or p_cfg + cmax < EXACT_F32)
+              and (a_hi + 1 + cmax < EXACT_F32 if a_hi is not None else gsum + bmax < EXACT_F32))
+    small_acc = (a_hi is not None and a_hi < (1 << 31)) or gsum + bmax < (1 << 31)
+    return _Plan(w_kernel=np.ascontiguousarray(wd.T).astype(np.int32 if cmax < (1 << 31) else np.int64),
+                 acc_dtype=np.int32 if small_acc else np.int64,
+                 w_f32=np.ascontiguousarray(wd.T).astype(np.float32) if f32_ok else None,
+                 w_f=None if blas is None else wd.astype(blas), wabs_f=None if blas is None else wabs.astype(blas),
+                 bias=b, spec=spec, blas=blas, layer_exact=layer_exact, a_hi=a_hi, p_hi=p_hi,
+                 kernel_only=kernel_only)
+
+
+PLANE_MAX_M = 8  # groups with fewer output channels run the position-vectorized model kernel
+
+
+def _merged_spec(plans: list[_Plan]) -> np.ndarray:
+    spec = plans[0].spec.copy()
+    bounded_p = [q.spec for q in plans if q.spec[3] != MODE_NONE]
+    if bounded_p:  # same accumulator config for every group; only some may need the P checks
+        spec[2], spec[3] = bounded_p[0][2], bounded_p[0][3]
+    return spec
+
+
+def _run_planes(plans: list[_Plan], cols: np.ndarray, k0: int, out: np.ndarray) -> tuple[int, int]:
+    """The position-vectorized model kernel on every position of cols [nb, k, L] (contiguous in L)."""
+    spec = _merged_spec(plans)
+    bias = np.concatenate([q.bias for q in plans])
+    G, M = len(plans), plans[0].bias.size
+    if all(q.w_f32 is not None for q in plans):
+        w, dt = np.stack([q.w_f32 for q in plans]), np.float32
+        if cols.dtype != np.float32:
+            cols, k0 = cols[:, k0:k0 + w.shape[0] * w.shape[1], :].astype(np.float32), 0
+    else:
+        w, dt = np.stack([q.w_kernel for q in plans]).astype(np.int64), np.int64
+        if cols.dtype.kind == "f":
+            cols, k0 = cols[:, k0:k0 + w.shape[0] * w.shape[1], :].astype(np.int64), 0
+    a_bits = int(spec[0]) if spec[1] != MODE_NONE else 30
+    p_bits = int(spec[2]) if spec[3] != MODE_NONE else 30
+    lims = np.array([-(1 << (a_bits - 1)), (1 << (a_bits - 1)) - 1, 1 << a_bits,
+                     -(1 << (p_bits - 1)), (1 << (p_bits - 1)) - 1, 1 << p_bits], dtype=dt)
+    ev = np.zeros((cols.shape[0] * G * M, 2), np.int64)
+    accumulate_planes(cols, k0, w, bias, spec, lims, out, ev)
+    return int(ev[:, 0].sum()), int(ev[:, 1].sum())
+
+
+def _run_kernel(plans: list[_Plan], cols: np.ndarray, k0: int, rows: np.ndarray, out: np.ndarray) -> tuple[int, int]:
+    """The model kernel for consecutive groups ``plans`` (group i reads cols[:, k0 + i*K ...] and writes
+    out[:, i*M ...]) on positions ``rows``; returns (partial events, acc events)."""
+    if rows.size == 0:
+        return 0, 0
+    ev = np.zeros((rows.size, 2), np.int64)
+    spec = _merged_spec(plans)
+    bias = np.concatenate([q.bias for q in plans])
+    if all(q.w_f32 is not None for q in plans):
+        w = np.stack([q.w_f32 for q in plans])
+        if cols.dtype != np.float32:
+            cols, k0 = np.ascontiguousarray(cols[:, k0:k0 + w.shape[0] * w.shape[1], :]).astype(np.float32), 0
+        accumulate_rows_f32(cols, k0, w, bias, rows, spec, out, ev)
+    else:
+        wide = any(q.w_kernel.dtype == np.int64 for q in plans)
+        w = np.stack([q.w_kernel for q in plans]).astype(np.int64 if wide else np.int32)
+        acc_dt = np.int64 if any(q.acc_dtype == np.int64 for q in plans) else np.int32
+        accumulate_rows(cols, k0, w, bias, rows, spec, np.zeros(1, acc_dt), out, ev)
+    return int(ev[:, 0].sum()), int(ev[:, 1].sum())
+
+
+def _run_blas(plan: _Plan, cols: np.ndarray, k0: int, out: np.ndarray, scratch: dict) -> tuple[int, int]:
+    """Exact BLAS product for every position, the model kernel for positions that might overflow; (pe, ae)."""
+    nb, _, L = cols.shape
+    M, K = plan.w_f.shape
+    cf = cols[:, k0:k0 + K, :]
+    if cf.dtype != plan.blas:
+        cf = cf.astype(plan.blas)
+    key = (plan.blas, nb, M, L)
+    if key not in scratch:
+        scratch[key] = np.empty((nb, M, L), plan.blas)
+    out[...] = np.matmul(plan.w_f, cf, out=scratch[key])  # exact: every partial sum < 2^24 (f32) / 2^53 (f64)
+    out += plan.bias[None, :, None]
+    if plan.layer_exact:
+        return 0, 0
+    d = np.matmul(plan.wabs_f, np.abs(cf), out=scratch[key]).astype(np.int64)  # sum_k |w||x|, exact
+    risky = np.zeros((nb, L), dtype=bool)
+    if plan.a_hi is not None:
+        risky |= ((d + np.abs(plan.bias)[None, :, None]) > plan.a_hi).any(axis=1)
+    if plan.p_hi is not None:
+        risky |= (d > plan.p_hi).any(axis=1)
+    rows = np.flatnonzero(risky).astype(np.int64)  # flat positions n * L + l
+    return _run_kernel([plan], cols, k0, rows, out)
+
+
+def _screen(plan: _Plan, cols: np.ndarray, k0: int, npos: int) -> np.ndarray:
+    """Boolean mask of the first ``npos`` positions whose data bound might overflow (numba, no BLAS)."""
+    mask = np.zeros(npos, dtype=bool)
+    a_thr = plan.a_hi if plan.a_hi is not None else INT64_LIMIT
+    p_thr = plan.p_hi if plan.p_hi is not None else INT64_LIMIT
+    risky_positions(cols, k0, np.ascontiguousarray(plan.wabs_f.T), np.abs(plan.bias), a_thr, p_thr, mask)
+    return mask
+
+
+def _xmax(x: np.ndarray, zx: int) -> int:
+    if x.size == 0:
+        return 0
+    v = max(abs(int(x.max()) - zx), abs(int(x.min()) - zx))
+    if v >= 1 << 31:
+        raise HwsimError(f"activations minus zero point reach {v}: allowed |x - z_x| < 2^31")
+    return v
+
+
+# ----------------------------------------------------------------------------- drivers
+RISKY_SWITCH = 0.25  # above this fraction of positions needing the model kernel, skip BLAS screening
+
+
+def linear_accumulate(x, w, bias, zx, zw, acc):
+    """Fast linear: (out int64 [N, M], partial events, acc events)."""
+    N, K = x.shape
+    M = w.shape[0]
+    plan = _plan(w - zw[:, None], bias, _xmax(x, zx), acc)
+    dt = plan.blas if not plan.kernel_only else (np.float32 if plan.w_f32 is not None else np.int32)
+    cols = np.ascontiguousarray((x - zx).T.astype(dt))[None]  # [1, K, N]
+    out = np.empty((1, M, N), np.int64)
+    if M < PLANE_MAX_M and (plan.kernel_only or not plan.layer_exact):
+        pe, ae = _run_planes([plan], cols, 0, out)  # few outputs: vectorize over the batch
+    elif plan.kernel_only or (not plan.layer_exact and _screen(plan, cols, 0, N).mean() > RISKY_SWITCH):
+        pe, ae = _run_kernel([plan], cols, 0, np.arange(N, dtype=np.int64), out)
+    else:
+        with _blas_one_thread():
+            pe, ae = _run_blas(plan, cols, 0, out, {})
+    return np.ascontiguousarray(out[0].T), pe, ae
+
+
+_TPC = None
+
+
+def _blas_one_thread():
+    """Context: BLAS runs single-threaded (hwsim parallelizes itself; multi-threaded BLAS interleaved
+    with numba threads, or on a loaded machine, spins and can be 10x slower). No-op without threadpoolctl."""
+    global _TPC
+    if ThreadpoolController is None:
+        return contextlib.nullcontext()
+    if _TPC is None:
+        _TPC = ThreadpoolController()
+    return _TPC.limit(limits=1, user_api="blas")
+
+
+def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc):
+    """Fast conv2d: (out int64 [N, Cout, Ho, Wo], partial events, acc events).
+
+    Per group: a group whose static bound fits is exact BLAS products only (single-threaded BLAS
+    on blocks of samples, spread over numba.get_num_threads() worker threads). Otherwise the
+    data bound of the first sample is computed (numba) and, if more than RISKY_SWITCH of its
+    positions might overflow, every sample runs the model kernel (numba-parallel over positions);
+    else BLAS computes every position and the model kernel reruns those that might overflow.
+    """
+    N, Cin, H, W = x.shape
+    Cout, Cin_g, KH, KW = w.shape
+    Ho = (H + pad[0] + pad[1] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
+    Wo = (W + pad[2] + pad[3] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
+    L, Kg, Mg, Ktot = Ho * Wo, Cin_g * KH * KW, Cout // groups, Cin * KH * KW
+    xmax = _xmax(x, zx)
+    wd = (w - zw[:, None, None, None]).reshape(Cout, Kg)
+    plans = [_plan(wd[g * Mg:(g + 1) * Mg], None if bias is None else bias[g * Mg:(g + 1) * Mg], xmax, acc)
+             for g in range(groups)]
+    blas_types = [p.blas for p in plans if not p.kernel_only]
+    if blas_types:
+        dt = np.float64 if np.float64 in blas_types else np.float32
+    else:
+        dt = np.float32 if all(p.w_f32 is not None for p in plans) else np.int32
+    xp = np.zeros((N, Cin, H + pad[0] + pad[1], W + pad[2] + pad[3]), dt)  # padding holds z_x: x - z_x = 0
+    pad_shift(np.ascontiguousarray(x), zx, pad[0], pad[2], xp)
+    geom = np.array([KH, KW, stride[0], stride[1], dilation[0], dilation[1], Ho, Wo], np.int64)
+    nb = int(max(1, min(N, BLOCK_BYTES // max(1, L * Ktot * np.dtype(dt).itemsize))))
+    out = np.empty((N, Cout, L), np.int64)
+    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
+
+    use_blas = [not p.kernel_only for p in plans]
+    if any(u and not p.layer_exact for u, p in zip(use_blas, plans)):
+        first = np.empty((1, Ktot, L), dt)
+        im2col(xp, 0, geom, first)
+        for g, plan in enumerate(plans):  # screen the first sample: is BLAS + rerun worth it?
+            if use_blas[g] and not plan.layer_exact and _screen(plan, first, g * Kg, L).mean() > RISKY_SWITCH:
+                use_blas[g] = False
+    blas_g = [g for g in range(groups) if use_blas[g]]
+    kern_g = [g for g in range(groups) if not use_blas[g]]
+    pe = ae = 0
+    with _blas_one_thread():
+        if blas_g and all(plans[g].layer_exact for g in blas_g):
+            # exact products only: blocks in parallel worker threads (BLAS and im2col release the GIL)
+            workers = max(1, min(numba.get_num_threads(), len(blocks)))
+
+            def work(part):
+                cols_buf, scratch = np.empty((nb, Ktot, L), dt), {}
+                for n0, b in part:
+                    cols = cols_buf[:b]
+                    im2col_serial(xp, n0, geom, cols)
+                    for g in blas_g:
+                        _run_blas(plans[g], cols, g * Kg, out[n0:n0 + b, g * Mg:(g + 1) * Mg, :], scratch)
+
+            if workers == 1:
+                work(blocks)
+            else:
+                with ThreadPoolExecutor(workers) as ex:
+                    list(ex.map(work, [blocks[i::workers] for i in range(workers)]))
+        elif blas_g:
+            cols_buf, scratch = np.empty((nb, Ktot, L), dt), {}
+            for n0, b in blocks:
+                cols = cols_buf[:b]
+                im2col_serial(xp, n0, geom, cols)
+                for g in blas_g:
+                    p1, a1 = _run_blas(plans[g], cols, g * Kg, out[n0:n0 + b, g * Mg:(g + 1) * Mg, :], scratch)
+                    pe, ae = pe + p1, ae + a1
+    if kern_g and Mg < PLANE_MAX_M:  # few channels per group (depthwise): vectorize over positions
+        cols_buf = np.empty((nb, Ktot, L), dt)
+        for n0, b in blocks:
+            im2col(xp, n0, geom, cols_buf[:b])
+            if len(kern_g) == groups:
+                p1, a1 = _run_planes(plans, cols_buf[:b], 0, out[n0:n0 + b])
+                pe, ae = pe + p1, ae + a1
+                continue
+            for g in kern_g:
+                p1, a1 = _run_planes([plans[g]], cols_buf[:b], g * Kg, out[n0:n0 + b, g * Mg:(g + 1) * Mg, :])
+                pe, ae = pe + p1, ae + a1
+    elif kern_g:
+        cols_buf = np.empty((nb, L, Ktot), dt)
+        for n0, b in blocks:
+            im2col_positions(xp, n0, geom, cols_buf[:b])
+            cols = cols_buf[:b].transpose(0, 2, 1)  # indexed [n, k, position], contiguous in k
+            positions = np.arange(b * L, dtype=np.int64)
+            if len(kern_g) == groups:  # every group in the model kernel: one call (depthwise convs)
+                p1, a1 = _run_kernel(plans, cols, 0, positions, out[n0:n0 + b])
+                pe, ae = pe + p1, ae + a1
+                continue
+            for g in kern_g:
+                p1, a1 = _run_kernel([plans[g]], cols, g * Kg, positions, out[n0:n0 + b, g * Mg:(g + 1) * Mg, :])
+                pe, ae = pe + p1, ae + a1
+    return out.reshape(N, Cout, Ho, Wo), pe, ae
+
+
+def set_threads(n: int) -> None:
+    """Numba threads for the kernels (BLAS threads are the BLAS library's own setting)."""
+    numba.set_num_threads(int(n))

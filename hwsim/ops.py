@@ -1,0 +1,554 @@
+"""Public functional API: single-layer integer ops with explicit quantization parameters.
+
+Every op has ``impl="fast"`` (default: numba kernels / exact BLAS / vectorized numpy) and
+``impl="reference"`` (``hwsim.reference``, the spec); both give identical integers. Integer
+arrays are int64 at the API. The arithmetic contract is in ``docs/semantics.md``.
+
+- :class:`Accumulator` — the MAC-array accumulator model (A bits, chunk rows R, partial-sum P bits).
+- :func:`conv2d`, :func:`linear` -> (int64 accumulators, :class:`AccStats`).
+- :class:`Requant`, :func:`make_requant_params`, :func:`requantize` -> (y, clipped).
+- :func:`max_pool2d`, :func:`avg_pool2d`, :func:`global_avg_pool`, :func:`add`, :func:`concat`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwsim import fixedpoint as fp
+from hwsim import reference as ref
+from hwsim.errors import HwsimError
+from hwsim.fixedpoint import ROUNDING_MODES, TIE_RULES
+
+IMPLS = ("fast", "reference")
+OVERFLOW_POLICIES = ("wrap", "saturate")
+
+
+def _check_impl(impl: str) -> str:
+    return fp.check_mode(impl, IMPLS, "impl")
+
+
+# ----------------------------------------------------------------------------- accumulator model
+@dataclass(frozen=True)
+class Accumulator:
+    """MAC-array accumulator: A-bit accumulator, chunks of ``rows`` k summed exactly, optional P-bit partial register.
+
+    ``None`` means unbounded (exact). Overflow policies: ``wrap`` (two's complement) or ``saturate``.
+    """
+
+    bits: int | None = 32
+    overflow: str = "saturate"
+    rows: int | None = None
+    partial_bits: int | None = None
+    partial_overflow: str = "saturate"
+
+    def __post_init__(self):
+        for name in ("bits", "partial_bits"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 2 <= v <= 64):
+                raise HwsimError(f"accumulator.{name} = {v!r}: allowed an integer 2..64 or unbounded (None)")
+        if self.rows is not None and (not isinstance(self.rows, (int, np.integer)) or isinstance(self.rows, bool)
+                                      or self.rows < 1):
+            raise HwsimError(f"accumulator.rows = {self.rows!r}: allowed an integer >= 1 or unbounded (None)")
+        for name in ("overflow", "partial_overflow"):
+            fp.check_mode(getattr(self, name), OVERFLOW_POLICIES, f"accumulator.{name}")
+
+    @property
+    def exact(self) -> bool:
+        """True when nothing can ever overflow (A and P unbounded)."""
+        return self.bits is None and self.partial_bits is None
+
+
+@dataclass
+class AccStats:
+    """Events of one layer call, totals over all outputs: partial-sum (P) and accumulator (A) overflows."""
+
+    partial_events: int = 0
+    acc_events: int = 0
+
+    def __add__(self, other: "AccStats") -> "AccStats":
+        return AccStats(self.partial_events + other.partial_events, self.acc_events + other.acc_events)
+
+
+# ----------------------------------------------------------------------------- input checks
+def _int_array(a, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype == np.int64:
+        return arr  # no copy: the ops never write into their inputs
+    if arr.dtype.kind not in "iub":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            return arr.astype(np.int64)
+        raise HwsimError(f"{name}: expected an integer array, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    t = tuple(int(a) for a in v) if isinstance(v, (tuple, list, np.ndarray)) else (int(v), int(v))
+    if len(t) != 2 or min(t) < 1:
+        raise HwsimError(f"{name} = {v!r}: allowed a positive int or a pair of positive ints")
+    return t
+
+
+def _padding(p) -> tuple[int, int, int, int]:
+    if isinstance(p, (tuple, list, np.ndarray)):
+        t = tuple(int(a) for a in p)
+        if len(t) == 2:
+            t = (t[0], t[0], t[1], t[1])
+    else:
+        t = (int(p),) * 4
+    if len(t) != 4 or min(t) < 0:
+        raise HwsimError(f"padding = {p!r}: allowed an int, (ph, pw) or (top, bottom, left, right), all >= 0")
+    return t
+
+
+def _w_zero_point(zw, cout: int) -> np.ndarray:
+    z = np.asarray(zw, dtype=np.int64).reshape(-1)
+    if z.size == 1:
+        return np.full(cout, int(z[0]), dtype=np.int64)
+    if z.size != cout:
+        raise HwsimError(f"w_zero_point has {z.size} entries: allowed a scalar or one per output channel ({cout})")
+    return z
+
+
+def _bias(bias_q, cout: int) -> np.ndarray | None:
+    if bias_q is None:
+        return None
+    b = _int_array(bias_q, "bias_q").reshape(-1)
+    if b.size != cout:
+        raise HwsimError(f"bias_q has {b.size} entries: allowed one per output channel ({cout})")
+    return b
+
+
+# ----------------------------------------------------------------------------- conv / linear
+def linear(x_q, w_q, bias_q=None, *, x_zero_point=0, w_zero_point=0, acc: Accumulator = Accumulator(),
+           impl: str = "fast") -> tuple[np.ndarray, AccStats]:
+    """acc[n, m] = bias[m] + sum_k (w[m,k] - zw[m]) * (x[n,k] - zx) under the accumulator model; int64 [N, M]."""
+    _check_impl(impl)
+    x = _int_array(x_q, "x_q")
+    w = _int_array(w_q, "w_q")
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise HwsimError(f"linear: x_q {x.shape} and w_q {w.shape}: allowed x [N, K] and w [M, K]")
+    zw = _w_zero_point(w_zero_point, w.shape[0])
+    b = _bias(bias_q, w.shape[0])
+    if impl == "reference":
+        out, pe, ae = ref.linear(x, w, b, int(x_zero_point), zw, acc)
+        return out, AccStats(pe, ae)
+    from hwsim import kernels
+    out, pe, ae = kernels.linear_accumulate(x, w, b, int(x_zero_point), zw, acc)
+    return out, AccStats(pe, ae)
+
+
+def conv_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int = 1) -> int:
+    """Output length of a convolution/pool along one axis (floor mode)."""
+    return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
+
+
+def conv2d(x_q, w_q, bias_q=None, *, x_zero_point=0, w_zero_point=0, stride=(1, 1), padding=(0, 0, 0, 0),
+           dilation=(1, 1), groups: int = 1, acc: Accumulator = Accumulator(),
+           impl: str = "fast") -> tuple[np.ndarray, AccStats]:
+    """2-D convolution (NCHW, weights [Cout, Cin/groups, kh, kw]) under the accumulator model; int64 [N, Cout, Ho, Wo].
+
+    k runs over (input channel of the group, kernel row, kernel column); padding pixels hold x_zero_point.
+    """
+    _check_impl(impl)
+    x = _int_array(x_q, "x_q")
+    w = _int_array(w_q, "w_q")
+    stride, dilation, pad = _pair(stride, "stride"), _pair(dilation, "dilation"), _padding(padding)
+    if x.ndim != 4 or w.ndim != 4:
+        raise HwsimError(f"conv2d: x_q {x.shape}, w_q {w.shape}: allowed x [N, C, H, W] and w [Cout, Cin/groups, kh, kw]")
+    groups = int(groups)
+    if groups < 1 or x.shape[1] % groups or w.shape[0] % groups or w.shape[1] * groups != x.shape[1]:
+        raise HwsimError(f"conv2d: groups = {groups} does not fit input channels {x.shape[1]} and weight {w.shape}")
+    Ho = conv_output_size(x.shape[2], w.shape[2], stride[0], pad[0], pad[1], dilation[0])
+    Wo = conv_output_size(x.shape[3], w.shape[3], stride[1], pad[2], pad[3], dilation[1])
+    if Ho < 1 or Wo < 1:
+        raise HwsimError(f"conv2d: kernel {w.shape[2:]} larger than the padded input {x.shape[2:]}")
+    zw = _w_zero_point(w_zero_point, w.shape[0])
+    b = _bias(bias_q, w.shape[0])
+    if impl == "reference":
+        out, pe, ae = ref.conv2d(x, w, b, int(x_zero_point), zw, stride, pad, dilation, groups, acc)
+        return out, AccStats(pe, ae)
+    from hwsim import kernels
+    out, pe, ae = kernels.conv2d_accumulate(x, w, b, int(x_zero_point), zw, stride, pad, dilation, groups, acc)
+    return out, AccStats(pe, ae)
+
+
+# ----------------------------------------------------------------------------- requantization
+REQUANT_MODES = ("float32", "fixed", "pow2")
+
+
+@dataclass(frozen=True)
+class Requant:
+    """How an int accumulator becomes an output integer: y = clamp(round(acc * M) + z_y, qmin, qmax).
+
+    ``fixed_ties`` = (tie of SaturatingRoundingDoublingHighMul, tie of RoundingDivideByPOT); gemmlowp
+    itself uses ("half_up", "half_away"). ``single`` rounding and the 15-bit multiplier round once,
+    with ``fixed_ties[1]``. ``multiplier_order`` = "sequential" is what PyTorch's fbgemm engine does.
+    """
+
+    mode: str = "float32"
+    rounding: str = "half_even"
+    fixed_rounding: str = "double"
+    fixed_ties: tuple = fp.GEMMLOWP_TIES
+    multiplier_bits: int = 31
+    zero_point: str = "after"
+    multiplier_order: str = "sequential"
+    seed: int = 0
+
+    def __post_init__(self):
+        fp.check_mode(self.mode, REQUANT_MODES, "requant.mode")
+        fp.check_mode(self.rounding, ROUNDING_MODES, "requant.rounding")
+        fp.check_mode(self.fixed_rounding, ("double", "single"), "requant.fixed_rounding")
+        ties = tuple(self.fixed_ties)
+        if len(ties) != 2 or any(t not in TIE_RULES for t in ties):
+            raise HwsimError(f"requant.fixed_ties = {self.fixed_ties!r}: allowed two tie rules, each one of "
+                             + ", ".join(TIE_RULES))
+        object.__setattr__(self, "fixed_ties", ties)
+        if self.multiplier_bits not in (31, 15):
+            raise HwsimError(f"requant.multiplier_bits = {self.multiplier_bits!r}: allowed 31 or 15")
+        if self.mode == "fixed" and self.multiplier_bits == 15 and self.fixed_rounding != "single":
+            raise HwsimError("requant.multiplier_bits = 15 needs requant.fixed_rounding = 'single' "
+                             "(TOSA RESCALE scale32=false rounds once)")
+        fp.check_mode(self.zero_point, ("after", "before"), "requant.zero_point")
+        fp.check_mode(self.multiplier_order, ("sequential", "fused"), "requant.multiplier_order")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise HwsimError(f"requant.seed = {self.seed!r}: allowed an integer >= 0")
+
+
+@dataclass(frozen=True)
+class RequantParams:
+    """Per-output-channel requantization constants (arrays of length ``channels``; 1 = per tensor).
+
+    float32: ``multiplier`` (float32 M) and optional ``bias_term`` (float32, fbgemm float bias);
+    fixed: ``q`` (Q31 or Q15 multiplier) and ``shift`` (real = q * 2^(shift - multiplier_bits));
+    pow2: ``shift`` = n with M = 2^-n (n < 0: exact left shift). ``real`` = M in float64 (reports).
+    """
+
+    mode: str
+    real: np.ndarray
+    multiplier: np.ndarray | None = None
+    q: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    bias_term: np.ndarray | None = None
+
+    @property
+    def channels(self) -> int:
+        return int(self.real.size)
+
+
+def _scales(s_x, s_w, s_y):
+    s_w = np.asarray(s_w, dtype=np.float64).reshape(-1)
+    for name, v in (("s_x", np.asarray(s_x, dtype=np.float64)), ("s_w", s_w), ("s_y", np.asarray(s_y, np.float64))):
+        if v.size == 0 or not np.all(np.isfinite(v)) or np.any(v <= 0):
+            raise HwsimError(f"make_requant_params: {name} = {v!r}: allowed positive finite scales")
+    return float(s_x), s_w, float(s_y)
+
+
+def make_requant_params(s_x: float, s_w, s_y: float, cfg: Requant, bias=None) -> RequantParams:
+    """Requant constants for M[c] = s_x * s_w[c] / s_y (s_w scalar or per output channel).
+
+    Scales are taken as float32 numbers (as every engine stores them). float32 mode: M =
+    fl32(fl32(s_x*s_w)/s_y) ("sequential", PyTorch/fbgemm) or fl32(s_x*s_w/s_y in float64) ("fused").
+    fixed: quantize_multiplier(M in float64) (31 bits; TFLITE_SINGLE_ROUNDING saturation for
+    "single") or quantize_multiplier_15. pow2: every scale must be an exact power of two.
+    ``bias`` (float, per channel; float32 mode only) selects fbgemm's float-bias path: the
+    accumulator then gets fl32(bias / fl32(s_x*s_w)) added in float32 before the multiply.
+    """
+    s_x, s_w, s_y = _scales(s_x, s_w, s_y)
+    f32 = np.float32
+    fx, fw, fy = f32(s_x), s_w.astype(f32), f32(s_y)
+    real = fx.astype(np.float64) * fw.astype(np.float64) / np.float64(fy)
+    if bias is not None and cfg.mode != "float32":
+        raise HwsimError("make_requant_params: a float bias is only supported with requant.mode = 'float32'")
+    if cfg.mode == "float32":
+        if cfg.multiplier_order == "sequential":
+            m = (fx * fw) / fy  # float32 * float32, then float32 / float32 (fbgemm GetQuantizationParams)
+        else:
+            m = real.astype(f32)
+        bt = None
+        if bias is not None:
+            b = np.asarray(bias, dtype=np.float64).reshape(-1).astype(f32)
+            if b.size != 1 and m.size != 1 and b.size != m.size:
+                raise HwsimError(f"make_requant_params: bias has {b.size} entries but there are {m.size} weight scales")
+            bt = b / (fx * fw)  # fbgemm: bias[j] / act_times_w_scale[j], in float32
+            c = max(bt.size, m.size)
+            m, bt, real = (np.broadcast_to(v, (c,)).copy() for v in (m, bt, real))
+        return RequantParams("float32", real, multiplier=m.astype(f32), bias_term=None if bt is None else bt.astype(f32))
+    if cfg.mode == "fixed":
+        if cfg.multiplier_bits == 15:
+            qs = [fp.quantize_multiplier_15(r) for r in real]
+        else:
+            qs = [fp.quantize_multiplier(r, single_rounding=cfg.fixed_rounding == "single") for r in real]
+        return RequantParams("fixed", real, q=np.array([a for a, _ in qs], np.int64),
+                             shift=np.array([b for _, b in qs], np.int64))
+    ex = fp.pow2_exponent(s_x, "s_x")
+    ey = fp.pow2_exponent(s_y, "s_y")
+    ew = np.array([fp.pow2_exponent(v, "s_w") for v in s_w], dtype=np.int64)
+    return RequantParams("pow2", real, shift=(ey - ex - ew).astype(np.int64))
+
+
+def _per_channel(v: np.ndarray, ndim: int, channel_axis: int) -> np.ndarray:
+    if v.size == 1:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[channel_axis] = v.size
+    return v.reshape(shape)
+
+
+def _shift_left_exact(x: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """x * 2^n for n >= 0, clipped to +-2^62 (callers clamp to a grid afterwards)."""
+    lim = np.int64(1) << (62 - np.minimum(n, 62))
+    return np.clip(x, -lim, lim) << np.minimum(n, 62)
+
+
+def _requantize_fast(acc, params: RequantParams, cfg: Requant, z_y: int, channel_axis: int, index):
+    nd = acc.ndim
+    if params.channels > 1 and (nd == 0 or acc.shape[channel_axis] != params.channels):
+        raise HwsimError(f"requantize: {params.channels} per-channel multipliers but accumulator shape {acc.shape} "
+                         f"(channel axis {channel_axis})")
+    if cfg.mode == "float32":
+        fa = acc.astype(np.float32)
+        with np.errstate(over="ignore"):
+            if params.bias_term is not None:
+                fa = fa + _per_channel(params.bias_term, nd, channel_axis)
+            v = fa * _per_channel(params.multiplier, nd, channel_axis)
+            if cfg.zero_point == "before":
+                return fp.round_float(v + np.float32(z_y), cfg.rounding, cfg.seed, index)
+        return fp.round_float(v, cfg.rounding, cfg.seed, index) + z_y
+    if cfg.mode == "fixed":
+        q = _per_channel(params.q, nd, channel_axis)
+        s = _per_channel(params.shift, nd, channel_axis)
+        if cfg.multiplier_bits == 15:
+            y = fp.multiply_by_quantized_multiplier_15(acc, q, s, cfg.fixed_ties[1])
+        else:
+            y = fp.multiply_by_quantized_multiplier(acc, q, s, cfg.fixed_rounding, cfg.fixed_ties)
+        return y + z_y
+    n = np.broadcast_to(_per_channel(params.shift, nd, channel_axis), acc.shape)
+    y = fp.shift_right_round(acc, np.maximum(n, 0), cfg.rounding, cfg.seed, index)
+    if (n < 0).any():
+        y = np.where(n < 0, _shift_left_exact(acc, np.maximum(-n, 0)), y)
+    return y + z_y
+
+
+def requantize(acc, params: RequantParams, cfg: Requant, z_y: int, qmin: int, qmax: int, channel_axis: int = 1,
+               impl: str = "fast", index=None) -> tuple[np.ndarray, int]:
+    """y = clamp(round(acc * M[c]) + z_y, qmin, qmax) in ``cfg.mode``; returns (y int64, number of clamped outputs).
+
+    ``index`` (optional, same shape as acc): flat output indices for stochastic rounding (default C order).
+    """
+    _check_impl(impl)
+    if params.mode != cfg.mode:
+        raise HwsimError(f"requantize: params were made for mode {params.mode!r}, cfg says {cfg.mode!r}")
+    acc = _int_array(acc, "acc")
+    z_y, qmin, qmax = int(z_y), int(qmin), int(qmax)
+    if qmin > qmax:
+        raise HwsimError(f"requantize: qmin {qmin} > qmax {qmax}")
+    if impl == "reference":
+        return ref.requantize(acc, params, cfg, z_y, qmin, qmax, channel_axis, index)
+    y = _requantize_fast(acc, params, cfg, z_y, channel_axis % max(acc.ndim, 1), index)
+    clipped = int(np.count_nonzero((y < qmin) | (y > qmax)))
+    return np.clip(y, qmin, qmax), clipped
+
+
+# ----------------------------------------------------------------------------- pools
+def _check_nchw(x, name="x_q") -> np.ndarray:
+    x = _int_array(x, name)
+    if x.ndim != 4:
+        raise HwsimError(f"{name}: shape {x.shape}: allowed [N, C, H, W]")
+    return x
+
+
+def _pool_geometry(x, kernel, stride, padding):
+    kernel, stride, pad = _pair(kernel, "kernel"), _pair(stride, "stride"), _padding(padding)
+    Ho = conv_output_size(x.shape[2], kernel[0], stride[0], pad[0], pad[1])
+    Wo = conv_output_size(x.shape[3], kernel[1], stride[1], pad[2], pad[3])
+    if Ho < 1 or Wo < 1:
+        raise HwsimError(f"pool: kernel {kernel} larger than the padded input {x.shape[2:]}")
+    return kernel, stride, pad, Ho, Wo
+
+
+def _windows(x, kernel, stride, pad, fill):
+    """View [N, C, Ho, Wo, kh, kw] of the padded input (padding holds ``fill``)."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[1]), (pad[2], pad[3])), constant_values=fill)
+    win = np.lib.stride_tricks.sliding_window_view(xp, kernel, axis=(2, 3))
+    return win[:, :, ::stride[0], ::stride[1]]
+
+
+def max_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), pad_value: int = 0, impl: str = "fast") -> np.ndarray:
+    """Max over each window; padding pixels hold ``pad_value`` (use the grid's qmin)."""
+    _check_impl(impl)
+    x = _check_nchw(x_q)
+    kernel, stride, pad, Ho, Wo = _pool_geometry(x, kernel, stride, padding)
+    if impl == "reference":
+        return ref.max_pool2d(x, kernel, stride, pad, int(pad_value))
+    return _windows(x, kernel, stride, pad, int(pad_value))[:, :, :Ho, :Wo].max(axis=(4, 5))
+
+
+def avg_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), zero_point: int = 0, rounding: str = "half_even",
+               seed: int = 0, impl: str = "fast") -> np.ndarray:
+    """out = z + divide_round(sum(x - z), kh*kw); count_include_pad (padding holds the zero point)."""
+    _check_impl(impl)
+    fp.check_mode(rounding)
+    x = _check_nchw(x_q)
+    kernel, stride, pad, Ho, Wo = _pool_geometry(x, kernel, stride, padding)
+    z = int(zero_point)
+    if impl == "reference":
+        return ref.avg_pool2d(x, kernel, stride, pad, z, rounding, seed)
+    s = (_windows(x - z, kernel, stride, pad, 0)[:, :, :Ho, :Wo]).sum(axis=(4, 5))
+    return z + fp.divide_round(s, kernel[0] * kernel[1], rounding, seed)
+
+
+def global_avg_pool(x_q, zero_point: int = 0, rounding: str = "half_even", seed: int = 0,
+                    impl: str = "fast") -> np.ndarray:
+    """out[n, c] = z + divide_round(sum_hw(x - z), H*W); int64 [N, C]."""
+    _check_impl(impl)
+    fp.check_mode(rounding)
+    x = _check_nchw(x_q)
+    z = int(zero_point)
+    if impl == "reference":
+        return ref.global_avg_pool(x, z, rounding, seed)
+    s = (x - z).sum(axis=(2, 3))
+    return z + fp.divide_round(s, x.shape[2] * x.shape[3], rounding, seed)
+
+
+# ----------------------------------------------------------------------------- add
+@dataclass(frozen=True)
+class AddParams:
+    """Constants of one quantized add (see :func:`add_params`)."""
+
+    a_zero_point: int
+    b_zero_point: int
+    y_zero_point: int
+    a_scale: float = 0.0  # float32 mode: float32 scales, premultiplied -s*z, 1/s_y
+    b_scale: float = 0.0
+    a_premul: float = 0.0
+    b_premul: float = 0.0
+    inv_y_scale: float = 0.0
+    left_shift: int = 20  # fixed mode (TFLite int8 ADD)
+    a_mult: tuple = (0, 0)
+    b_mult: tuple = (0, 0)
+    y_mult: tuple = (0, 0)
+    a_exp: int = 0  # pow2 mode
+    b_exp: int = 0
+    y_exp: int = 0
+
+
+def add_params(a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, cfg: Requant) -> AddParams:
+    """Constants for add in ``cfg.mode``: float32 (PyTorch x86 quantized add), fixed (TFLite int8 ADD), pow2."""
+    za, zb, zy = int(a_zero_point), int(b_zero_point), int(y_zero_point)
+    _scales(a_scale, b_scale, y_scale)
+    f32 = np.float32
+    sa, sb, sy = f32(a_scale), f32(b_scale), f32(y_scale)
+    if cfg.mode == "float32":
+        return AddParams(za, zb, zy, a_scale=sa, b_scale=sb, a_premul=f32(sa * f32(-za)), b_premul=f32(sb * f32(-zb)),
+                         inv_y_scale=f32(f32(1.0) / sy))
+    if cfg.mode == "fixed":
+        # TFLite add.cc (int8): twice_max_input_scale = 2 * max(s_a, s_b); multipliers in double
+        twice_max = 2.0 * float(max(sa, sb))
+        ra, rb = float(sa) / twice_max, float(sb) / twice_max
+        ry = twice_max / ((1 << 20) * float(sy))
+        if cfg.multiplier_bits == 15:
+            qa, qb, qy = (fp.quantize_multiplier_15(r) for r in (ra, rb, ry))
+        else:
+            single = cfg.fixed_rounding == "single"
+            qa, qb, qy = (fp.quantize_multiplier(r, single_rounding=single) for r in (ra, rb, ry))
+        return AddParams(za, zb, zy, left_shift=20, a_mult=qa, b_mult=qb, y_mult=qy)
+    return AddParams(za, zb, zy, a_exp=fp.pow2_exponent(a_scale, "a_scale"), b_exp=fp.pow2_exponent(b_scale, "b_scale"),
+                     y_exp=fp.pow2_exponent(y_scale, "y_scale"))
+
+
+def _fixed_mul(x, qs, cfg: Requant):
+    if cfg.multiplier_bits == 15:
+        return fp.multiply_by_quantized_multiplier_15(x, qs[0], qs[1], cfg.fixed_ties[1])
+    return fp.multiply_by_quantized_multiplier(x, qs[0], qs[1], cfg.fixed_rounding, cfg.fixed_ties)
+
+
+def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, qmin, qmax,
+        cfg: Requant = Requant(), impl: str = "fast", vector_width: int | None = None) -> tuple[np.ndarray, int]:
+    """Quantized element-wise add (numpy broadcasting); returns (y int64, number of clamped outputs).
+
+    float32: da = fma(s_a, a, -fl32(s_a*z_a)) (float32), c = da + db, y = round(fl32(c * fl32(1/s_y))) + z_y
+    (PyTorch x86 ``quantized::add``, its vectorized loop). ``vector_width`` = V reproduces PyTorch
+    exactly: its last n mod V elements (C order; one TensorIterator chunk, n < 32768) take the scalar
+    path: da = fl32((a - z_a) * s_a), y = round(fl32(fl32(c * fl32(1/s_y)) + z_y)) (zero point before
+    rounding). V = 64 on AVX512 builds, 32 on AVX2. fixed: TFLite int8 ADD (inputs << 20, Q31
+    rescale to 2*max(s_a, s_b), sum, rescale to s_y). pow2: exact sum on the finer grid, one rounding shift.
+    """
+    _check_impl(impl)
+    a = _int_array(a_q, "a_q")
+    b = _int_array(b_q, "b_q")
+    try:
+        a, b = np.broadcast_arrays(a, b)
+    except ValueError:
+        raise HwsimError(f"add: shapes {a.shape} and {b.shape} do not broadcast") from None
+    p = add_params(a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, cfg)
+    qmin, qmax = int(qmin), int(qmax)
+    if vector_width is not None and (cfg.mode != "float32" or int(vector_width) < 1):
+        raise HwsimError(f"add: vector_width = {vector_width!r}: allowed a positive int, with requant.mode = 'float32'")
+    tail = 0 if vector_width is None else a.size % int(vector_width)
+    if impl == "reference":
+        return ref.add(a, b, p, cfg, qmin, qmax, tail)
+    if cfg.mode == "float32":
+        f32 = np.float32
+        # s*a is exact in float64 (24-bit x <= 17-bit) and s*a + premul too (both multiples of the
+        # same power of two, < 2^45 apart): one rounding to float32 == the fused multiply-add
+        da = (np.float64(p.a_scale) * a + np.float64(p.a_premul)).astype(f32)
+        db = (np.float64(p.b_scale) * b + np.float64(p.b_premul)).astype(f32)
+        v = (da + db) * f32(p.inv_y_scale)
+        if cfg.zero_point == "before":
+            y = fp.round_float(v + f32(p.y_zero_point), cfg.rounding, cfg.seed)
+        else:
+            y = fp.round_float(v, cfg.rounding, cfg.seed) + p.y_zero_point
+        if tail:
+            at, bt = a.reshape(-1)[-tail:], b.reshape(-1)[-tail:]
+            da = ((at - p.a_zero_point) * np.float64(p.a_scale)).astype(f32)  # exact product, one rounding
+            db = ((bt - p.b_zero_point) * np.float64(p.b_scale)).astype(f32)
+            vt = ((da + db) * f32(p.inv_y_scale) + f32(p.y_zero_point)).astype(f32)
+            y.reshape(-1)[-tail:] = fp.round_float(vt, cfg.rounding, cfg.seed, np.arange(a.size - tail, a.size))
+    elif cfg.mode == "fixed":
+        sa = _fixed_mul((a - p.a_zero_point) << p.left_shift, p.a_mult, cfg)
+        sb = _fixed_mul((b - p.b_zero_point) << p.left_shift, p.b_mult, cfg)
+        y = _fixed_mul(sa + sb, p.y_mult, cfg) + p.y_zero_point
+    else:
+        e0 = min(p.a_exp, p.b_exp)
+        s = ((a - p.a_zero_point) << (p.a_exp - e0)) + ((b - p.b_zero_point) << (p.b_exp - e0))
+        n = p.y_exp - e0
+        y = (s << -n if n < 0 else fp.shift_right_round(s, n, cfg.rounding, cfg.seed)) + p.y_zero_point
+    clipped = int(np.count_nonzero((y < qmin) | (y > qmax)))
+    return np.clip(y, qmin, qmax), clipped
+
+
+# ----------------------------------------------------------------------------- concat
+def concat(xs, scales, zero_points, y_scale, y_zero_point, qmin, qmax, cfg: Requant = Requant(), axis: int = 1,
+           impl: str = "fast") -> tuple[np.ndarray, int]:
+    """Concatenate along ``axis`` after requantizing each input to the output grid; returns (y, clipped).
+
+    Input i is requantize(x_i - z_i, M = s_i / s_y) (exactly the identity when (s_i, z_i) == (s_y, z_y));
+    stochastic rounding uses the flat index in the concatenated output.
+    """
+    _check_impl(impl)
+    xs = [_int_array(x, f"xs[{i}]") for i, x in enumerate(xs)]
+    if not xs or len(scales) != len(xs) or len(zero_points) != len(xs):
+        raise HwsimError(f"concat: {len(xs)} inputs, {len(scales)} scales, {len(zero_points)} zero points")
+    try:
+        shape_out = np.concatenate([np.empty(x.shape, np.int8) for x in xs], axis=axis).shape
+    except ValueError:
+        raise HwsimError(f"concat: shapes {[x.shape for x in xs]} do not concatenate along axis {axis}") from None
+    flat = np.arange(int(np.prod(shape_out)), dtype=np.int64).reshape(shape_out)
+    parts, clipped, off = [], 0, 0
+    for x, s, z in zip(xs, scales, zero_points):
+        sl = [slice(None)] * x.ndim
+        sl[axis] = slice(off, off + x.shape[axis])
+        off += x.shape[axis]
+        if float(np.float32(s)) == float(np.float32(y_scale)) and int(z) == int(y_zero_point):
+            y = x.copy()
+            c = int(np.count_nonzero((y < qmin) | (y > qmax)))
+            y = np.clip(y, qmin, qmax)
+        else:
+            params = make_requant_params(1.0, float(s), float(y_scale), cfg)
+            y, c = requantize(x - int(z), params, cfg, int(y_zero_point), qmin, qmax, channel_axis=axis, impl=impl,
+                              index=flat[tuple(sl)])
+        parts.append(y)
+        clipped += c
+    return np.concatenate(parts, axis=axis), clipped

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Reproduce the two bundled models (hwsim/models/smallcnn_{baseline,robust}.hwsim) on the default data
+# (MNIST 5k subset: 4000 train / 1000 test). CPU, 2 threads, seeded: reruns give the same weights
+# on the same machine/torch build. Checkpoints go to ${CKPT_DIR:-build/bundled}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CKPT_DIR=${CKPT_DIR:-build/bundled}
+EPOCHS=${EPOCHS:-30}
+mkdir -p "$CKPT_DIR"
+export NUMBA_NUM_THREADS=2 OMP_NUM_THREADS=2
+COMMON=(--arch smallcnn --data default --epochs "$EPOCHS" --lr 0.05 --batch-size 64 --seed 0 --threads 2 --quiet)
+
+# baseline: plain SGD + cosine
+/usr/bin/time -f "baseline wall %e s" python -m hwsim.cli train "${COMMON[@]}" \
+    --out "$CKPT_DIR/smallcnn_baseline.pt" --export hwsim/models/smallcnn_baseline.hwsim
+
+# robust: KURE (λ=1, BN-folded weights) + SymReg (λ1=λ2=0.1) + SatNL (tanh weights) + ASAM (ρ=1.0)
+/usr/bin/time -f "robust wall %e s" python -m hwsim.cli train "${COMMON[@]}" \
+    --kure 1.0 --symreg 0.1 --satnl --sam asam --rho 1.0 \
+    --out "$CKPT_DIR/smallcnn_robust.pt" --export hwsim/models/smallcnn_robust.hwsim

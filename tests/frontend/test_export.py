@@ -1,0 +1,164 @@
+"""torch.fx export: every supported op round-trips to hwsim.floatref within 1e-5; unsupported ops name the node."""
+
+import operator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from frontends.pytorch.export import export_model, to_graph
+from frontends.pytorch.lsq import prepare_qat
+from frontends.pytorch.models import build_model
+from frontends.pytorch.satnl import apply_satnl
+from hwsim.errors import HwsimError
+from hwsim.floatref import run_float
+from hwsim.graph import load_model
+
+
+class AllOps(nn.Module):
+    """Every supported op at least once, module and functional forms."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1, bias=True)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.dw = nn.Conv2d(4, 4, 3, padding=(2, 1), dilation=(2, 1), groups=4, bias=False)
+        self.g2 = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2, stride=1)
+        self.c2 = nn.Conv2d(8, 6, 1, stride=2, padding=0)
+        self.relu6 = nn.ReLU6()
+        self.mp = nn.MaxPool2d(3, stride=1, padding=1)
+        self.ap = nn.AvgPool2d(2, padding=1, stride=1)
+        self.gap = nn.AdaptiveAvgPool2d((1, 1))
+        self.fl = nn.Flatten()
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(12, 5)
+        self.fc2 = nn.Linear(5, 3, bias=False)
+
+    def forward(self, x):
+        a = F.relu(self.bn1(self.c1(x)))
+        b = torch.relu(self.dw(a))
+        c = self.g2(a).relu()
+        d = torch.cat([b, c], dim=1)
+        e = self.relu6(self.c2(d))
+        e = F.relu6(e + F.max_pool2d(e, 3, 1, 1))
+        f = torch.add(self.mp(e), F.avg_pool2d(e, 3, stride=1, padding=1))
+        g = self.ap(f)
+        h1 = torch.flatten(self.gap(g), 1)
+        h2 = F.adaptive_avg_pool2d(g, 1).view(g.size(0), -1)
+        h3 = self.fl(self.gap(operator.add(g, g))).reshape(g.shape[0], -1)
+        h = torch.cat([h1 + h2, h3], 1)
+        return self.fc2(self.drop(F.relu(self.fc(h))))
+
+
+def _warm(m, shape):
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.randn(16, *shape) * 2 + 0.5)
+    m.eval()
+    return m
+
+
+def _check(m, shape, tol=1e-5, **kw):
+    g = to_graph(m, shape, **kw)
+    x = torch.randn(5, *shape)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    out = run_float(g, x.numpy())
+    np.testing.assert_allclose(out, ref.reshape(len(ref), -1), rtol=0, atol=tol)
+    return g
+
+
+def test_all_ops_round_trip():
+    torch.manual_seed(0)
+    m = _warm(AllOps(), (2, 9, 9))
+    g = _check(m, (2, 9, 9))
+    ops = {n.op for n in g.nodes}
+    assert ops == {"conv2d", "batchnorm", "relu", "relu6", "maxpool2d", "avgpool2d", "global_avgpool", "add",
+                   "concat", "flatten", "linear"}
+    assert any(n.op == "conv2d" and n.attrs["groups"] == 4 and n.attrs["dilation"] == [2, 1] for n in g.nodes)
+
+
+@pytest.mark.parametrize("arch,shape", [("smallcnn", (1, 28, 28)), ("resnet8", (3, 32, 32)),
+                                        ("mobilenetv2", (1, 28, 28))])
+def test_bundled_architectures_round_trip(arch, shape, tmp_path):
+    torch.manual_seed(1)
+    m = _warm(build_model(arch, 10, shape[0]), shape)
+    p = tmp_path / "m.hwsim"
+    export_model(m, str(p), shape, mean=[0.1] * shape[0], std=[0.3] * shape[0], metadata={"arch": arch})
+    g = load_model(str(p))
+    assert g.metadata["arch"] == arch and tuple(g.inputs[0].mean) == pytest.approx((0.1,) * shape[0])
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        ref = m(x).numpy()
+    np.testing.assert_allclose(run_float(g, x.numpy()), ref, rtol=0, atol=1e-5)
+
+
+def test_satnl_export_writes_tanh_of_parameter():
+    torch.manual_seed(2)
+    m = apply_satnl(build_model("smallcnn", 10, 1))
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.mul_(3.0)  # move V out of tanh's linear region
+    _warm(m, (1, 28, 28))
+    g = _check(m, (1, 28, 28))
+    conv = [n for n in g.nodes if n.op == "conv2d"][0]
+    v = m.features[0].weight.detach().numpy()
+    np.testing.assert_array_equal(g.param(conv, "weight"), torch.tanh(m.features[0].weight).detach().numpy())
+    # and the formula itself, in float64 (torch's and numpy's float32 tanh may differ by an ulp)
+    np.testing.assert_allclose(g.param(conv, "weight"), np.tanh(v.astype(np.float64)), rtol=0, atol=2e-7)
+    assert np.abs(g.param(conv, "weight") - v).max() > 0.1
+
+
+def test_qat_model_exports_float_weights_and_lsq_metadata():
+    torch.manual_seed(3)
+    m = build_model("smallcnn", 10, 1)
+    prepare_qat(m, 4, 8)
+    _warm(m, (1, 28, 28))
+    g = to_graph(m, (1, 28, 28))
+    lsq = g.metadata["lsq"]
+    convs = [n.name for n in g.nodes if n.op in ("conv2d", "linear")]
+    assert set(lsq) == set(convs) and len(lsq["fc"]["w_step"]) == 10 and lsq["fc"]["w_bits"] == 4
+    assert lsq[convs[0]]["a_signed"] is True and lsq[convs[1]]["a_signed"] is False
+    np.testing.assert_array_equal(g.param(g.node("fc"), "weight"), m.fc.module.weight.detach().numpy())
+
+
+class Bad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return torch.sigmoid(self.c(x))
+
+
+class BadModule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 2, 3)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.c(x))
+
+
+class BadReshape(nn.Module):
+    def forward(self, x):
+        return x.view(-1, 2)
+
+
+def test_unsupported_ops_raise_naming_the_node():
+    with pytest.raises(HwsimError, match=r"fx node 'sigmoid'.*target sigmoid"):
+        to_graph(Bad(), (1, 5, 5))
+    with pytest.raises(HwsimError, match=r"fx node 'act'.*GELU"):
+        to_graph(BadModule(), (1, 5, 5))
+    with pytest.raises(HwsimError, match=r"fx node 'view'"):
+        to_graph(BadReshape(), (1, 4, 4))
+    with pytest.raises(HwsimError, match=r"fx node 'cat'.*dim 0"):
+        class C(nn.Module):
+            def forward(self, x):
+                return torch.cat([x, x], 0)
+        to_graph(C(), (1, 4, 4))

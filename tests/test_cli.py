@@ -1,0 +1,141 @@
+"""The hwsim CLI: main commands and every user-error path (one line, nonzero exit, no traceback)."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hwsim.cli import cli
+from hwsim.graph import save_model
+from tests.nets import tiny_cnn
+
+
+@pytest.fixture(scope="module")
+def model8(tmp_path_factory):
+    p = tmp_path_factory.mktemp("m") / "tiny.hwsim"
+    save_model(tiny_cnn(seed=0, classes=10), p)
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def data8(tmp_path_factory):
+    """A small npz dataset in the model's 1x8x8 shape: digits-like real structure is not needed here."""
+    rng = np.random.default_rng(0)
+    p = tmp_path_factory.mktemp("d") / "d.npz"
+    x = rng.integers(0, 256, (60, 8, 8), dtype=np.uint8)
+    y = np.arange(60) % 10
+    np.savez(p, x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
+    return f"npz:{p}"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def _one_line_error(res, *fragments):
+    assert res.exit_code != 0
+    assert "Traceback" not in res.output
+    err = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(err) == 1, res.output
+    for f in fragments:
+        assert f in err[0], err[0]
+
+
+def test_profiles_list_and_show():
+    res = invoke("profiles")
+    assert res.exit_code == 0 and "int4-pow2" in res.output and "int8-tflite" in res.output
+    res = invoke("profiles", "show", "int4-pow2")
+    assert res.exit_code == 0 and 'mode = "pow2"' in res.output
+
+
+def test_run_json_has_the_documented_fields(model8, data8):
+    res = invoke("run", "--profile", "int8-tflite", "--model", model8, "--data", data8, "--json", "-q")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    for k in ("profile", "model", "data", "images", "float_accuracy", "sim_accuracy", "seconds", "layers"):
+        assert k in d
+    assert d["images"] == 20
+    assert {"name", "overflow_events", "clip_rate", "headroom_bits", "certified"} <= set(d["layers"][0])
+
+
+def test_run_text_and_weight_only_label(model8, data8, tmp_path):
+    res = invoke("run", "--profile", "w4-fp", "--model", model8, "--data", data8, "-q", "--out", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    assert "weight-only" in res.output
+    assert json.loads((tmp_path / "r.json").read_text())["mode"] == "weight-only"
+
+
+def test_sweep_csv_plot_and_vary(model8, data8, tmp_path):
+    out = tmp_path / "s.csv"
+    res = invoke("sweep", "-p", "int8-fbgemm", "-p", "w4a4", "--vary", "accumulator.bits=12,32", "--model", model8,
+                 "--data", data8, "--out", str(out), "--plot", "-q")
+    assert res.exit_code == 0, res.output
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 + 4 and lines[0].startswith("profile,settings")
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    rows = [ln.split(",") for ln in lines[1:]]
+    # a 12-bit accumulator overflows on this net, a 32-bit one does not
+    by = {(r[0], r[1]): int(r[7]) for r in rows}
+    assert by[("int8-fbgemm", "accumulator.bits=12")] > 0 and by[("int8-fbgemm", "accumulator.bits=32")] == 0
+
+
+def test_inspect_shows_certificates(model8, data8):
+    res = invoke("inspect", model8, "--profile", "int8-acc16-sat", "--data", data8)
+    assert res.exit_code == 0, res.output
+    assert "kurtosis" in res.output and "certified" in res.output
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["run", "--profile", "int7-magic"], ["unknown profile 'int7-magic'", "int8-tflite"]),
+    (["run", "--set", "accumulator.bitz=3"], ["unknown profile key 'accumulator.bitz'"]),
+    (["run", "--set", "weights.bits=40"], ["'weights.bits'", "40", "[2, 16]"]),
+    (["run", "--data", "npz:/nonexistent/x.npz"], ["/nonexistent/x.npz"]),
+    (["run", "--model", "/nonexistent/m.hwsim"], ["/nonexistent/m.hwsim"]),
+    (["sweep"], ["--profile NAME"]),
+    (["sweep", "-p", "int8-tflite", "--vary", "accumulator.bits"], ["expected KEY=V1,V2"]),
+    (["run", "--out", "/nonexistent/dir/r.json"], ["does not exist"]),
+])
+def test_user_errors_are_one_line(args, fragments):
+    _one_line_error(invoke(*args), *fragments)
+
+
+def test_corrupt_truncated_wrong_version_and_nan_models(model8, data8, tmp_path):
+    raw = open(model8, "rb").read()
+    bad = tmp_path / "trunc.hwsim"
+    bad.write_bytes(raw[: len(raw) // 2])
+    _one_line_error(invoke("run", "--model", str(bad), "--data", data8), str(bad))
+    bad2 = tmp_path / "garbage.hwsim"
+    bad2.write_bytes(b"not a zip at all")
+    _one_line_error(invoke("run", "--model", str(bad2), "--data", data8), str(bad2))
+    # the writer refuses NaN, so forge the file: same zip, fc.weight member rewritten with a NaN
+    import io
+    import zipfile
+    nanp = tmp_path / "nan.hwsim"
+    with zipfile.ZipFile(model8) as zin, zipfile.ZipFile(nanp, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename == "tensors.npz":
+                src, dst = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+                with zipfile.ZipFile(dst, "w") as zt:
+                    for m in src.infolist():
+                        arr = np.load(io.BytesIO(src.read(m)), allow_pickle=False)
+                        if m.filename == "fc.weight.npy":
+                            arr = arr.copy()
+                            arr.flat[0] = np.nan
+                        b = io.BytesIO()
+                        np.lib.format.write_array(b, arr, allow_pickle=False)
+                        zt.writestr(m.filename, b.getvalue())
+                data = dst.getvalue()
+            zout.writestr(item, data)
+    _one_line_error(invoke("run", "--model", str(nanp), "--data", data8), str(nanp), "fc.weight", "NaN")
+
+
+def test_model_data_shape_mismatch(model8):
+    _one_line_error(invoke("run", "--model", model8, "--limit", "5"), "expects inputs of shape (1, 8, 8)", "(1, 28, 28)")
+
+
+def test_nothing_half_written_on_error(model8, tmp_path):
+    out = tmp_path / "r.json"
+    res = invoke("run", "--model", model8, "--out", str(out))  # shape mismatch with the default data
+    assert res.exit_code != 0 and not out.exists() and not list(tmp_path.iterdir())

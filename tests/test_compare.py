@@ -1,0 +1,88 @@
+"""hwsim compare: fake-quant mirror vs simulator, and forced effects reported on the right layer."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from hwsim.compare import compare  # noqa: E402
+from hwsim.compile import compile_model  # noqa: E402
+from hwsim.execute import accuracy, run_quantized  # noqa: E402
+from hwsim.experiments import Context  # noqa: E402
+from hwsim.floatref import run_float  # noqa: E402
+from hwsim.profile import Override, load_profile  # noqa: E402
+from tests.nets import images, tiny_cnn  # noqa: E402
+
+
+def _ctx(g, n=64, seed=31):
+    x = images(n, seed=seed)
+    fl = run_float(g, x)
+    y = np.argmax(fl, 1)  # labels: the float model's own predictions
+    return Context(g, "tiny", None, "synthetic", x, y, fl, accuracy(fl, y))
+
+
+def _with_override(profile, match, **settings):
+    ov = Override(match, None, tuple(sorted(settings.items())))
+    import dataclasses
+
+    return dataclasses.replace(profile, overrides=profile.overrides + (ov,))
+
+
+@pytest.fixture(scope="module")
+def net():
+    return tiny_cnn(seed=5, channels=6, classes=5)
+
+
+def test_expressible_profile_matches_fake_quant(net):
+    """int8, 32-bit accumulator, float32 requant, half_even: same predictions, <= 1 LSB, explained."""
+    ctx = _ctx(net, 128)
+    qg = compile_model(net, load_profile("int8-fbgemm"), images(64, seed=2))
+    r = compare(ctx, qg)
+    assert r.prediction_agreement == 1.0
+    assert r.first_divergent_layer is None
+    for d in r.layers:
+        assert d.max_lsb <= 1, d
+        assert d.overflow_events == 0
+        if d.max_lsb:
+            assert d.cause, d
+            assert "propagated" in d.cause or "near a tie" in d.cause, d.cause
+
+
+@pytest.mark.parametrize("settings, layer, cause", [
+    ({"accumulator.bits": 10, "accumulator.overflow": "saturate"}, "conv3", "accumulator saturate at 10 bits"),
+    ({"accumulator.bits": 10, "accumulator.overflow": "wrap"}, "conv3", "accumulator wrap at 10 bits"),
+    ({"accumulator.partial_bits": 8, "accumulator.rows": 2}, "conv3", "partial-sum overflow"),
+    ({"requant.rounding": "trunc"}, "conv3", "requant rounding trunc"),
+])
+def test_forced_effect_reported_on_the_right_layer(net, settings, layer, cause):
+    base = load_profile("int8-fbgemm")
+    prof = _with_override(base, layer, **settings)
+    ctx = _ctx(net, 64)
+    qg = compile_model(net, prof, images(64, seed=2))
+    r = compare(ctx, qg)
+    by = {d.name: d for d in r.layers}
+    assert by[layer].max_lsb > 0 and cause in by[layer].cause, by[layer]
+    for upstream in ("conv1", "dw"):
+        assert by[upstream].max_lsb <= 1 and cause not in by[upstream].cause
+
+
+@pytest.mark.parametrize("name, cause", [
+    ("int8-tflite", "fixed-point requant (double rounding"),
+    ("int8-pow2", "shift requant rounding half_up"),
+])
+def test_requant_effects_fake_quant_cannot_express(net, name, cause):
+    ctx = _ctx(net, 64)
+    qg = compile_model(net, load_profile(name), images(64, seed=2))
+    r = compare(ctx, qg)
+    assert any(cause in d.cause for d in r.layers if d.max_lsb > 0), [(d.name, d.max_lsb, d.cause) for d in r.layers]
+
+
+def test_mirror_equals_simulator_logits_for_weight_path(net):
+    """Sanity: with an exact accumulator and float32 requant the two chains agree closely end to end."""
+    ctx = _ctx(net, 32)
+    qg = compile_model(net, load_profile("int8-fbgemm"), images(64, seed=2))
+    from frontends.pytorch.fakequant import mirror_codes
+
+    fq, _ = mirror_codes(qg, ctx.x_test)
+    sim = run_quantized(qg, ctx.x_test).logits
+    assert np.max(np.abs(fq - sim)) <= 2 * qg.grids[qg.output_name].scale + 1e-6
