@@ -62,6 +62,11 @@ class Certificate:
         return max(self.min_partial_bits, default=1)
 
     @property
+    def partial_headroom_bits(self) -> list[int] | None:
+        """P - min_partial_bits per channel (negative = a chunk sum can leave P bits); None without a partial stage."""
+        return None if self.partial_bits is None else [self.partial_bits - m for m in self.min_partial_bits]
+
+    @property
     def layer_headroom_bits(self) -> int | None:
         return None if self.headroom_bits is None else min(self.headroom_bits, default=0)
 
@@ -69,6 +74,8 @@ class Certificate:
         return {"certified": self.certified, "acc_bits": self.acc_bits, "partial_bits": self.partial_bits,
                 "rows": self.rows, "min_acc_bits": self.layer_min_acc_bits,
                 "min_partial_bits": self.layer_min_partial_bits, "headroom_bits": self.layer_headroom_bits,
+                "partial_headroom_bits": (None if self.partial_bits is None
+                                          else min(self.partial_headroom_bits, default=0)),
                 "max_abs_acc": max(self.max_abs_acc, default=0), "max_abs_partial": max(self.max_abs_partial, default=0),
                 "l1_bound": max(self.l1_bound, default=0)}
 

@@ -246,6 +246,8 @@ def inspect_model(model: str | None, profile: Profile | None = None, data: str =
             d["headroom_bits"] = min_defined(c.headroom_bits)
             d["min_acc_bits"] = max_defined(c.min_acc_bits)
             d["min_partial_bits"] = max_defined(getattr(c, "min_partial_bits", None))
+            d["partial_headroom_bits"] = min_defined(c.partial_headroom_bits)
+            d["acc_bits"], d["partial_bits"], d["rows"] = c.acc_bits, c.partial_bits, c.rows
             d["certified"] = bool(np.all(c.certified))
             d["folded_weight_kurtosis"] = weight_stats(lay.w_float)["kurtosis"]
         nodes.append(d)

@@ -40,12 +40,15 @@ def run_text(r) -> str:
     if r.weight_only:
         return "\n".join(head)
     rows = []
+    psum = any(lay.get("partial_headroom_bits") is not None for lay in r.layers)
     for lay in r.layers:
-        hr = lay["headroom_bits"]
+        hr, ph = lay["headroom_bits"], lay.get("partial_headroom_bits")
         rows.append([lay["name"], lay["kind"], lay["acc_events"], lay["partial_events"],
-                     f"{100 * lay['clip_rate']:.3f}%", "-" if hr is None else hr,
-                     "-" if lay["certified"] is None else ("yes" if lay["certified"] else "NO")])
-    body = table(rows, ["layer", "kind", "acc overflow", "partial overflow", "clip rate", "headroom bits", "certified"])
+                     f"{100 * lay['clip_rate']:.3f}%", "-" if hr is None else hr]
+                    + (["-" if ph is None else ph] if psum else [])
+                    + ["-" if lay["certified"] is None else ("yes" if lay["certified"] else "NO")])
+    body = table(rows, ["layer", "kind", "acc overflow", "partial overflow", "clip rate", "headroom bits"]
+                 + (["psum headroom"] if psum else []) + ["certified"])
     tail = []
     total = r.overflow_events
     tail.append(f"overflow events: {total} in {sum(1 for x in r.layers if x['overflow_events'])} layer(s)"
@@ -63,7 +66,8 @@ SWEEP_COLUMNS = ["profile", "settings", "mode", "float_accuracy", "fakequant_acc
 def sweep_rows(results) -> list[dict]:
     rows = []
     for r in results:
-        hr = [x["headroom_bits"] for x in r.layers if x["headroom_bits"] is not None]
+        # the tighter of the two stages: accumulator headroom and (if present) partial-sum headroom
+        hr = [h for x in r.layers for h in (x["headroom_bits"], x.get("partial_headroom_bits")) if h is not None]
         rows.append({
             "profile": r.profile,
             "settings": ";".join(f"{k}={v}" for k, v in r.settings.items()),
@@ -167,6 +171,7 @@ def inspect_text(r) -> str:
     if r.metadata:
         head.append("metadata: " + ", ".join(f"{k}={v}" for k, v in r.metadata.items() if not isinstance(v, (dict, list))))
     rows = []
+    psum = any(n.get("partial_bits") is not None for n in r.nodes)
     for n in r.nodes:
         row = [n["name"], n["op"], "x".join(map(str, n["shape"]))]
         if "kurtosis" in n:
@@ -175,13 +180,23 @@ def inspect_text(r) -> str:
             row += ["", "", ""]
         if r.profile:
             hr = n.get("headroom_bits")
-            row += ["" if "certified" not in n else n.get("min_acc_bits"), "" if hr is None else hr,
-                    "" if "certified" not in n else ("yes" if n["certified"] else "NO")]
+            row += ["" if "certified" not in n else n.get("min_acc_bits"), "" if hr is None else hr]
+            if psum:
+                ph = n.get("partial_headroom_bits")
+                row += ["" if "certified" not in n else n.get("min_partial_bits"), "" if ph is None else ph]
+            row += ["" if "certified" not in n else ("yes" if n["certified"] else "NO")]
         rows.append(row)
     hdr = ["node", "op", "shape", "params", "kurtosis", "symmetry"]
     if r.profile:
-        hdr += ["min acc bits", "headroom bits", "certified"]
+        hdr += ["min acc bits", "headroom bits"] + (["min psum bits", "psum headroom"] if psum else []) + ["certified"]
         head.append(f"profile {r.profile}: certificates are worst cases over the input grid (exact integers)")
+        first = next((n for n in r.nodes if "certified" in n), None)
+        if first is not None:
+            a = "unbounded" if first.get("acc_bits") is None else f"{first['acc_bits']}-bit"
+            stage = (f", {first['partial_bits']}-bit partial sums per {first.get('rows') or 'K'}-row chunk"
+                     if first.get("partial_bits") is not None else "")
+            head.append(f"accumulator: {a}{stage}; certified = no input on the grid can overflow any stage "
+                        f"(per-layer overrides may differ)")
     out = "\n".join(head) + "\n\n" + table(rows, hdr)
     for d in r.dead_channels:
         out += f"\ndead BN channel: {d['layer']} channel {d['channel']} (running_var {d['running_var']:.2e})"
