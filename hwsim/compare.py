@@ -78,7 +78,7 @@ class CompareResult:
         return d
 
 
-def _isolated(qg: QuantizedGraph, lay, codes: dict[str, np.ndarray], impl: str = "fast", **replace) -> np.ndarray:
+def _isolated(qg: QuantizedGraph, lay, codes: dict[str, np.ndarray], impl: str = "fast", **replace) -> tuple[np.ndarray, LayerStats]:
     """Run one simulator layer on the mirror's input codes (optionally with a changed config)."""
     if replace:
         lay = dataclasses.replace(lay, **replace)
@@ -86,11 +86,13 @@ def _isolated(qg: QuantizedGraph, lay, codes: dict[str, np.ndarray], impl: str =
             gx, gy = qg.grids[lay.inputs[0]], qg.grids[lay.output]
             lay.requant_params = ops.make_requant_params(gx.scale, lay.w_scale, gy.scale, lay.requant)
     env = {i: codes[i] for i in lay.inputs}
-    run_layer(qg, lay, env, LayerStats(lay.name, lay.op, lay.kind), impl)
-    return env[lay.output]
+    st = LayerStats(lay.name, lay.op, lay.kind)
+    run_layer(qg, lay, env, st, impl)
+    return env[lay.output], st
 
 
 def _cause(qg, lay, codes, iso_diff: int, st: LayerStats) -> str:
+    """Name why ``lay`` differs; ``st`` = the layer's stats when run alone on the fake-quant inputs."""
     if iso_diff == 0:
         return "propagated from upstream (identical when fed the same inputs)"
     if lay.op in ("avgpool2d", "global_avgpool"):
@@ -102,14 +104,16 @@ def _cause(qg, lay, codes, iso_diff: int, st: LayerStats) -> str:
     reasons = []
     if lay.op in ("conv2d", "linear"):
         unbounded = ops.Accumulator(bits=None, overflow="wrap", rows=None, partial_bits=None)
-        y = _isolated(qg, lay, codes, accumulator=unbounded)
+        y, _ = _isolated(qg, lay, codes, accumulator=unbounded)
         d = int(np.max(np.abs(y - codes[lay.output]))) if y.size else 0
         if d < iso_diff:
             what = []
             if st.partial_events:
-                what.append(f"partial-sum overflow ({st.partial_events} events)")
+                what.append(f"partial-sum overflow: {lay.accumulator.partial_overflow} at {lay.accumulator.partial_bits} "
+                            f"bits ({st.partial_events} events on fake-quant's inputs)")
             if st.acc_events or not what:
-                what.append(f"accumulator {lay.accumulator.overflow} at {lay.accumulator.bits} bits ({st.acc_events} events)")
+                what.append(f"accumulator {lay.accumulator.overflow} at {lay.accumulator.bits} bits "
+                            f"({st.acc_events} events on fake-quant's inputs)")
             reasons.append(" + ".join(what))
             iso_diff = d
             if d == 0:
@@ -118,11 +122,11 @@ def _cause(qg, lay, codes, iso_diff: int, st: LayerStats) -> str:
     if r is not None:
         ref = ops.Requant(mode="float32", rounding="half_even")
         if lay.op in ("conv2d", "linear"):
-            y = _isolated(qg, lay, codes, requant=ref,
+            y, _ = _isolated(qg, lay, codes, requant=ref,
                           accumulator=ops.Accumulator(bits=None, overflow="wrap", rows=None, partial_bits=None))
             d = int(np.max(np.abs(y - codes[lay.output]))) if y.size else 0
         else:
-            y = _isolated(qg, lay, codes, requant=ref)
+            y, _ = _isolated(qg, lay, codes, requant=ref)
             d = int(np.max(np.abs(y - codes[lay.output]))) if y.size else 0
         if d < iso_diff or not reasons:
             if r.mode == "fixed":
@@ -174,11 +178,11 @@ def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast") 
             sq[lay.name] += [np.sum(fqv ** 2), np.sum((fqv - simv) ** 2), np.sum(flv ** 2),
                              np.sum((fqv - flv) ** 2), np.sum((simv - flv) ** 2)]
             if d.size and d.max() > 0:
-                yi = _isolated(qg, lay, codes, impl)
+                yi, ist = _isolated(qg, lay, codes, impl)
                 di = int(np.max(np.abs(yi - codes[lay.output])))
                 if lay.name not in causes or di > iso[lay.name]:
                     iso[lay.name] = max(iso[lay.name], di)
-                    causes[lay.name] = _cause(qg, lay, codes, di, stats[qg.layers.index(lay)])
+                    causes[lay.name] = _cause(qg, lay, codes, di, ist)
     stat_by = {s.name: s for s in stats}
     layers = []
     first = None
