@@ -11,7 +11,7 @@ from hwsim import fixedpoint as fp
 from hwsim import kernels, ops
 from hwsim.errors import HwsimError
 
-ROWS = [1, 3, 16, None]
+ROWS = [1, 3, 4, 16, None]  # issue 2: 1, 3, 16, whole K; issue 10: 1, 4, 16, whole K
 PBITS = [8, 12, 16, None]
 ABITS = [16, 24, 32, None]
 POL = ["wrap", "saturate"]
