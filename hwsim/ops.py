@@ -176,6 +176,7 @@ def conv2d(x_q, w_q, bias_q=None, *, x_zero_point=0, w_zero_point=0, stride=(1, 
 
 # ----------------------------------------------------------------------------- requantization
 REQUANT_MODES = ("float32", "fixed", "pow2")
+ADD_FORMS = ("dequantize", "ratio_fma")
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,10 @@ class Requant:
 
     ``fixed_ties`` = (tie of SaturatingRoundingDoublingHighMul, tie of RoundingDivideByPOT); gemmlowp
     itself uses ("half_up", "half_away"). ``single`` rounding and the 15-bit multiplier round once,
-    with ``fixed_ties[1]``. ``multiplier_order`` = "sequential" is what PyTorch's fbgemm engine does.
+    with ``fixed_ties[1]``. ``multiplier_order`` = "sequential" is what PyTorch's fbgemm engine does
+    (and ONNX Runtime's QLinearConv / QLinearMatMul). ``add_form`` (float32 :func:`add` only):
+    "dequantize" = PyTorch's x86 ``quantized::add``, "ratio_fma" = ONNX Runtime's QLinearAdd (MLAS
+    AVX2 kernel; ``zero_point`` does not apply to it: z_y is inside the rounded sum).
     """
 
     mode: str = "float32"
@@ -195,6 +199,7 @@ class Requant:
     zero_point: str = "after"
     multiplier_order: str = "sequential"
     seed: int = 0
+    add_form: str = "dequantize"
 
     def __post_init__(self):
         fp.check_mode(self.mode, REQUANT_MODES, "requant.mode")
@@ -212,6 +217,7 @@ class Requant:
                              "(TOSA RESCALE scale32=false rounds once)")
         fp.check_mode(self.zero_point, ("after", "before"), "requant.zero_point")
         fp.check_mode(self.multiplier_order, ("sequential", "fused"), "requant.multiplier_order")
+        fp.check_mode(self.add_form, ADD_FORMS, "requant.add_form")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise HwsimError(f"requant.seed = {self.seed!r}: allowed an integer >= 0")
 

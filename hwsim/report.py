@@ -136,7 +136,7 @@ def sweep_csv(results) -> str:
 
 
 def sweep_plot(results, path: str | os.PathLike) -> None:
-    """Bar chart: float vs simulated accuracy per profile (weight-only bars hatched)."""
+    """Bar chart: float (, fake-quant) and simulated accuracy per profile (weight-only bars hatched)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,8 +146,14 @@ def sweep_plot(results, path: str | os.PathLike) -> None:
     labels = [r["profile"] + (f"\n{r['settings']}" if r["settings"] else "") for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows) + 2), 4.5))
     xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], [100 * r["float_accuracy"] for r in rows], 0.4, label="float", color="#999999")
-    bars = ax.bar([x + 0.2 for x in xs], [100 * r["sim_accuracy"] for r in rows], 0.4, label="simulated", color="#1f77b4")
+    fq = any(r["fakequant_accuracy"] != "" for r in rows)
+    w = 0.27 if fq else 0.4
+    off = [-w, 0.0, w] if fq else [-w / 2, None, w / 2]
+    ax.bar([x + off[0] for x in xs], [100 * r["float_accuracy"] for r in rows], w, label="float", color="#999999")
+    if fq:
+        ax.bar([x + off[1] for x in xs], [100 * (r["fakequant_accuracy"] or 0) for r in rows], w,
+               label="fake-quant", color="#ff9f40")
+    bars = ax.bar([x + off[2] for x in xs], [100 * r["sim_accuracy"] for r in rows], w, label="simulated", color="#1f77b4")
     for b, r in zip(bars, rows):
         if r["mode"] == "weight-only":
             b.set_hatch("//")
@@ -157,7 +163,8 @@ def sweep_plot(results, path: str | os.PathLike) -> None:
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{results[0].model} on {results[0].data}: float vs integer simulation (red: overflow, hatched: weight-only)", fontsize=9)
+    ax.set_title(f"{results[0].model} on {results[0].data}: float vs integer simulation\n"
+                 "(red: overflow events, hatched: weight-only)", fontsize=9)
     ax.legend(loc="lower left")
     fig.tight_layout()
     buf = io.BytesIO()
