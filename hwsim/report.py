@@ -33,7 +33,7 @@ def run_text(r) -> str:
         f"float accuracy      {_pct(r.float_accuracy)}",
         f"simulated accuracy  {_pct(r.sim_accuracy)}" + ("  (weight-only)" if r.weight_only else ""),
         f"agreement w/ float  {_pct(r.agreement)}",
-        f"speed     {r.images_per_s:,.0f} images/s  ({r.seconds:.2f} s run, {r.compile_seconds:.2f} s compile)",
+        f"speed     {r.images_per_s:,.0f} images/s  ({r.seconds:.2f} s run, {r.compile_seconds:.2f} s compile + JIT warm-up)",
     ]
     if r.settings:
         head.insert(2, "settings  " + ", ".join(f"{k}={v}" for k, v in r.settings.items()))
