@@ -431,6 +431,8 @@ class AddParams:
     a_premul: float = 0.0
     b_premul: float = 0.0
     inv_y_scale: float = 0.0
+    a_ratio: float = 0.0  # float32 mode, add_form "ratio_fma": fl32(s_a / s_y), fl32(s_b / s_y)
+    b_ratio: float = 0.0
     left_shift: int = 20  # fixed mode (TFLite int8 ADD)
     a_mult: tuple = (0, 0)
     b_mult: tuple = (0, 0)
@@ -448,7 +450,7 @@ def add_params(a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_poi
     sa, sb, sy = f32(a_scale), f32(b_scale), f32(y_scale)
     if cfg.mode == "float32":
         return AddParams(za, zb, zy, a_scale=sa, b_scale=sb, a_premul=f32(sa * f32(-za)), b_premul=f32(sb * f32(-zb)),
-                         inv_y_scale=f32(f32(1.0) / sy))
+                         inv_y_scale=f32(f32(1.0) / sy), a_ratio=f32(sa / sy), b_ratio=f32(sb / sy))
     if cfg.mode == "fixed":
         # TFLite add.cc (int8): twice_max_input_scale = 2 * max(s_a, s_b); multipliers in double
         twice_max = 2.0 * float(max(sa, sb))
@@ -462,6 +464,49 @@ def add_params(a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_poi
         return AddParams(za, zb, zy, left_shift=20, a_mult=qa, b_mult=qb, y_mult=qy)
     return AddParams(za, zb, zy, a_exp=fp.pow2_exponent(a_scale, "a_scale"), b_exp=fp.pow2_exponent(b_scale, "b_scale"),
                      y_exp=fp.pow2_exponent(y_scale, "y_scale"))
+
+
+def fma_f32(x, r, z) -> np.ndarray:
+    """fl32(x * r + z) rounded once (half even), as a float32 FMA instruction computes it.
+
+    x: integers with |x| < 2^29 (then x * r is exact in float64); r, z: float32 values (broadcast).
+    The float64 sum s = fl64(x*r + z) carries its exact error e (TwoSum); fl32(s) differs from the
+    correctly rounded result only when s is exactly halfway between two float32 numbers and e != 0.
+    """
+    p = np.asarray(x, dtype=np.int64).astype(np.float64) * np.asarray(r, dtype=np.float32).astype(np.float64)
+    z = np.asarray(z, dtype=np.float32).astype(np.float64)
+    s = p + z
+    t = s - p
+    e = (p - (s - t)) + (z - t)
+    y = np.asarray(s.astype(np.float32))
+    yd = y.astype(np.float64)
+    other = np.nextafter(y, np.where(s > yd, np.float32(np.inf), np.float32(-np.inf)))
+    fix = (yd != s) & ((yd + other.astype(np.float64)) * 0.5 == s) & (e != 0)
+    return np.where(fix, np.where(e > 0, np.maximum(y, other), np.minimum(y, other)), y).astype(np.float32)
+
+
+def ratio_fma_swaps(a_shape, b_shape) -> bool:
+    """True when ONNX Runtime's broadcast loop hands input a to QLinearAdd as the per-span scalar.
+
+    ORT then calls the MLAS kernel with the operands exchanged. Input a is that scalar when its
+    extent along the innermost common axis (right-aligned) where either input exceeds 1 is 1 (the
+    outermost common axis if there is none); when one input is 0-d: when a is 0-d or a's last axis is 1.
+    """
+    a_shape, b_shape = tuple(a_shape), tuple(b_shape)
+    m = min(len(a_shape), len(b_shape))
+    if m == 0:
+        return len(a_shape) == 0 or a_shape[-1] <= 1
+    for i in range(1, m + 1):
+        if max(a_shape[-i], b_shape[-i]) > 1 or i == m:
+            return a_shape[-i] <= 1
+    return False  # unreachable
+
+
+def ratio_fma_constant(p_ratio, p_zero_point: int, q_ratio, q_zero_point: int, y_zero_point: int) -> np.float32:
+    """ONNX Runtime QLinearAdd's folded zero points: K = fl32(z_y - fma(r_p, z_p, fl32(r_q * z_q)))."""
+    f32 = np.float32
+    inner = fma_f32(p_zero_point, p_ratio, f32(f32(q_ratio) * f32(q_zero_point)))
+    return f32(f32(y_zero_point) - inner)
 
 
 def _fixed_mul(x, qs, cfg: Requant):
@@ -478,24 +523,39 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
     (PyTorch x86 ``quantized::add``, its vectorized loop). ``vector_width`` = V reproduces PyTorch
     exactly: its last n mod V elements (C order; one TensorIterator chunk, n < 32768) take the scalar
     path: da = fl32((a - z_a) * s_a), y = round(fl32(fl32(c * fl32(1/s_y)) + z_y)) (zero point before
-    rounding). V = 64 on AVX512 builds, 32 on AVX2. fixed: TFLite int8 ADD (inputs << 20, Q31
+    rounding). V = 64 on AVX512 builds, 32 on AVX2. float32 with ``cfg.add_form = "ratio_fma"``
+    (ONNX Runtime QLinearAdd, MLAS AVX2): r_a = fl32(s_a/s_y), r_b = fl32(s_b/s_y),
+    K = fl32(z_y - fma(r_a, z_a, fl32(r_b*z_b))), y = round(fma(a, r_a, fma(b, r_b, K))), a and b
+    exchanged when :func:`ratio_fma_swaps`. fixed: TFLite int8 ADD (inputs << 20, Q31
     rescale to 2*max(s_a, s_b), sum, rescale to s_y). pow2: exact sum on the finer grid, one rounding shift.
     """
     _check_impl(impl)
     a = _int_array(a_q, "a_q")
     b = _int_array(b_q, "b_q")
+    ratio_fma = cfg.mode == "float32" and cfg.add_form == "ratio_fma"
+    swap = ratio_fma and ratio_fma_swaps(a.shape, b.shape)
     try:
         a, b = np.broadcast_arrays(a, b)
     except ValueError:
         raise HwsimError(f"add: shapes {a.shape} and {b.shape} do not broadcast") from None
     p = add_params(a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, cfg)
     qmin, qmax = int(qmin), int(qmax)
-    if vector_width is not None and (cfg.mode != "float32" or int(vector_width) < 1):
-        raise HwsimError(f"add: vector_width = {vector_width!r}: allowed a positive int, with requant.mode = 'float32'")
+    if vector_width is not None and (cfg.mode != "float32" or ratio_fma or int(vector_width) < 1):
+        raise HwsimError(f"add: vector_width = {vector_width!r}: allowed a positive int, with requant.mode = "
+                         "'float32' and add_form = 'dequantize'")
+    if ratio_fma and a.size and max(np.abs(a).max(), np.abs(b).max()) >= 2**29:
+        raise HwsimError("add: add_form = 'ratio_fma' needs |a|, |b| < 2^29")
     tail = 0 if vector_width is None else a.size % int(vector_width)
     if impl == "reference":
-        return ref.add(a, b, p, cfg, qmin, qmax, tail)
-    if cfg.mode == "float32":
+        return ref.add(a, b, p, cfg, qmin, qmax, tail, swap)
+    if ratio_fma:
+        # ONNX Runtime MLAS QLinearAdd (AVX2): P takes the first FMA role, Q is folded in first
+        (P, rp, zp), (Q, rq, zq) = (a, p.a_ratio, p.a_zero_point), (b, p.b_ratio, p.b_zero_point)
+        if swap:
+            (P, rp, zp), (Q, rq, zq) = (Q, rq, zq), (P, rp, zp)
+        k = ratio_fma_constant(rp, zp, rq, zq, p.y_zero_point)
+        y = fp.round_float(fma_f32(P, rp, fma_f32(Q, rq, k)), cfg.rounding, cfg.seed)
+    elif cfg.mode == "float32":
         f32 = np.float32
         # s*a is exact in float64 (24-bit x <= 17-bit) and s*a + premul too (both multiples of the
         # same power of two, < 2^45 apart): one rounding to float32 == the fused multiply-add

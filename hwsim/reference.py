@@ -8,6 +8,7 @@ Semantics in words: ``docs/semantics.md``.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -90,6 +91,18 @@ def round_float_int(v: float, mode: str, seed: int = 0, index: int = 0) -> int:
     if frac < 0.5:
         return f
     return f + 1 if _tie_up(f, mode) else f
+
+
+def round_to_f32(v: Fraction) -> np.float32:
+    """The float32 nearest to the exact rational v, ties to even (v within the float32 range)."""
+    c = np.float32(float(v))  # float(Fraction) rounds correctly to float64: c is within one float32 step
+    cands = (c, np.nextafter(c, np.float32(np.inf)), np.nextafter(c, np.float32(-np.inf)))
+    return min(cands, key=lambda f: (abs(Fraction(float(f)) - v), int(np.array(f).view(np.uint32)) & 1))
+
+
+def fma_f32_int(x: int, r, z) -> np.float32:
+    """fl32(x*r + z) with one rounding (a float32 FMA), exact rational arithmetic."""
+    return round_to_f32(Fraction(int(x)) * Fraction(float(r)) + Fraction(float(z)))
 
 
 def sat32(v: int) -> int:
@@ -267,10 +280,11 @@ def global_avg_pool(x_q, zero_point, rounding, seed=0):
 
 
 # ----------------------------------------------------------------------------- add
-def add(a_q, b_q, p, cfg, qmin, qmax, tail=0):
+def add(a_q, b_q, p, cfg, qmin, qmax, tail=0, swap=False):
     """Element-wise add with the parameters ``p`` from ops.add_params; returns (y, clipped).
 
     float32: the last ``tail`` elements (C order) follow PyTorch's scalar path (ops.add ``vector_width``).
+    float32 with add_form "ratio_fma" (ONNX Runtime QLinearAdd): ``swap`` exchanges the operand roles.
     """
     a_q, b_q = np.broadcast_arrays(np.asarray(a_q, np.int64), np.asarray(b_q, np.int64))
     y = np.zeros(a_q.shape, dtype=np.int64)
@@ -279,7 +293,16 @@ def add(a_q, b_q, p, cfg, qmin, qmax, tail=0):
     for pos in np.ndindex(*a_q.shape):
         a, b = int(a_q[pos]), int(b_q[pos])
         flat = int(np.ravel_multi_index(pos, a_q.shape))
-        if cfg.mode == "float32" and flat >= a_q.size - tail:
+        if cfg.mode == "float32" and cfg.add_form == "ratio_fma":
+            # ONNX Runtime QLinearAdd (MLAS AVX2): ratios r = fl32(s / s_y); zero points folded into K;
+            # y = round(fma(P, r_P, fma(Q, r_Q, K))), K = fl32(z_y - fma(r_P, z_P, fl32(r_Q z_Q)))
+            P, rp, zp, Q, rq, zq = a, p.a_ratio, p.a_zero_point, b, p.b_ratio, p.b_zero_point
+            if swap:
+                P, rp, zp, Q, rq, zq = Q, rq, zq, P, rp, zp
+            k = f32(f32(p.y_zero_point) - fma_f32_int(zp, rp, f32(f32(rq) * f32(zq))))
+            v = fma_f32_int(P, rp, fma_f32_int(Q, rq, k))
+            r = round_float_int(float(v), cfg.rounding, cfg.seed, flat)
+        elif cfg.mode == "float32" and flat >= a_q.size - tail:
             # PyTorch's scalar path: da = fl32((a - z_a) * s_a); round(fl32(fl32(c * fl32(1/s_y)) + z_y))
             da = f32((a - p.a_zero_point) * float(p.a_scale))
             db = f32((b - p.b_zero_point) * float(p.b_scale))

@@ -246,7 +246,7 @@ def compare_plot(r, path) -> None:
     a1.plot(xs, [cap(d.sqnr_sim_vs_float) for d in r.layers], "^--", label="simulator vs float")
     a1.set_ylabel("SQNR (dB, inf shown as 120)")
     a1.legend(fontsize=8)
-    a1.set_title(f"{r.model} under {r.profile}: fake-quant {100 * r.fakequant_accuracy:.2f}% vs "
+    a1.set_title(f"{r.model} under {r.profile}\nfake-quant {100 * r.fakequant_accuracy:.2f}% vs "
                  f"simulator {100 * r.sim_accuracy:.2f}% (float {100 * r.float_accuracy:.2f}%)", fontsize=9)
     a2.bar(xs, [100 * d.frac_diff for d in r.layers],
            color=["#d62728" if d.max_lsb > 1 else "#1f77b4" for d in r.layers])
