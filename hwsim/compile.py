@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from hwsim import certify, ops
+from hwsim import fixedpoint as fp
 from hwsim.errors import HwsimError
 from hwsim.floatref import run_float
 from hwsim.graph import Graph, Node
@@ -369,18 +370,6 @@ def _requant(p: Profile) -> ops.Requant:
                        zero_point=r.zero_point, multiplier_order=r.multiplier_order, seed=r.seed)
 
 
-def _round_array(x: np.ndarray, mode: str) -> np.ndarray:
-    if mode == "half_even":
-        return np.rint(x)
-    if mode == "half_away":
-        return np.sign(x) * np.floor(np.abs(x) + 0.5)
-    if mode == "half_up":
-        return np.floor(x + 0.5)
-    if mode == "floor":
-        return np.floor(x)
-    return np.trunc(x)
-
-
 def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
                   hooks: QuantHooks | None = None) -> QuantizedGraph:
     """Quantize a float graph for a profile. ``calib_images`` are *normalised* float32 NCHW."""
@@ -512,7 +501,7 @@ def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, 
         return
     gx = grids[n.inputs[0]]
     s_bias = gx.scale * eff_scale
-    bq = _round_array(b / s_bias, prof.bias.rounding)
+    bq = fp.round_float(np.asarray(b, np.float64) / s_bias, prof.bias.rounding)
     blim = 2 ** (prof.bias.bits - 1)
     lay.bias_clipped = int(np.sum((bq < -blim) | (bq > blim - 1)))
     lay.bias_q = np.clip(bq, -blim, blim - 1).astype(np.int64)
@@ -520,5 +509,9 @@ def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, 
     lay.requant_params = ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant)
     # the input's reachable range: the producer's clamp (a fused ReLU narrows it)
     lo, hi = reach[n.inputs[0]]
-    lay.certificate = certify.certify_linear(
-        w_q.reshape(w_q.shape[0], -1), lay.bias_q, lay.w_zero_point, lo, hi, gx.zero_point, lay.accumulator)
+    if n.op == "conv2d":  # padding pixels hold the zero point: certify_conv2d widens the box to contain it
+        lay.certificate = certify.certify_conv2d(w_q, lay.bias_q, lay.w_zero_point, lo, hi, gx.zero_point,
+                                                 lay.accumulator)
+    else:
+        lay.certificate = certify.certify_linear(
+            w_q.reshape(w_q.shape[0], -1), lay.bias_q, lay.w_zero_point, lo, hi, gx.zero_point, lay.accumulator)
