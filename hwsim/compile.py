@@ -418,7 +418,7 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
     layers: list[QLayer] = []
     for n in folded.nodes:
         kind = _op_kind(n, folded)
-        prof = profile.for_layer(n.name, kind)
+        prof = profile.for_layer(n.name, kind, "first" if n.name == first else "last" if n.name == last else None)
         out = n.outputs[0]
         lay = QLayer(name=n.name, op=n.op, kind=kind, inputs=list(n.inputs), output=out,
                      attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},

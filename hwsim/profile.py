@@ -144,7 +144,9 @@ SCHEMA: dict[str, _Key] = {
     "calibration.images": _Key("int", lo=1, hi=1 << 20, doc="calibration images (from the train split)"),
     "calibration.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of the calibration subset"),
 }
-_OVERRIDE_SELECTORS = {"match": "fnmatch pattern on the layer name", "op": "op kind: " + ", ".join(OP_KINDS)}
+_OVERRIDE_SELECTORS = {"match": "fnmatch pattern on the layer name", "op": "op kind: " + ", ".join(OP_KINDS),
+                       "position": "first or last MAC layer (conv/linear) of the model"}
+POSITIONS = ("first", "last")
 
 
 # ----------------------------------------------------------------------------- dataclasses
@@ -220,11 +222,14 @@ class Override:
     match: str | None
     op: str | None
     settings: tuple  # ((dotted_key, value), ...)
+    position: str | None = None  # "first" / "last": the model's first / last MAC layer
 
-    def applies(self, layer: str, op_kind: str) -> bool:
+    def applies(self, layer: str, op_kind: str, position: str | None = None) -> bool:
         if self.match is not None and not fnmatch.fnmatchcase(layer, self.match):
             return False
         if self.op is not None and self.op != op_kind:
+            return False
+        if self.position is not None and self.position != position:
             return False
         return True
 
@@ -257,9 +262,12 @@ class Profile:
             _set_dotted(data, key, _parse_key(key, value, where))
         return _from_dict(data, where)
 
-    def for_layer(self, layer: str, op_kind: str) -> "Profile":
-        """The profile as seen by one layer: overrides whose selector matches are applied in order."""
-        hits = [o for o in self.overrides if o.applies(layer, op_kind)]
+    def for_layer(self, layer: str, op_kind: str, position: str | None = None) -> "Profile":
+        """The profile as seen by one layer: overrides whose selector matches are applied in order.
+
+        ``position`` is "first" / "last" for the model's first / last MAC layer, else None.
+        """
+        hits = [o for o in self.overrides if o.applies(layer, op_kind, position)]
         if not hits:
             return self
         data = to_dict(self)
@@ -293,7 +301,8 @@ def to_dict(p: Profile) -> dict:
     """Profile -> nested plain dict (TOML/JSON friendly; ``None`` means unbounded)."""
     d = dataclasses.asdict(p)
     d["overrides"] = [
-        {**({"match": o.match} if o.match else {}), **({"op": o.op} if o.op else {}), **dict(o.settings)}
+        {**({"match": o.match} if o.match else {}), **({"op": o.op} if o.op else {}),
+         **({"position": o.position} if o.position else {}), **dict(o.settings)}
         for o in p.overrides
     ]
     return d
@@ -340,8 +349,8 @@ def _from_dict(d: dict, where: str) -> Profile:
     ovs = []
     for o in d.get("overrides", ()):
         o = dict(o)
-        match, op = o.pop("match", None), o.pop("op", None)
-        ovs.append(Override(match, op, tuple(sorted(o.items()))))
+        match, op, pos = o.pop("match", None), o.pop("op", None), o.pop("position", None)
+        ovs.append(Override(match, op, tuple(sorted(o.items())), pos))
     kw["overrides"] = tuple(ovs)
     return Profile(**kw)
 
@@ -360,7 +369,7 @@ def _flatten_toml(d: dict, where: str, prefix: str = "") -> dict[str, Any]:
 
 def _parse_override(o: Any, i: int, where: str) -> dict:
     if not isinstance(o, dict):
-        raise HwsimError(f"{where}: overrides[{i}] must be a table with 'match' and/or 'op' and settings")
+        raise HwsimError(f"{where}: overrides[{i}] must be a table with 'match', 'op' and/or 'position' and settings")
     o = dict(o)
     sel = {}
     if "match" in o:
@@ -370,8 +379,14 @@ def _parse_override(o: Any, i: int, where: str) -> dict:
         if op not in OP_KINDS:
             raise HwsimError(f"{where}: invalid value {op!r} for 'overrides[{i}].op': allowed one of {', '.join(OP_KINDS)}")
         sel["op"] = op
+    if "position" in o:
+        pos = o.pop("position")
+        if pos not in POSITIONS:
+            raise HwsimError(f"{where}: invalid value {pos!r} for 'overrides[{i}].position': allowed first or last")
+        sel["position"] = pos
     if not sel:
-        raise HwsimError(f"{where}: overrides[{i}] needs a selector: 'match' (layer-name pattern) or 'op' ({', '.join(OP_KINDS)})")
+        raise HwsimError(f"{where}: overrides[{i}] needs a selector: 'match' (layer-name pattern), 'op' "
+                         f"({', '.join(OP_KINDS)}) or 'position' (first, last)")
     settings = _flatten_toml(o, f"{where} overrides[{i}]")
     for key in settings:
         if key.split(".")[0] in ("name", "description", "calibration", "first_layer", "last_layer"):

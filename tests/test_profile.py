@@ -66,6 +66,32 @@ def test_layer_overrides_by_pattern_and_op(tmp_path):
     assert p.for_layer("conv2", "conv").requant.fixed_rounding == "double"
 
 
+def test_position_overrides_select_first_and_last_mac_layers(tmp_path):
+    from hwsim.compile import compile_model
+    from tests.nets import images, tiny_cnn
+
+    p = load_profile("w4a4-acc12")
+    assert p.for_layer("anything", "conv", "first").accumulator.bits == 32
+    assert p.for_layer("anything", "linear", "last").accumulator.bits == 32
+    assert p.for_layer("anything", "conv", None).accumulator.bits == 12
+    assert load_profile(profile_toml_roundtrip(p, tmp_path)).overrides == p.overrides
+    qg = compile_model(tiny_cnn(seed=1), p, images(16, seed=2))
+    macs = [lay for lay in qg.layers if lay.op in ("conv2d", "linear")]
+    assert [lay.accumulator.bits for lay in macs] == [32] + [12] * (len(macs) - 2) + [32]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "int8-tflite"\n[[overrides]]\nposition = "middle"\n"weights.bits" = 4\n')
+    with pytest.raises(HwsimError, match=r"'middle' for 'overrides\[0\]\.position': allowed first or last"):
+        load_profile(str(bad))
+
+
+def profile_toml_roundtrip(p, tmp_path):
+    from hwsim.profile import profile_toml
+
+    f = tmp_path / "rt.toml"
+    f.write_text(profile_toml(p))
+    return str(f)
+
+
 @pytest.mark.parametrize("settings, fragment", [
     ({"accumulator.bitz": "16"}, "unknown profile key 'accumulator.bitz'"),
     ({"weights.bits": "1"}, "'weights.bits': allowed an integer in [2, 16]"),
