@@ -367,7 +367,8 @@ def _requant(p: Profile) -> ops.Requant:
     r = p.requant
     return ops.Requant(mode=r.mode, rounding=r.rounding, fixed_rounding=r.fixed_rounding,
                        fixed_ties=tuple(r.fixed_ties), multiplier_bits=r.multiplier_bits,
-                       zero_point=r.zero_point, multiplier_order=r.multiplier_order, seed=r.seed)
+                       zero_point=r.zero_point, multiplier_order=r.multiplier_order, add_form=r.add_form,
+                       seed=r.seed)
 
 
 def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,

@@ -136,6 +136,7 @@ SCHEMA: dict[str, _Key] = {
     "requant.multiplier_bits": _Key("intset", (31, 15), doc="fixed-point multiplier width (15 = TOSA scale32=false)"),
     "requant.zero_point": _Key("choice", ("after", "before"), doc="float32 requant: output zero point added after or before rounding"),
     "requant.multiplier_order": _Key("choice", ("sequential", "fused"), doc="float32 M = fl32(fl32(sx*sw)/sy) or fl32(sx*sw/sy)"),
+    "requant.add_form": _Key("choice", ("dequantize", "ratio_fma"), doc="float32 add: PyTorch's dequantize-add-requantize or ONNX Runtime QLinearAdd's ratio + FMA form"),
     "requant.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of stochastic rounding"),
     "bias.bits": _Key("int", lo=8, hi=64, doc="bias width (quantized at s_x*s_w)"),
     "bias.rounding": _Key("choice", ROUNDING_MODES[:-1], doc="rounding of the bias to integers"),
@@ -195,6 +196,7 @@ class RequantSpec:
     multiplier_bits: int = 31
     zero_point: str = "after"
     multiplier_order: str = "sequential"
+    add_form: str = "dequantize"
     seed: int = 0
 
 
@@ -286,8 +288,14 @@ class Profile:
             accs += f", {acc.partial_bits}b partial {acc.partial_overflow}"
         if acc.rows is not None:
             accs += f", R={acc.rows}"
+        r = self.requant
+        if r.mode == "fixed":
+            ties = r.fixed_ties[1] if r.fixed_rounding == "single" else ",".join(r.fixed_ties)
+            req = f"fixed Q{r.multiplier_bits}/{r.fixed_rounding}({ties})"
+        else:
+            req = f"{r.mode}/{r.rounding}" + ("" if r.add_form == "dequantize" else f", add:{r.add_form}")
         return (f"W{self.weights.bits}A{act} w:{self.weights.granularity}/{self.weights.scale} "
-                f"acc:{accs} requant:{self.requant.mode}/{self.requant.rounding}")
+                f"acc:{accs} requant:{req}")
 
 
 _SECTIONS = {
