@@ -160,7 +160,7 @@ def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast") 
         logits_fq, codes = mirror_codes(qg, xb)
         env = {qg.input_name: grids[qg.input_name].quantize(xb)}
         for lay, st in zip(qg.layers, stats):
-            run_layer(qg, lay, env, st, impl)
+            run_layer(qg, lay, env, st, impl, offset=i)
         floats = run_float(fg, xb, return_all=True)
         fq_logits.append(logits_fq)
         sim_logits.append(grids[qg.output_name].dequantize(env[qg.output_name]).reshape(len(xb), -1))

@@ -363,12 +363,20 @@ def _accumulator(p: Profile) -> ops.Accumulator:
                            partial_bits=a.partial_bits, partial_overflow=a.partial_overflow)
 
 
+def layer_seed(seed: int, ordinal: int) -> int:
+    """Stochastic-rounding seed of the layer at position ``ordinal``: splitmix64(seed ^ ordinal*golden) mod 2^31.
+
+    Layers get independent draws even when their outputs have the same shape (docs/semantics.md).
+    """
+    return int(fp.stochastic_hash(np.int64(ordinal), seed)) & 0x7FFFFFFF
+
+
 def _requant(p: Profile) -> ops.Requant:
     r = p.requant
     return ops.Requant(mode=r.mode, rounding=r.rounding, fixed_rounding=r.fixed_rounding,
                        fixed_ties=tuple(r.fixed_ties), multiplier_bits=r.multiplier_bits,
                        zero_point=r.zero_point, multiplier_order=r.multiplier_order, add_form=r.add_form,
-                       seed=r.seed)
+                       fixed_product=r.fixed_product, seed=r.seed)
 
 
 def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
@@ -455,6 +463,8 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
                              hook=hooks.weight_range)
         elif n.op in ("add", "concat"):
             lay.requant = _requant(prof)
+        if lay.requant is not None and lay.requant.rounding == "stochastic":
+            lay.requant = dataclasses.replace(lay.requant, seed=layer_seed(lay.requant.seed, len(layers)))
         layers.append(lay)
 
     qg = QuantizedGraph(model=folded, profile=profile, grids=grids, layers=layers,

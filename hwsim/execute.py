@@ -112,8 +112,24 @@ def _pair(v):
     return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
 
-def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: LayerStats, impl: str) -> None:
-    """Execute one layer on integer tensors in ``env`` (in place) and update its stats."""
+def _stochastic_index(lay: QLayer, shape: tuple, offset: int):
+    """Flat output indices over the whole run (image ``offset`` starts this batch) for stochastic rounding.
+
+    Draws then depend on (layer seed, image number, position) only — not on the batch size.
+    """
+    r = lay.requant
+    if r is None or r.rounding != "stochastic" or r.mode == "fixed":
+        return None
+    per_image = int(np.prod(shape[1:], dtype=np.int64))
+    return (offset * per_image + np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)).reshape(shape)
+
+
+def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: LayerStats, impl: str,
+              offset: int = 0) -> None:
+    """Execute one layer on integer tensors in ``env`` (in place) and update its stats.
+
+    ``offset``: number of the batch's first image in the whole run (stochastic rounding indices).
+    """
     g = qg.grids
     x = env[lay.inputs[0]]
     gy = g.get(lay.output)
@@ -131,7 +147,8 @@ def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: L
                                   w_zero_point=lay.w_zero_point, acc=lay.accumulator, impl=impl)
         st.acc_events += int(ast.acc_events)
         st.partial_events += int(ast.partial_events)
-        y, _ = ops.requantize(acc, lay.requant_params, lay.requant, gy.zero_point, WIDE[0], WIDE[1], channel_axis=1)
+        y, _ = ops.requantize(acc, lay.requant_params, lay.requant, gy.zero_point, WIDE[0], WIDE[1], channel_axis=1,
+                              index=_stochastic_index(lay, acc.shape, offset))
         y, clipped = _clamp_counted(y, lay, gy)
     elif lay.op == "maxpool2d":
         gx = g[lay.inputs[0]]
@@ -191,7 +208,7 @@ def run_quantized(qg: QuantizedGraph, x_norm: np.ndarray, batch_size: int = 256,
     for i in range(0, len(x_norm), batch_size):
         env = {qg.input_name: qg.grids[qg.input_name].quantize(x_norm[i:i + batch_size])}
         for lay, st in zip(qg.layers, stats):
-            run_layer(qg, lay, env, st, impl)
+            run_layer(qg, lay, env, st, impl, offset=i)
         logits.append(out_grid.dequantize(env[qg.output_name]).reshape(len(env[qg.input_name]), -1))
         if progress:
             progress(min(i + batch_size, len(x_norm)))

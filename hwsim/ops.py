@@ -189,6 +189,9 @@ class Requant:
     (and ONNX Runtime's QLinearConv / QLinearMatMul). ``add_form`` (float32 :func:`add` only):
     "dequantize" = PyTorch's x86 ``quantized::add``, "ratio_fma" = ONNX Runtime's QLinearAdd (MLAS
     AVX2 kernel; ``zero_point`` does not apply to it: z_y is inside the rounded sum).
+    ``fixed_product`` (fixed mode, :func:`make_requant_params`): "float64" forms M = s_x*s_w/s_y in
+    float64 (TFLite CONV_2D, DEPTHWISE_CONV_2D, per-channel FULLY_CONNECTED); "float32" rounds s_x*s_w
+    to float32 first, M = fl32(s_x*s_w) / s_y in float64 (TFLite per-tensor FULLY_CONNECTED).
     """
 
     mode: str = "float32"
@@ -200,6 +203,7 @@ class Requant:
     multiplier_order: str = "sequential"
     seed: int = 0
     add_form: str = "dequantize"
+    fixed_product: str = "float64"
 
     def __post_init__(self):
         fp.check_mode(self.mode, REQUANT_MODES, "requant.mode")
@@ -218,6 +222,7 @@ class Requant:
         fp.check_mode(self.zero_point, ("after", "before"), "requant.zero_point")
         fp.check_mode(self.multiplier_order, ("sequential", "fused"), "requant.multiplier_order")
         fp.check_mode(self.add_form, ADD_FORMS, "requant.add_form")
+        fp.check_mode(self.fixed_product, ("float64", "float32"), "requant.fixed_product")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise HwsimError(f"requant.seed = {self.seed!r}: allowed an integer >= 0")
 
@@ -257,7 +262,8 @@ def make_requant_params(s_x: float, s_w, s_y: float, cfg: Requant, bias=None) ->
     Scales are taken as float32 numbers (as every engine stores them). float32 mode: M =
     fl32(fl32(s_x*s_w)/s_y) ("sequential", PyTorch/fbgemm) or fl32(s_x*s_w/s_y in float64) ("fused").
     fixed: quantize_multiplier(M in float64) (31 bits; TFLITE_SINGLE_ROUNDING saturation for
-    "single") or quantize_multiplier_15. pow2: every scale must be an exact power of two.
+    "single") or quantize_multiplier_15; ``cfg.fixed_product = "float32"``: M = fl32(s_x*s_w) / s_y
+    (TFLite per-tensor FULLY_CONNECTED). pow2: every scale must be an exact power of two.
     ``bias`` (float, per channel; float32 mode only) selects fbgemm's float-bias path: the
     accumulator then gets fl32(bias / fl32(s_x*s_w)) added in float32 before the multiply.
     """
@@ -282,6 +288,8 @@ def make_requant_params(s_x: float, s_w, s_y: float, cfg: Requant, bias=None) ->
             m, bt, real = (np.broadcast_to(v, (c,)).copy() for v in (m, bt, real))
         return RequantParams("float32", real, multiplier=m.astype(f32), bias_term=None if bt is None else bt.astype(f32))
     if cfg.mode == "fixed":
+        if cfg.fixed_product == "float32":  # TFLite GetQuantizedConvolutionMultipler: float(s_x * s_w) / s_y
+            real = (fx * fw).astype(f32).astype(np.float64) / np.float64(fy)
         if cfg.multiplier_bits == 15:
             qs = [fp.quantize_multiplier_15(r) for r in real]
         else:
@@ -515,6 +523,18 @@ def _fixed_mul(x, qs, cfg: Requant):
     return fp.multiply_by_quantized_multiplier(x, qs[0], qs[1], cfg.fixed_rounding, cfg.fixed_ties)
 
 
+def fixed_add_vector_input(x, left_shift: int, qs, tie: str = "half_up") -> np.ndarray:
+    """One input of TFLite's vectorized int8 ADD loop (NEON; NEON_2_SSE on x86-64 builds).
+
+    The input multiplier's (non-positive) shift is folded into the left shift: SRDHM(x << (left_shift
+    + shift), q), one rounding with tie ``tie`` (VQRDMULH: half_up) and no RoundingDivideByPOT; a
+    negative total shift is a truncating right shift (VSHL), i.e. floor. x: int32 after the shift.
+    """
+    n = int(left_shift) + int(qs[1])
+    x = _int_array(x, "x")
+    return fp.saturating_rounding_doubling_high_mul(x << n if n >= 0 else x >> -n, qs[0], tie)
+
+
 def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, qmin, qmax,
         cfg: Requant = Requant(), impl: str = "fast", vector_width: int | None = None) -> tuple[np.ndarray, int]:
     """Quantized element-wise add (numpy broadcasting); returns (y int64, number of clamped outputs).
@@ -527,7 +547,11 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
     (ONNX Runtime QLinearAdd, MLAS AVX2): r_a = fl32(s_a/s_y), r_b = fl32(s_b/s_y),
     K = fl32(z_y - fma(r_a, z_a, fl32(r_b*z_b))), y = round(fma(a, r_a, fma(b, r_b, K))), a and b
     exchanged when :func:`ratio_fma_swaps`. fixed: TFLite int8 ADD (inputs << 20, Q31
-    rescale to 2*max(s_a, s_b), sum, rescale to s_y). pow2: exact sum on the finer grid, one rounding shift.
+    rescale to 2*max(s_a, s_b), sum, rescale to s_y; TFLite's reference kernel and scalar loop).
+    fixed with ``vector_width`` = V (TFLite's optimized kernel, V = 16, double rounding only): the
+    first n - n mod V elements (C order, no broadcasting in TFLite) take its vector loop, whose input
+    stages are :func:`fixed_add_vector_input` (one rounding, tie ``fixed_ties[0]``); the output stage
+    and the last n mod V elements are as without it. pow2: exact sum on the finer grid, one rounding shift.
     """
     _check_impl(impl)
     a = _int_array(a_q, "a_q")
@@ -540,14 +564,21 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
         raise HwsimError(f"add: shapes {a.shape} and {b.shape} do not broadcast") from None
     p = add_params(a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, cfg)
     qmin, qmax = int(qmin), int(qmax)
-    if vector_width is not None and (cfg.mode != "float32" or ratio_fma or int(vector_width) < 1):
+    fixed_vec = vector_width is not None and cfg.mode == "fixed"
+    if vector_width is not None and ((cfg.mode != "float32" and not fixed_vec) or ratio_fma or int(vector_width) < 1):
         raise HwsimError(f"add: vector_width = {vector_width!r}: allowed a positive int, with requant.mode = "
-                         "'float32' and add_form = 'dequantize'")
+                         "'float32' and add_form = 'dequantize', or requant.mode = 'fixed'")
+    if fixed_vec and (cfg.fixed_rounding != "double" or cfg.multiplier_bits != 31):
+        raise HwsimError("add: vector_width with requant.mode = 'fixed' needs fixed_rounding = 'double', "
+                         "multiplier_bits = 31 (TFLite's vector loop)")
+    if fixed_vec and a.size and max(np.abs(a - p.a_zero_point).max(), np.abs(b - p.b_zero_point).max()) >= 2**11:
+        raise HwsimError("add: vector_width with requant.mode = 'fixed' needs |a - z_a|, |b - z_b| < 2^11")
     if ratio_fma and a.size and max(np.abs(a).max(), np.abs(b).max()) >= 2**29:
         raise HwsimError("add: add_form = 'ratio_fma' needs |a|, |b| < 2^29")
     tail = 0 if vector_width is None else a.size % int(vector_width)
+    body = a.size - tail if fixed_vec else 0
     if impl == "reference":
-        return ref.add(a, b, p, cfg, qmin, qmax, tail, swap)
+        return ref.add(a, b, p, cfg, qmin, qmax, tail, swap, vector_body=body)
     if ratio_fma:
         # ONNX Runtime MLAS QLinearAdd (AVX2): P takes the first FMA role, Q is folded in first
         (P, rp, zp), (Q, rq, zq) = (a, p.a_ratio, p.a_zero_point), (b, p.b_ratio, p.b_zero_point)
@@ -576,6 +607,11 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
         sa = _fixed_mul((a - p.a_zero_point) << p.left_shift, p.a_mult, cfg)
         sb = _fixed_mul((b - p.b_zero_point) << p.left_shift, p.b_mult, cfg)
         y = _fixed_mul(sa + sb, p.y_mult, cfg) + p.y_zero_point
+        if body:  # TFLite's vector loop: input shifts folded into the left shift (one rounding)
+            ab, bb = (a - p.a_zero_point).reshape(-1)[:body], (b - p.b_zero_point).reshape(-1)[:body]
+            sv = (fixed_add_vector_input(ab, p.left_shift, p.a_mult, cfg.fixed_ties[0])
+                  + fixed_add_vector_input(bb, p.left_shift, p.b_mult, cfg.fixed_ties[0]))
+            y.reshape(-1)[:body] = _fixed_mul(sv, p.y_mult, cfg) + p.y_zero_point
     else:
         e0 = min(p.a_exp, p.b_exp)
         s = ((a - p.a_zero_point) << (p.a_exp - e0)) + ((b - p.b_zero_point) << (p.b_exp - e0))

@@ -280,11 +280,12 @@ def global_avg_pool(x_q, zero_point, rounding, seed=0):
 
 
 # ----------------------------------------------------------------------------- add
-def add(a_q, b_q, p, cfg, qmin, qmax, tail=0, swap=False):
+def add(a_q, b_q, p, cfg, qmin, qmax, tail=0, swap=False, vector_body=0):
     """Element-wise add with the parameters ``p`` from ops.add_params; returns (y, clipped).
 
     float32: the last ``tail`` elements (C order) follow PyTorch's scalar path (ops.add ``vector_width``).
     float32 with add_form "ratio_fma" (ONNX Runtime QLinearAdd): ``swap`` exchanges the operand roles.
+    fixed: the first ``vector_body`` elements follow TFLite's vector loop (ops.add ``vector_width``).
     """
     a_q, b_q = np.broadcast_arrays(np.asarray(a_q, np.int64), np.asarray(b_q, np.int64))
     y = np.zeros(a_q.shape, dtype=np.int64)
@@ -322,8 +323,14 @@ def add(a_q, b_q, p, cfg, qmin, qmax, tail=0, swap=False):
             # TFLite int8 ADD: inputs shifted left by 20, rescaled to 2*max(s_a, s_b), summed, rescaled to s_y
             def mul(x, qs):
                 return fixed_multiply_int(x, qs[0], qs[1], cfg.multiplier_bits, cfg.fixed_rounding, cfg.fixed_ties)
-            sa = mul((a - p.a_zero_point) << p.left_shift, p.a_mult)
-            sb = mul((b - p.b_zero_point) << p.left_shift, p.b_mult)
+            def vin(x, qs):  # TFLite's vector loop: SRDHM(x << (20 + shift), q), one rounding
+                n = p.left_shift + qs[1]
+                return fixed_multiply_int(x << n if n >= 0 else x >> -n, qs[0], 0, 31, "double", cfg.fixed_ties)
+            if flat < vector_body:
+                sa, sb = vin(a - p.a_zero_point, p.a_mult), vin(b - p.b_zero_point, p.b_mult)
+            else:
+                sa = mul((a - p.a_zero_point) << p.left_shift, p.a_mult)
+                sb = mul((b - p.b_zero_point) << p.left_shift, p.b_mult)
             r = mul(sa + sb, p.y_mult) + p.y_zero_point
         else:
             # pow2: exact sum on the finer grid 2^e0, then one rounding shift to 2^ey
