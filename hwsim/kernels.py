@@ -715,3 +715,77 @@ def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc):
 def set_threads(n: int) -> None:
     """Numba threads for the kernels (BLAS threads are the BLAS library's own setting)."""
     numba.set_num_threads(int(n))
+
+
+# ----------------------------------------------------------------------------- fixed-point requantization
+# tie codes of one rounding step (fixedpoint.TIE_RULES order)
+TIE_CODE = {"half_even": 0, "half_away": 1, "half_up": 2}
+_I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+@njit(cache=True, inline="always")
+def _round_up(fl, rem, n, tie):
+    """Whether floor fl (value fl + rem / 2^n, 0 <= rem < 2^n) rounds up to fl + 1 under the tie code."""
+    if n == 0:
+        return False
+    half = np.int64(1) << (n - 1)
+    if rem > half:
+        return True
+    if rem < half:
+        return False
+    if tie == 2:
+        return True
+    if tie == 1:
+        return fl >= 0
+    return (fl & 1) == 1
+
+
+@njit(cache=True, inline="always")
+def _mul_round_31(x, q, tie):
+    """round_tie(x * q / 2^31) exactly for |x| <= 2^62, 0 <= q < 2^31 (x = a*2^31 + b splits the product)."""
+    a = x >> 31
+    b = x - (a << 31)  # 0 <= b < 2^31
+    bq = b * q  # < 2^62
+    fq = bq >> 31
+    rem = bq - (fq << 31)
+    fl = a * q + fq  # |a| <= 2^31, q < 2^31: no overflow
+    if _round_up(fl, rem, 31, tie):
+        fl += 1
+    return fl
+
+
+@njit(parallel=True, cache=True)
+def requant_fixed(acc, q, shift, single, tie0, tie1, out):
+    """Fixed-point requantization of acc[o, c, i] (int64) with per-channel Q31 (q[c], shift[c]) into out.
+
+    double: RoundingDivideByPOT(SRDHM(x * 2^max(shift,0), q), max(-shift,0)) with ties (tie0, tie1),
+    the high-mul clamped to int32; single: round(x * q / 2^(31 - shift)) with tie1, clamped to int32.
+    Semantics: fixedpoint.multiply_by_quantized_multiplier (the callers check shift ranges).
+    """
+    O, C, I = acc.shape
+    for t in prange(O * C):
+        o = t // C
+        c = t - o * C
+        qc = np.int64(q[c])
+        sc = np.int64(shift[c])
+        for i in range(I):
+            x = acc[o, c, i]
+            if single:
+                n = 31 - sc  # 0 <= n <= 62 (checked by the caller), |x| <= 2^31 (checked)
+                p = x * qc
+                fl = p >> n
+                rem = p - (fl << n)
+                if _round_up(fl, rem, n, tie1):
+                    fl += 1
+            else:
+                left = sc if sc > 0 else 0
+                right = -sc if sc < 0 else 0
+                lim = np.int64(1) << (62 - left)
+                xc = min(max(x, -lim), lim) << left
+                hi = _mul_round_31(xc, qc, tie0)
+                hi = min(max(hi, _I32_MIN), _I32_MAX)
+                fl = hi >> right
+                rem = hi - (fl << right)
+                if _round_up(fl, rem, right, tie1):
+                    fl += 1
+            out[o, c, i] = min(max(fl, _I32_MIN), _I32_MAX)

@@ -316,6 +316,39 @@ def _shift_left_exact(x: np.ndarray, n: np.ndarray) -> np.ndarray:
     return np.clip(x, -lim, lim) << np.minimum(n, 62)
 
 
+def _fixed_q31_fast(acc, params: RequantParams, cfg: Requant, channel_axis: int):
+    """Q31 fixed-point multiply by the numba kernel (kernels.requant_fixed), or None outside its domain.
+
+    Domain: valid Q31 multipliers, double: right shift <= 31 and left shift <= 31; single: total
+    right shift 31 - shift in 0..62 and |acc| <= 2^31. fixedpoint.multiply_by_quantized_multiplier defines it.
+    """
+    if acc.ndim == 0 or acc.size == 0:
+        return None
+    from hwsim import kernels
+
+    q = np.ascontiguousarray(params.q, dtype=np.int64).reshape(-1)
+    sh = np.ascontiguousarray(params.shift, dtype=np.int64).reshape(-1)
+    if q.min() < 0 or q.max() > fp.INT32_MAX:
+        return None
+    single = cfg.fixed_rounding == "single"
+    if single:
+        if sh.max() > 31 or sh.min() < -31 or max(-int(acc.min()), int(acc.max())) > (1 << 31):
+            return None
+    elif sh.max() > 31 or sh.min() < -31:
+        return None
+    C = acc.shape[channel_axis] if params.channels > 1 else 1
+    if params.channels > 1:
+        outer = int(np.prod(acc.shape[:channel_axis], dtype=np.int64))
+        a3 = np.ascontiguousarray(acc).reshape(outer, C, -1)
+    else:
+        a3 = np.ascontiguousarray(acc).reshape(1, 1, -1)
+        q, sh = q[:1], sh[:1]
+    out = np.empty(a3.shape, np.int64)
+    kernels.requant_fixed(a3, q, sh, single, kernels.TIE_CODE[cfg.fixed_ties[0]], kernels.TIE_CODE[cfg.fixed_ties[1]],
+                          out)
+    return out.reshape(acc.shape)
+
+
 def _requantize_fast(acc, params: RequantParams, cfg: Requant, z_y: int, channel_axis: int, index):
     nd = acc.ndim
     if params.channels > 1 and (nd == 0 or acc.shape[channel_axis] != params.channels):
@@ -336,7 +369,9 @@ def _requantize_fast(acc, params: RequantParams, cfg: Requant, z_y: int, channel
         if cfg.multiplier_bits == 15:
             y = fp.multiply_by_quantized_multiplier_15(acc, q, s, cfg.fixed_ties[1])
         else:
-            y = fp.multiply_by_quantized_multiplier(acc, q, s, cfg.fixed_rounding, cfg.fixed_ties)
+            y = _fixed_q31_fast(acc, params, cfg, channel_axis)
+            if y is None:  # outside the kernel's domain: the exact numpy/Python-int path
+                y = fp.multiply_by_quantized_multiplier(acc, q, s, cfg.fixed_rounding, cfg.fixed_ties)
         return y + z_y
     n = np.broadcast_to(_per_channel(params.shift, nd, channel_axis), acc.shape)
     y = fp.shift_right_round(acc, np.maximum(n, 0), cfg.rounding, cfg.seed, index)
@@ -399,31 +434,93 @@ def max_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), pad_value: int = 0, im
     return _windows(x, kernel, stride, pad, int(pad_value))[:, :, :Ho, :Wo].max(axis=(4, 5))
 
 
+POOL_FORMS = ("exact", "float32_multiplier", "float32_dequantize")
+
+
+def pool_multiplier(scale: float, count: int) -> np.float32:
+    """M = fl32(s / fl32(s * fl32(count))), s = fl32(scale): the "float32_multiplier" pool form's multiplier
+    (MLAS QLinearGlobalAveragePool: ScaleInput / (ScaleOutput * ImageSize), equal input and output grids)."""
+    s = np.float32(scale)
+    return np.float32(s / np.float32(s * np.float32(count)))
+
+
+def _pool_scale(form: str, scale) -> np.float32 | None:
+    fp.check_mode(form, POOL_FORMS, "pool form")
+    if form == "exact":
+        return None
+    s = np.float32(scale) if isinstance(scale, (int, float, np.number)) else np.float32(np.nan)
+    if not (np.isfinite(s) and s > 0):
+        raise HwsimError(f"pool form {form!r} needs the grid's scale: scale = {scale!r}: allowed a positive "
+                         "finite number")
+    return s
+
+
+def _pool_float_forms(s, d_windows, count: int, form: str, s32, z: int, rounding: str, seed: int):
+    """The float32 pool forms from the integer window sums ``s`` or the dequantized windows (lazy)."""
+    f32 = np.float32
+    if form == "float32_multiplier":
+        return z + fp.round_float(s.astype(f32) * pool_multiplier(s32, count), rounding, seed)
+    win = d_windows()  # [..., kh, kw] float32 dequantized values, padding 0.0
+    acc = np.zeros(win.shape[:-2], f32)
+    for i in range(win.shape[-2]):  # window order, one float32 rounding per addition
+        for j in range(win.shape[-1]):
+            acc += win[..., i, j]
+    return fp.round_float((acc / f32(count)) / s32 + f32(z), rounding, seed)
+
+
 def avg_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), zero_point: int = 0, rounding: str = "half_even",
-               seed: int = 0, impl: str = "fast") -> np.ndarray:
-    """out = z + divide_round(sum(x - z), kh*kw); count_include_pad (padding holds the zero point)."""
+               seed: int = 0, impl: str = "fast", *, form: str = "exact", scale: float | None = None) -> np.ndarray:
+    """out = z + divide_round(sum(x - z), kh*kw); count_include_pad (padding holds the zero point).
+
+    ``form`` (docs/semantics.md section 6; ``scale`` = the grid's scale, needed by both float forms):
+    "float32_multiplier": out = z + round(fl32(fl32(sum(x - z)) * M)), M = :func:`pool_multiplier`;
+    "float32_dequantize" (ONNX Runtime QLinearAveragePool): d = fl32(s (x - z)), summed in float32 in
+    window order (row by row), out = round(fl32(fl32(fl32(sum / fl32(kh*kw)) / s) + z)).
+    """
     _check_impl(impl)
     fp.check_mode(rounding)
+    s32 = _pool_scale(form, scale)
     x = _check_nchw(x_q)
     kernel, stride, pad, Ho, Wo = _pool_geometry(x, kernel, stride, padding)
     z = int(zero_point)
     if impl == "reference":
+        if form != "exact":
+            return ref.avg_pool2d_float(x, kernel, stride, pad, z, rounding, seed, form, s32)
         return ref.avg_pool2d(x, kernel, stride, pad, z, rounding, seed)
-    s = (_windows(x - z, kernel, stride, pad, 0)[:, :, :Ho, :Wo]).sum(axis=(4, 5))
-    return z + fp.divide_round(s, kernel[0] * kernel[1], rounding, seed)
+    if form == "float32_dequantize":
+        s = None
+    else:
+        s = (_windows(x - z, kernel, stride, pad, 0)[:, :, :Ho, :Wo]).sum(axis=(4, 5))
+    if form == "exact":
+        return z + fp.divide_round(s, kernel[0] * kernel[1], rounding, seed)
+    return _pool_float_forms(
+        s, lambda: _windows(s32 * (x - z).astype(np.float32), kernel, stride, pad, 0)[:, :, :Ho, :Wo],
+        kernel[0] * kernel[1], form, s32, z, rounding, seed)
 
 
 def global_avg_pool(x_q, zero_point: int = 0, rounding: str = "half_even", seed: int = 0,
-                    impl: str = "fast") -> np.ndarray:
-    """out[n, c] = z + divide_round(sum_hw(x - z), H*W); int64 [N, C]."""
+                    impl: str = "fast", *, form: str = "exact", scale: float | None = None) -> np.ndarray:
+    """out[n, c] = z + divide_round(sum_hw(x - z), H*W); int64 [N, C].
+
+    ``form``: as :func:`avg_pool2d` with the window = the whole H x W plane; "float32_multiplier" is
+    ONNX Runtime's QLinearGlobalAveragePool (MLAS, x86-64).
+    """
     _check_impl(impl)
     fp.check_mode(rounding)
+    s32 = _pool_scale(form, scale)
     x = _check_nchw(x_q)
     z = int(zero_point)
     if impl == "reference":
+        if form != "exact":
+            kernel = (x.shape[2], x.shape[3])
+            return ref.avg_pool2d_float(x, kernel, kernel, (0, 0, 0, 0), z, rounding, seed, form,
+                                        s32).reshape(x.shape[:2])
         return ref.global_avg_pool(x, z, rounding, seed)
     s = (x - z).sum(axis=(2, 3))
-    return z + fp.divide_round(s, x.shape[2] * x.shape[3], rounding, seed)
+    if form == "exact":
+        return z + fp.divide_round(s, x.shape[2] * x.shape[3], rounding, seed)
+    return _pool_float_forms(s, lambda: s32 * (x - z).astype(np.float32), x.shape[2] * x.shape[3], form, s32, z,
+                             rounding, seed)
 
 
 # ----------------------------------------------------------------------------- add

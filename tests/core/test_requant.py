@@ -211,3 +211,56 @@ def test_requant_config_errors_name_the_key():
         ops.requantize(np.zeros((2, 3)), p, cfg, 0, -1, 1)
     with pytest.raises(HwsimError, match="made for mode"):
         ops.requantize(np.zeros((2, 2)), p, ops.Requant(mode="fixed"), 0, -1, 1)
+
+
+# ----------------------------------------------------------------------------- numba fixed-point kernel
+_TIES = [(a, b) for a in fp.TIE_RULES for b in fp.TIE_RULES]
+
+
+def _fixed_boundary_accs():
+    vals = [0, 1, -1, 2**31 - 1, -2**31, 2**31, -2**31 - 1, 2**40 + 3, -(2**40) - 3, 2**62, -(2**62), 2**63 - 1,
+            -(2**63)]
+    for p in (8, 15, 16, 24, 30, 31):
+        vals += [2**p + d for d in (-2, -1, 0, 1, 2)] + [-(2**p) + d for d in (-2, -1, 0, 1, 2)]
+    return np.array(vals, dtype=np.int64)
+
+
+@pytest.mark.parametrize("rounding", ["double", "single"])
+@pytest.mark.parametrize("ties", _TIES, ids=lambda t: "-".join(t))
+def test_numba_fixed_kernel_equals_the_definition_on_boundaries(rounding, ties):
+    """kernels.requant_fixed (the fast path) == fixedpoint.multiply_by_quantized_multiplier, incl. ties and extremes."""
+    from hwsim import kernels
+
+    rng = np.random.default_rng(11)
+    # per-channel (q, shift): extremes of the Q31 range, a multiplier that rounded up to 2^31 (-> 2^30, shift+1)
+    qs = np.array([2**30, 2**31 - 1, 2**30 + 1, 1518500250, 0, 1], dtype=np.int64)
+    shifts = np.array([-31, 0, 31 if rounding == "double" else 30, -7, 3, -1], dtype=np.int64)
+    accs = _fixed_boundary_accs()
+    if rounding == "single":
+        accs = accs[np.abs(accs.astype(object)) <= 2**31].astype(np.int64)
+    ties_rich = (rng.integers(-2**20, 2**20, 64) << 10) | (1 << 9)  # exact halves after shifts of 10
+    x = np.concatenate([accs, ties_rich, rng.integers(-2**33, 2**33, 64)])
+    if rounding == "single":
+        x = np.clip(x, -(2**31), 2**31)
+    acc = np.broadcast_to(x[:, None], (len(x), len(qs))).copy()
+    want = fp.multiply_by_quantized_multiplier(acc, qs[None, :], shifts[None, :], rounding, ties)
+    out = np.empty((len(x), len(qs), 1), np.int64)
+    kernels.requant_fixed(acc.reshape(len(x), len(qs), 1), qs, shifts, rounding == "single",
+                          kernels.TIE_CODE[ties[0]], kernels.TIE_CODE[ties[1]], out)
+    np.testing.assert_array_equal(out.reshape(acc.shape), want)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.integers(-(2**45), 2**45), min_size=1, max_size=30), st.integers(2**30, 2**31 - 1),
+       st.integers(-31, 30), st.sampled_from(["double", "single"]), st.sampled_from(_TIES))
+def test_numba_fixed_kernel_property(xs, q, shift, rounding, ties):
+    from hwsim import kernels
+
+    x = np.array(xs, dtype=np.int64)
+    if rounding == "single":
+        x = np.clip(x, -(2**31), 2**31)
+    want = fp.multiply_by_quantized_multiplier(x, q, shift, rounding, ties)
+    out = np.empty((1, 1, len(x)), np.int64)
+    kernels.requant_fixed(x.reshape(1, 1, -1), np.array([q]), np.array([shift]), rounding == "single",
+                          kernels.TIE_CODE[ties[0]], kernels.TIE_CODE[ties[1]], out)
+    np.testing.assert_array_equal(out.ravel(), want)
