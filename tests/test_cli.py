@@ -1,6 +1,8 @@
 """The hwsim CLI: main commands and every user-error path (one line, nonzero exit, no traceback)."""
 
+import io
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -108,9 +110,17 @@ def test_corrupt_truncated_wrong_version_and_nan_models(model8, data8, tmp_path)
     bad2 = tmp_path / "garbage.hwsim"
     bad2.write_bytes(b"not a zip at all")
     _one_line_error(invoke("run", "--model", str(bad2), "--data", data8), str(bad2))
+    v2 = tmp_path / "v2.hwsim"
+    with zipfile.ZipFile(model8) as zin, zipfile.ZipFile(v2, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename == "graph.json":
+                doc = json.loads(data)
+                doc["version"] = 2
+                data = json.dumps(doc).encode()
+            zout.writestr(item, data)
+    _one_line_error(invoke("run", "--model", str(v2), "--data", data8), str(v2), "unsupported model file version")
     # the writer refuses NaN, so forge the file: same zip, fc.weight member rewritten with a NaN
-    import io
-    import zipfile
     nanp = tmp_path / "nan.hwsim"
     with zipfile.ZipFile(model8) as zin, zipfile.ZipFile(nanp, "w") as zout:
         for item in zin.infolist():
