@@ -268,6 +268,42 @@ def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0):
     return out
 
 
+def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, form, scale):
+    """The float32 pool forms (ops.avg_pool2d ``form``), exact rational arithmetic, one float32 rounding per step.
+
+    float32_multiplier: z + round(fl32(fl32(S) * M)), S = sum(x - z), M = fl32(s / fl32(s * fl32(kh*kw)));
+    float32_dequantize: acc = 0; acc = fl32(acc + fl32(s (x - z))) over the real window pixels row by row;
+    round(fl32(fl32(fl32(acc / kh*kw) / s) + z)).
+    """
+    N, C, H, W = x_q.shape
+    kh, kw = kernel
+    sh, sw = stride
+    pt, pb, pl, pr = padding
+    Ho, Wo = (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1
+    z, s, count = int(zero_point), Fraction(float(scale)), kh * kw
+    m = Fraction(float(round_to_f32(s / Fraction(float(round_to_f32(s * count))))))
+    out = np.zeros((N, C, Ho, Wo), dtype=np.int64)
+    for pos in np.ndindex(N, C, Ho, Wo):
+        n, c, oh, ow = pos
+        total, acc = 0, Fraction(0)
+        for i in range(kh):
+            for j in range(kw):
+                ih, iw = oh * sh - pt + i, ow * sw - pl + j
+                if 0 <= ih < H and 0 <= iw < W:
+                    d = int(x_q[n, c, ih, iw]) - z
+                    total += d
+                    acc = Fraction(float(round_to_f32(acc + Fraction(float(round_to_f32(s * d))))))
+        flat = int(np.ravel_multi_index(pos, out.shape))
+        if form == "float32_multiplier":
+            v = round_to_f32(Fraction(float(round_to_f32(Fraction(total)))) * m)
+            out[pos] = z + round_float_int(float(v), rounding, seed, flat)
+        else:
+            avg = Fraction(float(round_to_f32(acc / count)))
+            v = round_to_f32(Fraction(float(round_to_f32(avg / s))) + z)
+            out[pos] = round_float_int(float(v), rounding, seed, flat)
+    return out
+
+
 def global_avg_pool(x_q, zero_point, rounding, seed=0):
     """out[n, c] = z + divide_round(sum_hw(x - z), H*W)."""
     N, C, H, W = x_q.shape

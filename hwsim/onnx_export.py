@@ -1,0 +1,356 @@
+"""Write a compiled :class:`~hwsim.compile.QuantizedGraph` as an ONNX model of ONNX Runtime's int8 ops.
+
+``to_onnx(qg)`` emits the integer graph hwsim executes, node for node, as the operators ONNX
+Runtime's CPU execution provider runs in integers (the ops its own quantizer emits), so that ORT's
+output codes can be compared with :func:`hwsim.execute.run_integer` (tests/test_onnx_export.py):
+
+| hwsim layer | ONNX node(s) |
+|---|---|
+| graph input | the uint8 codes themselves (``float_input=True``: a float input + ``QuantizeLinear``) |
+| ``conv2d`` | ``QLinearConv`` (groups, pads, strides, dilations; int32 bias) |
+| ``linear`` | ``Reshape [N, K, 1, 1]`` -> 1x1 ``QLinearConv`` (int32 bias) -> ``Reshape [N, M]``; without a bias and with per-column weight zero points ``QLinearMatMul`` |
+| fused ReLU / ReLU6, standalone relu / relu6 | nothing when the clamp is the whole uint8 range (the requant saturates to it), else ``Clip`` on uint8 |
+| ``maxpool2d`` | ``MaxPool`` on uint8 |
+| ``avgpool2d`` | ``com.microsoft.QLinearAveragePool`` (count_include_pad = 1) |
+| ``global_avgpool`` | ``com.microsoft.QLinearGlobalAveragePool`` |
+| ``add`` | ``com.microsoft.QLinearAdd`` |
+| ``concat`` | ``com.microsoft.QLinearConcat`` (only when every input already has the output grid: a copy) |
+| ``flatten`` | ``Flatten`` (axis 1) |
+| graph output | its uint8 codes and ``DequantizeLinear`` of them (``<output>::dequantized``) |
+
+ONNX value names are hwsim's tensor names (uint8 codes on hwsim's grids); helper values get
+``<layer>::...`` names. Scales are written as float32 (hwsim's requant rounds them so too).
+
+What ORT computes for each op, and which hwsim setting is the same arithmetic, is in
+``docs/semantics.md`` (section 11). Anything the export cannot write as ORT's arithmetic (activations
+not on the uint8 grid [0, 255], a requant other than float32 / half_even / zero point after /
+sequential multiplier, an add other than ``add_form = "ratio_fma"``, non-int32 accumulators that are
+not certified overflow-free, ...) raises a one-line :class:`~hwsim.errors.HwsimError` naming the layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwsim.compile import QLayer, QuantizedGraph
+from hwsim.errors import HwsimError
+from hwsim.graph import infer_shapes
+
+OPSET = 13
+MS_DOMAIN = "com.microsoft"
+U8 = (0, 255)
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise HwsimError("exporting to ONNX needs the onnx package: pip install onnx") from None
+    return onnx
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
+class _Writer:
+    def __init__(self, qg: QuantizedGraph):
+        self.qg = qg
+        self.nodes = []
+        self.inits = []
+        self.names: set[str] = set()
+        self.ms = False
+
+    # -------------------------------------------------------------- constants
+    def const(self, name: str, value, dtype) -> str:
+        if name not in self.names:
+            from onnx import numpy_helper
+
+            self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+            self.names.add(name)
+        return name
+
+    def grid(self, tensor: str, layer: str | None) -> tuple[str, str]:
+        """(scale, zero point) initializers of a uint8 activation tensor (``layer`` None: the graph input)."""
+        where = f"layer '{layer}'" if layer is not None else "graph input"
+        g = self.qg.grids.get(tensor)
+        if g is None:
+            raise HwsimError(f"{where}: tensor '{tensor}' has no integer grid (weight-only profile?)")
+        if (g.qmin, g.qmax) != U8 or g.bits != 8 or g.signed:
+            raise HwsimError(f"{where}: tensor '{tensor}' is on the grid [{g.qmin}, {g.qmax}] "
+                             f"({g.bits}-bit {'signed' if g.signed else 'unsigned'}); the ONNX export needs uint8 [0, 255]")
+        s = np.float32(g.scale)
+        if not (np.isfinite(s) and s > 0):
+            raise HwsimError(f"{where}: tensor '{tensor}' scale {g.scale!r} is not a positive float32")
+        return (self.const(f"{tensor}::scale", s, np.float32),
+                self.const(f"{tensor}::zero_point", g.zero_point, np.uint8))
+
+    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, ms: bool = False, **attrs):
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=MS_DOMAIN if ms else "", **attrs))
+        self.ms = self.ms or ms
+
+    def clamp(self, lay: QLayer, src: str, lo: int, hi: int) -> None:
+        """``src`` (already saturated to [0, 255]) -> lay.output clamped to [lo, hi] (Clip on uint8)."""
+        if (lo, hi) == U8:
+            raise AssertionError("no clamp needed")
+        self.node("Clip", [src, self.const(f"{lay.name}::clip_min", lo, np.uint8),
+                           self.const(f"{lay.name}::clip_max", hi, np.uint8)], [lay.output], f"{lay.name}::clip")
+
+    def out_name(self, lay: QLayer) -> tuple[str, tuple[int, int] | None]:
+        """Name the producing node writes to, and the extra clamp (None when the uint8 saturation is it)."""
+        lo, hi = lay.clamp if lay.clamp is not None else U8
+        if not (U8[0] <= lo <= hi <= U8[1]):
+            raise HwsimError(f"layer '{lay.name}': output clamp [{lo}, {hi}] is outside uint8 [0, 255]")
+        if (lo, hi) == U8:
+            return lay.output, None
+        return f"{lay.name}::unclamped", (lo, hi)
+
+    # -------------------------------------------------------------- checks
+    @staticmethod
+    def check_requant(lay: QLayer) -> None:
+        r = lay.requant
+        want = dict(mode="float32", rounding="half_even", zero_point="after", multiplier_order="sequential")
+        for k, v in want.items():
+            if getattr(r, k) != v:
+                raise HwsimError(f"layer '{lay.name}': requant.{k} = {getattr(r, k)!r}; ONNX Runtime's "
+                                 f"QLinearConv / QLinearMatMul compute requant.{k} = {v!r}")
+        if getattr(lay.requant_params, "bias_term", None) is not None:
+            raise HwsimError(f"layer '{lay.name}': a float bias (fbgemm form) has no ONNX Runtime equivalent; "
+                             "ORT adds an int32 bias to the accumulator")
+
+    @staticmethod
+    def check_accumulator(lay: QLayer) -> None:
+        a = lay.accumulator
+        int32_wrap = (a is not None and a.bits == 32 and a.overflow == "wrap" and a.rows is None
+                      and a.partial_bits is None)
+        certified = lay.certificate is not None and bool(np.all(lay.certificate.certified))
+        if not (int32_wrap or certified):
+            raise HwsimError(f"layer '{lay.name}': accumulator {a} is not ONNX Runtime's int32 and the layer is "
+                             "not certified overflow-free; allowed: accumulator.bits = 32, wrap, no rows / partial_bits")
+
+    # -------------------------------------------------------------- layers
+    def weights(self, lay: QLayer, per_column_ok: bool):
+        """(w, w_scale, w_zero_point) arrays for ONNX: int8 (signed weights) or uint8, scales float32."""
+        signed = lay.profile.weights.signed if lay.profile is not None else bool(np.min(lay.w_q) < 0)
+        dtype, (lo, hi) = (np.int8, (-128, 127)) if signed else (np.uint8, U8)
+        w = np.asarray(lay.w_q, np.int64)
+        cout = w.shape[0]
+        zw = np.broadcast_to(np.asarray(lay.w_zero_point, np.int64).reshape(-1), (cout,))
+        if w.min() < lo or w.max() > hi or zw.min() < lo or zw.max() > hi:
+            raise HwsimError(f"layer '{lay.name}': weights or their zero points leave the {np.dtype(dtype).name} range "
+                             f"[{lo}, {hi}]")
+        sw = np.broadcast_to(np.asarray(lay.w_scale, np.float64).reshape(-1), (cout,)).astype(np.float32)
+        if not (np.all(np.isfinite(sw)) and np.all(sw > 0)):
+            raise HwsimError(f"layer '{lay.name}': weight scales are not positive float32 numbers")
+        if not per_column_ok and np.any(zw != zw[0]):
+            raise HwsimError(f"layer '{lay.name}': per-channel weight zero points differ; ONNX Runtime's QLinearConv "
+                             "needs one weight zero point")
+        if np.all(sw == sw[0]) and np.all(zw == zw[0]):
+            return w.astype(dtype), sw[:1].reshape(()), zw[:1].reshape(()).astype(dtype)
+        return w.astype(dtype), sw, zw.astype(dtype)
+
+    def bias(self, lay: QLayer, cout: int) -> np.ndarray:
+        b = np.zeros(cout, np.int64) if lay.bias_q is None else np.asarray(lay.bias_q, np.int64).reshape(-1)
+        if b.min() < INT32[0] or b.max() > INT32[1]:
+            raise HwsimError(f"layer '{lay.name}': the integer bias leaves int32 (bias.bits > 32); ONNX Runtime's "
+                             "QLinearConv takes an int32 bias")
+        return b.astype(np.int32)
+
+    def conv_like(self, lay: QLayer, x: str, y: str, w, sw, zw, bias, attrs: dict) -> None:
+        sx, zx = self.grid(lay.inputs[0], lay.name)
+        sy, zy = self.grid(lay.output, lay.name)
+        n = lay.name
+        ins = [x, sx, zx, self.const(f"{n}::weight", w, w.dtype), self.const(f"{n}::weight_scale", sw, np.float32),
+               self.const(f"{n}::weight_zero_point", zw, zw.dtype), sy, zy,
+               self.const(f"{n}::bias", bias, np.int32)]
+        self.node("QLinearConv", ins, [y], n, **attrs)
+
+    def conv2d(self, lay: QLayer) -> None:
+        self.check_requant(lay)
+        self.check_accumulator(lay)
+        w, sw, zw = self.weights(lay, per_column_ok=False)
+        a = lay.attrs
+        pt, pb, pl, pr = tuple(a.get("padding", (0, 0, 0, 0)))
+        out, extra = self.out_name(lay)
+        self.conv_like(lay, lay.inputs[0], out, w, sw, zw, self.bias(lay, w.shape[0]),
+                       dict(strides=list(_pair(a.get("stride", 1))), pads=[pt, pl, pb, pr],
+                            dilations=list(_pair(a.get("dilation", 1))), group=int(a.get("groups", 1)),
+                            kernel_shape=list(w.shape[2:])))
+        if extra:
+            self.clamp(lay, out, *extra)
+
+    def linear(self, lay: QLayer) -> None:
+        self.check_requant(lay)
+        self.check_accumulator(lay)
+        n = lay.name
+        zw_raw = np.asarray(lay.w_zero_point, np.int64).reshape(-1)
+        bias = self.bias(lay, lay.w_q.shape[0])
+        out, extra = self.out_name(lay)
+        shape2 = self.const(f"{n}::shape_2d", [0, -1], np.int64)
+        if not bias.any() and np.any(zw_raw != zw_raw[0]):
+            # per-column weight zero points: QLinearMatMul (no bias input, none needed)
+            w, sw, zw = self.weights(lay, per_column_ok=True)
+            sx, zx = self.grid(lay.inputs[0], n)
+            sy, zy = self.grid(lay.output, n)
+            self.node("Reshape", [lay.inputs[0], shape2], [f"{n}::x2d"], f"{n}::flatten_in")
+            ins = [f"{n}::x2d", sx, zx, self.const(f"{n}::weight_t", np.ascontiguousarray(w.T), w.dtype),
+                   self.const(f"{n}::weight_scale", sw, np.float32), self.const(f"{n}::weight_zero_point", zw, zw.dtype),
+                   sy, zy]
+            self.node("QLinearMatMul", ins, [out], n)
+        else:
+            # linear with an int32 bias = a 1x1 QLinearConv on [N, K, 1, 1] (ORT adds the bias in int32
+            # before the float requant, as hwsim does)
+            w, sw, zw = self.weights(lay, per_column_ok=False)
+            self.node("Reshape", [lay.inputs[0], self.const(f"{n}::shape_4d", [0, -1, 1, 1], np.int64)],
+                      [f"{n}::x4d"], f"{n}::to_4d")
+            self.conv_like(lay, f"{n}::x4d", f"{n}::y4d", w.reshape(w.shape[0], -1, 1, 1), sw, zw, bias,
+                           dict(kernel_shape=[1, 1]))
+            self.node("Reshape", [f"{n}::y4d", shape2], [out], f"{n}::to_2d")
+        if extra:
+            self.clamp(lay, out, *extra)
+
+    def check_pool_rounding(self, lay: QLayer) -> None:
+        r = lay.profile.requant.rounding if lay.profile is not None else "half_even"
+        if r != "half_even":
+            raise HwsimError(f"layer '{lay.name}': average pooling with requant.rounding = {r!r}; ONNX Runtime's "
+                             "quantized average pools round half to even")
+
+    def layer(self, lay: QLayer) -> None:
+        n, a = lay.name, lay.attrs
+        if lay.op == "conv2d":
+            self.conv2d(lay)
+        elif lay.op == "linear":
+            self.linear(lay)
+        elif lay.op == "maxpool2d":
+            self.grid(lay.inputs[0], n)
+            kh, kw = _pair(a["kernel"])
+            pt, pb, pl, pr = tuple(a.get("padding", (0, 0, 0, 0)))
+            if max(pt, pb) >= kh or max(pl, pr) >= kw:
+                raise HwsimError(f"layer '{n}': max-pool padding {[pt, pb, pl, pr]} not smaller than the kernel")
+            # hwsim pads with the grid's qmin (0): never above a real value, so the same max as ONNX's
+            self.node("MaxPool", [lay.inputs[0]], [lay.output], n, kernel_shape=[kh, kw],
+                      strides=list(_pair(a.get("stride", a["kernel"]))), pads=[pt, pl, pb, pr])
+        elif lay.op in ("avgpool2d", "global_avgpool"):
+            self.check_pool_rounding(lay)
+            sx, zx = self.grid(lay.inputs[0], n)
+            sy, zy = self.grid(lay.output, n)
+            if lay.op == "global_avgpool":
+                self.node("QLinearGlobalAveragePool", [lay.inputs[0], sx, zx, sy, zy], [lay.output], n, ms=True,
+                          channels_last=0)
+            else:
+                kh, kw = _pair(a["kernel"])
+                pt, pb, pl, pr = tuple(a.get("padding", (0, 0, 0, 0)))
+                self.node("QLinearAveragePool", [lay.inputs[0], sx, zx, sy, zy], [lay.output], n, ms=True,
+                          kernel_shape=[kh, kw], strides=list(_pair(a.get("stride", a["kernel"]))),
+                          pads=[pt, pl, pb, pr], count_include_pad=1)
+        elif lay.op == "add":
+            r = lay.requant
+            if r.mode != "float32" or r.add_form != "ratio_fma" or r.rounding != "half_even":
+                raise HwsimError(f"layer '{n}': add with requant mode {r.mode!r}, add_form {r.add_form!r}, rounding "
+                                 f"{r.rounding!r}; ONNX Runtime's QLinearAdd is mode 'float32', add_form 'ratio_fma', "
+                                 "rounding 'half_even' (profile int8-onnxruntime)")
+            sa, za = self.grid(lay.inputs[0], n)
+            sb, zb = self.grid(lay.inputs[1], n)
+            sy, zy = self.grid(lay.output, n)
+            out, extra = self.out_name(lay)
+            self.node("QLinearAdd", [lay.inputs[0], sa, za, lay.inputs[1], sb, zb, sy, zy], [out], n, ms=True)
+            if extra:
+                self.clamp(lay, out, *extra)
+        elif lay.op == "concat":
+            gy = self.qg.grids[lay.output]
+            for t in lay.inputs:
+                g = self.qg.grids[t]
+                if (np.float32(g.scale), g.zero_point) != (np.float32(gy.scale), gy.zero_point):
+                    raise HwsimError(f"layer '{n}': concat input '{t}' is on another grid than the output; ONNX "
+                                     "Runtime's QLinearConcat requantizes through a float lookup table "
+                                     "(round(fl32(fl32(s_i (x - z_i)) / s_y)) + z_y), not hwsim's float32 requant")
+            sy, zy = self.grid(lay.output, n)
+            ins = [sy, zy]
+            for t in lay.inputs:
+                ins += [t, *self.grid(t, n)]
+            out, extra = self.out_name(lay)
+            self.node("QLinearConcat", ins, [out], n, ms=True, axis=int(a.get("axis", 1)))
+            if extra:
+                self.clamp(lay, out, *extra)
+        elif lay.op == "flatten":
+            self.node("Flatten", [lay.inputs[0]], [lay.output], n, axis=1)
+        elif lay.op in ("relu", "relu6"):
+            lo, hi = lay.clamp
+            if (lo, hi) == U8:
+                self.node("Identity", [lay.inputs[0]], [lay.output], n)
+            else:
+                self.clamp(lay, lay.inputs[0], lo, hi)
+        else:
+            raise HwsimError(f"layer '{n}': op '{lay.op}' has no ONNX export")
+
+
+def onnxruntime_pool_form(lay: QLayer, input_hw: tuple[int, int]) -> str:
+    """The :func:`hwsim.ops.avg_pool2d` / :func:`~hwsim.ops.global_avg_pool` ``form`` that is ONNX Runtime's
+    arithmetic for this layer as exported (``scale`` = the layer's grid scale).
+
+    QLinearGlobalAveragePool (MLAS): "float32_multiplier". QLinearAveragePool: "float32_dequantize",
+    except a window covering the whole unpadded plane, which ORT hands to the global kernel. hwsim's
+    default ("exact") differs only on ties S/n = q + 1/2 (n even): the multiplier form is "exact" when n is
+    a power of two; the dequantize form adds z before rounding, so with an odd z its ties go the other way.
+    """
+    if lay.op == "global_avgpool":
+        return "float32_multiplier"
+    if lay.op != "avgpool2d":
+        raise HwsimError(f"layer '{lay.name}': op '{lay.op}' is not an average pool")
+    whole = tuple(_pair(lay.attrs["kernel"])) == tuple(input_hw) and not any(lay.attrs.get("padding", (0, 0, 0, 0)))
+    return "float32_multiplier" if whole else "float32_dequantize"
+
+
+def to_onnx(qg: QuantizedGraph, *, float_input: bool = False, intermediate_outputs: bool = False,
+            batch: int | str = "N"):
+    """The integer graph of ``qg`` as an ``onnx.ModelProto`` of ONNX Runtime's quantized CPU ops.
+
+    The graph input is ``qg.input_name`` holding uint8 codes on the input grid (what
+    :meth:`~hwsim.compile.Grid.quantize` gives; hwsim quantizes in float64, ORT's QuantizeLinear in
+    float32, so only codes make the comparison exact); ``float_input=True`` instead takes normalised
+    float32 images (``<input>::float``) through ``QuantizeLinear``. Outputs: ``qg.output_name`` (uint8
+    codes) and ``<output>::dequantized`` (float32); with ``intermediate_outputs`` also every layer's
+    output tensor (uint8 codes, hwsim's names; with ``float_input`` the input codes too) so each can be
+    compared with ``run_integer``.
+    ``batch``: the batch dimension (a name = dynamic).
+    """
+    onnx = _onnx()
+    from onnx import TensorProto, helper
+
+    if qg.weight_only:
+        raise HwsimError(f"profile '{qg.profile.name}' is weight-only (float activations): nothing integer to export")
+    w = _Writer(qg)
+    inp = qg.input_name
+    spec = qg.model.inputs[0]
+    shape = [batch, *spec.shape]
+    sx, zx = w.grid(inp, None)
+    if float_input:
+        graph_in = helper.make_tensor_value_info(f"{inp}::float", TensorProto.FLOAT, shape)
+        w.node("QuantizeLinear", [f"{inp}::float", sx, zx], [inp], f"{inp}::quantize")
+    else:
+        graph_in = helper.make_tensor_value_info(inp, TensorProto.UINT8, shape)
+    for lay in qg.layers:
+        w.layer(lay)
+    out = qg.output_name
+    so, zo = w.grid(out, qg.layers[-1].name)
+    w.node("DequantizeLinear", [out, so, zo], [f"{out}::dequantized"], f"{out}::dequantize")
+    shapes = infer_shapes(qg.model)  # per sample; hwsim's tensors have the ONNX layout
+
+    def info(name, elem, tensor):
+        return helper.make_tensor_value_info(name, elem, [batch, *shapes[tensor]])
+
+    outputs = [info(out, TensorProto.UINT8, out), info(f"{out}::dequantized", TensorProto.FLOAT, out)]
+    if intermediate_outputs:
+        if float_input:  # the codes QuantizeLinear made
+            outputs.append(info(inp, TensorProto.UINT8, inp))
+        outputs += [info(lay.output, TensorProto.UINT8, lay.output) for lay in qg.layers if lay.output != out]
+    graph = helper.make_graph(w.nodes, str(qg.model.metadata.get("arch", "hwsim")), [graph_in], outputs, w.inits)
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(MS_DOMAIN, 1)] if w.ms else [])
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="hwsim",
+                              doc_string=f"hwsim integer graph, profile {qg.profile.name}")
+    model.ir_version = 8  # opset 13; ONNX Runtime >= 1.10 reads it
+    onnx.checker.check_model(model)
+    return model
