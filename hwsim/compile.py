@@ -88,6 +88,8 @@ class QLayer:
     clamp: tuple[int, int] | None = None
     activation: str | None = None
     profile: Profile | None = None
+    # seed of this layer's stochastic rounding (requant and pools): layer_seed(requant.seed, position)
+    rounding_seed: int = 0
 
 
 @dataclass
@@ -431,7 +433,8 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
         out = n.outputs[0]
         lay = QLayer(name=n.name, op=n.op, kind=kind, inputs=list(n.inputs), output=out,
                      attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},
-                     activation=n.attrs.get("activation"), profile=prof)
+                     activation=n.attrs.get("activation"), profile=prof,
+                     rounding_seed=layer_seed(prof.requant.seed, len(layers)))
         if n.op in GRID_PRESERVING + ("avgpool2d", "global_avgpool"):
             if not weight_only:
                 grids[out] = grids[grid_source(out)]
@@ -464,7 +467,7 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
         elif n.op in ("add", "concat"):
             lay.requant = _requant(prof)
         if lay.requant is not None and lay.requant.rounding == "stochastic":
-            lay.requant = dataclasses.replace(lay.requant, seed=layer_seed(lay.requant.seed, len(layers)))
+            lay.requant = dataclasses.replace(lay.requant, seed=lay.rounding_seed)
         layers.append(lay)
 
     qg = QuantizedGraph(model=folded, profile=profile, grids=grids, layers=layers,

@@ -112,6 +112,11 @@ def _pair(v):
     return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
 
+def _per_image(shape) -> int:
+    """Elements per image of a batch-first tensor shape."""
+    return int(np.prod(shape[1:], dtype=np.int64))
+
+
 def _stochastic_index(lay: QLayer, shape: tuple, offset: int):
     """Flat output indices over the whole run (image ``offset`` starts this batch) for stochastic rounding.
 
@@ -120,8 +125,7 @@ def _stochastic_index(lay: QLayer, shape: tuple, offset: int):
     r = lay.requant
     if r is None or r.rounding != "stochastic" or r.mode == "fixed":
         return None
-    per_image = int(np.prod(shape[1:], dtype=np.int64))
-    return (offset * per_image + np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)).reshape(shape)
+    return (offset * _per_image(shape) + np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)).reshape(shape)
 
 
 def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: LayerStats, impl: str,
@@ -155,26 +159,34 @@ def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: L
         y = ops.max_pool2d(x, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])),
                            tuple(a.get("padding", (0, 0, 0, 0))), gx.qmin)
         clipped = 0
-    elif lay.op == "avgpool2d":
+    elif lay.op in ("avgpool2d", "global_avgpool"):
         gx = g[lay.inputs[0]]
-        y = ops.avg_pool2d(x, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])),
-                           tuple(a.get("padding", (0, 0, 0, 0))), gx.zero_point, lay.profile.requant.rounding)
-        clipped = 0
-    elif lay.op == "global_avgpool":
-        gx = g[lay.inputs[0]]
-        y = ops.global_avg_pool(x, gx.zero_point, lay.profile.requant.rounding)
-        y = y.reshape(x.shape[0], x.shape[1], 1, 1)
+        r = lay.profile.requant
+        kw = dict(zero_point=gx.zero_point, rounding=r.rounding, seed=lay.rounding_seed, impl=impl)
+        if r.pool_form == "onnxruntime":
+            kw.update(form=ops.onnxruntime_pool_form(lay.op, a.get("kernel"), a.get("padding", (0, 0, 0, 0)),
+                                                     x.shape[2:]), scale=gx.scale)
+        if lay.op == "avgpool2d":
+            k, s_, pad = _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])), tuple(a.get("padding", (0, 0, 0, 0)))
+            out_hw = (ops.conv_output_size(x.shape[2], k[0], s_[0], pad[0], pad[1])
+                      * ops.conv_output_size(x.shape[3], k[1], s_[1], pad[2], pad[3]))
+            y = ops.avg_pool2d(x, k, s_, pad, index_offset=offset * x.shape[1] * out_hw, **kw)
+        else:
+            y = ops.global_avg_pool(x, index_offset=offset * x.shape[1], **kw).reshape(x.shape[0], x.shape[1], 1, 1)
         clipped = 0
     elif lay.op == "add":
         ga, gb = g[lay.inputs[0]], g[lay.inputs[1]]
-        y, _ = ops.add(env[lay.inputs[0]], env[lay.inputs[1]], a_scale=ga.scale, a_zero_point=ga.zero_point,
+        xa, xb = env[lay.inputs[0]], env[lay.inputs[1]]
+        y, _ = ops.add(xa, xb, a_scale=ga.scale, a_zero_point=ga.zero_point,
                        b_scale=gb.scale, b_zero_point=gb.zero_point, y_scale=gy.scale, y_zero_point=gy.zero_point,
-                       qmin=WIDE[0], qmax=WIDE[1], cfg=lay.requant)
+                       qmin=WIDE[0], qmax=WIDE[1], cfg=lay.requant,
+                       index_offset=offset * _per_image(np.broadcast_shapes(xa.shape, xb.shape)))
         y, clipped = _clamp_counted(y, lay, gy)
     elif lay.op == "concat":
         xs = [env[i] for i in lay.inputs]
         y, _ = ops.concat(xs, [g[i].scale for i in lay.inputs], [g[i].zero_point for i in lay.inputs],
-                          gy.scale, gy.zero_point, WIDE[0], WIDE[1], lay.requant)
+                          gy.scale, gy.zero_point, WIDE[0], WIDE[1], lay.requant,
+                          index_offset=offset * sum(_per_image(v.shape) for v in xs))
         y, clipped = _clamp_counted(y, lay, gy)
     elif lay.op == "flatten":
         y, clipped = x.reshape(x.shape[0], -1), 0

@@ -296,12 +296,9 @@ def onnxruntime_pool_form(lay: QLayer, input_hw: tuple[int, int]) -> str:
     default ("exact") differs only on ties S/n = q + 1/2 (n even): the multiplier form is "exact" when n is
     a power of two; the dequantize form adds z before rounding, so with an odd z its ties go the other way.
     """
-    if lay.op == "global_avgpool":
-        return "float32_multiplier"
-    if lay.op != "avgpool2d":
+    if lay.op not in ("avgpool2d", "global_avgpool"):
         raise HwsimError(f"layer '{lay.name}': op '{lay.op}' is not an average pool")
-    whole = tuple(_pair(lay.attrs["kernel"])) == tuple(input_hw) and not any(lay.attrs.get("padding", (0, 0, 0, 0)))
-    return "float32_multiplier" if whole else "float32_dequantize"
+    return ops.onnxruntime_pool_form(lay.op, lay.attrs.get("kernel"), lay.attrs.get("padding", (0, 0, 0, 0)), input_hw)
 
 
 def to_onnx(qg: QuantizedGraph, *, float_input: bool = False, intermediate_outputs: bool = False,

@@ -437,6 +437,18 @@ def max_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), pad_value: int = 0, im
 POOL_FORMS = ("exact", "float32_multiplier", "float32_dequantize")
 
 
+def onnxruntime_pool_form(op: str, kernel=None, padding=(0, 0, 0, 0), input_hw=None) -> str:
+    """The pool ``form`` that is ONNX Runtime's arithmetic (MLAS, x86-64) for an average pool.
+
+    QLinearGlobalAveragePool: "float32_multiplier". QLinearAveragePool: "float32_dequantize", except a
+    window covering the whole unpadded plane, which ORT hands to the global kernel ("float32_multiplier").
+    """
+    if op == "global_avgpool":
+        return "float32_multiplier"
+    whole = _pair(kernel, "kernel") == tuple(int(v) for v in input_hw) and not any(_padding(padding))
+    return "float32_multiplier" if whole else "float32_dequantize"
+
+
 def pool_multiplier(scale: float, count: int) -> np.float32:
     """M = fl32(s / fl32(s * fl32(count))), s = fl32(scale): the "float32_multiplier" pool form's multiplier
     (MLAS QLinearGlobalAveragePool: ScaleInput / (ScaleOutput * ImageSize), equal input and output grids)."""
@@ -455,22 +467,33 @@ def _pool_scale(form: str, scale) -> np.float32 | None:
     return s
 
 
-def _pool_float_forms(s, d_windows, count: int, form: str, s32, z: int, rounding: str, seed: int):
+def _pool_index(shape, index_offset: int, rounding: str):
+    """Stochastic draw indices: index_offset + flat C-order output index (None: the default, offset 0)."""
+    if rounding != "stochastic" or not index_offset:
+        return None
+    return int(index_offset) + fp._flat_index(shape)
+
+
+def _pool_float_forms(s, d_windows, count: int, form: str, s32, z: int, rounding: str, seed: int, index=None):
     """The float32 pool forms from the integer window sums ``s`` or the dequantized windows (lazy)."""
     f32 = np.float32
     if form == "float32_multiplier":
-        return z + fp.round_float(s.astype(f32) * pool_multiplier(s32, count), rounding, seed)
+        return z + fp.round_float(s.astype(f32) * pool_multiplier(s32, count), rounding, seed, index)
     win = d_windows()  # [..., kh, kw] float32 dequantized values, padding 0.0
     acc = np.zeros(win.shape[:-2], f32)
     for i in range(win.shape[-2]):  # window order, one float32 rounding per addition
         for j in range(win.shape[-1]):
             acc += win[..., i, j]
-    return fp.round_float((acc / f32(count)) / s32 + f32(z), rounding, seed)
+    return fp.round_float((acc / f32(count)) / s32 + f32(z), rounding, seed, index)
 
 
 def avg_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), zero_point: int = 0, rounding: str = "half_even",
-               seed: int = 0, impl: str = "fast", *, form: str = "exact", scale: float | None = None) -> np.ndarray:
+               seed: int = 0, impl: str = "fast", *, form: str = "exact", scale: float | None = None,
+               index_offset: int = 0) -> np.ndarray:
     """out = z + divide_round(sum(x - z), kh*kw); count_include_pad (padding holds the zero point).
+
+    Stochastic rounding draws with index ``index_offset`` + flat C-order output index (the executor
+    passes the batch's first image times the per-image output size: results independent of batching).
 
     ``form`` (docs/semantics.md section 6; ``scale`` = the grid's scale, needed by both float forms):
     "float32_multiplier": out = z + round(fl32(fl32(sum(x - z)) * M)), M = :func:`pool_multiplier`;
@@ -485,22 +508,24 @@ def avg_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), zero_point: int = 0, r
     z = int(zero_point)
     if impl == "reference":
         if form != "exact":
-            return ref.avg_pool2d_float(x, kernel, stride, pad, z, rounding, seed, form, s32)
-        return ref.avg_pool2d(x, kernel, stride, pad, z, rounding, seed)
+            return ref.avg_pool2d_float(x, kernel, stride, pad, z, rounding, seed, form, s32, index_offset)
+        return ref.avg_pool2d(x, kernel, stride, pad, z, rounding, seed, index_offset)
+    index = _pool_index((x.shape[0], x.shape[1], Ho, Wo), index_offset, rounding)
     if form == "float32_dequantize":
         s = None
     else:
         s = (_windows(x - z, kernel, stride, pad, 0)[:, :, :Ho, :Wo]).sum(axis=(4, 5))
     if form == "exact":
-        return z + fp.divide_round(s, kernel[0] * kernel[1], rounding, seed)
+        return z + fp.divide_round(s, kernel[0] * kernel[1], rounding, seed, index)
     return _pool_float_forms(
         s, lambda: _windows(s32 * (x - z).astype(np.float32), kernel, stride, pad, 0)[:, :, :Ho, :Wo],
-        kernel[0] * kernel[1], form, s32, z, rounding, seed)
+        kernel[0] * kernel[1], form, s32, z, rounding, seed, index)
 
 
 def global_avg_pool(x_q, zero_point: int = 0, rounding: str = "half_even", seed: int = 0,
-                    impl: str = "fast", *, form: str = "exact", scale: float | None = None) -> np.ndarray:
-    """out[n, c] = z + divide_round(sum_hw(x - z), H*W); int64 [N, C].
+                    impl: str = "fast", *, form: str = "exact", scale: float | None = None,
+                    index_offset: int = 0) -> np.ndarray:
+    """out[n, c] = z + divide_round(sum_hw(x - z), H*W); int64 [N, C] (stochastic: as :func:`avg_pool2d`).
 
     ``form``: as :func:`avg_pool2d` with the window = the whole H x W plane; "float32_multiplier" is
     ONNX Runtime's QLinearGlobalAveragePool (MLAS, x86-64).
@@ -514,13 +539,14 @@ def global_avg_pool(x_q, zero_point: int = 0, rounding: str = "half_even", seed:
         if form != "exact":
             kernel = (x.shape[2], x.shape[3])
             return ref.avg_pool2d_float(x, kernel, kernel, (0, 0, 0, 0), z, rounding, seed, form,
-                                        s32).reshape(x.shape[:2])
-        return ref.global_avg_pool(x, z, rounding, seed)
+                                        s32, index_offset).reshape(x.shape[:2])
+        return ref.global_avg_pool(x, z, rounding, seed, index_offset)
+    index = _pool_index(x.shape[:2], index_offset, rounding)
     s = (x - z).sum(axis=(2, 3))
     if form == "exact":
-        return z + fp.divide_round(s, x.shape[2] * x.shape[3], rounding, seed)
+        return z + fp.divide_round(s, x.shape[2] * x.shape[3], rounding, seed, index)
     return _pool_float_forms(s, lambda: s32 * (x - z).astype(np.float32), x.shape[2] * x.shape[3], form, s32, z,
-                             rounding, seed)
+                             rounding, seed, index)
 
 
 # ----------------------------------------------------------------------------- add
@@ -633,7 +659,8 @@ def fixed_add_vector_input(x, left_shift: int, qs, tie: str = "half_up") -> np.n
 
 
 def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, qmin, qmax,
-        cfg: Requant = Requant(), impl: str = "fast", vector_width: int | None = None) -> tuple[np.ndarray, int]:
+        cfg: Requant = Requant(), impl: str = "fast", vector_width: int | None = None,
+        index_offset: int = 0) -> tuple[np.ndarray, int]:
     """Quantized element-wise add (numpy broadcasting); returns (y int64, number of clamped outputs).
 
     float32: da = fma(s_a, a, -fl32(s_a*z_a)) (float32), c = da + db, y = round(fl32(c * fl32(1/s_y))) + z_y
@@ -675,14 +702,16 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
     tail = 0 if vector_width is None else a.size % int(vector_width)
     body = a.size - tail if fixed_vec else 0
     if impl == "reference":
-        return ref.add(a, b, p, cfg, qmin, qmax, tail, swap, vector_body=body)
+        return ref.add(a, b, p, cfg, qmin, qmax, tail, swap, vector_body=body, index_offset=index_offset)
+    # stochastic draws: index_offset + flat C-order output index (None = offset 0, the default)
+    idx = (index_offset + fp._flat_index(a.shape)) if (cfg.rounding == "stochastic" and index_offset) else None
     if ratio_fma:
         # ONNX Runtime MLAS QLinearAdd (AVX2): P takes the first FMA role, Q is folded in first
         (P, rp, zp), (Q, rq, zq) = (a, p.a_ratio, p.a_zero_point), (b, p.b_ratio, p.b_zero_point)
         if swap:
             (P, rp, zp), (Q, rq, zq) = (Q, rq, zq), (P, rp, zp)
         k = ratio_fma_constant(rp, zp, rq, zq, p.y_zero_point)
-        y = fp.round_float(fma_f32(P, rp, fma_f32(Q, rq, k)), cfg.rounding, cfg.seed)
+        y = fp.round_float(fma_f32(P, rp, fma_f32(Q, rq, k)), cfg.rounding, cfg.seed, idx)
     elif cfg.mode == "float32":
         f32 = np.float32
         # s*a is exact in float64 (24-bit x <= 17-bit) and s*a + premul too (both multiples of the
@@ -691,15 +720,16 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
         db = (np.float64(p.b_scale) * b + np.float64(p.b_premul)).astype(f32)
         v = (da + db) * f32(p.inv_y_scale)
         if cfg.zero_point == "before":
-            y = fp.round_float(v + f32(p.y_zero_point), cfg.rounding, cfg.seed)
+            y = fp.round_float(v + f32(p.y_zero_point), cfg.rounding, cfg.seed, idx)
         else:
-            y = fp.round_float(v, cfg.rounding, cfg.seed) + p.y_zero_point
+            y = fp.round_float(v, cfg.rounding, cfg.seed, idx) + p.y_zero_point
         if tail:
             at, bt = a.reshape(-1)[-tail:], b.reshape(-1)[-tail:]
             da = ((at - p.a_zero_point) * np.float64(p.a_scale)).astype(f32)  # exact product, one rounding
             db = ((bt - p.b_zero_point) * np.float64(p.b_scale)).astype(f32)
             vt = ((da + db) * f32(p.inv_y_scale) + f32(p.y_zero_point)).astype(f32)
-            y.reshape(-1)[-tail:] = fp.round_float(vt, cfg.rounding, cfg.seed, np.arange(a.size - tail, a.size))
+            y.reshape(-1)[-tail:] = fp.round_float(vt, cfg.rounding, cfg.seed,
+                                                   index_offset + np.arange(a.size - tail, a.size))
     elif cfg.mode == "fixed":
         sa = _fixed_mul((a - p.a_zero_point) << p.left_shift, p.a_mult, cfg)
         sb = _fixed_mul((b - p.b_zero_point) << p.left_shift, p.b_mult, cfg)
@@ -713,14 +743,14 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
         e0 = min(p.a_exp, p.b_exp)
         s = ((a - p.a_zero_point) << (p.a_exp - e0)) + ((b - p.b_zero_point) << (p.b_exp - e0))
         n = p.y_exp - e0
-        y = (s << -n if n < 0 else fp.shift_right_round(s, n, cfg.rounding, cfg.seed)) + p.y_zero_point
+        y = (s << -n if n < 0 else fp.shift_right_round(s, n, cfg.rounding, cfg.seed, idx)) + p.y_zero_point
     clipped = int(np.count_nonzero((y < qmin) | (y > qmax)))
     return np.clip(y, qmin, qmax), clipped
 
 
 # ----------------------------------------------------------------------------- concat
 def concat(xs, scales, zero_points, y_scale, y_zero_point, qmin, qmax, cfg: Requant = Requant(), axis: int = 1,
-           impl: str = "fast") -> tuple[np.ndarray, int]:
+           impl: str = "fast", index_offset: int = 0) -> tuple[np.ndarray, int]:
     """Concatenate along ``axis`` after requantizing each input to the output grid; returns (y, clipped).
 
     Input i is requantize(x_i - z_i, M = s_i / s_y) (exactly the identity when (s_i, z_i) == (s_y, z_y));
@@ -734,7 +764,7 @@ def concat(xs, scales, zero_points, y_scale, y_zero_point, qmin, qmax, cfg: Requ
         shape_out = np.concatenate([np.empty(x.shape, np.int8) for x in xs], axis=axis).shape
     except ValueError:
         raise HwsimError(f"concat: shapes {[x.shape for x in xs]} do not concatenate along axis {axis}") from None
-    flat = np.arange(int(np.prod(shape_out)), dtype=np.int64).reshape(shape_out)
+    flat = index_offset + np.arange(int(np.prod(shape_out)), dtype=np.int64).reshape(shape_out)
     parts, clipped, off = [], 0, 0
     for x, s, z in zip(xs, scales, zero_points):
         sl = [slice(None)] * x.ndim

@@ -137,6 +137,7 @@ SCHEMA: dict[str, _Key] = {
     "requant.zero_point": _Key("choice", ("after", "before"), doc="float32 requant: output zero point added after or before rounding"),
     "requant.multiplier_order": _Key("choice", ("sequential", "fused"), doc="float32 M = fl32(fl32(sx*sw)/sy) or fl32(sx*sw/sy)"),
     "requant.fixed_product": _Key("choice", ("float64", "float32"), doc="fixed: real multiplier s_x*s_w/s_y in float64, or fl32(s_x*s_w)/s_y (TFLite per-tensor FULLY_CONNECTED)"),
+    "requant.pool_form": _Key("choice", ("exact", "onnxruntime"), doc="average pools: exact integer mean rounded, or ONNX Runtime's float32 QLinear(Global)AveragePool arithmetic"),
     "requant.add_form": _Key("choice", ("dequantize", "ratio_fma"), doc="float32 add: PyTorch's dequantize-add-requantize or ONNX Runtime QLinearAdd's ratio + FMA form"),
     "requant.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of stochastic rounding"),
     "bias.bits": _Key("int", lo=8, hi=64, doc="bias width (quantized at s_x*s_w)"),
@@ -199,6 +200,7 @@ class RequantSpec:
     zero_point: str = "after"
     multiplier_order: str = "sequential"
     add_form: str = "dequantize"
+    pool_form: str = "exact"
     seed: int = 0
 
 

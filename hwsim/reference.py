@@ -246,8 +246,11 @@ def max_pool2d(x_q, kernel, stride, padding, pad_value):
     return out
 
 
-def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0):
-    """out = z + divide_round(sum(x - z), kh*kw) (count_include_pad: padding holds z)."""
+def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0, index_offset=0):
+    """out = z + divide_round(sum(x - z), kh*kw) (count_include_pad: padding holds z).
+
+    Stochastic draws use index index_offset + flat C-order output index.
+    """
     N, C, H, W = x_q.shape
     kh, kw = kernel
     sh, sw = stride
@@ -263,12 +266,12 @@ def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0):
                 ih, iw = oh * sh - pt + i, ow * sw - pl + j
                 if 0 <= ih < H and 0 <= iw < W:
                     s += int(x_q[n, c, ih, iw]) - z
-        flat = int(np.ravel_multi_index(pos, out.shape))
+        flat = index_offset + int(np.ravel_multi_index(pos, out.shape))
         out[pos] = z + divide_round_int(s, kh * kw, rounding, seed, flat)
     return out
 
 
-def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, form, scale):
+def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, form, scale, index_offset=0):
     """The float32 pool forms (ops.avg_pool2d ``form``), exact rational arithmetic, one float32 rounding per step.
 
     float32_multiplier: z + round(fl32(fl32(S) * M)), S = sum(x - z), M = fl32(s / fl32(s * fl32(kh*kw)));
@@ -293,7 +296,7 @@ def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, f
                     d = int(x_q[n, c, ih, iw]) - z
                     total += d
                     acc = Fraction(float(round_to_f32(acc + Fraction(float(round_to_f32(s * d))))))
-        flat = int(np.ravel_multi_index(pos, out.shape))
+        flat = index_offset + int(np.ravel_multi_index(pos, out.shape))
         if form == "float32_multiplier":
             v = round_to_f32(Fraction(float(round_to_f32(Fraction(total)))) * m)
             out[pos] = z + round_float_int(float(v), rounding, seed, flat)
@@ -304,19 +307,19 @@ def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, f
     return out
 
 
-def global_avg_pool(x_q, zero_point, rounding, seed=0):
-    """out[n, c] = z + divide_round(sum_hw(x - z), H*W)."""
+def global_avg_pool(x_q, zero_point, rounding, seed=0, index_offset=0):
+    """out[n, c] = z + divide_round(sum_hw(x - z), H*W); stochastic index index_offset + n*C + c."""
     N, C, H, W = x_q.shape
     z = int(zero_point)
     out = np.zeros((N, C), dtype=np.int64)
     for n, c in np.ndindex(N, C):
         s = sum(int(v) - z for v in x_q[n, c].ravel())
-        out[n, c] = z + divide_round_int(s, H * W, rounding, seed, n * C + c)
+        out[n, c] = z + divide_round_int(s, H * W, rounding, seed, index_offset + n * C + c)
     return out
 
 
 # ----------------------------------------------------------------------------- add
-def add(a_q, b_q, p, cfg, qmin, qmax, tail=0, swap=False, vector_body=0):
+def add(a_q, b_q, p, cfg, qmin, qmax, tail=0, swap=False, vector_body=0, index_offset=0):
     """Element-wise add with the parameters ``p`` from ops.add_params; returns (y, clipped).
 
     float32: the last ``tail`` elements (C order) follow PyTorch's scalar path (ops.add ``vector_width``).
@@ -330,6 +333,8 @@ def add(a_q, b_q, p, cfg, qmin, qmax, tail=0, swap=False, vector_body=0):
     for pos in np.ndindex(*a_q.shape):
         a, b = int(a_q[pos]), int(b_q[pos])
         flat = int(np.ravel_multi_index(pos, a_q.shape))
+        vflat = flat  # position in the vector/scalar loops (tail, vector_body)
+        flat += index_offset  # stochastic draw index
         if cfg.mode == "float32" and cfg.add_form == "ratio_fma":
             # ONNX Runtime QLinearAdd (MLAS AVX2): ratios r = fl32(s / s_y); zero points folded into K;
             # y = round(fma(P, r_P, fma(Q, r_Q, K))), K = fl32(z_y - fma(r_P, z_P, fl32(r_Q z_Q)))
@@ -339,7 +344,7 @@ def add(a_q, b_q, p, cfg, qmin, qmax, tail=0, swap=False, vector_body=0):
             k = f32(f32(p.y_zero_point) - fma_f32_int(zp, rp, f32(f32(rq) * f32(zq))))
             v = fma_f32_int(P, rp, fma_f32_int(Q, rq, k))
             r = round_float_int(float(v), cfg.rounding, cfg.seed, flat)
-        elif cfg.mode == "float32" and flat >= a_q.size - tail:
+        elif cfg.mode == "float32" and vflat >= a_q.size - tail:
             # PyTorch's scalar path: da = fl32((a - z_a) * s_a); round(fl32(fl32(c * fl32(1/s_y)) + z_y))
             da = f32((a - p.a_zero_point) * float(p.a_scale))
             db = f32((b - p.b_zero_point) * float(p.b_scale))
@@ -362,7 +367,7 @@ def add(a_q, b_q, p, cfg, qmin, qmax, tail=0, swap=False, vector_body=0):
             def vin(x, qs):  # TFLite's vector loop: SRDHM(x << (20 + shift), q), one rounding
                 n = p.left_shift + qs[1]
                 return fixed_multiply_int(x << n if n >= 0 else x >> -n, qs[0], 0, 31, "double", cfg.fixed_ties)
-            if flat < vector_body:
+            if vflat < vector_body:
                 sa, sb = vin(a - p.a_zero_point, p.a_mult), vin(b - p.b_zero_point, p.b_mult)
             else:
                 sa = mul((a - p.a_zero_point) << p.left_shift, p.a_mult)

@@ -159,3 +159,38 @@ def test_batchnorm_scale_mode_absorbs_bn_into_the_multiplier():
     a = np.argmax(run_quantized(q_fold, x).logits, 1)
     b = np.argmax(run_quantized(q_scale, x).logits, 1)
     assert np.mean(a == b) > 0.8
+
+
+@pytest.mark.parametrize("name", ["int8-stochastic", "int4-pow2"])
+def test_stochastic_rounding_is_independent_of_the_batch_size(name):
+    """Draws depend on (layer seed, image number, position): the same logits for any --batch-size."""
+    g = tiny_cnn(seed=13)  # conv, depthwise, add, global average pool, linear
+    x = images(23, seed=14)
+    prof = load_profile(name, {"requant.rounding": "stochastic", "requant.seed": "5"})
+    qg = compile_model(g, prof, images(32, seed=15))
+    whole = run_quantized(qg, x, batch_size=64).logits
+    for bs in (1, 5, 8):
+        np.testing.assert_array_equal(run_quantized(qg, x, batch_size=bs).logits, whole)
+    np.testing.assert_array_equal(run_quantized(qg, x, batch_size=5, impl="reference").logits, whole)
+    # layers draw independently: per-layer seeds differ
+    seeds = [lay.rounding_seed for lay in qg.layers]
+    assert len(set(seeds)) == len(seeds)
+    # a different seed changes the draws (the property is not vacuous)
+    other = compile_model(g, load_profile(name, {"requant.rounding": "stochastic", "requant.seed": "6"}),
+                          images(32, seed=15))
+    assert not np.array_equal(run_quantized(other, x).logits, whole)
+
+
+def test_onnxruntime_pool_form_is_used_by_the_executor():
+    g = tiny_cnn(seed=16)
+    x = images(12, seed=17)
+    exact = compile_model(g, load_profile("int8-fbgemm", {"requant.add_form": "ratio_fma"}), images(32, seed=18))
+    ort = compile_model(g, load_profile("int8-onnxruntime"), images(32, seed=18))
+    gap = next(lay for lay in ort.layers if lay.op == "global_avgpool")
+    env = run_integer(ort, x)
+    xin = env[gap.inputs[0]]
+    gx = ort.grids[gap.inputs[0]]
+    want = ops.global_avg_pool(xin, gx.zero_point, form="float32_multiplier", scale=gx.scale)
+    np.testing.assert_array_equal(env[gap.output].reshape(want.shape), want)
+    np.testing.assert_array_equal(run_integer(ort, x, "reference")[gap.output], env[gap.output])
+    assert exact.profile.requant.pool_form == "exact"

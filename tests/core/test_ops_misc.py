@@ -166,3 +166,33 @@ def test_pool_and_add_errors():
     with pytest.raises(HwsimError, match="vector_width"):
         ops.add(np.zeros(3), np.zeros(3), a_scale=1, a_zero_point=0, b_scale=1, b_zero_point=0, y_scale=1,
                 y_zero_point=0, qmin=0, qmax=1, cfg=ops.Requant(mode="fixed", fixed_rounding="single"), vector_width=8)
+
+
+@pytest.mark.parametrize("op", ["avg_pool2d", "global_avg_pool", "add_float32", "add_pow2", "concat"])
+def test_index_offset_makes_stochastic_draws_batch_independent(op):
+    """Running images [k:] with index_offset = k * per-image size == slicing the whole run; fast == reference."""
+    rng = np.random.default_rng(21)
+    x = rng.integers(-60, 60, (5, 3, 6, 6))
+    x2 = rng.integers(-60, 60, (5, 3, 6, 6))
+
+    def run(lo, impl):
+        xs, x2s = x[lo:], x2[lo:]
+        if op == "avg_pool2d":
+            return ops.avg_pool2d(xs, 3, 2, (1, 1, 1, 1), 2, "stochastic", seed=7, impl=impl,
+                                  index_offset=lo * 3 * 3 * 3)
+        if op == "global_avg_pool":
+            return ops.global_avg_pool(xs, 2, "stochastic", seed=7, impl=impl, index_offset=lo * 3)
+        if op == "concat":
+            return ops.concat([xs, x2s], [0.03, 0.05], [1, -2], 0.07, 0, -128, 127,
+                              ops.Requant(rounding="stochastic", seed=7), impl=impl, index_offset=lo * 216)[0]
+        mode = op.split("_")[1]
+        sc = (2.0**-4, 2.0**-5, 2.0**-3) if mode == "pow2" else (0.03, 0.05, 0.07)
+        return ops.add(xs, x2s, a_scale=sc[0], a_zero_point=0, b_scale=sc[1], b_zero_point=0, y_scale=sc[2],
+                       y_zero_point=0, qmin=-128, qmax=127, cfg=ops.Requant(mode=mode, rounding="stochastic", seed=7),
+                       impl=impl, index_offset=lo * 108)[0]
+
+    whole = run(0, "fast")
+    np.testing.assert_array_equal(run(0, "reference"), whole)
+    for lo in (1, 3):
+        np.testing.assert_array_equal(run(lo, "fast"), whole[lo:])
+        np.testing.assert_array_equal(run(lo, "reference"), whole[lo:])
