@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hwsim import ops
 from hwsim.compile import QLayer, QuantizedGraph
 from hwsim.errors import HwsimError
 from hwsim.graph import infer_shapes
