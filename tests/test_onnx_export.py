@@ -38,20 +38,10 @@ from hwsim.graph import GraphBuilder  # noqa: E402
 from hwsim.onnx_export import onnxruntime_pool_form, to_onnx  # noqa: E402
 from hwsim.profile import load_profile  # noqa: E402
 from tests.nets import images, tiny_cnn  # noqa: E402
+from tests.engines import cpu_flags  # noqa: E402
 
 
-def _cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-FLAGS = _cpu_flags()
+FLAGS = cpu_flags()
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                                 reason="ONNX Runtime's MLAS arithmetic verified on x86-64 only")
 VNNI = pytest.mark.skipif(

@@ -34,6 +34,7 @@ from tflite.TensorType import TensorType as TT  # noqa: E402
 
 from hwsim import fixedpoint as fp  # noqa: E402
 from hwsim import ops  # noqa: E402
+from tests.engines import cpu_flags  # noqa: E402
 
 f32 = np.float32
 RELU, RELU6 = 1, 3  # tflite ActivationFunctionType
@@ -44,17 +45,9 @@ ALTERNATIVES = {"gemmlowp": GEMMLOWP, "ruy": RUY,
                 "single_half_away": ops.Requant(mode="fixed", fixed_rounding="single", fixed_ties=("half_away",) * 2)}
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
-    except (OSError, StopIteration):
-        return set()
-
-
 # ruy's x86 kernels (AVX2, AVX-512) round as modelled; its portable C++ path rounds once, and ARM builds
 # use other depthwise and add kernels: the optimized-kernel checks need an x86-64 CPU with AVX2
-X86_AVX2 = platform.machine().lower() in ("x86_64", "amd64") and {"avx2", "fma", "sse4_1"} <= _cpu_flags()
+X86_AVX2 = platform.machine().lower() in ("x86_64", "amd64") and {"avx2", "fma", "sse4_1"} <= cpu_flags()
 needs_x86 = pytest.mark.skipif(not X86_AVX2, reason="LiteRT's optimized int8 kernels modelled on x86-64 with AVX2")
 RESOLVERS = [pytest.param("optimized", marks=needs_x86), "reference"]
 

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hwsim import ops  # noqa: E402
+from tests.engines import multiplier_order_targets  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
 pytestmark = pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines,
@@ -138,25 +139,12 @@ def test_multiplier_order_is_sequential_not_fused():
     """Targets where fl32(fl32(sx*sw)/sy) and fl32(sx*sw/sy) round differently: torch follows 'sequential'."""
     rng = np.random.default_rng(1)
     n_targets = fused_wrong = 0
-    for _ in range(2000):
-        sx, sw, sy = f32s(rng, 0.005, 0.05), f32s(rng, 0.001, 0.01), f32s(rng, 0.01, 0.05)
-        m_seq, m_fus = (f32(sx) * f32(sw)) / f32(sy), f32(sx * sw / sy)
-        if m_seq == m_fus:
-            continue
-        a = np.arange(-16000, 16000)
-        ys, yf = np.rint(a.astype(f32) * m_seq), np.rint(a.astype(f32) * m_fus)
-        tg = a[(ys != yf) & (np.abs(ys) < 120)]
-        if tg.size == 0:
-            continue
-        d1 = np.clip(np.round(tg / 127), -128, 127).astype(np.int64)
-        d2 = tg - 127 * d1
-        ok = (d2 >= -128) & (d2 <= 127)
-        x = np.stack([d1[ok] + 128, d2[ok] + 128], 1)  # acc = 127*(x0-128) + (x1-128) = target
-        w = np.array([[127, 1]])  # (one weight outside [-64, 63]: K = 2 cannot saturate a pair)
+    for sx, sw, sy, x, w in multiplier_order_targets(rng):
+        sx, sw, sy = float(sx), float(sw), float(sy)
         yt = torch_linear(x, sx, 128, w, np.array([sw]), None, sy, 128)
         np.testing.assert_array_equal(hwsim_layer(x, sx, 128, w, np.array([sw]), None, sy, 128), yt)
         yfused = hwsim_layer(x, sx, 128, w, np.array([sw]), None, sy, 128, cfg=ops.Requant(multiplier_order="fused"))
-        n_targets += int(ok.sum())
+        n_targets += len(x)
         fused_wrong += int((yfused != yt).sum())
     assert n_targets >= 10 and fused_wrong == n_targets
 

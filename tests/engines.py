@@ -1,0 +1,42 @@
+"""Helpers shared by the tests against real integer engines (PyTorch, ONNX Runtime, LiteRT)."""
+from __future__ import annotations
+
+import numpy as np
+
+f32 = np.float32
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where unreadable): which engine kernels run here."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def multiplier_order_targets(rng, draws: int = 2000):
+    """Layers where M = fl32(fl32(sx*sw)/sy) ('sequential') and fl32(sx*sw/sy) ('fused') round differently.
+
+    Yields (sx, sw, sy, x, w): float32 scales, uint8-range inputs x [n, 2] (zero point 128) and the
+    weight row w = [[127, 1]], built so that acc = 127*(x0-128) + (x1-128) hits an accumulator whose
+    output differs between the two orders (|y| < 120). One weight stays outside [-64, 63], yet with
+    K = 2 no int16 pair sum can saturate.
+    """
+    for _ in range(draws):
+        sx, sw, sy = (f32(rng.uniform(lo, hi)) for lo, hi in ((0.005, 0.05), (0.001, 0.01), (0.01, 0.05)))
+        m_seq, m_fus = (sx * sw) / sy, f32(np.float64(sx) * np.float64(sw) / np.float64(sy))
+        if m_seq == m_fus:
+            continue
+        a = np.arange(-16000, 16000)
+        ys, yf = np.rint(a.astype(f32) * m_seq), np.rint(a.astype(f32) * m_fus)
+        tg = a[(ys != yf) & (np.abs(ys) < 120)]
+        if tg.size == 0:
+            continue
+        d1 = np.clip(np.round(tg / 127), -128, 127).astype(np.int64)
+        d2 = tg - 127 * d1
+        ok = (d2 >= -128) & (d2 <= 127)
+        yield sx, sw, sy, np.stack([d1[ok] + 128, d2[ok] + 128], 1), np.array([[127, 1]])
