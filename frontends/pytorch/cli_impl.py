@@ -31,6 +31,23 @@ def _pair(text: str | None, what: str, kinds=(int, int)):
         raise HwsimError(f"{what} {text!r} must be two comma-separated numbers, e.g. 4,4") from None
 
 
+def qat_spec(qat_bits, per_tensor: bool = False) -> tuple[tuple | None, bool]:
+    """``--qat-bits`` as (bits (W, A|None) or None, per_channel): "W,A", or a hardware profile name/path,
+    whose weight/activation bits (A = None for weight-only profiles) and weight granularity QAT then uses."""
+    if qat_bits is None or not isinstance(qat_bits, str):
+        return qat_bits, not per_tensor
+    if "," in qat_bits:
+        return _pair(qat_bits, "--qat-bits"), not per_tensor
+    from hwsim.profile import load_profile
+
+    try:
+        p = load_profile(qat_bits)
+    except HwsimError as e:
+        raise HwsimError(f"--qat-bits {qat_bits!r}: neither W,A bit widths nor a profile ({e})") from None
+    bits = (p.weights.bits, None if p.weight_only else p.activations.bits)
+    return bits, (p.weights.granularity == "per_channel") and not per_tensor
+
+
 def train_command(arch="smallcnn", data="default", epochs=10, lr=0.05, batch_size=64, seed=0, kure=None,
                   kure_raw=False, symreg=None, satnl=False, sam=None, rho=None, qat_bits=None, per_tensor=False,
                   noise=None, optimizer="sgd", weight_decay=5e-4, out="model.pt", resume=None, init=None,
@@ -39,10 +56,10 @@ def train_command(arch="smallcnn", data="default", epochs=10, lr=0.05, batch_siz
     _need_torch()
     from .train import train
 
+    bits, per_channel = qat_spec(qat_bits, per_tensor)
     r = train(arch, data, epochs, lr, batch_size, seed, kure=kure, kure_on_folded=False if kure_raw else None,
               symreg=symreg, satnl=satnl, sam=None if sam in (None, "none") else sam, rho=rho,
-              qat_bits=_pair(qat_bits, "--qat-bits") if isinstance(qat_bits, str) else qat_bits,
-              per_channel=not per_tensor,
+              qat_bits=bits, per_channel=per_channel,
               noise=_pair(noise, "--noise", (float, float)) if isinstance(noise, str) else noise,
               optimizer=optimizer, weight_decay=weight_decay, out=out, resume=resume, init=init,
               threads=threads, quiet=quiet)
@@ -84,7 +101,9 @@ def register(group: click.Group) -> None:
     @click.option("--satnl", is_flag=True, help="weights W = tanh(V) (SatNL)")
     @click.option("--sam", type=click.Choice(["none", "sam", "asam"]), default="none", show_default=True)
     @click.option("--rho", default=None, type=float, help="(A)SAM radius; default 0.05 (sam) / 1.0 (asam)")
-    @click.option("--qat-bits", default=None, metavar="W,A", help="LSQ QAT bit widths, e.g. 4,4 (A may be 'none')")
+    @click.option("--qat-bits", default=None, metavar="W,A|PROFILE",
+                  help="LSQ QAT bit widths, e.g. 4,4 (A may be 'none'), or a hardware profile (e.g. w4a4): "
+                       "its weight/activation bits and weight granularity")
     @click.option("--per-tensor", is_flag=True, help="LSQ weight steps per tensor (default per channel)")
     @click.option("--noise", default=None, metavar="C,K", help="noise tempering constants, e.g. 0.3,50")
     @click.option("--init", default=None, help="start from this checkpoint's weights (e.g. float model for QAT)")

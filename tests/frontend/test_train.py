@@ -100,3 +100,15 @@ def test_commands_without_torch_fail_with_one_line(monkeypatch):
         cli_impl.train_command(epochs=1)
     with pytest.raises(HwsimError, match="PyTorch is required"):
         cli_impl.export_command("a.pt", "b.hwsim")
+
+
+def test_qat_bits_from_a_profile():
+    from frontends.pytorch.cli_impl import qat_spec
+
+    assert qat_spec("4,4") == ((4, 4), True)
+    assert qat_spec("4,none", per_tensor=True) == ((4, None), False)
+    assert qat_spec("w4a4") == ((4, 4), True)
+    assert qat_spec("w3-fp") == ((3, None), True)
+    assert qat_spec("int8-per-tensor") == ((8, 8), False)
+    with pytest.raises(HwsimError, match="--qat-bits 'w9a9': neither W,A bit widths nor a profile \\(unknown profile 'w9a9'"):
+        qat_spec("w9a9")
