@@ -210,8 +210,7 @@ def fold_graph(graph: Graph, batchnorm: str = "fold") -> tuple[Graph, list[dict]
                 tensors[bname] = bf.astype(np.float32)
                 node.params["bias"] = bname
                 removed.add(bn.name)
-                replaced[bn.outputs[0]] = out
-                out_alias = bn.outputs[0]
+                out_alias = bn.outputs[0]  # the folded node produces the BN's output tensor: no renaming
             else:
                 out_alias = out
             node = _fuse_activation(node, out_alias, sole_consumer, removed, replaced, by_name)

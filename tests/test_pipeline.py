@@ -194,3 +194,27 @@ def test_onnxruntime_pool_form_is_used_by_the_executor():
     np.testing.assert_array_equal(env[gap.output].reshape(want.shape), want)
     np.testing.assert_array_equal(run_integer(ort, x, "reference")[gap.output], env[gap.output])
     assert exact.profile.requant.pool_form == "exact"
+
+
+def test_conv_bn_without_activation_feeding_an_add_and_a_final_linear_bn():
+    """ResNet's conv-bn -> add and a linear -> bn output: folded nodes produce the BN tensor names."""
+    rng = np.random.default_rng(0)
+    f = np.float32
+    b = GraphBuilder(input_shape=(1, 6, 6), mean=(0.5,), std=(0.25,))
+    h = b.conv2d("c1", "input", rng.normal(0, .5, (3, 1, 3, 3)).astype(f), padding=1)
+    h = b.batchnorm("bn1", h, rng.uniform(0.5, 1.5, 3).astype(f), rng.normal(0, .1, 3).astype(f),
+                    rng.normal(0, .1, 3).astype(f), rng.uniform(0.5, 2, 3).astype(f))
+    h2 = b.conv2d("c2", h, rng.normal(0, .5, (3, 3, 1, 1)).astype(f))
+    h = b.add("add", h2, h)
+    h = b.flatten("fl", h)
+    h = b.linear("fc", h, rng.normal(0, .5, (2, 108)).astype(f))
+    h = b.batchnorm("bn2", h, np.full(2, 2, f), np.zeros(2, f), np.zeros(2, f), np.ones(2, f))
+    g = b.build(outputs=[h])
+    x = rng.normal(0, 1, (16, 1, 6, 6)).astype(f)
+    folded, _ = fold_graph(g)
+    assert [n.op for n in folded.nodes] == ["conv2d", "conv2d", "add", "flatten", "linear"]
+    np.testing.assert_allclose(run_float(_float_graph(folded), x), run_float(g, x), rtol=1e-4, atol=1e-4)
+    qg = compile_model(g, load_profile("int8-fbgemm"), x)
+    fast, ref = run_integer(qg, x, "fast"), run_integer(qg, x, "reference")
+    np.testing.assert_array_equal(fast[qg.output_name], ref[qg.output_name])
+    assert np.mean(np.argmax(run_quantized(qg, x).logits, 1) == np.argmax(run_float(g, x), 1)) >= 0.9

@@ -162,3 +162,23 @@ def test_unsupported_ops_raise_naming_the_node():
             def forward(self, x):
                 return torch.cat([x, x], 0)
         to_graph(C(), (1, 4, 4))
+
+
+@pytest.mark.parametrize("arch,shape", [("resnet8", (3, 8, 8)), ("mobilenetv2", (1, 12, 12))])
+@pytest.mark.parametrize("profile", ["int8-fbgemm", "int8-tflite", "w4a4"])
+def test_exported_architectures_compile_and_run_bit_exactly(arch, shape, profile):
+    """conv-bn -> add (ResNet), depthwise + ReLU6 + linear bottlenecks (MobileNetV2): compile and run,
+    the fast executor equal to the reference ops on every tensor."""
+    from hwsim.compile import compile_model
+    from hwsim.execute import run_integer
+    from hwsim.profile import load_profile
+
+    torch.manual_seed(2)
+    m = _warm(build_model(arch, 10, shape[0]), shape)
+    g = to_graph(m, shape, mean=[0.1] * shape[0], std=[0.3] * shape[0])
+    x = np.random.default_rng(0).normal(0, 1, (8,) + shape).astype(np.float32)
+    qg = compile_model(g, load_profile(profile), x)
+    fast, ref = run_integer(qg, x[:2], "fast"), run_integer(qg, x[:2], "reference")
+    assert fast.keys() == ref.keys()
+    for k in fast:
+        np.testing.assert_array_equal(fast[k], ref[k], err_msg=k)
