@@ -212,6 +212,33 @@ def inspect(model, profile, set_, data, as_json):
     click.echo(to_json_text(r.to_json()) if as_json else inspect_text(r), nl=not as_json)
 
 
+# ----------------------------------------------------------------------------- export-onnx
+@cli.command("export-onnx")
+@click.option("--profile", "-p", default="int8-onnxruntime", show_default=True,
+              help="a profile ONNX Runtime computes exactly (uint8 activations, float32 requant)")
+@click.option("--model", "-m", default=None, help="bundled model name or .hwsim path (default: the bundled robust model)")
+@click.option("--data", "-d", default="default", show_default=True, help="calibration data")
+@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE", help="override a profile field")
+@click.option("--float-input", is_flag=True, help="take normalised float32 images (QuantizeLinear) instead of uint8 codes")
+@click.option("--out", "-o", required=True, help="output .onnx file")
+def export_onnx(profile, model, data, set_, float_input, out):
+    """Write the compiled integer graph as an ONNX QLinear model: ONNX Runtime computes the same integers."""
+    from hwsim.experiments import compile_for, load_context
+    from hwsim.onnx_export import to_onnx
+    from hwsim.profile import load_profile, parse_set_options
+    from hwsim.report import atomic_write
+
+    _out_check(out, (".onnx",))
+    prof = load_profile(profile, parse_set_options(set_))
+    ctx = load_context(model, data, limit=1)
+    qg = compile_for(ctx, prof)
+    proto = to_onnx(qg, float_input=float_input)
+    atomic_write(out, proto.SerializeToString())
+    inp = f"{qg.input_name}::float (float32)" if float_input else f"{qg.input_name} (uint8 codes)"
+    click.echo(f"wrote {out}: {len(proto.graph.node)} ONNX nodes; input {inp}; outputs {qg.output_name} (codes), "
+               f"{qg.output_name}::dequantized (float32)")
+
+
 def _register_frontend():
     """`hwsim train` / `hwsim export` live in the PyTorch frontend (torch imported lazily)."""
     try:

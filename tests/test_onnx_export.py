@@ -302,3 +302,30 @@ def test_pool_forms_arguments():
         ops.global_avg_pool(x, form="float32_multiplier")
     assert ops.pool_multiplier(0.1, 16) == f32(1 / 16)  # powers of two are exact: the forms equal "exact" there
     np.testing.assert_array_equal(ops.global_avg_pool(x + 3, 0, form="float32_dequantize", scale=0.1), [[3]])
+
+
+@VNNI
+def test_cli_export_onnx_runs_in_onnxruntime_like_hwsim_run(tmp_path):
+    """`hwsim export-onnx --float-input`: ORT on the file predicts exactly what the simulator does."""
+    import onnx
+    from click.testing import CliRunner
+
+    from hwsim.cli import cli
+    from hwsim.execute import run_quantized
+    from hwsim.experiments import compile_for, load_context
+
+    out = tmp_path / "m.onnx"
+    res = CliRunner().invoke(cli, ["export-onnx", "--float-input", "-o", str(out)])
+    assert res.exit_code == 0 and out.exists(), res.output
+    ctx = load_context(None, "default", limit=200)
+    qg = compile_for(ctx, PROFILE)
+    sess = _session(onnx.load(str(out)), optimize=True)
+    got = dict(zip([o.name for o in sess.get_outputs()],
+                   sess.run(None, {f"{qg.input_name}::float": ctx.x_test.astype(f32)})))
+    sim = run_quantized(qg, ctx.x_test, keep_tensors=True)
+    np.testing.assert_array_equal(got[qg.output_name].astype(np.int64),
+                                  run_integer(qg, ctx.x_test)[qg.output_name].reshape(got[qg.output_name].shape))
+    np.testing.assert_array_equal(np.argmax(got[f"{qg.output_name}::dequantized"].reshape(200, -1), 1),
+                                  np.argmax(sim.logits, 1))
+    bad = CliRunner().invoke(cli, ["export-onnx", "-p", "int8-tflite", "-o", str(tmp_path / "t.onnx")])
+    assert bad.exit_code != 0 and "uint8" in bad.output and not (tmp_path / "t.onnx").exists()
