@@ -262,12 +262,37 @@ def accumulate_rows_f32(cols, k0, wT, bias, rows_sel, spec, out, events):
                             b = min(max(b, a_lo_i), a_hi_i)
                     acc[m] = np.float32(b)
                 if R == 1 and p_mode == MODE_NONE and a_mode == MODE_SAT:
-                    for k in range(K):
-                        xv = cols[n, kg + k, l]  # x = 0 adds 0 to an in-range value: no event, so no branch
+                    # saturation after every MAC; k unrolled by 4 so acc/acnt stay in registers across 4 MACs
+                    # (the same sequence of clamps; x = 0 adds 0 to an in-range value: no event, no branch)
+                    K4 = K - K % 4
+                    for k in range(0, K4, 4):
+                        x0 = cols[n, kg + k, l]
+                        x1 = cols[n, kg + k + 1, l]
+                        x2 = cols[n, kg + k + 2, l]
+                        x3 = cols[n, kg + k + 3, l]
+                        for m in range(M):
+                            a = acc[m]
+                            e = acnt[m]
+                            v = a + x0 * wT[g, k, m]
+                            a = min(max(v, a_lo), a_hi)
+                            e += np.float32(1.0) if a != v else np.float32(0.0)  # clamping changed v <=> left range
+                            v = a + x1 * wT[g, k + 1, m]
+                            a = min(max(v, a_lo), a_hi)
+                            e += np.float32(1.0) if a != v else np.float32(0.0)
+                            v = a + x2 * wT[g, k + 2, m]
+                            a = min(max(v, a_lo), a_hi)
+                            e += np.float32(1.0) if a != v else np.float32(0.0)
+                            v = a + x3 * wT[g, k + 3, m]
+                            a = min(max(v, a_lo), a_hi)
+                            e += np.float32(1.0) if a != v else np.float32(0.0)
+                            acc[m] = a
+                            acnt[m] = e
+                    for k in range(K4, K):
+                        xv = cols[n, kg + k, l]
                         for m in range(M):
                             v = acc[m] + xv * wT[g, k, m]
                             c = min(max(v, a_lo), a_hi)
-                            acnt[m] += np.float32(1.0) if c != v else np.float32(0.0)  # clamping changed v <=> left range
+                            acnt[m] += np.float32(1.0) if c != v else np.float32(0.0)
                             acc[m] = c
                 else:
                     for c0 in range(0, K, R):
