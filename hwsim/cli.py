@@ -212,6 +212,30 @@ def inspect(model, profile, set_, data, as_json):
     click.echo(to_json_text(r.to_json()) if as_json else inspect_text(r), nl=not as_json)
 
 
+# ----------------------------------------------------------------------------- golden
+@cli.command()
+@click.option("--profile", "-p", default="int8-tflite", show_default=True, help="built-in profile name or .toml path")
+@click.option("--model", "-m", default=None, help="bundled model name or .hwsim path (default: the bundled robust model)")
+@click.option("--data", "-d", default="default", show_default=True, help="images (the first N test images) and calibration")
+@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE", help="override a profile field")
+@click.option("--n", "n_images", type=int, default=4, show_default=True, help="number of test images")
+@click.option("--out", "-o", required=True, help="output directory (must not exist, or be empty)")
+def golden(profile, model, data, set_, n_images, out):
+    """Golden vectors for an RTL testbench: every layer's integer inputs, weights, biases, requant
+    constants and outputs (.npy + .hex) with a manifest.json."""
+    from hwsim.experiments import compile_for, load_context
+    from hwsim.golden import write_golden
+    from hwsim.profile import load_profile, parse_set_options
+
+    if n_images < 1:
+        raise HwsimError(f"--n {n_images}: allowed a positive number of images")
+    prof = load_profile(profile, parse_set_options(set_))
+    ctx = load_context(model, data, limit=n_images)
+    m = write_golden(compile_for(ctx, prof), ctx.x_test, out, ctx.model_name)
+    click.echo(f"wrote {out}: {m['images']} image(s), {len(m['layers'])} layers, {len(m['tensors'])} tensors "
+               f"(manifest.json, .npy + .hex)")
+
+
 # ----------------------------------------------------------------------------- export-onnx
 @cli.command("export-onnx")
 @click.option("--profile", "-p", default="int8-onnxruntime", show_default=True,
