@@ -71,6 +71,8 @@ class CompareResult:
     prediction_agreement: float  # fake-quant vs simulator
     first_divergent_layer: str | None
     layers: list[LayerDiff] = field(default_factory=list)
+    # the first layer whose own arithmetic (fed fake-quant's inputs) differs by more than 1 LSB
+    first_causal_layer: str | None = None
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -185,7 +187,7 @@ def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast") 
                     causes[lay.name] = _cause(qg, lay, codes, di, ist)
     stat_by = {s.name: s for s in stats}
     layers = []
-    first = None
+    first = causal = None
     for lay in compared:
         m, s, st = acc_lsb[lay.name], sq[lay.name], stat_by[lay.name]
         ld = LayerDiff(lay.name, lay.op, lay.kind,
@@ -197,11 +199,14 @@ def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast") 
         layers.append(ld)
         if first is None and ld.max_lsb > 1:
             first = lay.name
+        if causal is None and ld.isolated_max_lsb > 1:
+            causal = lay.name
     fq = np.concatenate(fq_logits)
     sim = np.concatenate(sim_logits)
     return CompareResult(qg.profile.name, ctx.model_name, ctx.data_spec, len(y), ctx.float_accuracy,
                          accuracy(fq, y), accuracy(sim, y),
-                         float(np.mean(np.argmax(fq, 1) == np.argmax(sim, 1))) if len(y) else 0.0, first, layers)
+                         float(np.mean(np.argmax(fq, 1) == np.argmax(sim, 1))) if len(y) else 0.0, first, layers,
+                         causal)
 
 
 def _ratio_db(num: float, den: float) -> float:

@@ -227,6 +227,9 @@ def compare_text(r) -> str:
                         "differ", "overflows", "clip", "cause"])
     tail = (f"first layer diverging by more than 1 LSB: {r.first_divergent_layer}" if r.first_divergent_layer
             else "no layer diverges by more than 1 LSB")
+    if r.first_divergent_layer:
+        tail += ("\nfirst layer whose own arithmetic differs by more than 1 LSB (fed fake-quant's inputs): "
+                 + (r.first_causal_layer or "none — every > 1 LSB difference is propagated 1-LSB noise"))
     return "\n".join(head) + "\n\n" + body + "\n" + tail
 
 
