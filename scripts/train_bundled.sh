@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the two bundled models (hwsim/models/smallcnn_{baseline,robust}.hwsim) on the default data
+# Reproduce the bundled models (hwsim/models/smallcnn_{baseline,robust}.hwsim, mobilenetv2.hwsim) on the default data
 # (MNIST 5k subset: 4000 train / 1000 test). CPU, 2 threads, seeded: reruns give the same weights
 # on the same machine/torch build. Checkpoints go to ${CKPT_DIR:-build/bundled}.
 set -euo pipefail
@@ -18,3 +18,9 @@ COMMON=(--arch smallcnn --data default --epochs "$EPOCHS" --lr 0.05 --batch-size
 /usr/bin/time -f "robust wall %e s" python -m hwsim.cli train "${COMMON[@]}" \
     --kure 1.0 --symreg 0.1 --satnl --sam asam --rho 1.0 \
     --out "$CKPT_DIR/smallcnn_robust.pt" --export hwsim/models/smallcnn_robust.hwsim
+
+# MobileNetV2 (depthwise convs, ReLU6, residual adds), plain training, 8 epochs: the network where
+# per-tensor and 4-bit quantization, and fake-quant's tie rule, matter most
+/usr/bin/time -f "mobilenetv2 wall %e s" python -m hwsim.cli train --arch mobilenetv2 --data default --epochs 8 \
+    --lr 0.05 --batch-size 64 --seed 0 --threads 2 --quiet \
+    --out "$CKPT_DIR/mobilenetv2.pt" --export hwsim/models/mobilenetv2.hwsim
