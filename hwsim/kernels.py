@@ -298,11 +298,22 @@ def accumulate_rows_f32(cols, k0, wT, bias, rows_sel, spec, out, events):
                     for c0 in range(0, K, R):
                         for m in range(M):
                             s[m] = 0
-                        for k in range(c0, min(c0 + R, K)):
+                        c1 = min(c0 + R, K)
+                        c4 = c1 - (c1 - c0) % 4
+                        # the chunk sum is exact in any order (every partial sum <= the chunk's |.|-bound
+                        # < 2^24): 4 products per pass keep s[m] in a register
+                        for k in range(c0, c4, 4):
+                            x0 = cols[n, kg + k, l]
+                            x1 = cols[n, kg + k + 1, l]
+                            x2 = cols[n, kg + k + 2, l]
+                            x3 = cols[n, kg + k + 3, l]
+                            for m in range(M):
+                                s[m] += ((x0 * wT[g, k, m] + x1 * wT[g, k + 1, m])
+                                         + (x2 * wT[g, k + 2, m] + x3 * wT[g, k + 3, m]))
+                        for k in range(c4, c1):
                             xv = cols[n, kg + k, l]
-                            if xv != 0:
-                                for m in range(M):
-                                    s[m] += xv * wT[g, k, m]
+                            for m in range(M):
+                                s[m] += xv * wT[g, k, m]
                         if p_mode == MODE_WRAP:
                             for m in range(M):
                                 v = s[m]
