@@ -18,7 +18,6 @@ The directory is written completely or not at all (a temporary sibling, renamed 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from hwsim.compile import QuantizedGraph
 from hwsim.errors import HwsimError
 from hwsim.execute import run_integer
 from hwsim.profile import to_dict
+from hwsim.report import to_json_text
 
 FORMAT, VERSION = "hwsim-golden", 1
 
@@ -76,14 +76,6 @@ def _write_f32(root: Path, rel: str, a: np.ndarray) -> dict:
     np.save(str(path) + ".npy", a, allow_pickle=False)
     (Path(str(path) + ".hex")).write_text(to_hex_lines(a.view(np.uint32).astype(np.int64), 32))
     return {"npy": rel + ".npy", "hex": rel + ".hex", "shape": list(a.shape), "hex_bits": 32, "float32_bits": True}
-
-
-def _json_default(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def _safe(name: str) -> str:
@@ -146,7 +138,7 @@ def write_golden(qg: QuantizedGraph, x_norm: np.ndarray, out_dir: str | os.PathL
                     "tensors": tensors, "layers": layers,
                     "notes": ["integer codes: real = scale * (code - zero_point)",
                               ".hex: one two's-complement value per line, C order, hex_bits wide"]}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n")
+        (tmp / "manifest.json").write_text(to_json_text(manifest))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -40,3 +40,17 @@ def multiplier_order_targets(rng, draws: int = 2000):
         d2 = tg - 127 * d1
         ok = (d2 >= -128) & (d2 <= 127)
         yield sx, sw, sy, np.stack([d1[ok] + 128, d2[ok] + 128], 1), np.array([[127, 1]])
+
+
+def ort_session(model, optimize: bool):
+    """A single-threaded, sequential ONNX Runtime CPU session for ``model`` (a ModelProto), graph
+    optimizations all on or off."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])

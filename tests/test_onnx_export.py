@@ -38,7 +38,7 @@ from hwsim.graph import GraphBuilder  # noqa: E402
 from hwsim.onnx_export import onnxruntime_pool_form, to_onnx  # noqa: E402
 from hwsim.profile import load_profile  # noqa: E402
 from tests.nets import images, tiny_cnn  # noqa: E402
-from tests.engines import cpu_flags  # noqa: E402
+from tests.engines import cpu_flags, ort_session  # noqa: E402
 
 
 FLAGS = cpu_flags()
@@ -52,14 +52,7 @@ PROFILE = load_profile("int8-onnxruntime")
 
 
 # ----------------------------------------------------------------------------- helpers
-def _session(model, optimize: bool):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+_session = ort_session
 
 
 def _ort_codes(model, feeds, optimize) -> dict[str, np.ndarray]:

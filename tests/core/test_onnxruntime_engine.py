@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from hwsim import ops  # noqa: E402
 from hwsim import reference as ref  # noqa: E402
 from hwsim.errors import HwsimError  # noqa: E402
-from tests.engines import cpu_flags, multiplier_order_targets  # noqa: E402
+from tests.engines import cpu_flags, multiplier_order_targets, ort_session  # noqa: E402
 
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                                 reason="ONNX Runtime's MLAS arithmetic verified on x86-64 only")
@@ -43,13 +43,7 @@ def _run(nodes, inputs, feeds, inits, out_type, optimize=False, ms_domain=False)
     opsets = [helper.make_opsetid("", 13)] + ([helper.make_opsetid("com.microsoft", 1)] if ms_domain else [])
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(model, optimize)
     return sess.run(None, {n: feeds[n] for n in inputs})[0].astype(np.int64)
 
 
