@@ -174,7 +174,9 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.option("--out", default=None, help="also write the JSON result to this file")
 @click.option("--plot", default=None, help="write a PNG of per-layer SQNR and mismatch to this path")
-def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, plot):
+@click.option("--fq-rounding", type=click.Choice(["half_even", "profile"]), default="half_even", show_default=True,
+              help="fake-quant rounding: half_even (QAT's torch.round) or the profile's own rounding mode")
+def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, plot, fq_rounding):
     """Float vs fake-quant (what training simulated) vs integer simulator, per layer."""
     from hwsim.compare import compare as run_compare
     from hwsim.experiments import compile_for, load_context
@@ -185,7 +187,7 @@ def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, 
     _out_check(plot, (".png",), "--plot")
     prof = load_profile(profile, parse_set_options(set_))
     ctx = load_context(model, data, limit, batch_size)
-    r = run_compare(ctx, compile_for(ctx, prof), batch_size)
+    r = run_compare(ctx, compile_for(ctx, prof), batch_size, fq_rounding=fq_rounding)
     text = to_json_text(r.to_json())
     if out:
         atomic_write(out, text)

@@ -24,6 +24,7 @@ from hwsim.errors import HwsimError
 from hwsim.execute import LayerStats, _new_stats, accuracy, run_layer
 from hwsim.floatref import run_float
 
+FQ_ROUNDINGS = ("half_even", "profile")
 COMPARED_OPS = ("conv2d", "linear", "add", "concat", "avgpool2d", "global_avgpool")
 
 
@@ -73,6 +74,7 @@ class CompareResult:
     layers: list[LayerDiff] = field(default_factory=list)
     # the first layer whose own arithmetic (fed fake-quant's inputs) differs by more than 1 LSB
     first_causal_layer: str | None = None
+    fq_rounding: str = "half_even"
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -93,16 +95,27 @@ def _isolated(qg: QuantizedGraph, lay, codes: dict[str, np.ndarray], impl: str =
     return env[lay.output], st
 
 
-def _cause(qg, lay, codes, iso_diff: int, st: LayerStats) -> str:
+def mirror_rounding(fq_rounding: str, hw_rounding: str) -> str:
+    """The rounding the fake-quant mirror applies: half_even (QAT's torch.round), or with ``fq_rounding =
+    "profile"`` the hardware's own mode (stochastic has no fake-quant analogue: half_even)."""
+    if fq_rounding not in FQ_ROUNDINGS:
+        raise HwsimError(f"fake-quant rounding {fq_rounding!r}: allowed {', '.join(FQ_ROUNDINGS)}")
+    if fq_rounding == "half_even" or hw_rounding == "stochastic":
+        return "half_even"
+    return hw_rounding
+
+
+def _cause(qg, lay, codes, iso_diff: int, st: LayerStats, fq_rounding: str = "half_even") -> str:
     """Name why ``lay`` differs; ``st`` = the layer's stats when run alone on the fake-quant inputs."""
     if iso_diff == 0:
         return "propagated from upstream (identical when fed the same inputs)"
     if lay.op in ("avgpool2d", "global_avgpool"):
         rnd = lay.profile.requant.rounding
-        if rnd == "half_even":
-            return ("average pool: exact integer mean rounded half_even vs fake-quant's float32 mean "
+        fqr = mirror_rounding(fq_rounding, rnd)
+        if rnd == fqr:
+            return (f"average pool: exact integer mean rounded {rnd} vs fake-quant's float32 mean "
                     "near a tie (≤ 1 LSB)")
-        return f"average pool: integer sum divided with {rnd} rounding (fake-quant: float mean, half_even)"
+        return f"average pool: integer sum divided with {rnd} rounding (fake-quant: float mean, {fqr})"
     reasons = []
     if lay.op in ("conv2d", "linear"):
         unbounded = ops.Accumulator(bits=None, overflow="wrap", rows=None, partial_bits=None)
@@ -122,7 +135,8 @@ def _cause(qg, lay, codes, iso_diff: int, st: LayerStats) -> str:
                 return reasons[0]
     r = lay.requant
     if r is not None:
-        ref = ops.Requant(mode="float32", rounding="half_even")
+        fqr = mirror_rounding(fq_rounding, r.rounding)
+        ref = ops.Requant(mode="float32", rounding=fqr)
         if lay.op in ("conv2d", "linear"):
             y, _ = _isolated(qg, lay, codes, requant=ref,
                           accumulator=ops.Accumulator(bits=None, overflow="wrap", rows=None, partial_bits=None))
@@ -133,17 +147,23 @@ def _cause(qg, lay, codes, iso_diff: int, st: LayerStats) -> str:
         if d < iso_diff or not reasons:
             if r.mode == "fixed":
                 reasons.append(f"fixed-point requant ({r.fixed_rounding} rounding, {r.multiplier_bits}-bit multiplier)")
-            elif r.mode == "pow2":
-                reasons.append(f"shift requant rounding {r.rounding} (fake-quant rounds half_even)")
-            elif r.rounding != "half_even":
-                reasons.append(f"requant rounding {r.rounding} (fake-quant rounds half_even)")
+            elif r.mode == "pow2" and r.rounding != fqr:
+                reasons.append(f"shift requant rounding {r.rounding} (fake-quant rounds {fqr})")
+            elif r.rounding != fqr:
+                reasons.append(f"requant rounding {r.rounding} (fake-quant rounds {fqr})")
             else:
                 reasons.append("float32 rounding of acc·M near a tie (≤ 1 LSB)")
     return "; ".join(reasons) if reasons else "unexplained"
 
 
-def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast") -> CompareResult:
-    """Run float, fake-quant and simulator on ``ctx``'s test images and diff them per layer."""
+def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast",
+            fq_rounding: str = "half_even") -> CompareResult:
+    """Run float, fake-quant and simulator on ``ctx``'s test images and diff them per layer.
+
+    ``fq_rounding``: the mirror rounds half_even like QAT's fake-quant ops (default), or
+    "profile": with the hardware's own rounding mode (what a tie-aware QAT would simulate).
+    """
+    mirror_rounding(fq_rounding, "half_even")  # validates
     if qg.weight_only:
         raise HwsimError(f"profile {qg.profile.name!r} is weight-only: fake-quant and simulator compute the same float32 math")
     mirror_codes = _mirror()
@@ -159,7 +179,7 @@ def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast") 
     fg = _float_graph_for(qg)
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
-        logits_fq, codes = mirror_codes(qg, xb)
+        logits_fq, codes = mirror_codes(qg, xb, rounding=fq_rounding)
         env = {qg.input_name: grids[qg.input_name].quantize(xb)}
         for lay, st in zip(qg.layers, stats):
             run_layer(qg, lay, env, st, impl, offset=i)
@@ -184,7 +204,7 @@ def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast") 
                 di = int(np.max(np.abs(yi - codes[lay.output])))
                 if lay.name not in causes or di > iso[lay.name]:
                     iso[lay.name] = max(iso[lay.name], di)
-                    causes[lay.name] = _cause(qg, lay, codes, di, ist)
+                    causes[lay.name] = _cause(qg, lay, codes, di, ist, fq_rounding)
     stat_by = {s.name: s for s in stats}
     layers = []
     first = causal = None
@@ -206,7 +226,7 @@ def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast") 
     return CompareResult(qg.profile.name, ctx.model_name, ctx.data_spec, len(y), ctx.float_accuracy,
                          accuracy(fq, y), accuracy(sim, y),
                          float(np.mean(np.argmax(fq, 1) == np.argmax(sim, 1))) if len(y) else 0.0, first, layers,
-                         causal)
+                         causal, fq_rounding)
 
 
 def _ratio_db(num: float, den: float) -> float:

@@ -217,7 +217,8 @@ def _db(x: float) -> str:
 def compare_text(r) -> str:
     head = [f"profile {r.profile}   model {r.model}   data {r.data} ({r.images} test images)",
             f"float accuracy       {_pct(r.float_accuracy)}",
-            f"fake-quant accuracy  {_pct(r.fakequant_accuracy)}",
+            f"fake-quant accuracy  {_pct(r.fakequant_accuracy)}   (rounding: "
+            + ("half_even, as QAT's torch.round)" if r.fq_rounding == "half_even" else "the profile's own mode)"),
             f"simulator accuracy   {_pct(r.sim_accuracy)}",
             f"fake-quant vs simulator: {_pct(r.prediction_agreement)} identical predictions"]
     rows = [[d.name, d.kind, _db(d.sqnr_fq_vs_sim), _db(d.sqnr_fq_vs_float), _db(d.sqnr_sim_vs_float),

@@ -7,6 +7,7 @@ pytest.importorskip("torch")
 
 from hwsim.compare import compare  # noqa: E402
 from hwsim.compile import compile_model  # noqa: E402
+from hwsim.errors import HwsimError  # noqa: E402
 from hwsim.execute import accuracy, run_quantized  # noqa: E402
 from hwsim.experiments import Context  # noqa: E402
 from hwsim.floatref import run_float  # noqa: E402
@@ -109,3 +110,23 @@ def test_bundled_mobilenetv2_tie_rule_is_the_whole_fake_quant_gap():
     assert r.first_causal_layer is None  # every > 1 LSB difference is accumulated 1-LSB tie noise
     assert all("shift requant rounding half_up" in d.cause for d in r.layers
                if d.max_lsb and d.kind in ("conv", "depthwise", "linear") and "propagated" not in d.cause)
+
+
+def test_fq_rounding_profile_removes_the_tie_rule_cause(net):
+    """With the mirror rounding like the hardware (half_up shifts), int8-pow2 differences are no longer
+    attributed to the shift rounding, and the CLI shows which rounding the mirror used."""
+    from click.testing import CliRunner
+
+    from hwsim.cli import cli
+
+    ctx = _ctx(net, 64)
+    qg = compile_model(net, load_profile("int8-pow2"), images(64, seed=2))
+    even, prof = compare(ctx, qg), compare(ctx, qg, fq_rounding="profile")
+    assert any("shift requant rounding half_up" in d.cause for d in even.layers)
+    assert not any("shift requant rounding" in d.cause for d in prof.layers)
+    assert sum(d.frac_diff for d in prof.layers) < sum(d.frac_diff for d in even.layers)
+    with pytest.raises(HwsimError, match="fake-quant rounding 'nearest'"):
+        compare(ctx, qg, fq_rounding="nearest")
+    res = CliRunner().invoke(cli, ["compare", "-m", "mobilenetv2", "-p", "int4-pow2", "--limit", "20", "-q",
+                                   "--fq-rounding", "profile"])
+    assert res.exit_code == 0 and "rounding: the profile's own mode" in res.output, res.output
