@@ -161,6 +161,7 @@ def fold_graph(graph: Graph, batchnorm: str = "fold") -> tuple[Graph, list[dict]
     replaced: dict[str, str] = {}  # tensor name -> tensor name it is now produced as
     removed: set[str] = set()
     dead: list[dict] = []
+    bn_folded: list[str] = []  # conv/linear nodes a BatchNorm was folded into
     new_nodes: list[Node] = []
     by_name = {n.name: n for n in graph.nodes}
 
@@ -210,6 +211,7 @@ def fold_graph(graph: Graph, batchnorm: str = "fold") -> tuple[Graph, list[dict]
                 tensors[bname] = bf.astype(np.float32)
                 node.params["bias"] = bname
                 removed.add(bn.name)
+                bn_folded.append(node.name)
                 out_alias = bn.outputs[0]  # the folded node produces the BN's output tensor: no renaming
             else:
                 out_alias = out
@@ -221,7 +223,7 @@ def fold_graph(graph: Graph, batchnorm: str = "fold") -> tuple[Graph, list[dict]
     used = {t for nd in new_nodes for t in nd.params.values()}
     folded = Graph(inputs=graph.inputs, nodes=new_nodes, outputs=outputs,
                    tensors={k: v for k, v in tensors.items() if k in used or k.endswith(".weight_unfolded")},
-                   metadata=dict(graph.metadata))
+                   metadata={**graph.metadata, "bn_folded": bn_folded})
     return folded, dead
 
 
@@ -341,7 +343,41 @@ def weight_grid(w: np.ndarray, fmt: TensorFormat, bits: int, hook=None, name="")
     return np.asarray(scale, np.float64), np.asarray(zp, np.int64), qmin, qmax
 
 
-def activation_grid(x: np.ndarray, fmt: TensorFormat, bits: int, hook=None, name="") -> Grid:
+def lsq_activation_steps(model: Graph, folded: Graph, grid_source) -> dict[str, tuple[float, int, bool]]:
+    """{tensor: (step, bits, signed)} from the model's LSQ metadata: each QAT-wrapped conv/linear
+    quantized its *input* with a learned step; that input's grid tensor takes it."""
+    lsq = model.metadata.get("lsq") or {}
+    out: dict[str, tuple[float, int, bool]] = {}
+    for n in folded.nodes:
+        e = lsq.get(n.name)
+        if n.op not in LINEAR_OPS or not e or e.get("a_step") is None:
+            continue
+        t = grid_source(n.inputs[0])
+        v = (float(abs(e["a_step"])), int(e["a_bits"]), bool(e["a_signed"]))
+        if t in out and out[t] != v:
+            raise HwsimError(f"LSQ metadata: tensor '{t}' feeds layers with different learned steps/bits "
+                             f"{out[t]} and {v} (layer '{n.name}')")
+        out[t] = v
+    return out
+
+
+def lsq_grid(step: float, bits: int, signed: bool) -> Grid:
+    """LSQ's own grid: real = step * q, q in [-2^(b-1), 2^(b-1)-1] (signed) or [0, 2^b-1] (LSQ eq. 1)."""
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    return Grid(float(step), 0, qmin, qmax, bits, signed)
+
+
+def activation_grid(x: np.ndarray, fmt: TensorFormat, bits: int, hook=None, name="", lsq=None) -> Grid:
+    """The grid of one activation tensor. ``lsq`` = {tensor: (step, bits, signed)} for range "lsq"
+    (tensors without a learned step fall back to min-max on the calibration values)."""
+    if fmt.range == "lsq" and hook is None:
+        if lsq and name in lsq:
+            step, b, signed = lsq[name]
+            if b != bits:
+                raise HwsimError(f"tensor '{name}': its LSQ step was learned for {b}-bit activations, the profile "
+                                 f"asks for {bits} bits (activations.range = lsq keeps the learned grid)")
+            return lsq_grid(step, b, signed)
+        fmt = dataclasses.replace(fmt, range="minmax")
     qmin, qmax = int_grid(fmt, bits)
     v = x.reshape(-1).astype(np.float64)
     if hook is not None:
@@ -417,9 +453,16 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
 
     grids: dict[str, Grid] = {}
     weight_only = profile.weight_only
+    lsq_act = None
+    if "lsq" in (profile.activations.range, profile.weights.range) or any(
+            v == "lsq" for o in profile.overrides for k, v in o.settings if k.endswith(".range")):
+        if not model.metadata.get("lsq"):
+            raise HwsimError("range = 'lsq' needs a model trained with LSQ QAT (metadata 'lsq' with the learned "
+                             "steps): train with hwsim train --qat-bits and export")
+        lsq_act = lsq_activation_steps(model, folded, grid_source)
     if not weight_only:
         grids[input_name] = activation_grid(calib[input_name], profile.activations,
-                                            act_bits(input_name, profile), hooks.activation_range, input_name)
+                                            act_bits(input_name, profile), hooks.activation_range, input_name, lsq_act)
 
     # reachable integer range of every tensor (a fused ReLU narrows it): certificates use it
     reach: dict[str, tuple[int, int]] = {}
@@ -448,7 +491,7 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
             layers.append(lay)
             continue
         if not weight_only:
-            g = activation_grid(calib[out], prof.activations, act_bits(out, prof), hooks.activation_range, out)
+            g = activation_grid(calib[out], prof.activations, act_bits(out, prof), hooks.activation_range, out, lsq_act)
             grids[out] = g
             lo, hi = g.qmin, g.qmax
             if lay.activation in ("relu", "relu6"):
@@ -478,6 +521,32 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
     return qg
 
 
+def _lsq_weight_grid(n: Node, folded: Graph, fmt: TensorFormat, w_bits: int, bn_scale):
+    """The learned LSQ weight steps of layer ``n`` (per channel or per tensor), LSQ's signed grid, z = 0.
+
+    LSQ quantized the unfolded weights, so a layer followed by BatchNorm needs batchnorm = 'scale'
+    (quantize unfolded weights, BN factor in the multiplier: WP eq. 41).
+    """
+    e = (folded.metadata.get("lsq") or {}).get(n.name)
+    if not e or not e.get("w_step"):
+        raise HwsimError(f"layer '{n.name}': weights.range = lsq but the model has no learned weight step for it")
+    if int(e["w_bits"]) != w_bits:
+        raise HwsimError(f"layer '{n.name}': its LSQ weight step was learned for {e['w_bits']} bits, the profile "
+                         f"asks for {w_bits} bits")
+    if fmt.scale != "float":
+        raise HwsimError(f"layer '{n.name}': weights.range = lsq keeps the learned steps; weights.scale must be "
+                         f"'float', not {fmt.scale!r}")
+    if n.name in folded.metadata.get("bn_folded", ()) and bn_scale is None:
+        raise HwsimError(f"layer '{n.name}': weights.range = lsq needs batchnorm = 'scale' (LSQ quantized the "
+                         "unfolded weights; folding BN first would change the integers)")
+    cout = folded.param(n, "weight").shape[0]
+    step = np.abs(np.asarray(e["w_step"], np.float64).reshape(-1))
+    if step.size not in (1, cout):
+        raise HwsimError(f"layer '{n.name}': {step.size} LSQ weight steps for {cout} output channels")
+    qmin, qmax = -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1
+    return np.broadcast_to(step, (cout,)).copy(), np.zeros(cout, np.int64), qmin, qmax
+
+
 def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, reach, weight_only, w_bits, hook):
     w = folded.param(n, "weight").astype(np.float64)
     b = folded.param(n, "bias")
@@ -497,7 +566,10 @@ def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, 
     else:
         w_src, factor = w, np.ones(w.shape[0])
     fmt = prof.weights
-    scale, zp, qmin, qmax = weight_grid(w_src, fmt, w_bits, hook, n.name)
+    if fmt.range == "lsq" and hook is None:
+        scale, zp, qmin, qmax = _lsq_weight_grid(n, folded, fmt, w_bits, bn_scale)
+    else:
+        scale, zp, qmin, qmax = weight_grid(w_src, fmt, w_bits, hook, n.name)
     shp = (-1,) + (1,) * (w.ndim - 1)
     w_q = np.clip(np.rint(w_src / scale.reshape(shp)) + zp.reshape(shp), qmin, qmax).astype(np.int64)
     eff_scale = scale * factor

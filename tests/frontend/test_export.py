@@ -182,3 +182,50 @@ def test_exported_architectures_compile_and_run_bit_exactly(arch, shape, profile
     assert fast.keys() == ref.keys()
     for k in fast:
         np.testing.assert_array_equal(fast[k], ref[k], err_msg=k)
+
+
+def test_lsq_qat_model_compiles_with_its_learned_steps():
+    """weights.range = activations.range = lsq: hwsim uses the exported LSQ steps (no recalibration).
+    The integer weights are LSQ's, the input codes of the first layer are identical, and the inputs of
+    later layers differ by at most 1 LSB (int32 bias rounding + integer requant vs QAT's float BN)."""
+    from frontends.pytorch.lsq import QuantWrapper, prepare_qat
+    from hwsim.compile import compile_model
+    from hwsim.errors import HwsimError
+    from hwsim.execute import run_integer
+    from hwsim.profile import load_profile
+
+    torch.manual_seed(3)
+    m = _warm(prepare_qat(build_model("smallcnn", 10, 1), 4, 4), (1, 28, 28))
+    g = to_graph(m, (1, 28, 28))
+    x = torch.randn(64, 1, 28, 28)
+    lsq = {"weights.range": "lsq", "activations.range": "lsq", "batchnorm": "scale",
+           "first_layer.bits": "unbounded", "last_layer.bits": "unbounded"}
+    qg = compile_model(g, load_profile("w4a4", lsq), x.numpy())
+    caught, wraps = {}, {}
+    for name, mod in m.named_modules():
+        if isinstance(mod, QuantWrapper):
+            wraps[name.replace(".", "_")] = mod
+            mod.aq.register_forward_hook(
+                lambda mm, i, o, k=name.replace(".", "_"): caught.__setitem__(k, (o / mm.step).round().numpy()))
+    with torch.no_grad():
+        m(x)
+    env = run_integer(qg, x.numpy())
+    for i, lay in enumerate(qg.mac_layers):
+        e, mod = g.metadata["lsq"][lay.name], wraps[lay.name]
+        gx = qg.grids[lay.inputs[0]]
+        assert (gx.scale, gx.zero_point) == (pytest.approx(e["a_step"], rel=0, abs=0), 0)
+        w = mod.module.weight.detach().numpy().astype(np.float64)
+        s = np.abs(np.asarray(e["w_step"])).reshape((-1,) + (1,) * (w.ndim - 1))
+        w_lsq = np.clip(np.rint(w / s), -8, 7)
+        f = np.sign(lay.w_scale / s.reshape(-1))  # scale mode flips channels whose BN factor is negative
+        assert np.mean(lay.w_q * np.where(f < 0, -1, 1).reshape(s.shape) == w_lsq) >= 0.999
+        a, b = caught[lay.name].reshape(len(x), -1), env[lay.inputs[0]].reshape(len(x), -1)
+        assert np.abs(a - b).max() <= (0 if i == 0 else 1)
+        assert np.mean(a == b) >= (1.0 if i == 0 else 0.85)
+    with pytest.raises(HwsimError, match="needs batchnorm = 'scale'"):
+        compile_model(g, load_profile("w4a4", {**lsq, "batchnorm": "fold"}), x.numpy())
+    with pytest.raises(HwsimError, match="learned for 4-bit activations, the profile asks for 8 bits"):
+        compile_model(g, load_profile("w4a4", {**lsq, "first_layer.bits": "8"}), x.numpy())
+    plain = to_graph(_warm(build_model("smallcnn", 10, 1), (1, 28, 28)), (1, 28, 28))
+    with pytest.raises(HwsimError, match="needs a model trained with LSQ QAT"):
+        compile_model(plain, load_profile("w4a4", lsq), x.numpy())
