@@ -825,3 +825,48 @@ def requant_fixed(acc, q, shift, single, tie0, tie1, out):
                 if _round_up(fl, rem, right, tie1):
                     fl += 1
             out[o, c, i] = min(max(fl, _I32_MIN), _I32_MAX)
+
+
+# ----------------------------------------------------------------------------- float32 requantization
+# rounding codes of requant_float32 (fixedpoint.ROUNDING_MODES without stochastic)
+ROUND_CODE = {"half_even": 0, "half_away": 1, "half_up": 2, "floor": 3, "trunc": 4}
+_CLIP62 = float(2 ** 62)
+
+
+@njit(parallel=True, cache=True)
+def requant_float32(acc, mult, bias_term, has_bias, z_before, z_y, mode, out):
+    """float32 requantization of acc[o, c, i] (int64) with per-channel float32 M[c] into out (int64).
+
+    fa = f32(acc); fa = f32(fa + b[c]) if has_bias; v = f32(fa * M[c]); v = f32(v + f32(z_y)) if
+    z_before; r = round(v) in ``mode`` (exact in float64, |v| clipped to 2^62); + z_y when not
+    z_before. Semantics: ops._requantize_fast / fixedpoint.round_float (the callers pass no
+    stochastic mode). No clamping here: the caller clamps and counts.
+    """
+    O, C, I = acc.shape
+    zf = np.float32(z_y)
+    for t in prange(O * C):
+        o = t // C
+        c = t - o * C
+        m = mult[c]
+        b = bias_term[c]
+        for i in range(I):
+            fa = np.float32(acc[o, c, i])
+            if has_bias:
+                fa = np.float32(fa + b)
+            v = np.float32(fa * m)
+            if z_before:
+                v = np.float32(v + zf)
+            d = min(max(np.float64(v), -_CLIP62), _CLIP62)
+            if mode == 0:
+                r = np.rint(d)
+            elif mode == 1:
+                r = np.floor(abs(d) + 0.5)
+                if d < 0:
+                    r = -r
+            elif mode == 2:
+                r = np.floor(d + 0.5)
+            elif mode == 3:
+                r = np.floor(d)
+            else:
+                r = np.trunc(d)
+            out[o, c, i] = np.int64(r) + (0 if z_before else z_y)

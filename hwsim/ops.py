@@ -349,11 +349,33 @@ def _fixed_q31_fast(acc, params: RequantParams, cfg: Requant, channel_axis: int)
     return out.reshape(acc.shape)
 
 
+def _float32_requant_kernel(acc, params: RequantParams, cfg: Requant, z_y: int, channel_axis: int):
+    """float32 requant by the numba kernel (kernels.requant_float32): same arithmetic as the numpy path."""
+    from hwsim import kernels
+
+    if params.channels > 1:
+        C = acc.shape[channel_axis]
+        a3 = np.ascontiguousarray(acc).reshape(int(np.prod(acc.shape[:channel_axis], dtype=np.int64)), C, -1)
+    else:
+        a3 = np.ascontiguousarray(acc).reshape(1, 1, -1)
+    C = a3.shape[1]
+    mult = np.broadcast_to(np.asarray(params.multiplier, np.float32).reshape(-1), (C,)).copy()
+    has_bias = params.bias_term is not None
+    bias = (np.broadcast_to(np.asarray(params.bias_term, np.float32).reshape(-1), (C,)).copy() if has_bias
+            else np.zeros(C, np.float32))
+    out = np.empty(a3.shape, np.int64)
+    kernels.requant_float32(a3, mult, bias, has_bias, cfg.zero_point == "before", int(z_y),
+                            kernels.ROUND_CODE[cfg.rounding], out)
+    return out.reshape(acc.shape)
+
+
 def _requantize_fast(acc, params: RequantParams, cfg: Requant, z_y: int, channel_axis: int, index):
     nd = acc.ndim
     if params.channels > 1 and (nd == 0 or acc.shape[channel_axis] != params.channels):
         raise HwsimError(f"requantize: {params.channels} per-channel multipliers but accumulator shape {acc.shape} "
                          f"(channel axis {channel_axis})")
+    if cfg.mode == "float32" and cfg.rounding != "stochastic" and acc.ndim and acc.size:
+        return _float32_requant_kernel(acc, params, cfg, z_y, channel_axis)
     if cfg.mode == "float32":
         fa = acc.astype(np.float32)
         with np.errstate(over="ignore"):

@@ -264,3 +264,33 @@ def test_numba_fixed_kernel_property(xs, q, shift, rounding, ties):
     kernels.requant_fixed(x.reshape(1, 1, -1), np.array([q]), np.array([shift]), rounding == "single",
                           kernels.TIE_CODE[ties[0]], kernels.TIE_CODE[ties[1]], out)
     np.testing.assert_array_equal(out.ravel(), want)
+
+
+@pytest.mark.parametrize("rounding", ["half_even", "half_away", "half_up", "floor", "trunc"])
+@pytest.mark.parametrize("zero_point", ["after", "before"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_numba_float32_kernel_equals_the_numpy_definition(rounding, zero_point, with_bias):
+    """ops' float32 fast path (kernels.requant_float32) == the float32 numpy formula, on ties, int32/int64
+    extremes (float32 overflow to inf, clipped) and per-channel multipliers; and == the reference."""
+    rng = np.random.default_rng(5)
+    C = 6
+    mult = np.array([0.5, 0.25, 1.0, 2.0**-20, 3.0e30, 0.0123], np.float32)
+    bias = rng.normal(0, 50, C).astype(np.float32) if with_bias else None
+    vals = np.concatenate([np.arange(-40, 40), [2**31 - 1, -2**31, 2**40, -(2**40), 2**62, -(2**62)],
+                           rng.integers(-2**24, 2**24, 60)]).astype(np.int64)
+    acc = np.broadcast_to(vals[:, None, None], (len(vals), C, 3)).copy()
+    params = ops.RequantParams(mode="float32", real=mult.astype(np.float64), multiplier=mult, bias_term=bias)
+    cfg = ops.Requant(mode="float32", rounding=rounding, zero_point=zero_point)
+    z = 3
+    got, _ = ops.requantize(acc, params, cfg, z, -2**40, 2**40)
+    fa = acc.astype(np.float32)
+    with np.errstate(over="ignore"):
+        if bias is not None:
+            fa = fa + bias[None, :, None]
+        v = fa * mult[None, :, None]
+        want = (fp.round_float(v + np.float32(z), rounding) if zero_point == "before"
+                else fp.round_float(v, rounding) + z)
+    np.testing.assert_array_equal(got, np.clip(want, -2**40, 2**40))
+    small = acc[:12, :, :1]
+    np.testing.assert_array_equal(ops.requantize(small, params, cfg, z, -2**40, 2**40)[0],
+                                  ops.requantize(small, params, cfg, z, -2**40, 2**40, impl="reference")[0])
