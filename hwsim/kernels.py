@@ -870,3 +870,31 @@ def requant_float32(acc, mult, bias_term, has_bias, z_before, z_y, mode, out):
             else:
                 r = np.trunc(d)
             out[o, c, i] = np.int64(r) + (0 if z_before else z_y)
+
+
+# ----------------------------------------------------------------------------- shift (pow2) requantization
+@njit(parallel=True, cache=True)
+def requant_shift(acc, shift, mode, out):
+    """acc[o, c, i] / 2^shift[c] rounded with ``mode`` (ROUND_CODE, no stochastic) for 0 <= shift <= 62;
+    shift < 0: exact left shift of acc clipped to +-2^62 (ops._shift_left_exact). Semantics:
+    fixedpoint.shift_right_round (floor quotient q = x >> n, remainder r = x - (q << n))."""
+    O, C, I = acc.shape
+    for t in prange(O * C):
+        o = t // C
+        c = t - o * C
+        n = shift[c]
+        for i in range(I):
+            x = acc[o, c, i]
+            if n < 0:
+                k = min(-n, 62)
+                lim = np.int64(1) << (62 - k)
+                out[o, c, i] = min(max(x, -lim), lim) << k
+                continue
+            q = x >> n
+            r = x - (q << n)
+            if mode == 3:  # floor
+                out[o, c, i] = q
+            elif mode == 4:  # trunc
+                out[o, c, i] = q + (1 if (x < 0 and r != 0) else 0)
+            else:  # nearest: tie code 0 half_even, 1 half_away, 2 half_up (= ROUND_CODE of those modes)
+                out[o, c, i] = q + (1 if _round_up(q, r, n, mode) else 0)

@@ -395,6 +395,16 @@ def _requantize_fast(acc, params: RequantParams, cfg: Requant, z_y: int, channel
             if y is None:  # outside the kernel's domain: the exact numpy/Python-int path
                 y = fp.multiply_by_quantized_multiplier(acc, q, s, cfg.fixed_rounding, cfg.fixed_ties)
         return y + z_y
+    if cfg.rounding != "stochastic" and nd and acc.size and int(np.max(params.shift)) <= fp.MAX_SHIFT:
+        from hwsim import kernels
+
+        C = acc.shape[channel_axis] if params.channels > 1 else 1
+        a3 = np.ascontiguousarray(acc).reshape(int(np.prod(acc.shape[:channel_axis], dtype=np.int64)) if C > 1
+                                               else 1, C, -1)
+        sh = np.broadcast_to(np.asarray(params.shift, np.int64).reshape(-1), (C,)).copy()
+        out = np.empty(a3.shape, np.int64)
+        kernels.requant_shift(a3, sh, kernels.ROUND_CODE[cfg.rounding], out)
+        return out.reshape(acc.shape) + z_y
     n = np.broadcast_to(_per_channel(params.shift, nd, channel_axis), acc.shape)
     y = fp.shift_right_round(acc, np.maximum(n, 0), cfg.rounding, cfg.seed, index)
     if (n < 0).any():

@@ -294,3 +294,30 @@ def test_numba_float32_kernel_equals_the_numpy_definition(rounding, zero_point, 
     small = acc[:12, :, :1]
     np.testing.assert_array_equal(ops.requantize(small, params, cfg, z, -2**40, 2**40)[0],
                                   ops.requantize(small, params, cfg, z, -2**40, 2**40, impl="reference")[0])
+
+
+@pytest.mark.parametrize("rounding", ["half_even", "half_away", "half_up", "floor", "trunc"])
+def test_numba_shift_kernel_equals_the_definition(rounding):
+    """ops' pow2 fast path (kernels.requant_shift) == fixedpoint.shift_right_round / exact left shifts,
+    on ties (±k·2^(n-1)), int64 extremes and per-channel shifts from -62 to 62."""
+    rng = np.random.default_rng(6)
+    shifts = np.array([0, 1, 2, 5, 31, 62, -1, -7, -62], np.int64)
+    base = [0, 1, -1, 2**62, -(2**62), 2**63 - 1, -(2**63)] + list(rng.integers(-2**40, 2**40, 40))
+    ties = [k * 2**4 + 2**3 for k in range(-6, 6)]  # exact halves for n = 4
+    vals = np.array(base + ties, dtype=np.int64)
+    for n in shifts:
+        acc = vals.reshape(-1, 1)
+        params = ops.RequantParams(mode="pow2", real=np.array([2.0 ** -int(n)]), shift=np.array([n]))
+        got, _ = ops.requantize(acc, params, ops.Requant(mode="pow2", rounding=rounding), 0, -2**63, 2**63 - 1)
+        if n >= 0:
+            want = fp.shift_right_round(acc, n, rounding)
+        else:
+            k = min(-int(n), 62)
+            want = np.clip(acc, -(1 << (62 - k)), 1 << (62 - k)) << k
+        np.testing.assert_array_equal(got, want, err_msg=f"shift {n}")
+    acc = rng.integers(-2**20, 2**20, (3, len(shifts), 4))
+    params = ops.RequantParams(mode="pow2", real=2.0 ** -shifts.astype(float), shift=shifts)
+    cfg = ops.Requant(mode="pow2", rounding=rounding)
+    # output grid well inside +-2^62 (left shifts beyond it are clipped there before the zero point)
+    np.testing.assert_array_equal(ops.requantize(acc, params, cfg, 2, -2**40, 2**40)[0],
+                                  ops.requantize(acc, params, cfg, 2, -2**40, 2**40, impl="reference")[0])
