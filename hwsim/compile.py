@@ -585,13 +585,22 @@ def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, 
     if weight_only:
         return
     gx = grids[n.inputs[0]]
-    s_bias = gx.scale * eff_scale
-    bq = fp.round_float(np.asarray(b, np.float64) / s_bias, prof.bias.rounding)
-    blim = 2 ** (prof.bias.bits - 1)
-    lay.bias_clipped = int(np.sum((bq < -blim) | (bq > blim - 1)))
-    lay.bias_q = np.clip(bq, -blim, blim - 1).astype(np.int64)
     gy = grids[n.outputs[0]]
-    lay.requant_params = ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant)
+    if prof.bias.form == "float32":
+        # PyTorch fbgemm: no integer bias in the accumulator; fl32(b / fl32(s_x*s_w)) joins fl32(acc)
+        # before the multiply (ops.make_requant_params(bias=...))
+        if prof.requant.mode != "float32":
+            raise HwsimError(f"layer '{n.name}': bias.form = 'float32' needs requant.mode = 'float32', "
+                             f"not {prof.requant.mode!r}")
+        lay.bias_q = np.zeros(w.shape[0], np.int64)
+        lay.requant_params = ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant, bias=b)
+    else:
+        s_bias = gx.scale * eff_scale
+        bq = fp.round_float(np.asarray(b, np.float64) / s_bias, prof.bias.rounding)
+        blim = 2 ** (prof.bias.bits - 1)
+        lay.bias_clipped = int(np.sum((bq < -blim) | (bq > blim - 1)))
+        lay.bias_q = np.clip(bq, -blim, blim - 1).astype(np.int64)
+        lay.requant_params = ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant)
     # the input's reachable range: the producer's clamp (a fused ReLU narrows it)
     lo, hi = reach[n.inputs[0]]
     if n.op == "conv2d":  # padding pixels hold the zero point: certify_conv2d widens the box to contain it

@@ -142,6 +142,7 @@ SCHEMA: dict[str, _Key] = {
     "requant.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of stochastic rounding"),
     "bias.bits": _Key("int", lo=8, hi=64, doc="bias width (quantized at s_x*s_w)"),
     "bias.rounding": _Key("choice", ROUNDING_MODES[:-1], doc="rounding of the bias to integers"),
+    "bias.form": _Key("choice", ("int32", "float32"), doc="int32: integer bias loaded into the accumulator first; float32: PyTorch fbgemm's float bias, fl32(b / fl32(s_x*s_w)) added to fl32(acc) before the multiply (requant.mode float32)"),
     "first_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, doc="weights + input bits of the first layer (unbounded = profile bits)"),
     "last_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, doc="weights + input/output bits of the last layer (unbounded = profile bits)"),
     "calibration.images": _Key("int", lo=1, hi=1 << 20, doc="calibration images (from the train split)"),
@@ -208,6 +209,7 @@ class RequantSpec:
 class BiasSpec:
     bits: int = 32
     rounding: str = "half_even"
+    form: str = "int32"
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,14 @@ def test_fq_rounding_profile_removes_the_tie_rule_cause(net):
     res = CliRunner().invoke(cli, ["compare", "-m", "mobilenetv2", "-p", "int4-pow2", "--limit", "20", "-q",
                                    "--fq-rounding", "profile"])
     assert res.exit_code == 0 and "rounding: the profile's own mode" in res.output, res.output
+
+
+def test_float_bias_form_is_mirrored(net):
+    """bias.form = float32 (fbgemm): the mirror adds the same float bias; still <= 1 LSB, same predictions."""
+    ctx = _ctx(net, 64)
+    qg = compile_model(net, load_profile("int8-fbgemm", {"bias.form": "float32"}), images(64, seed=2))
+    assert all(not lay.bias_q.any() and lay.requant_params.bias_term is not None for lay in qg.mac_layers)
+    r = compare(ctx, qg)
+    assert r.prediction_agreement == 1.0 and max(d.max_lsb for d in r.layers) <= 1
+    with pytest.raises(HwsimError, match="bias.form = 'float32' needs requant.mode = 'float32'"):
+        compile_model(net, load_profile("int8-tflite", {"bias.form": "float32"}), images(16))

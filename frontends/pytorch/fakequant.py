@@ -67,7 +67,10 @@ class FakeQuantModel(torch.nn.Module):
             shp = (-1,) + (1,) * (lay.w_q.ndim - 1)
             zp = np.broadcast_to(np.asarray(lay.w_zero_point), (lay.w_q.shape[0],)).reshape(shp)
             w = ((lay.w_q - zp) * lay.w_scale.reshape(shp)).astype(np.float32)
-            b = (lay.bias_q * (gx.scale * lay.w_scale)).astype(np.float32)
+            if getattr(lay.requant_params, "bias_term", None) is not None:  # bias.form = float32: the float bias
+                b = np.asarray(lay.b_float, np.float32)
+            else:
+                b = (lay.bias_q * (gx.scale * lay.w_scale)).astype(np.float32)
             self.weights[lay.name] = (torch.from_numpy(w), torch.from_numpy(b))
 
     def _fq(self, y: torch.Tensor, tensor: str, lo: int, hi: int, rounding: str):
