@@ -1,5 +1,5 @@
-"""Whole network vs PyTorch's quantized engine (fbgemm): the bundled model under int8-fbgemm with
-``bias.form = float32`` (fbgemm's float bias) — every layer's integer codes identical."""
+"""Whole network vs PyTorch's quantized engine (fbgemm): the bundled model under int8-pytorch
+(int8-fbgemm with ``bias.form = float32``, fbgemm's float bias) — every layer's integer codes identical."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_bundled_model_every_layer_identical_to_fbgemm():
     torch.backends.quantized.engine = "fbgemm"
     try:
         ctx = load_context(None, "default", limit=100)
-        qg = compile_for(ctx, load_profile("int8-fbgemm", {"bias.form": "float32"}))
+        qg = compile_for(ctx, load_profile("int8-pytorch"))
         env = run_integer(qg, ctx.x_test)
         g = qg.grids
         t = {qg.input_name: _q(env[qg.input_name], g[qg.input_name])}
