@@ -55,26 +55,31 @@ def pad_shift(x, zx, pt, pl, out):
                 out[n, c, pt + i, pl + j] = x[n, c, i, j] - zx
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _im2col_channel(xp, n0, i, c, geom, out):
+    """The rows of input channel c of sample n0 + i: out[i, (c*kh + a)*kw + b, oh*Wo + ow]."""
+    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    for a in range(kh):
+        for b in range(kw):
+            k = (c * kh + a) * kw + b
+            for oh in range(Ho):
+                ih = oh * sh + a * dh
+                base = oh * Wo
+                for ow in range(Wo):
+                    out[i, k, base + ow] = xp[n0 + i, c, ih, ow * sw + b * dw]
+
+
 @njit(parallel=True, cache=True)
 def im2col(xp, n0, geom, out):
     """out[i, (c*kh + a)*kw + b, oh*Wo + ow] = xp[n0+i, c, oh*sh + a*dh, ow*sw + b*dw] (k in canonical order).
 
     ``xp`` is the input minus its zero point, already padded with zeros; geom = (kh, kw, sh, sw, dh, dw, Ho, Wo).
     """
-    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
     C = xp.shape[1]
     nb = out.shape[0]
     for t in prange(nb * C):
         i = t // C
-        c = t - i * C
-        for a in range(kh):
-            for b in range(kw):
-                k = (c * kh + a) * kw + b
-                for oh in range(Ho):
-                    ih = oh * sh + a * dh
-                    base = oh * Wo
-                    for ow in range(Wo):
-                        out[i, k, base + ow] = xp[n0 + i, c, ih, ow * sw + b * dw]
+        _im2col_channel(xp, n0, i, t - i * C, geom, out)
 
 
 @njit(parallel=True, cache=True)
@@ -98,18 +103,9 @@ def im2col_positions(xp, n0, geom, out):
 @njit(cache=True, nogil=True)
 def im2col_serial(xp, n0, geom, out):
     """Single-threaded :func:`im2col`, releasing the GIL (run in hwsim's own worker threads beside BLAS calls)."""
-    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
-    C = xp.shape[1]
     for i in range(out.shape[0]):
-        for c in range(C):
-            for a in range(kh):
-                for b in range(kw):
-                    k = (c * kh + a) * kw + b
-                    for oh in range(Ho):
-                        ih = oh * sh + a * dh
-                        base = oh * Wo
-                        for ow in range(Wo):
-                            out[i, k, base + ow] = xp[n0 + i, c, ih, ow * sw + b * dw]
+        for c in range(xp.shape[1]):
+            _im2col_channel(xp, n0, i, c, geom, out)
 
 
 @njit(parallel=True, cache=True)
@@ -362,7 +358,7 @@ def accumulate_planes(cols, k0, wT, bias, spec, lims, out, events):
     G, K, M = wT.shape
     nb = cols.shape[0]
     L = cols.shape[2]
-    a_bits, a_mode, p_bits, p_mode, R = spec[0], spec[1], spec[2], spec[3], spec[4]
+    a_bits, a_mode, p_mode, R = spec[0], spec[1], spec[3], spec[4]
     a_lo, a_hi, a_mod, p_lo, p_hi, p_mod = lims[0], lims[1], lims[2], lims[3], lims[4], lims[5]
     a_lo_i = -(np.int64(1) << (min(a_bits, 62) - 1)) if a_mode != MODE_NONE else np.int64(0)
     a_hi_i = -a_lo_i - 1

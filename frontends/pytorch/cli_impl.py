@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
@@ -130,14 +129,7 @@ def register(group: click.Group) -> None:
         click.echo(f"wrote {out}: {len(g.nodes)} nodes")
 
 
-if __name__ == "__main__":  # standalone: python -m frontends.pytorch.cli_impl train ...
-    class _Group(click.Group):
-        def invoke(self, ctx):
-            try:
-                return super().invoke(ctx)
-            except HwsimError as e:
-                raise click.ClickException(str(e)) from None
+if __name__ == "__main__":  # standalone: python -m frontends.pytorch.cli_impl train ... (= hwsim train ...)
+    from hwsim.cli import main
 
-    _main = _Group()
-    register(_main)
-    _main(sys.argv[1:])
+    main()
