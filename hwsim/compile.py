@@ -74,6 +74,8 @@ class QLayer:
     # linear ops
     w_q: np.ndarray | None = None
     w_zero_point: np.ndarray | int = 0
+    w_qmin: int = 0  # the weight grid's integer range (first/last-layer bits included)
+    w_qmax: int = 0
     w_scale: np.ndarray | None = None  # effective per-channel scale (incl. BN 'scale' factor)
     bias_q: np.ndarray | None = None
     bias_clipped: int = 0
@@ -574,6 +576,7 @@ def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, 
     w_q = np.clip(np.rint(w_src / scale.reshape(shp)) + zp.reshape(shp), qmin, qmax).astype(np.int64)
     eff_scale = scale * factor
     lay.w_q = w_q
+    lay.w_qmin, lay.w_qmax = int(qmin), int(qmax)
     lay.w_zero_point = zp if fmt.granularity == "per_channel" or not fmt.symmetric else 0
     if isinstance(lay.w_zero_point, np.ndarray) and not lay.w_zero_point.any():
         lay.w_zero_point = 0
