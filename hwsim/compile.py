@@ -106,6 +106,9 @@ class QuantizedGraph:
     output_name: str
     dead_channels: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # reachable integer range of every grid tensor (a fused ReLU narrows it): certificates use it
+    reach: dict[str, tuple[int, int]] = field(default_factory=dict)
+    recipe: str = "profile"  # the PTQ recipe that chose the parameters (hwsim.ptq)
 
     @property
     def weight_only(self) -> bool:
@@ -334,8 +337,8 @@ def weight_grid(w: np.ndarray, fmt: TensorFormat, bits: int, hook=None, name="")
     """Per-channel (or per-tensor, broadcast) weight scale and zero point arrays of length Cout."""
     qmin, qmax = int_grid(fmt, bits)
     w2 = w.reshape(w.shape[0], -1).astype(np.float64)
-    if hook is not None:
-        lo, hi = hook(name, w2, fmt)
+    if hook is not None:  # the hook sees the effective bits (first/last-layer overrides included)
+        lo, hi = hook(name, w2, dataclasses.replace(fmt, bits=bits))
     elif fmt.granularity == "per_channel":
         lo, hi = _mse_range(w2, fmt, qmin, qmax, axis_reduce=1) if fmt.range == "mse" else (w2.min(1), w2.max(1))
     else:
@@ -382,8 +385,8 @@ def activation_grid(x: np.ndarray, fmt: TensorFormat, bits: int, hook=None, name
         fmt = dataclasses.replace(fmt, range="minmax")
     qmin, qmax = int_grid(fmt, bits)
     v = x.reshape(-1).astype(np.float64)
-    if hook is not None:
-        lo, hi = hook(name, v, fmt)
+    if hook is not None:  # the hook sees the effective bits (first/last-layer overrides included)
+        lo, hi = hook(name, v, dataclasses.replace(fmt, bits=bits))
     elif fmt.range == "percentile":
         lo, hi = np.percentile(v, 100 - fmt.percentile), np.percentile(v, fmt.percentile)
     elif fmt.range == "mse":
@@ -419,14 +422,40 @@ def _requant(p: Profile) -> ops.Requant:
 
 
 def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
-                  hooks: QuantHooks | None = None) -> QuantizedGraph:
-    """Quantize a float graph for a profile. ``calib_images`` are *normalised* float32 NCHW."""
+                  hooks: QuantHooks | None = None, recipe=None, progress: Callable | None = None) -> QuantizedGraph:
+    """Quantize a float graph for a profile. ``calib_images`` are *normalised* float32 NCHW.
+
+    ``recipe``: a PTQ recipe (:class:`hwsim.ptq.Recipe`, a built-in name or a .toml path) saying
+    how the parameters are chosen under the profile's constraints (docs/ptq.md). None or the
+    "profile" recipe: the profile's own ``weights.range`` / ``activations.range`` (bit-identical
+    to compiling without a recipe). ``progress(stage, step, total, value)`` reports long work.
+    """
+    if recipe is not None:
+        from hwsim import ptq
+
+        rec = ptq.load_recipe(recipe) if isinstance(recipe, str) else recipe
+        if not rec.is_profile:
+            return ptq.compile_with_recipe(model, profile, calib_images, rec, hooks=hooks, progress=progress)
     hooks = hooks or QuantHooks()
     folded, dead = fold_graph(model, profile.batchnorm)
     calib = calibrate(folded, calib_images)
     if hooks.before_quantize is not None:
         folded = hooks.before_quantize(folded, calib)
         calib = calibrate(folded, calib_images)
+    qg = quantize_folded(model, folded, dead, calib, profile, hooks)
+    if hooks.after_quantize is not None:
+        qg = hooks.after_quantize(qg, calib_images)
+    return qg
+
+
+def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[str, np.ndarray], profile: Profile,
+                    hooks: QuantHooks | None = None, certificates: bool = True) -> QuantizedGraph:
+    """Step 3 on a folded graph and its calibration tensors: grids, integer weights, biases, requant.
+
+    ``certificates = False`` skips the overflow certificates (PTQ searches that only need the
+    integers; the final graph always has them).
+    """
+    hooks = hooks or QuantHooks()
     input_name = folded.inputs[0].name
     mac_nodes = [n for n in folded.nodes if n.op in LINEAR_OPS]
     if not mac_nodes:
@@ -507,7 +536,7 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
                              w_bits=(profile.first_layer.bits if n.name == first and profile.first_layer.bits
                                      else profile.last_layer.bits if n.name == last and profile.last_layer.bits
                                      else prof.weights.bits),
-                             hook=hooks.weight_range)
+                             hook=hooks.weight_range, certificates=certificates)
         elif n.op in ("add", "concat"):
             lay.requant = _requant(prof)
         if lay.requant is not None and lay.requant.rounding == "stochastic":
@@ -515,11 +544,9 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
         layers.append(lay)
 
     qg = QuantizedGraph(model=folded, profile=profile, grids=grids, layers=layers,
-                        input_name=input_name, output_name=folded.outputs[0], dead_channels=dead)
+                        input_name=input_name, output_name=folded.outputs[0], dead_channels=dead, reach=reach)
     if dead:
         qg.notes.append(f"{len(dead)} dead BatchNorm channel(s) (running variance ~ 0): folded weights zeroed")
-    if hooks.after_quantize is not None:
-        qg = hooks.after_quantize(qg, calib_images)
     return qg
 
 
@@ -549,7 +576,8 @@ def _lsq_weight_grid(n: Node, folded: Graph, fmt: TensorFormat, w_bits: int, bn_
     return np.broadcast_to(step, (cout,)).copy(), np.zeros(cout, np.int64), qmin, qmax
 
 
-def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, reach, weight_only, w_bits, hook):
+def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, reach, weight_only, w_bits, hook,
+                     certificates: bool = True):
     w = folded.param(n, "weight").astype(np.float64)
     b = folded.param(n, "bias")
     b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
@@ -574,28 +602,44 @@ def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, 
         scale, zp, qmin, qmax = weight_grid(w_src, fmt, w_bits, hook, n.name)
     shp = (-1,) + (1,) * (w.ndim - 1)
     w_q = np.clip(np.rint(w_src / scale.reshape(shp)) + zp.reshape(shp), qmin, qmax).astype(np.int64)
-    eff_scale = scale * factor
     lay.w_q = w_q
     lay.w_qmin, lay.w_qmax = int(qmin), int(qmax)
     lay.w_zero_point = zp if fmt.granularity == "per_channel" or not fmt.symmetric else 0
     if isinstance(lay.w_zero_point, np.ndarray) and not lay.w_zero_point.any():
         lay.w_zero_point = 0
-    lay.w_scale = eff_scale
-    lay.w_float = ((w_q - zp.reshape(shp)) * eff_scale.reshape(shp)).astype(np.float32)
+    lay.w_scale = scale * factor  # effective per-channel scale
     lay.b_float = b.astype(np.float32)
     lay.accumulator = _accumulator(prof)
     lay.requant = _requant(prof)
+    finish_linear(lay, grids, reach, weight_only, certificates)
+
+
+def finish_linear(lay: QLayer, grids: dict[str, Grid], reach: dict[str, tuple[int, int]], weight_only: bool,
+                  certificates: bool = True) -> None:
+    """Everything derived from a linear layer's integer weights, effective scales and float bias:
+    ``w_float``, the int32 bias at s_x·s_w, requant parameters and the overflow certificate.
+
+    ``lay.w_q``, ``lay.w_scale``, ``lay.w_zero_point``, ``lay.b_float``, ``lay.requant`` and
+    ``lay.accumulator`` must be set (compile does it; :func:`hwsim.ptq.replace_weights` after PTQ).
+    """
+    prof = lay.profile
+    w_q, eff_scale = lay.w_q, np.asarray(lay.w_scale, np.float64)
+    cout = w_q.shape[0]
+    shp = (-1,) + (1,) * (w_q.ndim - 1)
+    zp = np.broadcast_to(np.asarray(lay.w_zero_point, np.int64), (cout,))
+    b = np.asarray(lay.b_float, np.float64)
+    lay.w_float = ((w_q - zp.reshape(shp)) * eff_scale.reshape(shp)).astype(np.float32)
     if weight_only:
         return
-    gx = grids[n.inputs[0]]
-    gy = grids[n.outputs[0]]
+    gx = grids[lay.inputs[0]]
+    gy = grids[lay.output]
     if prof.bias.form == "float32":
         # PyTorch fbgemm: no integer bias in the accumulator; fl32(b / fl32(s_x*s_w)) joins fl32(acc)
         # before the multiply (ops.make_requant_params(bias=...))
         if prof.requant.mode != "float32":
-            raise HwsimError(f"layer '{n.name}': bias.form = 'float32' needs requant.mode = 'float32', "
+            raise HwsimError(f"layer '{lay.name}': bias.form = 'float32' needs requant.mode = 'float32', "
                              f"not {prof.requant.mode!r}")
-        lay.bias_q = np.zeros(w.shape[0], np.int64)
+        lay.bias_q = np.zeros(cout, np.int64)
         lay.requant_params = ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant, bias=b)
     else:
         s_bias = gx.scale * eff_scale
@@ -604,11 +648,14 @@ def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, 
         lay.bias_clipped = int(np.sum((bq < -blim) | (bq > blim - 1)))
         lay.bias_q = np.clip(bq, -blim, blim - 1).astype(np.int64)
         lay.requant_params = ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant)
+    if not certificates:
+        lay.certificate = None
+        return
     # the input's reachable range: the producer's clamp (a fused ReLU narrows it)
-    lo, hi = reach[n.inputs[0]]
-    if n.op == "conv2d":  # padding pixels hold the zero point: certify_conv2d widens the box to contain it
+    lo, hi = reach[lay.inputs[0]]
+    if lay.op == "conv2d":  # padding pixels hold the zero point: certify_conv2d widens the box to contain it
         lay.certificate = certify.certify_conv2d(w_q, lay.bias_q, lay.w_zero_point, lo, hi, gx.zero_point,
                                                  lay.accumulator)
     else:
         lay.certificate = certify.certify_linear(
-            w_q.reshape(w_q.shape[0], -1), lay.bias_q, lay.w_zero_point, lo, hi, gx.zero_point, lay.accumulator)
+            w_q.reshape(cout, -1), lay.bias_q, lay.w_zero_point, lo, hi, gx.zero_point, lay.accumulator)
