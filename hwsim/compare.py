@@ -75,6 +75,7 @@ class CompareResult:
     # the first layer whose own arithmetic (fed fake-quant's inputs) differs by more than 1 LSB
     first_causal_layer: str | None = None
     fq_rounding: str = "half_even"
+    recipe: str = "profile"  # the PTQ recipe that compiled qg
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -228,7 +229,7 @@ def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast",
     return CompareResult(qg.profile.name, ctx.model_name, ctx.data_spec, len(y), ctx.float_accuracy,
                          accuracy(fq, y), accuracy(sim, y),
                          float(np.mean(np.argmax(fq, 1) == np.argmax(sim, 1))) if len(y) else 0.0, first, layers,
-                         causal, fq_rounding)
+                         causal, fq_rounding, qg.recipe)
 
 
 def _ratio_db(num: float, den: float) -> float:

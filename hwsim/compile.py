@@ -109,6 +109,7 @@ class QuantizedGraph:
     # reachable integer range of every grid tensor (a fused ReLU narrows it): certificates use it
     reach: dict[str, tuple[int, int]] = field(default_factory=dict)
     recipe: str = "profile"  # the PTQ recipe that chose the parameters (hwsim.ptq)
+    ptq: dict = field(default_factory=dict)  # what the recipe's steps report (e.g. "lapq": LapqInfo)
 
     @property
     def weight_only(self) -> bool:

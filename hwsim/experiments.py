@@ -22,6 +22,7 @@ from hwsim.execute import accuracy, max_defined, min_defined, run_quantized
 from hwsim.floatref import normalize, run_float
 from hwsim.graph import Graph, infer_shapes, load_model
 from hwsim.profile import Profile, builtin_names, load_profile
+from hwsim.ptq import Recipe, load_recipe
 
 DEFAULT_MODEL = "smallcnn_robust"
 
@@ -103,13 +104,14 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     fakequant_accuracy: float | None = None  # with sweep --compare
+    recipe: str = "profile"  # the PTQ recipe (hwsim.ptq): how the parameters were chosen
 
     @property
     def overflow_events(self) -> int:
         return sum(lay["overflow_events"] for lay in self.layers)
 
     def to_json(self) -> dict:
-        return {"profile": self.profile, "description": self.description, "model": self.model,
+        return {"profile": self.profile, "recipe": self.recipe, "description": self.description, "model": self.model,
                 "data": self.data, "images": self.images, "float_accuracy": self.float_accuracy,
                 "sim_accuracy": self.sim_accuracy, "weight_only": self.weight_only,
                 "mode": "weight-only" if self.weight_only else "integer",
@@ -120,9 +122,13 @@ class RunResult:
                 "layers": self.layers, "dead_channels": self.dead_channels, "notes": self.notes}
 
 
-def compile_for(ctx: Context, profile: Profile) -> QuantizedGraph:
-    calib = normalize(ctx.graph, calibration_subset(ctx.data, profile.calibration.images, profile.calibration.seed))
-    return compile_model(ctx.graph, profile, calib)
+def compile_for(ctx: Context, profile: Profile, recipe=None, progress: Callable | None = None) -> QuantizedGraph:
+    """Compile ``ctx.graph`` for ``profile`` with a PTQ ``recipe`` (name, .toml path, Recipe or None =
+    the profile's own range keys) on the profile's calibration subset (LAPQ: its 512 images)."""
+    rec = load_recipe(recipe)
+    n = rec.calibration_count(profile.calibration.images)
+    calib = normalize(ctx.graph, calibration_subset(ctx.data, n, profile.calibration.seed))
+    return compile_model(ctx.graph, profile, calib, recipe=None if rec.is_profile else rec, progress=progress)
 
 
 def fakequant_accuracy(ctx: Context, qg: QuantizedGraph, batch_size: int = 256) -> float:
@@ -137,10 +143,12 @@ def fakequant_accuracy(ctx: Context, qg: QuantizedGraph, batch_size: int = 256) 
 
 
 def run_profile(ctx: Context, profile: Profile, batch_size: int = 256, progress: Callable | None = None,
-                settings: dict | None = None, with_fakequant: bool = False) -> RunResult:
-    """Compile ``ctx.graph`` for ``profile``, run the test images in integers, gather stats."""
+                settings: dict | None = None, with_fakequant: bool = False, recipe=None,
+                ptq_progress: Callable | None = None) -> RunResult:
+    """Compile ``ctx.graph`` for ``profile`` (with a PTQ ``recipe``), run the test images in integers,
+    gather stats. ``ptq_progress(stage, step, total, value)`` reports the recipe's long steps."""
     t0 = time.perf_counter()
-    qg = compile_for(ctx, profile)
+    qg = compile_for(ctx, profile, recipe, progress=ptq_progress)
     # numba JIT (first use in a process, or a cold on-disk cache) is warm-up, not throughput:
     # one 2-image pass outside the timed run, charged to compile_seconds
     run_quantized(qg, ctx.x_test[:2], batch_size=batch_size)
@@ -157,7 +165,7 @@ def run_profile(ctx: Context, profile: Profile, batch_size: int = 256, progress:
         images_per_s=n / out.seconds if out.seconds > 0 else float("inf"),
         agreement=float(np.mean(pred == np.argmax(ctx.float_logits, axis=1))) if n else 0.0,
         layers=layers, dead_channels=qg.dead_channels, notes=qg.notes, settings=dict(settings or {}),
-        fakequant_accuracy=fq)
+        fakequant_accuracy=fq, recipe=qg.recipe)
 
 
 def parse_vary(items: tuple[str, ...] | list[str]) -> list[dict[str, str]]:
@@ -174,24 +182,43 @@ def parse_vary(items: tuple[str, ...] | list[str]) -> list[dict[str, str]]:
     return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
 
 
-def plan_sweep(profiles: list[str], all_profiles: bool, vary: list[str], base_settings: dict) -> list[tuple[Profile, dict]]:
-    """Validate every (profile, settings) combination up front: nothing runs if one is bad."""
+PTQ_AXIS = "ptq"  # --vary ptq=minmax,aciq,lapq: the recipe axis of a sweep (not a profile key)
+
+
+def plan_sweep(profiles: list[str], all_profiles: bool, vary: list[str], base_settings: dict,
+               recipe=None) -> list[tuple[Profile, dict, Recipe]]:
+    """Validate every (profile, settings, recipe) combination up front: nothing runs if one is bad.
+
+    ``vary`` may hold ``ptq=R1,R2,...`` (recipes, crossed with the profile grid; the settings dict
+    then names the recipe under "ptq"); ``recipe`` is the recipe otherwise (None: the profile's own).
+    """
     names = builtin_names() if all_profiles else list(profiles)
     if not names:
         raise HwsimError("sweep: give --profile NAME (repeatable) or --all")
+    ptq_items = [v for v in vary if v.split("=", 1)[0].strip() == PTQ_AXIS]
+    prof_items = [v for v in vary if v not in ptq_items]
+    recipes: list[tuple[Recipe, dict]] = [(load_recipe(recipe), {})]
+    if ptq_items:
+        if len(ptq_items) > 1 or recipe is not None:
+            raise HwsimError(f"sweep: give the PTQ recipe once (--ptq or one --vary {PTQ_AXIS}=...)")
+        recipes = [(load_recipe(c[PTQ_AXIS]), c) for c in parse_vary(ptq_items)]
     plan = []
     for name in names:
-        for combo in parse_vary(vary):
+        for combo in parse_vary(prof_items):
             settings = {**base_settings, **combo}
-            plan.append((load_profile(name, settings), combo))
+            prof = load_profile(name, settings)
+            for rec, rc in recipes:
+                plan.append((prof, {**combo, **rc}, rec))
     return plan
 
 
-def sweep(ctx: Context, plan: list[tuple[Profile, dict]], batch_size: int = 256,
+def sweep(ctx: Context, plan: list[tuple], batch_size: int = 256,
           on_result: Callable | None = None, with_fakequant: bool = False) -> list[RunResult]:
+    """Run a plan of (profile, settings[, recipe]) entries (from :func:`plan_sweep`)."""
     results = []
-    for profile, combo in plan:
-        r = run_profile(ctx, profile, batch_size=batch_size, settings=combo, with_fakequant=with_fakequant)
+    for profile, combo, *rest in plan:
+        r = run_profile(ctx, profile, batch_size=batch_size, settings=combo, with_fakequant=with_fakequant,
+                        recipe=rest[0] if rest else None)
         results.append(r)
         if on_result:
             on_result(r)

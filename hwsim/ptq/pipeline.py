@@ -129,7 +129,14 @@ def compile_with_recipe(model: Graph, profile: Profile, calib_images: np.ndarray
     report(progress, "calibrate", len(calib_images), len(calib_images))
     rh = range_hooks(recipe, folded, calib, bn, notes)
     report(progress, "ranges", 0, None)
-    qg = quantize_folded(model, folded, dead, calib, profile, rh)
+    if recipe.lapq is not None:
+        from hwsim.ptq.lapq import lapq
+
+        qg, info = lapq(model, folded, dead, calib, calib_images, profile, recipe, progress=progress)
+        notes.append(info.note())
+        qg.ptq["lapq"] = info
+    else:
+        qg = quantize_folded(model, folded, dead, calib, profile, rh)
     if rh.no_bn:
         notes.append(f"bn ranges: {len(set(rh.no_bn))} tensor(s) without a preceding BatchNorm use min-max "
                      f"({', '.join(sorted(set(rh.no_bn)))})")
@@ -148,11 +155,6 @@ def compile_with_recipe(model: Graph, profile: Profile, calib_images: np.ndarray
         from hwsim.ptq.frontend import run_frontend_rounding
 
         notes += run_frontend_rounding(qg, calib_images, rounding, recipe.adaround, progress)
-    if recipe.lapq is not None:
-        from hwsim.ptq.lapq import lapq
-
-        qg, info = lapq(model, folded, dead, calib, calib_images, profile, recipe, progress=progress)
-        notes.append(info)
     if bc is not None:
         from hwsim.ptq.biascorr import correct_biases
 

@@ -1,0 +1,53 @@
+"""LAPQ: the loss never rises, both loss kinds run, the integers run fast == reference."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from hwsim.compile import compile_model
+from hwsim.execute import run_integer
+from hwsim.profile import load_profile
+from hwsim.ptq import load_recipe
+from tests.nets import images, tiny_cnn
+
+
+def _recipe(loss, maxfev=40, p_grid=(2.0, 3.0, 4.0)):
+    r = load_recipe("lapq")
+    return dataclasses.replace(r, lapq=dataclasses.replace(r.lapq, loss=loss, maxfev=maxfev, p_grid=p_grid))
+
+
+@pytest.mark.parametrize("loss", ["simulator", "mirror"])
+@pytest.mark.parametrize("profile", ["w4a4", "w3a3"])
+def test_lapq_final_loss_never_above_initial(loss, profile):
+    if loss == "mirror":
+        pytest.importorskip("torch")
+    g, x = tiny_cnn(seed=4), images(48, seed=8)
+    seen = []
+    qg = compile_model(g, load_profile(profile), x, recipe=_recipe(loss),
+                       progress=lambda stage, step, total, value: seen.append((stage, value)))
+    info = qg.ptq["lapq"]
+    assert info.final_loss <= info.initial_loss
+    assert info.final_loss == min(info.trace) and info.trace[0] == info.initial_loss
+    assert 1 < info.evaluations <= 40 and set(info.p_losses) == {2.0, 3.0, 4.0} and 2.0 <= info.p_star <= 4.0
+    assert [s for s, _ in seen].count("lapq") == info.evaluations and all(v is not None for s, v in seen if s == "lapq")
+    assert any("LAPQ" in n for n in qg.notes)
+    fast, ref = run_integer(qg, x, "fast"), run_integer(qg, x, "reference")
+    for k in fast:
+        np.testing.assert_array_equal(fast[k], ref[k])
+    # the reported final loss is the loss of the graph returned (simulator: exactly)
+    if loss == "simulator":
+        from hwsim.execute import run_quantized
+        from hwsim.ptq.lapq import _cross_entropy
+        from hwsim.compile import calibrate, fold_graph, _float_graph
+        from hwsim.floatref import run_float
+
+        labels = np.argmax(run_float(_float_graph(fold_graph(g)[0]), x), axis=1)
+        assert _cross_entropy(run_quantized(qg, x).logits, labels) == pytest.approx(info.final_loss, rel=1e-12)
+
+
+def test_lapq_with_no_powell_budget_keeps_the_p_star_ranges():
+    g, x = tiny_cnn(seed=4), images(32, seed=8)
+    qg = compile_model(g, load_profile("w4a4"), x, recipe=_recipe("simulator", maxfev=0))
+    info = qg.ptq["lapq"]
+    assert info.evaluations == 1 and info.final_loss == info.initial_loss
