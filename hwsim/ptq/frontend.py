@@ -8,19 +8,26 @@ seed=0, **opts) -> {layer: int64 w_q}`` on each layer's own grid, and ``adaquant
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 from hwsim.errors import HwsimError
 
 _FUNCS = {"adaround": "adaround_weights", "adaquant": "adaquant_weights"}
 
 
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def frontend_available(method: str) -> bool:
-    if importlib.util.find_spec("torch") is None:
+    if not _has_torch():
         return False
     try:
         mod = importlib.import_module("frontends.pytorch.adaround")
-    except ModuleNotFoundError:
+    except ImportError:
         return False
     return hasattr(mod, _FUNCS[method])
 
@@ -29,12 +36,12 @@ def run_frontend_rounding(qg, calib_images, method: str, opts: dict, progress=No
     """Run AdaRound / AdaQuant in the frontend and install the weights it returns."""
     from hwsim.ptq.pipeline import replace_weights
 
-    if importlib.util.find_spec("torch") is None:
+    if not _has_torch():
         raise HwsimError(f"PTQ recipe {method!r} needs torch: pip install 'hwsim[torch]'")
     try:
         mod = importlib.import_module("frontends.pytorch.adaround")
         fn = getattr(mod, _FUNCS[method])
-    except (ModuleNotFoundError, AttributeError):
+    except (ImportError, AttributeError):
         raise HwsimError(f"PTQ recipe {method!r} needs frontends.pytorch.adaround.{_FUNCS[method]} "
                          "(the PyTorch frontend of this hwsim install lacks it)") from None
     opts = dict(opts)

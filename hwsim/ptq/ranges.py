@@ -58,14 +58,18 @@ def aciq_alpha(bits: int, dist: str) -> float:
 
 
 def aciq_alpha_numeric(bits: int, dist: str) -> float:
-    """argmin_α of :func:`aciq_expected_mse` (unit scale), golden-section on a bracketing grid."""
-    from scipy.optimize import minimize_scalar
-
+    """argmin_α of :func:`aciq_expected_mse` (unit scale): a dense grid, then golden-section search."""
     grid = np.linspace(0.05, 40, 8000)
     k = int(np.argmin([aciq_expected_mse(a, bits, dist) for a in grid]))
-    r = minimize_scalar(lambda a: aciq_expected_mse(a, bits, dist), bracket=(grid[max(k - 1, 0)], grid[k], grid[k + 1]),
-                        tol=1e-10)
-    return float(r.x)
+    a, b = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
+    r = (math.sqrt(5) - 1) / 2
+    for _ in range(100):
+        c, d = b - r * (b - a), a + r * (b - a)
+        if aciq_expected_mse(c, bits, dist) < aciq_expected_mse(d, bits, dist):
+            b = d
+        else:
+            a = c
+    return (a + b) / 2
 
 
 def _kurtosis(x: np.ndarray, axis=None) -> np.ndarray:

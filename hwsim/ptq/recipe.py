@@ -95,6 +95,7 @@ _SUFFIXES: dict[str, dict] = {
     "bc_analytic": {"bias_correction": "analytic"},
     "bc_banner": {"bias_correction": "banner"},
     "cle": {"cle": True},
+    "cle_relu": {"cle": True, "cle_relu6": "relu"},
     "ba": {"bias_absorption": True},
     "ce": {"last_layer": "cross_entropy"},
 }
@@ -194,6 +195,8 @@ def _validate(r: Recipe, where: str) -> None:
         bad("bn_alpha", r.bn_alpha, "a number in (0, 100]")
     if r.last_layer not in (None, "cross_entropy"):
         bad("last_layer", r.last_layer, "cross_entropy")
+    if isinstance(r.adaround, dict) and "seed" in r.adaround and not isinstance(r.adaround["seed"], int):
+        bad("adaround.seed", r.adaround["seed"], "an integer")
     for k in ("cle", "bias_absorption"):
         if not isinstance(getattr(r, k), bool):
             bad(k, getattr(r, k), "true, false")

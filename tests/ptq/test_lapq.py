@@ -51,3 +51,14 @@ def test_lapq_with_no_powell_budget_keeps_the_p_star_ranges():
     qg = compile_model(g, load_profile("w4a4"), x, recipe=_recipe("simulator", maxfev=0))
     info = qg.ptq["lapq"]
     assert info.evaluations == 1 and info.final_loss == info.initial_loss
+
+
+def test_mirror_loss_without_torch_is_one_line_error(monkeypatch):
+    import sys
+
+    from hwsim.errors import HwsimError
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    g, x = tiny_cnn(seed=4), images(8, seed=8)
+    with pytest.raises(HwsimError, match=r"needs torch: pip install 'hwsim\[torch\]'"):
+        compile_model(g, load_profile("w4a4"), x, recipe=_recipe("mirror", maxfev=2))
