@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from hwsim.errors import HwsimError
-from hwsim.safeio import atomic_write, check_output, check_output_dir
+from hwsim.safeio import atomic_write, check_output, check_output_dir, check_path_usable
 
 
 class HwsimGroup(click.Group):
@@ -23,6 +23,12 @@ class HwsimGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except HwsimError as e:
+            raise click.ClickException(str(e)) from None
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # option callbacks (path checks) run while the context is made
+            return super().make_context(info_name, args, parent, **extra)
         except HwsimError as e:
             raise click.ClickException(str(e)) from None
 
@@ -85,8 +91,14 @@ DATA_HELP = "default | mnist5k | digits | cifar10:PATH | cifar100:PATH | npz:PAT
 MODEL_HELP = "bundled model name or .hwsim path  [default: smallcnn_robust]"
 
 
+def _usable_path(ctx, param, value):
+    if value is not None:
+        check_path_usable(value, f"--{param.name} {value[:60]}{'...' if len(value) > 60 else ''}")
+    return value
+
+
 def model_option(f):
-    return click.option("--model", "-m", default=None, metavar="NAME|PATH", help=MODEL_HELP)(f)
+    return click.option("--model", "-m", default=None, metavar="NAME|PATH", help=MODEL_HELP, callback=_usable_path)(f)
 
 
 def profile_option(default: str, why: str = ""):

@@ -179,24 +179,32 @@ def read_npz(source: str | os.PathLike | bytes, where: str, kinds: str = "fiu") 
 
 
 # ----------------------------------------------------------------------------- JSON and text
-def _json_int(s: str) -> int:
-    if len(s) > 20:
-        raise HwsimError(f"integer {s[:24]}... is out of range (allowed |n| <= 2^53)")
-    v = int(s)
-    if abs(v) > MAX_JSON_INT:
-        raise HwsimError(f"integer {s} is out of range (allowed |n| <= 2^53)")
-    return v
+def _json_path(path: list) -> str:
+    """['nodes', (0, 'conv1'), 'attrs', 'padding', 3] -> "nodes[0] ('conv1').attrs.padding[3]"."""
+    out = ""
+    for k in path:
+        if isinstance(k, tuple):
+            out += f"[{k[0]}] ({k[1]!r})"
+        else:
+            out += f"[{k}]" if isinstance(k, int) else (f".{k}" if out else str(k))
+    return out or "(the document)"
 
 
-def _json_float(s: str) -> float:
-    v = float(s)
-    if not math.isfinite(v):
-        raise HwsimError(f"number {s[:24]} is not a finite double")
-    return v
-
-
-def _json_constant(s: str):
-    raise HwsimError(f"{s} is not allowed (numbers must be finite)")
+def _check_json_numbers(doc: Any) -> None:
+    """Every number finite and every integer within +-2^53; the error names the JSON path."""
+    stack: list[tuple[Any, list]] = [(doc, [])]
+    while stack:
+        v, path = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((x, path + [k]) for k, x in v.items())
+        elif isinstance(v, list):  # list items that carry a name are called by it
+            stack.extend((x, path + [(i, x["name"]) if isinstance(x, dict) and isinstance(x.get("name"), str) else i])
+                         for i, x in enumerate(v))
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise HwsimError(f"{_json_path(path)} = {v} is not a finite number")
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_JSON_INT:
+            raise HwsimError(f"{_json_path(path)} = {str(v)[:30]}{'...' if len(str(v)) > 30 else ''} is out of range "
+                             "(integers must lie within +-2^53)")
 
 
 def load_json(raw: bytes, where: str) -> Any:
@@ -206,12 +214,14 @@ def load_json(raw: bytes, where: str) -> Any:
     if len(raw) > MAX_JSON_BYTES:
         raise HwsimError(f"{where} {_size(len(raw))} of JSON (allowed at most {_size(MAX_JSON_BYTES)})")
     try:
-        return json.loads(raw.decode("utf-8"), parse_int=_json_int, parse_float=_json_float,
-                          parse_constant=_json_constant)
-    except HwsimError as e:
-        raise HwsimError(f"{where} not valid: {e}") from None
+        doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
         raise HwsimError(f"{where} not valid JSON ({str(e)[:120]})") from None
+    try:
+        _check_json_numbers(doc)
+    except HwsimError as e:
+        raise HwsimError(f"{where} not valid: {e}") from None
+    return doc
 
 
 def read_text(path: str | os.PathLike, where: str | None = None, limit: int = MAX_TEXT_BYTES) -> str:
@@ -235,6 +245,17 @@ def decode_utf8(raw: bytes, where: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise HwsimError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+
+
+def check_path_usable(path: str, where: str) -> None:
+    """A path the OS can look up (no NUL byte, not too long), else a one-line error."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        if isinstance(e, ValueError) or e.errno in (36,):  # ENAMETOOLONG, embedded NUL
+            raise HwsimError(f"{where}: unusable path ({getattr(e, 'strerror', None) or e})") from None
 
 
 def check_input_file(path: str | os.PathLike, where: str, what: str = "file") -> Path:
@@ -288,11 +309,11 @@ def check_output(path: str | os.PathLike | None, option: str = "--out",
     if path is None:
         return None
     p = Path(path)
-    if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise HwsimError(f"{option} {path}: unsupported extension {p.suffix or '(none)'!r} (allowed: {', '.join(suffixes)})")
     try:
         if p.is_dir():
             raise HwsimError(f"{option} {path}: is a directory (give a file name)")
+        if suffixes is not None and p.suffix.lower() not in suffixes:
+            raise HwsimError(f"{option} {path}: unsupported extension {p.suffix or '(none)'!r} (allowed: {', '.join(suffixes)})")
         if p.exists():
             st = p.stat()
             if not stat.S_ISREG(st.st_mode):

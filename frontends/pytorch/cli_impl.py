@@ -83,8 +83,6 @@ def export_command(checkpoint: str, out: str):
     """Export a training checkpoint to an .hwsim model file."""
     from hwsim.safeio import check_input_file, check_output
 
-    if not str(out).endswith(".hwsim"):
-        raise HwsimError(f"--out {out!r}: the model file must end in .hwsim")
     check_output(out, "--out", (".hwsim",))
     check_input_file(checkpoint, f"checkpoint {checkpoint}", "checkpoint file")
     _need_torch()
