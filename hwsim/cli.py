@@ -6,12 +6,15 @@ status 1; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from hwsim.errors import HwsimError
+from hwsim.safeio import atomic_write, check_output, check_output_dir, check_path_usable
 
 
 class HwsimGroup(click.Group):
@@ -20,6 +23,12 @@ class HwsimGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except HwsimError as e:
+            raise click.ClickException(str(e)) from None
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # option callbacks (path checks) run while the context is made
+            return super().make_context(info_name, args, parent, **extra)
         except HwsimError as e:
             raise click.ClickException(str(e)) from None
 
@@ -39,42 +48,122 @@ def _progress(total: int, desc: str, quiet: bool):
     return update
 
 
-def _out_check(path: str | None, suffixes: tuple[str, ...], option: str = "--out") -> None:
-    if path is None:
-        return
-    p = Path(path)
-    if p.suffix.lower() not in suffixes:
-        raise HwsimError(f"{option} {path}: unsupported extension {p.suffix or '(none)'!r}; allowed {', '.join(suffixes)}")
-    if not p.parent.exists():
-        raise HwsimError(f"{option} {path}: directory {p.parent} does not exist")
+class _Stages:
+    """Progress for commands made of a few long steps: one stderr line per step, with the time taken."""
+
+    def __init__(self, command: str, quiet: bool):
+        self.command, self.quiet, self.t0, self.t = command, quiet, time.perf_counter(), time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        now = time.perf_counter()
+        if not self.quiet:
+            click.echo(f"{self.command}: {what} ({now - self.t0:.1f} s)", err=True)
+        self.t = now
 
 
-_common = [
-    click.option("--model", "-m", default=None, help="bundled model name or .hwsim path (default: the bundled robust model)"),
-    click.option("--data", "-d", default="default", show_default=True,
-                 help="default | mnist5k | digits | cifar10:PATH | cifar100:PATH | npz:PATH"),
-    click.option("--set", "set_", multiple=True, metavar="KEY=VALUE", help="override a profile field, e.g. accumulator.bits=16"),
-    click.option("--limit", type=int, default=None, help="use only the first N test images"),
-    click.option("--batch-size", type=int, default=256, show_default=True),
-    click.option("--quiet", "-q", is_flag=True, help="no progress bars"),
-]
+class _Finite(click.ParamType):
+    """A finite float (nan/inf refused) at least ``lo`` (above it when ``open_lo``)."""
+
+    name = "number"
+
+    def __init__(self, lo: float | None = None, open_lo: bool = False):
+        self.lo, self.open_lo = lo, open_lo
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            v = value
+        else:
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.lo is not None and (v <= self.lo if self.open_lo else v < self.lo):
+            self.fail(f"{value!r}: allowed a number {'>' if self.open_lo else '>='} {self.lo:g}", param, ctx)
+        return v
 
 
-def common_options(f):
-    for opt in reversed(_common):
-        f = opt(f)
-    return f
+# ----------------------------------------------------------------------------- the shared vocabulary
+# every command spells the same thing the same way (STYLE.md habit 15): -m/--model, -p/--profile,
+# -d/--data, -o/--out, --plot PATH, --set, --limit, --batch-size, --json, -q/--quiet
+DATA_HELP = "default | mnist5k | digits | cifar10:PATH | cifar100:PATH | npz:PATH"
+MODEL_HELP = "bundled model name or .hwsim path  [default: smallcnn_robust]"
 
+
+def _usable_path(ctx, param, value):
+    if value is not None:
+        check_path_usable(value, f"--{param.name} {value[:60]}{'...' if len(value) > 60 else ''}")
+    return value
+
+
+def model_option(f):
+    return click.option("--model", "-m", default=None, metavar="NAME|PATH", help=MODEL_HELP, callback=_usable_path)(f)
+
+
+def profile_option(default: str, why: str = ""):
+    return click.option("--profile", "-p", default=default, show_default=True, metavar="NAME|PATH",
+                        help="built-in profile name or .toml path" + (f" ({why})" if why else ""))
+
+
+def data_option(what: str = "test images and calibration data"):
+    return click.option("--data", "-d", default="default", show_default="default = MNIST 5k", metavar="SPEC",
+                        help=f"{what}: {DATA_HELP}")
+
+
+def set_option(f):
+    return click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
+                        help="override a profile field, e.g. accumulator.bits=16 (repeatable; "
+                             "'hwsim profiles show NAME' lists every key)")(f)
+
+
+def out_option(what: str, required: bool = False):
+    return click.option("--out", "-o", default=None, required=required, metavar="PATH", help=what)
+
+
+def plot_option(what: str, default_name: str):
+    # --plot PATH; a bare --plot (the older flag form) means next to --out, or default_name
+    return click.option("--plot", default=None, is_flag=False, flag_value="", metavar="PATH",
+                        help=f"{what} (bare --plot: next to --out as .png, or {default_name})")
+
+
+def quiet_option(f):
+    return click.option("--quiet", "-q", is_flag=True, help="no progress output on stderr")(f)
+
+
+def json_option(what: str = "print the result as JSON"):
+    return click.option("--json", "as_json", is_flag=True, help=what)
+
+
+def limit_option(f):
+    return click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="use only the first N test images")(f)
+
+
+def batch_option(f):
+    return click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, metavar="N",
+                        help="images per batch (at least 1)")(f)
+
+
+def _plot_path(plot: str | None, out: str | None, default_name: str) -> str | None:
+    if plot is None:
+        return None
+    if plot == "":
+        return str(Path(out).with_suffix(".png")) if out else default_name
+    return plot
 
 @click.group(cls=HwsimGroup)
 @click.version_option(package_name="hwsim")
 def cli():
-    """hwsim: what will this checkpoint score on integer hardware X? Bit-exact."""
+    """hwsim: what will this checkpoint score on integer hardware X? Bit-exact.
+
+    Every command speaks the same options: -m/--model, -p/--profile, -d/--data, -o/--out,
+    --plot PATH, --set KEY=VALUE, --json, -q/--quiet."""
 
 
 # ----------------------------------------------------------------------------- profiles
 @cli.group(cls=HwsimGroup, invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option("machine-readable output")
 @click.pass_context
 def profiles(ctx, as_json):
     """List the built-in hardware profiles (or `profiles show NAME`)."""
@@ -92,8 +181,8 @@ def profiles(ctx, as_json):
 
 @profiles.command("show")
 @click.argument("name")
-@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE")
-@click.option("--json", "as_json", is_flag=True)
+@set_option
+@json_option("print every field as JSON instead of TOML")
 def profiles_show(name, set_, as_json):
     """Every field of a profile (a built-in name or a .toml path), as TOML."""
     from hwsim.profile import load_profile, parse_set_options, profile_toml, to_dict
@@ -105,17 +194,22 @@ def profiles_show(name, set_, as_json):
 
 # ----------------------------------------------------------------------------- run
 @cli.command()
-@click.option("--profile", "-p", default="int8-tflite", show_default=True, help="built-in profile name or .toml path")
-@common_options
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-@click.option("--out", default=None, help="also write the JSON result to this file")
+@profile_option("int8-tflite")
+@model_option
+@data_option()
+@set_option
+@limit_option
+@batch_option
+@quiet_option
+@json_option()
+@out_option("also write the JSON result to this .json file")
 def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out):
     """Run the model in integers under one hardware profile."""
     from hwsim.experiments import load_context, run_profile
     from hwsim.profile import load_profile, parse_set_options
-    from hwsim.report import atomic_write, run_text, to_json_text
+    from hwsim.report import run_text, to_json_text
 
-    _out_check(out, (".json",))
+    check_output(out, "--out", (".json",))
     settings = parse_set_options(set_)
     prof = load_profile(profile, settings)
     ctx = load_context(model, data, limit, batch_size)
@@ -128,21 +222,29 @@ def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out):
 
 # ----------------------------------------------------------------------------- sweep
 @cli.command()
-@click.option("--profile", "-p", "profiles_", multiple=True, help="profile name or path (repeatable)")
+@click.option("--profile", "-p", "profiles_", multiple=True, metavar="NAME|PATH",
+              help="profile name or .toml path (repeatable; no default: give -p or --all)")
 @click.option("--all", "all_profiles", is_flag=True, help="every built-in profile")
 @click.option("--vary", multiple=True, metavar="KEY=V1,V2,...", help="grid over a profile field (repeatable: cartesian product)")
-@common_options
-@click.option("--out", default=None, help="write results (.csv or .json)")
-@click.option("--plot", is_flag=True, help="also write a PNG next to --out (or sweep.png)")
+@model_option
+@data_option()
+@set_option
+@limit_option
+@batch_option
+@quiet_option
+@out_option("write the results to this .csv or .json file")
+@plot_option("write a PNG of float / simulated accuracy per profile to this path", "sweep.png")
 @click.option("--compare", "with_fq", is_flag=True, help="add the fake-quant mirror's accuracy to every row (needs torch)")
-@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+@json_option("print the results as JSON")
 def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, quiet, out, plot, with_fq, as_json):
     """Run one checkpoint under many hardware profiles / field values."""
     from hwsim import experiments as ex
     from hwsim.profile import parse_set_options
-    from hwsim.report import atomic_write, sweep_csv, sweep_plot, sweep_text, to_json_text
+    from hwsim.report import sweep_csv, sweep_plot_png, sweep_text, to_json_text
 
-    _out_check(out, (".csv", ".json"))
+    check_output(out, "--out", (".csv", ".json"))
+    png = _plot_path(plot, out, "sweep.png")
+    check_output(png, "--plot", (".png",))
     plan = ex.plan_sweep(list(profiles_), all_profiles, list(vary), parse_set_options(set_))
     ctx = ex.load_context(model, data, limit, batch_size)
     from tqdm import tqdm
@@ -151,29 +253,35 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
     results = ex.sweep(ctx, plan, batch_size, on_result=lambda r: (bar.set_postfix_str(r.profile), bar.update(1)),
                        with_fakequant=with_fq)
     bar.close()
+    # render everything first, then write: an error leaves no partial output
+    files = []
     if out:
-        atomic_write(out, to_json_text([r.to_json() for r in results]) if out.endswith(".json") else sweep_csv(results))
-    if plot:
-        png = Path(out).with_suffix(".png") if out else Path("sweep.png")
-        sweep_plot(results, png)
+        files.append((out, to_json_text([r.to_json() for r in results]) if out.endswith(".json") else sweep_csv(results)))
+    if png:
+        files.append((png, sweep_plot_png(results)))
+    for path, content in files:
+        atomic_write(path, content)
     if as_json:
         click.echo(to_json_text([r.to_json() for r in results]), nl=False)
     else:
         click.echo(f"model {ctx.model_name}  data {ctx.data_spec}  ({len(ctx.y_test)} test images)")
         click.echo(sweep_text(results))
-        if out:
-            click.echo(f"wrote {out}")
-        if plot:
-            click.echo(f"wrote {png}")
+        for path, _ in files:
+            click.echo(f"wrote {path}")
 
 
 # ----------------------------------------------------------------------------- compare
 @cli.command()
-@click.option("--profile", "-p", default="int8-fbgemm", show_default=True, help="built-in profile name or .toml path")
-@common_options
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-@click.option("--out", default=None, help="also write the JSON result to this file")
-@click.option("--plot", default=None, help="write a PNG of per-layer SQNR and mismatch to this path")
+@profile_option("int8-fbgemm", "PyTorch's int8 arithmetic, the usual QAT target")
+@model_option
+@data_option()
+@set_option
+@limit_option
+@batch_option
+@quiet_option
+@json_option()
+@out_option("also write the JSON result to this .json file")
+@plot_option("write a PNG of per-layer SQNR and mismatch to this path", "compare.png")
 @click.option("--fq-rounding", type=click.Choice(["half_even", "profile"]), default="half_even", show_default=True,
               help="fake-quant rounding: half_even (QAT's torch.round) or the profile's own rounding mode")
 def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, plot, fq_rounding):
@@ -181,82 +289,111 @@ def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, 
     from hwsim.compare import compare as run_compare
     from hwsim.experiments import compile_for, load_context
     from hwsim.profile import load_profile, parse_set_options
-    from hwsim.report import atomic_write, compare_plot, compare_text, to_json_text
+    from hwsim.report import compare_plot_png, compare_text, to_json_text
 
-    _out_check(out, (".json",))
-    _out_check(plot, (".png",), "--plot")
+    check_output(out, "--out", (".json",))
+    png = _plot_path(plot, out, "compare.png")
+    check_output(png, "--plot", (".png",))
+    step = _Stages("compare", quiet or as_json)
     prof = load_profile(profile, parse_set_options(set_))
+    step("loading model and data")
     ctx = load_context(model, data, limit, batch_size)
-    r = run_compare(ctx, compile_for(ctx, prof), batch_size, fq_rounding=fq_rounding)
-    text = to_json_text(r.to_json())
-    if out:
-        atomic_write(out, text)
-    if plot:
-        compare_plot(r, plot)
-    click.echo(text if as_json else compare_text(r), nl=not as_json)
+    step(f"compiling {ctx.model_name} for {prof.name}")
+    qg = compile_for(ctx, prof)
+    step(f"running float, fake-quant and simulator on {len(ctx.y_test)} images, layer by layer")
+    r = run_compare(ctx, qg, batch_size, fq_rounding=fq_rounding)
+    step("done")
+    files = [(out, to_json_text(r.to_json()))] if out else []
+    if png:
+        files.append((png, compare_plot_png(r)))
+    for path, content in files:  # everything rendered before anything is written
+        atomic_write(path, content)
+    click.echo(to_json_text(r.to_json()) if as_json else compare_text(r), nl=not as_json)
 
 
 # ----------------------------------------------------------------------------- inspect
 @cli.command()
-@click.argument("model", required=False)
-@click.option("--profile", "-p", default=None, help="also compile under this profile: certificates, headroom")
-@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE")
-@click.option("--data", "-d", default="default", show_default=True, help="calibration data (with --profile)")
-@click.option("--json", "as_json", is_flag=True)
-def inspect(model, profile, set_, data, as_json):
-    """Graph, weight statistics (kurtosis, symmetry) and, with --profile, overflow certificates."""
+@click.argument("model_arg", required=False, metavar="[MODEL]")
+@model_option
+@click.option("--profile", "-p", default=None, metavar="NAME|PATH",
+              help="also compile under this profile: certificates, headroom  [default: none, graph statistics only]")
+@set_option
+@data_option("calibration data (with --profile)")
+@quiet_option
+@json_option()
+def inspect(model_arg, model, profile, set_, data, quiet, as_json):
+    """Graph, weight statistics (kurtosis, symmetry) and, with --profile, overflow certificates.
+
+    MODEL may be given positionally (older form) or with -m/--model."""
     from hwsim.experiments import inspect_model
     from hwsim.profile import load_profile, parse_set_options
     from hwsim.report import inspect_text, to_json_text
 
+    if model_arg is not None and model is not None and model_arg != model:
+        raise HwsimError(f"inspect: model given twice ({model_arg!r} and --model {model!r}): give one")
+    if set_ and not profile:
+        raise HwsimError("inspect: --set changes a profile field: give --profile too")
+    step = _Stages("inspect", quiet or as_json)
     prof = load_profile(profile, parse_set_options(set_)) if profile else None
-    r = inspect_model(model, prof, data)
+    if prof is not None:
+        step(f"compiling under {prof.name} (calibration on {data})")
+    r = inspect_model(model_arg or model, prof, data)
     click.echo(to_json_text(r.to_json()) if as_json else inspect_text(r), nl=not as_json)
 
 
 # ----------------------------------------------------------------------------- golden
 @cli.command()
-@click.option("--profile", "-p", default="int8-tflite", show_default=True, help="built-in profile name or .toml path")
-@click.option("--model", "-m", default=None, help="bundled model name or .hwsim path (default: the bundled robust model)")
-@click.option("--data", "-d", default="default", show_default=True, help="images (the first N test images) and calibration")
-@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE", help="override a profile field")
-@click.option("--n", "n_images", type=int, default=4, show_default=True, help="number of test images")
-@click.option("--out", "-o", required=True, help="output directory (must not exist, or be empty)")
-def golden(profile, model, data, set_, n_images, out):
+@profile_option("int8-tflite")
+@model_option
+@data_option("images (the first N test images) and calibration")
+@set_option
+@click.option("--n", "n_images", type=click.IntRange(min=1), default=4, show_default=True, metavar="N",
+              help="number of test images (at most the data set's test split)")
+@out_option("output directory (must not exist, or be empty)", required=True)
+@quiet_option
+def golden(profile, model, data, set_, n_images, out, quiet):
     """Golden vectors for an RTL testbench: every layer's integer inputs, weights, biases, requant
     constants and outputs (.npy + .hex) with a manifest.json."""
     from hwsim.experiments import compile_for, load_context
     from hwsim.golden import write_golden
     from hwsim.profile import load_profile, parse_set_options
 
-    if n_images < 1:
-        raise HwsimError(f"--n {n_images}: allowed a positive number of images")
+    check_output_dir(out, "--out")
+    step = _Stages("golden", quiet)
     prof = load_profile(profile, parse_set_options(set_))
+    step("loading model and data")
     ctx = load_context(model, data, limit=n_images)
-    m = write_golden(compile_for(ctx, prof), ctx.x_test, out, ctx.model_name)
+    if len(ctx.y_test) < n_images:
+        raise HwsimError(f"--n {n_images}: data {data!r} has only {len(ctx.y_test)} test images "
+                         f"(allowed 1..{len(ctx.y_test)})")
+    step(f"compiling for {prof.name}")
+    qg = compile_for(ctx, prof)
+    step(f"running {n_images} image(s) and writing every layer's integers")
+    m = write_golden(qg, ctx.x_test, out, ctx.model_name)
     click.echo(f"wrote {out}: {m['images']} image(s), {len(m['layers'])} layers, {len(m['tensors'])} tensors "
                f"(manifest.json, .npy + .hex)")
 
 
 # ----------------------------------------------------------------------------- export-onnx
 @cli.command("export-onnx")
-@click.option("--profile", "-p", default="int8-onnxruntime", show_default=True,
-              help="a profile ONNX Runtime computes exactly (uint8 activations, float32 requant)")
-@click.option("--model", "-m", default=None, help="bundled model name or .hwsim path (default: the bundled robust model)")
-@click.option("--data", "-d", default="default", show_default=True, help="calibration data")
-@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE", help="override a profile field")
+@profile_option("int8-onnxruntime", "a profile ONNX Runtime computes exactly: uint8 activations, float32 requant")
+@model_option
+@data_option("calibration data")
+@set_option
 @click.option("--float-input", is_flag=True, help="take normalised float32 images (QuantizeLinear) instead of uint8 codes")
-@click.option("--out", "-o", required=True, help="output .onnx file")
-def export_onnx(profile, model, data, set_, float_input, out):
+@out_option("output .onnx file", required=True)
+@quiet_option
+def export_onnx(profile, model, data, set_, float_input, out, quiet):
     """Write the compiled integer graph as an ONNX QLinear model: ONNX Runtime computes the same integers."""
     from hwsim.experiments import compile_for, load_context
     from hwsim.onnx_export import to_onnx
     from hwsim.profile import load_profile, parse_set_options
-    from hwsim.report import atomic_write
 
-    _out_check(out, (".onnx",))
+    check_output(out, "--out", (".onnx",))
+    step = _Stages("export-onnx", quiet)
     prof = load_profile(profile, parse_set_options(set_))
     ctx = load_context(model, data, limit=1)
+    step(f"compiling {ctx.model_name} for {prof.name}")
     qg = compile_for(ctx, prof)
     proto = to_onnx(qg, float_input=float_input)
     atomic_write(out, proto.SerializeToString())

@@ -24,11 +24,14 @@ from typing import Iterator
 
 import numpy as np
 
+from hwsim import safeio
 from hwsim.errors import HwsimError
 
 SPEC_FORMS = "default, mnist5k, digits, cifar10:PATH, cifar100:PATH, npz:PATH"
 MNIST5K_MEMBER = ("data", "data", "mnist_5k.csv.gz")
 MNIST5K_TRAIN_PER_CLASS, MNIST5K_TEST_PER_CLASS = 400, 100
+MAX_CLASSES = 1 << 20          # labels must lie in [0, MAX_CLASSES)
+MAX_IMAGE_SIDE = 16384         # H and W of an image (the model file's MAX_SPATIAL)
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -221,6 +224,8 @@ def _cifar100_classes(p: Path) -> list[str] | None:
 # ----------------------------------------------------------------------------- npz
 def _npz_images(x: np.ndarray, where: str) -> np.ndarray:
     """NCHW / NHWC (C in 1, 3, 4 last) / NHW -> float32 NCHW in [0, 1]."""
+    if x.ndim not in (3, 4):
+        raise HwsimError(f"{where}: shape {x.shape} (allowed: NCHW, NHWC or NHW)")
     if x.dtype == np.uint8:
         xf = x.astype(np.float32) / np.float32(255.0)
     elif np.issubdtype(x.dtype, np.floating):
@@ -233,12 +238,15 @@ def _npz_images(x: np.ndarray, where: str) -> np.ndarray:
     else:
         raise HwsimError(f"{where}: dtype {x.dtype} (allowed: uint8 0..255 or float in [0, 1])")
     if xf.ndim == 3:
-        return xf[:, None, :, :]
-    if xf.ndim == 4:
+        xf = xf[:, None, :, :]
+    elif xf.ndim == 4:
         if xf.shape[1] not in (1, 3, 4) and xf.shape[3] in (1, 3, 4):
-            return np.ascontiguousarray(xf.transpose(0, 3, 1, 2))
-        return xf
-    raise HwsimError(f"{where}: shape {x.shape} (allowed: NCHW, NHWC or NHW)")
+            xf = np.ascontiguousarray(xf.transpose(0, 3, 1, 2))
+    else:
+        raise HwsimError(f"{where}: shape {x.shape} (allowed: NCHW, NHWC or NHW)")
+    if min(xf.shape[1:]) < 1 or max(xf.shape[2:]) > MAX_IMAGE_SIDE:
+        raise HwsimError(f"{where}: image shape {xf.shape[1:]} (allowed: C, H, W >= 1, H and W <= {MAX_IMAGE_SIDE})")
+    return xf
 
 
 def _npz_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
@@ -246,20 +254,16 @@ def _npz_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
         raise HwsimError(f"{where}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
     if len(y) != n:
         raise HwsimError(f"{where}: {len(y)} labels for {n} images")
-    if y.size and y.min() < 0:
-        raise HwsimError(f"{where}: label {int(y.min())} is out of range (labels must be >= 0)")
+    # compare in the array's own dtype: a uint64 label above 2^63 must not wrap negative in int64
+    if y.size and (y.min() < 0 or y.max() >= MAX_CLASSES):
+        bad = y.min() if y.min() < 0 else y.max()
+        raise HwsimError(f"{where}: label {bad} is out of range (allowed 0 <= label < {MAX_CLASSES})")
     return y.astype(np.int64)
 
 
 def _load_npz(path: str, seed: int) -> Dataset:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise HwsimError(f"npz:{path}: file {str(p)!r} does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
-        raise HwsimError(f"{p}: not a readable .npz without pickle ({e})") from None
+    p = safeio.check_input_file(path, f"npz:{path}", ".npz file")
+    arrays = safeio.read_npz(p, str(p), kinds="fiu")
     keys = set(arrays)
     split = {"x_train", "y_train", "x_test", "y_test"}
     if split <= keys:

@@ -15,6 +15,14 @@ then holds at least one real value).
 Every user-visible problem (missing, truncated or corrupt file, wrong version, unknown op,
 bad attrs, inconsistent shapes, NaN weights, bad topological order, duplicate names) raises
 :class:`~hwsim.errors.HwsimError` whose one-line message starts with the file path.
+
+Resource limits (``docs/architecture.md``): the archive is read through :mod:`hwsim.safeio`
+(member sizes, ``.npy`` headers, JSON numbers checked before anything is allocated); every
+spatial size, kernel, stride, dilation and padding is at most :data:`MAX_SPATIAL`, channels at
+most :data:`MAX_CHANNELS`, every per-sample tensor at most :data:`MAX_TENSOR_ELEMENTS` values,
+and a convolution's padding at most its dilated kernel extent minus one on every side (every
+window touches the input). Values: tensors float32 and finite, BatchNorm ``running_var >= 0``,
+``eps`` and the input ``std`` positive in float32, the folded BatchNorm scale finite in float32.
 """
 
 from __future__ import annotations
@@ -24,16 +32,14 @@ import io
 import json
 import math
 import os
-import struct
-import tempfile
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from hwsim import safeio
 from hwsim.errors import HwsimError
 
 FORMAT = "hwsim-model"
@@ -66,6 +72,12 @@ OP_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 OP_ARITY: dict[str, int | None] = {op: 1 for op in OP_ATTRS}
 OP_ARITY.update({"add": 2, "concat": None})
 KNOWN_OPS = tuple(OP_ATTRS)
+
+# limits (docs/architecture.md "Limits"): nothing larger is accepted, so nothing larger is allocated
+MAX_SPATIAL = 16384            # input H, W; every kernel, stride, dilation and padding value
+MAX_CHANNELS = 65536           # input channels
+MAX_TENSOR_ELEMENTS = 1 << 24  # values of one per-sample tensor (graph input and every node output)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # ----------------------------------------------------------------------------- data classes
@@ -147,18 +159,29 @@ def _is_num(v: Any) -> bool:
             and not isinstance(v, (bool, np.bool_)))
 
 
+def _is_f32(v: Any) -> bool:
+    """A number that float32 represents without overflow (finite, |v| <= float32 max)."""
+    if not _is_num(v):
+        return False
+    try:
+        return math.isfinite(float(v)) and abs(float(v)) <= FLOAT32_MAX
+    except OverflowError:  # an int too large for a double
+        return False
+
+
 def _check_attr(kind: str, v: Any) -> str | None:
     """None if ``v`` is a valid value of attr kind ``kind``, else what is allowed."""
     if kind == "pair":
-        ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(e) and e >= 1 for e in v)
-        return None if ok else "a list of 2 positive integers"
+        ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(e) and 1 <= e <= MAX_SPATIAL for e in v)
+        return None if ok else f"a list of 2 positive integers (each at most {MAX_SPATIAL})"
     if kind == "pad4":
-        ok = isinstance(v, (list, tuple)) and len(v) == 4 and all(_is_int(e) and e >= 0 for e in v)
-        return None if ok else "a list of 4 non-negative integers [top, bottom, left, right]"
+        ok = isinstance(v, (list, tuple)) and len(v) == 4 and all(_is_int(e) and 0 <= e <= MAX_SPATIAL for e in v)
+        return None if ok else f"a list of 4 non-negative integers [top, bottom, left, right] (each at most {MAX_SPATIAL})"
     if kind == "posint":
-        return None if _is_int(v) and v >= 1 else "a positive integer"
+        return None if _is_int(v) and 1 <= v <= MAX_CHANNELS else f"a positive integer (at most {MAX_CHANNELS})"
     if kind == "posfloat":
-        return None if _is_num(v) and math.isfinite(v) and v > 0 else "a positive finite number"
+        return (None if _is_f32(v) and np.float32(v) > 0
+                else "a positive finite number (in float32: above 0 and at most 3.4e38)")
     if kind == "axis1":
         return None if _is_int(v) and v == 1 else "1 (the channel axis)"
     raise AssertionError(kind)
@@ -183,15 +206,19 @@ def _check(graph: Graph, where: str, strict: bool) -> dict[str, tuple[int, ...]]
         if not isinstance(inp.name, str) or not inp.name:
             fail(f"input name {inp.name!r}: must be a non-empty string")
         shp = tuple(inp.shape) if isinstance(inp.shape, (list, tuple)) else None
-        if shp is None or len(shp) != 3 or not all(_is_int(s) and s >= 1 for s in shp):
-            fail(f"input {inp.name!r}: shape {inp.shape!r} must be 3 positive integers (C, H, W)")
+        if (shp is None or len(shp) != 3 or not all(_is_int(s) and s >= 1 for s in shp)
+                or shp[0] > MAX_CHANNELS or max(shp[1:]) > MAX_SPATIAL):
+            fail(f"input {inp.name!r}: shape {str(inp.shape)[:80]} must be 3 positive integers (C, H, W) with "
+                 f"C <= {MAX_CHANNELS}, H and W <= {MAX_SPATIAL}")
         c = shp[0]
+        if math.prod(shp) > MAX_TENSOR_ELEMENTS:
+            fail(f"input {inp.name!r}: shape {shp} has {math.prod(shp)} values per sample (allowed at most {MAX_TENSOR_ELEMENTS})")
         for key, vals in (("mean", inp.mean), ("std", inp.std)):
             if (not isinstance(vals, (list, tuple)) or len(vals) != c
-                    or not all(_is_num(v) and math.isfinite(v) for v in vals)):
-                fail(f"input {inp.name!r}: {key} {vals!r} must be {c} finite number(s), one per channel")
-        if not all(s > 0 for s in inp.std):
-            fail(f"input {inp.name!r}: std {tuple(inp.std)!r} must be positive")
+                    or not all(_is_f32(v) for v in vals)):
+                fail(f"input {inp.name!r}: {key} {str(vals)[:80]} must be {c} finite number(s) (float32-representable), one per channel")
+        if not all(np.float32(s) > 0 for s in inp.std):
+            fail(f"input {inp.name!r}: std {tuple(inp.std)!r} must be positive (in float32)")
         shapes[inp.name] = tuple(int(s) for s in shp)
 
     if strict:
@@ -259,7 +286,14 @@ def _check(graph: Graph, where: str, strict: bool) -> dict[str, tuple[int, ...]]
             if not isinstance(key, str) or key not in graph.tensors:
                 fail(f"{tag}: param {role!r} names tensor {key!r}, which is not in {TENSORS_MEMBER}")
             p[role] = tuple(np.shape(graph.tensors[key]))
+            if math.prod(p[role]) == 0:
+                fail(f"{tag}: param {role!r} (tensor {key!r}) has shape {p[role]} with no values (zero-size)")
         shapes[out] = _node_shape(n, [shapes[i] for i in n.inputs], p, fail, tag)
+        if math.prod(shapes[out]) > MAX_TENSOR_ELEMENTS:
+            fail(f"{tag}: output shape {shapes[out]} has {math.prod(shapes[out])} values per sample "
+                 f"(allowed at most {MAX_TENSOR_ELEMENTS})")
+        if strict and n.op == "batchnorm":
+            _check_batchnorm(n, graph, fail, tag)
 
     if (not isinstance(graph.outputs, (list, tuple)) or len(graph.outputs) != 1
             or not isinstance(graph.outputs[0], str)):
@@ -269,6 +303,21 @@ def _check(graph: Graph, where: str, strict: bool) -> dict[str, tuple[int, ...]]
     if not isinstance(graph.metadata, dict):
         fail(f"metadata must be an object, got {type(graph.metadata).__name__}")
     return shapes
+
+
+def _check_batchnorm(n: Node, graph: Graph, fail, tag: str) -> None:
+    """running_var >= 0 and the folded scale gamma / sqrt(var + eps) finite in float32 (WP eq. 11)."""
+    var = graph.tensors[n.params["running_var"]]
+    if (var < 0).any():
+        i = int(np.flatnonzero(var.ravel() < 0)[0])
+        fail(f"{tag}: tensor {n.params['running_var']!r} (running_var) has {var.ravel()[i]:g} at channel {i} "
+             "(a variance must be >= 0)")
+    with np.errstate(all="ignore"):
+        scale = graph.tensors[n.params["weight"]] / np.sqrt(var + np.float32(n.attrs["eps"]), dtype=np.float32)
+    if not np.isfinite(scale).all():
+        i = int(np.flatnonzero(~np.isfinite(scale.ravel()))[0])
+        fail(f"{tag}: tensors {n.params['weight']!r} / sqrt({n.params['running_var']!r} + eps) overflow float32 "
+             f"at channel {i} (the folded BatchNorm scale must be finite)")
 
 
 def _node_shape(n: Node, ins: list[tuple[int, ...]], p: dict[str, tuple[int, ...]], fail, tag: str) -> tuple[int, ...]:
@@ -292,6 +341,12 @@ def _node_shape(n: Node, ins: list[tuple[int, ...]], p: dict[str, tuple[int, ...
         if "bias" in p and p["bias"] != (cout,):
             fail(f"{tag}: bias shape {p['bias']} must be ({cout},)")
         (sh, sw), (pt, pb, pl, pr), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+        if max(kh, kw) > MAX_SPATIAL:
+            fail(f"{tag}: kernel {kh}x{kw} (allowed at most {MAX_SPATIAL} per side)")
+        eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+        if max(pt, pb) > eh - 1 or max(pl, pr) > ew - 1:
+            fail(f"{tag}: padding {list(a['padding'])} exceeds the dilated kernel extent {eh}x{ew} minus 1 "
+                 f"(allowed at most [{eh - 1}, {eh - 1}, {ew - 1}, {ew - 1}]: every window must touch the input)")
         oh = _window_out(h, pt + pb, dh * (kh - 1) + 1, sh)
         ow = _window_out(w, pl + pr, dw * (kw - 1) + 1, sw)
         if oh < 1 or ow < 1:
@@ -337,7 +392,7 @@ def _node_shape(n: Node, ins: list[tuple[int, ...]], p: dict[str, tuple[int, ...
             fail(f"{tag}: inputs {dict(zip(n.inputs, ins))} must agree on every axis but the channel axis")
         return (sum(s[0] for s in ins),) + x[1:]
     if n.op == "flatten":
-        return (int(np.prod(x)),)
+        return (math.prod(x),)
     raise AssertionError(n.op)
 
 
@@ -384,8 +439,6 @@ def save_model(graph: Graph, path: str | os.PathLike) -> None:
         doc = json.dumps(graph_to_json(graph), indent=1, default=_json_default, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise HwsimError(f"{path}: metadata/attrs are not JSON serialisable ({e})") from None
-    if not path.parent.is_dir():
-        raise HwsimError(f"{path}: directory {str(path.parent)!r} does not exist")
     # tensors.npz: the np.savez layout (one '<name>.npy' per tensor), written member by member so a
     # tensor may be called anything (np.savez(**kw) would clash on names like 'file')
     npz = io.BytesIO()
@@ -394,28 +447,16 @@ def save_model(graph: Graph, path: str | os.PathLike) -> None:
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
             zn.writestr(key + ".npy", buf.getvalue())
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w") as zf:
-                zf.writestr(GRAPH_MEMBER, doc, compress_type=zipfile.ZIP_DEFLATED)
-                zf.writestr(TENSORS_MEMBER, npz.getvalue(), compress_type=zipfile.ZIP_STORED)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    def write(fh) -> None:
+        with zipfile.ZipFile(fh, "w") as zf:
+            zf.writestr(GRAPH_MEMBER, doc, compress_type=zipfile.ZIP_DEFLATED)
+            zf.writestr(TENSORS_MEMBER, npz.getvalue(), compress_type=zipfile.ZIP_STORED)
+
+    safeio.atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- reader
-_CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, struct.error,
-            NotImplementedError, RuntimeError, UnicodeDecodeError, OverflowError, IndexError)
-
-
 def _as_list(v: Any, fail, what: str) -> list:
     if not isinstance(v, list):
         fail(f"{what} must be a list, got {type(v).__name__}")
@@ -473,43 +514,17 @@ def load_model(path: str | os.PathLike) -> Graph:
     def fail(msg: str) -> None:
         raise HwsimError(f"{p}: {msg}")
 
-    if not p.exists():
-        fail("no such model file")
-    if not p.is_file():
-        fail("is not a file")
-    try:
-        zf = zipfile.ZipFile(p)
-    except _CORRUPT as e:
-        fail(f"not a valid .hwsim model file (not a zip archive or truncated: {e})")
-    with zf:
+    p = safeio.check_input_file(p, str(p), "model file")
+    with safeio.open_zip(p, str(p), ".hwsim model file") as zf:
         names = zf.namelist()
         for member in (GRAPH_MEMBER, TENSORS_MEMBER):
             if member not in names:
                 fail(f"missing member {member!r} (a .hwsim file holds {GRAPH_MEMBER} and {TENSORS_MEMBER})")
-        try:
-            raw_graph = zf.read(GRAPH_MEMBER)
-            raw_tensors = zf.read(TENSORS_MEMBER)
-        except _CORRUPT as e:
-            fail(f"corrupt or truncated model file ({type(e).__name__}: {e})")
-    try:
-        doc = json.loads(raw_graph.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        fail(f"{GRAPH_MEMBER} is not valid JSON ({e})")
-    _check_header(doc, fail)  # a wrong version is reported before anything else
-    tensors: dict[str, np.ndarray] = {}
-    try:
-        with np.load(io.BytesIO(raw_tensors), allow_pickle=False) as npz:
-            keys = list(npz.files)
-            for key in keys:
-                try:
-                    arr = npz[key]
-                except ValueError as e:
-                    fail(f"{TENSORS_MEMBER}: tensor {key!r} cannot be read without pickle ({e})")
-                tensors[key] = arr
-    except HwsimError:
-        raise
-    except _CORRUPT as e:
-        fail(f"{TENSORS_MEMBER} is corrupt ({type(e).__name__}: {e})")
+        doc = safeio.load_json(safeio.read_member(zf, GRAPH_MEMBER, str(p), safeio.MAX_JSON_BYTES),
+                               f"{p}: {GRAPH_MEMBER} is")
+        _check_header(doc, fail)  # a wrong version is reported before anything else
+        raw_tensors = safeio.read_member(zf, TENSORS_MEMBER, str(p))
+    tensors = safeio.read_npz(raw_tensors, f"{p}: {TENSORS_MEMBER}", kinds="f")
     graph = _graph_from_json(doc, tensors, fail)
     try:
         validate(graph, where=str(p))

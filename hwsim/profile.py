@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hwsim import safeio
 from hwsim.errors import HwsimError
 
 ROUNDING_MODES = ("half_even", "half_away", "half_up", "floor", "trunc", "stochastic")
@@ -34,9 +35,12 @@ UNBOUNDED = None
 class _Key:
     """One profile key: its kind, allowed values and a one-line meaning."""
 
-    def __init__(self, kind, allowed=None, lo=None, hi=None, doc="", unbounded_ok=False):
+    def __init__(self, kind, allowed=None, lo=None, hi=None, doc="", unbounded_ok=False, none_word="unbounded"):
         self.kind, self.allowed, self.lo, self.hi = kind, allowed, lo, hi
         self.doc, self.unbounded_ok = doc, unbounded_ok
+        # the spelling of None for this key ("unbounded" accumulator, "profile" = the profile's own bits);
+        # "unbounded", "none" and 0 stay accepted everywhere (older profiles)
+        self.none_word = none_word
 
     def describe(self) -> str:
         if self.kind == "choice":
@@ -45,7 +49,7 @@ class _Key:
             return "true or false"
         if self.kind == "int":
             s = f"an integer in [{self.lo}, {self.hi}]"
-            return s + (' or "unbounded" (0)' if self.unbounded_ok else "")
+            return s + (f' or "{self.none_word}"' if self.unbounded_ok else "")
         if self.kind == "float":
             return f"a number in [{self.lo}, {self.hi}]"
         if self.kind == "ties":
@@ -69,7 +73,7 @@ class _Key:
                 return v.lower() == "true"
             raise bad
         if self.kind in ("int", "intset"):
-            if self.unbounded_ok and v in ("unbounded", "none", 0, "0"):
+            if self.unbounded_ok and (v in ("unbounded", "none", self.none_word, "0") or (v == 0 and not isinstance(v, bool))):
                 return UNBOUNDED
             if isinstance(v, str):
                 try:
@@ -144,8 +148,10 @@ SCHEMA: dict[str, _Key] = {
     "bias.bits": _Key("int", lo=8, hi=64, doc="bias width (quantized at s_x*s_w)"),
     "bias.rounding": _Key("choice", ROUNDING_MODES[:-1], doc="rounding of the bias to integers"),
     "bias.form": _Key("choice", ("int32", "float32"), doc="int32: integer bias loaded into the accumulator first; float32: PyTorch fbgemm's float bias, fl32(b / fl32(s_x*s_w)) added to fl32(acc) before the multiply (requant.mode float32)"),
-    "first_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, doc="weights + input bits of the first layer (unbounded = profile bits)"),
-    "last_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, doc="weights + input/output bits of the last layer (unbounded = profile bits)"),
+    "first_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, none_word="profile",
+                             doc='weights + input bits of the first layer ("profile" = the profile\'s weights/activations bits; "unbounded" is the old spelling)'),
+    "last_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, none_word="profile",
+                            doc='weights + input/output bits of the last layer ("profile" = the profile\'s bits; "unbounded" is the old spelling)'),
     "calibration.images": _Key("int", lo=1, hi=1 << 20, doc="calibration images (from the train split)"),
     "calibration.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of the calibration subset"),
 }
@@ -267,8 +273,14 @@ class Profile:
     def with_settings(self, settings: dict[str, Any], where: str = "--set") -> "Profile":
         """A copy with dotted-key settings applied (values validated as in a TOML file)."""
         data = to_dict(self)
+        changed = []
         for key, value in settings.items():
-            _set_dotted(data, key, _parse_key(key, value, where))
+            v = _parse_key(key, value, where)
+            _set_dotted(data, key, v)
+            if key not in ("name", "description"):
+                changed.append(f"{key}={_fmt_value(key, v)}")
+        if changed and "description" not in settings:  # the old description no longer tells the whole story
+            data["description"] = f"{self.description} [changed by {where}: {', '.join(changed)}]".lstrip()
         return _from_dict(data, where)
 
     def for_layer(self, layer: str, op_kind: str, position: str | None = None) -> "Profile":
@@ -301,8 +313,12 @@ class Profile:
             req = f"fixed Q{r.multiplier_bits}/{r.fixed_rounding}({ties})"
         else:
             req = f"{r.mode}/{r.rounding}" + ("" if r.add_form == "dequantize" else f", add:{r.add_form}")
+        extra = "" if self.bias.form == "int32" else f" bias:{self.bias.form}"
+        for pos in ("first", "last"):
+            b = getattr(self, f"{pos}_layer").bits
+            extra += "" if b is None else f" {pos}:{b}b"
         return (f"W{self.weights.bits}A{act} w:{self.weights.granularity}/{self.weights.scale} "
-                f"acc:{accs} requant:{req}")
+                f"acc:{accs} requant:{req}{extra}")
 
 
 _SECTIONS = {
@@ -333,6 +349,17 @@ def flat_items(p: Profile) -> list[tuple[str, Any]]:
             cur = cur[part]
         out.append((key, cur))
     return out
+
+
+def _fmt_value(key: str, v: Any) -> str:
+    """A validated value as a user writes it (None -> the key's word for it)."""
+    if v is None:
+        return SCHEMA[key].none_word if key in SCHEMA else "unbounded"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return str(v)
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:
@@ -422,29 +449,50 @@ def _read_toml(text: str, where: str) -> dict:
         raise HwsimError(f"{where}: not valid TOML: {e}") from None
 
 
-def _resolve(name_or_path: str, seen: tuple = ()) -> tuple[dict, str]:
-    """Load a profile's raw settings (with ``extends`` resolved) as a nested dict."""
-    path = Path(name_or_path)
+MAX_EXTENDS_DEPTH = 16  # 'extends' chain length
+
+
+def _resolve(name_or_path: str, seen: tuple = (), base_dir: Path | None = None) -> tuple[dict, str]:
+    """Load a profile's raw settings (with ``extends`` resolved) as a nested dict.
+
+    A path in ``extends`` is relative to the directory of the file that says it (``base_dir``)."""
+    if not isinstance(name_or_path, str) or not name_or_path or "\0" in name_or_path or len(name_or_path) > 4096:
+        raise HwsimError(f"profile {str(name_or_path)[:80]!r}: not a profile name or path "
+                         f"(built-in profiles: {', '.join(builtin_names())})")
+    path = Path(name_or_path).expanduser()
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
     if name_or_path in builtin_names():
         where = f"built-in profile {name_or_path!r}"
-        text = (resources.files("hwsim") / "profiles" / f"{name_or_path}.toml").read_text()
-    elif path.suffix == ".toml" or path.exists() or "/" in name_or_path:
-        where = str(path)
-        if not path.is_file():
-            raise HwsimError(f"{where}: profile file not found (built-in profiles: {', '.join(builtin_names())})")
-        text = path.read_text()
+        text = (resources.files("hwsim") / "profiles" / f"{name_or_path}.toml").read_text(encoding="utf-8")
     else:
-        raise HwsimError(f"unknown profile {name_or_path!r}: choose one of {', '.join(builtin_names())} or give a .toml path")
+        try:
+            looks_like_path = path.suffix == ".toml" or path.exists() or "/" in name_or_path
+        except OSError as e:  # a name too long for the file system
+            raise HwsimError(f"profile {name_or_path[:80]!r}: unusable path ({e.strerror or e})") from None
+        if not looks_like_path:
+            raise HwsimError(f"unknown profile {name_or_path!r}: choose one of {', '.join(builtin_names())} or give a .toml path")
+        where = str(path)
+        try:
+            is_file = path.is_file()
+        except OSError as e:
+            raise HwsimError(f"{where}: unusable path ({e.strerror or e})") from None
+        if not is_file:
+            raise HwsimError(f"{where}: profile file not found (built-in profiles: {', '.join(builtin_names())})")
+        text = safeio.read_text(path, where)
     if where in seen:
         raise HwsimError(f"{where}: 'extends' forms a cycle: {' -> '.join(seen + (where,))}")
+    if len(seen) >= MAX_EXTENDS_DEPTH:
+        raise HwsimError(f"{where}: 'extends' chain longer than {MAX_EXTENDS_DEPTH} profiles")
     raw = _read_toml(text, where)
     base: dict = {}
     parent = raw.pop("extends", None)
     if parent is not None:
         if not isinstance(parent, str):
-            raise HwsimError(f"{where}: 'extends' must be a profile name or path, got {parent!r}")
-        base, _ = _resolve(parent, seen + (where,))
+            raise HwsimError(f"{where}: 'extends' must be a profile name or path, got {str(parent)[:80]!r}")
+        base, _ = _resolve(parent, seen + (where,), None if where.startswith("built-in") else path.parent)
         base.pop("name", None)
+        base.pop("description", None)  # the parent's words describe the parent, not this profile
     overrides = raw.pop("overrides", None)
     flat = _flatten_toml(raw, where)
     data = copy.deepcopy(base)
@@ -456,6 +504,11 @@ def _resolve(name_or_path: str, seen: tuple = ()) -> tuple[dict, str]:
         data["overrides"] = list(data.get("overrides", [])) + [_parse_override(o, i, where) for i, o in enumerate(overrides)]
     if "name" not in data:
         data["name"] = path.stem if where == str(path) else name_or_path
+    if "description" not in data and parent is not None:
+        changes = [f"{k}={_fmt_value(k, v)}" for k, v in flat.items() if k not in ("name", "description")]
+        if overrides:
+            changes.append(f"{len(overrides)} per-layer override(s)")
+        data["description"] = f"extends {parent}" + (f"; {', '.join(changes)}" if changes else "")
     return data, where
 
 
@@ -492,9 +545,9 @@ def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 def profile_toml(p: Profile) -> str:
     """Render a profile as TOML (round-trips through :func:`load_profile`)."""
-    def fmt(v):
+    def fmt(v, key=""):
         if v is None:
-            return '"unbounded"'
+            return f'"{SCHEMA[key].none_word if key in SCHEMA else "unbounded"}"'
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, str):
@@ -510,9 +563,9 @@ def profile_toml(p: Profile) -> str:
         lines.append(f"\n[{sec}]")
         for k, v in d[sec].items():
             if f"{sec}.{k}" in SCHEMA:
-                lines.append(f"{k} = {fmt(v)}")
+                lines.append(f"{k} = {fmt(v, f'{sec}.{k}')}")
     for o in d["overrides"]:
         lines.append("\n[[overrides]]")
         for k, v in o.items():
-            lines.append(f'"{k}" = {fmt(v)}' if "." in k else f"{k} = {fmt(v)}")
+            lines.append(f'"{k}" = {fmt(v, k)}' if "." in k else f"{k} = {fmt(v)}")
     return "\n".join(lines) + "\n"

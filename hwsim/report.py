@@ -6,14 +6,27 @@ import csv
 import io
 import json
 import os
-import tempfile
-from pathlib import Path
 
-from hwsim.errors import HwsimError
+from hwsim.safeio import atomic_write  # noqa: F401  (the one writer; re-exported for callers of report)
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:6.2f}%"
+
+
+def _recipe(r) -> str | None:
+    """The PTQ recipe a result was produced with (``--ptq``), if any."""
+    return getattr(r, "recipe", None)
+
+
+def data_label(spec: str) -> str:
+    """A data spec as a reader knows it: 'default' -> 'MNIST 5k', 'npz:/a/b.npz' -> 'b.npz'."""
+    if spec in ("default", "mnist5k"):
+        return "MNIST 5k"
+    if spec == "digits":
+        return "digits 8x8"
+    kind, sep, path = spec.partition(":")
+    return f"{kind} {os.path.basename(path.rstrip('/')) or path}" if sep else spec
 
 
 def table(rows: list[list], header: list[str]) -> str:
@@ -37,6 +50,8 @@ def run_text(r) -> str:
     ]
     if r.settings:
         head.insert(2, "settings  " + ", ".join(f"{k}={v}" for k, v in r.settings.items()))
+    if _recipe(r):
+        head.insert(2, f"recipe    {_recipe(r)}")
     if r.weight_only:
         return "\n".join(head)
     rows = []
@@ -60,7 +75,7 @@ def run_text(r) -> str:
 
 
 SWEEP_COLUMNS = ["profile", "settings", "mode", "float_accuracy", "fakequant_accuracy", "sim_accuracy", "agreement_with_float",
-                 "overflow_events", "max_clip_rate", "min_headroom_bits", "uncertified_layers", "images_per_s", "seconds"]
+                 "overflow_events", "max_clip_rate", "min_headroom_bits", "uncertified_layers", "images_per_s", "seconds", "recipe"]
 
 
 def sweep_rows(results) -> list[dict]:
@@ -69,7 +84,7 @@ def sweep_rows(results) -> list[dict]:
         # the tighter of the two stages: accumulator headroom and (if present) partial-sum headroom
         hr = [h for x in r.layers for h in (x["headroom_bits"], x.get("partial_headroom_bits")) if h is not None]
         rows.append({
-            "profile": r.profile,
+            "profile": r.profile, "recipe": _recipe(r) or "",
             "settings": ";".join(f"{k}={v}" for k, v in r.settings.items()),
             "mode": "weight-only" if r.weight_only else "integer",
             "float_accuracy": round(r.float_accuracy, 6), "sim_accuracy": round(r.sim_accuracy, 6),
@@ -86,28 +101,13 @@ def sweep_rows(results) -> list[dict]:
 def sweep_text(results) -> str:
     rows = sweep_rows(results)
     fq = any(r["fakequant_accuracy"] != "" for r in rows)
-    return table([[r["profile"] + (f" [{r['settings']}]" if r["settings"] else ""), r["mode"],
+    return table([[r["profile"] + (f" [{r['settings']}]" if r["settings"] else "")
+                   + (f" (recipe {r['recipe']})" if r["recipe"] else ""), r["mode"],
                    _pct(r["float_accuracy"])] + ([_pct(r["fakequant_accuracy"])] if fq else [])
                  + [_pct(r["sim_accuracy"]), r["overflow_events"],
                    f"{100 * r['max_clip_rate']:.2f}%", r["min_headroom_bits"], r["uncertified_layers"],
                    f"{r['images_per_s']:,.0f}"] for r in rows],
                  ["profile", "mode", "float"] + (["fake-quant"] if fq else []) + ["simulated", "overflows", "max clip", "min headroom", "uncertified", "img/s"])
-
-
-def atomic_write(path: str | os.PathLike, text: str | bytes) -> None:
-    """Write a file completely or not at all (temp file + rename in the same directory)."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise HwsimError(f"{path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode() if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def to_json_text(obj) -> str:
@@ -135,42 +135,107 @@ def sweep_csv(results) -> str:
     return buf.getvalue()
 
 
-def sweep_plot(results, path: str | os.PathLike) -> None:
-    """Bar chart: float (, fake-quant) and simulated accuracy per profile (weight-only bars hatched)."""
+def _short_settings(settings: str) -> str:
+    """'accumulator.bits=12;accumulator.overflow=wrap' -> 'bits=12, overflow=wrap' (last key part only)."""
+    return ", ".join(f"{kv.split('=', 1)[0].rsplit('.', 1)[-1]}={kv.split('=', 1)[1]}" if "=" in kv else kv
+                     for kv in settings.split(";") if kv)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+SIM_COLOR, OVERFLOW_COLOR, FQ_COLOR, WEIGHT_ONLY_FILL = "#1f77b4", "#d62728", "#ff9f40", "#dbe9f6"
+
+
+def sweep_plot_png(results) -> bytes:
+    """Horizontal bars, one row per profile / setting: simulated top-1 accuracy (red when overflow events
+    happened, hatched when weight-only), fake-quant beside it when present, the float accuracy as a
+    dashed line; every bar carries its value, and the axis zooms in when every value is high."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+    from matplotlib.lines import Line2D
+
     rows = sweep_rows(results)
-    labels = [r["profile"] + (f"\n{r['settings']}" if r["settings"] else "") for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows) + 2), 4.5))
-    xs = range(len(rows))
+    one_profile = len({r["profile"] for r in rows}) == 1
+    labels = []
+    for r in rows:
+        short = _short_settings(r["settings"])
+        labels.append(short if (one_profile and short) else r["profile"] + (f"  {short}" if short else ""))
     fq = any(r["fakequant_accuracy"] != "" for r in rows)
-    w = 0.27 if fq else 0.4
-    off = [-w, 0.0, w] if fq else [-w / 2, None, w / 2]
-    ax.bar([x + off[0] for x in xs], [100 * r["float_accuracy"] for r in rows], w, label="float", color="#999999")
+    n = len(rows)
+    fig, ax = plt.subplots(figsize=(8.5, 1.6 + 0.38 * n * (1.6 if fq else 1.0)))
+    ys = list(range(n))[::-1]  # first result on top
+    h = 0.38 if fq else 0.7
+    sim = [100 * r["sim_accuracy"] for r in rows]
+    vals = sim + ([100 * r["fakequant_accuracy"] for r in rows if r["fakequant_accuracy"] != ""] if fq else [])
+    fl = 100 * rows[0]["float_accuracy"]
+    lo = min(vals + [fl])
+    xmin = 0.0 if lo < 60 else max(0.0, 5 * ((lo - 3) // 5))  # zoom when every value is high
+    sim_y = [y + (h / 2 if fq else 0) for y in ys]
+    bars = ax.barh(sim_y, [v - xmin for v in sim], h, left=xmin,
+                   color=[OVERFLOW_COLOR if r["overflow_events"] else SIM_COLOR for r in rows])
+    span = 100 - xmin
+
+    def value(b, v, size, dark=True):  # inside the end of a long bar (clear of the float line), else after it
+        inside = v - xmin > 0.3 * span
+        ax.text(v - 0.01 * span if inside else max(v, xmin) + 0.01 * span, b.get_y() + b.get_height() / 2,
+                f"{v:.2f}%", va="center", ha="right" if inside else "left", fontsize=size,
+                color="white" if inside and dark else "black", fontweight="bold" if inside else "normal")
+
+    for b, r, v in zip(bars, rows, sim):
+        wo = r["mode"] == "weight-only"
+        if wo:  # light fill, hatched in the bar's own colour: the value stays readable
+            b.set_edgecolor(b.get_facecolor())
+            b.set_facecolor(WEIGHT_ONLY_FILL)
+            b.set_hatch("///")
+        value(b, v, 8, dark=not wo)
     if fq:
-        ax.bar([x + off[1] for x in xs], [100 * (r["fakequant_accuracy"] or 0) for r in rows], w,
-               label="fake-quant", color="#ff9f40")
-    bars = ax.bar([x + off[2] for x in xs], [100 * r["sim_accuracy"] for r in rows], w, label="simulated", color="#1f77b4")
-    for b, r in zip(bars, rows):
-        if r["mode"] == "weight-only":
-            b.set_hatch("//")
-        if r["overflow_events"]:
-            b.set_color("#d62728")
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"{results[0].model} on {results[0].data}: float vs integer simulation\n"
-                 "(red: overflow events, hatched: weight-only)", fontsize=9)
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+        fqv = [100 * (r["fakequant_accuracy"] or 0) for r in rows]
+        fb = ax.barh([y - h / 2 for y in ys], [v - xmin for v in fqv], h, left=xmin, color=FQ_COLOR)
+        for b, v in zip(fb, fqv):
+            value(b, v, 7)
+    ax.axvline(fl, color="#555555", linestyle="--", linewidth=1, zorder=0)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlim(xmin, 100 + 0.02 * span)
+    ax.set_xlabel("top-1 accuracy (%)" + (f"  (axis starts at {xmin:g}%)" if xmin > 0 else ""))
+    r0 = results[0]
+    recipe = _recipe(r0)
+    what = (f"{rows[0]['profile']}: " if one_profile else "") + "simulated accuracy" + (
+        " per setting" if one_profile else " per profile")
+    ax.set_title(f"{r0.model} on {data_label(r0.data)}, {r0.images} test images"
+                 + (f", recipe {recipe}" if recipe else "") + f"\n{what}", fontsize=10)
+    handles = [Patch(color=SIM_COLOR, label="simulated")]
+    if any(r["overflow_events"] for r in rows):
+        handles.append(Patch(color=OVERFLOW_COLOR, label="simulated, overflow events"))
+    if fq:
+        handles.append(Patch(color=FQ_COLOR, label="fake-quant"))
+    if any(r["mode"] == "weight-only" for r in rows):
+        handles.append(Patch(facecolor=WEIGHT_ONLY_FILL, hatch="///", edgecolor=SIM_COLOR, label="weight-only (float activations)"))
+    handles.append(Line2D([], [], color="#555555", linestyle="--", label=f"float {fl:.2f}%"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 if n > 3 else 0.12, 1, 1))
+    return _png(fig)
+
+
+def sweep_plot(results, path: str | os.PathLike) -> None:
+    """Write :func:`sweep_plot_png` to ``path`` (atomically)."""
+    atomic_write(path, sweep_plot_png(results))
 
 
 def inspect_text(r) -> str:
@@ -234,31 +299,34 @@ def compare_text(r) -> str:
     return "\n".join(head) + "\n\n" + body + "\n" + tail
 
 
-def compare_plot(r, path) -> None:
+def compare_plot_png(r) -> bytes:
     """Per-layer SQNR (fake-quant vs simulator, each vs float) and fraction of differing outputs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     names = [d.name for d in r.layers]
     cap = lambda v: 120.0 if v == float("inf") else max(v, -20.0)  # noqa: E731
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(names) + 2), 6), sharex=True)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(7, 0.32 * len(names) + 3), 6.5), sharex=True)
     xs = range(len(names))
     a1.plot(xs, [cap(d.sqnr_fq_vs_sim) for d in r.layers], "o-", label="fake-quant vs simulator")
     a1.plot(xs, [cap(d.sqnr_fq_vs_float) for d in r.layers], "s--", label="fake-quant vs float")
     a1.plot(xs, [cap(d.sqnr_sim_vs_float) for d in r.layers], "^--", label="simulator vs float")
-    a1.set_ylabel("SQNR (dB, inf shown as 120)")
-    a1.legend(fontsize=8)
-    a1.set_title(f"{r.model} under {r.profile}\nfake-quant {100 * r.fakequant_accuracy:.2f}% vs "
-                 f"simulator {100 * r.sim_accuracy:.2f}% (float {100 * r.float_accuracy:.2f}%)", fontsize=9)
+    a1.set_ylabel("SQNR (dB; inf shown as 120)")
+    a1.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    a1.grid(axis="y", alpha=0.3)
+    recipe = _recipe(r)
+    a1.set_title(f"{r.model} on {data_label(r.data)}, {r.images} test images, profile {r.profile}"
+                 + (f", recipe {recipe}" if recipe else "")
+                 + f"\nfake-quant {100 * r.fakequant_accuracy:.2f}%  simulator {100 * r.sim_accuracy:.2f}%  "
+                 f"float {100 * r.float_accuracy:.2f}%", fontsize=9)
     a2.bar(xs, [100 * d.frac_diff for d in r.layers],
-           color=["#d62728" if d.max_lsb > 1 else "#1f77b4" for d in r.layers])
+           color=[OVERFLOW_COLOR if d.max_lsb > 1 else SIM_COLOR for d in r.layers])
     a2.set_ylabel("% outputs differing\n(red: > 1 LSB)")
     a2.set_xticks(list(xs))
-    a2.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    a2.set_xticklabels([n if len(n) <= 18 else n[:8] + "…" + n[-8:] for n in names], rotation=45, ha="right", fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    return _png(fig)
+
+
+def compare_plot(r, path) -> None:
+    """Write :func:`compare_plot_png` to ``path`` (atomically)."""
+    atomic_write(path, compare_plot_png(r))

@@ -52,6 +52,11 @@ def train_command(arch="smallcnn", data="default", epochs=10, lr=0.05, batch_siz
                   noise=None, optimizer="sgd", weight_decay=5e-4, out="model.pt", resume=None, init=None,
                   threads=1, quiet=False, export=None, as_json=False):
     """Run frontends.pytorch.train.train with CLI-typed options; optionally export; print a summary."""
+    from hwsim.safeio import check_output
+
+    # every output is checked before training starts (minutes of work must not end in a bad path)
+    check_output(out, "--out", (".pt", ".pth"))
+    check_output(export, "--export", (".hwsim",))
     _need_torch()
     from .train import train
 
@@ -76,9 +81,11 @@ def train_command(arch="smallcnn", data="default", epochs=10, lr=0.05, batch_siz
 
 def export_command(checkpoint: str, out: str):
     """Export a training checkpoint to an .hwsim model file."""
+    from hwsim.safeio import check_input_file, check_output
+
+    check_output(out, "--out", (".hwsim",))
+    check_input_file(checkpoint, f"checkpoint {checkpoint}", "checkpoint file")
     _need_torch()
-    if not str(out).endswith(".hwsim"):
-        raise HwsimError(f"--out {out!r}: the model file must end in .hwsim")
     from .export import export_checkpoint
 
     return export_checkpoint(checkpoint, out)
@@ -86,20 +93,25 @@ def export_command(checkpoint: str, out: str):
 
 def register(group: click.Group) -> None:
     """Add `train` and `export` to ``group``."""
+    from hwsim.cli import DATA_HELP, _Finite, quiet_option
+
+    pos = _Finite(0.0, open_lo=True)  # a finite number > 0 (nan, inf, 0 refused)
+    nonneg = _Finite(0.0)  # a finite number >= 0
 
     @group.command("train")
     @click.option("--arch", default="smallcnn", show_default=True, help="smallcnn, resnet8, resnet20, mobilenetv2")
-    @click.option("--data", default="default", show_default=True, help="default | cifar10:PATH | cifar100:PATH | npz:PATH")
-    @click.option("--epochs", default=10, show_default=True, type=int)
-    @click.option("--lr", default=0.05, show_default=True, type=float)
-    @click.option("--batch-size", default=64, show_default=True, type=int)
+    @click.option("--data", "-d", default="default", show_default="default = MNIST 5k", metavar="SPEC",
+                  help=f"training and test data: {DATA_HELP}")
+    @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+    @click.option("--lr", default=0.05, show_default=True, type=pos, help="learning rate (finite, > 0)")
+    @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), metavar="N")
     @click.option("--seed", default=0, show_default=True, type=int)
-    @click.option("--kure", default=None, type=float, help="KURE λ (target kurtosis 1.8); off by default")
+    @click.option("--kure", default=None, type=nonneg, help="KURE λ (target kurtosis 1.8); off by default")
     @click.option("--kure-raw", is_flag=True, help="KURE on the raw weights instead of the BN-folded ones")
-    @click.option("--symreg", default=None, type=float, help="SymReg λ1 = λ2; off by default")
+    @click.option("--symreg", default=None, type=nonneg, help="SymReg λ1 = λ2; off by default")
     @click.option("--satnl", is_flag=True, help="weights W = tanh(V) (SatNL)")
     @click.option("--sam", type=click.Choice(["none", "sam", "asam"]), default="none", show_default=True)
-    @click.option("--rho", default=None, type=float, help="(A)SAM radius; default 0.05 (sam) / 1.0 (asam)")
+    @click.option("--rho", default=None, type=pos, help="(A)SAM radius; default 0.05 (sam) / 1.0 (asam)")
     @click.option("--qat-bits", default=None, metavar="W,A|PROFILE",
                   help="LSQ QAT bit widths, e.g. 4,4 (A may be 'none'), or a hardware profile (e.g. w4a4): "
                        "its weight/activation bits and weight granularity")
@@ -107,13 +119,14 @@ def register(group: click.Group) -> None:
     @click.option("--noise", default=None, metavar="C,K", help="noise tempering constants, e.g. 0.3,50")
     @click.option("--init", default=None, help="start from this checkpoint's weights (e.g. float model for QAT)")
     @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
-    @click.option("--weight-decay", default=5e-4, show_default=True, type=float)
-    @click.option("--out", default="model.pt", show_default=True, help="checkpoint path (written every epoch)")
+    @click.option("--weight-decay", default=5e-4, show_default=True, type=nonneg)
+    @click.option("--out", "-o", default="model.pt", show_default=True, metavar="PATH",
+                  help="checkpoint path (.pt, written every epoch)")
     @click.option("--resume", default=None, help="continue from this checkpoint")
-    @click.option("--threads", default=1, show_default=True, type=int)
-    @click.option("--export", "export_", default=None, help="also export the result to this .hwsim file")
-    @click.option("--json", "as_json", is_flag=True)
-    @click.option("--quiet", "-q", is_flag=True)
+    @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1))
+    @click.option("--export", "export_", default=None, metavar="PATH", help="also export the result to this .hwsim file")
+    @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+    @quiet_option
     def train_cmd(arch, data, epochs, lr, batch_size, seed, kure, kure_raw, symreg, satnl, sam, rho, qat_bits,
                   per_tensor, noise, init, optimizer, weight_decay, out, resume, threads, export_, as_json, quiet):
         """Train a model with the PyTorch frontend (needs torch)."""
@@ -122,7 +135,7 @@ def register(group: click.Group) -> None:
 
     @group.command("export")
     @click.argument("checkpoint")
-    @click.option("--out", required=True, help="output .hwsim model file")
+    @click.option("--out", "-o", required=True, metavar="PATH", help="output .hwsim model file")
     def export_cmd(checkpoint, out):
         """Export a training checkpoint to an .hwsim model (needs torch)."""
         g = export_command(checkpoint, out)

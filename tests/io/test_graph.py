@@ -355,7 +355,7 @@ def test_wrong_dtype_and_pickled_tensor(model_file, tmp_path):
     t = _tensors(model_file)
     t["fc.weight"] = np.array([{"a": 1}], dtype=object)  # needs pickle to read
     p = rewrite(model_file, tmp_path / "obj.hwsim", tensors=t)
-    with pytest.raises(HwsimError, match=r"obj\.hwsim: tensors\.npz: tensor 'fc\.weight' cannot be read without pickle"):
+    with pytest.raises(HwsimError, match=r"obj\.hwsim: tensors\.npz: member 'fc\.weight\.npy': \.npy dtype '\|O'"):
         load_model(p)
 
 
@@ -374,7 +374,7 @@ def test_tensor_shape_vs_attrs(model_file, tmp_path):
 
 def test_corrupt_inner_npz(model_file, tmp_path):
     p = rewrite(model_file, tmp_path / "npz.hwsim", extra={"tensors.npz": b"PK\x03\x04garbage"})
-    with pytest.raises(HwsimError, match=r"npz\.hwsim: tensors\.npz is corrupt"):
+    with pytest.raises(HwsimError, match=r"npz\.hwsim: tensors\.npz: not a valid"):
         load_model(p)
 
 
