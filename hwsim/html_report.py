@@ -381,23 +381,24 @@ class Point:
     front: bool = False
 
 
-def svg_scatter(points: list[Point], xlabel: str, title: str, log_x: bool, integer_x: bool = False,
-                front_name: str = "") -> str:
-    """Accuracy (y, %) against a cost (x); the Pareto front filled, joined and labelled."""
+def svg_scatter(points: list[Point], xlabel: str, title: str, log_x: bool, integer_x: bool = False) -> str:
+    """Accuracy (y, %) against a cost (x); the Pareto front filled, joined as a staircase and labelled.
+
+    ``log_x``: a log10 axis where the costs span at least a factor of ten (the label says which)."""
     xs = [p.x for p in points]
     ys = [100 * p.y for p in points]
     log_x = log_x and min(xs) > 0 and max(xs) / min(xs) >= 10
     xa = Axis(min(xs), max(xs), ML + 10, W - MR - 10, log=log_x, integer=integer_x)
     ya = Axis(0.0 if min(ys) < 50 else math.floor(min(ys) / 10) * 10, 100.0, H - MB, MT)
-    if not log_x:
-        xa.label = lambda v: f"{v:g}"  # type: ignore[method-assign]
     ya.label = lambda v: f"{v:g}%"  # type: ignore[method-assign]
     s = [_svg_open(title), f'<text class="ptitle" x="{ML}" y="18">{esc(title)}</text>',
-         _axes(xa, ya, xlabel, "simulated accuracy")]
+         _axes(xa, ya, xlabel + (" (log scale)" if log_x else ""), "simulated accuracy")]
     front = sorted((p for p in points if p.front), key=lambda p: (p.x, p.y))
-    if len(front) > 1:
-        pts = " ".join(f"{xa(p.x):.1f},{ya(100 * p.y):.1f}" for p in front)
-        s.append(f'<polyline class="front" points="{pts}"/>')
+    if len(front) > 1:  # staircase: accuracy holds until the next, costlier front point
+        steps = [(xa(front[0].x), ya(100 * front[0].y))]
+        for p in front[1:]:
+            steps += [(xa(p.x), steps[-1][1]), (xa(p.x), ya(100 * p.y))]
+        s.append(f'<polyline class="front" points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in steps)}"/>')
     for p in sorted(points, key=lambda p: p.front):
         cls = "pt front" if p.front else "pt"
         if p.run.d["weight_only"]:
@@ -527,7 +528,7 @@ def _summary(runs: list[Run], compares) -> str:
         items.append(f"<li>compare under {Cell(c['profile'], 'str', src, '/profile').td('b')}: "
                      + (f"first layer diverging by more than one LSB {Cell(fd, 'str', src, '/first_divergent_layer').td('b')}"
                         if fd else "no layer diverges by more than one LSB") + "</li>")
-    return f'<ul class="summary">{"".join(items)}</ul>' if items else ""
+    return f'<div><h2>Summary</h2><ul class="summary">{"".join(items)}</ul></div>' if items else "<div></div>"
 
 
 def _accuracy_table(runs: list[Run], fronts: dict[str, list[bool]]) -> Table:
@@ -598,7 +599,7 @@ def _plots(runs: list[Run], fronts) -> str:
                  r.k("sim_accuracy"), front=bool(fronts["bops"][i]))
            for i, r in enumerate(runs) if fronts["bops"][i] is not None]
     if pts:
-        figs.append(svg_scatter(pts, "bit operations per image (BOPs, log scale)", "Accuracy vs BOPs", log_x=True))
+        figs.append(svg_scatter(pts, "bit operations per image (BOPs)", "Accuracy vs BOPs", log_x=True))
     else:
         figs.append('<p class="note">No BOPs in these results (no <code>cost</code> field): the accuracy-vs-BOPs '
                     "plot needs results written by an hwsim that records hardware cost.</p>")
@@ -769,13 +770,16 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Liberation Sans","DejaVu
  background:var(--bg);margin:0 auto;max-width:1280px;padding:14px 22px}
 h1{font-size:21px;margin:4px 0 2px}h2{font-size:17px;margin:22px 0 8px;border-bottom:1px solid var(--line);padding-bottom:3px}
 .sub{color:var(--muted);margin:0 0 8px}
-ul.summary{margin:6px 0 10px;padding-left:20px}ul.summary li{margin:1px 0}
+ul.summary{margin:6px 0 10px;padding-left:20px}ul.summary li{margin:2px 0}
+.top{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:6px 28px;align-items:start}
+.top h2{margin-top:4px}
+@media (max-width:900px){.top{grid-template-columns:1fr}}
 table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
 caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
 th,td{border-bottom:1px solid var(--line);padding:3px 7px;text-align:right;vertical-align:top}
 th{background:#f3f5f9;font-weight:600}td.name,th.name,td.cause{text-align:left}
 td.name,th.name{white-space:nowrap}td.em{font-weight:700}td.bad,span.bad{color:var(--accent);font-weight:700}
-table.prov{font-size:12px}table.prov th,table.prov td{padding:1px 8px;text-align:left}
+table.prov{font-size:12px;width:100%}table.prov th,table.prov td{padding:1px 8px;text-align:left}
 table.prov th{width:9em;background:none;color:var(--muted);font-weight:500}
 .code{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px}
 .tablewrap{overflow-x:auto;margin:6px 0 12px}.tablewrap.scroll{max-height:70vh;overflow-y:auto}
@@ -815,7 +819,8 @@ def render_html(docs: list, provenance: dict, title: str | None = None) -> str:
     models = sorted({d["model"] for d in everything})
     datas = sorted({d["data"] for d in everything})
     title = title or f"hwsim report: {', '.join(models)} on {', '.join(datas)}"
-    parts = [f"<h1>{esc(title)}</h1>", _summary(runs, compares), _prov_section(runs, compares, provenance)]
+    parts = [f'<h1>{esc(title)}</h1><div class="top">{_summary(runs, compares)}'
+             f"{_prov_section(runs, compares, provenance)}</div>"]
     if runs:
         fronts = _fronts(runs)
         parts.append('<section id="accuracy"><h2>Accuracy against hardware cost</h2>' + _plots(runs, fronts)
