@@ -2,8 +2,8 @@
 
 The page renders the same JSON objects the CLI writes (``run --out``, ``sweep --out x.json``,
 ``compare --out``), so its numbers are the CLI's numbers. Every number on the page sits in an
-element that says where it came from: ``data-src`` (which input document, or ``prov`` for the
-provenance), ``data-key`` (an RFC 6901 JSON pointer into it), ``data-value`` (the exact JSON value,
+element that says where it came from: ``data-src`` (which input document, ``prov`` for the
+provenance, ``meta`` for a count over the runs: ``/integer_runs``, ``/certified_runs``), ``data-key`` (an RFC 6901 JSON pointer into it), ``data-value`` (the exact JSON value,
 ``repr`` of a float) and ``data-fmt`` (how it is displayed); a value computed from several JSON
 fields says so with ``data-derived`` (its name, see :data:`DERIVED`). Plot marks carry the same
 attributes for their x and y (``data-key-x``, ``data-x``, ...). Every table has a CSV link (a
@@ -412,19 +412,30 @@ def svg_scatter(points: list[Point], xlabel: str, title: str, log_x: bool, integ
             s.append(f'<rect class="{cls}" x="{cx - 4:.1f}" y="{cy - 4:.1f}" width="8" height="8" {attrs}>{lab}</rect>')
         else:
             s.append(f'<circle class="{cls}" cx="{cx:.1f}" cy="{cy:.1f}" r="4.5" {attrs}>{lab}</circle>')
-    placed: list[tuple[float, float]] = []
+    # the front's points get letters (identical points share one); the caption lists who they are
+    letters: dict[tuple[float, float], str] = {}
     for p in front:
-        cx, cy = xa(p.x), ya(100 * p.y) + 4
-        while any(abs(cx - px) < 60 and abs(cy - py) < 12 for px, py in placed):  # stack labels that would collide
-            cy += 12
-        placed.append((cx, cy))
-        anchor = "end" if cx > W / 2 else "start"
-        dx = -8 if anchor == "end" else 8
-        s.append(f'<text class="ptlabel" x="{cx + dx:.1f}" y="{cy:.1f}" text-anchor="{anchor}" '
-                 f'data-src="{esc(p.run.src)}" data-key="{esc(p.run.key)}" data-derived="label" '
-                 f'data-value="{esc(p.run.label)}" data-fmt="str">{esc(p.run.label)}</text>')
+        if (p.x, p.y) not in letters:
+            letters[(p.x, p.y)] = _letter(len(letters))
+            cx, cy = xa(p.x), ya(100 * p.y)
+            s.append(f'<text class="ptlabel" x="{cx + 6:.1f}" y="{cy - 6:.1f}">{letters[(p.x, p.y)]}</text>')
     s.append("</svg>")
-    return "\n".join(s)
+    who: dict[str, list[str]] = {}
+    for p in front:
+        who.setdefault(letters[(p.x, p.y)], []).append(Cell(p.run.label, "str", p.run.src, p.run.key,
+                                                             derived="label").td("span"))
+    caption = "; ".join(f"<b>{k}</b> " + ", ".join(v) for k, v in who.items())
+    return "\n".join(s) + (f"<figcaption>Pareto front: {caption}</figcaption>" if front else "")
+
+
+def _letter(i: int) -> str:
+    """A, B, ..., Z, AA, AB, ... (front labels: letters, so they are never mistaken for values)."""
+    out = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        out = chr(65 + r) + out
+    return out
 
 
 def svg_bars(names: list[str], series: list[dict], ylabel: str, title: str, src: str, cap: float | None = None,
@@ -507,14 +518,22 @@ def _prov_section(runs: list[Run], compares: list[tuple[str, dict]], prov: dict)
             f'<table class="prov" data-table="provenance.csv"><tbody>{body}</tbody></table></section>')
 
 
-def _summary(runs: list[Run], compares) -> str:
-    """The first lines a reader sees: best run, overflowing runs, first diverging layers."""
+def _summary(runs: list[Run], compares, fronts: dict | None) -> str:
+    """The first lines a reader sees: best run, certified runs, overflowing runs, the BOPs Pareto front,
+    first diverging layers."""
     items = []
     if runs:
         best = max(runs, key=lambda r: r.d["sim_accuracy"])
         items.append(f"<li>best simulated accuracy {Cell(best.d['sim_accuracy'], 'pct', best.src, best.k('sim_accuracy')).td('b')}"
                      f" under {Cell(best.label, 'str', best.src, best.key, derived='label').td('b')}"
                      f" (float {Cell(best.d['float_accuracy'], 'pct', best.src, best.k('float_accuracy')).td('span')})</li>")
+        cert = [r for r in runs if not r.d["weight_only"]
+                and all(x.get("certified") is not False for x in r.d["layers"])]
+        integer = [r for r in runs if not r.d["weight_only"]]
+        if integer:
+            items.append(f"<li>{Cell(len(cert), 'int', 'meta', '/certified_runs').td('b')} of "
+                         f"{Cell(len(integer), 'int', 'meta', '/integer_runs').td('b')} integer runs certified: no input "
+                         "on the grid can overflow any layer's accumulator or partial sums</li>")
         bad = [r for r in runs if r.d["overflow_events"]]
         if bad:
             items.append("<li>overflow events in " + ", ".join(
@@ -523,6 +542,11 @@ def _summary(runs: list[Run], compares) -> str:
                 + "</li>")
         else:
             items.append("<li>no overflow events in any run</li>")
+        front = [r for r, f in zip(runs, fronts["bops"]) if f]
+        if front:
+            front.sort(key=lambda r: r.d["cost"]["totals"]["bops"])
+            items.append("<li>Pareto front, accuracy vs BOPs (cheapest first): " + ", ".join(
+                Cell(r.label, "str", r.src, r.key, derived="label").td("span") for r in front) + "</li>")
     for src, c in compares:
         fd = c.get("first_divergent_layer")
         items.append(f"<li>compare under {Cell(c['profile'], 'str', src, '/profile').td('b')}: "
@@ -537,18 +561,20 @@ def _accuracy_table(runs: list[Run], fronts: dict[str, list[bool]]) -> Table:
     rows = sweep_rows([_sweep_view(r.d) for r in runs])
     has_fq = any(r.d.get("fakequant_accuracy") is not None for r in runs)
     has_cost = any(r.d.get("cost") is not None for r in runs)
+    has_psum = has_cost and any(((r.d.get("cost") or {}).get("totals") or {}).get("partial_bits") is not None
+                                for r in runs)
     has_recipe = any(r.d.get("recipe") not in (None, "") for r in runs)
     hdr = ["profile"] + (["recipe"] if has_recipe else []) + ["mode", "float"] + (["fake-quant"] if has_fq else []) \
         + ["simulated", "agreement w/ float", "overflow events", "max clip", "min headroom bits", "uncertified layers",
            "accumulator bits"] + (["BOPs", "MACs", "weight memory bits", "min acc bits (certified)"] if has_cost else []) \
-        + ["Pareto (acc bits)"] + (["Pareto (BOPs)"] if has_cost else []) + ["images/s"]
+        + (["partial-sum bits"] if has_psum else []) + ["Pareto (acc bits)"] + (["Pareto (BOPs)"] if has_cost else []) + ["images/s"]
     t = Table("accuracy.csv", hdr, caption="Accuracy and hardware cost per profile", scroll=True)
     for i, (r, row) in enumerate(zip(runs, rows)):
         d = r.d
         cells = [Cell(r.label, "str", r.src, r.key, derived="label", cls="name")]
         if has_recipe:
             cells.append(Cell(d.get("recipe"), "str", r.src, r.k("recipe")))
-        cells += [Cell(d["mode"], "str", r.src, r.k("mode")), Cell(d["float_accuracy"], "pct", r.src, r.k("float_accuracy"))]
+        cells += [Cell(d["mode"], "str", r.src, r.k("mode"), cls="mode"), Cell(d["float_accuracy"], "pct", r.src, r.k("float_accuracy"))]
         if has_fq:
             cells.append(Cell(d.get("fakequant_accuracy"), "pct", r.src, r.k("fakequant_accuracy")))
         cells += [Cell(d["sim_accuracy"], "pct", r.src, r.k("sim_accuracy"), cls="em"),
@@ -565,6 +591,8 @@ def _accuracy_table(runs: list[Run], fronts: dict[str, list[bool]]) -> Table:
             cells += [Cell(tot.get("bops"), "int", r.src, ck("bops")), Cell(tot.get("macs"), "int", r.src, ck("macs")),
                       Cell(tot.get("weight_memory_bits"), "int", r.src, ck("weight_memory_bits")),
                       Cell(tot.get("min_acc_bits"), "int", r.src, ck("min_acc_bits"))]
+            if has_psum:
+                cells.append(Cell(tot.get("partial_bits"), "int", r.src, ck("partial_bits")))
         cells.append(Cell(fronts["acc_bits"][i], "yesno", r.src, r.key, derived="pareto_acc_bits")
                      if fronts["acc_bits"][i] is not None else Cell(None, "yesno", r.src, r.key, derived="pareto_acc_bits"))
         if has_cost:
@@ -612,8 +640,8 @@ def _plots(runs: list[Run], fronts) -> str:
     if left:
         note = ('<p class="note">Not in the accumulator plot (weight-only runs accumulate in floating point; or no width known): '
                 + ", ".join(Cell(r.label, "str", r.src, r.key, derived="label").td("span") for r in left) + ".</p>")
-    legend = ('<p class="legend">Filled red: Pareto front (no other run is as cheap and as accurate); grey: '
-              "dominated; squares: weight-only runs. Hover a mark for its profile.</p>")
+    legend = ('<p class="legend">Filled red, lettered: Pareto front (no other run is as cheap and as accurate); '
+              "grey: dominated; squares: weight-only runs. Hover a mark for its profile.</p>")
     return f'<div class="figs">{"".join(f"<figure>{f}</figure>" for f in figs)}</div>{legend}{note}'
 
 
@@ -622,8 +650,7 @@ def _heat_color(events: int, outputs: int) -> str:
         return ""
     rate = min(1.0, events / outputs) if outputs else 1.0
     t = min(1.0, max(0.0, (math.log10(rate) + 6) / 6))  # 1e-6 .. 1 -> pale .. saturated
-    light = 88 - 50 * t
-    return f"background:hsl(0,75%,{light:.0f}%)"
+    return f"background:hsl(0,80%,{92 - 34 * t:.0f}%)"
 
 
 def _heatmap(runs: list[Run]) -> str:
@@ -666,7 +693,9 @@ def _heatmap(runs: list[Run]) -> str:
     for row in csv_rows:
         w.writerow([raw_value(v) for v in row])
     cap = (f"<caption>Overflow events (top) and clip rate (bottom) per layer and profile; ✓ certified (no input on "
-           f"the grid can overflow), ✗ uncertified {csv_link('overflow_heatmap.csv', buf.getvalue())}</caption>")
+           f"the grid can overflow), ✗ uncertified (outlined), – no certificate; red shade: overflow events per "
+           f"output, log scale from one in a million to one or more {csv_link('overflow_heatmap.csv', buf.getvalue())}"
+           "</caption>")
     return (f'<div class="tablewrap scroll"><table class="heatmap" data-table="overflow_heatmap.csv">{cap}'
             f"<thead>{head}</thead><tbody>\n" + "\n".join(body) + "\n</tbody></table></div>")
 
@@ -777,7 +806,8 @@ ul.summary{margin:6px 0 10px;padding-left:20px}ul.summary li{margin:2px 0}
 table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
 caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
 th,td{border-bottom:1px solid var(--line);padding:3px 7px;text-align:right;vertical-align:top}
-th{background:#f3f5f9;font-weight:600}td.name,th.name,td.cause{text-align:left}
+th{background:#f3f5f9;font-weight:600}td.name,th.name,td.cause,thead th:first-child{text-align:left}
+td.mode{white-space:nowrap}
 td.name,th.name{white-space:nowrap}td.em{font-weight:700}td.bad,span.bad{color:var(--accent);font-weight:700}
 table.prov{font-size:12px;width:100%}table.prov th,table.prov td{padding:1px 8px;text-align:left}
 table.prov th{width:9em;background:none;color:var(--muted);font-weight:500}
@@ -792,7 +822,8 @@ svg .tick,svg .legend{fill:var(--muted)}svg .axlabel{font-size:11.5px}
 svg .axis{stroke:#7a8394}svg .grid{stroke:#eceff4}
 svg .pt{fill:#fff;stroke:#8a93a3;stroke-width:1.5}svg .pt.front{fill:var(--accent);stroke:var(--accent)}
 svg .front{fill:none;stroke:var(--accent);stroke-width:1.5;stroke-dasharray:4 3}
-svg .ptlabel{font-size:10px;fill:var(--accent)}svg .clip{font-size:9px;fill:var(--muted)}
+svg .ptlabel{font-size:11px;font-weight:700;fill:var(--accent)}
+figcaption{font-size:12px;color:var(--muted);margin:3px 2px}figcaption b{color:var(--accent)}svg .clip{font-size:9px;fill:var(--muted)}
 svg .s1{fill:#3b6fb6}svg .s2{fill:#f0a040}svg .s3{fill:#7bb77b}svg .s1.big{fill:var(--accent)}
 p.note,p.legend{color:var(--muted);font-size:12px;margin:4px 0}
 table.heatmap td.heat{text-align:center;min-width:6.5em;line-height:1.25}
@@ -819,10 +850,10 @@ def render_html(docs: list, provenance: dict, title: str | None = None) -> str:
     models = sorted({d["model"] for d in everything})
     datas = sorted({d["data"] for d in everything})
     title = title or f"hwsim report: {', '.join(models)} on {', '.join(datas)}"
-    parts = [f'<h1>{esc(title)}</h1><div class="top">{_summary(runs, compares)}'
+    fronts = _fronts(runs) if runs else None
+    parts = [f'<h1>{esc(title)}</h1><div class="top">{_summary(runs, compares, fronts)}'
              f"{_prov_section(runs, compares, provenance)}</div>"]
     if runs:
-        fronts = _fronts(runs)
         parts.append('<section id="accuracy"><h2>Accuracy against hardware cost</h2>' + _plots(runs, fronts)
                      + render_table(_accuracy_table(runs, fronts)) + "</section>")
         parts.append('<section id="overflow"><h2>Overflow and clipping, layer by profile</h2>' + _heatmap(runs)

@@ -169,6 +169,10 @@ def check_page(page: str, docs: list, prov: dict) -> dict:
     def source(src, key, der):
         if src == "prov":
             return resolve(prov, key)
+        if src == "meta":
+            integer = [r for r in all_runs if not r["weight_only"]]
+            return {"/integer_runs": len(integer), "/certified_runs": sum(
+                all(x["certified"] is not False for x in r["layers"]) for r in integer)}[key]
         target = resolve(docs[int(src)], key)
         if der:
             counts["derived"] += 1
@@ -209,6 +213,10 @@ def check_page(page: str, docs: list, prov: dict) -> dict:
             body = [c for c in t.children if isinstance(c, Node) and c.tag == "tbody"][0]
             trs = [c for c in body.children if isinstance(c, Node) and c.tag == "tr"]
             assert len(rows) == len(trs) + 1
+            heads = [c for c in t.children if isinstance(c, Node) and c.tag == "thead"]
+            if heads:  # the header row names every column, in the CSV as on the page
+                ths = [c for c in heads[0].children[0].children if isinstance(c, Node)]
+                assert [th.all_text() for th in ths] == rows[0]
             for tr, row in zip(trs, rows[1:]):
                 tds = [c for c in tr.children if isinstance(c, Node)]
                 assert len(tds) == len(row)
