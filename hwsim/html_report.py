@@ -164,7 +164,9 @@ def csv_link(name: str, text: str) -> str:
 
 
 def render_table(t: Table) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in t.headers)
+    left = [bool(t.rows) and any(c in t.rows[0][i].cls.split() for c in ("name", "cause", "mode"))
+            for i in range(len(t.headers))]
+    head = "".join(f'<th{" class=l" if lf else ""}>{esc(h)}</th>' for h, lf in zip(t.headers, left))
     body = "\n".join("<tr>" + "".join(c.td() for c in row) + "</tr>" for row in t.rows)
     cap = f"<caption>{esc(t.caption)} {csv_link(t.name, table_csv(t))}</caption>"
     wrap = "tablewrap scroll" if t.scroll else "tablewrap"
@@ -439,9 +441,10 @@ def _letter(i: int) -> str:
 
 
 def svg_bars(names: list[str], series: list[dict], ylabel: str, title: str, src: str, cap: float | None = None,
-             floor: float | None = None, title_html: str | None = None) -> str:
-    """Grouped bars per layer. series: {name, cls, values, keys, fmt, scale}; values outside [floor, cap]
-    are drawn at the edge with an arrow and their value as text (inf included)."""
+             floor: float | None = None, title_html: str | None = None, caption: str = "") -> str:
+    """Grouped bars per layer. series: {name, cls, values, keys, fmt, scale, name_keys, extra_cls, note};
+    values outside [floor, cap] are drawn at the edge with their value as text (inf included); a series'
+    ``note`` (a list of Cells) is written above its bars. The legend and ``caption`` go below, in HTML."""
     w = max(W, ML + MR + 40 + len(names) * (14 * len(series) + 18))
     vals = [v * s.get("scale", 1) for s in series for v in s["values"] if v is not None and math.isfinite(v)]
     hi = max(vals + [0.0]) if cap is None else min(max(vals + [0.0]), cap)
@@ -470,17 +473,16 @@ def svg_bars(names: list[str], series: list[dict], ylabel: str, title: str, src:
             if shown != scaled:  # clipped: write the value at the edge
                 s.append(f'<text class="clip" x="{x + bw / 2:.1f}" y="{(y - 3) if scaled > 0 else (y + 11):.1f}" '
                          f'text-anchor="middle" {attrs}>{esc(fmt_value(v, sr["fmt"]))}</text>')
+            elif sr.get("note"):
+                s.append(Cell.td(sr["note"][i], "text").replace(
+                    "<text", f'<text x="{x + bw / 2:.1f}" y="{min(y, y0) - 3:.1f}" text-anchor="middle"', 1))
         nk = series[0]["name_keys"][i]
         tag = "" if nk is None else f'data-src="{esc(src)}" data-key="{esc(nk)}" data-value="{esc(name)}" data-fmt="str"'
         s.append(f'<text class="tick" x="{ML + (i + 0.5) * group:.1f}" y="{H - MB + 16}" text-anchor="middle" '
                  f'{tag}>{esc(name)}</text>')
-    legend_x = w - MR
-    for sr in reversed(series):
-        legend_x -= 8 + 7 * len(sr["name"]) + 14
-        s.append(f'<rect class="{sr["cls"]}" x="{legend_x:.0f}" y="6" width="10" height="10"/>'
-                 f'<text class="legend" x="{legend_x + 14:.0f}" y="15">{esc(sr["name"])}</text>')
     s.append("</svg>")
-    return "\n".join(s)
+    legend = "".join(f'<span class="sw {sr["cls"]}"></span>{esc(sr["name"])} ' for sr in series)
+    return "\n".join(s) + f"<figcaption>{legend}{caption}</figcaption>"
 
 
 # ----------------------------------------------------------------------------- sections
@@ -548,10 +550,17 @@ def _summary(runs: list[Run], compares, fronts: dict | None) -> str:
             items.append("<li>Pareto front, accuracy vs BOPs (cheapest first): " + ", ".join(
                 Cell(r.label, "str", r.src, r.key, derived="label").td("span") for r in front) + "</li>")
     for src, c in compares:
-        fd = c.get("first_divergent_layer")
-        items.append(f"<li>compare under {Cell(c['profile'], 'str', src, '/profile').td('b')}: "
-                     + (f"first layer diverging by more than one LSB {Cell(fd, 'str', src, '/first_divergent_layer').td('b')}"
-                        if fd else "no layer diverges by more than one LSB") + "</li>")
+        fd, fc = c.get("first_divergent_layer"), c.get("first_causal_layer")
+        line = (f"<li>compare under {Cell(c['profile'], 'str', src, '/profile').td('b')}: fake-quant "
+                f"{Cell(c['fakequant_accuracy'], 'pct', src, '/fakequant_accuracy').td('b')} vs simulator "
+                f"{Cell(c['sim_accuracy'], 'pct', src, '/sim_accuracy').td('b')}; "
+                + (f"first layer diverging by more than one LSB {Cell(fd, 'str', src, '/first_divergent_layer').td('b')}"
+                   if fd else "no layer diverges by more than one LSB"))
+        j = next((j for j, x in enumerate(c["layers"]) if x["name"] == fc), None)
+        if j is not None:  # the named cause where the difference is born
+            line += (f"; born in {Cell(fc, 'str', src, '/first_causal_layer').td('b')}: "
+                     + Cell(c["layers"][j]["cause"], "str", src, pointer("layers", j, "cause")).td("span"))
+        items.append(line + "</li>")
     return f'<div><h2>Summary</h2><ul class="summary">{"".join(items)}</ul></div>' if items else "<div></div>"
 
 
@@ -735,7 +744,7 @@ def _compare_section(src: str, c: dict, n: int) -> str:
                           ("first layer whose own arithmetic differs by more than one LSB", "first_causal_layer", "str")):
         if f == "recipe" and c.get("recipe") in (None, ""):
             continue
-        summary.rows.append([Cell(label), Cell(c.get(f), fmt, src, k(f))])
+        summary.rows.append([Cell(label, cls="name"), Cell(c.get(f), fmt, src, k(f))])
     layers = Table(f"compare{n}_layers.csv",
                    ["layer", "kind", "SQNR fq/sim dB", "SQNR fq/float dB", "SQNR sim/float dB", "max LSB", "mean LSB",
                     "outputs differing", "overflow events", "clip rate", "isolated max LSB", "cause"],
@@ -760,14 +769,16 @@ def _compare_section(src: str, c: dict, n: int) -> str:
          "values": [x["sqnr_fq_vs_float"] for x in c["layers"]], "keys": [k("layers", j, "sqnr_fq_vs_float") for j in range(len(names))]},
         {"name": "simulator vs float", "cls": "s3", "fmt": "db", "name_keys": nk,
          "values": [x["sqnr_sim_vs_float"] for x in c["layers"]], "keys": [k("layers", j, "sqnr_sim_vs_float") for j in range(len(names))]},
-    ], "SQNR (dB)", "SQNR per layer (bars at the top edge: larger, inf = identical)", src, cap=80.0, floor=-20.0)
+    ], "SQNR (dB)", "SQNR per layer", src, cap=80.0, floor=-20.0,
+        caption="— higher is closer; bars cut at the top edge carry their value (inf: identical).")
     lsb = svg_bars(names, [
         {"name": "outputs differing (%)", "cls": "s1", "fmt": "pct3", "scale": 100, "name_keys": nk,
          "extra_cls": ["big" if x["max_lsb"] > 1 else "" for x in c["layers"]],
+         "note": [Cell(x["max_lsb"], "int", src, k("layers", j, "max_lsb"), cls="note") for j, x in enumerate(c["layers"])],
          "values": [x["frac_diff"] for x in c["layers"]], "keys": [k("layers", j, "frac_diff") for j in range(len(names))]},
-        {"name": "mean |LSB difference| (hundredths)", "cls": "s2", "fmt": "lsb", "scale": 100, "name_keys": nk,
-         "values": [x["mean_lsb"] for x in c["layers"]], "keys": [k("layers", j, "mean_lsb") for j in range(len(names))]},
-    ], "percent", "LSB differences per layer (red: some output differs by more than one LSB)", src)
+    ], "outputs differing (%)", "Fake-quant vs simulator, per layer", src,
+        caption="— red: some output differs by more than one LSB; the number above a bar is the largest "
+                "difference in LSBs.")
     hist = _lsb_histograms(src, c)
     return (f'<section class="compare" id="compare{n}"><h2>Comparison: fake-quant vs simulator under '
             f'{Cell(c["profile"], "str", src, "/profile").td("span")}</h2>'
@@ -807,7 +818,7 @@ table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-num
 caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
 th,td{border-bottom:1px solid var(--line);padding:3px 7px;text-align:right;vertical-align:top}
 th{background:#f3f5f9;font-weight:600}td.name,th.name,td.cause,thead th:first-child{text-align:left}
-td.mode{white-space:nowrap}
+td.mode{white-space:nowrap}th.l{text-align:left}
 td.name,th.name{white-space:nowrap}td.em{font-weight:700}td.bad,span.bad{color:var(--accent);font-weight:700}
 table.prov{font-size:12px;width:100%}table.prov th,table.prov td{padding:1px 8px;text-align:left}
 table.prov th{width:9em;background:none;color:var(--muted);font-weight:500}
@@ -825,6 +836,9 @@ svg .front{fill:none;stroke:var(--accent);stroke-width:1.5;stroke-dasharray:4 3}
 svg .ptlabel{font-size:11px;font-weight:700;fill:var(--accent)}
 figcaption{font-size:12px;color:var(--muted);margin:3px 2px}figcaption b{color:var(--accent)}svg .clip{font-size:9px;fill:var(--muted)}
 svg .s1{fill:#3b6fb6}svg .s2{fill:#f0a040}svg .s3{fill:#7bb77b}svg .s1.big{fill:var(--accent)}
+svg .note{font-size:10px;fill:var(--fg)}
+.sw{display:inline-block;width:10px;height:10px;margin:0 4px 0 8px;vertical-align:-1px}
+.sw.s1{background:#3b6fb6}.sw.s2{background:#f0a040}.sw.s3{background:#7bb77b}
 p.note,p.legend{color:var(--muted);font-size:12px;margin:4px 0}
 table.heatmap td.heat{text-align:center;min-width:6.5em;line-height:1.25}
 td.heat .clip{font-size:11px;color:var(--muted)}td.heat .cm{margin-left:4px;font-weight:700}

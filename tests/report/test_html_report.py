@@ -327,3 +327,15 @@ def test_data_urls_are_decodable_text(sweep_json):
         body = m.group(1).split(",", 1)[1]
         base64.b64decode(body, validate=True).decode("utf-8")
         assert urllib.parse.quote(body, safe="+/=") == body
+
+
+def test_infinite_sqnr_and_identical_layers(compare_json):
+    """inf (identical) and -inf SQNR are drawn at the axis edge and shown as the CLI prints them."""
+    lay = [dict(x) for x in compare_json["layers"]]
+    lay[0].update(sqnr_fq_vs_sim=float("inf"), max_lsb=0, mean_lsb=0.0, frac_diff=0.0, cause="")
+    lay[-1].update(sqnr_sim_vs_float=float("-inf"))
+    c = dict(compare_json, layers=lay)
+    page = render_html([c], PROV)
+    check_page(page, [c], PROV)
+    assert '<text class="clip"' in page and 'data-value="inf" data-fmt="db">inf</text>' in page
+    assert 'data-value="-inf" data-fmt="db">-inf</text>' in page
