@@ -761,7 +761,7 @@ def _compare_section(src: str, c: dict, n: int) -> str:
                             Cell(x["overflow_events"], "int", src, lk("overflow_events")),
                             Cell(x["clip_rate"], "pct", src, lk("clip_rate")),
                             Cell(x.get("isolated_max_lsb"), "int", src, lk("isolated_max_lsb")),
-                            Cell(x["cause"] or None, "str", src, lk("cause"), cls="cause")])
+                            Cell(x["cause"], "str", src, lk("cause"), cls="cause")])
     sq = svg_bars(names, [
         {"name": "fake-quant vs simulator", "cls": "s1", "fmt": "db", "name_keys": nk,
          "values": [x["sqnr_fq_vs_sim"] for x in c["layers"]], "keys": [k("layers", j, "sqnr_fq_vs_sim") for j in range(len(names))]},
