@@ -12,7 +12,8 @@ nominal widths, so first/last-layer bits and per-layer overrides are what is cou
   profile's bias bits (a float32 bias, ``bias.form = float32``, counts 32);
 - the accumulator the layer runs on (``acc_bits``, ``acc_overflow``, ``rows``, ``partial_bits``,
   ``partial_overflow``; ``None`` = unbounded) and the minimum widths its certificate proves
-  sufficient for every input on the grid (``min_acc_bits``, ``min_partial_bits``), with the
+  sufficient for every input on the grid (``min_acc_bits``; ``min_partial_bits`` only where
+  there is a partial-sum stage), with the
   headroom (configured − needed; negative = can overflow) and whether it is ``certified``.
 
 Totals sum MACs, BOPs and memory; ``acc_bits`` is the widest accumulator of any layer (``None``
@@ -68,7 +69,8 @@ def layer_cost(qg: QuantizedGraph, lay, out_shape: tuple[int, ...]) -> dict:
          "certified": None}
     if cert is not None:
         c = cert.to_dict()
-        d.update(min_acc_bits=int(c["min_acc_bits"]), min_partial_bits=int(c["min_partial_bits"]),
+        d.update(min_acc_bits=int(c["min_acc_bits"]),
+                 min_partial_bits=None if acc.partial_bits is None else int(c["min_partial_bits"]),
                  headroom_bits=c["headroom_bits"], partial_headroom_bits=c["partial_headroom_bits"],
                  certified=bool(c["certified"]))
     return d
@@ -96,7 +98,8 @@ def graph_cost(qg: QuantizedGraph) -> dict:
         "acc_bits": _max_or_none([x["acc_bits"] for x in layers]),
         "min_acc_bits": max((x["min_acc_bits"] for x in certs), default=None),
         "partial_bits": max((x["partial_bits"] for x in layers if x["partial_bits"] is not None), default=None),
-        "min_partial_bits": max((x["min_partial_bits"] for x in certs), default=None),
+        "min_partial_bits": max((x["min_partial_bits"] for x in certs if x["min_partial_bits"] is not None),
+                                default=None),
         "mac_layers": len(layers),
         "certified_layers": sum(1 for x in certs if x["certified"]),
         "uncertified_layers": sum(1 for x in certs if not x["certified"]),

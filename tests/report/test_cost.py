@@ -42,6 +42,7 @@ def test_int8_counts(net):
         assert lay[n]["weights"] == WEIGHTS[n] and lay[n]["weight_memory_bits"] == 8 * WEIGHTS[n]
         assert lay[n]["bias_memory_bits"] == 32 * (3 if n == "fc" else 4)
         assert lay[n]["acc_bits"] == 32 and lay[n]["acc_overflow"] == "wrap" and lay[n]["partial_bits"] is None
+        assert lay[n]["min_partial_bits"] is None and lay[n]["partial_headroom_bits"] is None  # no partial stage
         assert lay[n]["certified"] is True and lay[n]["headroom_bits"] == 32 - lay[n]["min_acc_bits"]
     t = c["totals"]
     assert set(t) == set(TOTAL_KEYS)
@@ -81,6 +82,7 @@ def test_partial_sum_stage(net):
         assert (x["acc_bits"], x["partial_bits"], x["rows"], x["partial_overflow"]) == (32, 16, 64, "saturate")
         assert x["partial_headroom_bits"] == 16 - x["min_partial_bits"]
     assert c["totals"]["partial_bits"] == 16
+    assert c["totals"]["min_partial_bits"] == max(x["min_partial_bits"] for x in c["layers"])
 
 
 def test_weight_only_counts_float32_activations(net):
