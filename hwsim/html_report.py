@@ -815,7 +815,7 @@ ul.summary{margin:6px 0 10px;padding-left:20px}ul.summary li{margin:2px 0}
 .top h2{margin-top:4px}
 @media (max-width:900px){.top{grid-template-columns:1fr}}
 table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
-caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;white-space:nowrap}
+caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0}
 th,td{border-bottom:1px solid var(--line);padding:3px 7px;text-align:right;vertical-align:top}
 th{background:#f3f5f9;font-weight:600}td.name,th.name,td.cause,thead th:first-child{text-align:left}
 td.mode{white-space:nowrap}th.l{text-align:left}
@@ -847,12 +847,15 @@ td.heat.nok .cm{color:var(--accent)}td.heat.na{color:var(--muted)}
 .two{max-width:760px}
 footer{margin-top:24px;color:var(--muted);font-size:11px}
 @media print{
- body{max-width:none;padding:0;font-size:11px}a.csv{display:none}
+ body{max-width:none;padding:0;font-size:10px}a.csv{display:none}
+ table{font-size:8.5px}th,td{padding:1px 3px}td.heat{min-width:0}td.heat .clip{font-size:7.5px}
+ table.prov{font-size:9px}
+ .top{grid-template-columns:1fr 1fr}
  .tablewrap,.tablewrap.scroll{overflow:visible;max-height:none}
  figure,table,tr{break-inside:avoid}h2{break-after:avoid}
- .figs{display:block}figure{max-width:16cm;margin-bottom:8px}
+ .figs{display:flex;flex-wrap:nowrap;gap:8px}figure{flex:1 1 0;max-width:none;margin-bottom:6px}
  td.heat{-webkit-print-color-adjust:exact;print-color-adjust:exact}
- @page{margin:12mm}
+ @page{size:A4 landscape;margin:10mm}
 }
 """
 

@@ -101,8 +101,10 @@ class _Pipe:
 
 
 def check_page(html_path: str | os.PathLike, chromium: str, width: int = 1366, height: int = 768,
-               settle_s: float = 0.5) -> PageCheck:
-    """Open ``html_path`` (file://) in headless Chromium and record what happened."""
+               settle_s: float = 0.5, media: str = "screen") -> PageCheck:
+    """Open ``html_path`` (file://) in headless Chromium and record what happened.
+
+    ``media = "print"`` renders the screenshot with the print stylesheet."""
     url = Path(html_path).resolve().as_uri()
     res = PageCheck(viewport_width=width)
     with tempfile.TemporaryDirectory() as profile:
@@ -127,6 +129,8 @@ def check_page(html_path: str | os.PathLike, chromium: str, width: int = 1366, h
                 pipe.call(f"{dom}.enable", session=sid)
             pipe.call("Emulation.setDeviceMetricsOverride",
                       {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=sid)
+            if media != "screen":
+                pipe.call("Emulation.setEmulatedMedia", {"media": media}, session=sid)
             pipe.events.clear()
             pipe.call("Page.navigate", {"url": url}, session=sid)
             pipe.wait_event("Page.loadEventFired")
