@@ -128,6 +128,41 @@ def _stochastic_index(lay: QLayer, shape: tuple, offset: int):
     return (offset * _per_image(shape) + np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)).reshape(shape)
 
 
+def _mac_fast(lay: QLayer, x: np.ndarray, gx) -> tuple[np.ndarray, int, int]:
+    """A conv2d/linear layer by the fast kernels with its plan (bounds, packed weights) made once.
+
+    The plan assumes inputs on the input grid [qmin, qmax] and is kept on the layer (attribute
+    ``fast_plan``) together with the arrays it was made from: code that replaces ``w_q``, ``bias_q``,
+    ``w_zero_point`` or ``accumulator`` gets a new plan (arrays are compared by identity, so weights
+    must be replaced, not written in place). Returns (acc int64, acc events, partial events).
+    """
+    from hwsim import kernels
+
+    a = lay.attrs
+    arrays = (lay.w_q, lay.bias_q, lay.w_zero_point)
+    key = (lay.accumulator, int(gx.qmin), int(gx.qmax), int(gx.zero_point))
+    cached = getattr(lay, "fast_plan", None)
+    if cached is None or cached[1] != key or any(u is not v for u, v in zip(cached[0], arrays)):
+        w = ops._int_array(lay.w_q, "w_q")
+        zw = ops._w_zero_point(lay.w_zero_point, w.shape[0])
+        b = ops._bias(lay.bias_q, w.shape[0])
+        if lay.op == "conv2d":
+            geo = (ops._pair(a.get("stride", 1), "stride"), ops._padding(a.get("padding", (0, 0, 0, 0))),
+                   ops._pair(a.get("dilation", 1), "dilation"), int(a.get("groups", 1)))
+            plan = kernels.conv_plan(w, b, gx.zero_point, zw, *geo, lay.accumulator, gx.qmin, gx.qmax)
+        else:
+            plan = kernels.linear_plan(w, b, gx.zero_point, zw, lay.accumulator, gx.qmin, gx.qmax)
+        cached = (arrays, key, (w, zw, b, plan))
+        lay.fast_plan = cached
+    w, zw, b, plan = cached[2]
+    if lay.op == "conv2d":
+        acc, pe, ae = kernels.conv2d_accumulate(x, w, b, gx.zero_point, zw, *plan.geometry, lay.accumulator, plan=plan)
+    else:
+        acc, pe, ae = kernels.linear_accumulate(x.reshape(x.shape[0], -1), w, b, gx.zero_point, zw, lay.accumulator,
+                                                plan=plan)
+    return acc, int(ae), int(pe)
+
+
 def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: LayerStats, impl: str,
               offset: int = 0) -> None:
     """Execute one layer on integer tensors in ``env`` (in place) and update its stats.
@@ -138,7 +173,14 @@ def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: L
     x = env[lay.inputs[0]]
     gy = g.get(lay.output)
     a = lay.attrs
-    if lay.op in ("conv2d", "linear"):
+    if lay.op in ("conv2d", "linear") and impl == "fast":
+        acc, ae, pe = _mac_fast(lay, x, g[lay.inputs[0]])
+        st.acc_events += ae
+        st.partial_events += pe
+        y, _ = ops.requantize(acc, lay.requant_params, lay.requant, gy.zero_point, WIDE[0], WIDE[1], channel_axis=1,
+                              index=_stochastic_index(lay, acc.shape, offset))
+        y, clipped = _clamp_counted(y, lay, gy)
+    elif lay.op in ("conv2d", "linear"):
         gx = g[lay.inputs[0]]
         if lay.op == "conv2d":
             acc, ast = ops.conv2d(x, lay.w_q, lay.bias_q, x_zero_point=gx.zero_point,

@@ -20,6 +20,7 @@ Module-level njit functions write into caller-allocated arrays; cache=True, no f
 from __future__ import annotations
 
 import contextlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -606,24 +607,197 @@ def _screen(plan: _Plan, cols: np.ndarray, k0: int, npos: int) -> np.ndarray:
     return mask
 
 
-def _xmax(x: np.ndarray, zx: int) -> int:
+def _range(x: np.ndarray, zx: int) -> tuple[int, int]:
+    """(min, max) of an integer batch ((z_x, z_x) when empty)."""
     if x.size == 0:
-        return 0
-    v = max(abs(int(x.max()) - zx), abs(int(x.min()) - zx))
+        return zx, zx
+    return int(x.min()), int(x.max())
+
+
+def _xmax(lo: int, hi: int, zx: int) -> int:
+    """max |x - z_x| over inputs in [lo, hi] (padding pixels hold z_x and add 0)."""
+    v = max(abs(lo - zx), abs(hi - zx))
     if v >= 1 << 31:
         raise HwsimError(f"activations minus zero point reach {v}: allowed |x - z_x| < 2^31")
     return v
+
+
+# ----------------------------------------------------------------------------- int8 GEMM (torch._int_mm)
+INT8_BLOCK = 8 << 20  # int8 im2col block budget (bytes)
+_INT_MM = None  # None: not probed yet; False: unavailable; else torch._int_mm
+
+
+def int_mm():
+    """``torch._int_mm`` (int8 x int8 -> int32 products with int32 accumulation) or None.
+
+    None when torch is not importable, when HWSIM_INT_MM=0 is set (the exact float-BLAS path then
+    runs), or when the function fails a self-test at the operand extremes (so a library that
+    saturated or narrowed its pair sums could never be used).
+    """
+    global _INT_MM
+    if _INT_MM is None:
+        _INT_MM = False
+        if os.environ.get("HWSIM_INT_MM", "1") != "0":
+            try:
+                import torch
+
+                f = torch._int_mm
+                ok = True
+                for va, vb in ((-128, -128), (127, -128), (-128, 127)):
+                    for m, k, n in ((1, 1, 1), (33, 1027, 9), (70, 4608, 64)):
+                        a = torch.full((m, k), va, dtype=torch.int8)
+                        b = torch.full((n, k), vb, dtype=torch.int8).t()  # the column-major layout used below
+                        ok = ok and bool((f(a, b) == va * vb * k).all())
+                rng = np.random.default_rng(0)
+                for m, k, n in ((5, 2, 3), (17, 3, 12), (64, 27, 16), (3, 576, 64)):
+                    a8 = rng.integers(-128, 128, (m, k)).astype(np.int8)
+                    w8 = rng.integers(-128, 128, (n, k)).astype(np.int8)
+                    c = f(torch.from_numpy(a8), torch.from_numpy(w8).t()).numpy()
+                    ok = ok and bool((c == a8.astype(np.int64) @ w8.astype(np.int64).T).all())
+                _INT_MM = f if ok else False
+            except Exception:  # noqa: BLE001 - any failure means: use the exact float path
+                _INT_MM = False
+    return _INT_MM or None
+
+
+@dataclass
+class _Int8Gemm:
+    """acc = add[m] + sum_k w8[m, k] * (x_k - o) with int32 accumulation, proven exact (docs/semantics.md 10).
+
+    sum_k (w - z_w)(x - z_x) = sum_k (w - z_w)(x - o) + (o - z_x) sum_k (w - z_w); ``add`` = bias +
+    (o - z_x) * rowsum, exact in int64; every partial sum of the int32 part is at most
+    max_m sum_k |w - z_w| * max|x - o| < 2^31.
+    """
+
+    w8: object  # torch int8 [K, M], the column-major view of [M, K] (what _int_mm runs fastest)
+    offset: int  # o: the GEMM reads x - o as int8
+    pad_value: int  # z_x - o: the padding pixels
+    add: np.ndarray  # int64 [M]
+
+
+def _int8_gemm(wd: np.ndarray, bias: np.ndarray | None, zx: int, lo: int, hi: int, padded: bool,
+               plans: list) -> _Int8Gemm | None:
+    """The int8 GEMM form of a problem whose every group is exact (no event possible), or None."""
+    if not plans or not all(p.layer_exact and not p.kernel_only for p in plans) or int_mm() is None:
+        return None
+    if wd.shape[1] < 2 or wd.min() < -128 or wd.max() > 127 or hi - lo > 255:
+        return None  # K = 1: torch 2.x's CPU _int_mm returns garbage for [m, 1] x [1, n > 1]
+    o = zx if (lo - zx >= -128 and hi - zx <= 127) else lo + 128  # x - o in [-128, 127]
+    pad_value = zx - o
+    if padded and not -128 <= pad_value <= 127:
+        return None
+    xm = max(abs(lo - o), abs(hi - o), abs(pad_value) if padded else 0)
+    rows = np.abs(wd).sum(axis=1)
+    if int(rows.max()) * xm >= 1 << 31:
+        return None
+    import torch
+
+    b = np.zeros(wd.shape[0], np.int64) if bias is None else bias.astype(np.int64)
+    add = b + (o - zx) * wd.sum(axis=1)
+    return _Int8Gemm(torch.from_numpy(np.ascontiguousarray(wd.astype(np.int8))).t(), o, pad_value, add)
+
+
+def _torch_threads() -> None:
+    """torch's intra-op threads = numba's (one setting, ``set_threads``, for every kernel)."""
+    import torch
+
+    n = numba.get_num_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+@njit(parallel=True, cache=True)
+def pad_offset_int8(x, o, lo, hi, pt, pl, out, bad):
+    """out[n, c, pt + i, pl + j] = x[n, c, i, j] - o as int8 (the caller fills padding with z_x - o);
+    bad[n*C + c] = 1 when a value of that plane lies outside [lo, hi] (the range the plan assumed)."""
+    N, C, H, W = x.shape
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        b = 0
+        for i in range(H):
+            for j in range(W):
+                v = np.int64(x[n, c, i, j])
+                if v < lo or v > hi:
+                    b = 1
+                out[n, c, pt + i, pl + j] = np.int8(v - o)
+        bad[t] = b
+
+
+@njit(parallel=True, cache=True)
+def gemm_finish(c, add, L, out):
+    """out[i, m, l] = c[i*L + l, m] + add[m]: the int32 GEMM result widened to int64, channel-major."""
+    nb = out.shape[0]
+    M = c.shape[1]
+    for t in prange(nb * M):
+        i = t // M
+        m = t - i * M
+        a = add[m]
+        for l in range(L):
+            out[i, m, l] = np.int64(c[i * L + l, m]) + a
+
+
+@dataclass
+class GemmPlan:
+    """Everything a conv/linear call needs that depends on weights, accumulator and input range only.
+
+    Made once per layer by :func:`conv_plan` / :func:`linear_plan` (the executor caches it on the
+    layer); valid for any batch whose values lie in [lo, hi] (checked on every call: a batch outside
+    it is planned again from its own range, which changes speed only).
+    """
+
+    lo: int
+    hi: int
+    zx: int
+    groups: list  # one _Plan per group
+    gemm: _Int8Gemm | None
+    geometry: tuple | None = None  # conv: (stride, pad, dilation, groups)
+
+
+def linear_plan(w, bias, zx, zw, acc, lo: int, hi: int) -> GemmPlan:
+    """Plan of a linear layer for inputs in [lo, hi]."""
+    wd = w - zw[:, None]
+    plans = [_plan(wd, bias, _xmax(lo, hi, zx), acc)]
+    return GemmPlan(lo, hi, zx, plans, _int8_gemm(wd, bias, zx, lo, hi, False, plans))
+
+
+def conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, lo: int, hi: int) -> GemmPlan:
+    """Plan of a conv2d layer for inputs in [lo, hi] (per group bounds; the int8 GEMM when groups = 1)."""
+    Cout = w.shape[0]
+    Mg = Cout // groups
+    wd = (w - zw[:, None, None, None]).reshape(Cout, -1)
+    xmax = _xmax(lo, hi, zx)
+    plans = [_plan(wd[g * Mg:(g + 1) * Mg], None if bias is None else bias[g * Mg:(g + 1) * Mg], xmax, acc)
+             for g in range(groups)]
+    gemm = _int8_gemm(wd, bias, zx, lo, hi, any(pad), plans) if groups == 1 else None
+    return GemmPlan(lo, hi, zx, plans, gemm, (tuple(stride), tuple(pad), tuple(dilation), int(groups)))
+
+
+def _fits(plan: GemmPlan, x: np.ndarray) -> bool:
+    lo, hi = _range(x, plan.zx)
+    return plan.lo <= lo and hi <= plan.hi
 
 
 # ----------------------------------------------------------------------------- drivers
 RISKY_SWITCH = 0.25  # above this fraction of positions needing the model kernel, skip BLAS screening
 
 
-def linear_accumulate(x, w, bias, zx, zw, acc):
-    """Fast linear: (out int64 [N, M], partial events, acc events)."""
+def linear_accumulate(x, w, bias, zx, zw, acc, plan: GemmPlan | None = None):
+    """Fast linear: (out int64 [N, M], partial events, acc events). ``plan``: from :func:`linear_plan`."""
     N, K = x.shape
     M = w.shape[0]
-    plan = _plan(w - zw[:, None], bias, _xmax(x, zx), acc)
+    if plan is None or not _fits(plan, x):
+        plan = linear_plan(w, bias, zx, zw, acc, *_range(x, zx))
+    if plan.gemm is not None and N:
+        _torch_threads()
+        import torch
+
+        g = plan.gemm
+        x8 = np.empty((N, K), np.int8)
+        np.subtract(x, g.offset, out=x8, casting="unsafe")  # exact: x - o in [-128, 127] (plan range)
+        c = int_mm()(torch.from_numpy(x8), g.w8).numpy()
+        return c.astype(np.int64) + g.add, 0, 0
+    plan = plan.groups[0]
     dt = plan.blas if not plan.kernel_only else (np.float32 if plan.w_f32 is not None else np.int32)
     cols = np.ascontiguousarray((x - zx).T.astype(dt))[None]  # [1, K, N]
     out = np.empty((1, M, N), np.int64)
@@ -651,8 +825,37 @@ def _blas_one_thread():
     return _TPC.limit(limits=1, user_api="blas")
 
 
-def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc):
-    """Fast conv2d: (out int64 [N, Cout, Ho, Wo], partial events, acc events).
+def _conv_int8(x, plan: GemmPlan, geom: np.ndarray, pad, out) -> bool:
+    """The int8 GEMM conv (groups = 1, exact layer) into out [N, Cout, L]; False when x leaves the plan's range."""
+    import torch
+
+    g = plan.gemm
+    N, C, H, W = x.shape
+    L = int(geom[6] * geom[7])
+    Ktot = g.w8.shape[0]
+    xp = np.full((N, C, H + pad[0] + pad[1], W + pad[2] + pad[3]), g.pad_value, np.int8)
+    bad = np.zeros(N * C, np.uint8)
+    pad_offset_int8(np.ascontiguousarray(x), g.offset, plan.lo, plan.hi, pad[0], pad[2], xp, bad)
+    if bad.any():
+        return False
+    _torch_threads()
+    mm = int_mm()
+    nb = int(max(1, min(N, INT8_BLOCK // max(1, L * Ktot))))
+    cols_buf = np.empty((nb, L, Ktot), np.int8)
+    for n0 in range(0, N, nb):
+        b = min(nb, N - n0)
+        cols = cols_buf[:b]
+        im2col_positions(xp, n0, geom, cols)
+        c = mm(torch.from_numpy(cols.reshape(b * L, Ktot)), g.w8).numpy()
+        gemm_finish(c, g.add, L, out[n0:n0 + b])
+    return True
+
+
+def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, plan: GemmPlan | None = None):
+    """Fast conv2d: (out int64 [N, Cout, Ho, Wo], partial events, acc events). ``plan``: from :func:`conv_plan`.
+
+    A layer that cannot overflow, with int8-sized operands, is one int8 GEMM with int32
+    accumulation (:func:`int_mm`) plus exact int64 correction terms.
 
     Per group: a group whose static bound fits is exact BLAS products only (single-threaded BLAS
     on blocks of samples, spread over numba.get_num_threads() worker threads). Otherwise the
@@ -665,10 +868,15 @@ def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc):
     Ho = (H + pad[0] + pad[1] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
     Wo = (W + pad[2] + pad[3] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
     L, Kg, Mg, Ktot = Ho * Wo, Cin_g * KH * KW, Cout // groups, Cin * KH * KW
-    xmax = _xmax(x, zx)
-    wd = (w - zw[:, None, None, None]).reshape(Cout, Kg)
-    plans = [_plan(wd[g * Mg:(g + 1) * Mg], None if bias is None else bias[g * Mg:(g + 1) * Mg], xmax, acc)
-             for g in range(groups)]
+    geom = np.array([KH, KW, stride[0], stride[1], dilation[0], dilation[1], Ho, Wo], np.int64)
+    out = np.empty((N, Cout, L), np.int64)
+    if plan is not None and plan.gemm is not None and N and _conv_int8(x, plan, geom, pad, out):
+        return out.reshape(N, Cout, Ho, Wo), 0, 0
+    if plan is None or not _fits(plan, x):
+        plan = conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, *_range(x, zx))
+        if plan.gemm is not None and N and _conv_int8(x, plan, geom, pad, out):
+            return out.reshape(N, Cout, Ho, Wo), 0, 0
+    plans = plan.groups
     blas_types = [p.blas for p in plans if not p.kernel_only]
     if blas_types:
         dt = np.float64 if np.float64 in blas_types else np.float32
@@ -676,9 +884,7 @@ def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc):
         dt = np.float32 if all(p.w_f32 is not None for p in plans) else np.int32
     xp = np.zeros((N, Cin, H + pad[0] + pad[1], W + pad[2] + pad[3]), dt)  # padding holds z_x: x - z_x = 0
     pad_shift(np.ascontiguousarray(x), zx, pad[0], pad[2], xp)
-    geom = np.array([KH, KW, stride[0], stride[1], dilation[0], dilation[1], Ho, Wo], np.int64)
     nb = int(max(1, min(N, BLOCK_BYTES // max(1, L * Ktot * np.dtype(dt).itemsize))))
-    out = np.empty((N, Cout, L), np.int64)
     blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
 
     use_blas = [not p.kernel_only for p in plans]
@@ -786,13 +992,41 @@ def _mul_round_31(x, q, tie):
     return fl
 
 
+@njit(cache=True, inline="always")
+def _mbqm(x, qc, sc, single, tie0, tie1):
+    """fixedpoint.multiply_by_quantized_multiplier of one int64 x with Q31 (qc, sc), 31-bit multiplier.
+
+    double: RoundingDivideByPOT(SRDHM(x * 2^max(sc,0), qc), max(-sc,0)) with ties (tie0, tie1), the
+    high-mul clamped to int32; single: round(x * qc / 2^(31 - sc)) with tie1, clamped to int32
+    (the callers keep 0 <= qc < 2^31, -31 <= sc <= 31 and, for single, |x| <= 2^31).
+    """
+    if single:
+        n = 31 - sc  # 0 <= n <= 62, |x * qc| <= 2^62
+        p = x * qc
+        fl = p >> n
+        rem = p - (fl << n)
+        if _round_up(fl, rem, n, tie1):
+            fl += 1
+    else:
+        left = sc if sc > 0 else 0
+        right = -sc if sc < 0 else 0
+        lim = np.int64(1) << (62 - left)
+        xc = min(max(x, -lim), lim) << left
+        hi = _mul_round_31(xc, qc, tie0)
+        hi = min(max(hi, _I32_MIN), _I32_MAX)
+        fl = hi >> right
+        rem = hi - (fl << right)
+        if _round_up(fl, rem, right, tie1):
+            fl += 1
+    return min(max(fl, _I32_MIN), _I32_MAX)
+
+
 @njit(parallel=True, cache=True)
 def requant_fixed(acc, q, shift, single, tie0, tie1, out):
     """Fixed-point requantization of acc[o, c, i] (int64) with per-channel Q31 (q[c], shift[c]) into out.
 
-    double: RoundingDivideByPOT(SRDHM(x * 2^max(shift,0), q), max(-shift,0)) with ties (tie0, tie1),
-    the high-mul clamped to int32; single: round(x * q / 2^(31 - shift)) with tie1, clamped to int32.
-    Semantics: fixedpoint.multiply_by_quantized_multiplier (the callers check shift ranges).
+    Per element :func:`_mbqm`. Semantics: fixedpoint.multiply_by_quantized_multiplier (the callers
+    check shift ranges and, for single rounding, |acc| <= 2^31).
     """
     O, C, I = acc.shape
     for t in prange(O * C):
@@ -801,26 +1035,75 @@ def requant_fixed(acc, q, shift, single, tie0, tie1, out):
         qc = np.int64(q[c])
         sc = np.int64(shift[c])
         for i in range(I):
-            x = acc[o, c, i]
-            if single:
-                n = 31 - sc  # 0 <= n <= 62 (checked by the caller), |x| <= 2^31 (checked)
-                p = x * qc
-                fl = p >> n
-                rem = p - (fl << n)
-                if _round_up(fl, rem, n, tie1):
-                    fl += 1
+            out[o, c, i] = _mbqm(acc[o, c, i], qc, sc, single, tie0, tie1)
+
+
+ADD_BLOCK = 4096  # elements per parallel task of the element-wise add kernels
+
+
+@njit(parallel=True, cache=True)
+def add_fixed(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1, out):
+    """TFLite int8 ADD on flat arrays: out = MBQM(MBQM((a - za) << left, qa, sa) + MBQM((b - zb) << left, qb, sb),
+    qy, sy) + zy, each MBQM by :func:`_mbqm` (docs/semantics.md section 7, "fixed"; ops.add's numpy form).
+
+    Returns False (out then incomplete) when single rounding meets a value with |x| > 2^31, outside
+    the kernel's domain: the caller then runs the numpy path.
+    """
+    n = a.shape[0]
+    nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
+    bad = np.zeros(nt, np.uint8)
+    lim = np.int64(1) << 31
+    for t in prange(nt):
+        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
+            xa = (np.int64(a[i]) - za) << left
+            xb = (np.int64(b[i]) - zb) << left
+            if single and (abs(xa) > lim or abs(xb) > lim):
+                bad[t] = 1
+                continue
+            s = _mbqm(xa, qa, sa, single, tie0, tie1) + _mbqm(xb, qb, sb, single, tie0, tie1)
+            if single and abs(s) > lim:
+                bad[t] = 1
+                continue
+            out[i] = _mbqm(s, qy, sy, single, tie0, tie1) + zy
+    return not bad.any()
+
+
+@njit(cache=True, inline="always")
+def _round_f64(d, mode):
+    """fixedpoint.round_float of one float64 value for ROUND_CODE modes (no stochastic); |d| clipped to 2^62."""
+    d = min(max(d, -_CLIP62), _CLIP62)
+    if mode == 0:
+        r = np.rint(d)
+    elif mode == 1:
+        r = np.floor(abs(d) + 0.5)
+        if d < 0:
+            r = -r
+    elif mode == 2:
+        r = np.floor(d + 0.5)
+    elif mode == 3:
+        r = np.floor(d)
+    else:
+        r = np.trunc(d)
+    return np.int64(r)
+
+
+@njit(parallel=True, cache=True)
+def add_float32(a, b, sa, pa, sb, pb, inv, zy, z_before, mode, out):
+    """PyTorch x86 quantized add (vector body) on flat arrays, docs/semantics.md section 7 "float32":
+    da = fl32(s_a * a + premul_a) (exact in float64, one rounding = the FMA), c = fl32(da + db),
+    v = fl32(c * inv_y); out = round(fl32(v + z_y)) (z_before) or round(v) + z_y; ROUND_CODE ``mode``."""
+    n = a.shape[0]
+    nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
+    zf = np.float32(zy)
+    for t in prange(nt):
+        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
+            da = np.float32(sa * np.float64(a[i]) + pa)
+            db = np.float32(sb * np.float64(b[i]) + pb)
+            v = np.float32(np.float32(da + db) * inv)
+            if z_before:
+                out[i] = _round_f64(np.float64(np.float32(v + zf)), mode)
             else:
-                left = sc if sc > 0 else 0
-                right = -sc if sc < 0 else 0
-                lim = np.int64(1) << (62 - left)
-                xc = min(max(x, -lim), lim) << left
-                hi = _mul_round_31(xc, qc, tie0)
-                hi = min(max(hi, _I32_MIN), _I32_MAX)
-                fl = hi >> right
-                rem = hi - (fl << right)
-                if _round_up(fl, rem, right, tie1):
-                    fl += 1
-            out[o, c, i] = min(max(fl, _I32_MIN), _I32_MAX)
+                out[i] = _round_f64(np.float64(v), mode) + zy
 
 
 # ----------------------------------------------------------------------------- float32 requantization

@@ -690,6 +690,31 @@ def fixed_add_vector_input(x, left_shift: int, qs, tie: str = "half_up") -> np.n
     return fp.saturating_rounding_doubling_high_mul(x << n if n >= 0 else x >> -n, qs[0], tie)
 
 
+def _add_kernel(a: np.ndarray, b: np.ndarray, p: AddParams, cfg: Requant) -> np.ndarray | None:
+    """ops.add's float32 ("dequantize", no tail) and fixed (31-bit, scalar loop) forms by the numba
+    kernels (kernels.add_float32 / kernels.add_fixed, same arithmetic); None outside their domain."""
+    from hwsim import kernels
+
+    if a.size == 0 or cfg.mode == "pow2":
+        return None
+    fa, fb = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
+    out = np.empty(fa.size, np.int64)
+    if cfg.mode == "float32":
+        kernels.add_float32(fa, fb, np.float64(p.a_scale), np.float64(p.a_premul), np.float64(p.b_scale),
+                            np.float64(p.b_premul), np.float32(p.inv_y_scale), p.y_zero_point,
+                            cfg.zero_point == "before", kernels.ROUND_CODE[cfg.rounding], out)
+        return out.reshape(a.shape)
+    mults = (p.a_mult, p.b_mult, p.y_mult)
+    if cfg.multiplier_bits != 31 or any(not (0 <= q <= fp.INT32_MAX and -31 <= sh <= 31) for q, sh in mults):
+        return None
+    (qa, sa), (qb, sb), (qy, sy) = ((int(q), int(sh)) for q, sh in mults)
+    if not kernels.add_fixed(fa, fb, p.a_zero_point, p.b_zero_point, p.y_zero_point, p.left_shift, qa, sa, qb, sb,
+                             qy, sy, cfg.fixed_rounding == "single", kernels.TIE_CODE[cfg.fixed_ties[0]],
+                             kernels.TIE_CODE[cfg.fixed_ties[1]], out):
+        return None
+    return out.reshape(a.shape)
+
+
 def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, qmin, qmax,
         cfg: Requant = Requant(), impl: str = "fast", vector_width: int | None = None,
         index_offset: int = 0) -> tuple[np.ndarray, int]:
@@ -737,7 +762,12 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
         return ref.add(a, b, p, cfg, qmin, qmax, tail, swap, vector_body=body, index_offset=index_offset)
     # stochastic draws: index_offset + flat C-order output index (None = offset 0, the default)
     idx = (index_offset + fp._flat_index(a.shape)) if (cfg.rounding == "stochastic" and index_offset) else None
-    if ratio_fma:
+    y = None
+    if not ratio_fma and not body and not tail and not (cfg.mode == "float32" and cfg.rounding == "stochastic"):
+        y = _add_kernel(a, b, p, cfg)
+    if y is not None:
+        pass  # the numba kernel's result (same arithmetic as the numpy forms below)
+    elif ratio_fma:
         # ONNX Runtime MLAS QLinearAdd (AVX2): P takes the first FMA role, Q is folded in first
         (P, rp, zp), (Q, rq, zq) = (a, p.a_ratio, p.a_zero_point), (b, p.b_ratio, p.b_zero_point)
         if swap:
