@@ -373,16 +373,27 @@ def lsq_grid(step: float, bits: int, signed: bool) -> Grid:
     return Grid(float(step), 0, qmin, qmax, bits, signed)
 
 
+def lsq_rescale(step, learned_bits: int, bits: int, signed: bool):
+    """A step learned at ``learned_bits`` re-used at ``bits``: s' = s·Q_P(b)/Q_P(b'), Q_P the top of LSQ's
+    grid (2^(b-1)-1 signed, 2^b-1 unsigned), so the learned clipping threshold Q_P·s stays where it
+    was (docs/frontend.md: why rescaling rather than re-initialising). Same bits: s unchanged."""
+    if learned_bits == bits:
+        return step
+    top = (lambda b: 2 ** (b - 1) - 1) if signed else (lambda b: 2 ** b - 1)
+    return step * (top(learned_bits) / top(bits))
+
+
 def activation_grid(x: np.ndarray, fmt: TensorFormat, bits: int, hook=None, name="", lsq=None) -> Grid:
     """The grid of one activation tensor. ``lsq`` = {tensor: (step, bits, signed)} for range "lsq"
     (tensors without a learned step fall back to min-max on the calibration values)."""
     if fmt.range == "lsq" and hook is None:
         if lsq and name in lsq:
             step, b, signed = lsq[name]
-            if b != bits:
-                raise HwsimError(f"tensor '{name}': its LSQ step was learned for {b}-bit activations, the profile "
-                                 f"asks for {bits} bits (activations.range = lsq keeps the learned grid)")
-            return lsq_grid(step, b, signed)
+            if fmt.scale != "float":
+                raise HwsimError(f"tensor '{name}': activations.range = lsq keeps the learned step; "
+                                 f"activations.scale must be 'float', not {fmt.scale!r}")
+            # another bit width: the step rescaled to keep the clipping range; then activations.step_scale
+            return lsq_grid(lsq_rescale(step, b, bits, signed) * fmt.step_scale, bits, signed)
         fmt = dataclasses.replace(fmt, range="minmax")
     qmin, qmax = int_grid(fmt, bits)
     v = x.reshape(-1).astype(np.float64)
@@ -552,7 +563,8 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
 
 
 def _lsq_weight_grid(n: Node, folded: Graph, fmt: TensorFormat, w_bits: int, bn_scale):
-    """The learned LSQ weight steps of layer ``n`` (per channel or per tensor), LSQ's signed grid, z = 0.
+    """The learned LSQ weight steps of layer ``n`` (per channel or per tensor), LSQ's signed grid, z = 0;
+    at another bit width than learned, rescaled by ``lsq_rescale``; times ``weights.step_scale``.
 
     LSQ quantized the unfolded weights, so a layer followed by BatchNorm needs batchnorm = 'scale'
     (quantize unfolded weights, BN factor in the multiplier: WP eq. 41).
@@ -560,9 +572,6 @@ def _lsq_weight_grid(n: Node, folded: Graph, fmt: TensorFormat, w_bits: int, bn_
     e = (folded.metadata.get("lsq") or {}).get(n.name)
     if not e or not e.get("w_step"):
         raise HwsimError(f"layer '{n.name}': weights.range = lsq but the model has no learned weight step for it")
-    if int(e["w_bits"]) != w_bits:
-        raise HwsimError(f"layer '{n.name}': its LSQ weight step was learned for {e['w_bits']} bits, the profile "
-                         f"asks for {w_bits} bits")
     if fmt.scale != "float":
         raise HwsimError(f"layer '{n.name}': weights.range = lsq keeps the learned steps; weights.scale must be "
                          f"'float', not {fmt.scale!r}")
@@ -573,6 +582,8 @@ def _lsq_weight_grid(n: Node, folded: Graph, fmt: TensorFormat, w_bits: int, bn_
     step = np.abs(np.asarray(e["w_step"], np.float64).reshape(-1))
     if step.size not in (1, cout):
         raise HwsimError(f"layer '{n.name}': {step.size} LSQ weight steps for {cout} output channels")
+    # another bit width: the step rescaled to keep the clipping range (lsq_rescale); then weights.step_scale
+    step = lsq_rescale(step, int(e["w_bits"]), w_bits, True) * fmt.step_scale
     qmin, qmax = -(2 ** (w_bits - 1)), 2 ** (w_bits - 1) - 1
     return np.broadcast_to(step, (cout,)).copy(), np.zeros(cout, np.int64), qmin, qmax
 

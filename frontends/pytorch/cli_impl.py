@@ -30,13 +30,39 @@ def _pair(text: str | None, what: str, kinds=(int, int)):
         raise HwsimError(f"{what} {text!r} must be two comma-separated numbers, e.g. 4,4") from None
 
 
-def qat_spec(qat_bits, per_tensor: bool = False) -> tuple[tuple | None, bool]:
-    """``--qat-bits`` as (bits (W, A|None) or None, per_channel): "W,A", or a hardware profile name/path,
-    whose weight/activation bits (A = None for weight-only profiles) and weight granularity QAT then uses."""
+NT_DEFAULTS = (0.3, 50.0)  # noise tempering c, k (NT §5.2: k = 50 in every experiment, c in 0.2-0.4)
+
+
+def _layer_bits(text, what: str):
+    if text is None:
+        return None
+    t = str(text).strip().lower()
+    if t in ("none", "unbounded", "same"):
+        return "same"
+    try:
+        b = int(t)
+    except ValueError:
+        raise HwsimError(f"{what} {text!r}: give a bit width 2..16 or 'none' (the QAT bits)") from None
+    if not 2 <= b <= 16:
+        raise HwsimError(f"{what} {text!r}: bit width outside 2..16")
+    return b
+
+
+def qat_spec(qat_bits, per_tensor: bool = False, first_last=None) -> dict:
+    """``--qat-bits`` as train() keywords: {"qat_bits": (W, A|None) or None, "per_channel", "qat_profile",
+    "qat_first_bits", "qat_last_bits"}. "W,A": first/last layers at ``first_last`` bits (default 8, 'none' =
+    W,A everywhere) and the default profile's input format; a hardware profile name/path: its weight /
+    activation bits (A = None for weight-only profiles), weight granularity, first_layer/last_layer bits
+    (unbounded = the QAT bits) and input format. ``first_last`` given overrides both."""
+    fl = _layer_bits(first_last, "--qat-first-last")
     if qat_bits is None or not isinstance(qat_bits, str):
-        return qat_bits, not per_tensor
+        fb = 8 if fl is None else (None if fl == "same" else fl)
+        return {"qat_bits": qat_bits, "per_channel": not per_tensor, "qat_profile": None,
+                "qat_first_bits": fb, "qat_last_bits": fb}
     if "," in qat_bits:
-        return _pair(qat_bits, "--qat-bits"), not per_tensor
+        fb = 8 if fl is None else (None if fl == "same" else fl)
+        return {"qat_bits": _pair(qat_bits, "--qat-bits"), "per_channel": not per_tensor, "qat_profile": None,
+                "qat_first_bits": fb, "qat_last_bits": fb}
     from hwsim.profile import load_profile
 
     try:
@@ -44,13 +70,33 @@ def qat_spec(qat_bits, per_tensor: bool = False) -> tuple[tuple | None, bool]:
     except HwsimError as e:
         raise HwsimError(f"--qat-bits {qat_bits!r}: neither W,A bit widths nor a profile ({e})") from None
     bits = (p.weights.bits, None if p.weight_only else p.activations.bits)
-    return bits, (p.weights.granularity == "per_channel") and not per_tensor
+    first, last = p.first_layer.bits, p.last_layer.bits
+    if fl is not None:
+        first = last = None if fl == "same" else fl
+    return {"qat_bits": bits, "per_channel": (p.weights.granularity == "per_channel") and not per_tensor,
+            "qat_profile": p, "qat_first_bits": first, "qat_last_bits": last}
+
+
+def _symreg(text):
+    """``--symreg`` "λ" (λ1 = λ2) or "λ1,λ2" -> (λ1, λ2) or None."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        return float(text), float(text)
+    if "," in str(text):
+        return _pair(text, "--symreg", (float, float))
+    try:
+        v = float(text)
+    except ValueError:
+        raise HwsimError(f"--symreg {text!r}: give λ or λ1,λ2, e.g. 0.1 or 0.1,0.05") from None
+    return v, v
 
 
 def train_command(arch="smallcnn", data="default", epochs=10, lr=0.05, batch_size=64, seed=0, kure=None,
                   kure_raw=False, symreg=None, satnl=False, sam=None, rho=None, qat_bits=None, per_tensor=False,
                   noise=None, optimizer="sgd", weight_decay=5e-4, out="model.pt", resume=None, init=None,
-                  threads=1, quiet=False, export=None, as_json=False):
+                  threads=1, quiet=False, export=None, as_json=False, kure_target=1.8, nt=False,
+                  qat_first_last=None, qat_input="profile", qat_bn="unfolded"):
     """Run frontends.pytorch.train.train with CLI-typed options; optionally export; print a summary."""
     from hwsim.safeio import check_output
 
@@ -60,13 +106,20 @@ def train_command(arch="smallcnn", data="default", epochs=10, lr=0.05, batch_siz
     _need_torch()
     from .train import train
 
-    bits, per_channel = qat_spec(qat_bits, per_tensor)
+    spec = qat_spec(qat_bits, per_tensor, qat_first_last)
+    noise = _pair(noise, "--noise", (float, float)) if isinstance(noise, str) else noise
+    if nt:
+        if noise is not None:
+            raise HwsimError("--nt and --noise both given: --nt is --noise 0.3,50 (NT's defaults); give one of them")
+        noise = NT_DEFAULTS
+    if noise is not None and not spec["qat_bits"]:
+        raise HwsimError("--noise/--nt (noise tempering) needs QAT: give --qat-bits")
+    sym = _symreg(symreg)
     r = train(arch, data, epochs, lr, batch_size, seed, kure=kure, kure_on_folded=False if kure_raw else None,
-              symreg=symreg, satnl=satnl, sam=None if sam in (None, "none") else sam, rho=rho,
-              qat_bits=bits, per_channel=per_channel,
-              noise=_pair(noise, "--noise", (float, float)) if isinstance(noise, str) else noise,
+              symreg=sym[0] if sym else None, symreg2=sym[1] if sym else None, satnl=satnl,
+              sam=None if sam in (None, "none") else sam, rho=rho, noise=noise,
               optimizer=optimizer, weight_decay=weight_decay, out=out, resume=resume, init=init,
-              threads=threads, quiet=quiet)
+              threads=threads, quiet=quiet, kure_target=kure_target, qat_input=qat_input, qat_bn=qat_bn, **spec)
     if export:
         export_command(out, export)
     summary = {"checkpoint": out, "epochs_run": r.epochs_run, "seconds": round(r.seconds, 2),
@@ -106,17 +159,27 @@ def register(group: click.Group) -> None:
     @click.option("--lr", default=0.05, show_default=True, type=pos, help="learning rate (finite, > 0)")
     @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), metavar="N")
     @click.option("--seed", default=0, show_default=True, type=int)
-    @click.option("--kure", default=None, type=nonneg, help="KURE λ (target kurtosis 1.8); off by default")
+    @click.option("--kure", default=None, type=nonneg, help="KURE λ; off by default")
+    @click.option("--kure-target", default=1.8, show_default=True, type=pos,
+                  help="KURE target kurtosis K_T (1.8 = uniform)")
     @click.option("--kure-raw", is_flag=True, help="KURE on the raw weights instead of the BN-folded ones")
-    @click.option("--symreg", default=None, type=nonneg, help="SymReg λ1 = λ2; off by default")
+    @click.option("--symreg", default=None, metavar="L|L1,L2", help="SymReg λ1 = λ2 = L, or λ1,λ2; off by default")
     @click.option("--satnl", is_flag=True, help="weights W = tanh(V) (SatNL)")
     @click.option("--sam", type=click.Choice(["none", "sam", "asam"]), default="none", show_default=True)
     @click.option("--rho", default=None, type=pos, help="(A)SAM radius; default 0.05 (sam) / 1.0 (asam)")
     @click.option("--qat-bits", default=None, metavar="W,A|PROFILE",
                   help="LSQ QAT bit widths, e.g. 4,4 (A may be 'none'), or a hardware profile (e.g. w4a4): "
-                       "its weight/activation bits and weight granularity")
+                       "its weight/activation bits, weight granularity, first/last-layer bits and input format")
+    @click.option("--qat-first-last", default=None, metavar="BITS|none",
+                  help="bits of the first layer (weights, input) and last layer (weights, input); default: "
+                       "the profile's first_layer/last_layer bits, 8 with W,A; 'none' = the QAT bits")
+    @click.option("--qat-input", type=click.Choice(["profile", "lsq"]), default="profile", show_default=True,
+                  help="input image: fixed on the profile's input grid (as hwsim quantizes it), or a learned LSQ step")
+    @click.option("--qat-bn", type=click.Choice(["unfolded", "fold"]), default="unfolded", show_default=True,
+                  help="BN during QAT: unfolded (batch statistics) or static folding into the conv (needs --init)")
     @click.option("--per-tensor", is_flag=True, help="LSQ weight steps per tensor (default per channel)")
     @click.option("--noise", default=None, metavar="C,K", help="noise tempering constants, e.g. 0.3,50")
+    @click.option("--nt", is_flag=True, help="noise tempering with NT's defaults c = 0.3, k = 50")
     @click.option("--init", default=None, help="start from this checkpoint's weights (e.g. float model for QAT)")
     @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
     @click.option("--weight-decay", default=5e-4, show_default=True, type=nonneg)
@@ -127,11 +190,14 @@ def register(group: click.Group) -> None:
     @click.option("--export", "export_", default=None, metavar="PATH", help="also export the result to this .hwsim file")
     @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
     @quiet_option
-    def train_cmd(arch, data, epochs, lr, batch_size, seed, kure, kure_raw, symreg, satnl, sam, rho, qat_bits,
-                  per_tensor, noise, init, optimizer, weight_decay, out, resume, threads, export_, as_json, quiet):
+    def train_cmd(arch, data, epochs, lr, batch_size, seed, kure, kure_target, kure_raw, symreg, satnl, sam, rho,
+                  qat_bits, qat_first_last, qat_input, qat_bn, per_tensor, noise, nt, init, optimizer, weight_decay,
+                  out, resume, threads, export_, as_json, quiet):
         """Train a model with the PyTorch frontend (needs torch)."""
         train_command(arch, data, epochs, lr, batch_size, seed, kure, kure_raw, symreg, satnl, sam, rho, qat_bits,
-                      per_tensor, noise, optimizer, weight_decay, out, resume, init, threads, quiet, export_, as_json)
+                      per_tensor, noise, optimizer, weight_decay, out, resume, init, threads, quiet, export_, as_json,
+                      kure_target=kure_target, nt=nt, qat_first_last=qat_first_last, qat_input=qat_input,
+                      qat_bn=qat_bn)
 
     @group.command("export")
     @click.argument("checkpoint")

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from hwsim.errors import HwsimError
 from hwsim.graph import GraphBuilder, Graph, save_model
 
-from .lsq import LSQQuantizer, QuantWrapper
+from .lsq import FixedQuantizer, LSQQuantizer, QuantWrapper, lsq_entry
 from .satnl import SatNLConv2d, SatNLLinear, effective_weight
 
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (QuantWrapper, SatNLConv2d, SatNLLinear, LSQQuantizer)):
+        if isinstance(m, (QuantWrapper, SatNLConv2d, SatNLLinear, LSQQuantizer, FixedQuantizer)):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -57,10 +57,7 @@ class _Exporter:
     def module(self, node: fx.Node, m: nn.Module, x: str) -> str:
         name = node.name
         if isinstance(m, QuantWrapper):
-            self.lsq[name] = {"w_step": [float(v) for v in m.wq.step.detach()], "w_bits": m.wq.bits,
-                              "a_step": float(m.aq.step.detach()[0]) if m.aq is not None else None,
-                              "a_bits": m.aq.bits if m.aq is not None else None,
-                              "a_signed": m.aq.signed if m.aq is not None else None}
+            self.lsq[name] = lsq_entry(m)
             m = m.module
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
@@ -182,6 +179,18 @@ class _Exporter:
 
 def _tname(t) -> str:
     return getattr(t, "__name__", None) or str(t)
+
+
+def mac_module_order(model: nn.Module) -> list[str]:
+    """Qualified names of the conv/linear modules (plain, SatNL or QAT-wrapped) in execution order — the order
+    of hwsim's layers, whose first and last get first_layer.bits / last_layer.bits."""
+    try:
+        gm = fx.GraphModule(model, _Tracer().trace(model))
+    except Exception as e:  # noqa: BLE001
+        raise HwsimError(f"export: torch.fx cannot trace {type(model).__name__}: {str(e).splitlines()[0]}") from None
+    mods = dict(model.named_modules())
+    return [n.target for n in gm.graph.nodes if n.op == "call_module"
+            and isinstance(mods.get(n.target), (nn.Conv2d, nn.Linear, QuantWrapper))]
 
 
 def to_graph(model: nn.Module, input_shape, mean=0.0, std=1.0, metadata: dict | None = None) -> Graph:

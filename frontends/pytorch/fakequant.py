@@ -48,41 +48,79 @@ def _pair(v):
     return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
 
+def _activation(y: torch.Tensor, act: str | None) -> torch.Tensor:
+    if act == "relu":
+        return torch.relu(y)
+    if act == "relu6":
+        return torch.clamp(y, 0.0, 6.0)
+    return y
+
+
+def linear_forward(lay, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """float conv2d / linear of a compiled layer (its padding, stride, dilation, groups) on dequantized input."""
+    a = lay.attrs
+    if lay.op == "conv2d":
+        t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
+        x = F.pad(x, (l_, r, t, bt))  # zeros = the zero point in the integer domain
+        return F.conv2d(x, w, b, stride=_pair(a.get("stride", 1)), dilation=_pair(a.get("dilation", 1)),
+                        groups=a.get("groups", 1))
+    return F.linear(x.reshape(x.shape[0], -1), w, b)
+
+
 class FakeQuantModel(torch.nn.Module):
     """float32 fake-quant execution of a compiled graph; ``forward`` returns logits.
 
     ``forward(x, return_codes=True)`` also returns, per grid tensor, the integer codes
     ``round(y / s) + z`` the fake-quant model holds (comparable with the simulator's integers).
+
+    ``float_activations=True`` leaves every activation unquantized (fused ReLU/ReLU6 applied as
+    functions): the execution of weight-only profiles. ``float_weights=True`` uses the folded float
+    weights and biases instead of the dequantized integers. Both together give the folded float
+    network, which AdaRound/AdaQuant (frontends.pytorch.adaround) reconstruct against.
+    BatchNorm: whatever the profile's ``batchnorm`` did (``self.batchnorm``): ``fold`` = static
+    folding (WP eq. 11-12), ``scale`` = unfolded weights, BN factor in the weight scale (WP eq. 41).
     """
 
-    def __init__(self, qg: QuantizedGraph, rounding: str = "half_even"):
+    def __init__(self, qg: QuantizedGraph, rounding: str = "half_even", float_activations: bool = False,
+                 float_weights: bool = False):
         super().__init__()
         self.rounding = rounding
-        if qg.weight_only:
+        self.float_activations = bool(float_activations)
+        if qg.weight_only and not self.float_activations:
             raise ValueError("weight-only profiles have no activation grids to mirror")
         self.qg = qg
+        self.batchnorm = qg.profile.batchnorm
         self.weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        nodes = {n.name: n for n in qg.model.nodes}
         for lay in qg.mac_layers:
-            gx = qg.grids[lay.inputs[0]]
+            if float_weights:
+                w = np.asarray(qg.model.param(nodes[lay.name], "weight"), np.float32)
+                b = np.asarray(lay.b_float, np.float32)
+                self.weights[lay.name] = (torch.from_numpy(w), torch.from_numpy(b))
+                continue
             shp = (-1,) + (1,) * (lay.w_q.ndim - 1)
             zp = np.broadcast_to(np.asarray(lay.w_zero_point), (lay.w_q.shape[0],)).reshape(shp)
             w = ((lay.w_q - zp) * lay.w_scale.reshape(shp)).astype(np.float32)
-            if getattr(lay.requant_params, "bias_term", None) is not None:  # bias.form = float32: the float bias
-                b = np.asarray(lay.b_float, np.float32)
+            if lay.bias_q is None or getattr(lay.requant_params, "bias_term", None) is not None:
+                b = np.asarray(lay.b_float, np.float32)  # weight-only, or bias.form = float32: the float bias
             else:
-                b = (lay.bias_q * (gx.scale * lay.w_scale)).astype(np.float32)
+                b = (lay.bias_q * (qg.grids[lay.inputs[0]].scale * lay.w_scale)).astype(np.float32)
             self.weights[lay.name] = (torch.from_numpy(w), torch.from_numpy(b))
 
     def _fq(self, y: torch.Tensor, tensor: str, lo: int, hi: int, rounding: str):
+        if self.float_activations:
+            return y, y
         g = self.qg.grids[tensor]
         q = torch.clamp(_round(y / g.scale, rounding) + g.zero_point, lo, hi)
         return (q - g.zero_point) * g.scale, q
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, return_codes: bool = False):
+    def forward(self, x: torch.Tensor, return_codes: bool = False, return_tensors: bool = False):
+        """logits; with ``return_codes`` also {tensor: integer codes}; with ``return_tensors`` (instead) also
+        {tensor: dequantized float values} — every layer's fake-quantized input, as AdaRound needs it."""
         qg = self.qg
-        gi = qg.grids[qg.input_name]
-        xf, xq = self._fq(x.float(), qg.input_name, gi.qmin, gi.qmax, "half_even")
+        gi = qg.grids.get(qg.input_name)
+        xf, xq = self._fq(x.float(), qg.input_name, gi and gi.qmin, gi and gi.qmax, "half_even")
         env = {qg.input_name: xf}
         codes = {qg.input_name: xq}
         for lay in qg.layers:
@@ -91,13 +129,7 @@ class FakeQuantModel(torch.nn.Module):
             rounding = lay.profile.requant.rounding if self.rounding == "profile" else self.rounding
             if lay.op in ("conv2d", "linear"):
                 w, b = self.weights[lay.name]
-                if lay.op == "conv2d":
-                    t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
-                    x = F.pad(x, (l_, r, t, bt))  # zeros = the zero point in the integer domain
-                    y = F.conv2d(x, w, b, stride=_pair(a.get("stride", 1)), dilation=_pair(a.get("dilation", 1)),
-                                 groups=a.get("groups", 1))
-                else:
-                    y = F.linear(x.reshape(x.shape[0], -1), w, b)
+                y = linear_forward(lay, x, w, b)
             elif lay.op == "maxpool2d":
                 t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
                 x = F.pad(x, (l_, r, t, bt), value=float("-inf"))
@@ -109,8 +141,8 @@ class FakeQuantModel(torch.nn.Module):
                     t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
                     x = F.pad(x, (l_, r, t, bt))
                     y = F.avg_pool2d(x, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])))
-                g = qg.grids[lay.output]
-                y, q = self._fq(y, lay.output, g.qmin, g.qmax, rounding)
+                g = qg.grids.get(lay.output)
+                y, q = self._fq(y, lay.output, g and g.qmin, g and g.qmax, rounding)
                 env[lay.output], codes[lay.output] = y, q
                 continue
             elif lay.op == "add":
@@ -121,6 +153,9 @@ class FakeQuantModel(torch.nn.Module):
                 env[lay.output] = x.reshape(x.shape[0], -1)
                 codes[lay.output] = codes[lay.inputs[0]].reshape(x.shape[0], -1)
                 continue
+            elif lay.op in ("relu", "relu6") and self.float_activations:
+                env[lay.output] = codes[lay.output] = _activation(x, lay.op)
+                continue
             elif lay.op in ("relu", "relu6"):
                 g = qg.grids[lay.output]
                 lo, hi = lay.clamp
@@ -130,6 +165,9 @@ class FakeQuantModel(torch.nn.Module):
                 continue
             else:  # pragma: no cover
                 raise AssertionError(lay.op)
+            if self.float_activations:
+                env[lay.output] = codes[lay.output] = _activation(y, lay.activation)
+                continue
             if lay.op == "maxpool2d":
                 env[lay.output] = y
                 codes[lay.output] = _round(y / qg.grids[lay.output].scale, "half_even") + qg.grids[lay.output].zero_point
@@ -140,6 +178,8 @@ class FakeQuantModel(torch.nn.Module):
         out = env[qg.output_name].reshape(env[qg.output_name].shape[0], -1)
         if return_codes:
             return out, codes
+        if return_tensors:
+            return out, env
         return out
 
 

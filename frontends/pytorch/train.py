@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from hwsim.errors import HwsimError
 
 from . import data as tdata
-from .lsq import prepare_qat
+from .lsq import FixedQuantizer, fold_batchnorm, input_quantizer, prepare_qat
 from .models import build_model
 from .regularizers import kure_loss, symreg_layers, symreg_loss, weight_layers
 from .sam import SAM
@@ -41,15 +41,31 @@ class TrainResult:
         return self.test_acc[-1] if self.test_acc else float("nan")
 
 
+QAT_BN = ("unfolded", "fold")
+QAT_INPUT = ("profile", "lsq")
+
+
+def _qat_prepare(m: nn.Module, cfg: dict, input_q: nn.Module | None) -> None:
+    """QAT wrappers as ``cfg`` says: bits, first/last-layer bits, the input quantizer (built by the caller)."""
+    from .export import mac_module_order
+
+    w, a = cfg["qat_bits"]
+    order = mac_module_order(m)
+    prepare_qat(m, int(w), int(a) if a else None, per_channel=cfg.get("per_channel", True),
+                noise=tuple(cfg["noise"]) if cfg.get("noise") else None, first=order[0], last=order[-1],
+                first_bits=cfg.get("qat_first_bits"), last_bits=cfg.get("qat_last_bits"), input_q=input_q)
+
+
 def model_from_config(cfg: dict) -> nn.Module:
-    """The (untrained) module a checkpoint's config describes: arch, then SatNL, then QAT wrappers."""
+    """The (untrained) module a checkpoint's config describes: arch, then SatNL, static BN folding, QAT wrappers."""
     m = build_model(cfg["arch"], cfg["num_classes"], cfg["input_shape"][0])
     if cfg.get("satnl"):
         apply_satnl(m)
     if cfg.get("qat_bits"):
-        w, a = cfg["qat_bits"]
-        prepare_qat(m, int(w), int(a) if a else None, per_channel=cfg.get("per_channel", True),
-                    noise=tuple(cfg["noise"]) if cfg.get("noise") else None)
+        if cfg.get("qat_bn") == "fold":
+            fold_batchnorm(m)  # structure only: the values come from the checkpoint
+        a = cfg["qat_bits"][1]
+        _qat_prepare(m, cfg, FixedQuantizer() if (a and cfg.get("qat_input") == "profile") else None)
     return m
 
 
@@ -98,16 +114,25 @@ def train(arch: str = "smallcnn", data="default", epochs: int = 10, lr: float = 
           seed: int = 0, kure: float | None = None, kure_on_folded: bool | None = None, symreg: float | None = None,
           satnl: bool = False, sam: str | None = None, rho: float | None = None,
           qat_bits: tuple[int, int | None] | None = None, per_channel: bool = True,
-          noise: tuple[float, float] | None = None, optimizer: str = "sgd", weight_decay: float = 5e-4,
+          noise: tuple[float, float] | None = None, qat_first_bits: int | None = 8, qat_last_bits: int | None = 8,
+          qat_input: str = "profile", qat_profile=None, qat_bn: str = "unfolded", kure_target: float = 1.8,
+          symreg2: float | None = None, optimizer: str = "sgd", weight_decay: float = 5e-4,
           out: str | None = None, resume: str | None = None, init: str | None = None, threads: int = 1,
           quiet: bool = False, subset: int | None = None, stop_after: int | None = None,
           augment: bool = True) -> TrainResult:
     """Train ``arch`` on ``data`` (a hwsim.data spec or a Dataset); write a checkpoint to ``out`` after every epoch.
 
-    kure: λ of KURE eq. 14 (None = off; target 1.8; folded weights where a BN follows unless
-    ``kure_on_folded=False``). symreg: λ1 = λ2 (SymReg eq. 10; None = off). sam: None, "sam" (ρ default
-    0.05) or "asam" (ρ default 1.0). qat_bits: (w_bits, a_bits) inserts LSQ quantizers (a_bits None =
-    weights only); noise: (c, k) noise tempering on the weights. init: a float checkpoint to start from
+    kure: λ of KURE eq. 14 (None = off; target kurtosis ``kure_target``, 1.8 = uniform; folded weights
+    where a BN follows unless ``kure_on_folded=False``). symreg: λ1 of SymReg eq. 10 (None = off), symreg2:
+    λ2 (None = λ1). sam: None, "sam" (ρ default 0.05) or "asam" (ρ default 1.0). qat_bits: (w_bits,
+    a_bits) inserts LSQ quantizers (a_bits None = weights only); the first conv/linear in execution order
+    uses ``qat_first_bits`` for its weights and the last ``qat_last_bits`` for weights and input (None =
+    QAT bits), as hwsim's first_layer.bits / last_layer.bits; ``qat_input`` "profile": the image is
+    quantized on the grid hwsim gives the input under ``qat_profile`` (a Profile; None = the default
+    profile's activation format) at the first-layer bits, fixed; "lsq": a learned LSQ step like every
+    other input. qat_bn: "unfolded" (BN after the quantized conv, batch statistics in training) or
+    "fold" (static folding with the ``init`` checkpoint's running statistics, WP Table 7; needs
+    ``init``). noise: (c, k) noise tempering on the weights. init: a float checkpoint to start from
     (e.g. for QAT fine-tuning). resume: continue an interrupted run from its checkpoint (same config).
     subset: use the first n training images. stop_after: stop after this many epochs in total (to
     simulate an interruption; the schedule still spans ``epochs``).
@@ -116,6 +141,14 @@ def train(arch: str = "smallcnn", data="default", epochs: int = 10, lr: float = 
         raise HwsimError(f"optimizer {optimizer!r} not allowed; allowed: sgd, adam")
     if sam not in (None, "sam", "asam"):
         raise HwsimError(f"sam {sam!r} not allowed; allowed: none, sam, asam")
+    if qat_bn not in QAT_BN:
+        raise HwsimError(f"qat_bn {qat_bn!r} not allowed; allowed: {', '.join(QAT_BN)}")
+    if qat_input not in QAT_INPUT:
+        raise HwsimError(f"qat_input {qat_input!r} not allowed; allowed: {', '.join(QAT_INPUT)}")
+    if qat_bits and qat_bn == "fold" and init is None and resume is None:
+        raise HwsimError("static BN folding (--qat-bn fold) folds trained BN statistics: give --init CHECKPOINT")
+    if qat_bits and qat_bn == "fold" and satnl:
+        raise HwsimError("static BN folding (--qat-bn fold) cannot be combined with SatNL (tanh(V) has no folded form)")
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise HwsimError(f"epochs ({epochs}), batch_size ({batch_size}) and lr ({lr}) must be positive")
     torch.set_num_threads(max(1, int(threads)))
@@ -136,6 +169,9 @@ def train(arch: str = "smallcnn", data="default", epochs: int = 10, lr: float = 
            "rho": None if sam is None else float(rho if rho is not None else (1.0 if sam == "asam" else 0.05)),
            "qat_bits": list(qat_bits) if qat_bits else None, "per_channel": bool(per_channel),
            "noise": list(noise) if noise else None, "optimizer": optimizer, "weight_decay": float(weight_decay),
+           "kure_target": float(kure_target), "symreg2": symreg2,
+           "qat_first_bits": qat_first_bits if qat_bits else None, "qat_last_bits": qat_last_bits if qat_bits else None,
+           "qat_input": qat_input if qat_bits else None, "qat_bn": qat_bn if qat_bits else None,
            "subset": subset, "augment": bool(augment), "mean": mean, "std": std}
 
     torch.manual_seed(seed)
@@ -143,8 +179,9 @@ def train(arch: str = "smallcnn", data="default", epochs: int = 10, lr: float = 
     ck = None
     if resume is not None:
         ck = load_checkpoint(resume)
-        for k in ("arch", "epochs", "lr", "batch_size", "seed", "kure", "symreg", "satnl", "sam", "qat_bits", "noise"):
-            if ck["config"].get(k) != cfg.get(k):
+        for k in ("arch", "epochs", "lr", "batch_size", "seed", "kure", "symreg", "satnl", "sam", "qat_bits", "noise",
+                  "kure_target", "symreg2", "qat_first_bits", "qat_last_bits", "qat_input", "qat_bn"):
+            if ck["config"].get(k) != cfg.get(k) and not (k == "kure_target" and ck["config"].get(k) is None):
                 raise HwsimError(f"resume {resume}: config key {k!r} is {ck['config'].get(k)!r} there but {cfg.get(k)!r} here")
     model = build_model(arch, ds.num_classes, ds.x_train.shape[1])
     if init is not None:
@@ -155,7 +192,17 @@ def train(arch: str = "smallcnn", data="default", epochs: int = 10, lr: float = 
     if satnl:
         apply_satnl(model)
     if qat_bits:
-        prepare_qat(model, int(qat_bits[0]), int(qat_bits[1]) if qat_bits[1] else None, per_channel, noise)
+        if qat_bn == "fold":
+            fold_batchnorm(model)  # WP Table 7 static folding; a resumed run overwrites the values below
+        iq = None
+        if qat_bits[1] and qat_input == "profile":
+            from hwsim.data import calibration_subset
+            from hwsim.profile import Profile
+
+            prof = qat_profile if qat_profile is not None else Profile()
+            calib = calibration_subset(ds, prof.calibration.images, prof.calibration.seed)
+            iq = input_quantizer(prof.activations, qat_first_bits or int(qat_bits[1]), calib, mean, std)
+        _qat_prepare(model, cfg, iq)
         with torch.no_grad():  # LSQ step initialisation on one fixed batch (Esser et al.)
             model.train()
             model(tdata.normalise(xtr[:batch_size], mean, std))
@@ -170,15 +217,17 @@ def train(arch: str = "smallcnn", data="default", epochs: int = 10, lr: float = 
         start_epoch, hist = int(ck["epoch"]), {k: list(v) for k, v in ck["history"].items()}
 
     kl = weight_layers(model) if kure else None
-    sl = symreg_layers(model) if symreg else None
+    sym = None if (symreg is None and symreg2 is None) else (  # SymReg eq. 10: (λ1, λ2)
+        float(symreg or 0.0), float(symreg2 if symreg2 is not None else (symreg or 0.0)))
+    sl = symreg_layers(model) if sym else None
 
     def loss_fn(xb, yb):
         logits = model(xb)
         loss = F.cross_entropy(logits, yb)
         if kure:
-            loss = loss + kure * kure_loss(model, 1.8, kure_on_folded, kl)  # KURE eq. 14
-        if symreg:
-            loss = loss + symreg_loss(model, symreg, symreg, layers=sl)  # SymReg eq. 10
+            loss = loss + kure * kure_loss(model, kure_target, kure_on_folded, kl)  # KURE eq. 14
+        if sym:
+            loss = loss + symreg_loss(model, sym[0], sym[1], layers=sl)  # SymReg eq. 10
         return loss, logits
 
     steps_per_epoch = math.ceil(len(xtr) / batch_size)

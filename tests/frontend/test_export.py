@@ -224,8 +224,6 @@ def test_lsq_qat_model_compiles_with_its_learned_steps():
         assert np.mean(a == b) >= (1.0 if i == 0 else 0.85)
     with pytest.raises(HwsimError, match="needs batchnorm = 'scale'"):
         compile_model(g, load_profile("w4a4", {**lsq, "batchnorm": "fold"}), x.numpy())
-    with pytest.raises(HwsimError, match="learned for 4-bit activations, the profile asks for 8 bits"):
-        compile_model(g, load_profile("w4a4", {**lsq, "first_layer.bits": "8"}), x.numpy())
     plain = to_graph(_warm(build_model("smallcnn", 10, 1), (1, 28, 28)), (1, 28, 28))
     with pytest.raises(HwsimError, match="needs a model trained with LSQ QAT"):
         compile_model(plain, load_profile("w4a4", lsq), x.numpy())

@@ -105,10 +105,20 @@ def test_commands_without_torch_fail_with_one_line(monkeypatch):
 def test_qat_bits_from_a_profile():
     from frontends.pytorch.cli_impl import qat_spec
 
-    assert qat_spec("4,4") == ((4, 4), True)
-    assert qat_spec("4,none", per_tensor=True) == ((4, None), False)
-    assert qat_spec("w4a4") == ((4, 4), True)
-    assert qat_spec("w3-fp") == ((3, None), True)
-    assert qat_spec("int8-per-tensor") == ((8, 8), False)
+    def short(d):
+        return d["qat_bits"], d["per_channel"], d["qat_first_bits"], d["qat_last_bits"]
+
+    assert short(qat_spec("4,4")) == ((4, 4), True, 8, 8)  # W,A: the papers' 8-bit first/last layers
+    assert short(qat_spec("4,4", first_last="none")) == ((4, 4), True, None, None)
+    assert short(qat_spec("4,4", first_last="6")) == ((4, 4), True, 6, 6)
+    assert short(qat_spec("4,none", per_tensor=True)) == ((4, None), False, 8, 8)
+    assert short(qat_spec("w4a4")) == ((4, 4), True, 8, 8)  # the profile's first_layer / last_layer bits
+    assert qat_spec("w4a4")["qat_profile"].name == "w4a4"
+    assert short(qat_spec("w3-fp")) == ((3, None), True, None, None)
+    assert short(qat_spec("int8-per-tensor")) == ((8, 8), False, None, None)
     with pytest.raises(HwsimError, match="--qat-bits 'w9a9': neither W,A bit widths nor a profile \\(unknown profile 'w9a9'"):
         qat_spec("w9a9")
+    with pytest.raises(HwsimError, match="--qat-first-last 'x'"):
+        qat_spec("4,4", first_last="x")
+    with pytest.raises(HwsimError, match="--qat-first-last '1'"):
+        qat_spec("4,4", first_last="1")
