@@ -893,8 +893,10 @@ def write_html_report(results_json_obj, path, provenance: dict | None = None, ti
 
     ``provenance``: shown as given (e.g. ``{"command": ...}``); the hwsim version, date and command
     line are filled in where missing."""
-    from hwsim.report import atomic_write
+    from hwsim.report import atomic_write, to_json_text
 
+    # render exactly what a --out JSON file holds (numpy scalars -> plain numbers, as written)
+    results_json_obj = json.loads(to_json_text(results_json_obj))
     docs = results_json_obj["documents"] if isinstance(results_json_obj, dict) and "documents" in results_json_obj \
         else [results_json_obj]
     prov = default_provenance(command=(provenance or {}).get("command"))
