@@ -3,8 +3,9 @@
 The page renders the same JSON objects the CLI writes (``run --out``, ``sweep --out x.json``,
 ``compare --out``), so its numbers are the CLI's numbers. Every number on the page sits in an
 element that says where it came from: ``data-src`` (which input document, ``prov`` for the
-provenance, ``meta`` for a count over the runs: ``/integer_runs``, ``/certified_runs``), ``data-key`` (an RFC 6901 JSON pointer into it), ``data-value`` (the exact JSON value,
-``repr`` of a float) and ``data-fmt`` (how it is displayed); a value computed from several JSON
+provenance, ``meta`` for a count over the runs: ``/integer_runs``, ``/certified_runs``),
+``data-key`` (an RFC 6901 JSON pointer into it), ``data-value`` (the exact JSON value, ``repr`` of
+a float) and ``data-fmt`` (how it is displayed); a value computed from several JSON
 fields says so with ``data-derived`` (its name, see :data:`DERIVED`). Plot marks carry the same
 attributes for their x and y (``data-key-x``, ``data-x``, ...). Every table has a CSV link (a
 ``data:`` URL) holding the raw values. A Content-Security-Policy meta tag (``default-src 'none'``)
@@ -29,7 +30,6 @@ import math
 import re
 import shlex
 import sys
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -474,7 +474,7 @@ def svg_bars(names: list[str], series: list[dict], ylabel: str, title: str, src:
                 s.append(f'<text class="clip" x="{x + bw / 2:.1f}" y="{(y - 3) if scaled > 0 else (y + 11):.1f}" '
                          f'text-anchor="middle" {attrs}>{esc(fmt_value(v, sr["fmt"]))}</text>')
             elif sr.get("note"):
-                s.append(Cell.td(sr["note"][i], "text").replace(
+                s.append(sr["note"][i].td("text").replace(
                     "<text", f'<text x="{x + bw / 2:.1f}" y="{min(y, y0) - 3:.1f}" text-anchor="middle"', 1))
         nk = series[0]["name_keys"][i]
         tag = "" if nk is None else f'data-src="{esc(src)}" data-key="{esc(nk)}" data-value="{esc(name)}" data-fmt="str"'
@@ -762,21 +762,20 @@ def _compare_section(src: str, c: dict, n: int) -> str:
                             Cell(x["clip_rate"], "pct", src, lk("clip_rate")),
                             Cell(x.get("isolated_max_lsb"), "int", src, lk("isolated_max_lsb")),
                             Cell(x["cause"], "str", src, lk("cause"), cls="cause")])
-    sq = svg_bars(names, [
-        {"name": "fake-quant vs simulator", "cls": "s1", "fmt": "db", "name_keys": nk,
-         "values": [x["sqnr_fq_vs_sim"] for x in c["layers"]], "keys": [k("layers", j, "sqnr_fq_vs_sim") for j in range(len(names))]},
-        {"name": "fake-quant vs float", "cls": "s2", "fmt": "db", "name_keys": nk,
-         "values": [x["sqnr_fq_vs_float"] for x in c["layers"]], "keys": [k("layers", j, "sqnr_fq_vs_float") for j in range(len(names))]},
-        {"name": "simulator vs float", "cls": "s3", "fmt": "db", "name_keys": nk,
-         "values": [x["sqnr_sim_vs_float"] for x in c["layers"]], "keys": [k("layers", j, "sqnr_sim_vs_float") for j in range(len(names))]},
-    ], "SQNR (dB)", "SQNR per layer", src, cap=80.0, floor=-20.0,
-        caption="— higher is closer; bars cut at the top edge carry their value (inf: identical).")
-    lsb = svg_bars(names, [
-        {"name": "outputs differing (%)", "cls": "s1", "fmt": "pct3", "scale": 100, "name_keys": nk,
-         "extra_cls": ["big" if x["max_lsb"] > 1 else "" for x in c["layers"]],
-         "note": [Cell(x["max_lsb"], "int", src, k("layers", j, "max_lsb"), cls="note") for j, x in enumerate(c["layers"])],
-         "values": [x["frac_diff"] for x in c["layers"]], "keys": [k("layers", j, "frac_diff") for j in range(len(names))]},
-    ], "outputs differing (%)", "Fake-quant vs simulator, per layer", src,
+    def series(name: str, cls: str, f: str, fmt: str, **extra) -> dict:  # one per-layer field as bars
+        return {"name": name, "cls": cls, "fmt": fmt, "name_keys": nk, "values": [x[f] for x in c["layers"]],
+                "keys": [k("layers", j, f) for j in range(len(names))], **extra}
+
+    sq = svg_bars(names, [series("fake-quant vs simulator", "s1", "sqnr_fq_vs_sim", "db"),
+                          series("fake-quant vs float", "s2", "sqnr_fq_vs_float", "db"),
+                          series("simulator vs float", "s3", "sqnr_sim_vs_float", "db")],
+                  "SQNR (dB)", "SQNR per layer", src, cap=80.0, floor=-20.0,
+                  caption="— higher is closer; bars cut at the top edge carry their value (inf: identical).")
+    lsb = svg_bars(names, [series(
+        "outputs differing (%)", "s1", "frac_diff", "pct3", scale=100,
+        extra_cls=["big" if x["max_lsb"] > 1 else "" for x in c["layers"]],
+        note=[Cell(x["max_lsb"], "int", src, k("layers", j, "max_lsb"), cls="note") for j, x in enumerate(c["layers"])])],
+        "outputs differing (%)", "Fake-quant vs simulator, per layer", src,
         caption="— red: some output differs by more than one LSB; the number above a bar is the largest "
                 "difference in LSBs.")
     hist = _lsb_histograms(src, c)
@@ -894,8 +893,10 @@ def write_html_report(results_json_obj, path, provenance: dict | None = None, ti
 
     ``provenance``: shown as given (e.g. ``{"command": ...}``); the hwsim version, date and command
     line are filled in where missing."""
-    from hwsim.report import atomic_write
+    from hwsim.report import atomic_write, to_json_text
 
+    # render exactly what a --out JSON file holds (numpy scalars -> plain numbers, as written)
+    results_json_obj = json.loads(to_json_text(results_json_obj))
     docs = results_json_obj["documents"] if isinstance(results_json_obj, dict) and "documents" in results_json_obj \
         else [results_json_obj]
     prov = default_provenance(command=(provenance or {}).get("command"))

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from hwsim.cli import HwsimGroup
 from hwsim.cli_report import register
+from tests.report.conftest import HAS_TORCH
 
 
 @click.group(cls=HwsimGroup)
@@ -66,3 +67,24 @@ def test_bad_out(tmp_path, files):
 def test_no_results_given():
     r = _invoke("report")
     assert r.exit_code == 2 and "Missing argument" in r.output
+
+
+def test_report_of_real_cli_output(tmp_path):
+    """The JSON the real `hwsim sweep` and `hwsim compare` write today (bundled model, 20 images)."""
+    from hwsim.cli import cli as hwsim_cli
+    from tests.report.test_html_report import _prov_of, check_page
+
+    s, c, out = tmp_path / "s.json", tmp_path / "c.json", tmp_path / "r.html"
+    r = CliRunner().invoke(hwsim_cli, ["sweep", "-p", "int8-tflite", "-p", "int8-acc16-sat", "--limit", "20", "-q",
+                                       "--out", str(s)])
+    assert r.exit_code == 0, r.output
+    args = ["compare", "-p", "int8-acc16-sat", "--limit", "20", "-q", "--out", str(c)]
+    if HAS_TORCH:
+        r = CliRunner().invoke(hwsim_cli, args)
+        assert r.exit_code == 0, r.output
+    files = [s, c] if HAS_TORCH else [s]
+    r = _invoke("report", *map(str, files), "-o", str(out))
+    assert r.exit_code == 0, r.output
+    page = out.read_text()
+    counts = check_page(page, [json.loads(f.read_text()) for f in files], _prov_of(page))
+    assert counts["values"] > 100

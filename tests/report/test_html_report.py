@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import html
 import io
 import math
 import re
@@ -317,8 +318,22 @@ def test_write_html_report_fills_provenance(tmp_path, plain_sweep_json):
     assert 'data-key="/command" data-value="hwsim sweep -p int8-tflite"' in page
     assert 'data-key="/hwsim_version"' in page and 'data-key="/date"' in page
     assert not list(tmp_path.glob(".*tmp"))
+    # a result object straight from to_json() may hold numpy scalars: the page shows what the JSON file holds
+    import numpy as np
+
+    run = dict(plain_sweep_json[0], sim_accuracy=np.float64(plain_sweep_json[0]["sim_accuracy"]),
+               overflow_events=np.int64(plain_sweep_json[0]["overflow_events"]))
+    write_html_report(run, out, {})
+    page = out.read_text()
+    assert f'data-key="/sim_accuracy" data-value="{plain_sweep_json[0]["sim_accuracy"]!r}"' in page
+    check_page(page, [plain_sweep_json[0]], _prov_of(page))
     with pytest.raises(HwsimError, match="does not exist"):
         write_html_report(plain_sweep_json, tmp_path / "no" / "r.html", {})
+
+
+def _prov_of(page: str) -> dict:
+    """The provenance values a page shows (data-src="prov")."""
+    return {m.group(1)[1:]: html.unescape(m.group(2)) for m in re.finditer(r'data-src="prov" data-key="([^"]+)" data-value="([^"]*)"', page)}
 
 
 def test_data_urls_are_decodable_text(sweep_json):
