@@ -215,3 +215,33 @@ def test_cli_qat_options(tmp_path):
         r = CliRunner().invoke(cli, ["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "x.pt"),
                                      "--quiet", *args])
         assert r.exit_code != 0 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_export_quantized_or_latent_qat_weights(qat, tiny, tmp_path):
+    """Default export: the weights the QAT model computes with, so the float graph is the QAT model with
+    float activations; "latent": the optimizer's float weights. Both give hwsim the same integers at the
+    trained bit widths."""
+    m, g, calib, ck = qat
+    gl = export_checkpoint(ck, str(tmp_path / "l.hwsim"), qat_weights="latent")
+    assert (g.metadata["qat_weights"], gl.metadata["qat_weights"]) == ("quantized", "latent")
+    w = _wrappers(m)
+    np.testing.assert_array_equal(gl.param(gl.node("fc"), "weight"), w["fc"].module.weight.detach().numpy())
+    x = normalize(g, tiny.x_test[:16])
+    saved = {k: v.aq for k, v in w.items()}
+    try:
+        for v in w.values():
+            v.aq = None  # the QAT model with float activations
+        with torch.no_grad():
+            ref = m.eval()(torch.from_numpy(x)).numpy()
+    finally:
+        for k, v in w.items():
+            v.aq = saved[k]
+    from hwsim.floatref import run_float
+
+    np.testing.assert_allclose(run_float(g, x), ref, rtol=1e-4, atol=1e-4)
+    qa = compile_model(g, load_profile("w4a4", LSQ), calib)
+    qb = compile_model(gl, load_profile("w4a4", LSQ), calib)
+    for la, lb in zip(qa.mac_layers, qb.mac_layers):
+        assert np.mean(la.w_q == lb.w_q) >= 0.999, la.name
+    with pytest.raises(HwsimError, match="qat_weights"):
+        export_checkpoint(ck, str(tmp_path / "x.hwsim"), qat_weights="other")
