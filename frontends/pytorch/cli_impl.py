@@ -132,8 +132,8 @@ def train_command(arch="smallcnn", data="default", epochs=10, lr=0.05, batch_siz
     return r
 
 
-def export_command(checkpoint: str, out: str):
-    """Export a training checkpoint to an .hwsim model file."""
+def export_command(checkpoint: str, out: str, qat_weights: str = "quantized"):
+    """Export a training checkpoint to an .hwsim model file (QAT layers: fake-quantized or latent weights)."""
     from hwsim.safeio import check_input_file, check_output
 
     check_output(out, "--out", (".hwsim",))
@@ -141,7 +141,7 @@ def export_command(checkpoint: str, out: str):
     _need_torch()
     from .export import export_checkpoint
 
-    return export_checkpoint(checkpoint, out)
+    return export_checkpoint(checkpoint, out, qat_weights=qat_weights)
 
 
 def register(group: click.Group) -> None:
@@ -202,9 +202,12 @@ def register(group: click.Group) -> None:
     @group.command("export")
     @click.argument("checkpoint")
     @click.option("--out", "-o", required=True, metavar="PATH", help="output .hwsim model file")
-    def export_cmd(checkpoint, out):
+    @click.option("--qat-weights", type=click.Choice(["quantized", "latent"]), default="quantized",
+                  show_default=True, help="QAT layers: the fake-quantized weights the model computes with, or "
+                                          "the latent float weights (for re-quantizing at other bit widths)")
+    def export_cmd(checkpoint, out, qat_weights):
         """Export a training checkpoint to an .hwsim model (needs torch)."""
-        g = export_command(checkpoint, out)
+        g = export_command(checkpoint, out, qat_weights)
         click.echo(f"wrote {out}: {len(g.nodes)} nodes")
 
 

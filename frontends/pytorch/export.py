@@ -4,8 +4,8 @@ Supported: nn.Conv2d (groups, dilation, zero padding), nn.BatchNorm2d, ReLU/ReLU
 torch.relu, F.relu6, .relu()), nn.Linear, max/avg pools (modules and F.*, floor mode; avg with
 count_include_pad), adaptive avg pool to 1x1 → global_avgpool, add (operator.add, torch.add, .add),
 flatten (torch.flatten(x, 1), nn.Flatten, .flatten(1), .view/.reshape(N, -1)), torch.cat (dim 1),
-nn.Identity / nn.Dropout (pass-through). SatNL layers export f(V); QuantWrapper layers export the
-float weight, their LSQ steps go to metadata["lsq"][node name]. Anything else: HwsimError naming
+nn.Identity / nn.Dropout (pass-through). SatNL layers export f(V); QuantWrapper layers export the weight
+they compute with (fake-quantized: LSQ step × integer), their LSQ steps go to metadata["lsq"][node name]. Anything else: HwsimError naming
 the fx node and its target.
 """
 
@@ -26,6 +26,9 @@ from .lsq import FixedQuantizer, LSQQuantizer, QuantWrapper, lsq_entry
 from .satnl import SatNLConv2d, SatNLLinear, effective_weight
 
 
+QAT_WEIGHTS = ("quantized", "latent")
+
+
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (QuantWrapper, SatNLConv2d, SatNLLinear, LSQQuantizer, FixedQuantizer)):
@@ -38,7 +41,10 @@ def _np(t: torch.Tensor | None):
 
 
 class _Exporter:
-    def __init__(self, model: nn.Module, input_shape, mean, std):
+    def __init__(self, model: nn.Module, input_shape, mean, std, qat_weights: str = "quantized"):
+        if qat_weights not in QAT_WEIGHTS:
+            raise HwsimError(f"export: qat_weights {qat_weights!r} not allowed; allowed: {', '.join(QAT_WEIGHTS)}")
+        self.qat_weights = qat_weights
         self.model = model
         self.b = GraphBuilder(input_shape, mean, std)
         self.env: dict[str, object] = {}
@@ -56,9 +62,18 @@ class _Exporter:
 
     def module(self, node: fx.Node, m: nn.Module, x: str) -> str:
         name = node.name
+        weight = None
         if isinstance(m, QuantWrapper):
+            # "quantized": the weights the QAT model computes with (LSQ step × integer; its BN statistics
+            # were gathered with them) — hwsim's lsq grid recovers the same integers; "latent": the
+            # float weights the optimizer kept (re-quantizing them at other bits avoids double rounding)
             self.lsq[name] = lsq_entry(m)
+            if self.qat_weights == "quantized":
+                with torch.no_grad():
+                    weight = m.quantized_weight()
             m = m.module
+        if weight is None and isinstance(m, (nn.Conv2d, nn.Linear)):
+            weight = effective_weight(m)
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 if isinstance(m.padding, str) and m.padding == "valid":
@@ -67,10 +82,10 @@ class _Exporter:
                     self.fail(node, f"a conv with padding {m.padding!r}/{m.padding_mode!r} (only numeric zero padding)")
             else:
                 pad = tuple(m.padding)
-            return self.b.conv2d(name, x, _np(effective_weight(m)), _np(m.bias), tuple(m.stride), pad,
+            return self.b.conv2d(name, x, _np(weight), _np(m.bias), tuple(m.stride), pad,
                                  tuple(m.dilation), m.groups)
         if isinstance(m, nn.Linear):
-            return self.b.linear(name, x, _np(effective_weight(m)), _np(m.bias))
+            return self.b.linear(name, x, _np(weight), _np(m.bias))
         if isinstance(m, nn.BatchNorm2d):
             if m.running_mean is None:
                 self.fail(node, "a BatchNorm2d without running statistics")
@@ -174,6 +189,7 @@ class _Exporter:
         md = dict(metadata or {})
         if self.lsq:
             md["lsq"] = self.lsq
+            md["qat_weights"] = self.qat_weights
         return self.b.build(outputs=outputs, metadata=md)
 
 
@@ -193,8 +209,10 @@ def mac_module_order(model: nn.Module) -> list[str]:
             and isinstance(mods.get(n.target), (nn.Conv2d, nn.Linear, QuantWrapper))]
 
 
-def to_graph(model: nn.Module, input_shape, mean=0.0, std=1.0, metadata: dict | None = None) -> Graph:
-    """The float hwsim Graph of ``model`` (traced with torch.fx in eval mode)."""
+def to_graph(model: nn.Module, input_shape, mean=0.0, std=1.0, metadata: dict | None = None,
+             qat_weights: str = "quantized") -> Graph:
+    """The float hwsim Graph of ``model`` (traced with torch.fx in eval mode). QAT layers export their
+    fake-quantized weights (``qat_weights="quantized"``) or the latent float weights (``"latent"``)."""
     was = model.training
     model.eval()
     try:
@@ -207,18 +225,20 @@ def to_graph(model: nn.Module, input_shape, mean=0.0, std=1.0, metadata: dict | 
         raise HwsimError(f"export: torch.fx cannot trace {type(model).__name__}: {str(e).splitlines()[0]}") from None
     finally:
         model.train(was)
-    return _Exporter(model, input_shape, mean, std).run(gm, metadata or {})
+    return _Exporter(model, input_shape, mean, std, qat_weights).run(gm, metadata or {})
 
 
-def export_model(model: nn.Module, path: str | None, input_shape, mean=0.0, std=1.0, metadata: dict | None = None) -> Graph:
+def export_model(model: nn.Module, path: str | None, input_shape, mean=0.0, std=1.0, metadata: dict | None = None,
+                 qat_weights: str = "quantized") -> Graph:
     """Trace ``model`` and write it to ``path`` (.hwsim) unless path is None; returns the Graph."""
-    g = to_graph(model, input_shape, mean, std, metadata)
+    g = to_graph(model, input_shape, mean, std, metadata, qat_weights)
     if path is not None:
         save_model(g, path)
     return g
 
 
-def export_checkpoint(ckpt_path: str, out_path: str, metadata: dict | None = None) -> Graph:
+def export_checkpoint(ckpt_path: str, out_path: str, metadata: dict | None = None,
+                      qat_weights: str = "quantized") -> Graph:
     """Export a training checkpoint (loaded with weights_only=True) to ``out_path``."""
     from .train import model_from_checkpoint
 
@@ -230,4 +250,4 @@ def export_checkpoint(ckpt_path: str, out_path: str, metadata: dict | None = Non
     if hist.get("test_acc"):
         md["float_accuracy"] = float(hist["test_acc"][-1])
     md.update(metadata or {})
-    return export_model(model, out_path, cfg["input_shape"], cfg["mean"], cfg["std"], md)
+    return export_model(model, out_path, cfg["input_shape"], cfg["mean"], cfg["std"], md, qat_weights)

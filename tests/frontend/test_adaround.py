@@ -61,6 +61,7 @@ def test_rectified_sigmoid_regularizer_and_schedule():
 def test_float_mode_of_the_mirror_is_the_float_network(ctx, qg3):
     x = ctx.x_test[:16]
     fm = FakeQuantModel(qg3, float_activations=True, float_weights=True)
+    assert fm.batchnorm == "fold"  # the mirror says how it handles BN (the profile's batchnorm)
     np.testing.assert_allclose(fm(torch.from_numpy(x)).numpy(), run_float(ctx.graph, x), rtol=1e-4, atol=1e-4)
 
 
@@ -121,7 +122,7 @@ def test_adaround_is_deterministic_for_a_seed(qg3, calib, rounded):
 def test_installed_integers_run_fast_equals_reference(ctx, qg3, rounded):
     q2 = copy.deepcopy(qg3)
     install_weights(q2, rounded)
-    fast, ref = run_integer(q2, ctx.x_test[:8], "fast"), run_integer(q2, ctx.x_test[:8], "reference")
+    fast, ref = run_integer(q2, ctx.x_test[:2], "fast"), run_integer(q2, ctx.x_test[:2], "reference")
     for k in fast:
         np.testing.assert_array_equal(fast[k], ref[k], err_msg=k)
 

@@ -113,7 +113,7 @@ def test_satnl_export_writes_tanh_of_parameter():
     assert np.abs(g.param(conv, "weight") - v).max() > 0.1
 
 
-def test_qat_model_exports_float_weights_and_lsq_metadata():
+def test_qat_model_exports_its_fake_quantized_weights_and_lsq_metadata():
     torch.manual_seed(3)
     m = build_model("smallcnn", 10, 1)
     prepare_qat(m, 4, 8)
@@ -123,7 +123,15 @@ def test_qat_model_exports_float_weights_and_lsq_metadata():
     convs = [n.name for n in g.nodes if n.op in ("conv2d", "linear")]
     assert set(lsq) == set(convs) and len(lsq["fc"]["w_step"]) == 10 and lsq["fc"]["w_bits"] == 4
     assert lsq[convs[0]]["a_signed"] is True and lsq[convs[1]]["a_signed"] is False
-    np.testing.assert_array_equal(g.param(g.node("fc"), "weight"), m.fc.module.weight.detach().numpy())
+    # the weights the QAT model computes with (step × integer), not the latent float weights
+    m.eval()
+    with torch.no_grad():
+        wq = m.fc.quantized_weight().numpy()
+    np.testing.assert_array_equal(g.param(g.node("fc"), "weight"), wq)
+    s = m.fc.wq.step.detach().numpy().reshape(-1, 1)
+    lat = m.fc.module.weight.detach().numpy()
+    np.testing.assert_allclose(wq, np.clip(np.rint(lat / s), -8, 7) * s, rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(wq, lat)
 
 
 class Bad(nn.Module):
