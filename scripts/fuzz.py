@@ -627,6 +627,10 @@ class _Timeout(BaseException):
     pass
 
 
+class _RoundTrip(Exception):
+    """A profile whose ``profile_toml`` does not load back to itself (a crash: the writer and reader disagree)."""
+
+
 class _NonFinite(Exception):
     """--deep: an accepted model whose float run overflows float32 on random inputs."""
 
@@ -723,7 +727,10 @@ def run_case(target: str, seed: int, case: int, time_limit: float = 10.0, deep: 
 
             loaded = load_profile(str(path))
             loaded.describe()
-            profile_toml(loaded)
+            rt = path.with_name("roundtrip.toml")  # what `profiles show` prints must load back as the same profile
+            rt.write_text(profile_toml(loaded), encoding="utf-8")
+            if load_profile(str(rt)) != loaded:
+                raise _RoundTrip("profile_toml does not load back to the same profile")
         else:
             from hwsim.data import load_dataset
 
