@@ -57,7 +57,7 @@ class _Stages:
     def __call__(self, what: str) -> None:
         now = time.perf_counter()
         if not self.quiet:
-            click.echo(f"{self.command}: {what} ({now - self.t0:.1f} s)", err=True)
+            click.echo(f"{self.command}: [{now - self.t0:5.1f} s] {what}", err=True)
         self.t = now
 
 
@@ -302,7 +302,7 @@ def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, 
     qg = compile_for(ctx, prof)
     step(f"running float, fake-quant and simulator on {len(ctx.y_test)} images, layer by layer")
     r = run_compare(ctx, qg, batch_size, fq_rounding=fq_rounding)
-    step("done")
+    step(f"done: {len(r.layers)} layers compared")
     files = [(out, to_json_text(r.to_json()))] if out else []
     if png:
         files.append((png, compare_plot_png(r)))

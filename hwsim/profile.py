@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import json
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -550,8 +551,8 @@ def profile_toml(p: Profile) -> str:
             return f'"{SCHEMA[key].none_word if key in SCHEMA else "unbounded"}"'
         if isinstance(v, bool):
             return "true" if v else "false"
-        if isinstance(v, str):
-            return f'"{v}"'
+        if isinstance(v, str):  # a TOML basic string: JSON's escapes (\", \\, \n, \uXXXX) are TOML's
+            return json.dumps(v, ensure_ascii=False)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         return repr(v)

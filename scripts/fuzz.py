@@ -5,6 +5,7 @@
     python scripts/fuzz.py --cases 20000 --target profile
     python scripts/fuzz.py --cases 10000 --target data
     python scripts/fuzz.py --cases 1000               # every target, split evenly
+    python scripts/fuzz.py --target model:100000 --target profile:20000 --target data:10000
 
 Each case takes a valid seed file (built here: a small model with every op, every built-in
 profile plus user profiles with ``extends`` and overrides, ``.npz`` data sets in both layouts),
@@ -54,7 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TARGETS = ("model", "profile", "data")
-OUTCOMES = ("rejected", "accepted", "crash", "hang", "memory")
+OUTCOMES = ("rejected", "accepted", "crash", "hang", "memory", "nonfinite")
 
 # ----------------------------------------------------------------------------- seed files
 _SEEDS: dict[str, list] = {}
@@ -626,6 +627,14 @@ class _Timeout(BaseException):
     pass
 
 
+class _RoundTrip(Exception):
+    """A profile whose ``profile_toml`` does not load back to itself (a crash: the writer and reader disagree)."""
+
+
+class _NonFinite(Exception):
+    """--deep: an accepted model whose float run overflows float32 on random inputs."""
+
+
 def _alarm(signum, frame):
     raise _Timeout()
 
@@ -666,7 +675,39 @@ def make_case(target: str, seed: int, case: int) -> tuple[str, bytes]:
         return ("fuzz.toml" if target == "profile" else "fuzz.npz"), byte_flips(raw, rng)
 
 
-def run_case(target: str, seed: int, case: int, time_limit: float = 10.0) -> tuple[str, float, str]:
+def _deep(target: str, loaded) -> None:
+    """--deep: use what loaded. A model: float run, compile under int8-tflite, integer run (logits finite).
+    A profile: compile the seed model under it and run two images."""
+    import numpy as np
+
+    from hwsim.compile import compile_model
+    from hwsim.execute import run_quantized
+    from hwsim.floatref import run_float
+    from hwsim.graph import load_model
+    from hwsim.profile import load_profile
+
+    if target == "model":
+        g, prof = loaded, load_profile("int8-tflite")
+    elif target == "profile":
+        p = _workdir() / "deep_seed.hwsim"
+        if not p.exists():
+            p.write_bytes(seeds("model")[0])
+        g, prof = load_model(p), loaded
+    else:
+        return
+    shape = tuple(g.inputs[0].shape)
+    if int(np.prod(shape)) > 1 << 16:  # keep a deep case small
+        return
+    x = np.random.default_rng(0).normal(0, 1, (4,) + shape).astype(np.float32)
+    with np.errstate(all="ignore"):
+        fl = run_float(g, x)
+    if not np.isfinite(fl).all():
+        raise _NonFinite("float logits are not finite")
+    qg = compile_model(g, prof, x)
+    run_quantized(qg, x[:2])
+
+
+def run_case(target: str, seed: int, case: int, time_limit: float = 10.0, deep: bool = False) -> tuple[str, float, str]:
     """(outcome, seconds, detail) of one case, run in this process."""
     from hwsim.errors import HwsimError
 
@@ -680,17 +721,22 @@ def run_case(target: str, seed: int, case: int, time_limit: float = 10.0) -> tup
         if target == "model":
             from hwsim.graph import load_model
 
-            load_model(path)
+            loaded = load_model(path)
         elif target == "profile":
             from hwsim.profile import load_profile, profile_toml
 
-            p = load_profile(str(path))
-            p.describe()
-            profile_toml(p)
+            loaded = load_profile(str(path))
+            loaded.describe()
+            rt = path.with_name("roundtrip.toml")  # what `profiles show` prints must load back as the same profile
+            rt.write_text(profile_toml(loaded), encoding="utf-8")
+            if load_profile(str(rt)) != loaded:
+                raise _RoundTrip("profile_toml does not load back to the same profile")
         else:
             from hwsim.data import load_dataset
 
-            load_dataset(f"npz:{path}")
+            loaded = load_dataset(f"npz:{path}")
+        if deep:
+            _deep(target, loaded)
         outcome, detail = "accepted", ""
     except HwsimError as e:
         msg = str(e)
@@ -699,6 +745,8 @@ def run_case(target: str, seed: int, case: int, time_limit: float = 10.0) -> tup
         outcome, detail = "hang", f"over {time_limit} s"
     except MemoryError:
         outcome, detail = "memory", "MemoryError"
+    except _NonFinite as e:
+        outcome, detail = "nonfinite", str(e)
     except Exception as e:  # noqa: BLE001 (the point: any other exception is a crash)
         tb = traceback.extract_tb(e.__traceback__)
         where = f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
@@ -712,6 +760,7 @@ def run_case(target: str, seed: int, case: int, time_limit: float = 10.0) -> tup
 def _init_worker(memory_mb: int) -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     warnings.filterwarnings("ignore", category=UserWarning, module="zipfile")  # our own duplicate members
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # --deep: float overflow is reported, not printed
     if memory_mb:
         lim = memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
@@ -721,13 +770,13 @@ def _init_worker(memory_mb: int) -> None:
 
 
 def _run_chunk(args) -> dict:
-    target, seed, cases, time_limit = args
+    target, seed, cases, time_limit, deep = args
     counts: Counter = Counter()
     crashes, slowest = [], (0.0, -1)
     for c in cases:
-        outcome, dt, detail = run_case(target, seed, c, time_limit)
+        outcome, dt, detail = run_case(target, seed, c, time_limit, deep)
         counts[outcome] += 1
-        if outcome in ("crash", "hang", "memory") and len(crashes) < 20:
+        if outcome in ("crash", "hang", "memory", "nonfinite") and len(crashes) < 20:
             crashes.append((c, outcome, detail))
         if dt > slowest[0]:
             slowest = (dt, c)
@@ -736,11 +785,11 @@ def _run_chunk(args) -> dict:
 
 
 def fuzz(targets: dict[str, int], seed: int = 0, workers: int = 2, memory_mb: int = 1024,
-         time_limit: float = 10.0, chunk: int = 250) -> dict:
+         time_limit: float = 10.0, chunk: int = 250, deep: bool = False) -> dict:
     """Run ``targets`` = {target: number of cases}; returns per-target counts, crashes, timings and peak RSS.
 
     ``workers = 0`` runs in this process (no memory limit): what the test suite does."""
-    jobs = [(t, seed, range(i, min(i + chunk, n)), time_limit) for t, n in targets.items() for i in range(0, n, chunk)]
+    jobs = [(t, seed, range(i, min(i + chunk, n)), time_limit, deep) for t, n in targets.items() for i in range(0, n, chunk)]
     t0 = time.perf_counter()
     if workers == 0:
         with warnings.catch_warnings():
@@ -769,13 +818,16 @@ def fuzz(targets: dict[str, int], seed: int = 0, workers: int = 2, memory_mb: in
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=1000, help="cases per target (or in all, split evenly, without --target)")
-    ap.add_argument("--target", choices=TARGETS, action="append", help="model, profile or data (repeatable; default all)")
+    ap.add_argument("--target", action="append", metavar="TARGET[:N]",
+                    help="model, profile or data, optionally with its own number of cases (repeatable; default all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--memory-mb", type=int, default=1024, help="RLIMIT_AS of each worker (MiB)")
     ap.add_argument("--time-limit", type=float, default=10.0, help="seconds per case before it counts as a hang")
     ap.add_argument("--only", metavar="TARGET:CASE", help="run one case in this process and print its outcome")
     ap.add_argument("--save", metavar="TARGET:CASE:PATH", help="write one case's mutated file to PATH")
+    ap.add_argument("--deep", action="store_true",
+                    help="also use what loads: compile and run accepted models (int8-tflite) and profiles (on a seed model)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     a = ap.parse_args(argv)
     if a.save:
@@ -784,22 +836,29 @@ def main(argv=None) -> int:
         return 0
     if a.only:
         t, c = a.only.split(":")
-        print(run_case(t, a.seed, int(c), a.time_limit))
+        print(run_case(t, a.seed, int(c), a.time_limit, a.deep))
         return 0
     if a.cases < 1:
         ap.error("--cases must be at least 1")
-    targets = a.target or list(TARGETS)
-    per = {t: a.cases if a.target else max(1, a.cases // len(targets)) for t in targets}
-    rep = fuzz(per, a.seed, a.workers, a.memory_mb, a.time_limit)
+    per: dict[str, int] = {}
+    for spec in a.target or []:
+        t, _, n = spec.partition(":")
+        if t not in TARGETS or (n and not n.isdigit()):
+            ap.error(f"--target {spec!r}: allowed {', '.join(TARGETS)}, optionally :N")
+        per[t] = int(n) if n else a.cases
+    if not per:
+        per = {t: max(1, a.cases // len(TARGETS)) for t in TARGETS}
+    rep = fuzz(per, a.seed, a.workers, a.memory_mb, a.time_limit, deep=a.deep)
     if a.json:
         print(json.dumps(rep, indent=1, default=str))
     else:
         print(f"fuzz: seed {a.seed}, {a.workers} worker(s), RLIMIT_AS {a.memory_mb} MiB each, "
               f"{a.time_limit:g} s per case, {rep['seconds']:.1f} s in all; peak worker RSS {rep['peak_rss_mb']:.0f} MiB")
-        print(f"{'target':8} {'cases':>8} {'rejected':>9} {'accepted':>9} {'crash':>6} {'hang':>5} {'memory':>7} {'slowest':>9}")
+        print(f"{'target':8} {'cases':>8} {'rejected':>9} {'accepted':>9} {'crash':>6} {'hang':>5} {'memory':>7} {'slowest':>9}"
+              + ("  float-overflow" if a.deep else ""))
         for t, r in rep["targets"].items():
             print(f"{t:8} {r['cases']:8d} {r['rejected']:9d} {r['accepted']:9d} {r['crash']:6d} {r['hang']:5d} "
-                  f"{r['memory']:7d} {r['slowest_case_s']:8.3f}s")
+                  f"{r['memory']:7d} {r['slowest_case_s']:8.3f}s" + (f"  {r['nonfinite']:14d}" if a.deep else ""))
             for c, o, d in r["crashes"]:
                 print(f"  {o} {t}:{c}  {d}   (reproduce: python scripts/fuzz.py --seed {a.seed} --only {t}:{c})")
     bad = sum(r[o] for r in rep["targets"].values() for o in ("crash", "hang", "memory"))

@@ -149,3 +149,56 @@ def test_nothing_half_written_on_error(model8, tmp_path):
     out = tmp_path / "r.json"
     res = invoke("run", "--model", model8, "--out", str(out))  # shape mismatch with the default data
     assert res.exit_code != 0 and not out.exists() and not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- one vocabulary (issue 15)
+COMMANDS_WITH_PROFILE_DEFAULT = {"run": "int8-tflite", "compare": "int8-fbgemm", "golden": "int8-tflite",
+                                 "export-onnx": "int8-onnxruntime"}
+
+
+@pytest.mark.parametrize("cmd", ["run", "sweep", "compare", "inspect", "golden", "export-onnx"])
+def test_every_command_speaks_the_same_options(cmd):
+    res = invoke(cmd, "--help")
+    assert res.exit_code == 0
+    h = " ".join(res.output.split())
+    for opt in ("-m, --model", "-p, --profile", "-d, --data", "--set KEY=VALUE", "-q, --quiet"):
+        assert opt in h, (cmd, opt)
+    if cmd != "inspect":
+        assert "-o, --out" in h
+    if cmd in COMMANDS_WITH_PROFILE_DEFAULT:
+        assert f"[default: {COMMANDS_WITH_PROFILE_DEFAULT[cmd]}]" in h
+    assert "override a profile field" in h  # --set has help text everywhere
+
+
+def test_profiles_show_set_has_help_and_train_help_lists_digits():
+    assert "override a profile field" in invoke("profiles", "show", "--help").output
+    h = " ".join(invoke("train", "--help").output.split())
+    assert "digits" in h and "-o, --out" in h and "-d, --data" in h
+
+
+def test_compare_bare_plot_before_another_option(model8, data8, tmp_path, monkeypatch):
+    """`compare --plot --limit 5` used to fail with 'unexpected extra argument'."""
+    monkeypatch.chdir(tmp_path)
+    res = invoke("compare", "-m", model8, "-d", data8, "--plot", "--limit", "5", "-q")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+    res = invoke("compare", "-m", model8, "-d", data8, "--limit", "5", "-q", "-o", "c.json", "--plot")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "c.png").exists() and json.loads((tmp_path / "c.json").read_text())["images"] == 5
+
+
+def test_sweep_plot_path_and_inspect_model_option(model8, data8, tmp_path):
+    png = tmp_path / "mine.png"
+    res = invoke("sweep", "-p", "w4a4", "-m", model8, "-d", data8, "-q", "--limit", "5", "--plot", str(png))
+    assert res.exit_code == 0, res.output
+    assert png.stat().st_size > 1000 and f"wrote {png}" in res.output
+    a, b = invoke("inspect", "-m", model8, "--json"), invoke("inspect", model8, "--json")
+    assert a.exit_code == 0 and a.output == b.output
+
+
+def test_progress_goes_to_stderr_and_quiet_silences_it(model8, data8, tmp_path):
+    res = CliRunner().invoke(cli, ["golden", "-m", model8, "-d", data8, "--n", "2", "-o", str(tmp_path / "g")])
+    assert res.exit_code == 0, res.output
+    assert "golden: [" in res.stderr and "compiling" in res.stderr and "wrote" in res.stdout
+    res = CliRunner().invoke(cli, ["golden", "-m", model8, "-d", data8, "--n", "2", "-q", "-o", str(tmp_path / "g2")])
+    assert res.exit_code == 0 and res.stderr == ""

@@ -100,10 +100,10 @@ def train_command(arch="smallcnn", data="default", epochs=10, lr=0.05, batch_siz
     """Run frontends.pytorch.train.train with CLI-typed options; optionally export; print a summary."""
     from hwsim.safeio import check_output
 
+    _need_torch()
     # every output is checked before training starts (minutes of work must not end in a bad path)
     check_output(out, "--out", (".pt", ".pth"))
     check_output(export, "--export", (".hwsim",))
-    _need_torch()
     from .train import train
 
     spec = qat_spec(qat_bits, per_tensor, qat_first_last)
@@ -136,9 +136,9 @@ def export_command(checkpoint: str, out: str, qat_weights: str = "quantized"):
     """Export a training checkpoint to an .hwsim model file (QAT layers: fake-quantized or latent weights)."""
     from hwsim.safeio import check_input_file, check_output
 
+    _need_torch()
     check_output(out, "--out", (".hwsim",))
     check_input_file(checkpoint, f"checkpoint {checkpoint}", "checkpoint file")
-    _need_torch()
     from .export import export_checkpoint
 
     return export_checkpoint(checkpoint, out, qat_weights=qat_weights)

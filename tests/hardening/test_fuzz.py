@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,11 +60,15 @@ def test_fuzz_reports_a_crash_as_a_crash(monkeypatch):
     assert outcome == "crash" and "KeyError" in detail
 
 
-def test_fuzz_cli_pool_with_memory_limit(capsys):
-    """The script's own entry point: a worker pool under RLIMIT_AS, every target, exit status 0."""
-    assert fuzz.main(["--cases", "60", "--workers", "2", "--memory-mb", "1024", "--seed", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "RLIMIT_AS 1024 MiB" in out and "model" in out and "profile" in out and "data" in out
+def test_fuzz_script_pool_with_memory_limit():
+    """The script itself, in a fresh process (its pool forks; this test process may hold threads): a worker
+    pool under RLIMIT_AS, every target, exit status 0."""
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuzz.py"), "--cases", "60", "--workers", "2",
+                        "--memory-mb", "1024", "--seed", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "RLIMIT_AS 1024 MiB" in r.stdout
+    for t in ("model", "profile", "data"):
+        assert any(line.startswith(t) and line.split()[4:7] == ["0", "0", "0"] for line in r.stdout.splitlines()), r.stdout
 
 
 # ----------------------------------------------------------------------------- .npy parser vs numpy
