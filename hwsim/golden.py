@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from hwsim.errors import HwsimError
 from hwsim.execute import run_integer
 from hwsim.profile import to_dict
 from hwsim.report import to_json_text
+from hwsim.safeio import make_output_dir_tmp
 
 FORMAT, VERSION = "hwsim-golden", 1
 
@@ -93,7 +93,7 @@ def write_golden(qg: QuantizedGraph, x_norm: np.ndarray, out_dir: str | os.PathL
     if not out.parent.is_dir():
         raise HwsimError(f"golden: directory {out.parent} does not exist")
     env = run_integer(qg, x_norm)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_output_dir_tmp(out)  # the user's umask, not mkdtemp's 0700
     try:
         tensors = {}
         for name, g in qg.grids.items():

@@ -75,3 +75,16 @@ def test_check_output_accepts_a_writable_new_file(tmp_path):
     assert check_output(tmp_path / "x.json", "--out", (".json",)) == tmp_path / "x.json"
     assert check_output(None) is None
     assert list(tmp_path.iterdir()) == []  # the probe file is gone
+
+
+def test_golden_directory_and_files_get_the_umask(tmp_path, umask027):
+    model = tmp_path / "m.hwsim"
+    save_model(tiny_cnn(seed=0, classes=10), model)
+    x = np.random.default_rng(0).integers(0, 256, (30, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(30) % 10)
+    out = tmp_path / "golden"
+    res = CliRunner().invoke(cli, ["golden", "-m", str(model), "-d", f"npz:{tmp_path / 'd.npz'}", "-q", "--n", "2",
+                                   "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert mode(out) == 0o750  # not mkdtemp's 0700
+    assert mode(out / "manifest.json") == 0o640
