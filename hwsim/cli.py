@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from hwsim.errors import HwsimError
+from hwsim.cli_report import register as _register_report
 from hwsim.safeio import atomic_write, check_output, check_output_dir, check_path_usable
 
 
@@ -127,6 +128,11 @@ def plot_option(what: str, default_name: str):
                         help=f"{what} (bare --plot: next to --out as .png, or {default_name})")
 
 
+def html_option(f):
+    return click.option("--html", default=None, metavar="PATH",
+                        help="also write one self-contained HTML report (hwsim report) to this .html file")(f)
+
+
 def quiet_option(f):
     return click.option("--quiet", "-q", is_flag=True, help="no progress output on stderr")(f)
 
@@ -234,9 +240,11 @@ def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out):
 @quiet_option
 @out_option("write the results to this .csv or .json file")
 @plot_option("write a PNG of float / simulated accuracy per profile to this path", "sweep.png")
+@html_option
 @click.option("--compare", "with_fq", is_flag=True, help="add the fake-quant mirror's accuracy to every row (needs torch)")
 @json_option("print the results as JSON")
-def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, quiet, out, plot, with_fq, as_json):
+def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, quiet, out, plot, html, with_fq,
+          as_json):
     """Run one checkpoint under many hardware profiles / field values."""
     from hwsim import experiments as ex
     from hwsim.profile import parse_set_options
@@ -245,6 +253,7 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
     check_output(out, "--out", (".csv", ".json"))
     png = _plot_path(plot, out, "sweep.png")
     check_output(png, "--plot", (".png",))
+    check_output(html, "--html", (".html", ".htm"))
     plan = ex.plan_sweep(list(profiles_), all_profiles, list(vary), parse_set_options(set_))
     ctx = ex.load_context(model, data, limit, batch_size)
     from tqdm import tqdm
@@ -259,6 +268,10 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
         files.append((out, to_json_text([r.to_json() for r in results]) if out.endswith(".json") else sweep_csv(results)))
     if png:
         files.append((png, sweep_plot_png(results)))
+    if html:
+        from hwsim.html_report import command_line, html_text
+
+        files.append((html, html_text([r.to_json() for r in results], {"command": command_line()})))
     for path, content in files:
         atomic_write(path, content)
     if as_json:
@@ -284,7 +297,8 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
 @plot_option("write a PNG of per-layer SQNR and mismatch to this path", "compare.png")
 @click.option("--fq-rounding", type=click.Choice(["half_even", "profile"]), default="half_even", show_default=True,
               help="fake-quant rounding: half_even (QAT's torch.round) or the profile's own rounding mode")
-def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, plot, fq_rounding):
+@html_option
+def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, plot, fq_rounding, html):
     """Float vs fake-quant (what training simulated) vs integer simulator, per layer."""
     from hwsim.compare import compare as run_compare
     from hwsim.experiments import compile_for, load_context
@@ -294,6 +308,7 @@ def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, 
     check_output(out, "--out", (".json",))
     png = _plot_path(plot, out, "compare.png")
     check_output(png, "--plot", (".png",))
+    check_output(html, "--html", (".html", ".htm"))
     step = _Stages("compare", quiet or as_json)
     prof = load_profile(profile, parse_set_options(set_))
     step("loading model and data")
@@ -306,6 +321,10 @@ def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, 
     files = [(out, to_json_text(r.to_json()))] if out else []
     if png:
         files.append((png, compare_plot_png(r)))
+    if html:
+        from hwsim.html_report import command_line, html_text
+
+        files.append((html, html_text(r.to_json(), {"command": command_line()})))
     for path, content in files:  # everything rendered before anything is written
         atomic_write(path, content)
     click.echo(to_json_text(r.to_json()) if as_json else compare_text(r), nl=not as_json)
@@ -414,6 +433,7 @@ def _register_frontend():
 
 
 _register_frontend()
+_register_report(cli)
 
 
 def main() -> None:  # console-script entry point

@@ -22,10 +22,10 @@ def register(cli_group: click.Group) -> None:
         """One self-contained HTML page (no network, printable) from the JSON that `run`, `sweep` and
         `compare` write with --out x.json: provenance, accuracy vs BOPs and accumulator bits with Pareto
         fronts, overflow heat map, per-layer comparison; every table also as CSV."""
-        from hwsim.cli import _out_check
         from hwsim.html_report import default_provenance, load_results, write_html_report
+        from hwsim.safeio import check_output
 
-        _out_check(out, (".html", ".htm"))
+        check_output(out, "--out", (".html", ".htm"))
         docs = load_results(list(results))
         prov = default_provenance(sources=list(results))
         write_html_report({"documents": docs}, out, prov, title)

@@ -887,13 +887,13 @@ def render_html(docs: list, provenance: dict, title: str | None = None) -> str:
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
-def write_html_report(results_json_obj, path, provenance: dict | None = None, title: str | None = None) -> None:
-    """Write the report of one results document (run dict, sweep list, compare dict) or of a list of
-    such documents (``{"documents": [...]}``) to ``path``, atomically.
+def html_text(results_json_obj, provenance: dict | None = None, title: str | None = None) -> str:
+    """The report page of one results document (run dict, sweep list, compare dict) or of a list of
+    such documents (``{"documents": [...]}``), as text.
 
     ``provenance``: shown as given (e.g. ``{"command": ...}``); the hwsim version, date and command
     line are filled in where missing."""
-    from hwsim.report import atomic_write, to_json_text
+    from hwsim.report import to_json_text
 
     # render exactly what a --out JSON file holds (numpy scalars -> plain numbers, as written)
     results_json_obj = json.loads(to_json_text(results_json_obj))
@@ -901,4 +901,11 @@ def write_html_report(results_json_obj, path, provenance: dict | None = None, ti
         else [results_json_obj]
     prov = default_provenance(command=(provenance or {}).get("command"))
     prov.update(provenance or {})
-    atomic_write(path, render_html(docs, prov, title))
+    return render_html(docs, prov, title)
+
+
+def write_html_report(results_json_obj, path, provenance: dict | None = None, title: str | None = None) -> None:
+    """:func:`html_text` written to ``path`` atomically (with the user's umask)."""
+    from hwsim.safeio import atomic_write
+
+    atomic_write(path, html_text(results_json_obj, provenance, title))

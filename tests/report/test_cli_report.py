@@ -59,7 +59,7 @@ def test_bad_results_file(tmp_path, content, match):
 
 def test_bad_out(tmp_path, files):
     r = _invoke("report", str(files[0]), "-o", str(tmp_path / "r.pdf"))
-    assert r.exit_code == 1 and "unsupported extension '.pdf'; allowed .html, .htm" in r.output
+    assert r.exit_code == 1 and "unsupported extension '.pdf' (allowed: .html, .htm)" in r.output
     r = _invoke("report", str(files[0]), "-o", str(tmp_path / "nodir" / "r.html"))
     assert r.exit_code == 1 and "does not exist" in r.output
 
