@@ -131,7 +131,7 @@ def lapq(model, folded, dead, calib, calib_images, profile, recipe, progress=Non
     tiny = {k: v[:1] for k, v in calib.items()}  # range hooks below ignore the values
 
     def ranges_at(p):
-        rec = _Recorder(range_hooks(dataclasses.replace(recipe, p=float(p)), folded, calib, {}, []))
+        rec = _Recorder(range_hooks(dataclasses.replace(recipe, p=float(p)), folded, calib, {}))
         qg = quantize_folded(model, folded, dead, calib, profile, rec.as_hooks(), certificates=False)
         return rec, qg
 
