@@ -168,7 +168,7 @@ def lapq(model, folded, dead, calib, calib_images, profile, recipe, progress=Non
     # 3. Powell jointly over all step sizes
     if opts.maxfev > 1 and x0.size:
         minimize(f, x0, method="Powell", bounds=[BOUNDS] * x0.size,
-                 options={"maxfev": opts.maxfev - 1, "xtol": 1e-3, "ftol": 1e-4})
+                 options={"maxfev": opts.maxfev - 1, "xtol": opts.xtol, "ftol": 1e-4})
     info.final_loss = best["f"]
     info.evaluations = len(info.trace)
     qg = quantize_folded(model, folded, dead, calib, profile, _fixed_hooks(rec.w, rec.a, wkeys, akeys, best["x"]))
