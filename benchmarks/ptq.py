@@ -45,7 +45,12 @@ def main() -> None:
     ap.add_argument("--lapq-loss", default="mirror", choices=["mirror", "simulator"])
     ap.add_argument("--lapq-maxfev", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/ptq")
+    ap.add_argument("--lapq-compare", metavar="PROFILE",
+                    help="instead of the grid: LAPQ on each model with the mirror and the simulator loss on PROFILE; "
+                         "seconds, final losses, each result's loss under the other kind, accuracy")
     args = ap.parse_args()
+    if args.lapq_compare:
+        return lapq_compare(args.models.split(",") if args.models else FULL["models"], args.lapq_compare, args)
     grid = QUICK if args.quick else FULL
     models = args.models.split(",") if args.models else grid["models"]
     recipes = args.recipes.split(",") if args.recipes else grid["recipes"]
@@ -94,6 +99,42 @@ def main() -> None:
         w.writerows(rows)
     out.with_suffix(".md").write_text(markdown(rows, models, profiles, recipes, args, time.perf_counter() - t_all))
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')}")
+
+
+def lapq_compare(models, profile_name, args) -> None:
+    import numpy as np
+
+    from hwsim import experiments as ex
+    from hwsim.execute import accuracy, run_quantized
+    from hwsim.profile import load_profile
+    from hwsim.ptq import load_recipe
+    from hwsim.ptq.lapq import _loss_fn
+
+    print(f"{'model':18s} {'loss':9s} {'seconds':>8s} {'evals':>5s} {'L init':>7s} {'L final':>7s} "
+          f"{'L_sim':>7s} {'L_mirror':>8s} {'acc %':>6s}")
+    for m in models:
+        ctx = ex.load_context(m, "default", args.limit)
+        prof = load_profile(profile_name)
+        for kind in ("mirror", "simulator"):
+            rec = load_recipe("lapq")
+            lq = dataclasses.replace(rec.lapq, loss=kind,
+                                     **({"maxfev": args.lapq_maxfev} if args.lapq_maxfev is not None else {}))
+            rec = dataclasses.replace(rec, lapq=lq)
+            t0 = time.perf_counter()
+            qg = ex.compile_for(ctx, prof, rec)
+            sec = time.perf_counter() - t0  # calibration + Lp ranges + LAPQ
+            info = qg.ptq["lapq"]
+            # the same graph's loss under both kinds, on the same images and labels
+            from hwsim.data import calibration_subset
+            from hwsim.floatref import normalize, run_float
+
+            x = normalize(ctx.graph, calibration_subset(ctx.data, rec.calibration_count(prof.calibration.images),
+                                                        prof.calibration.seed))[:lq.images]
+            labels = np.argmax(run_float(ctx.graph, x), axis=1)
+            ls, lm = _loss_fn("simulator", x, labels)(qg), _loss_fn("mirror", x, labels)(qg)
+            acc = accuracy(run_quantized(qg, ctx.x_test).logits, ctx.y_test)
+            print(f"{m:18s} {kind:9s} {sec:8.1f} {info.evaluations:5d} {info.initial_loss:7.4f} {info.final_loss:7.4f} "
+                  f"{ls:7.4f} {lm:8.4f} {100 * acc:6.2f}", flush=True)
 
 
 def markdown(rows, models, profiles, recipes, args, seconds) -> str:

@@ -133,6 +133,8 @@ class QuantHooks:
     - ``before_quantize(folded_graph, calib_tensors) -> folded_graph``: e.g. CLE rescaling.
     - ``weight_range(layer_name, w, fmt) -> (lo, hi)`` per channel arrays: replaces min-max/MSE.
     - ``activation_range(tensor_name, values, fmt) -> (lo, hi)``: replaces min-max/MSE/percentile.
+      Both get the tensor's format with its effective ``bits`` (first/last-layer overrides
+      included); :mod:`hwsim.ptq` builds them from a recipe (docs/ptq.md).
     - ``after_quantize(qgraph, calib_images) -> qgraph``: e.g. bias correction, AdaRound.
     """
 

@@ -44,12 +44,17 @@ class LapqInfo:
     evaluations: int = 0
     seconds: float = 0.0
     trace: list = field(default_factory=list)  # loss of every evaluation, in order
+    stopped: str = ""  # why Powell stopped early, if it did (lapq.budget_s)
 
     def note(self) -> str:
         ps = ", ".join(f"L{p:g}={v:.4f}" for p, v in self.p_losses.items())
         return (f"LAPQ ({self.loss_kind} loss, {self.images} images): {ps}; p* = {self.p_star:.2f}; "
                 f"Powell loss {self.initial_loss:.4f} -> {self.final_loss:.4f} in {self.evaluations} evaluations, "
-                f"{self.seconds:.1f} s")
+                f"{self.seconds:.1f} s" + (f" (stopped: {self.stopped})" if self.stopped else ""))
+
+
+class _OutOfTime(Exception):
+    pass
 
 
 def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -131,7 +136,7 @@ def lapq(model, folded, dead, calib, calib_images, profile, recipe, progress=Non
     tiny = {k: v[:1] for k, v in calib.items()}  # range hooks below ignore the values
 
     def ranges_at(p):
-        rec = _Recorder(range_hooks(dataclasses.replace(recipe, p=float(p)), folded, calib, {}, []))
+        rec = _Recorder(range_hooks(dataclasses.replace(recipe, p=float(p)), folded, calib, {}))
         qg = quantize_folded(model, folded, dead, calib, profile, rec.as_hooks(), certificates=False)
         return rec, qg
 
@@ -155,6 +160,8 @@ def lapq(model, folded, dead, calib, calib_images, profile, recipe, progress=Non
     best = {"x": x0.copy(), "f": np.inf}
 
     def f(x):
+        if opts.budget_s is not None and info.trace and time.perf_counter() - t0 > opts.budget_s:
+            raise _OutOfTime
         qg = quantize_folded(model, folded, dead, tiny, profile, _fixed_hooks(rec.w, rec.a, wkeys, akeys, x),
                              certificates=False)
         v = loss(qg)
@@ -167,8 +174,11 @@ def lapq(model, folded, dead, calib, calib_images, profile, recipe, progress=Non
     info.initial_loss = f(x0)
     # 3. Powell jointly over all step sizes
     if opts.maxfev > 1 and x0.size:
-        minimize(f, x0, method="Powell", bounds=[BOUNDS] * x0.size,
-                 options={"maxfev": opts.maxfev - 1, "xtol": 1e-3, "ftol": 1e-4})
+        try:
+            minimize(f, x0, method="Powell", bounds=[BOUNDS] * x0.size,
+                     options={"maxfev": opts.maxfev - 1, "xtol": opts.xtol, "ftol": 1e-4})
+        except _OutOfTime:
+            info.stopped = f"time budget {opts.budget_s:g} s"
     info.final_loss = best["f"]
     info.evaluations = len(info.trace)
     qg = quantize_folded(model, folded, dead, calib, profile, _fixed_hooks(rec.w, rec.a, wkeys, akeys, best["x"]))

@@ -67,8 +67,12 @@ def _profile_activation_range(v: np.ndarray, fmt: TensorFormat, name: str):
     return v.min(), v.max()
 
 
-def range_hooks(recipe: Recipe, folded: Graph, calib: dict[str, np.ndarray], bn: dict, notes: list[str]) -> QuantHooks:
-    """QuantHooks implementing the recipe's weight and activation range methods."""
+def range_hooks(recipe: Recipe, folded: Graph, calib: dict[str, np.ndarray], bn: dict,
+                no_bn: list[str] | None = None) -> QuantHooks:
+    """QuantHooks implementing the recipe's weight and activation range methods.
+
+    ``no_bn`` collects the tensors the "bn" method had no BatchNorm statistics for (min-max used).
+    """
     opts = dict(p=recipe.p, percentile=recipe.percentile, aciq_dist=recipe.aciq_dist)
     wr = ar = None
     if recipe.weights != "profile":
@@ -79,7 +83,7 @@ def range_hooks(recipe: Recipe, folded: Graph, calib: dict[str, np.ndarray], bn:
     src = grid_source_fn(folded)
     logits = src(folded.outputs[0])
     by_tensor = {n.outputs[0]: (bn[n.name], n.attrs.get("activation")) for n in folded.nodes if n.name in bn}
-    no_bn: list[str] = []
+    no_bn = [] if no_bn is None else no_bn
     if recipe.activations != "profile" or recipe.last_layer:
         def ar(name, v, fmt):
             if recipe.last_layer == "cross_entropy" and name == logits:
@@ -98,9 +102,7 @@ def range_hooks(recipe: Recipe, folded: Graph, calib: dict[str, np.ndarray], bn:
             else:
                 lo, hi = ranges.tensor_range(m, ranges.subsample(v).reshape(1, -1), fmt, **opts)
             return float(lo[0]), float(hi[0])
-    hooks = QuantHooks(weight_range=wr, activation_range=ar)
-    hooks.no_bn = no_bn  # filled during quantize: tensors the bn method left at min-max
-    return hooks
+    return QuantHooks(weight_range=wr, activation_range=ar)
 
 
 def compile_with_recipe(model: Graph, profile: Profile, calib_images: np.ndarray, recipe: Recipe,
@@ -127,7 +129,8 @@ def compile_with_recipe(model: Graph, profile: Profile, calib_images: np.ndarray
     report(progress, "calibrate", 0, len(calib_images))
     calib = calibrate(folded, calib_images)
     report(progress, "calibrate", len(calib_images), len(calib_images))
-    rh = range_hooks(recipe, folded, calib, bn, notes)
+    no_bn: list[str] = []
+    rh = range_hooks(recipe, folded, calib, bn, no_bn)
     report(progress, "ranges", 0, None)
     if recipe.lapq is not None:
         from hwsim.ptq.lapq import lapq
@@ -137,9 +140,9 @@ def compile_with_recipe(model: Graph, profile: Profile, calib_images: np.ndarray
         qg.ptq["lapq"] = info
     else:
         qg = quantize_folded(model, folded, dead, calib, profile, rh)
-    if rh.no_bn:
-        notes.append(f"bn ranges: {len(set(rh.no_bn))} tensor(s) without a preceding BatchNorm use min-max "
-                     f"({', '.join(sorted(set(rh.no_bn)))})")
+    if no_bn:
+        notes.append(f"bn ranges: {len(set(no_bn))} tensor(s) without a preceding BatchNorm use min-max "
+                     f"({', '.join(sorted(set(no_bn)))})")
     bc = recipe.bias_correction
     rounding = recipe.weight_rounding
     if rounding == "adaround_if_torch":

@@ -28,6 +28,8 @@ class LapqOptions:
     p_grid: tuple = LAPQ_P_GRID
     maxfev: int = 300  # Powell's function-evaluation budget (the 5-minute bound on 2 cores)
     images: int = 512  # calibration images of the loss (LAPQ §5)
+    xtol: float = 0.05  # Powell's line-search tolerance on the log range multipliers (5% of a range)
+    budget_s: float | None = None  # stop Powell after this many seconds (best point kept; not reproducible)
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def load_recipe(spec: "str | Recipe | None") -> Recipe:
 _TOML_KEYS = {"name", "method", "p", "percentile", "aciq_dist", "bn_alpha", "last_layer", "cle", "cle_relu6",
               "bias_absorption", "bias_correction", "weight_rounding", "calibration_images", "weights",
               "activations", "lapq", "adaround"}
-_LAPQ_KEYS = {"loss", "p_grid", "maxfev", "images"}
+_LAPQ_KEYS = {"loss", "p_grid", "maxfev", "images", "xtol", "budget_s"}
 
 
 def _load_toml(path: str) -> Recipe:
@@ -216,5 +218,9 @@ def _validate(r: Recipe, where: str) -> None:
             bad("lapq.p_grid", list(lq.p_grid), "a non-empty list of numbers in [1, 8]")
         if not isinstance(lq.maxfev, int) or lq.maxfev < 0:
             bad("lapq.maxfev", lq.maxfev, "an integer >= 0")
+        if not isinstance(lq.xtol, (int, float)) or not 1e-6 <= lq.xtol <= 1.0:
+            bad("lapq.xtol", lq.xtol, "a number in [1e-6, 1]")
+        if lq.budget_s is not None and (not isinstance(lq.budget_s, (int, float)) or lq.budget_s < 0):
+            bad("lapq.budget_s", lq.budget_s, "a number of seconds >= 0")
         if not isinstance(lq.images, int) or lq.images < 1:
             bad("lapq.images", lq.images, "a positive integer")

@@ -236,3 +236,20 @@ def test_replace_weights_rejects_bad_input():
         replace_weights(qg, {"dw": lay.w_q.astype(np.float32)})
     with pytest.raises(HwsimError, match="finite"):
         replace_weights(qg, biases={"dw": np.full(6, np.nan)})
+
+
+def test_bn_recipe_sets_activation_grids_from_the_bn_parameters():
+    from hwsim.compile import int_grid, scale_zero_point
+    from hwsim.ptq.ranges import bn_range
+
+    g = chain_net(seed=3)
+    p = load_profile("int8-per-tensor")
+    qg = compile_model(g, p, images(8), recipe="bn")
+    st = bn_stats(g)
+    fmt = p.activations
+    qmin, qmax = int_grid(fmt, fmt.bits)
+    for layer, tensor in (("conv1", "r1"), ("dw", "r2"), ("pw", "r3")):
+        lo, hi = bn_range(st[layer]["gamma"], st[layer]["beta"], "relu")  # WP eq. 18-19, α = 6
+        s, z = scale_zero_point(lo, hi, fmt, qmin, qmax)
+        assert (qg.grids[tensor].scale, qg.grids[tensor].zero_point) == (float(s), int(z))
+    assert any(n.startswith("bn ranges: ") and "input" in n for n in qg.notes)

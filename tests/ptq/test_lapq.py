@@ -62,3 +62,12 @@ def test_mirror_loss_without_torch_is_one_line_error(monkeypatch):
     g, x = tiny_cnn(seed=4), images(8, seed=8)
     with pytest.raises(HwsimError, match=r"needs torch: pip install 'hwsim\[torch\]'"):
         compile_model(g, load_profile("w4a4"), x, recipe=_recipe("mirror", maxfev=2))
+
+
+def test_lapq_time_budget_stops_powell_and_keeps_the_best_point():
+    r = _recipe("simulator", maxfev=500)
+    r = dataclasses.replace(r, lapq=dataclasses.replace(r.lapq, budget_s=0.0))
+    qg = compile_model(tiny_cnn(seed=4), load_profile("w4a4"), images(16, seed=8), recipe=r)
+    info = qg.ptq["lapq"]
+    assert info.stopped == "time budget 0 s" and info.evaluations == 1 and "stopped" in info.note()
+    assert info.final_loss == info.initial_loss

@@ -10,8 +10,8 @@ from hwsim.profile import load_profile
 from hwsim.ptq import PROFILE, builtin_recipes, load_recipe
 from tests.nets import images, tiny_cnn
 
-RANGE_RECIPES = ["minmax", "mse", "percentile", "aciq", "lp", "bn", "mse+cle+ba", "aciq+ce", "minmax+bc",
-                 "mse+bc_analytic", "aciq+bc_banner"]
+RANGE_RECIPES = ["minmax", "mse", "percentile", "aciq", "lp", "bn+ce", "mse+cle+ba", "aciq+ce", "minmax+bc",
+                 "mse+bc_analytic", "aciq+bc_banner", "percentile+bc_banner", "mse+cle_relu+ba", "wp"]
 PROFILES = ["int8-tflite", "int8-per-tensor", "w4a4", "w3a3", "int4-pow2", "int8-fbgemm"]
 
 
