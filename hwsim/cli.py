@@ -128,6 +128,36 @@ def plot_option(what: str, default_name: str):
                         help=f"{what} (bare --plot: next to --out as .png, or {default_name})")
 
 
+def ptq_option(f):
+    return click.option("--ptq", "ptq", default=None, metavar="RECIPE|PATH",
+                        help="PTQ recipe: how the parameters are chosen under the profile (minmax, mse, percentile, "
+                             "aciq, lp, bn, lapq, wp, adaround, adaquant, NAME+bc, or a .toml; docs/ptq.md); "
+                             "default: the profile's own range keys")(f)
+
+
+def _recipe(spec):
+    """The --ptq recipe, loaded (and checked) before any work; hwsim.ptq imported only when used."""
+    from hwsim.ptq import load_recipe
+
+    return load_recipe(spec)
+
+
+class _PtqProgress:
+    """Progress of a PTQ recipe's long steps (calibration, LAPQ loss evaluations, AdaRound layers) on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.t0, self.last = quiet, time.perf_counter(), 0.0
+
+    def __call__(self, stage: str, step=None, total=None, value=None) -> None:
+        now = time.perf_counter()
+        if self.quiet or (now - self.last < 1.0 and step is not None and total is not None and step < total):
+            return  # at most one line a second, but always the last step of a stage
+        self.last = now
+        where = f" {step}/{total}" if step is not None and total is not None else f" {step}" if step is not None else ""
+        val = f"  loss {value:.5g}" if isinstance(value, (int, float)) else ""
+        click.echo(f"ptq: [{now - self.t0:6.1f} s] {stage}{where}{val}", err=True)
+
+
 def html_option(f):
     return click.option("--html", default=None, metavar="PATH",
                         help="also write one self-contained HTML report (hwsim report) to this .html file")(f)
@@ -209,7 +239,8 @@ def profiles_show(name, set_, as_json):
 @quiet_option
 @json_option()
 @out_option("also write the JSON result to this .json file")
-def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out):
+@ptq_option
+def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out, ptq):
     """Run the model in integers under one hardware profile."""
     from hwsim.experiments import load_context, run_profile
     from hwsim.profile import load_profile, parse_set_options
@@ -218,8 +249,10 @@ def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out):
     check_output(out, "--out", (".json",))
     settings = parse_set_options(set_)
     prof = load_profile(profile, settings)
+    recipe = _recipe(ptq)
     ctx = load_context(model, data, limit, batch_size)
-    r = run_profile(ctx, prof, batch_size, _progress(len(ctx.y_test), prof.name, quiet or as_json), settings)
+    r = run_profile(ctx, prof, batch_size, _progress(len(ctx.y_test), prof.name, quiet or as_json), settings,
+                    recipe=recipe, ptq_progress=_PtqProgress(quiet or as_json))
     text = to_json_text(r.to_json())
     if out:
         atomic_write(out, text)
@@ -243,8 +276,9 @@ def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out):
 @html_option
 @click.option("--compare", "with_fq", is_flag=True, help="add the fake-quant mirror's accuracy to every row (needs torch)")
 @json_option("print the results as JSON")
+@ptq_option
 def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, quiet, out, plot, html, with_fq,
-          as_json):
+          as_json, ptq):
     """Run one checkpoint under many hardware profiles / field values."""
     from hwsim import experiments as ex
     from hwsim.profile import parse_set_options
@@ -254,7 +288,7 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
     png = _plot_path(plot, out, "sweep.png")
     check_output(png, "--plot", (".png",))
     check_output(html, "--html", (".html", ".htm"))
-    plan = ex.plan_sweep(list(profiles_), all_profiles, list(vary), parse_set_options(set_))
+    plan = ex.plan_sweep(list(profiles_), all_profiles, list(vary), parse_set_options(set_), recipe=ptq)
     ctx = ex.load_context(model, data, limit, batch_size)
     from tqdm import tqdm
 
@@ -298,7 +332,8 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
 @click.option("--fq-rounding", type=click.Choice(["half_even", "profile"]), default="half_even", show_default=True,
               help="fake-quant rounding: half_even (QAT's torch.round) or the profile's own rounding mode")
 @html_option
-def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, plot, fq_rounding, html):
+@ptq_option
+def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, plot, fq_rounding, html, ptq):
     """Float vs fake-quant (what training simulated) vs integer simulator, per layer."""
     from hwsim.compare import compare as run_compare
     from hwsim.experiments import compile_for, load_context
@@ -311,10 +346,11 @@ def compare(profile, model, data, set_, limit, batch_size, quiet, as_json, out, 
     check_output(html, "--html", (".html", ".htm"))
     step = _Stages("compare", quiet or as_json)
     prof = load_profile(profile, parse_set_options(set_))
+    recipe = _recipe(ptq)  # a bad recipe fails before any work
     step("loading model and data")
     ctx = load_context(model, data, limit, batch_size)
     step(f"compiling {ctx.model_name} for {prof.name}")
-    qg = compile_for(ctx, prof)
+    qg = compile_for(ctx, prof, recipe, progress=_PtqProgress(quiet or as_json))
     step(f"running float, fake-quant and simulator on {len(ctx.y_test)} images, layer by layer")
     r = run_compare(ctx, qg, batch_size, fq_rounding=fq_rounding)
     step(f"done: {len(r.layers)} layers compared")
@@ -370,7 +406,8 @@ def inspect(model_arg, model, profile, set_, data, quiet, as_json):
               help="number of test images (at most the data set's test split)")
 @out_option("output directory (must not exist, or be empty)", required=True)
 @quiet_option
-def golden(profile, model, data, set_, n_images, out, quiet):
+@ptq_option
+def golden(profile, model, data, set_, n_images, out, quiet, ptq):
     """Golden vectors for an RTL testbench: every layer's integer inputs, weights, biases, requant
     constants and outputs (.npy + .hex) with a manifest.json."""
     from hwsim.experiments import compile_for, load_context
@@ -380,13 +417,14 @@ def golden(profile, model, data, set_, n_images, out, quiet):
     check_output_dir(out, "--out")
     step = _Stages("golden", quiet)
     prof = load_profile(profile, parse_set_options(set_))
+    recipe = _recipe(ptq)  # a bad recipe fails before any work
     step("loading model and data")
     ctx = load_context(model, data, limit=n_images)
     if len(ctx.y_test) < n_images:
         raise HwsimError(f"--n {n_images}: data {data!r} has only {len(ctx.y_test)} test images "
                          f"(allowed 1..{len(ctx.y_test)})")
     step(f"compiling for {prof.name}")
-    qg = compile_for(ctx, prof)
+    qg = compile_for(ctx, prof, recipe, progress=_PtqProgress(quiet))
     step(f"running {n_images} image(s) and writing every layer's integers")
     m = write_golden(qg, ctx.x_test, out, ctx.model_name)
     click.echo(f"wrote {out}: {m['images']} image(s), {len(m['layers'])} layers, {len(m['tensors'])} tensors "
@@ -402,7 +440,8 @@ def golden(profile, model, data, set_, n_images, out, quiet):
 @click.option("--float-input", is_flag=True, help="take normalised float32 images (QuantizeLinear) instead of uint8 codes")
 @out_option("output .onnx file", required=True)
 @quiet_option
-def export_onnx(profile, model, data, set_, float_input, out, quiet):
+@ptq_option
+def export_onnx(profile, model, data, set_, float_input, out, quiet, ptq):
     """Write the compiled integer graph as an ONNX QLinear model: ONNX Runtime computes the same integers."""
     from hwsim.experiments import compile_for, load_context
     from hwsim.onnx_export import to_onnx
@@ -411,9 +450,10 @@ def export_onnx(profile, model, data, set_, float_input, out, quiet):
     check_output(out, "--out", (".onnx",))
     step = _Stages("export-onnx", quiet)
     prof = load_profile(profile, parse_set_options(set_))
+    recipe = _recipe(ptq)  # a bad recipe fails before any work
     ctx = load_context(model, data, limit=1)
     step(f"compiling {ctx.model_name} for {prof.name}")
-    qg = compile_for(ctx, prof)
+    qg = compile_for(ctx, prof, recipe, progress=_PtqProgress(quiet))
     proto = to_onnx(qg, float_input=float_input)
     atomic_write(out, proto.SerializeToString())
     inp = f"{qg.input_name}::float (float32)" if float_input else f"{qg.input_name} (uint8 codes)"

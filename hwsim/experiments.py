@@ -22,6 +22,7 @@ from hwsim.execute import accuracy, max_defined, min_defined, run_quantized
 from hwsim.floatref import normalize, run_float
 from hwsim.graph import Graph, infer_shapes, load_model
 from hwsim.profile import Profile, builtin_names, load_profile
+from hwsim.cost import graph_cost
 from hwsim.ptq import Recipe, load_recipe
 
 DEFAULT_MODEL = "smallcnn_robust"
@@ -81,7 +82,11 @@ def load_context(model: str | None = None, data: str = "default", limit: int | N
             raise HwsimError(f"--limit {limit}: must be a positive number of images")
         x, y = x[:limit], y[:limit]
     xn = normalize(graph, x)
-    fl = np.concatenate([run_float(graph, xn[i:i + batch_size]) for i in range(0, len(xn), batch_size)])
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as one line
+        fl = np.concatenate([run_float(graph, xn[i:i + batch_size]) for i in range(0, len(xn), batch_size)])
+    if not np.isfinite(fl).all():  # finite weights can still overflow float32 on real data
+        raise HwsimError(f"model {name!r}: the float model's outputs overflow float32 (inf/nan) on data {data!r}; "
+                         "its weights or BatchNorm statistics are out of range")
     return Context(graph, name, ds, data, xn, y, fl, accuracy(fl, y))
 
 
@@ -105,6 +110,7 @@ class RunResult:
     settings: dict = field(default_factory=dict)
     fakequant_accuracy: float | None = None  # with sweep --compare
     recipe: str = "profile"  # the PTQ recipe (hwsim.ptq): how the parameters were chosen
+    cost: dict | None = None  # hardware cost of the compiled graph (hwsim.cost.graph_cost)
 
     @property
     def overflow_events(self) -> int:
@@ -118,7 +124,7 @@ class RunResult:
                 "seconds": self.seconds, "compile_seconds": self.compile_seconds,
                 "images_per_s": self.images_per_s, "agreement_with_float": self.agreement,
                 "overflow_events": self.overflow_events, "settings": self.settings,
-                "fakequant_accuracy": self.fakequant_accuracy,
+                "fakequant_accuracy": self.fakequant_accuracy, "cost": self.cost,
                 "layers": self.layers, "dead_channels": self.dead_channels, "notes": self.notes}
 
 
@@ -165,7 +171,7 @@ def run_profile(ctx: Context, profile: Profile, batch_size: int = 256, progress:
         images_per_s=n / out.seconds if out.seconds > 0 else float("inf"),
         agreement=float(np.mean(pred == np.argmax(ctx.float_logits, axis=1))) if n else 0.0,
         layers=layers, dead_channels=qg.dead_channels, notes=qg.notes, settings=dict(settings or {}),
-        fakequant_accuracy=fq, recipe=qg.recipe)
+        fakequant_accuracy=fq, recipe=qg.recipe, cost=graph_cost(qg))
 
 
 def parse_vary(items: tuple[str, ...] | list[str]) -> list[dict[str, str]]:

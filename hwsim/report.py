@@ -74,8 +74,10 @@ def run_text(r) -> str:
     return "\n".join(head) + "\n\n" + body + "\n" + "\n".join(tail)
 
 
+COST_COLUMNS = ("macs", "bops", "weight_memory_bits", "acc_bits", "min_acc_bits")  # hwsim.cost totals
 SWEEP_COLUMNS = ["profile", "settings", "mode", "float_accuracy", "fakequant_accuracy", "sim_accuracy", "agreement_with_float",
-                 "overflow_events", "max_clip_rate", "min_headroom_bits", "uncertified_layers", "images_per_s", "seconds", "recipe"]
+                 "overflow_events", "max_clip_rate", "min_headroom_bits", "uncertified_layers", "images_per_s", "seconds",
+                 *COST_COLUMNS, "recipe"]
 
 
 def sweep_rows(results) -> list[dict]:
@@ -94,6 +96,7 @@ def sweep_rows(results) -> list[dict]:
             "min_headroom_bits": min(hr) if hr else "",
             "uncertified_layers": sum(1 for x in r.layers if x["certified"] is False),
             "images_per_s": round(r.images_per_s, 1), "seconds": round(r.seconds, 3),
+            **{k: ((getattr(r, "cost", None) or {}).get("totals") or {}).get(k, "") for k in COST_COLUMNS},
         })
     return rows
 
@@ -101,13 +104,13 @@ def sweep_rows(results) -> list[dict]:
 def sweep_text(results) -> str:
     rows = sweep_rows(results)
     fq = any(r["fakequant_accuracy"] != "" for r in rows)
-    return table([[r["profile"] + (f" [{r['settings']}]" if r["settings"] else "")
-                   + (f" (recipe {r['recipe']})" if r["recipe"] else ""), r["mode"],
-                   _pct(r["float_accuracy"])] + ([_pct(r["fakequant_accuracy"])] if fq else [])
+    rec = any(r["recipe"] for r in rows)
+    return table([[r["profile"] + (f" [{r['settings']}]" if r["settings"] else "")]
+                  + ([r["recipe"]] if rec else []) + [r["mode"], _pct(r["float_accuracy"])] + ([_pct(r["fakequant_accuracy"])] if fq else [])
                  + [_pct(r["sim_accuracy"]), r["overflow_events"],
                    f"{100 * r['max_clip_rate']:.2f}%", r["min_headroom_bits"], r["uncertified_layers"],
                    f"{r['images_per_s']:,.0f}"] for r in rows],
-                 ["profile", "mode", "float"] + (["fake-quant"] if fq else []) + ["simulated", "overflows", "max clip", "min headroom", "uncertified", "img/s"])
+                 ["profile"] + (["recipe"] if rec else []) + ["mode", "float"] + (["fake-quant"] if fq else []) + ["simulated", "overflows", "max clip", "min headroom", "uncertified", "img/s"])
 
 
 def to_json_text(obj) -> str:
@@ -215,7 +218,8 @@ def sweep_plot_png(results) -> bytes:
     ax.set_xlim(xmin, 100 + 0.02 * span)
     ax.set_xlabel("top-1 accuracy (%)" + (f"  (axis starts at {xmin:g}%)" if xmin > 0 else ""))
     r0 = results[0]
-    recipe = _recipe(r0)
+    recipes = {_recipe(r) for r in results}
+    recipe = _recipe(r0) if len(recipes) == 1 else None  # one recipe for every bar: say it in the title
     what = (f"{rows[0]['profile']}: " if one_profile else "") + "simulated accuracy" + (
         " per setting" if one_profile else " per profile")
     ax.set_title(f"{r0.model} on {data_label(r0.data)}, {r0.images} test images"

@@ -444,3 +444,14 @@ def test_golden_n_above_the_test_split(model8, data8, tmp_path):
 def test_inspect_model_given_twice(model8, tmp_path):
     one_line_error(invoke("inspect", model8, "-m", tmp_path / "other.hwsim"), "given twice")
     one_line_error(invoke("inspect", model8, "--set", "accumulator.bits=16"), "--set", "--profile")
+
+
+def test_float_model_overflowing_float32_on_the_data(data8, tmp_path):
+    """Finite float32 weights that pass the loader, but whose float run overflows on real data."""
+    g = tiny_cnn(seed=0, classes=10)
+    for k in list(g.tensors):
+        if k.endswith("weight") and g.tensors[k].ndim > 1:
+            g.tensors[k] = (g.tensors[k] * np.float32(1e30)).astype(np.float32)
+    p = tmp_path / "big.hwsim"
+    save_model(g, p)
+    run_model(p, data8, "overflow float32", workdir=tmp_path)

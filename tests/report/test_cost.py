@@ -103,3 +103,29 @@ def test_unbounded_accumulator_is_none(net):
     c = _cost(net, "int8-fbgemm", **{"accumulator.bits": "unbounded"})
     assert all(x["acc_bits"] is None and x["headroom_bits"] is None and x["certified"] for x in c["layers"])
     assert c["totals"]["acc_bits"] is None and c["totals"]["min_acc_bits"] >= 16
+
+
+def test_run_json_and_sweep_csv_carry_the_cost(tmp_path):
+    """The cost in `run --json` and the sweep CSV is graph_cost of the same compiled graph."""
+    import csv
+    import json
+
+    from click.testing import CliRunner
+
+    from hwsim import experiments as ex
+    from hwsim.cli import cli
+    from hwsim.cost import graph_cost
+    from hwsim.profile import load_profile
+
+    r = CliRunner().invoke(cli, ["run", "-p", "w4a4", "--limit", "20", "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)["cost"]
+    ctx = ex.load_context(None, "default", 20)
+    assert got == json.loads(json.dumps(graph_cost(ex.compile_for(ctx, load_profile("w4a4")))))
+    assert got["totals"]["bops"] > 0
+    out = tmp_path / "s.csv"
+    r = CliRunner().invoke(cli, ["sweep", "-p", "w4a4", "-p", "int8-tflite", "--limit", "20", "-q", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(out.open()))
+    assert [int(x["bops"]) for x in rows][0] == got["totals"]["bops"]
+    assert int(rows[1]["bops"]) > int(rows[0]["bops"])  # int8 costs more bit-operations than w4a4
