@@ -678,7 +678,7 @@ class _Int8Gemm:
 def _int8_gemm(wd: np.ndarray, bias: np.ndarray | None, zx: int, lo: int, hi: int, padded: bool,
                plans: list) -> _Int8Gemm | None:
     """The int8 GEMM form of a problem whose every group is exact (no event possible), or None."""
-    if not plans or not all(p.layer_exact and not p.kernel_only for p in plans) or int_mm() is None:
+    if not plans or not all(p.layer_exact for p in plans) or int_mm() is None:
         return None
     if wd.shape[1] < 2 or wd.min() < -128 or wd.max() > 127 or hi - lo > 255:
         return None  # K = 1: torch 2.x's CPU _int_mm returns garbage for [m, 1] x [1, n > 1]
@@ -955,6 +955,69 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(int(n))
 
 
+# ----------------------------------------------------------------------------- pools
+@njit(parallel=True, cache=True)
+def max_pool(x, kh, kw, sh, sw, pt, pl, pad_value, out):
+    """out[n, c, i, j] = max over the window at (i*sh - pt, j*sw - pl) of x, padding pixels = pad_value
+    (docs/semantics.md section 6; ops.max_pool2d). out may have x's dtype (pad_value must fit it)."""
+    N, C, H, W = x.shape
+    Ho, Wo = out.shape[2], out.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        for i in range(Ho):
+            h0 = i * sh - pt
+            for j in range(Wo):
+                w0 = j * sw - pl
+                m = np.int64(pad_value)
+                inside = True
+                first = True
+                for a in range(kh):
+                    h = h0 + a
+                    for b in range(kw):
+                        v = w0 + b
+                        if h < 0 or h >= H or v < 0 or v >= W:
+                            inside = False
+                            continue
+                        e = np.int64(x[n, c, h, v])
+                        if first or e > m:
+                            m = e
+                            first = False
+                if not inside and np.int64(pad_value) > m:
+                    m = np.int64(pad_value)
+                out[n, c, i, j] = m
+
+
+# ----------------------------------------------------------------------------- output clamp
+NARROW_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
+
+
+def narrow_dtype(lo: int, hi: int):
+    """The narrowest integer dtype holding [lo, hi] (int64 if none is narrower)."""
+    for dt in NARROW_DTYPES:
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return dt
+    return np.int64
+
+
+@njit(parallel=True, cache=True)
+def clamp_count(y, lo, hi, qmin, qmax, count_low, out):
+    """out = clamp(y, lo, hi) (out may be a narrower dtype holding [lo, hi]); returns the number of
+    values above qmax plus, when count_low, below qmin (flat arrays; one pass)."""
+    n = y.shape[0]
+    nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
+    cnt = np.zeros(nt, np.int64)
+    for t in prange(nt):
+        c = np.int64(0)
+        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
+            v = y[i]
+            c += np.int64(v > qmax) + np.int64(count_low and v < qmin)
+            out[i] = min(max(v, lo), hi)
+        cnt[t] = c
+    return cnt.sum()
+
+
 # ----------------------------------------------------------------------------- fixed-point requantization
 # tie codes of one rounding step (fixedpoint.TIE_RULES order)
 TIE_CODE = {"half_even": 0, "half_away": 1, "half_up": 2}
@@ -963,19 +1026,15 @@ _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 
 @njit(cache=True, inline="always")
 def _round_up(fl, rem, n, tie):
-    """Whether floor fl (value fl + rem / 2^n, 0 <= rem < 2^n) rounds up to fl + 1 under the tie code."""
+    """Whether floor fl (value fl + rem / 2^n, 0 <= rem < 2^n) rounds up to fl + 1 under the tie code.
+
+    Branch-free apart from n == 0 (loop-invariant in the kernels), so the loops vectorize.
+    """
     if n == 0:
         return False
     half = np.int64(1) << (n - 1)
-    if rem > half:
-        return True
-    if rem < half:
-        return False
-    if tie == 2:
-        return True
-    if tie == 1:
-        return fl >= 0
-    return (fl & 1) == 1
+    tie_up = (tie == 2) | ((tie == 1) & (fl >= 0)) | ((tie == 0) & ((fl & 1) == 1))
+    return (rem > half) | ((rem == half) & tie_up)
 
 
 @njit(cache=True, inline="always")
@@ -1041,6 +1100,29 @@ def requant_fixed(acc, q, shift, single, tie0, tie1, out):
 ADD_BLOCK = 4096  # elements per parallel task of the element-wise add kernels
 
 
+@njit(cache=True)
+def _add_fixed_block(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1, out, i0, i1):
+    """Elements i0..i1 of :func:`add_fixed`; False if single rounding meets |x| > 2^31 (not written)."""
+    lim = np.int64(1) << 31
+    if single:
+        for i in range(i0, i1):
+            xa = (np.int64(a[i]) - za) << left
+            xb = (np.int64(b[i]) - zb) << left
+            if abs(xa) > lim or abs(xb) > lim:
+                return False
+            s = _mbqm(xa, qa, sa, True, tie0, tie1) + _mbqm(xb, qb, sb, True, tie0, tie1)
+            if abs(s) > lim:
+                return False
+            out[i] = _mbqm(s, qy, sy, True, tie0, tie1) + zy
+        return True
+    for i in range(i0, i1):  # double rounding is defined for every int64 x
+        xa = (np.int64(a[i]) - za) << left
+        xb = (np.int64(b[i]) - zb) << left
+        s = _mbqm(xa, qa, sa, False, tie0, tie1) + _mbqm(xb, qb, sb, False, tie0, tie1)
+        out[i] = _mbqm(s, qy, sy, False, tie0, tie1) + zy
+    return True
+
+
 @njit(parallel=True, cache=True)
 def add_fixed(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1, out):
     """TFLite int8 ADD on flat arrays: out = MBQM(MBQM((a - za) << left, qa, sa) + MBQM((b - zb) << left, qb, sb),
@@ -1051,21 +1133,11 @@ def add_fixed(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1
     """
     n = a.shape[0]
     nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
-    bad = np.zeros(nt, np.uint8)
-    lim = np.int64(1) << 31
+    ok = np.ones(nt, np.bool_)
     for t in prange(nt):
-        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
-            xa = (np.int64(a[i]) - za) << left
-            xb = (np.int64(b[i]) - zb) << left
-            if single and (abs(xa) > lim or abs(xb) > lim):
-                bad[t] = 1
-                continue
-            s = _mbqm(xa, qa, sa, single, tie0, tie1) + _mbqm(xb, qb, sb, single, tie0, tie1)
-            if single and abs(s) > lim:
-                bad[t] = 1
-                continue
-            out[i] = _mbqm(s, qy, sy, single, tie0, tie1) + zy
-    return not bad.any()
+        ok[t] = _add_fixed_block(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1, out,
+                                 t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK))
+    return ok.all()
 
 
 @njit(cache=True, inline="always")

@@ -463,7 +463,11 @@ def max_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), pad_value: int = 0, im
     kernel, stride, pad, Ho, Wo = _pool_geometry(x, kernel, stride, padding)
     if impl == "reference":
         return ref.max_pool2d(x, kernel, stride, pad, int(pad_value))
-    return _windows(x, kernel, stride, pad, int(pad_value))[:, :, :Ho, :Wo].max(axis=(4, 5))
+    from hwsim import kernels
+
+    out = np.empty((x.shape[0], x.shape[1], Ho, Wo), np.int64)
+    kernels.max_pool(x, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[2], int(pad_value), out)
+    return out
 
 
 POOL_FORMS = ("exact", "float32_multiplier", "float32_dequantize")
