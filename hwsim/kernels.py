@@ -955,6 +955,39 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(int(n))
 
 
+@njit(cache=True, inline="always")
+def _fma_f32(x, r, z):
+    """fl32(x * r + z) rounded once, half even (a float32 FMA): ops.fma_f32 for one value, |x| < 2^29.
+
+    The float64 sum s carries its exact error e (TwoSum); fl32(s) differs from the correctly rounded
+    result only when s lies exactly halfway between two float32 numbers and e != 0.
+    """
+    p = np.float64(x) * np.float64(r)
+    zd = np.float64(z)
+    s = p + zd
+    t = s - p
+    e = (p - (s - t)) + (zd - t)
+    y = np.float32(s)
+    yd = np.float64(y)
+    if yd != s and e != 0:
+        other = np.float32(np.nextafter(y, np.float32(np.inf) if s > yd else np.float32(-np.inf)))
+        if (yd + np.float64(other)) * 0.5 == s:
+            y = max(y, other) if e > 0 else min(y, other)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def add_ratio_fma(p, q, rp, rq, k, mode, out):
+    """ONNX Runtime QLinearAdd (MLAS AVX2) on flat arrays: out = round(fma(p, r_p, fma(q, r_q, K))),
+    ROUND_CODE ``mode`` (docs/semantics.md section 7; ops.add's ratio_fma form; |p|, |q| < 2^29)."""
+    n = p.shape[0]
+    nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
+    for t in prange(nt):
+        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
+            inner = _fma_f32(np.int64(q[i]), rq, k)
+            out[i] = _round_f64(np.float64(_fma_f32(np.int64(p[i]), rp, inner)), mode)
+
+
 # ----------------------------------------------------------------------------- pools
 @njit(parallel=True, cache=True)
 def max_pool(x, kh, kw, sh, sw, pt, pl, pad_value, out):

@@ -777,7 +777,15 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
         if swap:
             (P, rp, zp), (Q, rq, zq) = (Q, rq, zq), (P, rp, zp)
         k = ratio_fma_constant(rp, zp, rq, zq, p.y_zero_point)
-        y = fp.round_float(fma_f32(P, rp, fma_f32(Q, rq, k)), cfg.rounding, cfg.seed, idx)
+        if cfg.rounding != "stochastic" and P.size:  # the numba kernel: the same two FMAs per element
+            from hwsim import kernels
+
+            y = np.empty(P.size, np.int64)
+            kernels.add_ratio_fma(np.ascontiguousarray(P).reshape(-1), np.ascontiguousarray(Q).reshape(-1),
+                                  np.float32(rp), np.float32(rq), np.float32(k), kernels.ROUND_CODE[cfg.rounding], y)
+            y = y.reshape(P.shape)
+        else:
+            y = fp.round_float(fma_f32(P, rp, fma_f32(Q, rq, k)), cfg.rounding, cfg.seed, idx)
     elif cfg.mode == "float32":
         f32 = np.float32
         # s*a is exact in float64 (24-bit x <= 17-bit) and s*a + premul too (both multiples of the

@@ -210,11 +210,13 @@ def test_narrow_dtypes_between_layers_give_the_same_integers(name):
 ADD_CFGS = ([ops.Requant(mode="fixed", fixed_rounding=r, fixed_ties=t) for r in ("double", "single")
              for t in (("half_up", "half_away"), ("half_even", "half_even"), ("half_away", "half_up"))]
             + [ops.Requant(mode="float32", rounding=m, zero_point=z)
-               for m in ("half_even", "half_away", "half_up", "floor", "trunc") for z in ("after", "before")])
+               for m in ("half_even", "half_away", "half_up", "floor", "trunc") for z in ("after", "before")]
+            + [ops.Requant(mode="float32", add_form="ratio_fma", rounding=m)
+               for m in ("half_even", "half_away", "half_up", "floor", "trunc")])
 
 
 @pytest.mark.parametrize("cfg", ADD_CFGS, ids=lambda c: f"{c.mode}-{c.fixed_rounding}-{c.fixed_ties}-{c.rounding}-"
-                                                            f"{c.zero_point}")
+                                                            f"{c.zero_point}-{c.add_form}")
 def test_add_kernels_equal_reference(cfg):
     rng = np.random.default_rng(4)
     ramp = np.arange(-128, 128)
@@ -243,3 +245,32 @@ def test_add_fixed_kernel_outside_its_domain_falls_back():
     assert not kernels.add_fixed(a.reshape(-1), b.reshape(-1), 0, 0, 0, 20, 1 << 30, 0, 1 << 30, 0, 1 << 30, 0,
                                  True, 2, 2, np.empty(4, np.int64))
     np.testing.assert_array_equal(ops.add(a, b, **kw)[0], ops.add(a, b, impl="reference", **kw)[0])
+
+
+def test_fma_kernel_equals_fma_f32_near_ties():
+    """kernels._fma_f32 == ops.fma_f32 on random and on constructed halfway cases (e != 0)."""
+    from numba import njit
+
+    @njit
+    def fma_all(x, r, z, out):
+        for i in range(x.shape[0]):
+            out[i] = kernels._fma_f32(x[i], r[i], z[i])
+
+    rng = np.random.default_rng(6)
+    n = 20000
+    x = rng.integers(-(2**28), 2**28, n)
+    r = rng.uniform(-2, 2, n).astype(np.float32)
+    z = rng.uniform(-1e4, 1e4, n).astype(np.float32)
+    # exact float32 ties hidden by float64 rounding: x odd with 25 bits, r = 2^j, so x*r lies halfway
+    # between two float32 numbers; z = +-2^(j-30) is below half a float64 ulp of it (lost, e = z != 0)
+    h = n // 2
+    j = rng.integers(-30, 10, h)
+    x[:h] = (rng.integers(2**23, 2**24, h) * 2 + 1) * rng.choice([-1, 1], h)
+    r[:h] = (2.0 ** j).astype(np.float32)
+    z[:h] = (rng.choice([-1.0, 1.0], h) * 2.0 ** (j - 30)).astype(np.float32)
+    naive = (x * r.astype(np.float64) + z.astype(np.float64)).astype(np.float32)
+    expected = ops.fma_f32(x, r, z)
+    assert (expected[:h] != naive[:h]).sum() > h // 4  # the ties are real: double rounding differs
+    out = np.empty(n, np.float32)
+    fma_all(x, r, z, out)
+    np.testing.assert_array_equal(out, expected)
