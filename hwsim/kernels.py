@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -347,6 +347,108 @@ def accumulate_rows_f32(cols, k0, wT, bias, rows_sel, spec, out, events):
 
 
 @njit(parallel=True, cache=True)
+def accumulate_chunks_f32(S, bias, spec, L, out, events):
+    """The MAC-array model from exact chunk sums: S[c, p, m] = sum of chunk c's R products of position
+    p = i*L + l (float32 holding integers), out[i, m, l], events[p] = (partial events, acc events).
+
+    The chunk loop of :func:`accumulate_rows_f32` (P-bit register, then the A-bit accumulator,
+    chunk by chunk in k order) with the products already summed, under the same preconditions
+    (every value below 2^24: float32 arithmetic is exact integer arithmetic). One group.
+    """
+    C, P, M = S.shape
+    a_bits, a_mode, p_bits, p_mode = spec[0], spec[1], spec[2], spec[3]
+    if a_mode == MODE_NONE:
+        a_bits = 30
+    if p_mode == MODE_NONE:
+        p_bits = 30
+    a_lo_i = -(np.int64(1) << (a_bits - 1))
+    a_hi_i = -a_lo_i - 1
+    a_lo = np.float32(a_lo_i)
+    a_hi = np.float32(a_hi_i)
+    a_mod = np.float32(2.0) ** np.float32(a_bits)
+    a_inv = np.float32(1.0) / a_mod
+    p_lo = np.float32(-(np.int64(1) << (p_bits - 1)))
+    p_hi = np.float32((np.int64(1) << (p_bits - 1)) - 1)
+    p_mod = np.float32(2.0) ** np.float32(p_bits)
+    p_inv = np.float32(1.0) / p_mod
+    nchunk = min(P, 256)
+    for t in prange(nchunk):
+        acc = np.empty(M, np.float32)
+        b0 = np.empty(M, np.float32)
+        pcnt = np.empty(M, np.float32)
+        acnt = np.empty(M, np.float32)
+        bev = np.int64(0)  # bias events per position (bias outside the accumulator)
+        for m in range(M):
+            b = bias[m]
+            if a_mode != MODE_NONE and (b < a_lo_i or b > a_hi_i):
+                bev += 1
+                if a_mode == MODE_WRAP:
+                    b = ((b - a_lo_i) & ((np.int64(1) << a_bits) - 1)) + a_lo_i
+                else:
+                    b = min(max(b, a_lo_i), a_hi_i)
+            b0[m] = np.float32(b)
+        for p in range(t * P // nchunk, (t + 1) * P // nchunk):
+            i = p // L
+            l = p - i * L
+            for m in range(M):
+                acc[m] = b0[m]
+                pcnt[m] = 0
+                acnt[m] = 0
+            for c in range(C):
+                if p_mode == MODE_WRAP:
+                    for m in range(M):
+                        v = S[c, p, m]
+                        w = v - p_mod * np.floor((v - p_lo) * p_inv)
+                        pcnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        v = acc[m] + w
+                        if a_mode == MODE_WRAP:
+                            w = v - a_mod * np.floor((v - a_lo) * a_inv)
+                        elif a_mode == MODE_SAT:
+                            w = min(max(v, a_lo), a_hi)
+                        else:
+                            w = v
+                        acnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        acc[m] = w
+                elif p_mode == MODE_SAT:
+                    for m in range(M):
+                        v = S[c, p, m]
+                        w = min(max(v, p_lo), p_hi)
+                        pcnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        v = acc[m] + w
+                        if a_mode == MODE_WRAP:
+                            w = v - a_mod * np.floor((v - a_lo) * a_inv)
+                        elif a_mode == MODE_SAT:
+                            w = min(max(v, a_lo), a_hi)
+                        else:
+                            w = v
+                        acnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        acc[m] = w
+                elif a_mode == MODE_SAT:
+                    for m in range(M):
+                        v = acc[m] + S[c, p, m]
+                        w = min(max(v, a_lo), a_hi)
+                        acnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        acc[m] = w
+                elif a_mode == MODE_WRAP:
+                    for m in range(M):
+                        v = acc[m] + S[c, p, m]
+                        w = v - a_mod * np.floor((v - a_lo) * a_inv)
+                        acnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        acc[m] = w
+                else:
+                    for m in range(M):
+                        acc[m] += S[c, p, m]
+            pe = np.int64(0)
+            ae = bev
+            for m in range(M):
+                out[i, m, l] = np.int64(acc[m])
+                pe += np.int64(pcnt[m])
+                ae += np.int64(acnt[m])
+            events[p, 0] = pe
+            events[p, 1] = ae
+
+
+@njit(parallel=True, cache=True)
 def accumulate_planes(cols, k0, wT, bias, spec, lims, out, events):
     """The MAC-array model vectorized over positions: one (sample, group, channel) plane at a time.
 
@@ -476,6 +578,7 @@ class _Plan:
     a_hi: int | None
     p_hi: int | None
     kernel_only: bool  # tiny (depthwise-like) or huge problems: the model kernel runs on every position
+    cache: dict = field(default_factory=dict)  # derived weight layouts, made on first use (screen, chunks)
 
 
 def _plan(wd: np.ndarray, bias: np.ndarray | None, xmax: int, acc) -> _Plan:
@@ -603,7 +706,9 @@ def _screen(plan: _Plan, cols: np.ndarray, k0: int, npos: int) -> np.ndarray:
     mask = np.zeros(npos, dtype=bool)
     a_thr = plan.a_hi if plan.a_hi is not None else INT64_LIMIT
     p_thr = plan.p_hi if plan.p_hi is not None else INT64_LIMIT
-    risky_positions(cols, k0, np.ascontiguousarray(plan.wabs_f.T), np.abs(plan.bias), a_thr, p_thr, mask)
+    if "wabsT" not in plan.cache:
+        plan.cache["wabsT"] = np.ascontiguousarray(plan.wabs_f.T)
+    risky_positions(cols, k0, plan.cache["wabsT"], np.abs(plan.bias), a_thr, p_thr, mask)
     return mask
 
 
@@ -851,6 +956,47 @@ def _conv_int8(x, plan: GemmPlan, geom: np.ndarray, pad, out) -> bool:
     return True
 
 
+CHUNK_MIN_R = 8  # chunks of at least this many products: chunk sums by BLAS, then the chunk-level model
+CHUNK_BYTES = 24 << 20  # budget of one block of chunk sums (float32)
+
+
+def _chunked_ok(plans: list[_Plan]) -> bool:
+    """One group whose float32 model is exact, chunks of >= CHUNK_MIN_R products, more than one chunk."""
+    if len(plans) != 1 or plans[0].w_f32 is None:
+        return False
+    R, K = int(plans[0].spec[4]), plans[0].w_f32.shape[0]
+    return CHUNK_MIN_R <= R < K
+
+
+def _run_chunked(plan: _Plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
+    """Every position through the MAC-array model, its chunk sums from one batched float32 matmul.
+
+    Each chunk sum is an integer below 2^24 in magnitude at every partial sum (plan: f32 exact), so the
+    matmul is exact in any order; :func:`accumulate_chunks_f32` then runs the P/A stages chunk by chunk.
+    """
+    R = int(plan.spec[4])
+    M = plan.w_f32.shape[1]
+    C = -(-K // R)
+    if "chunks" not in plan.cache:
+        w3 = np.zeros((C * R, M), np.float32)
+        w3[:K] = plan.w_f32
+        plan.cache["chunks"] = w3.reshape(C, R, M)
+    w3 = plan.cache["chunks"]
+    nb = int(max(1, min(N, CHUNK_BYTES // max(1, C * L * M * 4))))
+    cols_buf = np.zeros((nb, L, C * R), np.float32)  # columns K.. stay 0: the last chunk's missing products
+    pe = ae = 0
+    with _blas_one_thread():
+        for n0 in range(0, N, nb):
+            b = min(nb, N - n0)
+            cols = cols_buf[:b]
+            im2col_positions(xp, n0, geom, cols)  # exact: integers below 2^24 (xp may be float64)
+            S = np.matmul(cols.reshape(b * L, C, R).transpose(1, 0, 2), w3)  # [C, b*L, M] exact chunk sums
+            ev = np.zeros((b * L, 2), np.int64)
+            accumulate_chunks_f32(S, plan.bias, plan.spec, L, out[n0:n0 + b], ev)
+            pe, ae = pe + int(ev[:, 0].sum()), ae + int(ev[:, 1].sum())
+    return pe, ae
+
+
 def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, plan: GemmPlan | None = None):
     """Fast conv2d: (out int64 [N, Cout, Ho, Wo], partial events, acc events). ``plan``: from :func:`conv_plan`.
 
@@ -934,6 +1080,8 @@ def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, pl
             for g in kern_g:
                 p1, a1 = _run_planes([plans[g]], cols_buf[:b], g * Kg, out[n0:n0 + b, g * Mg:(g + 1) * Mg, :])
                 pe, ae = pe + p1, ae + a1
+    elif kern_g and _chunked_ok(plans):
+        pe, ae = _run_chunked(plans[0], xp, geom, N, L, Ktot, out)
     elif kern_g:
         cols_buf = np.empty((nb, L, Ktot), dt)
         for n0, b in blocks:
