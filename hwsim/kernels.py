@@ -35,6 +35,14 @@ try:  # optional: pins BLAS to one thread inside hwsim calls (installed with sci
 except ImportError:  # pragma: no cover - correctness never depends on it, only speed
     ThreadpoolController = None
 
+if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+    # numba's OpenMP layer shares libgomp with torch (loaded first) and its idle threads spin between
+    # parallel regions, taking the cores of hwsim's own worker threads (int8 GEMMs, BLAS blocks): 2.5-6x
+    # slower whole networks on 2 busy cores. The workqueue layer's threads sleep. hwsim never calls a
+    # parallel kernel from two threads at once (workers run the serial nogil kernels only), which
+    # workqueue requires. A user's NUMBA_THREADING_LAYER is kept.
+    numba.config.THREADING_LAYER = "workqueue"
+
 MODE_NONE, MODE_WRAP, MODE_SAT = 0, 1, 2
 _POLICY = {"wrap": MODE_WRAP, "saturate": MODE_SAT}
 BLOCK_BYTES = 6 << 20  # im2col block budget (a reused, cache-friendly buffer)
@@ -99,6 +107,22 @@ def im2col_positions(xp, n0, geom, out):
                     ih = oh * sh + a * dh
                     for b in range(kw):
                         out[i, row, (c * kh + a) * kw + b] = xp[n0 + i, c, ih, ow * sw + b * dw]
+
+
+@njit(cache=True, nogil=True)
+def im2col_positions_serial(xp, n0, geom, out):
+    """Single-threaded :func:`im2col_positions`, releasing the GIL (hwsim's own worker threads)."""
+    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    C = xp.shape[1]
+    for i in range(out.shape[0]):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                row = oh * Wo + ow
+                for c in range(C):
+                    for a in range(kh):
+                        ih = oh * sh + a * dh
+                        for b in range(kw):
+                            out[i, row, (c * kh + a) * kw + b] = xp[n0 + i, c, ih, ow * sw + b * dw]
 
 
 @njit(cache=True, nogil=True)
@@ -802,13 +826,30 @@ def _int8_gemm(wd: np.ndarray, bias: np.ndarray | None, zx: int, lo: int, hi: in
     return _Int8Gemm(torch.from_numpy(np.ascontiguousarray(wd.astype(np.int8))).t(), o, pad_value, add)
 
 
-def _torch_threads() -> None:
-    """torch's intra-op threads = numba's (one setting, ``set_threads``, for every kernel)."""
+@contextlib.contextmanager
+def _torch_one_thread():
+    """torch runs single-threaded inside hwsim's int8 GEMMs, which hwsim spreads over its own worker
+    threads: torch's OpenMP threads spinning beside numba's (another OpenMP runtime) on the same cores
+    made whole networks 5-7x slower on 2 cores. The caller's setting is restored afterwards."""
     import torch
 
-    n = numba.get_num_threads()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    prev = torch.get_num_threads()
+    if prev != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if prev != 1:
+            torch.set_num_threads(prev)
+
+
+def _in_workers(fn, parts: list) -> list:
+    """fn over ``parts`` on numba.get_num_threads() worker threads (the work must release the GIL)."""
+    workers = min(numba.get_num_threads(), len(parts))
+    if workers <= 1:
+        return [fn(p) for p in parts]
+    with ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(fn, parts))
 
 
 @njit(parallel=True, cache=True)
@@ -829,17 +870,20 @@ def pad_offset_int8(x, o, lo, hi, pt, pl, out, bad):
         bad[t] = b
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def gemm_finish(c, add, L, out):
-    """out[i, m, l] = c[i*L + l, m] + add[m]: the int32 GEMM result widened to int64, channel-major."""
+    """out[i, m, l] = c[i*L + l, m] + add[m]: the int32 GEMM result widened to int64, channel-major
+    (single-threaded, releasing the GIL: run in hwsim's worker threads; tiles of 64 positions keep
+    the reads of c and the writes of out in cache)."""
     nb = out.shape[0]
     M = c.shape[1]
-    for t in prange(nb * M):
-        i = t // M
-        m = t - i * M
-        a = add[m]
-        for l in range(L):
-            out[i, m, l] = np.int64(c[i * L + l, m]) + a
+    for i in range(nb):
+        for l0 in range(0, L, 64):
+            l1 = min(L, l0 + 64)
+            for m in range(M):
+                a = add[m]
+                for l in range(l0, l1):
+                    out[i, m, l] = np.int64(c[i * L + l, m]) + a
 
 
 @dataclass
@@ -894,14 +938,21 @@ def linear_accumulate(x, w, bias, zx, zw, acc, plan: GemmPlan | None = None):
     if plan is None or not _fits(plan, x):
         plan = linear_plan(w, bias, zx, zw, acc, *_range(x, zx))
     if plan.gemm is not None and N:
-        _torch_threads()
-        import torch
-
         g = plan.gemm
         x8 = np.empty((N, K), np.int8)
         np.subtract(x, g.offset, out=x8, casting="unsafe")  # exact: x - o in [-128, 127] (plan range)
-        c = int_mm()(torch.from_numpy(x8), g.w8).numpy()
-        return c.astype(np.int64) + g.add, 0, 0
+        out = np.empty((N, M), np.int64)
+        per = -(-N // max(1, numba.get_num_threads()))
+        mm = int_mm()
+
+        def rows(r0):
+            import torch
+
+            np.add(mm(torch.from_numpy(x8[r0:r0 + per]), g.w8).numpy(), g.add, out=out[r0:r0 + per])
+
+        with _torch_one_thread():
+            _in_workers(rows, list(range(0, N, per)))
+        return out, 0, 0
     plan = plan.groups[0]
     dt = plan.blas if not plan.kernel_only else (np.float32 if plan.w_f32 is not None else np.int32)
     cols = np.ascontiguousarray((x - zx).T.astype(dt))[None]  # [1, K, N]
@@ -943,16 +994,23 @@ def _conv_int8(x, plan: GemmPlan, geom: np.ndarray, pad, out) -> bool:
     pad_offset_int8(np.ascontiguousarray(x), g.offset, plan.lo, plan.hi, pad[0], pad[2], xp, bad)
     if bad.any():
         return False
-    _torch_threads()
+    workers = max(1, numba.get_num_threads())
+    nb = int(max(1, min(-(-N // workers), INT8_BLOCK // max(1, L * Ktot))))
+    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     mm = int_mm()
-    nb = int(max(1, min(N, INT8_BLOCK // max(1, L * Ktot))))
-    cols_buf = np.empty((nb, L, Ktot), np.int8)
-    for n0 in range(0, N, nb):
-        b = min(nb, N - n0)
-        cols = cols_buf[:b]
-        im2col_positions(xp, n0, geom, cols)
-        c = mm(torch.from_numpy(cols.reshape(b * L, Ktot)), g.w8).numpy()
-        gemm_finish(c, g.add, L, out[n0:n0 + b])
+
+    def work(part):
+        # each worker: im2col, GEMM (torch single-threaded), widening, all releasing the GIL; no numba
+        # parallel region in between (its spinning OpenMP threads would take the cores of these)
+        cols_buf = np.empty((nb, L, Ktot), np.int8)
+        for n0, b in part:
+            cols = cols_buf[:b]
+            im2col_positions_serial(xp, n0, geom, cols)
+            c = mm(torch.from_numpy(cols.reshape(b * L, Ktot)), g.w8).numpy()
+            gemm_finish(c, g.add, L, out[n0:n0 + b])
+
+    with _torch_one_thread():
+        _in_workers(work, [blocks[i::workers] for i in range(workers)])
     return True
 
 
@@ -1365,6 +1423,19 @@ ROUND_CODE = {"half_even": 0, "half_away": 1, "half_up": 2, "floor": 3, "trunc":
 _CLIP62 = float(2 ** 62)
 
 
+@njit(cache=True, inline="always")
+def _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, mode, out):
+    """One (o, c) row of :func:`requant_float32` with a compile-time-known rounding ``mode`` branch per row."""
+    for i in range(acc.shape[2]):
+        fa = np.float32(acc[o, c, i])
+        if has_bias:
+            fa = np.float32(fa + b)
+        v = np.float32(fa * m)
+        if z_before:
+            v = np.float32(v + zf)
+        out[o, c, i] = _round_f64(np.float64(v), mode) + z_after
+
+
 @njit(parallel=True, cache=True)
 def requant_float32(acc, mult, bias_term, has_bias, z_before, z_y, mode, out):
     """float32 requantization of acc[o, c, i] (int64) with per-channel float32 M[c] into out (int64).
@@ -1376,32 +1447,22 @@ def requant_float32(acc, mult, bias_term, has_bias, z_before, z_y, mode, out):
     """
     O, C, I = acc.shape
     zf = np.float32(z_y)
+    z_after = 0 if z_before else z_y
     for t in prange(O * C):
         o = t // C
         c = t - o * C
         m = mult[c]
         b = bias_term[c]
-        for i in range(I):
-            fa = np.float32(acc[o, c, i])
-            if has_bias:
-                fa = np.float32(fa + b)
-            v = np.float32(fa * m)
-            if z_before:
-                v = np.float32(v + zf)
-            d = min(max(np.float64(v), -_CLIP62), _CLIP62)
-            if mode == 0:
-                r = np.rint(d)
-            elif mode == 1:
-                r = np.floor(abs(d) + 0.5)
-                if d < 0:
-                    r = -r
-            elif mode == 2:
-                r = np.floor(d + 0.5)
-            elif mode == 3:
-                r = np.floor(d)
-            else:
-                r = np.trunc(d)
-            out[o, c, i] = np.int64(r) + (0 if z_before else z_y)
+        if mode == 0:  # one loop per mode: the rounding branch leaves the inner loop
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 0, out)
+        elif mode == 1:
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 1, out)
+        elif mode == 2:
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 2, out)
+        elif mode == 3:
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 3, out)
+        else:
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 4, out)
 
 
 # ----------------------------------------------------------------------------- shift (pow2) requantization
