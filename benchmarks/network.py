@@ -144,7 +144,7 @@ def torch_rate(net: str, batch: int, repeat: int) -> float:
 def peak_memory_mb(net: str, profile: str, batch: int) -> float:
     """Peak RSS (MiB) of a fresh process that compiles and runs one hwsim batch (torch only exports)."""
     code = ("import resource, sys; sys.argv = ['x']; import benchmarks.network as b; "
-            f"b.hwsim_rate({net!r}, {profile!r}, {batch}, 0); "
+            f"b.hwsim_rate({net!r}, {profile!r}, {batch}, 1); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), root) if p))
