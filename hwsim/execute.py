@@ -99,13 +99,24 @@ def max_defined(v):
     return int(max(v)) if v else None
 
 
-def _clamp_counted(y: np.ndarray, lay: QLayer, grid) -> tuple[np.ndarray, int]:
-    """Clamp to the layer's output range; count values beyond the grid (not the ReLU floor)."""
+def _clamp_counted(y: np.ndarray, lay: QLayer, grid, narrow: bool = False) -> tuple[np.ndarray, int]:
+    """Clamp to the layer's output range; count values beyond the grid (not the ReLU floor).
+
+    ``narrow``: the result is kept in the narrowest integer dtype holding the range (int8/uint8 for
+    8-bit grids; the next layers read less memory), else int64. One numba pass (kernels.clamp_count).
+    """
+    from hwsim import kernels
+
     lo, hi = lay.clamp
-    clipped = int(np.count_nonzero(y > grid.qmax))
-    if lay.activation is None:
-        clipped += int(np.count_nonzero(y < grid.qmin))
-    return np.clip(y, lo, hi), clipped
+    out = np.empty(y.shape, kernels.narrow_dtype(lo, hi) if narrow else np.int64)
+    clipped = kernels.clamp_count(np.ascontiguousarray(y).reshape(-1), lo, hi, grid.qmin, grid.qmax,
+                                  lay.activation is None, out.reshape(-1))
+    return out, int(clipped)
+
+
+def _wide(env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The tensors as int64 (what callers get: arithmetic on them must not wrap)."""
+    return {k: v.astype(np.int64, copy=False) for k, v in env.items()}
 
 
 def _pair(v):
@@ -164,10 +175,12 @@ def _mac_fast(lay: QLayer, x: np.ndarray, gx) -> tuple[np.ndarray, int, int]:
 
 
 def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: LayerStats, impl: str,
-              offset: int = 0) -> None:
+              offset: int = 0, narrow: bool = False) -> None:
     """Execute one layer on integer tensors in ``env`` (in place) and update its stats.
 
     ``offset``: number of the batch's first image in the whole run (stochastic rounding indices).
+    ``narrow``: outputs in the narrowest integer dtype of their range (the executor's own loop;
+    callers that do arithmetic on the tensors keep the int64 default).
     """
     g = qg.grids
     x = env[lay.inputs[0]]
@@ -177,9 +190,10 @@ def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: L
         acc, ae, pe = _mac_fast(lay, x, g[lay.inputs[0]])
         st.acc_events += ae
         st.partial_events += pe
-        y, _ = ops.requantize(acc, lay.requant_params, lay.requant, gy.zero_point, WIDE[0], WIDE[1], channel_axis=1,
-                              index=_stochastic_index(lay, acc.shape, offset))
-        y, clipped = _clamp_counted(y, lay, gy)
+        # ops.requantize without its clamp to WIDE (a no-op count and copy): the clamp is counted below
+        y = ops._requantize_fast(acc, lay.requant_params, lay.requant, gy.zero_point, 1,
+                                 _stochastic_index(lay, acc.shape, offset))
+        y, clipped = _clamp_counted(y, lay, gy, narrow)
     elif lay.op in ("conv2d", "linear"):
         gx = g[lay.inputs[0]]
         if lay.op == "conv2d":
@@ -195,11 +209,21 @@ def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: L
         st.partial_events += int(ast.partial_events)
         y, _ = ops.requantize(acc, lay.requant_params, lay.requant, gy.zero_point, WIDE[0], WIDE[1], channel_axis=1,
                               index=_stochastic_index(lay, acc.shape, offset))
-        y, clipped = _clamp_counted(y, lay, gy)
+        y, clipped = _clamp_counted(y, lay, gy, narrow)
+    elif lay.op == "maxpool2d" and impl == "fast":  # the numba kernel on x's own (possibly narrow) dtype
+        from hwsim import kernels
+
+        k, s_, pad, Ho, Wo = ops._pool_geometry(x, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])),
+                                                tuple(a.get("padding", (0, 0, 0, 0))))
+        info = np.iinfo(x.dtype)
+        y = np.empty((x.shape[0], x.shape[1], Ho, Wo), x.dtype if info.min <= g[lay.inputs[0]].qmin <= info.max
+                     else np.int64)
+        kernels.max_pool(np.ascontiguousarray(x), k[0], k[1], s_[0], s_[1], pad[0], pad[2], g[lay.inputs[0]].qmin, y)
+        clipped = 0
     elif lay.op == "maxpool2d":
         gx = g[lay.inputs[0]]
         y = ops.max_pool2d(x, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])),
-                           tuple(a.get("padding", (0, 0, 0, 0))), gx.qmin)
+                           tuple(a.get("padding", (0, 0, 0, 0))), gx.qmin, impl=impl)
         clipped = 0
     elif lay.op in ("avgpool2d", "global_avgpool"):
         gx = g[lay.inputs[0]]
@@ -223,17 +247,18 @@ def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: L
                        b_scale=gb.scale, b_zero_point=gb.zero_point, y_scale=gy.scale, y_zero_point=gy.zero_point,
                        qmin=WIDE[0], qmax=WIDE[1], cfg=lay.requant,
                        index_offset=offset * _per_image(np.broadcast_shapes(xa.shape, xb.shape)))
-        y, clipped = _clamp_counted(y, lay, gy)
+        y, clipped = _clamp_counted(y, lay, gy, narrow)
     elif lay.op == "concat":
         xs = [env[i] for i in lay.inputs]
         y, _ = ops.concat(xs, [g[i].scale for i in lay.inputs], [g[i].zero_point for i in lay.inputs],
                           gy.scale, gy.zero_point, WIDE[0], WIDE[1], lay.requant,
                           index_offset=offset * sum(_per_image(v.shape) for v in xs))
-        y, clipped = _clamp_counted(y, lay, gy)
+        y, clipped = _clamp_counted(y, lay, gy, narrow)
     elif lay.op == "flatten":
         y, clipped = x.reshape(x.shape[0], -1), 0
     elif lay.op in ("relu", "relu6"):
-        y, clipped = np.clip(x, lay.clamp[0], lay.clamp[1]), 0
+        info = np.iinfo(x.dtype)  # bounds inside the dtype (a narrow x holds its whole grid)
+        y, clipped = np.clip(x, max(lay.clamp[0], info.min), min(lay.clamp[1], info.max)), 0
     else:  # pragma: no cover - compile only emits the ops above
         raise AssertionError(f"unexpected op {lay.op}")
     st.outputs += int(y.size)
@@ -262,11 +287,11 @@ def run_quantized(qg: QuantizedGraph, x_norm: np.ndarray, batch_size: int = 256,
     for i in range(0, len(x_norm), batch_size):
         env = {qg.input_name: qg.grids[qg.input_name].quantize(x_norm[i:i + batch_size])}
         for lay, st in zip(qg.layers, stats):
-            run_layer(qg, lay, env, st, impl, offset=i)
-        logits.append(out_grid.dequantize(env[qg.output_name]).reshape(len(env[qg.input_name]), -1))
+            run_layer(qg, lay, env, st, impl, offset=i, narrow=True)
+        logits.append(out_grid.dequantize(env[qg.output_name].astype(np.int64)).reshape(len(env[qg.input_name]), -1))
         if progress:
             progress(min(i + batch_size, len(x_norm)))
-    return RunOutput(np.concatenate(logits), stats, time.perf_counter() - t0, env if keep_tensors else None)
+    return RunOutput(np.concatenate(logits), stats, time.perf_counter() - t0, _wide(env) if keep_tensors else None)
 
 
 def run_integer(qg: QuantizedGraph, x_norm: np.ndarray, impl: str = "fast") -> dict[str, np.ndarray]:
@@ -274,8 +299,8 @@ def run_integer(qg: QuantizedGraph, x_norm: np.ndarray, impl: str = "fast") -> d
     env = {qg.input_name: qg.grids[qg.input_name].quantize(x_norm)}
     stats = _new_stats(qg)
     for lay, st in zip(qg.layers, stats):
-        run_layer(qg, lay, env, st, impl)
-    return env
+        run_layer(qg, lay, env, st, impl, narrow=True)
+    return _wide(env)
 
 
 def weight_only_graph(qg: QuantizedGraph) -> Graph:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -34,6 +34,14 @@ try:  # optional: pins BLAS to one thread inside hwsim calls (installed with sci
     from threadpoolctl import ThreadpoolController
 except ImportError:  # pragma: no cover - correctness never depends on it, only speed
     ThreadpoolController = None
+
+if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+    # numba's OpenMP layer shares libgomp with torch (loaded first) and its idle threads spin between
+    # parallel regions, taking the cores of hwsim's own worker threads (int8 GEMMs, BLAS blocks): 2.5-6x
+    # slower whole networks on 2 busy cores. The workqueue layer's threads sleep. hwsim never calls a
+    # parallel kernel from two threads at once (workers run the serial nogil kernels only), which
+    # workqueue requires. A user's NUMBA_THREADING_LAYER is kept.
+    numba.config.THREADING_LAYER = "workqueue"
 
 MODE_NONE, MODE_WRAP, MODE_SAT = 0, 1, 2
 _POLICY = {"wrap": MODE_WRAP, "saturate": MODE_SAT}
@@ -99,6 +107,22 @@ def im2col_positions(xp, n0, geom, out):
                     ih = oh * sh + a * dh
                     for b in range(kw):
                         out[i, row, (c * kh + a) * kw + b] = xp[n0 + i, c, ih, ow * sw + b * dw]
+
+
+@njit(cache=True, nogil=True)
+def im2col_positions_serial(xp, n0, geom, out):
+    """Single-threaded :func:`im2col_positions`, releasing the GIL (hwsim's own worker threads)."""
+    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    C = xp.shape[1]
+    for i in range(out.shape[0]):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                row = oh * Wo + ow
+                for c in range(C):
+                    for a in range(kh):
+                        ih = oh * sh + a * dh
+                        for b in range(kw):
+                            out[i, row, (c * kh + a) * kw + b] = xp[n0 + i, c, ih, ow * sw + b * dw]
 
 
 @njit(cache=True, nogil=True)
@@ -347,6 +371,108 @@ def accumulate_rows_f32(cols, k0, wT, bias, rows_sel, spec, out, events):
 
 
 @njit(parallel=True, cache=True)
+def accumulate_chunks_f32(S, bias, spec, L, out, events):
+    """The MAC-array model from exact chunk sums: S[c, p, m] = sum of chunk c's R products of position
+    p = i*L + l (float32 holding integers), out[i, m, l], events[p] = (partial events, acc events).
+
+    The chunk loop of :func:`accumulate_rows_f32` (P-bit register, then the A-bit accumulator,
+    chunk by chunk in k order) with the products already summed, under the same preconditions
+    (every value below 2^24: float32 arithmetic is exact integer arithmetic). One group.
+    """
+    C, P, M = S.shape
+    a_bits, a_mode, p_bits, p_mode = spec[0], spec[1], spec[2], spec[3]
+    if a_mode == MODE_NONE:
+        a_bits = 30
+    if p_mode == MODE_NONE:
+        p_bits = 30
+    a_lo_i = -(np.int64(1) << (a_bits - 1))
+    a_hi_i = -a_lo_i - 1
+    a_lo = np.float32(a_lo_i)
+    a_hi = np.float32(a_hi_i)
+    a_mod = np.float32(2.0) ** np.float32(a_bits)
+    a_inv = np.float32(1.0) / a_mod
+    p_lo = np.float32(-(np.int64(1) << (p_bits - 1)))
+    p_hi = np.float32((np.int64(1) << (p_bits - 1)) - 1)
+    p_mod = np.float32(2.0) ** np.float32(p_bits)
+    p_inv = np.float32(1.0) / p_mod
+    nchunk = min(P, 256)
+    for t in prange(nchunk):
+        acc = np.empty(M, np.float32)
+        b0 = np.empty(M, np.float32)
+        pcnt = np.empty(M, np.float32)
+        acnt = np.empty(M, np.float32)
+        bev = np.int64(0)  # bias events per position (bias outside the accumulator)
+        for m in range(M):
+            b = bias[m]
+            if a_mode != MODE_NONE and (b < a_lo_i or b > a_hi_i):
+                bev += 1
+                if a_mode == MODE_WRAP:
+                    b = ((b - a_lo_i) & ((np.int64(1) << a_bits) - 1)) + a_lo_i
+                else:
+                    b = min(max(b, a_lo_i), a_hi_i)
+            b0[m] = np.float32(b)
+        for p in range(t * P // nchunk, (t + 1) * P // nchunk):
+            i = p // L
+            l = p - i * L
+            for m in range(M):
+                acc[m] = b0[m]
+                pcnt[m] = 0
+                acnt[m] = 0
+            for c in range(C):
+                if p_mode == MODE_WRAP:
+                    for m in range(M):
+                        v = S[c, p, m]
+                        w = v - p_mod * np.floor((v - p_lo) * p_inv)
+                        pcnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        v = acc[m] + w
+                        if a_mode == MODE_WRAP:
+                            w = v - a_mod * np.floor((v - a_lo) * a_inv)
+                        elif a_mode == MODE_SAT:
+                            w = min(max(v, a_lo), a_hi)
+                        else:
+                            w = v
+                        acnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        acc[m] = w
+                elif p_mode == MODE_SAT:
+                    for m in range(M):
+                        v = S[c, p, m]
+                        w = min(max(v, p_lo), p_hi)
+                        pcnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        v = acc[m] + w
+                        if a_mode == MODE_WRAP:
+                            w = v - a_mod * np.floor((v - a_lo) * a_inv)
+                        elif a_mode == MODE_SAT:
+                            w = min(max(v, a_lo), a_hi)
+                        else:
+                            w = v
+                        acnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        acc[m] = w
+                elif a_mode == MODE_SAT:
+                    for m in range(M):
+                        v = acc[m] + S[c, p, m]
+                        w = min(max(v, a_lo), a_hi)
+                        acnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        acc[m] = w
+                elif a_mode == MODE_WRAP:
+                    for m in range(M):
+                        v = acc[m] + S[c, p, m]
+                        w = v - a_mod * np.floor((v - a_lo) * a_inv)
+                        acnt[m] += np.float32(1.0) if w != v else np.float32(0.0)
+                        acc[m] = w
+                else:
+                    for m in range(M):
+                        acc[m] += S[c, p, m]
+            pe = np.int64(0)
+            ae = bev
+            for m in range(M):
+                out[i, m, l] = np.int64(acc[m])
+                pe += np.int64(pcnt[m])
+                ae += np.int64(acnt[m])
+            events[p, 0] = pe
+            events[p, 1] = ae
+
+
+@njit(parallel=True, cache=True)
 def accumulate_planes(cols, k0, wT, bias, spec, lims, out, events):
     """The MAC-array model vectorized over positions: one (sample, group, channel) plane at a time.
 
@@ -476,6 +602,7 @@ class _Plan:
     a_hi: int | None
     p_hi: int | None
     kernel_only: bool  # tiny (depthwise-like) or huge problems: the model kernel runs on every position
+    cache: dict = field(default_factory=dict)  # derived weight layouts, made on first use (screen, chunks)
 
 
 def _plan(wd: np.ndarray, bias: np.ndarray | None, xmax: int, acc) -> _Plan:
@@ -603,7 +730,9 @@ def _screen(plan: _Plan, cols: np.ndarray, k0: int, npos: int) -> np.ndarray:
     mask = np.zeros(npos, dtype=bool)
     a_thr = plan.a_hi if plan.a_hi is not None else INT64_LIMIT
     p_thr = plan.p_hi if plan.p_hi is not None else INT64_LIMIT
-    risky_positions(cols, k0, np.ascontiguousarray(plan.wabs_f.T), np.abs(plan.bias), a_thr, p_thr, mask)
+    if "wabsT" not in plan.cache:
+        plan.cache["wabsT"] = np.ascontiguousarray(plan.wabs_f.T)
+    risky_positions(cols, k0, plan.cache["wabsT"], np.abs(plan.bias), a_thr, p_thr, mask)
     return mask
 
 
@@ -678,7 +807,7 @@ class _Int8Gemm:
 def _int8_gemm(wd: np.ndarray, bias: np.ndarray | None, zx: int, lo: int, hi: int, padded: bool,
                plans: list) -> _Int8Gemm | None:
     """The int8 GEMM form of a problem whose every group is exact (no event possible), or None."""
-    if not plans or not all(p.layer_exact and not p.kernel_only for p in plans) or int_mm() is None:
+    if not plans or not all(p.layer_exact for p in plans) or int_mm() is None:
         return None
     if wd.shape[1] < 2 or wd.min() < -128 or wd.max() > 127 or hi - lo > 255:
         return None  # K = 1: torch 2.x's CPU _int_mm returns garbage for [m, 1] x [1, n > 1]
@@ -697,13 +826,30 @@ def _int8_gemm(wd: np.ndarray, bias: np.ndarray | None, zx: int, lo: int, hi: in
     return _Int8Gemm(torch.from_numpy(np.ascontiguousarray(wd.astype(np.int8))).t(), o, pad_value, add)
 
 
-def _torch_threads() -> None:
-    """torch's intra-op threads = numba's (one setting, ``set_threads``, for every kernel)."""
+@contextlib.contextmanager
+def _torch_one_thread():
+    """torch runs single-threaded inside hwsim's int8 GEMMs, which hwsim spreads over its own worker
+    threads: torch's OpenMP threads spinning beside numba's (another OpenMP runtime) on the same cores
+    made whole networks 5-7x slower on 2 cores. The caller's setting is restored afterwards."""
     import torch
 
-    n = numba.get_num_threads()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    prev = torch.get_num_threads()
+    if prev != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if prev != 1:
+            torch.set_num_threads(prev)
+
+
+def _in_workers(fn, parts: list) -> list:
+    """fn over ``parts`` on numba.get_num_threads() worker threads (the work must release the GIL)."""
+    workers = min(numba.get_num_threads(), len(parts))
+    if workers <= 1:
+        return [fn(p) for p in parts]
+    with ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(fn, parts))
 
 
 @njit(parallel=True, cache=True)
@@ -724,17 +870,20 @@ def pad_offset_int8(x, o, lo, hi, pt, pl, out, bad):
         bad[t] = b
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def gemm_finish(c, add, L, out):
-    """out[i, m, l] = c[i*L + l, m] + add[m]: the int32 GEMM result widened to int64, channel-major."""
+    """out[i, m, l] = c[i*L + l, m] + add[m]: the int32 GEMM result widened to int64, channel-major
+    (single-threaded, releasing the GIL: run in hwsim's worker threads; tiles of 64 positions keep
+    the reads of c and the writes of out in cache)."""
     nb = out.shape[0]
     M = c.shape[1]
-    for t in prange(nb * M):
-        i = t // M
-        m = t - i * M
-        a = add[m]
-        for l in range(L):
-            out[i, m, l] = np.int64(c[i * L + l, m]) + a
+    for i in range(nb):
+        for l0 in range(0, L, 64):
+            l1 = min(L, l0 + 64)
+            for m in range(M):
+                a = add[m]
+                for l in range(l0, l1):
+                    out[i, m, l] = np.int64(c[i * L + l, m]) + a
 
 
 @dataclass
@@ -789,14 +938,21 @@ def linear_accumulate(x, w, bias, zx, zw, acc, plan: GemmPlan | None = None):
     if plan is None or not _fits(plan, x):
         plan = linear_plan(w, bias, zx, zw, acc, *_range(x, zx))
     if plan.gemm is not None and N:
-        _torch_threads()
-        import torch
-
         g = plan.gemm
         x8 = np.empty((N, K), np.int8)
         np.subtract(x, g.offset, out=x8, casting="unsafe")  # exact: x - o in [-128, 127] (plan range)
-        c = int_mm()(torch.from_numpy(x8), g.w8).numpy()
-        return c.astype(np.int64) + g.add, 0, 0
+        out = np.empty((N, M), np.int64)
+        per = -(-N // max(1, numba.get_num_threads()))
+        mm = int_mm()
+
+        def rows(r0):
+            import torch
+
+            np.add(mm(torch.from_numpy(x8[r0:r0 + per]), g.w8).numpy(), g.add, out=out[r0:r0 + per])
+
+        with _torch_one_thread():
+            _in_workers(rows, list(range(0, N, per)))
+        return out, 0, 0
     plan = plan.groups[0]
     dt = plan.blas if not plan.kernel_only else (np.float32 if plan.w_f32 is not None else np.int32)
     cols = np.ascontiguousarray((x - zx).T.astype(dt))[None]  # [1, K, N]
@@ -838,17 +994,65 @@ def _conv_int8(x, plan: GemmPlan, geom: np.ndarray, pad, out) -> bool:
     pad_offset_int8(np.ascontiguousarray(x), g.offset, plan.lo, plan.hi, pad[0], pad[2], xp, bad)
     if bad.any():
         return False
-    _torch_threads()
+    workers = max(1, numba.get_num_threads())
+    nb = int(max(1, min(-(-N // workers), INT8_BLOCK // max(1, L * Ktot))))
+    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     mm = int_mm()
-    nb = int(max(1, min(N, INT8_BLOCK // max(1, L * Ktot))))
-    cols_buf = np.empty((nb, L, Ktot), np.int8)
-    for n0 in range(0, N, nb):
-        b = min(nb, N - n0)
-        cols = cols_buf[:b]
-        im2col_positions(xp, n0, geom, cols)
-        c = mm(torch.from_numpy(cols.reshape(b * L, Ktot)), g.w8).numpy()
-        gemm_finish(c, g.add, L, out[n0:n0 + b])
+
+    def work(part):
+        # each worker: im2col, GEMM (torch single-threaded), widening, all releasing the GIL; no numba
+        # parallel region in between (its spinning OpenMP threads would take the cores of these)
+        cols_buf = np.empty((nb, L, Ktot), np.int8)
+        for n0, b in part:
+            cols = cols_buf[:b]
+            im2col_positions_serial(xp, n0, geom, cols)
+            c = mm(torch.from_numpy(cols.reshape(b * L, Ktot)), g.w8).numpy()
+            gemm_finish(c, g.add, L, out[n0:n0 + b])
+
+    with _torch_one_thread():
+        _in_workers(work, [blocks[i::workers] for i in range(workers)])
     return True
+
+
+CHUNK_MIN_R = 8  # chunks of at least this many products: chunk sums by BLAS, then the chunk-level model
+CHUNK_BYTES = 24 << 20  # budget of one block of chunk sums (float32)
+
+
+def _chunked_ok(plans: list[_Plan]) -> bool:
+    """One group whose float32 model is exact, chunks of >= CHUNK_MIN_R products, more than one chunk."""
+    if len(plans) != 1 or plans[0].w_f32 is None:
+        return False
+    R, K = int(plans[0].spec[4]), plans[0].w_f32.shape[0]
+    return CHUNK_MIN_R <= R < K
+
+
+def _run_chunked(plan: _Plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
+    """Every position through the MAC-array model, its chunk sums from one batched float32 matmul.
+
+    Each chunk sum is an integer below 2^24 in magnitude at every partial sum (plan: f32 exact), so the
+    matmul is exact in any order; :func:`accumulate_chunks_f32` then runs the P/A stages chunk by chunk.
+    """
+    R = int(plan.spec[4])
+    M = plan.w_f32.shape[1]
+    C = -(-K // R)
+    if "chunks" not in plan.cache:
+        w3 = np.zeros((C * R, M), np.float32)
+        w3[:K] = plan.w_f32
+        plan.cache["chunks"] = w3.reshape(C, R, M)
+    w3 = plan.cache["chunks"]
+    nb = int(max(1, min(N, CHUNK_BYTES // max(1, C * L * M * 4))))
+    cols_buf = np.zeros((nb, L, C * R), np.float32)  # columns K.. stay 0: the last chunk's missing products
+    pe = ae = 0
+    with _blas_one_thread():
+        for n0 in range(0, N, nb):
+            b = min(nb, N - n0)
+            cols = cols_buf[:b]
+            im2col_positions(xp, n0, geom, cols)  # exact: integers below 2^24 (xp may be float64)
+            S = np.matmul(cols.reshape(b * L, C, R).transpose(1, 0, 2), w3)  # [C, b*L, M] exact chunk sums
+            ev = np.zeros((b * L, 2), np.int64)
+            accumulate_chunks_f32(S, plan.bias, plan.spec, L, out[n0:n0 + b], ev)
+            pe, ae = pe + int(ev[:, 0].sum()), ae + int(ev[:, 1].sum())
+    return pe, ae
 
 
 def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, plan: GemmPlan | None = None):
@@ -934,6 +1138,8 @@ def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, pl
             for g in kern_g:
                 p1, a1 = _run_planes([plans[g]], cols_buf[:b], g * Kg, out[n0:n0 + b, g * Mg:(g + 1) * Mg, :])
                 pe, ae = pe + p1, ae + a1
+    elif kern_g and _chunked_ok(plans):
+        pe, ae = _run_chunked(plans[0], xp, geom, N, L, Ktot, out)
     elif kern_g:
         cols_buf = np.empty((nb, L, Ktot), dt)
         for n0, b in blocks:
@@ -955,6 +1161,102 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(int(n))
 
 
+@njit(cache=True, inline="always")
+def _fma_f32(x, r, z):
+    """fl32(x * r + z) rounded once, half even (a float32 FMA): ops.fma_f32 for one value, |x| < 2^29.
+
+    The float64 sum s carries its exact error e (TwoSum); fl32(s) differs from the correctly rounded
+    result only when s lies exactly halfway between two float32 numbers and e != 0.
+    """
+    p = np.float64(x) * np.float64(r)
+    zd = np.float64(z)
+    s = p + zd
+    t = s - p
+    e = (p - (s - t)) + (zd - t)
+    y = np.float32(s)
+    yd = np.float64(y)
+    if yd != s and e != 0:
+        other = np.float32(np.nextafter(y, np.float32(np.inf) if s > yd else np.float32(-np.inf)))
+        if (yd + np.float64(other)) * 0.5 == s:
+            y = max(y, other) if e > 0 else min(y, other)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def add_ratio_fma(p, q, rp, rq, k, mode, out):
+    """ONNX Runtime QLinearAdd (MLAS AVX2) on flat arrays: out = round(fma(p, r_p, fma(q, r_q, K))),
+    ROUND_CODE ``mode`` (docs/semantics.md section 7; ops.add's ratio_fma form; |p|, |q| < 2^29)."""
+    n = p.shape[0]
+    nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
+    for t in prange(nt):
+        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
+            inner = _fma_f32(np.int64(q[i]), rq, k)
+            out[i] = _round_f64(np.float64(_fma_f32(np.int64(p[i]), rp, inner)), mode)
+
+
+# ----------------------------------------------------------------------------- pools
+@njit(parallel=True, cache=True)
+def max_pool(x, kh, kw, sh, sw, pt, pl, pad_value, out):
+    """out[n, c, i, j] = max over the window at (i*sh - pt, j*sw - pl) of x, padding pixels = pad_value
+    (docs/semantics.md section 6; ops.max_pool2d). out may have x's dtype (pad_value must fit it)."""
+    N, C, H, W = x.shape
+    Ho, Wo = out.shape[2], out.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        for i in range(Ho):
+            h0 = i * sh - pt
+            for j in range(Wo):
+                w0 = j * sw - pl
+                m = np.int64(pad_value)
+                inside = True
+                first = True
+                for a in range(kh):
+                    h = h0 + a
+                    for b in range(kw):
+                        v = w0 + b
+                        if h < 0 or h >= H or v < 0 or v >= W:
+                            inside = False
+                            continue
+                        e = np.int64(x[n, c, h, v])
+                        if first or e > m:
+                            m = e
+                            first = False
+                if not inside and np.int64(pad_value) > m:
+                    m = np.int64(pad_value)
+                out[n, c, i, j] = m
+
+
+# ----------------------------------------------------------------------------- output clamp
+NARROW_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
+
+
+def narrow_dtype(lo: int, hi: int):
+    """The narrowest integer dtype holding [lo, hi] (int64 if none is narrower)."""
+    for dt in NARROW_DTYPES:
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return dt
+    return np.int64
+
+
+@njit(parallel=True, cache=True)
+def clamp_count(y, lo, hi, qmin, qmax, count_low, out):
+    """out = clamp(y, lo, hi) (out may be a narrower dtype holding [lo, hi]); returns the number of
+    values above qmax plus, when count_low, below qmin (flat arrays; one pass)."""
+    n = y.shape[0]
+    nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
+    cnt = np.zeros(nt, np.int64)
+    for t in prange(nt):
+        c = np.int64(0)
+        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
+            v = y[i]
+            c += np.int64(v > qmax) + np.int64(count_low and v < qmin)
+            out[i] = min(max(v, lo), hi)
+        cnt[t] = c
+    return cnt.sum()
+
+
 # ----------------------------------------------------------------------------- fixed-point requantization
 # tie codes of one rounding step (fixedpoint.TIE_RULES order)
 TIE_CODE = {"half_even": 0, "half_away": 1, "half_up": 2}
@@ -963,19 +1265,15 @@ _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 
 @njit(cache=True, inline="always")
 def _round_up(fl, rem, n, tie):
-    """Whether floor fl (value fl + rem / 2^n, 0 <= rem < 2^n) rounds up to fl + 1 under the tie code."""
+    """Whether floor fl (value fl + rem / 2^n, 0 <= rem < 2^n) rounds up to fl + 1 under the tie code.
+
+    Branch-free apart from n == 0 (loop-invariant in the kernels), so the loops vectorize.
+    """
     if n == 0:
         return False
     half = np.int64(1) << (n - 1)
-    if rem > half:
-        return True
-    if rem < half:
-        return False
-    if tie == 2:
-        return True
-    if tie == 1:
-        return fl >= 0
-    return (fl & 1) == 1
+    tie_up = (tie == 2) | ((tie == 1) & (fl >= 0)) | ((tie == 0) & ((fl & 1) == 1))
+    return (rem > half) | ((rem == half) & tie_up)
 
 
 @njit(cache=True, inline="always")
@@ -1041,6 +1339,29 @@ def requant_fixed(acc, q, shift, single, tie0, tie1, out):
 ADD_BLOCK = 4096  # elements per parallel task of the element-wise add kernels
 
 
+@njit(cache=True)
+def _add_fixed_block(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1, out, i0, i1):
+    """Elements i0..i1 of :func:`add_fixed`; False if single rounding meets |x| > 2^31 (not written)."""
+    lim = np.int64(1) << 31
+    if single:
+        for i in range(i0, i1):
+            xa = (np.int64(a[i]) - za) << left
+            xb = (np.int64(b[i]) - zb) << left
+            if abs(xa) > lim or abs(xb) > lim:
+                return False
+            s = _mbqm(xa, qa, sa, True, tie0, tie1) + _mbqm(xb, qb, sb, True, tie0, tie1)
+            if abs(s) > lim:
+                return False
+            out[i] = _mbqm(s, qy, sy, True, tie0, tie1) + zy
+        return True
+    for i in range(i0, i1):  # double rounding is defined for every int64 x
+        xa = (np.int64(a[i]) - za) << left
+        xb = (np.int64(b[i]) - zb) << left
+        s = _mbqm(xa, qa, sa, False, tie0, tie1) + _mbqm(xb, qb, sb, False, tie0, tie1)
+        out[i] = _mbqm(s, qy, sy, False, tie0, tie1) + zy
+    return True
+
+
 @njit(parallel=True, cache=True)
 def add_fixed(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1, out):
     """TFLite int8 ADD on flat arrays: out = MBQM(MBQM((a - za) << left, qa, sa) + MBQM((b - zb) << left, qb, sb),
@@ -1051,21 +1372,11 @@ def add_fixed(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1
     """
     n = a.shape[0]
     nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
-    bad = np.zeros(nt, np.uint8)
-    lim = np.int64(1) << 31
+    ok = np.ones(nt, np.bool_)
     for t in prange(nt):
-        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
-            xa = (np.int64(a[i]) - za) << left
-            xb = (np.int64(b[i]) - zb) << left
-            if single and (abs(xa) > lim or abs(xb) > lim):
-                bad[t] = 1
-                continue
-            s = _mbqm(xa, qa, sa, single, tie0, tie1) + _mbqm(xb, qb, sb, single, tie0, tie1)
-            if single and abs(s) > lim:
-                bad[t] = 1
-                continue
-            out[i] = _mbqm(s, qy, sy, single, tie0, tie1) + zy
-    return not bad.any()
+        ok[t] = _add_fixed_block(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1, out,
+                                 t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK))
+    return ok.all()
 
 
 @njit(cache=True, inline="always")
@@ -1112,6 +1423,19 @@ ROUND_CODE = {"half_even": 0, "half_away": 1, "half_up": 2, "floor": 3, "trunc":
 _CLIP62 = float(2 ** 62)
 
 
+@njit(cache=True, inline="always")
+def _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, mode, out):
+    """One (o, c) row of :func:`requant_float32` with a compile-time-known rounding ``mode`` branch per row."""
+    for i in range(acc.shape[2]):
+        fa = np.float32(acc[o, c, i])
+        if has_bias:
+            fa = np.float32(fa + b)
+        v = np.float32(fa * m)
+        if z_before:
+            v = np.float32(v + zf)
+        out[o, c, i] = _round_f64(np.float64(v), mode) + z_after
+
+
 @njit(parallel=True, cache=True)
 def requant_float32(acc, mult, bias_term, has_bias, z_before, z_y, mode, out):
     """float32 requantization of acc[o, c, i] (int64) with per-channel float32 M[c] into out (int64).
@@ -1123,32 +1447,22 @@ def requant_float32(acc, mult, bias_term, has_bias, z_before, z_y, mode, out):
     """
     O, C, I = acc.shape
     zf = np.float32(z_y)
+    z_after = 0 if z_before else z_y
     for t in prange(O * C):
         o = t // C
         c = t - o * C
         m = mult[c]
         b = bias_term[c]
-        for i in range(I):
-            fa = np.float32(acc[o, c, i])
-            if has_bias:
-                fa = np.float32(fa + b)
-            v = np.float32(fa * m)
-            if z_before:
-                v = np.float32(v + zf)
-            d = min(max(np.float64(v), -_CLIP62), _CLIP62)
-            if mode == 0:
-                r = np.rint(d)
-            elif mode == 1:
-                r = np.floor(abs(d) + 0.5)
-                if d < 0:
-                    r = -r
-            elif mode == 2:
-                r = np.floor(d + 0.5)
-            elif mode == 3:
-                r = np.floor(d)
-            else:
-                r = np.trunc(d)
-            out[o, c, i] = np.int64(r) + (0 if z_before else z_y)
+        if mode == 0:  # one loop per mode: the rounding branch leaves the inner loop
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 0, out)
+        elif mode == 1:
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 1, out)
+        elif mode == 2:
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 2, out)
+        elif mode == 3:
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 3, out)
+        else:
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 4, out)
 
 
 # ----------------------------------------------------------------------------- shift (pow2) requantization

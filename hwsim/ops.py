@@ -463,7 +463,11 @@ def max_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), pad_value: int = 0, im
     kernel, stride, pad, Ho, Wo = _pool_geometry(x, kernel, stride, padding)
     if impl == "reference":
         return ref.max_pool2d(x, kernel, stride, pad, int(pad_value))
-    return _windows(x, kernel, stride, pad, int(pad_value))[:, :, :Ho, :Wo].max(axis=(4, 5))
+    from hwsim import kernels
+
+    out = np.empty((x.shape[0], x.shape[1], Ho, Wo), np.int64)
+    kernels.max_pool(x, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[2], int(pad_value), out)
+    return out
 
 
 POOL_FORMS = ("exact", "float32_multiplier", "float32_dequantize")
@@ -690,6 +694,11 @@ def fixed_add_vector_input(x, left_shift: int, qs, tie: str = "half_up") -> np.n
     return fp.saturating_rounding_doubling_high_mul(x << n if n >= 0 else x >> -n, qs[0], tie)
 
 
+def _max_abs(x: np.ndarray) -> int:
+    """max |x| of a non-empty integer array without a temporary |x| array."""
+    return max(-int(x.min()), int(x.max()))
+
+
 def _add_kernel(a: np.ndarray, b: np.ndarray, p: AddParams, cfg: Requant) -> np.ndarray | None:
     """ops.add's float32 ("dequantize", no tail) and fixed (31-bit, scalar loop) forms by the numba
     kernels (kernels.add_float32 / kernels.add_fixed, same arithmetic); None outside their domain."""
@@ -735,8 +744,8 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
     and the last n mod V elements are as without it. pow2: exact sum on the finer grid, one rounding shift.
     """
     _check_impl(impl)
-    a = _int_array(a_q, "a_q")
-    b = _int_array(b_q, "b_q")
+    a = a_in = _int_array(a_q, "a_q")
+    b = b_in = _int_array(b_q, "b_q")
     ratio_fma = cfg.mode == "float32" and cfg.add_form == "ratio_fma"
     swap = ratio_fma and ratio_fma_swaps(a.shape, b.shape)
     try:
@@ -754,7 +763,7 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
                          "multiplier_bits = 31 (TFLite's vector loop)")
     if fixed_vec and a.size and max(np.abs(a - p.a_zero_point).max(), np.abs(b - p.b_zero_point).max()) >= 2**11:
         raise HwsimError("add: vector_width with requant.mode = 'fixed' needs |a - z_a|, |b - z_b| < 2^11")
-    if ratio_fma and a.size and max(np.abs(a).max(), np.abs(b).max()) >= 2**29:
+    if ratio_fma and a.size and _max_abs(a_in) >= 2**29 or ratio_fma and b.size and _max_abs(b_in) >= 2**29:
         raise HwsimError("add: add_form = 'ratio_fma' needs |a|, |b| < 2^29")
     tail = 0 if vector_width is None else a.size % int(vector_width)
     body = a.size - tail if fixed_vec else 0
@@ -773,7 +782,15 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
         if swap:
             (P, rp, zp), (Q, rq, zq) = (Q, rq, zq), (P, rp, zp)
         k = ratio_fma_constant(rp, zp, rq, zq, p.y_zero_point)
-        y = fp.round_float(fma_f32(P, rp, fma_f32(Q, rq, k)), cfg.rounding, cfg.seed, idx)
+        if cfg.rounding != "stochastic" and P.size:  # the numba kernel: the same two FMAs per element
+            from hwsim import kernels
+
+            y = np.empty(P.size, np.int64)
+            kernels.add_ratio_fma(np.ascontiguousarray(P).reshape(-1), np.ascontiguousarray(Q).reshape(-1),
+                                  np.float32(rp), np.float32(rq), np.float32(k), kernels.ROUND_CODE[cfg.rounding], y)
+            y = y.reshape(P.shape)
+        else:
+            y = fp.round_float(fma_f32(P, rp, fma_f32(Q, rq, k)), cfg.rounding, cfg.seed, idx)
     elif cfg.mode == "float32":
         f32 = np.float32
         # s*a is exact in float64 (24-bit x <= 17-bit) and s*a + premul too (both multiples of the

@@ -1,0 +1,202 @@
+"""Images/s of hwsim beside ONNX Runtime and PyTorch x86 int8 on the same networks (a script, not a test).
+
+Every network is one float PyTorch model with random weights (BatchNorm statistics randomised so
+folding is not trivial): ResNet-18 (torchvision layout: 7x7/2 stem, 3x3/2 max pool, 2-2-2-2 basic
+blocks of 64-128-256-512 channels) at 3x32x32 and 3x224x224, and the bundled architectures
+(SmallCNN, MobileNetV2 from ``frontends.pytorch.models``). From it:
+
+- hwsim: ``frontends.pytorch.export.to_graph`` -> ``compile_model`` (calibration on 32 random
+  normal images) -> ``run_quantized`` in one batch, for each ``--profile``;
+- ONNX Runtime: ``hwsim.onnx_export.to_onnx`` of the int8-onnxruntime compilation (the same
+  integers as hwsim's int8-onnxruntime profile), uint8 codes in, ``intra_op_num_threads`` = T;
+- PyTorch x86 int8: FX post-training quantization of the same float model (qconfig "x86").
+
+Same batch and thread count for all (numba threads = torch threads = ORT intra-op threads);
+one warm-up run, then the minimum of ``--repeat`` blocked timings of a whole batch.
+
+    python benchmarks/network.py [--nets resnet18-32,mobilenetv2,smallcnn] [--batch 256] [--threads 2]
+        [--repeat 3] [--profile int8-onnxruntime --profile int8-acc16-sat] [--hwsim-only] [--json]
+
+``--hwsim-only`` times hwsim alone: run it with ``PYTHONPATH=/path/to/other/checkout`` to time
+another version of hwsim on the same networks (the "before" column). ``--memory`` reports the
+peak resident memory of one hwsim run (a fresh subprocess per network and profile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+NETS = ("resnet18-32", "resnet18-224", "mobilenetv2", "smallcnn")
+
+
+def _best(fn, repeat: int) -> float:
+    fn()  # warm-up (numba compilation, engine initialisation)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def build(net: str):
+    """(float torch model in eval mode, input shape (C, H, W)) with seeded random weights."""
+    import torch
+    import torch.nn as nn
+
+    from frontends.pytorch.models import BasicBlock, build_model
+
+    torch.manual_seed(0)
+    if net.startswith("resnet18"):
+        size = int(net.split("-")[1])
+
+        class ResNet18(nn.Module):
+            def __init__(self):
+                super().__init__()
+                layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                           nn.MaxPool2d(3, 2, 1)]
+                cin = 64
+                for i, c in enumerate((64, 128, 256, 512)):
+                    for j in range(2):
+                        layers.append(BasicBlock(cin, c, 2 if (i > 0 and j == 0) else 1))
+                        cin = c
+                self.features = nn.Sequential(*layers)
+                self.pool = nn.AdaptiveAvgPool2d(1)
+                self.fc = nn.Linear(512, 1000)
+
+            def forward(self, x):
+                return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+        model, shape = ResNet18(), (3, size, size)
+    else:
+        model, shape = build_model(net, 10, 3), (3, 32, 32)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model.eval(), shape
+
+
+def _images(n: int, shape, seed: int):
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
+
+
+def hwsim_rate(net: str, profile: str, batch: int, repeat: int) -> float:
+    from frontends.pytorch.export import to_graph
+    from hwsim.compile import compile_model
+    from hwsim.execute import run_quantized
+    from hwsim.profile import load_profile
+
+    model, shape = build(net)
+    qg = compile_model(to_graph(model, shape), load_profile(profile), _images(32, shape, 1))
+    x = _images(batch, shape, 2)
+    return batch / _best(lambda: run_quantized(qg, x, batch_size=batch), repeat)
+
+
+def ort_rate(net: str, batch: int, threads: int, repeat: int) -> float:
+    import onnxruntime as ort
+
+    from frontends.pytorch.export import to_graph
+    from hwsim.compile import compile_model
+    from hwsim.onnx_export import to_onnx
+    from hwsim.profile import load_profile
+
+    model, shape = build(net)
+    qg = compile_model(to_graph(model, shape), load_profile("int8-onnxruntime"), _images(32, shape, 1))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(to_onnx(qg).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    codes = qg.grids[qg.input_name].quantize(_images(batch, shape, 2)).astype("uint8")
+    return batch / _best(lambda: sess.run(None, {qg.input_name: codes}), repeat)
+
+
+def torch_rate(net: str, batch: int, repeat: int) -> float:
+    import torch
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    model, shape = build(net)
+    calib = torch.from_numpy(_images(32, shape, 1))
+    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (calib,))
+    with torch.no_grad():
+        prepared(calib)
+    qmodel = convert_fx(prepared)
+    x = torch.from_numpy(_images(batch, shape, 2))
+
+    def run():
+        with torch.no_grad():
+            qmodel(x)
+
+    return batch / _best(run, repeat)
+
+
+def peak_memory_mb(net: str, profile: str, batch: int) -> float:
+    """Peak RSS (MiB) of a fresh process that compiles and runs one hwsim batch (torch only exports)."""
+    code = ("import resource, sys; sys.argv = ['x']; import benchmarks.network as b; "
+            f"b.hwsim_rate({net!r}, {profile!r}, {batch}, 1); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), root) if p))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", default="resnet18-32,mobilenetv2,smallcnn", help=f"comma list of {', '.join(NETS)}")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--profile", action="append", default=None,
+                    help="hwsim profile (repeatable; default int8-onnxruntime, int8-tflite, int8-acc16-sat)")
+    ap.add_argument("--hwsim-only", action="store_true", help="time hwsim alone (e.g. another checkout)")
+    ap.add_argument("--memory", action="store_true", help="also the peak RSS of one hwsim run per net/profile")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args(argv)
+    profiles = args.profile or ["int8-onnxruntime", "int8-tflite", "int8-acc16-sat"]
+    nets = [n for n in args.nets.split(",") if n]
+    for n in nets:
+        if n not in NETS:
+            ap.error(f"unknown net {n!r}: allowed {', '.join(NETS)}")
+
+    import torch
+
+    from hwsim import kernels
+
+    kernels.set_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    import hwsim
+
+    rows = []
+    for net in nets:
+        row = dict(net=net, batch=args.batch, threads=args.threads, hwsim=hwsim.__file__)
+        if not args.hwsim_only:
+            row["torch_x86_int8"] = torch_rate(net, args.batch, args.repeat)
+            row["onnxruntime"] = ort_rate(net, args.batch, args.threads, args.repeat)
+        for p in profiles:
+            row[p] = hwsim_rate(net, p, args.batch, args.repeat)
+            if "torch_x86_int8" in row:
+                row[f"{p} / torch"] = row[p] / row["torch_x86_int8"]
+            if args.memory:
+                row[f"{p} peak MiB"] = peak_memory_mb(net, p, args.batch)
+        rows.append(row)
+        if not args.json:
+            print(" | ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()),
+                  flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""The faster exact paths (docs/semantics.md section 10): the int8 GEMM with int32 accumulation
+(torch._int_mm), per-layer plans made once, the numba element-wise add kernels — each bit-identical
+to the reference, zero tolerance, and each shown to be the path actually taken."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwsim import fixedpoint as fp
+from hwsim import kernels, ops
+from hwsim.compile import compile_model
+from hwsim.execute import _new_stats, run_integer, run_layer
+from hwsim.profile import builtin_names, load_profile
+from tests.nets import images, tiny_cnn
+
+HAS_INT_MM = kernels.int_mm() is not None
+needs_int_mm = pytest.mark.skipif(not HAS_INT_MM, reason="torch._int_mm not available")
+
+
+@pytest.fixture
+def mm_calls(monkeypatch):
+    """Counts the int8 GEMM calls (the test then knows which path ran)."""
+    calls = []
+    real = kernels.int_mm()
+
+    def counting(a, b):
+        calls.append(tuple(a.shape))
+        return real(a, b)
+
+    monkeypatch.setattr(kernels, "_INT_MM", counting)
+    return calls
+
+
+def _same(a, b):
+    (va, sa), (vb, sb) = a, b
+    np.testing.assert_array_equal(va, vb)
+    assert (sa.partial_events, sa.acc_events) == (sb.partial_events, sb.acc_events)
+
+
+# (x range, x zero point, w range, w zero point): uint8 / int8 activations, offsets inside and outside
+# int8, asymmetric weights that still fit int8 after subtracting z_w
+GRIDS = [((0, 255), 128, (-127, 127), 0),   # fbgemm-like: x - z_x fits int8
+         ((0, 255), 3, (-128, 127), 0),     # uint8, z_x far from the middle: offset o = 128 + correction
+         ((-128, 127), -100, (-127, 127), 0),  # int8 asymmetric (TFLite): offset o = 0
+         ((-128, 127), 0, (-8, 7), 0),      # symmetric int8 x int4
+         ((0, 255), 0, (0, 255), 128),      # uint8 weights with z_w = 128: w - z_w in [-128, 127]
+         ((5, 40), 17, (-3, 3), 1)]         # narrow grids, asymmetric weights
+
+
+CONVS = [dict(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), cin=3, cout=8, k=3),
+         dict(stride=(2, 1), padding=(0, 2, 1, 0), dilation=(1, 1), cin=4, cout=9, k=3),
+         dict(stride=(1, 2), padding=(2, 2, 2, 2), dilation=(2, 1), cin=5, cout=16, k=3),
+         dict(stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), cin=5, cout=3, k=1),
+         dict(stride=(2, 2), padding=(3, 3, 3, 3), dilation=(1, 1), cin=3, cout=12, k=7)]
+
+
+def _conv_operands(rng, grid, case, n=3, hw=9):
+    (xlo, xhi), zx, (wlo, whi), zw = grid
+    x = rng.integers(xlo, xhi + 1, (n, case["cin"], hw, hw))
+    x[0, :, :2] = xlo  # boundary rows: both ends of the input grid
+    x[-1, :, -2:] = xhi
+    w = rng.integers(wlo, whi + 1, (case["cout"], case["cin"], case["k"], case["k"]))
+    w[0] = wlo if wlo - zw >= -128 else zw - 128  # an extreme filter
+    b = rng.integers(-(2**20), 2**20, case["cout"])
+    return x, w, b, zx, zw
+
+
+@needs_int_mm
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("case", CONVS, ids=lambda c: f"s{c['stride']}p{c['padding']}d{c['dilation']}k{c['k']}")
+def test_int8_gemm_conv_equals_reference(grid, case, mm_calls):
+    rng = np.random.default_rng(7)
+    x, w, b, zx, zw = _conv_operands(rng, grid, case)
+    kw = dict(x_zero_point=zx, w_zero_point=zw, stride=case["stride"], padding=case["padding"],
+              dilation=case["dilation"], acc=ops.Accumulator(bits=32))
+    _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
+    assert mm_calls, "the int8 GEMM path was not taken"
+
+
+@needs_int_mm
+@pytest.mark.parametrize("grid", GRIDS)
+def test_int8_gemm_linear_equals_reference(grid, mm_calls):
+    rng = np.random.default_rng(8)
+    (xlo, xhi), zx, (wlo, whi), zw = grid
+    x = rng.integers(xlo, xhi + 1, (37, 300))
+    x[0], x[1] = xlo, xhi
+    w = rng.integers(wlo, whi + 1, (10, 300))
+    b = rng.integers(-(2**20), 2**20, 10)
+    kw = dict(x_zero_point=zx, w_zero_point=zw, acc=ops.Accumulator(bits=32))
+    _same(ops.linear(x, w, b, **kw), ops.linear(x, w, b, impl="reference", **kw))
+    assert mm_calls
+
+
+@needs_int_mm
+def test_int8_gemm_at_the_int32_limit_and_beyond(mm_calls):
+    """All-extreme operands: the int32 bound decides; just below 2^31 uses the GEMM, above it does not."""
+    k = 2**31 // (128 * 128)  # 131072 products of 2^14: 2^31 exactly
+    x = np.full((2, k - 1), -128)
+    w = np.full((3, k - 1), -128)
+    acc = ops.Accumulator(bits=None)
+    _same(ops.linear(x, w, None, acc=acc), ops.linear(x, w, None, acc=acc, impl="reference"))
+    assert mm_calls
+    mm_calls.clear()
+    x, w = np.full((2, k), -128), np.full((3, k), -128)
+    out, _ = ops.linear(x, w, None, acc=acc)
+    assert (out == 2**31).all() and not mm_calls  # the sum does not fit int32: float BLAS instead
+
+
+def test_not_taken_where_events_are_possible_or_operands_too_wide(mm_calls):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (2, 8, 6, 6))
+    w = rng.integers(-128, 128, (8, 8, 3, 3))
+    _same(ops.conv2d(x, w, None, x_zero_point=0, padding=1, acc=ops.Accumulator(bits=16, rows=4)),
+          ops.conv2d(x, w, None, x_zero_point=0, padding=1, acc=ops.Accumulator(bits=16, rows=4), impl="reference"))
+    w16 = rng.integers(-300, 300, (8, 8, 3, 3))  # w - z_w outside int8
+    _same(ops.conv2d(x, w16, None, padding=1), ops.conv2d(x, w16, None, padding=1, impl="reference"))
+    x1 = rng.integers(0, 256, (2, 1, 6, 6))  # K = 1: torch's _int_mm is wrong there, never used
+    _same(ops.conv2d(x1, w[:, :1, :1, :1], None), ops.conv2d(x1, w[:, :1, :1, :1], None, impl="reference"))
+    assert not mm_calls
+
+
+@needs_int_mm
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_int8_gemm_property(data):
+    """Random grids, zero points, shapes, paddings: fast == reference (events 0 on both)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    xbits = data.draw(st.integers(2, 8))
+    xsigned = data.draw(st.booleans())
+    xlo, xhi = fp.int_range(xbits, xsigned)
+    zx = data.draw(st.integers(xlo, xhi))
+    wlo, whi = fp.int_range(data.draw(st.integers(2, 8)), True)
+    cin, cout, k = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 12)), data.draw(st.integers(1, 3))
+    pad = tuple(data.draw(st.integers(0, 2)) for _ in range(4))
+    stride = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    x = rng.integers(xlo, xhi + 1, (data.draw(st.integers(1, 3)), cin, 5, 6))
+    w = rng.integers(wlo, whi + 1, (cout, cin, k, k))
+    b = rng.integers(-1000, 1000, cout)
+    kw = dict(x_zero_point=zx, stride=stride, padding=pad, acc=ops.Accumulator(bits=32))
+    _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
+
+
+def test_fallback_without_int_mm_equals_reference(monkeypatch):
+    """HWSIM_INT_MM=0 / no torch: the exact float-BLAS path (today's) gives the same integers."""
+    monkeypatch.setattr(kernels, "_INT_MM", False)
+    rng = np.random.default_rng(2)
+    for grid in GRIDS:
+        x, w, b, zx, zw = _conv_operands(rng, grid, CONVS[0])
+        kw = dict(x_zero_point=zx, w_zero_point=zw, padding=1)
+        _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
+
+
+# ----------------------------------------------------------------------------- plans made once
+def test_plan_made_once_per_layer_and_renewed_when_weights_change(monkeypatch):
+    g = tiny_cnn(seed=3)
+    qg = compile_model(g, load_profile("int8-tflite"), images(32, seed=5))
+    made = []
+    real = kernels.conv_plan
+    monkeypatch.setattr(kernels, "conv_plan", lambda *a, **k: made.append(1) or real(*a, **k))
+    x = images(8, seed=4)
+    first = run_integer(qg, x)
+    n_conv = sum(lay.op == "conv2d" for lay in qg.layers)
+    assert len(made) == n_conv
+    run_integer(qg, x)
+    assert len(made) == n_conv  # second batch: cached plans
+    lay = next(lay for lay in qg.layers if lay.op == "conv2d")
+    lay.w_q = -lay.w_q  # a new weight array: a new plan, and the new weights are used
+    fast, ref = run_integer(qg, x), run_integer(qg, x, "reference")
+    assert len(made) == n_conv + 1
+    for k in fast:
+        np.testing.assert_array_equal(fast[k], ref[k])
+    assert any((fast[k] != first[k]).any() for k in fast)
+
+
+def test_batch_outside_the_planned_range_is_replanned():
+    """A plan made for a narrow input range still gives exact results on wider data (replanned)."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-128, 128, (8, 4, 3, 3))
+    zw = np.zeros(8, np.int64)
+    acc = ops.Accumulator(bits=32)
+    plan = kernels.conv_plan(w, None, 0, zw, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, 0, 3)
+    x = rng.integers(-128, 128, (2, 4, 5, 5))
+    out, pe, ae = kernels.conv2d_accumulate(x, w, None, 0, zw, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, plan=plan)
+    ref, _ = ops.conv2d(x, w, None, padding=1, acc=acc, impl="reference")
+    np.testing.assert_array_equal(out, ref)
+    assert (pe, ae) == (0, 0)
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_narrow_dtypes_between_layers_give_the_same_integers(name):
+    """The executor keeps activations in the narrowest dtype of their grid; every tensor == reference."""
+    g = tiny_cnn(seed=3)
+    qg = compile_model(g, load_profile(name), images(32, seed=5))
+    if qg.weight_only:
+        pytest.skip("weight-only: float path")
+    x = images(6, seed=4)
+    env, ref = {qg.input_name: qg.grids[qg.input_name].quantize(x)}, run_integer(qg, x, "reference")
+    for lay, st in zip(qg.layers, _new_stats(qg)):
+        run_layer(qg, lay, env, st, "fast", narrow=True)
+        gy = qg.grids.get(lay.output)
+        if lay.op in ("conv2d", "linear", "add") and gy.qmax - gy.qmin <= 255:
+            assert env[lay.output].dtype.itemsize == 1, (lay.name, env[lay.output].dtype)
+    for k in ref:
+        np.testing.assert_array_equal(env[k], ref[k], err_msg=f"{name}: tensor {k}")
+        assert run_integer(qg, x)[k].dtype == np.int64  # callers get int64
+
+
+# ----------------------------------------------------------------------------- add kernels
+ADD_CFGS = ([ops.Requant(mode="fixed", fixed_rounding=r, fixed_ties=t) for r in ("double", "single")
+             for t in (("half_up", "half_away"), ("half_even", "half_even"), ("half_away", "half_up"))]
+            + [ops.Requant(mode="float32", rounding=m, zero_point=z)
+               for m in ("half_even", "half_away", "half_up", "floor", "trunc") for z in ("after", "before")]
+            + [ops.Requant(mode="float32", add_form="ratio_fma", rounding=m)
+               for m in ("half_even", "half_away", "half_up", "floor", "trunc")])
+
+
+@pytest.mark.parametrize("cfg", ADD_CFGS, ids=lambda c: f"{c.mode}-{c.fixed_rounding}-{c.fixed_ties}-{c.rounding}-"
+                                                            f"{c.zero_point}-{c.add_form}")
+def test_add_kernels_equal_reference(cfg):
+    rng = np.random.default_rng(4)
+    ramp = np.arange(-128, 128)
+    a = np.stack(np.meshgrid(ramp, ramp)).reshape(2, 1, 256, 256)[0]  # every pair of int8 values
+    b = np.stack(np.meshgrid(ramp, ramp)).reshape(2, 1, 256, 256)[1]
+    for sa, sb, sy, za, zb, zy in ((0.02, 0.03, 0.05, 3, -7, 1), (0.5, 0.25, 0.5, 0, 0, 0),
+                                   (0.0171, 0.0093, 0.0311, -128, 127, -5), (2.0**-4, 2.0**-5, 2.0**-3, 1, 2, 3)):
+        kw = dict(a_scale=sa, a_zero_point=za, b_scale=sb, b_zero_point=zb, y_scale=sy, y_zero_point=zy,
+                  qmin=-128, qmax=127, cfg=cfg)
+        y, c = ops.add(a, b, **kw)
+        yr, cr = ops.add(a, b, impl="reference", **kw)
+        np.testing.assert_array_equal(y, yr)
+        assert c == cr
+    bb = rng.integers(-128, 128, (1, 1, 256))  # broadcasting
+    kw["b_zero_point"] = 0
+    np.testing.assert_array_equal(ops.add(a, bb, **kw)[0], ops.add(a, bb, impl="reference", **kw)[0])
+
+
+def test_add_fixed_kernel_outside_its_domain_falls_back():
+    """single rounding with |x << 20| > 2^31 (16-bit inputs): the numpy path, still == reference."""
+    cfg = ops.Requant(mode="fixed", fixed_rounding="single")
+    a = np.array([[-30000, 30000, 5, 0]])
+    b = np.array([[12000, -32768, 7, 1]])
+    kw = dict(a_scale=0.001, a_zero_point=0, b_scale=0.002, b_zero_point=0, y_scale=0.004, y_zero_point=0,
+              qmin=-(2**15), qmax=2**15 - 1, cfg=cfg)
+    assert not kernels.add_fixed(a.reshape(-1), b.reshape(-1), 0, 0, 0, 20, 1 << 30, 0, 1 << 30, 0, 1 << 30, 0,
+                                 True, 2, 2, np.empty(4, np.int64))
+    np.testing.assert_array_equal(ops.add(a, b, **kw)[0], ops.add(a, b, impl="reference", **kw)[0])
+
+
+def test_fma_kernel_equals_fma_f32_near_ties():
+    """kernels._fma_f32 == ops.fma_f32 on random and on constructed halfway cases (e != 0)."""
+    from numba import njit
+
+    @njit
+    def fma_all(x, r, z, out):
+        for i in range(x.shape[0]):
+            out[i] = kernels._fma_f32(x[i], r[i], z[i])
+
+    rng = np.random.default_rng(6)
+    n = 20000
+    x = rng.integers(-(2**28), 2**28, n)
+    r = rng.uniform(-2, 2, n).astype(np.float32)
+    z = rng.uniform(-1e4, 1e4, n).astype(np.float32)
+    # exact float32 ties hidden by float64 rounding: x odd with 25 bits, r = 2^j, so x*r lies halfway
+    # between two float32 numbers; z = +-2^(j-30) is below half a float64 ulp of it (lost, e = z != 0)
+    h = n // 2
+    j = rng.integers(-30, 10, h)
+    x[:h] = (rng.integers(2**23, 2**24, h) * 2 + 1) * rng.choice([-1, 1], h)
+    r[:h] = (2.0 ** j).astype(np.float32)
+    z[:h] = (rng.choice([-1.0, 1.0], h) * 2.0 ** (j - 30)).astype(np.float32)
+    naive = (x * r.astype(np.float64) + z.astype(np.float64)).astype(np.float32)
+    expected = ops.fma_f32(x, r, z)
+    assert (expected[:h] != naive[:h]).sum() > h // 4  # the ties are real: double rounding differs
+    out = np.empty(n, np.float32)
+    fma_all(x, r, z, out)
+    np.testing.assert_array_equal(out, expected)
+
+
+# ----------------------------------------------------------------------------- chunk sums by BLAS
+CHUNK_ACCS = [ops.Accumulator(bits=a, overflow=ao, rows=r, partial_bits=p, partial_overflow=po)
+              for a, ao in ((12, "saturate"), (13, "wrap"), (16, "saturate"), (None, "wrap"))
+              for r in (8, 16) for p, po in ((None, "saturate"), (10, "wrap"), (11, "saturate"))
+              if not (a is None and p is None)]
+
+
+@pytest.mark.parametrize("acc", CHUNK_ACCS, ids=lambda a: f"A{a.bits}{a.overflow[0]}-R{a.rows}-P{a.partial_bits}"
+                                                          f"{a.partial_overflow[0]}")
+def test_chunked_model_equals_reference(acc, monkeypatch):
+    """Every position through the model with BLAS chunk sums: same integers and events as the reference."""
+    calls = []
+    real = kernels.accumulate_chunks_f32
+    monkeypatch.setattr(kernels, "accumulate_chunks_f32", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 256, (2, 6, 7, 7))
+    x[0, :, :3] = 255  # boundary: the largest inputs
+    w = rng.integers(-128, 128, (16, 6, 3, 3))
+    w[1] = 127
+    b = rng.integers(-3000, 3000, 16)
+    b[0] = 5000  # a bias outside the 12/13-bit accumulator: bias events
+    kw = dict(x_zero_point=0, padding=(1, 0, 2, 1), stride=(1, 2), acc=acc)
+    _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
+    assert calls, "the chunked model path was not taken"
