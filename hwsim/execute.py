@@ -78,7 +78,8 @@ def _new_stats(qg: QuantizedGraph) -> list[LayerStats]:
             st.partial_headroom_bits = min_defined(getattr(cert, "partial_headroom_bits", None))
             st.certified = bool(np.all(cert.certified))
             st.min_acc_bits = max_defined(cert.min_acc_bits)
-            st.min_partial_bits = max_defined(getattr(cert, "min_partial_bits", None))
+            if lay.accumulator is not None and lay.accumulator.partial_bits is not None:  # only with a psum stage
+                st.min_partial_bits = max_defined(getattr(cert, "min_partial_bits", None))
         out.append(st)
     return out
 

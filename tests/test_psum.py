@@ -93,3 +93,19 @@ def test_cli_reports_partial_events_per_layer():
             assert lay["partial_headroom_bits"] is not None
             if lay["partial_events"]:
                 assert lay["partial_headroom_bits"] < 0 and lay["certified"] is False
+
+
+def test_run_json_reports_min_partial_bits_only_with_a_partial_sum_stage():
+    import json
+
+    from click.testing import CliRunner
+
+    from hwsim.cli import cli
+
+    def layers(*args):
+        r = CliRunner().invoke(cli, ["run", "--limit", "8", "--json", "-q", *args])
+        assert r.exit_code == 0, r.output
+        return [x for x in json.loads(r.output)["layers"] if x["op"] in ("conv2d", "linear")]
+
+    assert all(x["min_partial_bits"] is None for x in layers("-p", "int8-tflite"))
+    assert all(x["min_partial_bits"] is not None for x in layers("-p", "int8-psum16"))
