@@ -123,7 +123,7 @@ SCHEMA: dict[str, _Key] = {
                       doc="fold BN into weights before quantization (WP eq. 11-12) or absorb it into the requant multiplier (WP eq. 41)"),
     **{f"weights.{k}": v for k, v in _FMT.items()},
     "weights.granularity": _Key("choice", ("per_tensor", "per_channel"), doc="one scale per tensor or per output channel"),
-    "weights.range": _Key("choice", ("minmax", "mse", "lsq"), doc="weight range setting (lsq: the model's learned LSQ steps, needs batchnorm = scale)"),
+    "weights.range": _Key("choice", ("minmax", "mse", "lsq"), doc="weight range setting (lsq: the model's learned LSQ steps; batchnorm = scale unless trained with --qat-bn fold); PTQ methods: --ptq"),
     "weights.step_scale": _Key("float", lo=0.01, hi=100.0, doc="multiply every weight step size by this factor (sweeps)"),
     **{f"activations.{k}": v for k, v in _FMT.items()},
     "activations.dtype": _Key("choice", ("int", "float"), doc="'float' = weight-only policy: float32 activations, dequantized integer weights"),
