@@ -41,7 +41,7 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 # names of values computed from several JSON fields (data-derived) and how
 DERIVED = {
-    "label": "profile, then [settings k=v;...] and the recipe when present (the CLI's row label)",
+    "label": "profile, then [settings k=v;...] and the recipe unless it is 'profile' or named by a ptq= setting",
     "max_clip_rate": "max over the run's layers of clip_rate (hwsim.report.sweep_rows)",
     "min_headroom_bits": "min over layers of headroom_bits and partial_headroom_bits (hwsim.report.sweep_rows)",
     "uncertified_layers": "number of layers with certified = false (hwsim.report.sweep_rows)",
@@ -190,11 +190,12 @@ class Run:
 
 
 def run_label(d: dict) -> str:
-    """The CLI's row label: ``profile [k=v;k=v]`` plus `` recipe R`` when the result names one."""
+    """The CLI's row label: ``profile [k=v;k=v]`` plus `` recipe R`` when the result names a recipe
+    other than the profile's own ranges that its settings (``ptq=R``) do not already name."""
     s = d.get("settings") or {}
     lab = d["profile"] + (" [" + ";".join(f"{k}={v}" for k, v in s.items()) + "]" if s else "")
     rec = d.get("recipe")
-    return lab + (f" recipe {rec}" if rec not in (None, "") else "")
+    return lab + (f" recipe {rec}" if rec not in (None, "", "profile") and "ptq" not in s else "")
 
 
 def _is_run(d) -> bool:

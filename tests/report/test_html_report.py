@@ -84,7 +84,7 @@ def resolve(doc, ptr: str):
 def label(d):
     s = d.get("settings") or {}
     lab = d["profile"] + (" [" + ";".join(f"{k}={v}" for k, v in s.items()) + "]" if s else "")
-    return lab + (f" recipe {d['recipe']}" if d.get("recipe") else "")
+    return lab + (f" recipe {d['recipe']}" if d.get("recipe") not in (None, "", "profile") and "ptq" not in s else "")
 
 
 def acc_bits(d):
