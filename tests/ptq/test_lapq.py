@@ -71,3 +71,82 @@ def test_lapq_time_budget_stops_powell_and_keeps_the_best_point():
     info = qg.ptq["lapq"]
     assert info.stopped == "time budget 0 s" and info.evaluations == 1 and "stopped" in info.note()
     assert info.final_loss == info.initial_loss
+
+
+def _moves_setup(profile):
+    from hwsim.compile import calibrate, fold_graph, quantize_folded
+    from hwsim.ptq.lapq import _fixed_hooks, _Recorder
+    from hwsim.ptq.pipeline import range_hooks
+
+    g, x = tiny_cnn(seed=4), images(24, seed=8)
+    prof = load_profile(profile)
+    folded, dead = fold_graph(g, prof.batchnorm)
+    calib = calibrate(folded, x)
+    rec = _Recorder(range_hooks(dataclasses.replace(load_recipe("lapq"), p=3.0), folded, calib, {}))
+    quantize_folded(g, folded, dead, calib, prof, rec.as_hooks(), certificates=False)
+    wk, ak = list(rec.w), list(rec.a)
+    labels = np.argmax(calib[folded.outputs[0]], axis=1)
+
+    def compile_at(v):
+        return quantize_folded(g, folded, dead, calib, prof, _fixed_hooks(rec.w, rec.a, wk, ak, v), certificates=False)
+    return x, labels, wk, ak, compile_at
+
+
+@pytest.mark.parametrize("kind", ["simulator", "mirror"])
+@pytest.mark.parametrize("profile", ["w3a3", "int8-stochastic", "int8-fbgemm"])
+def test_cached_loss_equals_a_full_run_on_random_moves(kind, profile):
+    """The loss that re-runs only what differs from its cached point equals a full run exactly
+    (``run_quantized`` / ``FakeQuantModel``), over random one-coordinate moves (Powell's line searches),
+    moves of every coordinate at once, repeats of a point, the cached point moving to each new best."""
+    if kind == "mirror":
+        torch = pytest.importorskip("torch")
+        from frontends.pytorch.fakequant import FakeQuantModel
+    from hwsim.execute import run_quantized
+    from hwsim.ptq.lapq import BOUNDS, _cross_entropy, _Loss
+
+    x, labels, wk, ak, compile_at = _moves_setup(profile)
+    loss = _Loss(kind, x, labels, batch_size=10)  # 3 batches: the simulator's stochastic-rounding offsets
+    rng = np.random.default_rng(0)
+    cur, best = np.zeros(len(wk) + len(ak)), np.inf
+    partial = 0
+    for step in range(24):
+        v = cur.copy()
+        if step % 10 == 9:
+            v = rng.uniform(*BOUNDS, size=v.size)
+        elif step % 7 != 6:  # step 6, 13, ...: the same point again
+            v[rng.integers(v.size)] = rng.uniform(*BOUNDS)
+        qg = compile_at(v)
+        got = loss(qg)
+        if kind == "mirror":
+            want = _cross_entropy(FakeQuantModel(qg)(torch.from_numpy(x)).numpy(), labels)
+        else:
+            want = _cross_entropy(run_quantized(qg, x, batch_size=10).logits, labels)
+        assert got == want, (step, v)
+        partial += loss.recomputed[-1] < len(qg.layers) + 1
+        if got < best:  # Powell moves on from the best point (the cached one)
+            cur, best = v, got
+    assert partial >= 12  # most moves re-ran part of the network only
+
+
+@pytest.mark.parametrize("kind", ["simulator", "mirror"])
+def test_cached_loss_reruns_only_downstream_of_the_move(kind):
+    if kind == "mirror":
+        pytest.importorskip("torch")
+    from hwsim.ptq.lapq import _Loss
+
+    x, labels, wk, ak, compile_at = _moves_setup("w4a4")
+    loss = _Loss(kind, x, labels)
+    v = np.zeros(len(wk) + len(ak))
+    qg = compile_at(v)
+    loss(qg)
+    assert loss.recomputed[-1] == len(qg.layers) + 1  # nothing cached: the input and every layer
+    v[wk.index(qg.mac_layers[-1].name)] = -0.5  # the last layer's weight step
+    loss(compile_at(v))
+    assert loss.recomputed[-1] == 1
+    v[:] = 0
+    v[len(wk) + ak.index(qg.output_name)] = -0.5  # the logits' grid: the last layer again
+    loss(compile_at(v))
+    assert loss.recomputed[-1] == 1
+    v[:] = 0
+    loss(compile_at(v))  # the cached point itself: nothing runs
+    assert loss.recomputed[-1] == 0
