@@ -137,20 +137,40 @@ def _mirror_layer(qg, lay, weights: dict, env: dict) -> None:
     env[lay.output] = _mirror_fq(y, qg.grids[lay.output], *lay.clamp)
 
 
-class _Loss:
-    """The LAPQ loss of a compiled graph, re-running only the layers that differ from the cached point.
+@dataclass
+class _Point:
+    x: np.ndarray  # the optimizer's coordinates
+    sigs: list  # per layer (input quantization first): _signature
+    env: object  # every tensor (mirror: {name: torch tensor}; simulator: one {name: array} per batch)
+    loss: float
 
-    The cached point is the best one evaluated so far (where Powell's line searches start). A layer
-    runs again when its signature (:func:`_signature`) differs from the cached one or one of its
-    inputs was recomputed; every other tensor is the cached one. Powell's line searches move one
-    step size at a time, so usually only the part of the network downstream of that tensor runs.
+
+def _parallel(d: np.ndarray, e: np.ndarray) -> bool:
+    """d and e (non-zero) point along one line: the same coordinates move, in proportion."""
+    if not np.array_equal(d != 0, e != 0):
+        return False
+    return abs(float(d @ e)) >= (1 - 1e-9) * float(np.linalg.norm(d) * np.linalg.norm(e))
+
+
+class _Loss:
+    """The LAPQ loss of a compiled graph, re-running only the layers that differ from a cached point.
+
+    Called with the optimizer's ``point``, it follows Powell's method: the cached point is where the
+    current line search started (its *origin*), and the best point of a line search becomes the next
+    origin when a point off that line arrives (scipy's bounded line search returns its best
+    evaluation, ties to the later one, and Powell goes on from there). A layer runs again when its
+    signature (:func:`_signature`) differs from the origin's or one of its inputs ran again; every
+    other tensor is the origin's. A line search along one coordinate re-runs only the network
+    downstream of that weight or activation grid. Without ``point``: a full run, nothing kept.
     The result equals a full run bit for bit (tests: against ``run_quantized`` and
     ``FakeQuantModel``), because each layer's output is a function of its inputs and its signature.
     """
 
     def __init__(self, kind: str, images: np.ndarray, labels: np.ndarray, batch_size: int = 256):
         self.kind, self.images, self.labels, self.batch_size = kind, images, labels, batch_size
-        self.base = None  # (signatures, env, loss) of the best point so far
+        self.origin: _Point | None = None  # where the current line search started
+        self.line: np.ndarray | None = None  # its direction
+        self.line_best: _Point | None = None  # its best point so far
         self.recomputed: list[int] = []  # layers run per evaluation (input quantization counted)
         if kind == "mirror":
             try:
@@ -165,22 +185,38 @@ class _Loss:
             self._fqm = FakeQuantModel
             self.xt = torch.from_numpy(np.ascontiguousarray(images, np.float32))
 
-    def __call__(self, qg) -> float:
+    def __call__(self, qg, point=None) -> float:
         if qg.weight_only:  # no activation grids: the simulator's float path (the mirror's too), uncached
             return _cross_entropy(run_quantized(qg, self.images).logits, self.labels)
         sigs = [[qg.grids[qg.input_name]]] + [_signature(qg, lay) for lay in qg.layers]
-        base = self.base
+        base = None
+        if point is not None:
+            point = np.array(point, np.float64)
+            if self.origin is not None:
+                d = point - self.origin.x
+                if self.line is not None and d.any() and not _parallel(d, self.line):
+                    if self.line_best is not None:  # a new line search, from the last one's best point
+                        self.origin = self.line_best
+                    self.line, self.line_best = None, None
+                    d = point - self.origin.x
+                if self.line is None and d.any():
+                    self.line = d
+            base = self.origin
         if base is not None:
-            todo = [not all(_same(u, v) for u, v in zip(s, b)) for s, b in zip(sigs, base[0])]
+            todo = [not all(_same(u, v) for u, v in zip(s, b)) for s, b in zip(sigs, base.sigs)]
         else:
             todo = [True] * len(sigs)
         if self.kind == "mirror":
-            env, logits = self._mirror(qg, todo, base and base[1])
+            env, logits = self._mirror(qg, todo, base and base.env)
         else:
-            env, logits = self._simulator(qg, todo, base and base[1])
+            env, logits = self._simulator(qg, todo, base and base.env)
         v = _cross_entropy(logits, self.labels)
-        if base is None or v < base[2]:
-            self.base = (sigs, env, v)
+        if point is not None:
+            here = _Point(point, sigs, env, v)
+            if self.origin is None:
+                self.origin = here
+            elif self.line_best is None or v <= self.line_best.loss:
+                self.line_best = here
         return v
 
     def _mirror(self, qg, todo, base_env):
@@ -304,7 +340,7 @@ def lapq(model, folded, dead, calib, calib_images, profile, recipe, progress=Non
             raise _OutOfTime
         qg = quantize_folded(model, folded, dead, tiny, profile, _fixed_hooks(rec.w, rec.a, wkeys, akeys, x),
                              certificates=False)
-        v = loss(qg)
+        v = loss(qg, x)
         info.trace.append(v)
         if v < best["f"]:
             best["x"], best["f"] = np.array(x, np.float64), v

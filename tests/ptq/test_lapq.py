@@ -94,10 +94,10 @@ def _moves_setup(profile):
 
 @pytest.mark.parametrize("kind", ["simulator", "mirror"])
 @pytest.mark.parametrize("profile", ["w3a3", "int8-stochastic", "int8-fbgemm"])
-def test_cached_loss_equals_a_full_run_on_random_moves(kind, profile):
+def test_cached_loss_equals_a_full_run_on_powell_like_moves(kind, profile):
     """The loss that re-runs only what differs from its cached point equals a full run exactly
-    (``run_quantized`` / ``FakeQuantModel``), over random one-coordinate moves (Powell's line searches),
-    moves of every coordinate at once, repeats of a point, the cached point moving to each new best."""
+    (``run_quantized`` / ``FakeQuantModel``) over Powell-like line searches: along one coordinate or
+    all at once, each continuing from the previous line's best point, repeats of a point included."""
     if kind == "mirror":
         torch = pytest.importorskip("torch")
         from frontends.pytorch.fakequant import FakeQuantModel
@@ -106,26 +106,33 @@ def test_cached_loss_equals_a_full_run_on_random_moves(kind, profile):
 
     x, labels, wk, ak, compile_at = _moves_setup(profile)
     loss = _Loss(kind, x, labels, batch_size=10)  # 3 batches: the simulator's stochastic-rounding offsets
-    rng = np.random.default_rng(0)
-    cur, best = np.zeros(len(wk) + len(ak)), np.inf
-    partial = 0
-    for step in range(24):
-        v = cur.copy()
-        if step % 10 == 9:
-            v = rng.uniform(*BOUNDS, size=v.size)
-        elif step % 7 != 6:  # step 6, 13, ...: the same point again
-            v[rng.integers(v.size)] = rng.uniform(*BOUNDS)
+
+    def check(v):
         qg = compile_at(v)
-        got = loss(qg)
+        got = loss(qg, v)
         if kind == "mirror":
             want = _cross_entropy(FakeQuantModel(qg)(torch.from_numpy(x)).numpy(), labels)
         else:
             want = _cross_entropy(run_quantized(qg, x, batch_size=10).logits, labels)
-        assert got == want, (step, v)
-        partial += loss.recomputed[-1] < len(qg.layers) + 1
-        if got < best:  # Powell moves on from the best point (the cached one)
-            cur, best = v, got
-    assert partial >= 12  # most moves re-ran part of the network only
+        assert got == want, v
+        return got, loss.recomputed[-1] < len(qg.layers) + 1
+
+    rng = np.random.default_rng(0)
+    cur = np.zeros(len(wk) + len(ak))
+    check(cur)
+    partial = 0
+    for line in range(7):
+        d = np.zeros(cur.size)
+        if line == 5:
+            d[:] = rng.normal(size=cur.size)
+        else:
+            d[rng.integers(cur.size)] = 1.0
+        pts = [np.clip(cur + t * d, *BOUNDS) for t in rng.uniform(-1.5, 0.5, 3)] + [cur]
+        results = [check(v) for v in pts]
+        partial += sum(p for _, p in results)
+        i = max(range(len(pts)), key=lambda k: (-results[k][0], k))  # the best, ties to the later one
+        cur = pts[i]
+    assert partial >= 20  # one-coordinate lines re-ran part of the network only
 
 
 @pytest.mark.parametrize("kind", ["simulator", "mirror"])
@@ -138,15 +145,25 @@ def test_cached_loss_reruns_only_downstream_of_the_move(kind):
     loss = _Loss(kind, x, labels)
     v = np.zeros(len(wk) + len(ak))
     qg = compile_at(v)
-    loss(qg)
-    assert loss.recomputed[-1] == len(qg.layers) + 1  # nothing cached: the input and every layer
-    v[wk.index(qg.mac_layers[-1].name)] = -0.5  # the last layer's weight step
-    loss(compile_at(v))
+    loss(qg, v)
+    n = len(qg.layers)
+    assert loss.recomputed[-1] == n + 1  # nothing cached: the input and every layer
+    last = wk.index(qg.mac_layers[-1].name)
+    pts, ls = [], []
+    for t in (-0.5, -0.25, 0.0):  # a line along the last layer's weight step
+        v = np.zeros(len(wk) + len(ak))
+        v[last] = t
+        pts.append(v)
+        ls.append(loss(compile_at(v), v))
+        assert loss.recomputed[-1] == (1 if t else 0)  # the last layer; at the origin nothing
+    best = pts[max(range(3), key=lambda k: (-ls[k], k))]
+    v = best.copy()
+    v[len(wk) + ak.index(qg.output_name)] = -0.5  # the next line, from the best point: the logits' grid
+    loss(compile_at(v), v)
     assert loss.recomputed[-1] == 1
-    v[:] = 0
-    v[len(wk) + ak.index(qg.output_name)] = -0.5  # the logits' grid: the last layer again
-    loss(compile_at(v))
-    assert loss.recomputed[-1] == 1
-    v[:] = 0
-    loss(compile_at(v))  # the cached point itself: nothing runs
-    assert loss.recomputed[-1] == 0
+    v = best.copy()
+    v[wk.index(qg.mac_layers[0].name)] = -0.5  # the first layer's weights: every layer, not the input
+    loss(compile_at(v), v)
+    assert loss.recomputed[-1] == n
+    loss(compile_at(v), None)  # no point: a full run
+    assert loss.recomputed[-1] == n + 1
