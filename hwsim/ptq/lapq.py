@@ -14,7 +14,8 @@ The loss is the cross entropy of the quantized network's logits against the floa
 predicted classes on the calibration images (compile gets images only, no labels), computed by
 the integer simulator (``loss = "simulator"``, bit-accurate) or the fake-quant mirror
 (``"mirror"``, needs torch). The result keeps the best point seen, so the final loss is never
-above the initial (p*) loss.
+above the initial (p*) loss. An evaluation re-runs only the layers downstream of what changed since
+the current line search's origin (:class:`_Loss`); the loss is the full run's, bit for bit.
 """
 
 from __future__ import annotations
