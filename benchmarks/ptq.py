@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--profiles")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, help="test images (default: the whole test split)")
-    ap.add_argument("--lapq-loss", default="mirror", choices=["mirror", "simulator"])
+    ap.add_argument("--lapq-loss", default="simulator", choices=["mirror", "simulator"])
     ap.add_argument("--lapq-maxfev", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/ptq")
     ap.add_argument("--lapq-compare", metavar="PROFILE",
