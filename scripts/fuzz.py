@@ -393,14 +393,21 @@ def mutate_archive(raw: bytes, rng: random.Random, inner: str | None = None) -> 
 
 
 # ----------------------------------------------------------------------------- per-target mutators
-def mutate_model(raw: bytes, rng: random.Random) -> bytes:
-    kind = rng.randrange(10)
+def _file_level(raw: bytes, rng: random.Random, kind: int) -> bytes | None:
+    """Mutations every zip-based target shares (kinds 0-2): byte flips, truncation, archive edits."""
     if kind == 0:
         return byte_flips(raw, rng)
     if kind == 1:
         return truncate(raw, rng)
     if kind == 2:
         return mutate_archive(raw, rng)
+    return None
+
+
+def mutate_model(raw: bytes, rng: random.Random) -> bytes:
+    kind = rng.randrange(10)
+    if kind <= 2:
+        return _file_level(raw, rng, kind)
     ms = zip_members(raw)
     if ms is None:
         return byte_flips(raw, rng)
@@ -454,12 +461,8 @@ def mutate_model(raw: bytes, rng: random.Random) -> bytes:
 def mutate_data(arrays: dict, rng: random.Random) -> bytes:
     raw = _npz_bytes(arrays)
     kind = rng.randrange(8)
-    if kind == 0:
-        return byte_flips(raw, rng)
-    if kind == 1:
-        return truncate(raw, rng)
-    if kind == 2:
-        return mutate_archive(raw, rng)
+    if kind <= 2:
+        return _file_level(raw, rng, kind)
     if kind == 3:  # labels: uint64 above 2^63, negative, huge, float
         import numpy as np
 
