@@ -93,6 +93,11 @@ def _all_tensors(graph):
             yield from a.tensors
 
 
+def _f32(v) -> float:
+    """An ONNX float attribute (float32) as the shortest decimal that is the same float32: 1e-05, not 9.99999974e-06."""
+    return float(str(np.float32(v)))
+
+
 def _opset(model) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -412,7 +417,7 @@ class _Importer:
         x = self.tensor(node, 0)
         gamma, beta, mu, var = (self.need_const(node, i, w) for i, w in
                                 ((1, "scale"), (2, "bias B"), (3, "input_mean"), (4, "input_var")))
-        return self.emit(node, "batchnorm", [x], {"eps": float(a.get("epsilon", 1e-5))}, weight=gamma, bias=beta,
+        return self.emit(node, "batchnorm", [x], {"eps": _f32(a.get("epsilon", 1e-5))}, weight=gamma, bias=beta,
                          running_mean=mu, running_var=var)
 
     def op_Relu(self, node):
@@ -528,7 +533,7 @@ class _Importer:
     def op_HardSigmoid(self, node):
         a = self.attrs(node)
         return self.emit(node, "hardsigmoid", [self.tensor(node, 0)],
-                         {"alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))})
+                         {"alpha": _f32(a.get("alpha", 0.2)), "beta": _f32(a.get("beta", 0.5))})
 
     def op_HardSwish(self, node):
         return self.emit(node, "hardswish", [self.tensor(node, 0)])

@@ -285,3 +285,32 @@ def test_onnx_defaults_of_the_new_ops(tmp_path):
     _validated_or_skip(g)
     x = rng.random((2, 3, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(run_float(g, x), ort_run(m, x), rtol=TOL, atol=TOL)
+
+
+def test_onnx_route_and_fx_route_give_the_same_integers(tmp_path):
+    """The same PyTorch model through torch.onnx.export + the importer and through hwsim's torch.fx export:
+    the same graph (op for op, weights bit for bit), so compile and the integer simulator give identical
+    logits under a hardware profile."""
+    from frontends.pytorch.export import to_graph
+    from frontends.pytorch.models import build_model
+    from hwsim.compile import compile_model
+    from hwsim.execute import run_quantized
+    from hwsim.profile import load_profile
+
+    torch.manual_seed(1)
+    m = _randomise_bn(build_model("resnet8", 10, 3))
+    shape = (3, 16, 16)
+    p = _export(m, shape, tmp_path / "r8.onnx", opset_version=13, training=torch.onnx.TrainingMode.PRESERVE,
+                do_constant_folding=False)
+    gi = import_onnx(p, mean=0.5, std=0.25)
+    gf = to_graph(m, shape, 0.5, 0.25)
+    assert [n.op for n in gi.nodes] == [n.op for n in gf.nodes]
+    for a, b in zip(gi.nodes, gf.nodes):
+        assert a.attrs == b.attrs and set(a.params) == set(b.params), (a, b)
+        for role in a.params:
+            assert np.array_equal(gi.param(a, role), gf.param(b, role)), (a.name, role)
+    rng = np.random.default_rng(6)
+    calib, x = (rng.random((n, *shape), dtype=np.float32) for n in (32, 16))
+    prof = load_profile("int8-tflite")
+    li, lf = (run_quantized(compile_model(g, prof, calib), x).logits for g in (gi, gf))
+    assert np.array_equal(li, lf)
