@@ -124,9 +124,8 @@ def onnx_to_graph(model, mean=None, std=None, input_shape=None, where: str = "on
     return _Importer(model, where).run(mean, std, input_shape)
 
 
-SUPPORTED = ("Conv", "Gemm", "MatMul", "BatchNormalization", "Relu", "Clip", "MaxPool", "AveragePool",
-             "GlobalAveragePool", "ReduceMean", "Add", "Mul", "Concat", "Flatten", "Reshape", "Squeeze",
-             "Identity", "Dropout", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")
+_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd",
+                  "ConvInteger", "MatMulInteger")
 # folded when every input is a constant, never mapped (their results are constants)
 _ALLOC_OPS = ("ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Pad", "Upsample")
 _HARDSWISH_ALPHA = float(np.float32(1 / 6))  # ONNX HardSwish = x * HardSigmoid(x, alpha=1/6, beta=0.5)
@@ -608,6 +607,9 @@ class _Importer:
             if self._try_fold(node):
                 continue
             handler = getattr(self, f"op_{node.op_type}", None) if node.domain in ("", "ai.onnx") else None
+            if handler is None and node.op_type in _QUANTIZED_OPS:
+                self.node_fail(node, "an int8 (QDQ / QOperator) model: hwsim imports float ONNX models so far; "
+                                     "hwsim.importers.given parses its quantization (docs/import.md)")
             if handler is None:
                 self.node_fail(node, f"not supported by the hwsim importer (supported: {', '.join(SUPPORTED)}; "
                                      "docs/import.md)")
@@ -622,3 +624,6 @@ class _Importer:
               "producer": f"{m.producer_name} {m.producer_version}".strip(), "onnx_batch": batch}
         return Graph(inputs=[InputSpec(in_name, chw, mean_t, std_t)], nodes=self.nodes,
                      outputs=[self.alias[out]], tensors=self.tensors, metadata=md)
+
+
+SUPPORTED = tuple(sorted(name[3:] for name in vars(_Importer) if name.startswith("op_")))  # the ONNX ops mapped

@@ -230,3 +230,12 @@ def test_a_float_model_has_no_given_quantization(quantized):
     src, _ = quantized("matmul", False, "QUInt8")
     with pytest.raises(HwsimError, match="no quantized ops .* import it with hwsim import"):
         parse_given(src)
+
+
+def test_the_float_importer_refuses_an_int8_model_in_one_line(quantized):
+    from tests.importers.test_cli_import import invoke, one_line_error
+
+    _, paths = quantized("resnet8", False, "QUInt8")
+    for fmt in ("qdq", "qoperator"):
+        one_line_error(invoke("import", paths[fmt], "-o", paths[fmt] + ".hwsim"),
+                       "(op QuantizeLinear): an int8 (QDQ / QOperator) model: hwsim imports float ONNX models so far")
