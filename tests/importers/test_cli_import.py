@@ -90,6 +90,17 @@ def test_run_and_inspect_take_an_onnx_model_directly(onnx8, data8, tmp_path):
     assert res.exit_code == 0 and "source=onnx" in res.output, res.output
 
 
+@pytest.mark.parametrize("cmd,extra", [
+    ("sweep", ("-p", "int8-tflite", "-p", "int4-pow2", "--limit", "5")),
+    ("compare", ("--limit", "5")),
+    ("golden", ("--n", "2", "-o", "{tmp}/golden")),
+    ("export-onnx", ("-o", "{tmp}/q.onnx")),
+])
+def test_every_model_command_takes_an_onnx_model(onnx8, data8, tmp_path, cmd, extra):
+    res = invoke(cmd, "-m", onnx8, "-d", data8, "-q", *(e.format(tmp=tmp_path) for e in extra))
+    assert res.exit_code == 0, res.output
+
+
 def test_input_shape_option_for_a_dynamic_model(tmp_path, data8):
     p = save(digits_net(np.random.default_rng(2), ("N", 1, "H", "W")), tmp_path / "dyn.onnx")
     one_line_error(invoke("import", p, "-o", tmp_path / "a.hwsim"), "dynamic shape ['N', 1, 'H', 'W']",
