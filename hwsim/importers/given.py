@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwsim.errors import HwsimError
-from hwsim.importers.onnx import _line, _onnx, read_onnx
+from hwsim.importers.onnx import _line, _onnx, read_onnx, tensor_array
 
 _INT_TYPES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535),
               "int32": (-(1 << 31), (1 << 31) - 1)}
@@ -135,11 +135,10 @@ class _Parser:
         self.model = model
         self.where = where
         g = model.graph
-        nh = self.onnx.numpy_helper
-        self.const = {t.name: nh.to_array(t) for t in g.initializer}
+        self.const = {t.name: tensor_array(t, where) for t in g.initializer}
         for n in g.node:
             if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t"):
-                self.const[n.output[0]] = nh.to_array(n.attribute[0].t)
+                self.const[n.output[0]] = tensor_array(n.attribute[0].t, where)
         self.qp: dict[str, QuantParams] = {}  # tensor -> the grid of its integers (QOperator) or of its values (QDQ)
 
     def fail(self, msg: str):

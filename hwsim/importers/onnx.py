@@ -98,6 +98,16 @@ def _f32(v) -> float:
     return float(str(np.float32(v)))
 
 
+def tensor_array(t, where: str) -> np.ndarray:
+    """An ONNX TensorProto as a numpy array; dims that disagree with the data are one line."""
+    from onnx import numpy_helper
+
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:  # noqa: BLE001 - ValueError/TypeError/KeyError from a malformed tensor
+        raise HwsimError(f"{where}: tensor {t.name!r} (dims {list(t.dims)[:8]}): unreadable ({_line(e)})") from None
+
+
 def _opset(model) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -175,8 +185,9 @@ class _Importer:
         inp = real[0]
         tt = inp.type.tensor_type
         if not inp.type.HasField("tensor_type") or tt.elem_type != self.onnx.TensorProto.FLOAT:
-            self.fail(f"input {inp.name!r}: element type "
-                      f"{self.onnx.TensorProto.DataType.Name(tt.elem_type) if tt.elem_type else 'unknown'} "
+            names = dict(self.onnx.TensorProto.DataType.items())
+            kind = next((k for k, v in names.items() if v == tt.elem_type), f"unknown ({tt.elem_type})")
+            self.fail(f"input {inp.name!r}: element type {kind} "
                       "(hwsim imports float models: a float32 input; for int8 models see docs/import.md)")
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
         if not tt.HasField("shape") or len(dims) != 4:
@@ -225,9 +236,8 @@ class _Importer:
 
     # -------------------------------------------------------------- constants
     def _constants(self) -> None:
-        nh = self.onnx.numpy_helper
         for t in self.model.graph.initializer:
-            self.const[t.name] = nh.to_array(t)
+            self.const[t.name] = tensor_array(t, self.where)
 
     def _try_fold(self, node) -> bool:
         """Fold ``node`` into constants when all its inputs are constants; True if folded."""
@@ -293,7 +303,7 @@ class _Importer:
         out = {}
         for a in node.attribute:
             v = self.onnx.helper.get_attribute_value(a)
-            out[a.name] = v.decode() if isinstance(v, bytes) else v
+            out[a.name] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
         return out
 
     # -------------------------------------------------------------- emitting

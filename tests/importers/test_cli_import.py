@@ -231,3 +231,48 @@ def test_without_onnx_hwsim_imports_and_import_says_what_to_install(onnx8, tmp_p
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "needs the onnx package: pip install 'hwsim[onnx]'" in err[0], err[0]
+
+
+# ----------------------------------------------------------------------------- malformed files (found by fuzzing)
+def _edited(tmp_path, fn):
+    m = digits_net(np.random.default_rng(0))
+    fn(m)
+    return save(m, tmp_path / "edited.onnx")
+
+
+def test_malformed_fields_are_one_line(tmp_path):
+    def dims_lie(m):  # an initializer whose dims do not match its data (onnx.checker lets it through)
+        t = next(t for t in m.graph.initializer if t.name == "fb")
+        t.dims[:] = [3]  # fewer values than stored: onnx.checker and shape inference accept it
+
+    def input_type(m):  # an element type no TensorProto.DataType names
+        m.graph.input[0].type.tensor_type.elem_type = 75
+
+    def auto_pad_bytes(m):  # a string attribute that is not UTF-8
+        m.graph.node[0].attribute.append(helper.make_attribute("auto_pad", b"\xe6\x01"))
+
+    for fn, msg in ((dims_lie, "tensor 'fb' (dims [3]): unreadable"), (input_type, "element type unknown (75)"),
+                    (auto_pad_bytes, "auto_pad")):
+        one_line_error(invoke("import", _edited(tmp_path, fn), "-o", tmp_path / "o.hwsim"), msg)
+
+
+def test_byte_flips_give_a_model_or_one_line(tmp_path):
+    """Seeded mutations of a valid file: every outcome is a model or an HwsimError (never another exception)."""
+    from hwsim.errors import HwsimError
+
+    raw = open(save(digits_net(np.random.default_rng(0)), tmp_path / "seed.onnx"), "rb").read()
+    rng = np.random.default_rng(1)
+    outcomes = {"ok": 0, "refused": 0}
+    for case in range(300):
+        buf = bytearray(raw)
+        for _ in range(rng.integers(1, 6)):
+            buf[rng.integers(0, len(buf))] = rng.integers(0, 256)
+        p = tmp_path / "m.onnx"
+        p.write_bytes(bytes(buf))
+        try:
+            import_onnx(p)
+            outcomes["ok"] += 1
+        except HwsimError as e:
+            assert "\n" not in str(e), (case, str(e))
+            outcomes["refused"] += 1
+    assert outcomes["ok"] > 0 and outcomes["refused"] > 0

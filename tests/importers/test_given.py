@@ -239,3 +239,31 @@ def test_the_float_importer_refuses_an_int8_model_in_one_line(quantized):
     for fmt in ("qdq", "qoperator"):
         one_line_error(invoke("import", paths[fmt], "-o", paths[fmt] + ".hwsim"),
                        "(op QuantizeLinear): an int8 (QDQ / QOperator) model: hwsim imports float ONNX models so far")
+
+
+def test_mutated_int8_files_give_a_description_or_one_line(quantized, tmp_path):
+    """Seeded byte flips, truncations and insertions of both layouts: parse_given returns or raises HwsimError."""
+    _, paths = quantized("resnet8", True, "QUInt8")
+    seeds = [open(paths[f], "rb").read() for f in ("qdq", "qoperator")]
+    rng = np.random.default_rng(2)
+    seen = set()
+    for case in range(200):
+        buf = bytearray(seeds[case % 2])
+        kind = case % 3
+        if kind == 0:
+            for _ in range(rng.integers(1, 8)):
+                buf[rng.integers(0, len(buf))] = rng.integers(0, 256)
+        elif kind == 1:
+            buf = buf[:rng.integers(0, len(buf))]
+        else:
+            i = rng.integers(0, len(buf))
+            buf[i:i] = rng.integers(0, 256, rng.integers(1, 20)).astype(np.uint8).tobytes()
+        p = tmp_path / "m.onnx"
+        p.write_bytes(bytes(buf))
+        try:
+            parse_given(str(p))
+            seen.add("ok")
+        except HwsimError as e:
+            assert "\n" not in str(e), (case, str(e))
+            seen.add("refused")
+    assert seen == {"ok", "refused"}
