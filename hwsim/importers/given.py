@@ -116,7 +116,7 @@ _QOP = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QL
 # float ops of a QDQ model and the hwsim op each one is
 _QDQ_OPS = {"Conv": "conv2d", "Gemm": "linear", "MatMul": "linear", "Add": "add", "Mul": "mul",
             "GlobalAveragePool": "global_avgpool", "AveragePool": "avgpool2d", "MaxPool": "maxpool2d",
-            "Concat": "concat", "Relu": "relu", "Clip": "clip", "Flatten": "flatten", "Reshape": "flatten",
+            "Concat": "concat", "Relu": "relu", "Clip": "relu6", "Flatten": "flatten", "Reshape": "flatten",
             "Squeeze": "flatten", "Sigmoid": "sigmoid", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
             "Tanh": "tanh", "ReduceMean": "mean", "BatchNormalization": "batchnorm", "Identity": "identity",
             "Dropout": "identity"}
@@ -218,6 +218,14 @@ class _Parser:
                 self.fail(f"node {n.name!r} (op {n.op_type}): not supported in a QDQ model (supported: "
                           f"{', '.join(sorted(_QDQ_OPS))})")
             lay = GivenLayer(n.name, _QDQ_OPS[n.op_type], [], act.get(n.output[0]), attrs=self.attrs(n))
+            if n.op_type == "Clip":  # as the float importer: Clip(0, inf) is relu, Clip(0, 6) relu6, no other clamp
+                lo, hi = (self.const.get(n.input[i]) if len(n.input) > i and n.input[i] else None for i in (1, 2))
+                lo_v, hi_v = (None if v is None or v.size != 1 else float(v.reshape(-1)[0]) for v in (lo, hi))
+                if lo_v == 0.0 and (hi is None or hi_v == float("inf")):
+                    lay.op = "relu"
+                elif not (lo_v == 0.0 and hi_v == 6.0):
+                    self.fail(f"node {n.name!r} (op Clip): Clip(min={lo_v}, max={hi_v}) (hwsim has relu = Clip(0, inf) "
+                              "and relu6 = Clip(0, 6), no general clamp)")
             if n.op_type in ("Conv", "Gemm", "MatMul"):
                 lay.inputs.append(act.get(n.input[0]))
                 self._qdq_weights(n, lay, dq_const)

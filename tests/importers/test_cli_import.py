@@ -224,6 +224,15 @@ main()
 """
 
 
+def test_import_and_run_need_no_torch(onnx8, tmp_path):
+    from tests.test_no_torch import BOOT as NO_TORCH
+
+    out = tmp_path / "o.hwsim"
+    r = subprocess.run([sys.executable, "-c", NO_TORCH, "import", onnx8, "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and out.exists(), r.stderr
+
+
 def test_without_onnx_hwsim_imports_and_import_says_what_to_install(onnx8, tmp_path):
     r = subprocess.run([sys.executable, "-c", BOOT, "import", onnx8, "-o", str(tmp_path / "o.hwsim")],
                        capture_output=True, text=True, timeout=300)

@@ -267,3 +267,25 @@ def test_mutated_int8_files_give_a_description_or_one_line(quantized, tmp_path):
             assert "\n" not in str(e), (case, str(e))
             seen.add("refused")
     assert seen == {"ok", "refused"}
+
+
+@pytest.mark.parametrize("lo,hi,expect", [(0.0, 6.0, "relu6"), (0.0, None, "relu"), (-1.0, 1.0, None)])
+def test_qdq_clip_is_relu_relu6_or_refused(lo, hi, expect):
+    s, z = np.array(0.05, np.float32), np.array(0, np.uint8)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Clip", ["xd", "lo"] + (["hi"] if hi is not None else []), ["c"], name="clip"),
+             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["y"])]
+    inits = {"s": s, "z": z, "lo": np.array(lo, np.float32)}
+    if hi is not None:
+        inits["hi"] = np.array(hi, np.float32)
+    m = model(nodes, inits)
+    if expect is None:
+        with pytest.raises(HwsimError, match=r"node 'clip' \(op Clip\): Clip\(min=-1.0, max=1.0\)"):
+            parse_given(m)
+        return
+    lay = parse_given(m).layer("clip")
+    assert lay.op == expect and lay.onnx_op == "Clip"
+    _same(lay.inputs[0], QuantParams(s, z, "uint8"))
+    _same(lay.output, QuantParams(s, z, "uint8"))
