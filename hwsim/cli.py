@@ -89,7 +89,8 @@ class _Finite(click.ParamType):
 # every command spells the same thing the same way (STYLE.md habit 15): -m/--model, -p/--profile,
 # -d/--data, -o/--out, --plot PATH, --set, --limit, --batch-size, --json, -q/--quiet
 DATA_HELP = "default | mnist5k | digits | cifar10:PATH | cifar100:PATH | npz:PATH"
-MODEL_HELP = "bundled model name or .hwsim path  [default: smallcnn_robust]"
+MODEL_HELP = ("bundled model name, .hwsim path, or .onnx path (imported with mean 0, std 1; "
+              "'hwsim import' records another normalisation)  [default: smallcnn_robust]")
 
 
 def _usable_path(ctx, param, value):
@@ -156,6 +157,17 @@ class _PtqProgress:
         where = f" {step}/{total}" if step is not None and total is not None else f" {step}" if step is not None else ""
         val = f"  loss {value:.5g}" if isinstance(value, (int, float)) else ""
         click.echo(f"ptq: [{now - self.t0:6.1f} s] {stage}{where}{val}", err=True)
+
+
+def input_options(f):
+    """--mean / --std / --input-shape: the input a foreign model expects (hwsim import, hwsim export --model-def)."""
+    f = click.option("--input-shape", default=None, metavar="C,H,W",
+                     help="per-sample input shape (required where the model's own shape is not fixed)")(f)
+    f = click.option("--std", default=None, metavar="S[,S,S]",
+                     help="input normalisation: std per channel, one value or one per channel  [default: 1]")(f)
+    return click.option("--mean", default=None, metavar="M[,M,M]",
+                        help="input normalisation the model expects on pixels in [0, 1]: (x - mean) / std; mean "
+                             "per channel, one value or one per channel  [default: 0]")(f)
 
 
 def html_option(f):
@@ -459,6 +471,27 @@ def export_onnx(profile, model, data, set_, float_input, out, quiet, ptq):
     inp = f"{qg.input_name}::float (float32)" if float_input else f"{qg.input_name} (uint8 codes)"
     click.echo(f"wrote {out}: {len(proto.graph.node)} ONNX nodes; input {inp}; outputs {qg.output_name} (codes), "
                f"{qg.output_name}::dequantized (float32)")
+
+
+# ----------------------------------------------------------------------------- import
+@cli.command("import")
+@click.argument("model_file", metavar="MODEL")
+@out_option("output .hwsim model file", required=True)
+@input_options
+def import_(model_file, out, mean, std, input_shape):
+    """Import a float ONNX model (opset >= 13) as an .hwsim model file (needs: pip install 'hwsim[onnx]').
+
+    The normalisation the model expects is recorded in the .hwsim file; the op table and what is not
+    supported yet are in docs/import.md."""
+    from hwsim.graph import save_model
+    from hwsim.importers import import_model
+
+    check_output(out, "--out", (".hwsim",))
+    g = import_model(model_file, mean, std, input_shape)
+    save_model(g, out)
+    spec = g.inputs[0]
+    click.echo(f"wrote {out}: {len(g.nodes)} nodes; input {spec.name!r} {tuple(spec.shape)}, "
+               f"mean {list(spec.mean)}, std {list(spec.std)}")
 
 
 def _register_frontend():

@@ -34,15 +34,27 @@ def bundled_models() -> list[str]:
 
 
 def resolve_model(spec: str | None) -> tuple[Graph, str]:
-    """A bundled model name (``smallcnn_robust``) or a path to a ``.hwsim`` file."""
+    """A bundled model name (``smallcnn_robust``), a path to a ``.hwsim`` file, or a foreign model file
+    (``.onnx``, recognised by suffix or magic bytes: imported on the fly with the default input
+    normalisation, pixels in [0, 1] with mean 0 and std 1; ``hwsim import`` records another; docs/import.md)."""
+    from hwsim.importers import import_model, model_format
+
     spec = spec or DEFAULT_MODEL
     names = bundled_models()
     if spec in names:
         ref = resources.files("hwsim") / "models" / f"{spec}.hwsim"
         with resources.as_file(ref) as path:
             return load_model(path), spec
-    if not Path(spec).exists() and not spec.endswith(".hwsim"):
-        raise HwsimError(f"unknown model {spec!r}: give a .hwsim path or a bundled model ({', '.join(names) or 'none'})")
+    p = Path(spec)
+    if p.is_file():
+        fmt = model_format(p)
+    elif p.suffix.lower() in (".hwsim", ".onnx") or p.exists():
+        fmt = "onnx" if p.suffix.lower() == ".onnx" else "hwsim"  # the loader names what is wrong
+    else:
+        raise HwsimError(f"unknown model {spec!r}: give a .hwsim or .onnx path or a bundled model "
+                         f"({', '.join(names) or 'none'})")
+    if fmt == "onnx":
+        return import_model(p), spec
     return load_model(spec), spec
 
 

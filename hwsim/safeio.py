@@ -224,8 +224,9 @@ def load_json(raw: bytes, where: str) -> Any:
     return doc
 
 
-def read_text(path: str | os.PathLike, where: str | None = None, limit: int = MAX_TEXT_BYTES) -> str:
-    """A UTF-8 text file (at most ``limit`` bytes) as str."""
+def read_bytes(path: str | os.PathLike, where: str | None = None, limit: int = MAX_MEMBER_BYTES,
+               what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (never reads more than ``limit`` + 1)."""
     p = Path(path)
     where = where or str(p)
     try:
@@ -233,11 +234,30 @@ def read_text(path: str | os.PathLike, where: str | None = None, limit: int = MA
             raise HwsimError(f"{where}: no such file")
         with open(p, "rb") as fh:
             raw = fh.read(limit + 1)
-    except OSError as e:
-        raise HwsimError(f"{where}: cannot read ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise HwsimError(f"{where}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     if len(raw) > limit:
-        raise HwsimError(f"{where}: larger than {_size(limit)} (the limit for a text file)")
-    return decode_utf8(raw, where)
+        raise HwsimError(f"{where}: larger than {_size(limit)} (the limit for a {what})")
+    return raw
+
+
+def read_head(path: str | os.PathLike, n: int, where: str | None = None) -> bytes:
+    """The first ``n`` bytes of a regular file (fewer if it is shorter): magic numbers."""
+    p = Path(path)
+    where = where or str(p)
+    try:
+        if not p.is_file():
+            raise HwsimError(f"{where}: no such file")
+        with open(p, "rb") as fh:
+            return fh.read(n)
+    except (OSError, ValueError) as e:
+        raise HwsimError(f"{where}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+
+
+def read_text(path: str | os.PathLike, where: str | None = None, limit: int = MAX_TEXT_BYTES) -> str:
+    """A UTF-8 text file (at most ``limit`` bytes) as str."""
+    where = where or str(path)
+    return decode_utf8(read_bytes(path, where, limit, "text file"), where)
 
 
 def decode_utf8(raw: bytes, where: str) -> str:

@@ -132,21 +132,149 @@ def train_command(arch="smallcnn", data="default", epochs=10, lr=0.05, batch_siz
     return r
 
 
-def export_command(checkpoint: str, out: str, qat_weights: str = "quantized"):
-    """Export a training checkpoint to an .hwsim model file (QAT layers: fake-quantized or latent weights)."""
+MODEL_DEF_HINT = "--model-def module:factory --weights FILE.pt --input-shape C,H,W"
+
+
+def export_command(checkpoint: str | None, out: str, qat_weights: str = "quantized", model_def: str | None = None,
+                   weights: str | None = None, mean=None, std=None, input_shape=None):
+    """Export to an .hwsim model file: an hwsim training checkpoint (QAT layers: fake-quantized or latent
+    weights), or any model from ``model_def`` ("module:factory" or "path/file.py:factory", called with no
+    arguments) with a plain state_dict ``weights`` (torch.load(weights_only=True))."""
     from hwsim.safeio import check_input_file, check_output
 
     _need_torch()
     check_output(out, "--out", (".hwsim",))
+    if model_def is not None or weights is not None:
+        if checkpoint is not None:
+            raise HwsimError(f"export: give a training CHECKPOINT or {MODEL_DEF_HINT}, not both")
+        return export_state_dict(model_def, weights, out, mean, std, input_shape)
+    if checkpoint is None:
+        raise HwsimError(f"export: give a training CHECKPOINT, or {MODEL_DEF_HINT} for a plain state_dict")
+    for opt, v in (("--mean", mean), ("--std", std), ("--input-shape", input_shape)):
+        if v is not None:
+            raise HwsimError(f"export: {opt} goes with --model-def (a training checkpoint records its own)")
     check_input_file(checkpoint, f"checkpoint {checkpoint}", "checkpoint file")
     from .export import export_checkpoint
+    from .train import load_checkpoint
 
+    try:  # what is not an hwsim training checkpoint gets a pointer to the state_dict route
+        load_checkpoint(checkpoint)
+    except HwsimError as e:
+        raise HwsimError(f"{e}; for a plain state_dict (or a model hwsim did not train): hwsim export "
+                         f"--model-def module:factory --weights {checkpoint} --input-shape C,H,W -o {out}") from None
     return export_checkpoint(checkpoint, out, qat_weights=qat_weights)
+
+
+def load_factory(spec: str):
+    """``module:factory`` (imported from sys.path and the current directory) or ``path/file.py:factory``."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    mod_name, sep, attr = (spec or "").rpartition(":")
+    if not sep or not mod_name or not attr.isidentifier():
+        raise HwsimError(f"--model-def {spec!r}: give module:factory or path/to/file.py:factory "
+                         "(a function returning the nn.Module, called with no arguments)")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise HwsimError(f"--model-def {spec!r}: no such file {mod_name!r}")
+            mspec = importlib.util.spec_from_file_location(f"_hwsim_model_def_{path.stem}", path)
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+        else:
+            cwd = os.getcwd()
+            added = cwd not in sys.path
+            if added:  # the console script's sys.path lacks the current directory
+                sys.path.insert(0, cwd)
+            try:
+                module = importlib.import_module(mod_name)
+            finally:
+                if added:
+                    sys.path.remove(cwd)
+    except HwsimError:
+        raise
+    except ModuleNotFoundError as e:
+        raise HwsimError(f"--model-def {spec!r}: cannot import {e.name or mod_name!r} (not on the Python path "
+                         "nor in the current directory)") from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing
+        raise HwsimError(f"--model-def {spec!r}: importing {mod_name!r} raised {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise HwsimError(f"--model-def {spec!r}: {mod_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _state_dict(obj, where: str) -> dict:
+    """A plain state_dict {name: tensor}, or one under "state_dict" / "model" (Lightning, hwsim checkpoints)."""
+    import torch
+
+    for cand in (obj, *(obj.get(k) for k in ("state_dict", "model") if isinstance(obj, dict))):
+        if isinstance(cand, dict) and cand and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                   for k, v in cand.items()):
+            return cand
+    raise HwsimError(f"{where}: not a state_dict (a dict of parameter names to tensors, possibly under "
+                     "'state_dict' or 'model')")
+
+
+def export_state_dict(model_def: str | None, weights: str | None, out: str, mean=None, std=None, input_shape=None):
+    """The model ``model_def`` makes, with the state_dict in ``weights``, traced and written to ``out``."""
+    import torch
+    import torch.nn as nn
+
+    from hwsim.importers import normalisation, parse_shape
+    from hwsim.safeio import check_input_file
+
+    if model_def is None or weights is None:
+        raise HwsimError(f"export: {MODEL_DEF_HINT}: give both --model-def and --weights")
+    shape = parse_shape(input_shape)
+    if shape is None:
+        raise HwsimError("export --model-def: give the per-sample input shape: --input-shape C,H,W")
+    mean_t, std_t = normalisation(mean, std, shape[0])
+    check_input_file(weights, f"--weights {weights}", "weights file")
+    factory = load_factory(model_def)
+    try:
+        model = factory()
+    except Exception as e:  # noqa: BLE001 - the user's factory failed
+        raise HwsimError(f"--model-def {model_def!r}: calling it raised {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(model, nn.Module):
+        raise HwsimError(f"--model-def {model_def!r}: returned a {type(model).__name__}, not a torch.nn.Module")
+    try:
+        obj = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise HwsimError(f"--weights {weights}: cannot be read as a weights-only torch file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+    sd = _state_dict(obj, f"--weights {weights}")
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    extra = [k for k in sd if k not in own]
+    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    if missing or extra or shapes:
+        def few(keys):
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+        why = "; ".join(w for w in (missing and f"missing {few(missing)}", extra and f"unexpected {few(extra)}",
+                                    shapes and "shape of " + ", ".join(
+                                        f"{k} {list(sd[k].shape)} vs {list(own[k].shape)}" for k in shapes[:3]))
+                        if w)
+        raise HwsimError(f"--weights {weights} does not fit {model_def}(): {why}")
+    model.load_state_dict(sd)
+    model.eval()
+    from pathlib import Path
+
+    from .export import export_model
+
+    md = {"source": "pytorch", "model_def": model_def, "weights_file": Path(weights).name}
+    return export_model(model, out, shape, mean_t, std_t, md)
 
 
 def register(group: click.Group) -> None:
     """Add `train` and `export` to ``group``."""
-    from hwsim.cli import DATA_HELP, _Finite, quiet_option
+    from hwsim.cli import DATA_HELP, _Finite, input_options, quiet_option
 
     pos = _Finite(0.0, open_lo=True)  # a finite number > 0 (nan, inf, 0 refused)
     nonneg = _Finite(0.0)  # a finite number >= 0
@@ -200,14 +328,22 @@ def register(group: click.Group) -> None:
                       qat_bn=qat_bn)
 
     @group.command("export")
-    @click.argument("checkpoint")
+    @click.argument("checkpoint", required=False)
     @click.option("--out", "-o", required=True, metavar="PATH", help="output .hwsim model file")
     @click.option("--qat-weights", type=click.Choice(["quantized", "latent"]), default="quantized",
                   show_default=True, help="QAT layers: the fake-quantized weights the model computes with, or "
                                           "the latent float weights (for re-quantizing at other bit widths)")
-    def export_cmd(checkpoint, out, qat_weights):
-        """Export a training checkpoint to an .hwsim model (needs torch)."""
-        g = export_command(checkpoint, out, qat_weights)
+    @click.option("--model-def", default=None, metavar="MODULE:FACTORY",
+                  help="instead of a training checkpoint: a function returning the nn.Module (module:factory from "
+                       "the Python path or the current directory, or path/file.py:factory; this runs that code)")
+    @click.option("--weights", default=None, metavar="FILE.pt",
+                  help="with --model-def: a plain state_dict (torch.save(model.state_dict(), ...); "
+                       "read with torch.load(weights_only=True))")
+    @input_options
+    def export_cmd(checkpoint, out, qat_weights, model_def, weights, mean, std, input_shape):
+        """Export a training checkpoint, or any PyTorch model (--model-def + --weights), to an .hwsim model
+        (needs torch). [CHECKPOINT] is an hwsim training checkpoint."""
+        g = export_command(checkpoint, out, qat_weights, model_def, weights, mean, std, input_shape)
         click.echo(f"wrote {out}: {len(g.nodes)} nodes")
 
 

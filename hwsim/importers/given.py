@@ -1,0 +1,388 @@
+"""The quantization an int8 ONNX model carries ("given quantization", DESIGN.md): parsed, not yet used.
+
+Reads both layouts ``onnxruntime.quantization.quantize_static`` writes:
+
+- **QDQ**: float ops between ``DequantizeLinear`` (inputs) and ``QuantizeLinear`` (outputs);
+  weights and biases are integer initializers behind a ``DequantizeLinear``;
+- **QOperator**: ``QLinearConv``, ``QLinearMatMul`` and the ``com.microsoft`` ops ``QGemm``,
+  ``QLinearAdd``, ``QLinearMul``, ``QLinearGlobalAveragePool``, ``QLinearAveragePool``,
+  ``QLinearConcat``, ``QLinearSigmoid``, with ``MaxPool`` / ``Flatten`` / ``Reshape`` working on
+  the integers directly, a ``QuantizeLinear`` at the input and a ``DequantizeLinear`` at the end.
+
+into a :class:`GivenQuantization`: for every op in graph order, the per-tensor scale and zero
+point of its inputs and output, its integer weights (hwsim layout: conv ``[Cout, Cin/g, kh,
+kw]``, linear ``[out, in]``) with their per-tensor or per-output-channel scales, and its int32
+bias. Compile does not use it yet (the ``ranges = "given"`` mode is another step of issue 17).
+
+What hwsim's grids can express is checked here, each refusal one line naming the tensor:
+per-axis scales only on a weight's output channel (conv axis 0; a ``[in, out]`` matrix's axis 1,
+which is hwsim's axis 0), per-tensor activations, integer types of at most 16 bits (int32 for
+biases), finite positive scales.
+
+Note (measured on ResNet-8): ``quantize_static`` removes a ``Relu`` after a ``Conv`` / ``Add``
+in both layouts; the ReLU then lives in the output grid (a uint8 zero point of 0 clamps it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwsim.errors import HwsimError
+from hwsim.importers.onnx import _line, _onnx, read_onnx, tensor_array
+
+_INT_TYPES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535),
+              "int32": (-(1 << 31), (1 << 31) - 1)}
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Scale (float32) and zero point of one tensor: per tensor (``axis`` None, 0-d arrays) or per
+    channel (1-d arrays along ``axis`` of the tensor in hwsim's layout)."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    dtype: str
+    axis: int | None = None
+
+    @property
+    def qmin(self) -> int:
+        return _INT_TYPES[self.dtype][0]
+
+    @property
+    def qmax(self) -> int:
+        return _INT_TYPES[self.dtype][1]
+
+    def _bcast(self, a: np.ndarray, ndim: int) -> np.ndarray:
+        if self.axis is None:
+            return a
+        shape = [1] * ndim
+        shape[self.axis] = -1
+        return a.reshape(shape)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), x / scale in float32
+        (the spec divides; it does not multiply by 1 / scale)."""
+        x = np.asarray(x, dtype=np.float32)
+        s = self._bcast(self.scale.astype(np.float32), x.ndim)
+        z = self._bcast(self.zero_point.astype(np.int64), x.ndim)
+        q = np.rint(x / s).astype(np.int64) + z  # np.rint: round half to even
+        return np.clip(q, self.qmin, self.qmax)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """ONNX DequantizeLinear: (q - zero_point) * scale in float32."""
+        q = np.asarray(q)
+        s = self._bcast(self.scale.astype(np.float32), q.ndim)
+        z = self._bcast(self.zero_point.astype(np.int64), q.ndim)
+        return ((q.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)
+
+
+@dataclass
+class GivenLayer:
+    """One op of an int8 model with the numbers its engine was given."""
+
+    name: str                       # the ONNX node name (QDQ: the float op; QOperator: the QLinear op), or its output
+    op: str                         # the hwsim op it computes: conv2d, linear, add, global_avgpool, ...
+    inputs: list[QuantParams | None]
+    output: QuantParams | None      # None where the op's output is float (e.g. a QGemm without y_scale)
+    weight: np.ndarray | None = None         # integers, hwsim layout
+    weight_qparams: QuantParams | None = None
+    bias: np.ndarray | None = None           # int32
+    bias_scale: np.ndarray | None = None     # QDQ: the bias's own DequantizeLinear scale (s_x * s_w)
+    attrs: dict = field(default_factory=dict)
+    onnx_op: str = ""                        # the ONNX op type it was read from
+    constants: dict[int, np.ndarray] = field(default_factory=dict)  # input index -> integers of a constant operand
+
+
+@dataclass
+class GivenQuantization:
+    """Everything an int8 model fixes: its layout, the input's grid and every op's numbers."""
+
+    format: str                     # "qdq" or "qoperator"
+    input: QuantParams | None       # the grid of the first QuantizeLinear (the input, after free ops such as Flatten)
+    layers: list[GivenLayer]
+
+    def layer(self, name: str) -> GivenLayer:
+        for lay in self.layers:
+            if lay.name == name:
+                return lay
+        raise KeyError(name)
+
+
+_QOP = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
+        "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "ConvInteger", "MatMulInteger"}
+# float ops of a QDQ model and the hwsim op each one is
+_QDQ_OPS = {"Conv": "conv2d", "Gemm": "linear", "MatMul": "linear", "Add": "add", "Mul": "mul",
+            "GlobalAveragePool": "global_avgpool", "AveragePool": "avgpool2d", "MaxPool": "maxpool2d",
+            "Concat": "concat", "Relu": "relu", "Clip": "relu6", "Flatten": "flatten", "Reshape": "flatten",
+            "Squeeze": "flatten", "Sigmoid": "sigmoid", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
+            "Tanh": "tanh", "ReduceMean": "mean", "BatchNormalization": "batchnorm", "Identity": "identity",
+            "Dropout": "identity"}
+_SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "Constant", "Cast", "Slice", "Size"}
+
+
+def parse_given(source) -> GivenQuantization:
+    """The given quantization of an int8 ONNX model (a path, or a ``ModelProto``)."""
+    model = read_onnx(source) if isinstance(source, (str, os.PathLike)) else source
+    return _Parser(model, str(source) if isinstance(source, (str, os.PathLike)) else "onnx").run()
+
+
+class _Parser:
+    def __init__(self, model, where: str):
+        self.onnx = _onnx()
+        self.model = model
+        self.where = where
+        g = model.graph
+        self.const = {t.name: tensor_array(t, where) for t in g.initializer}
+        for n in g.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t"):
+                self.const[n.output[0]] = tensor_array(n.attribute[0].t, where)
+        self.qp: dict[str, QuantParams] = {}  # tensor -> the grid of its integers (QOperator) or of its values (QDQ)
+
+    def fail(self, msg: str):
+        raise HwsimError(f"{self.where}: {msg}")
+
+    @staticmethod
+    def _named(lay: GivenLayer, n) -> GivenLayer:
+        lay.name = n.name or n.output[0]
+        lay.onnx_op = n.op_type
+        return lay
+
+    def attrs(self, node) -> dict:
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    # -------------------------------------------------------------- numbers
+    def params(self, node, scale_name: str, zp_name: str | None, tensor: str, axis: int | None = None,
+               allowed_axis: int | None = None, ndim: int | None = None, zp_dtype=None) -> QuantParams:
+        """The QuantParams named by a (scale, zero point) pair; per-axis only on ``allowed_axis``."""
+        for n_ in (scale_name, zp_name):
+            if n_ and n_ not in self.const:
+                self.fail(f"node {node.name!r} ({node.op_type}): {n_!r} is not a constant (scales and zero points "
+                          "must be stored in the model)")
+        s = np.asarray(self.const[scale_name])
+        z = np.asarray(self.const[zp_name]) if zp_name else np.zeros(s.shape, dtype=zp_dtype or np.uint8)
+        if s.dtype != np.float32 or not np.all(np.isfinite(s)) or not np.all(s > 0):
+            self.fail(f"tensor {tensor!r}: scale {scale_name!r} must be finite positive float32 values")
+        dtype = str(z.dtype)
+        if dtype not in _INT_TYPES:
+            self.fail(f"tensor {tensor!r}: zero point type {dtype} (hwsim reads int8, uint8, int16, uint16, int32)")
+        if s.size == 1 and z.size == 1:
+            return QuantParams(s.reshape(()), z.reshape(()), dtype, None)
+        if s.ndim != 1 or z.shape != s.shape:
+            self.fail(f"tensor {tensor!r}: scale of shape {list(s.shape)} and zero point {list(z.shape)} "
+                      "(per tensor: one value; per axis: two 1-D arrays of the same length)")
+        if allowed_axis is None:
+            self.fail(f"tensor {tensor!r}: per-axis scales ({s.size} values) on an activation (hwsim grids of "
+                      "activations are per tensor)")
+        ax = 1 if axis is None else int(axis)
+        if ndim is not None:
+            ax %= ndim
+        if ax != allowed_axis:
+            self.fail(f"tensor {tensor!r}: per-axis scales on axis {ax} (hwsim supports per-channel scales "
+                      f"on a weight's output channel only: axis {allowed_axis} here)")
+        return QuantParams(s, z, dtype, ax)
+
+    @staticmethod
+    def _to_hwsim_layout(w: np.ndarray, qp: QuantParams, transpose: bool) -> tuple[np.ndarray, QuantParams]:
+        """A [in, out] matrix -> [out, in]; its per-column scales (axis 1) become hwsim's axis 0."""
+        if not transpose:
+            return w, qp
+        return np.ascontiguousarray(w.T), QuantParams(qp.scale, qp.zero_point, qp.dtype,
+                                                      None if qp.axis is None else 1 - qp.axis)
+
+    # -------------------------------------------------------------- QDQ
+    def _qdq(self) -> GivenQuantization:
+        g = self.model.graph
+        dq_const: dict[str, tuple] = {}   # DQ output -> (integer initializer, DQ node)
+        act: dict[str, QuantParams] = {}  # float tensor (a DQ output or a Q input) -> its grid
+        for n in g.node:
+            if n.op_type == "DequantizeLinear":
+                if n.input[0] in self.const:
+                    dq_const[n.output[0]] = (self.const[n.input[0]], n)
+                else:
+                    act[n.output[0]] = self.params(n, n.input[1], n.input[2] if len(n.input) > 2 else None,
+                                                   n.output[0])
+            elif n.op_type == "QuantizeLinear":
+                act[n.input[0]] = self.params(n, n.input[1], n.input[2] if len(n.input) > 2 else None, n.input[0])
+        layers = []
+        for n in g.node:
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.domain not in ("", "ai.onnx"):
+                if n.domain not in ("", "ai.onnx"):
+                    self.fail(f"node {n.name!r} (op {n.domain}.{n.op_type}): not an op hwsim reads in a QDQ model")
+                continue
+            if n.op_type not in _QDQ_OPS:
+                if n.op_type in _SHAPE_OPS:
+                    continue
+                self.fail(f"node {n.name!r} (op {n.op_type}): not supported in a QDQ model (supported: "
+                          f"{', '.join(sorted(_QDQ_OPS))})")
+            lay = GivenLayer(n.name, _QDQ_OPS[n.op_type], [], act.get(n.output[0]), attrs=self.attrs(n))
+            if n.op_type == "Clip":  # as the float importer: Clip(0, inf) is relu, Clip(0, 6) relu6, no other clamp
+                lo, hi = (self.const.get(n.input[i]) if len(n.input) > i and n.input[i] else None for i in (1, 2))
+                lo_v, hi_v = (None if v is None or v.size != 1 else float(v.reshape(-1)[0]) for v in (lo, hi))
+                if lo_v == 0.0 and (hi is None or hi_v == float("inf")):
+                    lay.op = "relu"
+                elif not (lo_v == 0.0 and hi_v == 6.0):
+                    self.fail(f"node {n.name!r} (op Clip): Clip(min={lo_v}, max={hi_v}) (hwsim has relu = Clip(0, inf) "
+                              "and relu6 = Clip(0, 6), no general clamp)")
+            if n.op_type in ("Conv", "Gemm", "MatMul"):
+                lay.inputs.append(act.get(n.input[0]))
+                self._qdq_weights(n, lay, dq_const)
+            else:  # activations, and constants quantized as activations (a MatMul's Add bias: uint8)
+                for i in n.input:
+                    if i in dq_const:
+                        q, dq = dq_const[i]
+                        lay.constants[len(lay.inputs)] = q
+                        lay.inputs.append(self.params(dq, dq.input[1], dq.input[2] if len(dq.input) > 2 else None, i))
+                    elif i and i not in self.const:
+                        lay.inputs.append(act.get(i))
+            layers.append(self._named(lay, n))
+        first_q = next((n for n in g.node if n.op_type == "QuantizeLinear"), None)
+        return GivenQuantization("qdq", act.get(first_q.input[0]) if first_q else None, layers)
+
+    def _qdq_weights(self, n, lay: GivenLayer, dq_const: dict) -> None:
+        w_name = n.input[1]
+        if w_name not in dq_const:
+            self.fail(f"node {n.name!r} ({n.op_type}): weight {w_name!r} is not an integer initializer behind a "
+                      "DequantizeLinear (not a quantized weight)")
+        w, dq = dq_const[w_name]
+        a = self.attrs(n)
+        # the output-channel axis of the stored matrix: Conv [Cout, ...] 0; Gemm B [out, in] (transB) 0, else 1
+        transpose = n.op_type == "MatMul" or (n.op_type == "Gemm" and not a.get("transB", 0))
+        out_axis = 1 if transpose else 0
+        qp = self.params(dq, dq.input[1], dq.input[2] if len(dq.input) > 2 else None, w_name,
+                         axis=self.attrs(dq).get("axis", 1), allowed_axis=out_axis, ndim=w.ndim)
+        lay.weight, lay.weight_qparams = self._to_hwsim_layout(w, qp, transpose)
+        b_name = n.input[2] if len(n.input) > 2 else ""
+        if b_name:
+            if b_name not in dq_const:
+                self.fail(f"node {n.name!r} ({n.op_type}): bias {b_name!r} is not an int32 initializer behind a "
+                          "DequantizeLinear")
+            b, bdq = dq_const[b_name]
+            if b.dtype != np.int32:
+                self.fail(f"node {n.name!r}: bias {b_name!r} of type {b.dtype} (an int32 bias)")
+            lay.bias = b.reshape(-1)
+            lay.bias_scale = np.asarray(self.const[bdq.input[1]], dtype=np.float32)
+
+    # -------------------------------------------------------------- QOperator
+    def _qop(self) -> GivenQuantization:
+        g = self.model.graph
+        input_qp = None
+        layers = []
+        for n in g.node:
+            op = n.op_type
+            if op == "QuantizeLinear":
+                qp = self.params(n, n.input[1], n.input[2] if len(n.input) > 2 else None, n.input[0])
+                self.qp[n.output[0]] = qp
+                if input_qp is None:  # the first QuantizeLinear: the input's grid (after free ops like Flatten)
+                    input_qp = qp
+                continue
+            if op == "DequantizeLinear":
+                continue
+            if op in ("MaxPool", "Flatten", "Reshape", "Squeeze", "Identity"):  # on the integers, same grid
+                if n.input[0] in self.qp:
+                    self.qp[n.output[0]] = self.qp[n.input[0]]
+                    layers.append(self._named(GivenLayer(n.name, _QDQ_OPS[op], [self.qp[n.input[0]]],
+                                                         self.qp[n.input[0]], attrs=self.attrs(n)), n))
+                continue
+            if op in _SHAPE_OPS:
+                continue
+            handler = getattr(self, f"_q_{op}", None)
+            if handler is None:
+                self.fail(f"node {n.name!r} (op {n.op_type}): not supported in a QOperator model (supported: "
+                          f"{', '.join(sorted(h[3:] for h in dir(self) if h.startswith('_q_')))}, MaxPool, Flatten, "
+                          "Reshape, Squeeze)")
+            lay = self._named(handler(n), n)
+            if lay.output is not None:
+                self.qp[n.output[0]] = lay.output
+            layers.append(lay)
+        return GivenQuantization("qoperator", input_qp, layers)
+
+    def _pair(self, n, i: int, tensor: str) -> QuantParams:
+        return self.params(n, n.input[i], n.input[i + 1] if len(n.input) > i + 1 and n.input[i + 1] else None,
+                           tensor)
+
+    def _weight(self, n, wi: int, out_axis: int, transpose: bool) -> tuple[np.ndarray, QuantParams]:
+        w_name = n.input[wi]
+        if w_name not in self.const:
+            self.fail(f"node {n.name!r} ({n.op_type}): weight {w_name!r} is not a constant")
+        w = self.const[w_name]
+        # QLinearConv / QLinearMatMul / QGemm: per-channel scales run along the output channel implicitly
+        s = np.asarray(self.const.get(n.input[wi + 1], np.float32(0)))
+        qp = self.params(n, n.input[wi + 1], n.input[wi + 2] if n.input[wi + 2] else None, w_name,
+                         axis=out_axis if s.size > 1 else None, allowed_axis=out_axis, ndim=w.ndim)
+        return self._to_hwsim_layout(w, qp, transpose)
+
+    def _bias(self, n, i: int) -> np.ndarray | None:
+        if len(n.input) <= i or not n.input[i]:
+            return None
+        b = self.const.get(n.input[i])
+        if b is None or b.dtype != np.int32:
+            self.fail(f"node {n.name!r} ({n.op_type}): bias {n.input[i]!r} must be an int32 constant")
+        return b.reshape(-1)
+
+    def _q_QLinearConv(self, n):
+        w, wq = self._weight(n, 3, 0, False)
+        return GivenLayer(n.name, "conv2d", [self._pair(n, 1, n.input[0])], self._pair(n, 6, n.output[0]),
+                          w, wq, self._bias(n, 8), attrs=self.attrs(n))
+
+    def _q_QLinearMatMul(self, n):
+        w, wq = self._weight(n, 3, 1, True)
+        return GivenLayer(n.name, "linear", [self._pair(n, 1, n.input[0])], self._pair(n, 6, n.output[0]),
+                          w, wq, attrs=self.attrs(n))
+
+    def _q_QGemm(self, n):
+        a = self.attrs(n)
+        if a.get("transA", 0):
+            self.fail(f"node {n.name!r} (QGemm): transA = 1 (hwsim's linear takes the input as given)")
+        tb = bool(a.get("transB", 0))
+        w, wq = self._weight(n, 3, 0 if tb else 1, not tb)
+        out = self._pair(n, 7, n.output[0]) if len(n.input) > 7 and n.input[7] else None
+        return GivenLayer(n.name, "linear", [self._pair(n, 1, n.input[0])], out, w, wq, self._bias(n, 6), attrs=a)
+
+    def _binary(self, n, op: str):
+        lay = GivenLayer(n.name, op, [self._pair(n, 1, n.input[0]), self._pair(n, 4, n.input[3])],
+                         self._pair(n, 6, n.output[0]), attrs=self.attrs(n))
+        for k, i in enumerate((0, 3)):
+            if n.input[i] in self.const:
+                lay.constants[k] = self.const[n.input[i]]
+        return lay
+
+    def _q_QLinearAdd(self, n):
+        return self._binary(n, "add")
+
+    def _q_QLinearMul(self, n):
+        return self._binary(n, "mul")
+
+    def _unary(self, n, op: str):
+        return GivenLayer(n.name, op, [self._pair(n, 1, n.input[0])], self._pair(n, 3, n.output[0]),
+                          attrs=self.attrs(n))
+
+    def _q_QLinearGlobalAveragePool(self, n):
+        return self._unary(n, "global_avgpool")
+
+    def _q_QLinearAveragePool(self, n):
+        return self._unary(n, "avgpool2d")
+
+    def _q_QLinearSigmoid(self, n):
+        return self._unary(n, "sigmoid")
+
+    def _q_QLinearConcat(self, n):
+        ins = [self._pair(n, i + 1, n.input[i]) for i in range(2, len(n.input), 3)]
+        return GivenLayer(n.name, "concat", ins, self._pair(n, 0, n.output[0]), attrs=self.attrs(n))
+
+    # -------------------------------------------------------------- which layout
+    def run(self) -> GivenQuantization:
+        types = {n.op_type for n in self.model.graph.node}
+        try:
+            if types & _QOP:
+                return self._qop()
+            if "DequantizeLinear" in types:
+                return self._qdq()
+        except HwsimError:
+            raise
+        except (KeyError, IndexError, ValueError, TypeError) as e:  # a malformed quantized graph
+            self.fail(f"malformed quantized model ({type(e).__name__}: {_line(e)})")
+        self.fail("no quantized ops (QuantizeLinear/DequantizeLinear or QLinear*): a float model; "
+                  "import it with hwsim import")

@@ -1,0 +1,291 @@
+"""Given quantization: the scales, zero points, integer weights and biases onnxruntime.quantization writes,
+read back from its QDQ and QOperator layouts (they must agree), recomputed from the float model, and
+ONNX QuantizeLinear's rounding against ONNX Runtime."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ortq = pytest.importorskip("onnxruntime.quantization")
+torch = pytest.importorskip("torch")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from hwsim.errors import HwsimError  # noqa: E402
+from hwsim.importers.given import QuantParams, parse_given  # noqa: E402
+from hwsim.importers.onnx import import_onnx  # noqa: E402
+from tests.importers.onnxnets import model, rand, save  # noqa: E402
+
+MAC = ("conv2d", "linear")
+
+
+class _Reader(ortq.CalibrationDataReader):
+    def __init__(self, shape, n=8, seed=0):
+        rng = np.random.default_rng(seed)
+        self.it = iter([{"x": rng.random((1, *shape), dtype=np.float32)} for _ in range(n)])
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def _quantize(src, dst, shape, fmt, per_channel, act):
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_static's "consider pre-processing" advice
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ortq.quantize_static(str(src), str(dst), _Reader(shape), quant_format=fmt, per_channel=per_channel,
+                             activation_type=act, weight_type=ortq.QuantType.QInt8)
+    return str(dst)
+
+
+def _resnet8(tmp):
+    from frontends.pytorch.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("resnet8", 10, 3).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.running_mean.uniform_(-0.2, 0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, torch.randn(1, 3, 16, 16), str(tmp / "r8.onnx"), dynamo=False, input_names=["x"],
+                          opset_version=13)
+    return tmp / "r8.onnx", (3, 16, 16)
+
+
+def _matmul_net(tmp):
+    """Flatten -> MatMul + Add (weights [in, out]) -> Relu -> Gemm transB = 0: the transposed layouts."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w1"], ["mm"], name="mm"),
+             helper.make_node("Add", ["mm", "b1"], ["a"], name="bias"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc")]
+    m = model(nodes, {"w1": rand(rng, 48, 12), "b1": rand(rng, 12), "w2": rand(rng, 12, 5), "b2": rand(rng, 5)},
+              ("N", 3, 4, 4))
+    return save(m, tmp / "mm.onnx"), (3, 4, 4)
+
+
+NETS = {"resnet8": _resnet8, "matmul": _matmul_net}
+VARIANTS = [(pc, act) for pc in (False, True) for act in ("QUInt8", "QInt8")]
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """{(net, per_channel, act): (float path, {"qdq": path, "qoperator": path})}, built on first use."""
+    tmp = tmp_path_factory.mktemp("q")
+    cache = {}
+
+    def get(net, per_channel, act):
+        key = (net, per_channel, act)
+        if key not in cache:
+            src, shape = NETS[net](tmp) if (net, "src") not in cache else cache[(net, "src")]
+            cache[(net, "src")] = (src, shape)
+            out = {}
+            for name, fmt in (("qdq", ortq.QuantFormat.QDQ), ("qoperator", ortq.QuantFormat.QOperator)):
+                out[name] = _quantize(src, tmp / f"{net}_{name}_{per_channel}_{act}.onnx", shape, fmt, per_channel,
+                                      getattr(ortq.QuantType, act))
+            cache[key] = (str(src), out)
+        return cache[key]
+
+    return get
+
+
+def _same(a: QuantParams | None, b: QuantParams | None):
+    assert (a is None) == (b is None)
+    if a is not None:
+        assert a.dtype == b.dtype and a.axis == b.axis
+        assert np.array_equal(a.scale, b.scale) and a.scale.dtype == b.scale.dtype == np.float32
+        assert np.array_equal(a.zero_point, b.zero_point)
+
+
+@pytest.mark.parametrize("per_channel,act", VARIANTS)
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_qdq_and_qoperator_layouts_give_the_same_numbers(quantized, net, per_channel, act):
+    _, paths = quantized(net, per_channel, act)
+    qdq, qop = parse_given(paths["qdq"]), parse_given(paths["qoperator"])
+    assert (qdq.format, qop.format) == ("qdq", "qoperator")
+    _same(qdq.input, qop.input)
+    assert qdq.input.dtype == ("uint8" if act == "QUInt8" else "int8")
+    keep = ("conv2d", "linear", "add", "global_avgpool")
+    a = [lay for lay in qdq.layers if lay.op in keep]
+    b = [lay for lay in qop.layers if lay.op in keep]
+    assert [x.op for x in a] == [x.op for x in b] and len(a) >= 3
+    for x, y in zip(a, b):
+        assert x.constants.keys() == y.constants.keys()
+        for k, (i, j) in enumerate(zip(x.inputs, y.inputs)):
+            if k not in x.constants:
+                _same(i, j)
+        # a constant operand (the Add after a MatMul): with int8 activations QDQ gives it an asymmetric
+        # grid and QOperator a symmetric one (measured); both hold the same constant within a step
+        for k, q in x.constants.items():
+            fx, fy = x.inputs[k].dequantize(q), y.inputs[k].dequantize(y.constants[k])
+            assert np.abs(fx - fy).max() <= max(float(x.inputs[k].scale), float(y.inputs[k].scale))
+        _same(x.output, y.output)
+        _same(x.weight_qparams, y.weight_qparams)
+        if x.op in MAC:
+            assert np.array_equal(x.weight, y.weight) and x.weight.dtype == np.int8
+            assert (x.weight_qparams.axis == 0) == per_channel
+            assert (x.bias is None) == (y.bias is None) == (x.onnx_op == "MatMul") == (y.onnx_op == "QLinearMatMul")
+            if x.bias is not None:
+                assert np.array_equal(x.bias, y.bias) and x.bias.dtype == np.int32
+
+
+@pytest.mark.parametrize("per_channel,act", VARIANTS)
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_given_integers_are_the_float_weights_on_the_given_grids(quantized, net, per_channel, act):
+    """Recomputed from the float model: weight = QuantizeLinear(w_float; the parsed scale, zero point and
+    axis, in hwsim's [out, in] layout) and bias = round(b / fl32(s_x * s_w)) in float64 (onnxruntime's
+    quantize_bias_static); QDQ's bias scale is that product. The layouts and axes are read right."""
+    src, paths = quantized(net, per_channel, act)
+    g = import_onnx(src)
+    floats = {n.name: n for n in g.nodes if n.op in MAC}
+    for fmt in ("qdq", "qoperator"):
+        layers = [lay for lay in parse_given(paths[fmt]).layers if lay.op in MAC]
+        assert len(layers) == len(floats)
+        for lay in layers:
+            n = floats[lay.name.removesuffix("_quant")]  # QOperator names the QLinear node "<float node>_quant"
+            w = g.param(n, "weight")
+            assert lay.weight.shape == w.shape, (lay.name, n.name)
+            assert np.array_equal(lay.weight_qparams.quantize(w), lay.weight), (fmt, lay.name)
+            if lay.bias is None:  # quantize_static keeps a MatMul's Add separate: a uint8 operand of an add
+                assert net == "matmul" and n.params.get("bias") and lay.onnx_op in ("MatMul", "QLinearMatMul")
+                continue
+            s = (lay.inputs[0].scale * lay.weight_qparams.scale).astype(np.float32)
+            # onnxruntime/quantization/base_quantizer.py quantize_bias_static_impl: the float32 product as the
+            # scale, the division in float64, round half to even (a float32 division gave 5 of 702 biases otherwise)
+            b_q = np.rint(g.param(n, "bias").astype(np.float64) / s.astype(np.float64)).astype(np.int64)
+            assert np.array_equal(b_q, lay.bias), (fmt, lay.name)
+            if fmt == "qdq":
+                assert np.array_equal(lay.bias_scale, np.broadcast_to(s, lay.bias_scale.shape))
+
+
+def test_quantize_linear_divides_by_the_scale_as_onnxruntime_does(quantized):
+    """QuantParams.quantize (x / scale, round half to even, saturate) equals ONNX Runtime's QuantizeLinear
+    on the parsed input grid, ties included; multiplying by 1 / scale, or rounding ties away from zero,
+    gives other integers on the same inputs."""
+    import onnxruntime as ort
+
+    _, paths = quantized("resnet8", False, "QUInt8")
+    qp = parse_given(paths["qoperator"]).input
+    s = np.float32(qp.scale)
+    rng = np.random.default_rng(7)
+    k = rng.integers(-40, 300, 200_000)
+    ties = ((k + 0.5) * s.astype(np.float64)).astype(np.float32)  # near and at .5 after the division
+    x = np.concatenate([ties, rng.uniform(-1, 2, 50_000).astype(np.float32)]).reshape(1, 1, 1, -1)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])]
+    g = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, x.shape)],
+                          initializer=[numpy_helper.from_array(qp.scale, "s"), numpy_helper.from_array(qp.zero_point, "z")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.array_equal(qp.quantize(x), ref.astype(np.int64))
+    z = int(qp.zero_point)
+    by_reciprocal = np.clip(np.rint(x * (np.float32(1) / s)).astype(np.int64) + z, 0, 255)
+    half_away = np.clip((np.sign(x / s) * np.floor(np.abs(x / s) + 0.5)).astype(np.int64) + z, 0, 255)
+    assert (by_reciprocal != ref).sum() > 0 and (half_away != ref).sum() > 0
+
+
+def _edit(path, tmp, fn):
+    m = onnx.load(path)
+    fn(m)
+    return save(m, tmp)
+
+
+def test_per_axis_scales_on_an_axis_hwsim_does_not_support(quantized, tmp_path):
+    _, paths = quantized("resnet8", True, "QUInt8")
+
+    def weight_axis_1(m):
+        for n in m.graph.node:
+            if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized") and "Conv" in n.input[0]:
+                for a in n.attribute:
+                    if a.name == "axis":
+                        a.i = 1
+                return
+
+    with pytest.raises(HwsimError) as e:
+        parse_given(_edit(paths["qdq"], tmp_path / "axis1.onnx", weight_axis_1))
+    msg = str(e.value)
+    assert "per-axis scales on axis 1 (hwsim supports per-channel scales on a weight's output channel only: axis 0" in msg
+    assert "\n" not in msg
+
+    def per_channel_input(m):
+        for t in m.graph.initializer:
+            if t.name in ("x_scale", "x_zero_point"):
+                a = numpy_helper.to_array(t)
+                t.CopyFrom(numpy_helper.from_array(np.repeat(a.reshape(1), 3), t.name))
+
+    for fmt in ("qdq", "qoperator"):
+        with pytest.raises(HwsimError, match=r"tensor 'x': per-axis scales \(3 values\) on an activation"):
+            parse_given(_edit(paths[fmt], tmp_path / f"pcin_{fmt}.onnx", per_channel_input))
+
+
+def test_a_float_model_has_no_given_quantization(quantized):
+    src, _ = quantized("matmul", False, "QUInt8")
+    with pytest.raises(HwsimError, match="no quantized ops .* import it with hwsim import"):
+        parse_given(src)
+
+
+def test_the_float_importer_refuses_an_int8_model_in_one_line(quantized):
+    from tests.importers.test_cli_import import invoke, one_line_error
+
+    _, paths = quantized("resnet8", False, "QUInt8")
+    for fmt in ("qdq", "qoperator"):
+        one_line_error(invoke("import", paths[fmt], "-o", paths[fmt] + ".hwsim"),
+                       "(op QuantizeLinear): an int8 (QDQ / QOperator) model: hwsim imports float ONNX models so far")
+
+
+def test_mutated_int8_files_give_a_description_or_one_line(quantized, tmp_path):
+    """Seeded byte flips, truncations and insertions of both layouts: parse_given returns or raises HwsimError."""
+    _, paths = quantized("resnet8", True, "QUInt8")
+    seeds = [open(paths[f], "rb").read() for f in ("qdq", "qoperator")]
+    rng = np.random.default_rng(2)
+    seen = set()
+    for case in range(200):
+        buf = bytearray(seeds[case % 2])
+        kind = case % 3
+        if kind == 0:
+            for _ in range(rng.integers(1, 8)):
+                buf[rng.integers(0, len(buf))] = rng.integers(0, 256)
+        elif kind == 1:
+            buf = buf[:rng.integers(0, len(buf))]
+        else:
+            i = rng.integers(0, len(buf))
+            buf[i:i] = rng.integers(0, 256, rng.integers(1, 20)).astype(np.uint8).tobytes()
+        p = tmp_path / "m.onnx"
+        p.write_bytes(bytes(buf))
+        try:
+            parse_given(str(p))
+            seen.add("ok")
+        except HwsimError as e:
+            assert "\n" not in str(e), (case, str(e))
+            seen.add("refused")
+    assert seen == {"ok", "refused"}
+
+
+@pytest.mark.parametrize("lo,hi,expect", [(0.0, 6.0, "relu6"), (0.0, None, "relu"), (-1.0, 1.0, None)])
+def test_qdq_clip_is_relu_relu6_or_refused(lo, hi, expect):
+    s, z = np.array(0.05, np.float32), np.array(0, np.uint8)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Clip", ["xd", "lo"] + (["hi"] if hi is not None else []), ["c"], name="clip"),
+             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["y"])]
+    inits = {"s": s, "z": z, "lo": np.array(lo, np.float32)}
+    if hi is not None:
+        inits["hi"] = np.array(hi, np.float32)
+    m = model(nodes, inits)
+    if expect is None:
+        with pytest.raises(HwsimError, match=r"node 'clip' \(op Clip\): Clip\(min=-1.0, max=1.0\)"):
+            parse_given(m)
+        return
+    lay = parse_given(m).layer("clip")
+    assert lay.op == expect and lay.onnx_op == "Clip"
+    _same(lay.inputs[0], QuantParams(s, z, "uint8"))
+    _same(lay.output, QuantParams(s, z, "uint8"))
