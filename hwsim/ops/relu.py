@@ -8,9 +8,23 @@ z + round_half_up(6 / s).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from hwsim.ops.registry import OpSpec, register
+
+
+def relu_mean(beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    """E[max(z, 0)], z ~ N(β, γ²): γ·φ(β/γ) + β·Φ(β/γ) (WP eq. 28)."""
+    g = np.abs(gamma)
+    out = np.maximum(beta, 0.0).astype(np.float64)
+    ok = g > 0
+    t = beta[ok] / g[ok]
+    phi = np.exp(-t * t / 2) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(t / math.sqrt(2)))
+    out[ok] = g[ok] * phi + beta[ok] * cdf
+    return out
 
 
 @register
@@ -30,6 +44,12 @@ class ReluSpec(OpSpec):
         if self.upper is not None:
             hi = min(hi, grid.zero_point + int(np.floor(self.upper / grid.scale + 0.5)))
         return lo, hi
+
+    def gaussian_mean(self, beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+        """E[act(z)] per channel for z ~ N(β, γ²) (analytic bias correction, WP eq. 28);
+        ReLU6: E[relu(z)] - E[relu(z - 6)]."""
+        m = relu_mean(beta, gamma)
+        return m if self.upper is None else m - relu_mean(beta - self.upper, gamma)
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x = env[lay.inputs[0]]
