@@ -51,7 +51,8 @@ TENSORS_MEMBER = "tensors.npz"
 
 # The op schema lives in each op's module (hwsim/ops/<op>.py, registered in hwsim.ops.registry);
 # these are read-only views of the registry, kept for the code that imports them.
-# attr kinds: "pair" = 2 positive ints, "pad4" = 4 non-negative ints, "posint", "posfloat", "axis1"
+# attr kinds: "pair" = 2 positive ints, "pad4" = 4 non-negative ints, "posint", "posfloat", "axis1", "bool"
+# (OP_ATTRS: the required attrs; each spec's ``optional_attrs`` {key: (kind, default)} may be omitted)
 OP_ATTRS: dict[str, dict[str, str]] = {s.name: dict(s.attrs) for s in _op_registry.specs()}
 # params: (required roles, optional roles)
 OP_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -169,6 +170,8 @@ def _check_attr(kind: str, v: Any) -> str | None:
     if kind == "posfloat":
         return (None if _is_f32(v) and np.float32(v) > 0
                 else "a positive finite number (in float32: above 0 and at most 3.4e38)")
+    if kind == "bool":
+        return None if isinstance(v, bool) else "true or false"
     if kind == "axis1":
         return None if _is_int(v) and v == 1 else "1 (the channel axis)"
     raise AssertionError(kind)
@@ -249,10 +252,15 @@ def _check(graph: Graph, where: str, strict: bool) -> dict[str, tuple[int, ...]]
             bad = _check_attr(kind, n.attrs[key])
             if bad:
                 fail(f"{tag}: attr {key!r} = {n.attrs[key]!r} must be {bad}")
+        for key, (kind, _default) in op.optional_attrs.items():
+            bad = _check_attr(kind, n.attrs[key]) if key in n.attrs else None
+            if bad:
+                fail(f"{tag}: attr {key!r} = {n.attrs[key]!r} must be {bad}")
         if strict:
-            extra = sorted(set(n.attrs) - set(spec))
+            allowed = list(spec) + list(op.optional_attrs)
+            extra = sorted(set(n.attrs) - set(allowed))
             if extra:
-                fail(f"{tag}: unknown attr {extra[0]!r} (allowed: {', '.join(spec) or 'none'})")
+                fail(f"{tag}: unknown attr {extra[0]!r} (allowed: {', '.join(allowed) or 'none'})")
         # params
         if not isinstance(n.params, dict):
             fail(f"{tag}: params must be an object, got {n.params!r}")

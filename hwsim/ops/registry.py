@@ -31,7 +31,9 @@ class OpSpec:
 
     - ``name``: the op name in the graph file (``node.op``).
     - ``attrs``: graph attr schema {key: kind}; kinds are graph._check_attr's ("pair" = 2 positive
-      ints, "pad4" = 4 non-negative ints, "posint", "posfloat", "axis1"). All keys are required.
+      ints, "pad4" = 4 non-negative ints, "posint", "posfloat", "axis1", "bool"). All keys are required.
+    - ``optional_attrs``: {key: (kind, default)} attrs a node may omit (the hooks read
+      ``node.attrs.get(key, default)``); validated when present.
     - ``params``: (required roles, optional roles) of the node's param tensors.
     - ``arity``: number of inputs, or None for "one or more".
     - ``kind``: the compiled layer's op kind (profile ``overrides[].op``: conv, depthwise, linear, add,
@@ -52,6 +54,7 @@ class OpSpec:
 
     name: str = ""
     attrs: dict[str, str] = {}
+    optional_attrs: dict[str, tuple[str, object]] = {}
     params: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     arity: int | None = 1
     kind: str = "move"
