@@ -96,6 +96,20 @@ class Conv2dSpec(MacSpec):
         return conv2d_float(ins[0], graph.param(node, "weight"), graph.param(node, "bias"), a["stride"], a["padding"],
                             a["dilation"], a["groups"])
 
+    def float_mac(self, lay, x, w):
+        from hwsim.floatref import conv2d_float
+
+        a = lay.attrs
+        return conv2d_float(x.astype(np.float32), w.astype(np.float32), None, a["stride"], a["padding"], a["dilation"],
+                            a["groups"]).astype(np.float64)
+
+    def expected_error(self, lay, eps, ex):
+        cout, cin_g = eps.shape[:2]
+        groups = lay.attrs.get("groups", 1)
+        per = eps.sum(axis=(2, 3))  # [Cout, Cin/g]
+        idx = (np.arange(cout) // (cout // groups))[:, None] * cin_g + np.arange(cin_g)[None, :]
+        return np.sum(per * ex[idx], axis=1)
+
     def accumulate(self, lay, x, gx, impl):
         a = lay.attrs
         return conv2d(x, lay.w_q, lay.bias_q, x_zero_point=gx.zero_point, w_zero_point=lay.w_zero_point,

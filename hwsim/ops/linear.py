@@ -56,6 +56,13 @@ class LinearSpec(MacSpec):
         y = ins[0] @ w.T.astype(np.float32, copy=False)
         return y + b if b is not None else y
 
+    def float_mac(self, lay, x, w):
+        return x.reshape(len(x), -1).astype(np.float64) @ w.T
+
+    def expected_error(self, lay, eps, ex):
+        k = eps.shape[1]
+        return eps @ np.repeat(ex, k // ex.size)
+
     def accumulate(self, lay, x, gx, impl):
         return linear(x.reshape(x.shape[0], -1), lay.w_q, lay.bias_q, x_zero_point=gx.zero_point,
                       w_zero_point=lay.w_zero_point, acc=lay.accumulator, impl=impl)

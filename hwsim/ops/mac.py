@@ -39,6 +39,15 @@ class MacSpec(OpSpec):
         """(acc, partial events, acc events) by the fast kernels with ``plan``."""
         raise NotImplementedError
 
+    def float_mac(self, lay, x, w):
+        """float64 output of the layer with float weights ``w`` and no bias (bias correction, WP eq. 27)."""
+        raise NotImplementedError
+
+    def expected_error(self, lay, eps, ex):
+        """E[eps x] per output channel for weight error ``eps`` and per-input-channel means ``ex``
+        (analytic bias correction, WP eq. 28; padding ignored)."""
+        raise NotImplementedError
+
     def certificate(self, lay, w_q, lo: int, hi: int, x_zero_point: int):
         """The static overflow certificate of the layer (hwsim.certify) for inputs in [lo, hi]."""
         raise NotImplementedError

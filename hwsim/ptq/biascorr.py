@@ -22,7 +22,6 @@ import numpy as np
 
 from hwsim import ops
 from hwsim.compile import LINEAR_OPS, QuantizedGraph
-from hwsim.floatref import conv2d_float
 from hwsim.ptq.pipeline import replace_weights
 
 MAX_IMAGES = 256  # calibration images used for the expectations
@@ -37,11 +36,8 @@ def _float_weight(qg, lay) -> np.ndarray:
 
 
 def _layer_out(lay, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    if lay.op == "linear":
-        return x.reshape(len(x), -1).astype(np.float64) @ w.T
-    a = lay.attrs
-    return conv2d_float(x.astype(np.float32), w.astype(np.float32), None, a["stride"], a["padding"], a["dilation"],
-                        a["groups"]).astype(np.float64)
+    """float64 output of a MAC layer with weights ``w`` and no bias (its op's ``float_mac``)."""
+    return ops.get(lay.op).float_mac(lay, x, w)
 
 
 def _channel_mean(y: np.ndarray) -> np.ndarray:
@@ -65,15 +61,8 @@ def analytic_input_mean(qg: QuantizedGraph, lay, bn: dict) -> np.ndarray | None:
 
 
 def _expected_error(lay, eps: np.ndarray, ex: np.ndarray) -> np.ndarray:
-    """E[εx] per output channel given E[x] per input channel (padding ignored)."""
-    if lay.op == "linear":
-        k = eps.shape[1]
-        return eps @ np.repeat(ex, k // ex.size)
-    cout, cin_g = eps.shape[:2]
-    groups = lay.attrs.get("groups", 1)
-    per = eps.sum(axis=(2, 3))  # [Cout, Cin/g]
-    idx = (np.arange(cout) // (cout // groups))[:, None] * cin_g + np.arange(cin_g)[None, :]
-    return np.sum(per * ex[idx], axis=1)
+    """E[εx] per output channel given E[x] per input channel (padding ignored; its op's ``expected_error``)."""
+    return ops.get(lay.op).expected_error(lay, eps, ex)
 
 
 def correct_biases(qg: QuantizedGraph, calib: dict[str, np.ndarray], method: str, bn: dict) -> list[str]:
