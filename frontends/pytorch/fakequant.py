@@ -46,10 +46,6 @@ def _round(x: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(mode)
 
 
-def _pair(v):
-    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
-
-
 def _activation(y: torch.Tensor, act: str | None) -> torch.Tensor:
     return fops.activation(y, act)
 
