@@ -25,7 +25,7 @@ from hwsim.execute import LayerStats, _new_stats, accuracy, run_layer
 from hwsim.floatref import run_float
 
 FQ_ROUNDINGS = ("half_even", "profile")
-COMPARED_OPS = ("conv2d", "linear", "add", "concat", "avgpool2d", "global_avgpool")
+COMPARED_OPS = ops.registry.names_where(compared=True)  # the layers compare diffs (each op's spec says)
 
 
 def _mirror():
@@ -112,15 +112,12 @@ def _cause(qg, lay, codes, iso_diff: int, st: LayerStats, fq_rounding: str = "ha
     """Name why ``lay`` differs; ``st`` = the layer's stats when run alone on the fake-quant inputs."""
     if iso_diff == 0:
         return "propagated from upstream (identical when fed the same inputs)"
-    if lay.op in ("avgpool2d", "global_avgpool"):
-        rnd = lay.profile.requant.rounding
-        fqr = mirror_rounding(fq_rounding, rnd)
-        if rnd == fqr:
-            return (f"average pool: exact integer mean rounded {rnd} vs fake-quant's float32 mean "
-                    "near a tie (≤ 1 LSB)")
-        return f"average pool: integer sum divided with {rnd} rounding (fake-quant: float mean, {fqr})"
+    spec = ops.get(lay.op)
+    own = spec.explain(qg, lay, codes, iso_diff, st, fq_rounding)  # an op-specific cause (average pools)
+    if own is not None:
+        return own
     reasons = []
-    if lay.op in ("conv2d", "linear"):
+    if spec.mac:
         unbounded = ops.Accumulator(bits=None, overflow="wrap", rows=None, partial_bits=None)
         y, _ = _isolated(qg, lay, codes, accumulator=unbounded)
         d = int(np.max(np.abs(y - codes[lay.output]))) if y.size else 0
@@ -140,7 +137,7 @@ def _cause(qg, lay, codes, iso_diff: int, st: LayerStats, fq_rounding: str = "ha
     if r is not None:
         fqr = mirror_rounding(fq_rounding, r.rounding)
         ref = ops.Requant(mode="float32", rounding=fqr)
-        if lay.op in ("conv2d", "linear"):
+        if spec.mac:
             y, _ = _isolated(qg, lay, codes, requant=ref,
                           accumulator=ops.Accumulator(bits=None, overflow="wrap", rows=None, partial_bits=None))
             d = int(np.max(np.abs(y - codes[lay.output]))) if y.size else 0
@@ -172,7 +169,7 @@ def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast",
     mirror_codes = _mirror()
     x, y = ctx.x_test, ctx.y_test
     grids = qg.grids
-    compared = [lay for lay in qg.layers if lay.op in COMPARED_OPS]
+    compared = [lay for lay in qg.layers if ops.get(lay.op).compared]
     acc_lsb = {lay.name: [0, 0.0, 0, 0] for lay in compared}  # max, sum|d|, ndiff, n
     sq = {lay.name: np.zeros(5) for lay in compared}  # Σfq², Σ(fq−sim)², Σfl², Σ(fq−fl)², Σ(sim−fl)²
     iso = {lay.name: 0 for lay in compared}

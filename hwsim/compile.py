@@ -25,15 +25,17 @@ from typing import Callable
 
 import numpy as np
 
-from hwsim import certify, ops
+from hwsim import ops
 from hwsim import fixedpoint as fp
 from hwsim.errors import HwsimError
 from hwsim.floatref import run_float
 from hwsim.graph import Graph, Node
 from hwsim.profile import Profile, TensorFormat
 
-LINEAR_OPS = ("conv2d", "linear")
-GRID_PRESERVING = ("maxpool2d", "flatten", "relu", "relu6")
+# categories of ops, from their specs (hwsim/ops/<op>.py): the registry decides, not name lists
+LINEAR_OPS = ops.registry.names_where(mac=True)  # conv2d, linear: integer weights, accumulator, requant
+GRID_PRESERVING = ops.registry.names_where(moves_values=True)  # output values are input values
+SHARES_INPUT_GRID = ops.registry.names_where(output_grid="input")  # the above and the average pools
 DEAD_VAR_RATIO = 1e-3  # running_var < ratio * eps marks a BN channel as dead (see docs)
 
 
@@ -66,7 +68,7 @@ class QLayer:
     """One executable step of a quantized graph."""
 
     name: str
-    op: str  # conv2d | linear | maxpool2d | avgpool2d | global_avgpool | add | concat | flatten | relu
+    op: str  # a registered op name (hwsim.ops.registry.names())
     kind: str  # conv | depthwise | linear | add | concat | pool | move
     inputs: list[str]
     output: str
@@ -146,12 +148,8 @@ class QuantHooks:
 
 # ----------------------------------------------------------------------------- step 1: fold
 def _op_kind(node: Node, graph: Graph) -> str:
-    if node.op == "conv2d":
-        w = graph.param(node, "weight")
-        groups = node.attrs.get("groups", 1)
-        return "depthwise" if groups > 1 and groups == w.shape[0] and w.shape[1] == 1 else "conv"
-    return {"linear": "linear", "add": "add", "concat": "concat", "maxpool2d": "pool",
-            "avgpool2d": "pool", "global_avgpool": "pool"}.get(node.op, "move")
+    """The profile op kind of a node's layer (conv, depthwise, linear, add, concat, pool, move): its spec's."""
+    return ops.get(node.op).layer_kind(node, graph)
 
 
 def fold_graph(graph: Graph, batchnorm: str = "fold") -> tuple[Graph, list[dict]]:
@@ -183,15 +181,16 @@ def fold_graph(graph: Graph, batchnorm: str = "fold") -> tuple[Graph, list[dict]
         if n.name in removed:
             continue
         node = Node(n.name, n.op, [replaced.get(i, i) for i in n.inputs], list(n.outputs), dict(n.attrs), dict(n.params))
-        if node.op == "batchnorm":
+        spec = ops.get(node.op)
+        if spec.folds_into_producer:
             raise HwsimError(f"node '{n.name}': a batchnorm that does not follow a conv2d/linear "
                              "(as its only consumer) cannot be folded; hwsim supports conv/linear -> batchnorm")
         out = n.outputs[0]
-        if node.op in LINEAR_OPS:
+        if spec.mac:
             w = tensors[node.params["weight"]].astype(np.float64)
             b = (tensors[node.params["bias"]].astype(np.float64) if node.params.get("bias")
                  else np.zeros(w.shape[0]))
-            bn = sole_consumer(out, ("batchnorm",))
+            bn = sole_consumer(out, ops.registry.names_where(folds_into_producer=True))
             if bn is not None:
                 g = tensors[bn.params["weight"]].astype(np.float64)
                 beta = tensors[bn.params["bias"]].astype(np.float64)
@@ -224,7 +223,7 @@ def fold_graph(graph: Graph, batchnorm: str = "fold") -> tuple[Graph, list[dict]
             else:
                 out_alias = out
             node = _fuse_activation(node, out_alias, sole_consumer, removed, replaced, by_name)
-        elif node.op == "add":
+        elif spec.fuses_activation:
             node = _fuse_activation(node, out, sole_consumer, removed, replaced, by_name)
         new_nodes.append(node)
     outputs = [replaced.get(o, o) for o in graph.outputs]
@@ -236,7 +235,7 @@ def fold_graph(graph: Graph, batchnorm: str = "fold") -> tuple[Graph, list[dict]
 
 
 def _fuse_activation(node, out, sole_consumer, removed, replaced, by_name):
-    act = sole_consumer(out, ("relu", "relu6"))
+    act = sole_consumer(out, ops.registry.names_where(activation=True))
     node.outputs = [out]
     if act is not None:
         node.attrs["activation"] = act.op
@@ -479,7 +478,7 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
 
     def grid_source(t: str) -> str:
         """The tensor whose grid ``t`` shares (through max-pool/flatten/relu/avg-pool)."""
-        while t in producer and producer[t].op in GRID_PRESERVING + ("avgpool2d", "global_avgpool"):
+        while t in producer and producer[t].op in SHARES_INPUT_GRID:
             t = producer[t].inputs[0]
         return t
 
@@ -522,15 +521,13 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
                      attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},
                      activation=n.attrs.get("activation"), profile=prof,
                      rounding_seed=layer_seed(prof.requant.seed, len(layers)))
-        if n.op in GRID_PRESERVING + ("avgpool2d", "global_avgpool"):
+        spec = ops.get(n.op)
+        if spec.output_grid == "input":
             if not weight_only:
                 grids[out] = grids[grid_source(out)]
                 lo, hi = reach[n.inputs[0]]
-                if n.op in ("relu", "relu6"):
-                    g = grids[out]
-                    lo = max(lo, g.zero_point)
-                    if n.op == "relu6":
-                        hi = min(hi, g.zero_point + int(np.floor(6.0 / g.scale + 0.5)))
+                if spec.activation:  # a standalone clamp on its input's grid
+                    lo, hi = spec.clamp(lo, hi, grids[out])
                     lay.clamp = (lo, hi)
                 reach[out] = (lo, hi)
             layers.append(lay)
@@ -539,20 +536,13 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
             g = activation_grid(calib[out], prof.activations, act_bits(out, prof), hooks.activation_range, out, lsq_act)
             grids[out] = g
             lo, hi = g.qmin, g.qmax
-            if lay.activation in ("relu", "relu6"):
-                lo = max(lo, g.zero_point)
-                if lay.activation == "relu6":
-                    hi = min(hi, g.zero_point + int(np.floor(6.0 / g.scale + 0.5)))
+            if lay.activation:  # a fused activation: its clamp on this layer's output grid
+                lo, hi = ops.get(lay.activation).clamp(lo, hi, g)
             lay.clamp = (lo, hi)
             reach[out] = (lo, hi)
-        if n.op in LINEAR_OPS:
-            _quantize_linear(lay, n, folded, prof, grids, reach, weight_only,
-                             w_bits=(profile.first_layer.bits if n.name == first and profile.first_layer.bits
-                                     else profile.last_layer.bits if n.name == last and profile.last_layer.bits
-                                     else prof.weights.bits),
-                             hook=hooks.weight_range, certificates=certificates)
-        elif n.op in ("add", "concat"):
-            lay.requant = _requant(prof)
+        # the op's own parameters (weights and requant of a MAC layer, requant of add/concat, ...)
+        spec.compile(lay, n, LayerContext(folded, profile, prof, grids, reach, weight_only, hooks, certificates,
+                                          "first" if n.name == first else "last" if n.name == last else None))
         if lay.requant is not None and lay.requant.rounding == "stochastic":
             lay.requant = dataclasses.replace(lay.requant, seed=lay.rounding_seed)
         layers.append(lay)
@@ -562,6 +552,41 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
     if dead:
         qg.notes.append(f"{len(dead)} dead BatchNorm channel(s) (running variance ~ 0): folded weights zeroed")
     return qg
+
+
+@dataclass
+class LayerContext:
+    """What an op's ``compile`` hook (:meth:`hwsim.ops.registry.OpSpec.compile`) may use for one layer."""
+
+    folded: Graph
+    profile: Profile  # the whole profile
+    prof: Profile  # the layer's profile (overrides applied)
+    grids: dict[str, Grid]
+    reach: dict[str, tuple[int, int]]
+    weight_only: bool
+    hooks: QuantHooks
+    certificates: bool
+    position: str | None  # "first" / "last" MAC layer, else None
+
+    def requant(self) -> ops.Requant:
+        """The layer's requantization config from its profile."""
+        return _requant(self.prof)
+
+    @property
+    def w_bits(self) -> int:
+        """Weight bits of this layer (first/last-layer precision included)."""
+        p = self.profile
+        if self.position == "first" and p.first_layer.bits:
+            return p.first_layer.bits
+        if self.position == "last" and p.last_layer.bits:
+            return p.last_layer.bits
+        return self.prof.weights.bits
+
+
+def quantize_mac(lay: QLayer, n: Node, cx: LayerContext) -> None:
+    """A MAC layer's compile hook (conv2d, linear): weight grid, integer weights, bias, requant, certificate."""
+    _quantize_linear(lay, n, cx.folded, cx.prof, cx.grids, cx.reach, cx.weight_only, w_bits=cx.w_bits,
+                     hook=cx.hooks.weight_range, certificates=cx.certificates)
 
 
 def _lsq_weight_grid(n: Node, folded: Graph, fmt: TensorFormat, w_bits: int, bn_scale):
@@ -667,9 +692,4 @@ def finish_linear(lay: QLayer, grids: dict[str, Grid], reach: dict[str, tuple[in
         return
     # the input's reachable range: the producer's clamp (a fused ReLU narrows it)
     lo, hi = reach[lay.inputs[0]]
-    if lay.op == "conv2d":  # padding pixels hold the zero point: certify_conv2d widens the box to contain it
-        lay.certificate = certify.certify_conv2d(w_q, lay.bias_q, lay.w_zero_point, lo, hi, gx.zero_point,
-                                                 lay.accumulator)
-    else:
-        lay.certificate = certify.certify_linear(
-            w_q.reshape(cout, -1), lay.bias_q, lay.w_zero_point, lo, hi, gx.zero_point, lay.accumulator)
+    lay.certificate = ops.get(lay.op).certificate(lay, w_q, lo, hi, gx.zero_point)

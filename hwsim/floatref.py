@@ -4,6 +4,8 @@ Plain numpy, float32 throughout (inputs, weights, intermediate tensors), the sam
 semantics as PyTorch: conv as im2col + matmul (zero padding, stride, dilation, groups), BatchNorm
 with running statistics, max-pool with -inf padding, average pool with count_include_pad=True
 (floor mode), global average pool, flatten (start_dim=1), add, concat on channels, ReLU, ReLU6.
+Each op's float forward is its spec's ``float_forward`` (hwsim/ops/<op>.py); the shared float
+kernels (im2col conv, window pools) are here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 
 from hwsim.errors import HwsimError
 from hwsim.graph import Graph, Node
+from hwsim.ops import registry as ops_registry
 
 
 def normalize(graph: Graph, images01: np.ndarray) -> np.ndarray:
@@ -59,7 +62,8 @@ def conv2d_float(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride, pad
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _pool(x: np.ndarray, attrs: dict, kind: str) -> np.ndarray:
+def pool_float(x: np.ndarray, attrs: dict, kind: str) -> np.ndarray:
+    """float32 max ("max", -inf padding) or average ("avg", count_include_pad=True) pool, floor mode."""
     (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
     xp = _pad(x, attrs["padding"], -np.inf if kind == "max" else 0.0)
     oh = (xp.shape[2] - kh) // sh + 1
@@ -77,37 +81,8 @@ def _pool(x: np.ndarray, attrs: dict, kind: str) -> np.ndarray:
 
 
 def _run_node(n: Node, graph: Graph, ins: list[np.ndarray]) -> np.ndarray:
-    a = n.attrs
-    x = ins[0]
-    if n.op == "conv2d":
-        return conv2d_float(x, graph.param(n, "weight"), graph.param(n, "bias"), a["stride"], a["padding"],
-                            a["dilation"], a["groups"])
-    if n.op == "linear":
-        w, b = graph.param(n, "weight"), graph.param(n, "bias")
-        y = x @ w.T.astype(np.float32, copy=False)
-        return y + b if b is not None else y
-    if n.op == "batchnorm":
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        g, beta, mu, var = (graph.param(n, r).astype(np.float32).reshape(shape)
-                            for r in ("weight", "bias", "running_mean", "running_var"))
-        return (x - mu) / np.sqrt(var + np.float32(a["eps"])) * g + beta
-    if n.op == "relu":
-        return np.maximum(x, np.float32(0))
-    if n.op == "relu6":
-        return np.minimum(np.maximum(x, np.float32(0)), np.float32(6))
-    if n.op == "maxpool2d":
-        return _pool(x, a, "max")
-    if n.op == "avgpool2d":
-        return _pool(x, a, "avg")
-    if n.op == "global_avgpool":
-        return x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
-    if n.op == "add":
-        return x + ins[1]
-    if n.op == "concat":
-        return np.concatenate(ins, axis=int(a.get("axis", 1)))
-    if n.op == "flatten":
-        return x.reshape(len(x), -1)
-    raise HwsimError(f"node {n.name!r}: op {n.op!r} cannot be executed by the float reference")
+    """One node in float32: its op's ``float_forward`` (hwsim/ops/<op>.py)."""
+    return ops_registry.get(n.op).float_forward(n, graph, ins)
 
 
 def run_float(graph: Graph, x: np.ndarray, return_all: bool = False):

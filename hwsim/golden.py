@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hwsim import ops
 from hwsim.compile import QuantizedGraph
 from hwsim.errors import HwsimError
 from hwsim.execute import run_integer
@@ -108,11 +109,8 @@ def write_golden(qg: QuantizedGraph, x_norm: np.ndarray, out_dir: str | os.PathL
                  "attrs": {k: v for k, v in lay.attrs.items() if k != "bn_scale"},
                  "clamp": None if lay.clamp is None else [int(lay.clamp[0]), int(lay.clamp[1])]}
             base = f"layers/{_safe(lay.name)}"
-            if lay.op in ("conv2d", "linear"):
-                d["weight"] = _write_int(tmp, f"{base}/weight", lay.w_q)
-                d["weight_zero_point"] = np.asarray(lay.w_zero_point).ravel().astype(int).tolist()
-                d["bias"] = _write_int(tmp, f"{base}/bias", lay.bias_q)
-                d["accumulator"] = dataclasses.asdict(lay.accumulator)
+            # the op's own fields (a MAC layer's weights, bias and accumulator; a pool's rounding, ...)
+            d.update(ops.get(lay.op).golden_fields(lay, lambda key, arr, b=base: _write_int(tmp, f"{b}/{key}", arr)))
             if lay.requant is not None:
                 d["requant"] = {k: (list(v) if isinstance(v, tuple) else v)
                                 for k, v in dataclasses.asdict(lay.requant).items()}
@@ -128,9 +126,6 @@ def write_golden(qg: QuantizedGraph, x_norm: np.ndarray, out_dir: str | os.PathL
                 if p.bias_term is not None:
                     rq["bias_term_f32"] = _write_f32(tmp, f"{base}/requant_bias_term", p.bias_term)
                 d["requant_params"] = rq
-            if lay.op in ("avgpool2d", "global_avgpool"):
-                d["rounding"] = lay.profile.requant.rounding
-                d["pool_form"] = lay.profile.requant.pool_form
             d["stochastic_seed"] = int(lay.rounding_seed)
             layers.append(d)
         manifest = {"format": FORMAT, "version": VERSION, "model": model_name, "profile": to_dict(qg.profile),

@@ -41,6 +41,7 @@ import numpy as np
 
 from hwsim import safeio
 from hwsim.errors import HwsimError
+from hwsim.ops import registry as _op_registry
 
 FORMAT = "hwsim-model"
 VERSION = 1
@@ -48,30 +49,17 @@ SUPPORTED_VERSIONS = (1,)
 GRAPH_MEMBER = "graph.json"
 TENSORS_MEMBER = "tensors.npz"
 
-# attr kinds: "pair" = 2 positive ints, "pad4" = 4 non-negative ints, "posint", "posfloat", "axis1"
-OP_ATTRS: dict[str, dict[str, str]] = {
-    "conv2d": {"stride": "pair", "padding": "pad4", "dilation": "pair", "groups": "posint"},
-    "linear": {},
-    "batchnorm": {"eps": "posfloat"},
-    "relu": {},
-    "relu6": {},
-    "maxpool2d": {"kernel": "pair", "stride": "pair", "padding": "pad4"},
-    "avgpool2d": {"kernel": "pair", "stride": "pair", "padding": "pad4"},
-    "global_avgpool": {},
-    "add": {},
-    "concat": {"axis": "axis1"},
-    "flatten": {},
-}
+# The op schema lives in each op's module (hwsim/ops/<op>.py, registered in hwsim.ops.registry);
+# these are read-only views of the registry, kept for the code that imports them.
+# attr kinds: "pair" = 2 positive ints, "pad4" = 4 non-negative ints, "posint", "posfloat", "axis1", "bool"
+# (OP_ATTRS: the required attrs; each spec's ``optional_attrs`` {key: (kind, default)} may be omitted)
+OP_ATTRS: dict[str, dict[str, str]] = {s.name: dict(s.attrs) for s in _op_registry.specs()}
 # params: (required roles, optional roles)
 OP_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "conv2d": (("weight",), ("bias",)),
-    "linear": (("weight",), ("bias",)),
-    "batchnorm": (("weight", "bias", "running_mean", "running_var"), ()),
-}
+    s.name: s.params for s in _op_registry.specs() if s.params != ((), ())}
 # number of inputs: exact count, or None for "one or more" (concat)
-OP_ARITY: dict[str, int | None] = {op: 1 for op in OP_ATTRS}
-OP_ARITY.update({"add": 2, "concat": None})
-KNOWN_OPS = tuple(OP_ATTRS)
+OP_ARITY: dict[str, int | None] = {s.name: s.arity for s in _op_registry.specs()}
+KNOWN_OPS = _op_registry.names()
 
 # limits (docs/architecture.md "Limits"): nothing larger is accepted, so nothing larger is allocated
 MAX_SPATIAL = 16384            # input H, W; every kernel, stride, dilation and padding value
@@ -182,14 +170,11 @@ def _check_attr(kind: str, v: Any) -> str | None:
     if kind == "posfloat":
         return (None if _is_f32(v) and np.float32(v) > 0
                 else "a positive finite number (in float32: above 0 and at most 3.4e38)")
+    if kind == "bool":
+        return None if isinstance(v, bool) else "true or false"
     if kind == "axis1":
         return None if _is_int(v) and v == 1 else "1 (the channel axis)"
     raise AssertionError(kind)
-
-
-def _window_out(size: int, pad: int, extent: int, stride: int) -> int:
-    """Output length of a sliding window (floor mode): floor((size + pad - extent) / stride) + 1."""
-    return (size + pad - extent) // stride + 1
 
 
 def _check(graph: Graph, where: str, strict: bool) -> dict[str, tuple[int, ...]]:
@@ -236,12 +221,13 @@ def _check(graph: Graph, where: str, strict: bool) -> dict[str, tuple[int, ...]]
         if n.name in names:
             fail(f"duplicate node name {n.name!r}")
         names.add(n.name)
-        if not isinstance(n.op, str) or n.op not in OP_ATTRS:
-            fail(f"node {n.name!r}: unknown op {n.op!r} (known ops: {', '.join(KNOWN_OPS)})")
+        if not isinstance(n.op, str) or n.op not in _op_registry.names():
+            fail(f"node {n.name!r}: unknown op {n.op!r} (known ops: {', '.join(_op_registry.names())})")
+        op = _op_registry.get(n.op)
         # inputs: count and topological order
         if not isinstance(n.inputs, (list, tuple)) or not all(isinstance(i, str) for i in n.inputs):
             fail(f"{tag}: inputs {n.inputs!r} must be a list of tensor names")
-        arity = OP_ARITY[n.op]
+        arity = op.arity
         if arity is None and len(n.inputs) < 1:
             fail(f"{tag}: needs at least 1 input, got 0")
         if arity is not None and len(n.inputs) != arity:
@@ -259,21 +245,26 @@ def _check(graph: Graph, where: str, strict: bool) -> dict[str, tuple[int, ...]]
         # attrs
         if not isinstance(n.attrs, dict):
             fail(f"{tag}: attrs must be an object, got {n.attrs!r}")
-        spec = OP_ATTRS[n.op]
+        spec = op.attrs
         for key, kind in spec.items():
             if key not in n.attrs:
                 fail(f"{tag}: missing attr {key!r} (required: {', '.join(spec)})")
             bad = _check_attr(kind, n.attrs[key])
             if bad:
                 fail(f"{tag}: attr {key!r} = {n.attrs[key]!r} must be {bad}")
+        for key, (kind, _default) in op.optional_attrs.items():
+            bad = _check_attr(kind, n.attrs[key]) if key in n.attrs else None
+            if bad:
+                fail(f"{tag}: attr {key!r} = {n.attrs[key]!r} must be {bad}")
         if strict:
-            extra = sorted(set(n.attrs) - set(spec))
+            allowed = list(spec) + list(op.optional_attrs)
+            extra = sorted(set(n.attrs) - set(allowed))
             if extra:
-                fail(f"{tag}: unknown attr {extra[0]!r} (allowed: {', '.join(spec) or 'none'})")
+                fail(f"{tag}: unknown attr {extra[0]!r} (allowed: {', '.join(allowed) or 'none'})")
         # params
         if not isinstance(n.params, dict):
             fail(f"{tag}: params must be an object, got {n.params!r}")
-        req, opt = OP_PARAMS.get(n.op, ((), ()))
+        req, opt = op.params
         allowed = req + opt
         for role in n.params:
             if role not in allowed:
@@ -288,12 +279,12 @@ def _check(graph: Graph, where: str, strict: bool) -> dict[str, tuple[int, ...]]
             p[role] = tuple(np.shape(graph.tensors[key]))
             if math.prod(p[role]) == 0:
                 fail(f"{tag}: param {role!r} (tensor {key!r}) has shape {p[role]} with no values (zero-size)")
-        shapes[out] = _node_shape(n, [shapes[i] for i in n.inputs], p, fail, tag)
+        shapes[out] = tuple(op.infer_shape(n, [shapes[i] for i in n.inputs], p, fail, tag))
         if math.prod(shapes[out]) > MAX_TENSOR_ELEMENTS:
             fail(f"{tag}: output shape {shapes[out]} has {math.prod(shapes[out])} values per sample "
                  f"(allowed at most {MAX_TENSOR_ELEMENTS})")
-        if strict and n.op == "batchnorm":
-            _check_batchnorm(n, graph, fail, tag)
+        if strict:
+            op.check_strict(n, graph, fail, tag)
 
     if (not isinstance(graph.outputs, (list, tuple)) or len(graph.outputs) != 1
             or not isinstance(graph.outputs[0], str)):
@@ -303,97 +294,6 @@ def _check(graph: Graph, where: str, strict: bool) -> dict[str, tuple[int, ...]]
     if not isinstance(graph.metadata, dict):
         fail(f"metadata must be an object, got {type(graph.metadata).__name__}")
     return shapes
-
-
-def _check_batchnorm(n: Node, graph: Graph, fail, tag: str) -> None:
-    """running_var >= 0 and the folded scale gamma / sqrt(var + eps) finite in float32 (WP eq. 11)."""
-    var = graph.tensors[n.params["running_var"]]
-    if (var < 0).any():
-        i = int(np.flatnonzero(var.ravel() < 0)[0])
-        fail(f"{tag}: tensor {n.params['running_var']!r} (running_var) has {var.ravel()[i]:g} at channel {i} "
-             "(a variance must be >= 0)")
-    with np.errstate(all="ignore"):
-        scale = graph.tensors[n.params["weight"]] / np.sqrt(var + np.float32(n.attrs["eps"]), dtype=np.float32)
-    if not np.isfinite(scale).all():
-        i = int(np.flatnonzero(~np.isfinite(scale.ravel()))[0])
-        fail(f"{tag}: tensors {n.params['weight']!r} / sqrt({n.params['running_var']!r} + eps) overflow float32 "
-             f"at channel {i} (the folded BatchNorm scale must be finite)")
-
-
-def _node_shape(n: Node, ins: list[tuple[int, ...]], p: dict[str, tuple[int, ...]], fail, tag: str) -> tuple[int, ...]:
-    """Per-sample output shape of ``n`` given its input and param shapes; ``fail`` on mismatch."""
-    a = n.attrs
-    x = ins[0]
-    if n.op in ("conv2d", "maxpool2d", "avgpool2d", "global_avgpool") and len(x) != 3:
-        fail(f"{tag}: input {n.inputs[0]!r} has shape {x}, expected (C, H, W)")
-    if n.op == "conv2d":
-        c, h, w = x
-        wt = p["weight"]
-        g = int(a["groups"])
-        if len(wt) != 4:
-            fail(f"{tag}: weight shape {wt} must be [Cout, Cin/groups, kh, kw]")
-        cout, cin_g, kh, kw = wt
-        if c % g or cout % g:
-            fail(f"{tag}: groups={g} must divide input channels {c} and output channels {cout}")
-        if cin_g != c // g:
-            fail(f"{tag}: weight shape {wt} has {cin_g} input channels per group, but input "
-                 f"{n.inputs[0]!r} has {c} channels and groups={g} (expected {c // g})")
-        if "bias" in p and p["bias"] != (cout,):
-            fail(f"{tag}: bias shape {p['bias']} must be ({cout},)")
-        (sh, sw), (pt, pb, pl, pr), (dh, dw) = a["stride"], a["padding"], a["dilation"]
-        if max(kh, kw) > MAX_SPATIAL:
-            fail(f"{tag}: kernel {kh}x{kw} (allowed at most {MAX_SPATIAL} per side)")
-        eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-        if max(pt, pb) > eh - 1 or max(pl, pr) > ew - 1:
-            fail(f"{tag}: padding {list(a['padding'])} exceeds the dilated kernel extent {eh}x{ew} minus 1 "
-                 f"(allowed at most [{eh - 1}, {eh - 1}, {ew - 1}, {ew - 1}]: every window must touch the input)")
-        oh = _window_out(h, pt + pb, dh * (kh - 1) + 1, sh)
-        ow = _window_out(w, pl + pr, dw * (kw - 1) + 1, sw)
-        if oh < 1 or ow < 1:
-            fail(f"{tag}: kernel {kh}x{kw} (dilation {dh}x{dw}) does not fit input {h}x{w} with padding {list(a['padding'])}")
-        return (cout, oh, ow)
-    if n.op == "linear":
-        wt = p["weight"]
-        if len(wt) != 2:
-            fail(f"{tag}: weight shape {wt} must be [out, in]")
-        if len(x) != 1:
-            fail(f"{tag}: input {n.inputs[0]!r} has shape {x}; linear needs a flat (features,) input (add a flatten)")
-        if wt[1] != x[0]:
-            fail(f"{tag}: weight shape {wt} expects {wt[1]} input features but {n.inputs[0]!r} has {x[0]}")
-        if "bias" in p and p["bias"] != (wt[0],):
-            fail(f"{tag}: bias shape {p['bias']} must be ({wt[0]},)")
-        return (wt[0],)
-    if n.op == "batchnorm":
-        c = x[0]
-        for role in ("weight", "bias", "running_mean", "running_var"):
-            if p[role] != (c,):
-                fail(f"{tag}: {role} shape {p[role]} must be ({c},) (channels of {n.inputs[0]!r})")
-        return x
-    if n.op in ("relu", "relu6"):
-        return x
-    if n.op in ("maxpool2d", "avgpool2d"):
-        c, h, w = x
-        (kh, kw), (sh, sw), (pt, pb, pl, pr) = a["kernel"], a["stride"], a["padding"]
-        if max(pt, pb) >= kh or max(pl, pr) >= kw:
-            fail(f"{tag}: padding {list(a['padding'])} must be smaller than kernel {list(a['kernel'])} on every side")
-        oh, ow = _window_out(h, pt + pb, kh, sh), _window_out(w, pl + pr, kw, sw)
-        if oh < 1 or ow < 1:
-            fail(f"{tag}: kernel {kh}x{kw} does not fit input {h}x{w} with padding {list(a['padding'])}")
-        return (c, oh, ow)
-    if n.op == "global_avgpool":
-        return (x[0], 1, 1)
-    if n.op == "add":
-        if ins[0] != ins[1]:
-            fail(f"{tag}: inputs {n.inputs[0]!r} {ins[0]} and {n.inputs[1]!r} {ins[1]} must have the same shape")
-        return x
-    if n.op == "concat":
-        rest = {s[1:] for s in ins}
-        if len(rest) != 1:
-            fail(f"{tag}: inputs {dict(zip(n.inputs, ins))} must agree on every axis but the channel axis")
-        return (sum(s[0] for s in ins),) + x[1:]
-    if n.op == "flatten":
-        return (math.prod(x),)
-    raise AssertionError(n.op)
 
 
 def validate(graph: Graph, where: str = "graph") -> None:

@@ -220,72 +220,8 @@ class _Writer:
                              "quantized average pools round half to even")
 
     def layer(self, lay: QLayer) -> None:
-        n, a = lay.name, lay.attrs
-        if lay.op == "conv2d":
-            self.conv2d(lay)
-        elif lay.op == "linear":
-            self.linear(lay)
-        elif lay.op == "maxpool2d":
-            self.grid(lay.inputs[0], n)
-            kh, kw = _pair(a["kernel"])
-            pt, pb, pl, pr = tuple(a.get("padding", (0, 0, 0, 0)))
-            if max(pt, pb) >= kh or max(pl, pr) >= kw:
-                raise HwsimError(f"layer '{n}': max-pool padding {[pt, pb, pl, pr]} not smaller than the kernel")
-            # hwsim pads with the grid's qmin (0): never above a real value, so the same max as ONNX's
-            self.node("MaxPool", [lay.inputs[0]], [lay.output], n, kernel_shape=[kh, kw],
-                      strides=list(_pair(a.get("stride", a["kernel"]))), pads=[pt, pl, pb, pr])
-        elif lay.op in ("avgpool2d", "global_avgpool"):
-            self.check_pool_rounding(lay)
-            sx, zx = self.grid(lay.inputs[0], n)
-            sy, zy = self.grid(lay.output, n)
-            if lay.op == "global_avgpool":
-                self.node("QLinearGlobalAveragePool", [lay.inputs[0], sx, zx, sy, zy], [lay.output], n, ms=True,
-                          channels_last=0)
-            else:
-                kh, kw = _pair(a["kernel"])
-                pt, pb, pl, pr = tuple(a.get("padding", (0, 0, 0, 0)))
-                self.node("QLinearAveragePool", [lay.inputs[0], sx, zx, sy, zy], [lay.output], n, ms=True,
-                          kernel_shape=[kh, kw], strides=list(_pair(a.get("stride", a["kernel"]))),
-                          pads=[pt, pl, pb, pr], count_include_pad=1)
-        elif lay.op == "add":
-            r = lay.requant
-            if r.mode != "float32" or r.add_form != "ratio_fma" or r.rounding != "half_even":
-                raise HwsimError(f"layer '{n}': add with requant mode {r.mode!r}, add_form {r.add_form!r}, rounding "
-                                 f"{r.rounding!r}; ONNX Runtime's QLinearAdd is mode 'float32', add_form 'ratio_fma', "
-                                 "rounding 'half_even' (profile int8-onnxruntime)")
-            sa, za = self.grid(lay.inputs[0], n)
-            sb, zb = self.grid(lay.inputs[1], n)
-            sy, zy = self.grid(lay.output, n)
-            out, extra = self.out_name(lay)
-            self.node("QLinearAdd", [lay.inputs[0], sa, za, lay.inputs[1], sb, zb, sy, zy], [out], n, ms=True)
-            if extra:
-                self.clamp(lay, out, *extra)
-        elif lay.op == "concat":
-            gy = self.qg.grids[lay.output]
-            for t in lay.inputs:
-                g = self.qg.grids[t]
-                if (np.float32(g.scale), g.zero_point) != (np.float32(gy.scale), gy.zero_point):
-                    raise HwsimError(f"layer '{n}': concat input '{t}' is on another grid than the output; ONNX "
-                                     "Runtime's QLinearConcat requantizes through a float lookup table "
-                                     "(round(fl32(fl32(s_i (x - z_i)) / s_y)) + z_y), not hwsim's float32 requant")
-            sy, zy = self.grid(lay.output, n)
-            ins = [sy, zy]
-            for t in lay.inputs:
-                ins += [t, *self.grid(t, n)]
-            out, extra = self.out_name(lay)
-            self.node("QLinearConcat", ins, [out], n, ms=True, axis=int(a.get("axis", 1)))
-            if extra:
-                self.clamp(lay, out, *extra)
-        elif lay.op == "flatten":
-            self.node("Flatten", [lay.inputs[0]], [lay.output], n, axis=1)
-        elif lay.op in ("relu", "relu6"):
-            lo, hi = lay.clamp
-            if (lo, hi) == U8:
-                self.node("Identity", [lay.inputs[0]], [lay.output], n)
-            else:
-                self.clamp(lay, lay.inputs[0], lo, hi)
-        else:
-            raise HwsimError(f"layer '{n}': op '{lay.op}' has no ONNX export")
+        """Emit one layer: its op spec's ``onnx_export`` (hwsim/ops/<op>.py), which uses the helpers above."""
+        ops.get(lay.op).onnx_export(self, lay)
 
 
 def onnxruntime_pool_form(lay: QLayer, input_hw: tuple[int, int]) -> str:
@@ -297,9 +233,10 @@ def onnxruntime_pool_form(lay: QLayer, input_hw: tuple[int, int]) -> str:
     default ("exact") differs only on ties S/n = q + 1/2 (n even): the multiplier form is "exact" when n is
     a power of two; the dequantize form adds z before rounding, so with an odd z its ties go the other way.
     """
-    if lay.op not in ("avgpool2d", "global_avgpool"):
+    form = getattr(ops.get(lay.op), "onnxruntime_form", None)
+    if form is None:
         raise HwsimError(f"layer '{lay.name}': op '{lay.op}' is not an average pool")
-    return ops.onnxruntime_pool_form(lay.op, lay.attrs.get("kernel"), lay.attrs.get("padding", (0, 0, 0, 0)), input_hw)
+    return form(lay, input_hw)
 
 
 def to_onnx(qg: QuantizedGraph, *, float_input: bool = False, intermediate_outputs: bool = False,

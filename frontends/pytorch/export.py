@@ -17,16 +17,17 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
 from hwsim.errors import HwsimError
 from hwsim.graph import GraphBuilder, Graph, save_model
 
+from . import ops as fops
 from .lsq import FixedQuantizer, LSQQuantizer, QuantWrapper, lsq_entry
 from .satnl import SatNLConv2d, SatNLLinear, effective_weight
 
 
 QAT_WEIGHTS = ("quantized", "latent")
+PASS_THROUGH_MODULES = (nn.Identity, nn.Dropout)  # eval mode: the input itself
 
 
 class _Tracer(fx.Tracer):
@@ -41,6 +42,8 @@ def _np(t: torch.Tensor | None):
 
 
 class _Exporter:
+    np = staticmethod(_np)  # for the per-op entries (frontends/pytorch/ops.py)
+
     def __init__(self, model: nn.Module, input_shape, mean, std, qat_weights: str = "quantized"):
         if qat_weights not in QAT_WEIGHTS:
             raise HwsimError(f"export: qat_weights {qat_weights!r} not allowed; allowed: {', '.join(QAT_WEIGHTS)}")
@@ -74,100 +77,27 @@ class _Exporter:
             m = m.module
         if weight is None and isinstance(m, (nn.Conv2d, nn.Linear)):
             weight = effective_weight(m)
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                if isinstance(m.padding, str) and m.padding == "valid":
-                    pad = 0
-                else:
-                    self.fail(node, f"a conv with padding {m.padding!r}/{m.padding_mode!r} (only numeric zero padding)")
-            else:
-                pad = tuple(m.padding)
-            return self.b.conv2d(name, x, _np(weight), _np(m.bias), tuple(m.stride), pad,
-                                 tuple(m.dilation), m.groups)
-        if isinstance(m, nn.Linear):
-            return self.b.linear(name, x, _np(weight), _np(m.bias))
-        if isinstance(m, nn.BatchNorm2d):
-            if m.running_mean is None:
-                self.fail(node, "a BatchNorm2d without running statistics")
-            w = m.weight if m.affine else torch.ones_like(m.running_mean)
-            bb = m.bias if m.affine else torch.zeros_like(m.running_mean)
-            return self.b.batchnorm(name, x, _np(w), _np(bb), _np(m.running_mean), _np(m.running_var), float(m.eps))
-        if isinstance(m, nn.ReLU):
-            return self.b.relu(name, x)
-        if isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and m.min_val == 0 and m.max_val == 6):
-            return self.b.relu6(name, x)
-        if isinstance(m, nn.MaxPool2d):
-            if m.ceil_mode or m.dilation not in (1, (1, 1)) or m.return_indices:
-                self.fail(node, "a MaxPool2d with ceil_mode/dilation/return_indices")
-            return self.b.maxpool2d(name, x, m.kernel_size, m.stride, m.padding)
-        if isinstance(m, nn.AvgPool2d):
-            if m.ceil_mode or not m.count_include_pad or m.divisor_override:
-                self.fail(node, "an AvgPool2d with ceil_mode/count_include_pad=False/divisor_override")
-            return self.b.avgpool2d(name, x, m.kernel_size, m.stride, m.padding)
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            if m.output_size not in (1, (1, 1), [1, 1]):
-                self.fail(node, f"an AdaptiveAvgPool2d to {m.output_size} (only 1x1)")
-            return self.b.global_avgpool(name, x)
-        if isinstance(m, nn.Flatten):
-            if m.start_dim != 1 or m.end_dim != -1:
-                self.fail(node, "a Flatten other than start_dim=1")
-            return self.b.flatten(name, x)
-        if isinstance(m, (nn.Identity, nn.Dropout)):
+        self.weight = weight  # the MAC entries export this weight (frontends/pytorch/ops.py)
+        for entry in fops.entries():
+            y = entry.from_module(self, node, m, x)
+            if y is not None:
+                return y
+        if isinstance(m, PASS_THROUGH_MODULES):
             return x
         self.fail(node, f"an unsupported module {type(m).__name__}")
 
     def function(self, node: fx.Node) -> object:
-        f, a, kw = node.target, node.args, node.kwargs
-        name = node.name
-        if f in (F.relu, torch.relu) or (node.op == "call_method" and f in ("relu", "relu_")):
-            return self.b.relu(name, self.t(node, a[0]))
-        if f is F.relu6:
-            return self.b.relu6(name, self.t(node, a[0]))
-        if f is F.hardtanh and tuple(a[1:3]) == (0.0, 6.0):
-            return self.b.relu6(name, self.t(node, a[0]))
-        if f in (operator.add, torch.add) or (node.op == "call_method" and f == "add"):
-            if len(a) != 2 or kw.get("alpha", 1) != 1:
-                self.fail(node, "an add with other than two tensor operands")
-            return self.b.add(name, self.t(node, a[0]), self.t(node, a[1]))
-        if f is torch.cat or f is torch.concat:
-            dim = a[1] if len(a) > 1 else kw.get("dim", 0)
-            if dim != 1:
-                self.fail(node, f"a cat along dim {dim} (only dim 1)")
-            return self.b.concat(name, [self.t(node, v) for v in a[0]], 1)
-        if f is torch.flatten or (node.op == "call_method" and f == "flatten"):
-            start = a[1] if len(a) > 1 else kw.get("start_dim", 0 if f is torch.flatten else 0)
-            end = a[2] if len(a) > 2 else kw.get("end_dim", -1)
-            if start != 1 or end != -1:
-                self.fail(node, f"a flatten from dim {start} to {end} (only start_dim=1)")
-            return self.b.flatten(name, self.t(node, a[0]))
-        if node.op == "call_method" and f in ("view", "reshape"):
-            shape = a[1:] if len(a) > 2 else (a[1] if len(a) > 1 else ())
-            ok = len(shape) == 2 and shape[1] == -1 and (
-                (isinstance(shape[0], fx.Node) and self.env.get(shape[0].name) == ("batch",)))
-            if not ok:
-                self.fail(node, "a view/reshape other than (N, -1) with N = x.size(0) / x.shape[0]")
-            return self.b.flatten(name, self.t(node, a[0]))
+        f, a = node.target, node.args
         if node.op == "call_method" and f == "size" and len(a) == 2 and a[1] == 0:
             return ("batch",)
         if f is getattr and a[1] == "shape":
             return ("shape",)
         if f is operator.getitem and isinstance(a[0], fx.Node) and self.env.get(a[0].name) == ("shape",) and a[1] == 0:
             return ("batch",)
-        if f is F.adaptive_avg_pool2d:
-            if (a[1] if len(a) > 1 else kw.get("output_size")) not in (1, (1, 1), [1, 1]):
-                self.fail(node, "an adaptive_avg_pool2d not to 1x1")
-            return self.b.global_avgpool(name, self.t(node, a[0]))
-        if f is F.max_pool2d or f is F.avg_pool2d:
-            args = list(a[1:]) + [None] * 3
-            k = args[0] if args[0] is not None else kw.get("kernel_size")
-            s = args[1] if args[1] is not None else kw.get("stride")
-            p = args[2] if args[2] is not None else kw.get("padding", 0)
-            if kw.get("ceil_mode") or (f is F.max_pool2d and kw.get("dilation", 1) != 1) or \
-                    (f is F.avg_pool2d and (kw.get("count_include_pad", True) is False or kw.get("divisor_override"))) \
-                    or len(a) > 4:
-                self.fail(node, "a pool with ceil_mode/dilation/count_include_pad=False")
-            op = self.b.maxpool2d if f is F.max_pool2d else self.b.avgpool2d
-            return op(name, self.t(node, a[0]), k, s, p)
+        for entry in fops.entries():  # each op's own fx functions and methods (frontends/pytorch/ops.py)
+            y = entry.from_function(self, node)
+            if y is not None:
+                return y
         self.fail(node)
 
     def run(self, gm: fx.GraphModule, metadata: dict) -> Graph:

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hwsim.compile import QuantizedGraph
+
+from . import ops as fops
+from .ops import linear_forward  # noqa: F401  (importable from here, as before)
 
 
 def _round(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -44,27 +46,8 @@ def _round(x: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(mode)
 
 
-def _pair(v):
-    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
-
-
 def _activation(y: torch.Tensor, act: str | None) -> torch.Tensor:
-    if act == "relu":
-        return torch.relu(y)
-    if act == "relu6":
-        return torch.clamp(y, 0.0, 6.0)
-    return y
-
-
-def linear_forward(lay, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """float conv2d / linear of a compiled layer (its padding, stride, dilation, groups) on dequantized input."""
-    a = lay.attrs
-    if lay.op == "conv2d":
-        t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
-        x = F.pad(x, (l_, r, t, bt))  # zeros = the zero point in the integer domain
-        return F.conv2d(x, w, b, stride=_pair(a.get("stride", 1)), dilation=_pair(a.get("dilation", 1)),
-                        groups=a.get("groups", 1))
-    return F.linear(x.reshape(x.shape[0], -1), w, b)
+    return fops.activation(y, act)
 
 
 class FakeQuantModel(torch.nn.Module):
@@ -124,51 +107,32 @@ class FakeQuantModel(torch.nn.Module):
         env = {qg.input_name: xf}
         codes = {qg.input_name: xq}
         for lay in qg.layers:
-            a = lay.attrs
-            x = env[lay.inputs[0]]
             rounding = lay.profile.requant.rounding if self.rounding == "profile" else self.rounding
-            if lay.op in ("conv2d", "linear"):
-                w, b = self.weights[lay.name]
-                y = linear_forward(lay, x, w, b)
-            elif lay.op == "maxpool2d":
-                t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
-                x = F.pad(x, (l_, r, t, bt), value=float("-inf"))
-                y = F.max_pool2d(x, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])))
-            elif lay.op in ("avgpool2d", "global_avgpool"):
-                if lay.op == "global_avgpool":
-                    y = x.mean(dim=(2, 3), keepdim=True)
-                else:
-                    t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
-                    x = F.pad(x, (l_, r, t, bt))
-                    y = F.avg_pool2d(x, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])))
+            fop = fops.get(lay.op)  # the op's float computation and what fake quantization does with it
+            if fop.mirror == "clamp":  # a standalone activation
+                x = env[lay.inputs[0]]
+                if self.float_activations:
+                    env[lay.output] = codes[lay.output] = fop.activate(x)
+                    continue
+                g = qg.grids[lay.output]
+                lo, hi = lay.clamp
+                env[lay.output] = torch.clamp(x, (lo - g.zero_point) * g.scale, (hi - g.zero_point) * g.scale)
+                codes[lay.output] = torch.clamp(codes[lay.inputs[0]], lo, hi)
+                continue
+            y = fop.forward(lay, env, self.weights)
+            if fop.mirror == "reshape":  # values and codes both reshaped
+                env[lay.output] = y
+                codes[lay.output] = codes[lay.inputs[0]].reshape(y.shape)
+                continue
+            if fop.mirror == "grid":  # average pools: fake-quantized to the whole grid
                 g = qg.grids.get(lay.output)
                 y, q = self._fq(y, lay.output, g and g.qmin, g and g.qmax, rounding)
                 env[lay.output], codes[lay.output] = y, q
                 continue
-            elif lay.op == "add":
-                y = x + env[lay.inputs[1]]
-            elif lay.op == "concat":
-                y = torch.cat([env[i] for i in lay.inputs], dim=a.get("axis", 1))
-            elif lay.op == "flatten":
-                env[lay.output] = x.reshape(x.shape[0], -1)
-                codes[lay.output] = codes[lay.inputs[0]].reshape(x.shape[0], -1)
-                continue
-            elif lay.op in ("relu", "relu6") and self.float_activations:
-                env[lay.output] = codes[lay.output] = _activation(x, lay.op)
-                continue
-            elif lay.op in ("relu", "relu6"):
-                g = qg.grids[lay.output]
-                lo, hi = lay.clamp
-                y = torch.clamp(x, (lo - g.zero_point) * g.scale, (hi - g.zero_point) * g.scale)
-                env[lay.output] = y
-                codes[lay.output] = torch.clamp(codes[lay.inputs[0]], lo, hi)
-                continue
-            else:  # pragma: no cover
-                raise AssertionError(lay.op)
             if self.float_activations:
                 env[lay.output] = codes[lay.output] = _activation(y, lay.activation)
                 continue
-            if lay.op == "maxpool2d":
+            if fop.mirror == "max":  # values moved: their codes
                 env[lay.output] = y
                 codes[lay.output] = _round(y / qg.grids[lay.output].scale, "half_even") + qg.grids[lay.output].zero_point
                 continue

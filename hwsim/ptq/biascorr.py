@@ -17,12 +17,11 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
+from hwsim import ops
 from hwsim.compile import LINEAR_OPS, QuantizedGraph
-from hwsim.floatref import conv2d_float
 from hwsim.ptq.pipeline import replace_weights
 
 MAX_IMAGES = 256  # calibration images used for the expectations
@@ -37,57 +36,33 @@ def _float_weight(qg, lay) -> np.ndarray:
 
 
 def _layer_out(lay, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    if lay.op == "linear":
-        return x.reshape(len(x), -1).astype(np.float64) @ w.T
-    a = lay.attrs
-    return conv2d_float(x.astype(np.float32), w.astype(np.float32), None, a["stride"], a["padding"], a["dilation"],
-                        a["groups"]).astype(np.float64)
+    """float64 output of a MAC layer with weights ``w`` and no bias (its op's ``float_mac``)."""
+    return ops.get(lay.op).float_mac(lay, x, w)
 
 
 def _channel_mean(y: np.ndarray) -> np.ndarray:
     return y.mean(axis=(0, 2, 3)) if y.ndim == 4 else y.mean(axis=0)
 
 
-def _relu_mean(beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
-    """E[max(z, 0)], z ~ N(β, γ²): γ·φ(β/γ) + β·Φ(β/γ) (WP eq. 28)."""
-    g = np.abs(gamma)
-    out = np.maximum(beta, 0.0).astype(np.float64)
-    ok = g > 0
-    t = beta[ok] / g[ok]
-    phi = np.exp(-t * t / 2) / math.sqrt(2 * math.pi)
-    cdf = 0.5 * (1 + np.vectorize(math.erf)(t / math.sqrt(2)))
-    out[ok] = g[ok] * phi + beta[ok] * cdf
-    return out
-
-
 def analytic_input_mean(qg: QuantizedGraph, lay, bn: dict) -> np.ndarray | None:
     """E[x] per input channel of ``lay`` from BN statistics, or None if its input has none."""
     producer = {n.outputs[0]: n for n in qg.model.nodes}
     t = lay.inputs[0]
-    while t in producer and producer[t].op in ("flatten", "avgpool2d", "global_avgpool"):
+    while t in producer and ops.get(producer[t].op).channel_mean_preserving:
         t = producer[t].inputs[0]
     p = producer.get(t)
     if p is None or p.op not in LINEAR_OPS or p.name not in bn:
         return None
     beta, gamma = bn[p.name]["beta"], bn[p.name]["gamma"]
     act = p.attrs.get("activation")
-    if act == "relu":
-        return _relu_mean(beta, gamma)
-    if act == "relu6":
-        return _relu_mean(beta, gamma) - _relu_mean(beta - 6.0, gamma)
+    if act:  # E[act(z)], z ~ N(β, γ²): the activation's own formula (WP eq. 28; hwsim/ops/relu.py)
+        return ops.get(act).gaussian_mean(beta, gamma)
     return np.asarray(beta, np.float64)
 
 
 def _expected_error(lay, eps: np.ndarray, ex: np.ndarray) -> np.ndarray:
-    """E[εx] per output channel given E[x] per input channel (padding ignored)."""
-    if lay.op == "linear":
-        k = eps.shape[1]
-        return eps @ np.repeat(ex, k // ex.size)
-    cout, cin_g = eps.shape[:2]
-    groups = lay.attrs.get("groups", 1)
-    per = eps.sum(axis=(2, 3))  # [Cout, Cin/g]
-    idx = (np.arange(cout) // (cout // groups))[:, None] * cin_g + np.arange(cin_g)[None, :]
-    return np.sum(per * ex[idx], axis=1)
+    """E[εx] per output channel given E[x] per input channel (padding ignored; its op's ``expected_error``)."""
+    return ops.get(lay.op).expected_error(lay, eps, ex)
 
 
 def correct_biases(qg: QuantizedGraph, calib: dict[str, np.ndarray], method: str, bn: dict) -> list[str]:

@@ -98,43 +98,23 @@ def _mirror_layer(qg, lay, weights: dict, env: dict) -> None:
     Same torch ops on the same tensors, so the same float32 values (tests: logits equal bit for bit);
     codes are not formed, and tensors it creates are fake-quantized in place."""
     import torch
-    import torch.nn.functional as F
 
-    from frontends.pytorch.fakequant import _pair, linear_forward
+    from frontends.pytorch import ops as fops
 
-    a = lay.attrs
-    x = env[lay.inputs[0]]
-    if lay.op in ("conv2d", "linear"):
-        w, b = weights[lay.name]
-        y = linear_forward(lay, x, w, b)
-    elif lay.op == "maxpool2d":
-        t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
-        xp = F.pad(x, (l_, r, t, bt), value=float("-inf"))
-        env[lay.output] = F.max_pool2d(xp, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])))
+    fop = fops.get(lay.op)  # the op's float computation and what fake quantization does with its output
+    if fop.mirror == "clamp":
+        g = qg.grids[lay.output]
+        lo, hi = lay.clamp
+        env[lay.output] = torch.clamp(env[lay.inputs[0]], (lo - g.zero_point) * g.scale, (hi - g.zero_point) * g.scale)
         return
-    elif lay.op in ("avgpool2d", "global_avgpool"):
-        if lay.op == "global_avgpool":
-            y = x.mean(dim=(2, 3), keepdim=True)
-        else:
-            t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
-            y = F.avg_pool2d(F.pad(x, (l_, r, t, bt)), _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])))
+    y = fop.forward(lay, env, weights)
+    if fop.mirror in ("max", "reshape"):  # values moved: no rounding
+        env[lay.output] = y
+        return
+    if fop.mirror == "grid":
         g = qg.grids[lay.output]
         env[lay.output] = _mirror_fq(y, g, g.qmin, g.qmax)
         return
-    elif lay.op == "add":
-        y = x + env[lay.inputs[1]]
-    elif lay.op == "concat":
-        y = torch.cat([env[i] for i in lay.inputs], dim=a.get("axis", 1))
-    elif lay.op == "flatten":
-        env[lay.output] = x.reshape(x.shape[0], -1)
-        return
-    elif lay.op in ("relu", "relu6"):
-        g = qg.grids[lay.output]
-        lo, hi = lay.clamp
-        env[lay.output] = torch.clamp(x, (lo - g.zero_point) * g.scale, (hi - g.zero_point) * g.scale)
-        return
-    else:  # pragma: no cover - compile only emits the ops above
-        raise AssertionError(lay.op)
     env[lay.output] = _mirror_fq(y, qg.grids[lay.output], *lay.clamp)
 
 

@@ -7,8 +7,9 @@ from typing import Callable
 
 import numpy as np
 
-from hwsim.compile import (GRID_PRESERVING, LINEAR_OPS, QuantHooks, QuantizedGraph, _mse_range, calibrate,
+from hwsim.compile import (LINEAR_OPS, SHARES_INPUT_GRID, QuantHooks, QuantizedGraph, _mse_range, calibrate,
                            finish_linear, fold_graph, quantize_folded)
+from hwsim import ops
 from hwsim.errors import HwsimError
 from hwsim.graph import Graph
 from hwsim.profile import Profile, TensorFormat
@@ -35,7 +36,7 @@ def bn_stats(model: Graph) -> dict[str, dict]:
         if n.op not in LINEAR_OPS:
             continue
         cs = consumers.get(n.outputs[0], [])
-        if len(cs) == 1 and cs[0].op == "batchnorm":
+        if len(cs) == 1 and ops.get(cs[0].op).folds_into_producer:
             bn = cs[0]
             out[n.name] = {"gamma": model.tensors[bn.params["weight"]].astype(np.float64),
                            "beta": model.tensors[bn.params["bias"]].astype(np.float64)}
@@ -46,7 +47,7 @@ def grid_source_fn(folded: Graph) -> Callable[[str], str]:
     producer = {n.outputs[0]: n for n in folded.nodes}
 
     def src(t: str) -> str:
-        while t in producer and producer[t].op in GRID_PRESERVING + ("avgpool2d", "global_avgpool"):
+        while t in producer and producer[t].op in SHARES_INPUT_GRID:
             t = producer[t].inputs[0]
         return t
 
