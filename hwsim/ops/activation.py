@@ -222,10 +222,10 @@ def activation_reference(x_q, fn: str, in_scale, in_zp, out_scale, out_zp, out_q
         r = fp.round_float(y, rounding)
     elif form == "torch":
         inv = f32(1.0 / np.float64(f32(out_scale)))
-        r = fp.round_float(torch_values(fn, x, s_in, zi) * inv, rounding)
+        r = fp.round_float(torch_values(fn, x, s_in, zi) * inv, "half_even")  # nearbyint / cvtps2dq
     elif form == "tflite_lut":
         inv = f32(f32(1) / f32(out_scale))
-        r = fp.round_float(tflite_values(fn, x, s_in, zi) * inv, rounding)
+        r = fp.round_float(tflite_values(fn, x, s_in, zi) * inv, "half_away")  # std::round
     else:
         return tflite_hardswish_reference(x, tflite_hardswish_params(in_scale, zi, out_scale, zo), lo, hi)
     return np.clip(r + zo, lo, hi)
@@ -237,8 +237,7 @@ def build_table(fn: str, in_scale, in_zp, in_qmin, in_qmax, out_scale, out_zp, o
     """int64 table of in_qmax - in_qmin + 1 entries: table[q - in_qmin] = the activation of q (``form``).
 
     ``rounding``: the profile's rounding for "exact" (each of :data:`TABLE_ROUNDINGS`); the engine forms
-    have their own (torch: half_even, tflite_lut: half_away, tflite_hardswish: fixed point) and
-    use the one given only where the caller asks for a neighbouring variant in tests.
+    have their own and ignore it (torch: half_even, tflite_lut: half_away, tflite_hardswish: fixed point).
     ``alpha``, ``beta``: hardsigmoid's slope and offset (default PyTorch's 1/6, 0.5; ONNX uses 0.2, 0.5).
     """
     _, _, in_qmin, in_qmax = _grid("in", in_scale, in_zp, in_qmin, in_qmax)
