@@ -18,6 +18,11 @@ milliseconds). How ``f(dequantize(q))`` and the rounding are evaluated is the ``
 - ``"tflite_lut"``: TFLite's int8 LOGISTIC / TANH table (tensorflow/lite/kernels/activations.cc,
   PopulateLookupTable): d = fl32(s_in * fl32(q - z_in)), f in float32, round(fl32(f * fl32(1/s_out)))
   half away (std::round).
+- ``"onnxruntime"``: ONNX Runtime (x86-64): ``com.microsoft.QLinearSigmoid`` (contrib_ops/cpu/quantization/
+  qlinear_lookup_table.cc QlinearBuildLookupTable + MLAS MlasComputeLogistic, its FMA3 kernel: Eigen's rational
+  polynomial, see :func:`mlas_logistic`) and the QDQ float path DequantizeLinear -> Sigmoid / HardSigmoid /
+  HardSwish -> QuantizeLinear: d = fl32(fl32(q - z) * s), f in float32 (:func:`onnxruntime_values`),
+  y = round_half_even(fl32(f / s_out)) + z_out (MlasQuantizeLinear divides by the scale).
 - ``"tflite_hardswish"``: TFLite's int8 HARD_SWISH fixed-point arithmetic (tensorflow/lite/kernels/
   internal/reference/hard_swish.h, HardSwish(const HardSwishParams&, ...); parameters from
   activations.cc HardSwishPrepare): :func:`tflite_hardswish_params`, :func:`tflite_hardswish_reference`.
@@ -38,12 +43,13 @@ from hwsim.errors import HwsimError
 
 ACTIVATIONS = ("sigmoid", "hardsigmoid", "hardswish", "silu", "tanh")
 TABLE_ROUNDINGS = ("half_even", "half_away", "half_up", "floor", "trunc")
-FORMS = ("exact", "torch", "tflite_lut", "tflite_hardswish")
+FORMS = ("exact", "torch", "tflite_lut", "tflite_hardswish", "onnxruntime")
 HARDSIGMOID_TORCH = (1.0 / 6.0, 0.5)  # torch.nn.Hardsigmoid: relu6(x + 3) / 6
 HARDSIGMOID_ONNX = (0.2, 0.5)  # ONNX HardSigmoid defaults
 MAX_TABLE_BITS = 16  # tables up to 2^16 entries
 _FORM_FUNCS = {"exact": ACTIVATIONS, "torch": ("sigmoid", "hardsigmoid", "hardswish", "tanh"),
-               "tflite_lut": ("sigmoid", "tanh"), "tflite_hardswish": ("hardswish",)}
+               "tflite_lut": ("sigmoid", "tanh"), "tflite_hardswish": ("hardswish",),
+               "onnxruntime": ("sigmoid", "hardsigmoid", "hardswish")}
 f32 = np.float32
 
 
@@ -57,7 +63,7 @@ def _check(fn: str, form: str, rounding: str, alpha, beta) -> tuple[float, float
     a, b = HARDSIGMOID_TORCH if alpha is None else (float(alpha), float(beta if beta is not None else 0.5))
     if not (np.isfinite(a) and np.isfinite(b)):
         raise HwsimError(f"hardsigmoid alpha = {alpha!r}, beta = {beta!r}: allowed finite numbers")
-    if fn in ("hardsigmoid", "hardswish") and form != "exact" and (a, b) != HARDSIGMOID_TORCH:
+    if fn in ("hardsigmoid", "hardswish") and form not in ("exact", "onnxruntime") and (a, b) != HARDSIGMOID_TORCH:
         raise HwsimError(f"activation form {form!r}: {fn} alpha = {a!r}, beta = {b!r}: allowed only "
                          "alpha = 1/6, beta = 0.5 (the engine's fixed definition)")
     if fn == "hardswish" and (a, b) != HARDSIGMOID_TORCH:
@@ -136,6 +142,59 @@ def tflite_values(fn: str, q, scale: float, zero_point: int) -> np.ndarray:
     if fn == "sigmoid":
         return f32(1) / (f32(1) + _exp_f32(-d))
     return np.tanh(d.astype(np.float64)).astype(f32)
+
+
+def fma_f32(a, b, c) -> np.ndarray:
+    """fl32(a * b + c) with one rounding (an FMA instruction), for float32 a, b, c (broadcast).
+
+    a*b is exact in float64 (24 + 24 bits); s = fl64(a*b + c) carries its exact error e (TwoSum); fl32(s) differs
+    from the correctly rounded result only when s is exactly halfway between two float32 numbers and e != 0
+    (the float-operand version of :func:`hwsim.ops.fma_f32`).
+    """
+    p = np.asarray(a, f32).astype(np.float64) * np.asarray(b, f32).astype(np.float64)
+    c = np.asarray(c, f32).astype(np.float64)
+    s = p + c
+    t = s - p
+    e = (p - (s - t)) + (c - t)
+    y = np.asarray(s.astype(f32))
+    yd = y.astype(np.float64)
+    other = np.nextafter(y, np.where(s > yd, f32(np.inf), f32(-np.inf)))
+    fix = (yd != s) & ((yd + other.astype(np.float64)) * 0.5 == s) & (e != 0)
+    return np.where(fix, np.where(e > 0, np.maximum(y, other), np.minimum(y, other)), y).astype(f32)
+
+
+# MLAS logistic.cpp MlasLogisticConstants (Eigen's coefficients), as float32
+_MLAS_ALPHA = tuple(f32(v) for v in (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05,
+                                     8.51377133304701e-03, 2.48287947061529e-01))
+_MLAS_BETA = tuple(f32(v) for v in (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06,
+                                    1.70198817374094e-03, 1.16817656904453e-01, 9.93151921023180e-01))
+
+
+def mlas_logistic(x) -> np.ndarray:
+    """MLAS MlasComputeLogistic, FMA3 kernel (x86-64 with FMA): x clamped to [-18, 18], x2 = fl32(x*x),
+    p = x * (((a9 x2 + a7) x2 + a5) x2 + a3) x2 + a1), q = ((((b10 x2 + b8) x2 + b6) x2 + b4) x2 + b2) x2 + b0,
+    each multiply-add one FMA, y = clamp(fl32(fl32(p / q) + 0.5), 0, 1)."""
+    x = np.clip(np.asarray(x, f32), f32(-18), f32(18))
+    x2 = x * x
+    p = fma_f32(x2, _MLAS_ALPHA[0], _MLAS_ALPHA[1])
+    for a in _MLAS_ALPHA[2:]:
+        p = fma_f32(p, x2, a)
+    p = p * x
+    q = fma_f32(x2, _MLAS_BETA[0], _MLAS_BETA[1])
+    for b in _MLAS_BETA[2:]:
+        q = fma_f32(q, x2, b)
+    return np.clip(p / q + f32(0.5), f32(0), f32(1))
+
+
+def onnxruntime_values(fn: str, q, scale: float, zero_point: int, alpha: float, beta: float) -> np.ndarray:
+    """ONNX Runtime's float32 f(d), d = fl32(fl32(q - z) * s): sigmoid :func:`mlas_logistic`; HardSigmoid
+    clamp(fl32(fl32(alpha * d) + beta), 0, 1) (activations.h, Eigen, no FMA); HardSwish = d * HardSigmoid(d)
+    with alpha = fl32(1/6), beta = 0.5 (the ONNX function body)."""
+    d = (np.asarray(q, np.int64) - int(zero_point)).astype(f32) * f32(scale)
+    if fn == "sigmoid":
+        return mlas_logistic(d)
+    h = np.clip(f32(alpha) * d + f32(beta), f32(0), f32(1))
+    return d * h if fn == "hardswish" else h
 
 
 # ----------------------------------------------------------------------------- TFLite HARD_SWISH (fixed point)
@@ -226,6 +285,8 @@ def activation_reference(x_q, fn: str, in_scale, in_zp, out_scale, out_zp, out_q
     elif form == "tflite_lut":
         inv = f32(f32(1) / f32(out_scale))
         r = fp.round_float(tflite_values(fn, x, s_in, zi) * inv, "half_away")  # std::round
+    elif form == "onnxruntime":
+        r = fp.round_float(onnxruntime_values(fn, x, s_in, zi, a, b) / f32(out_scale), "half_even")
     else:
         return tflite_hardswish_reference(x, tflite_hardswish_params(in_scale, zi, out_scale, zo), lo, hi)
     return np.clip(r + zo, lo, hi)
@@ -237,7 +298,8 @@ def build_table(fn: str, in_scale, in_zp, in_qmin, in_qmax, out_scale, out_zp, o
     """int64 table of in_qmax - in_qmin + 1 entries: table[q - in_qmin] = the activation of q (``form``).
 
     ``rounding``: the profile's rounding for "exact" (each of :data:`TABLE_ROUNDINGS`); the engine forms
-    have their own and ignore it (torch: half_even, tflite_lut: half_away, tflite_hardswish: fixed point).
+    have their own and ignore it (torch, onnxruntime: half_even, tflite_lut: half_away, tflite_hardswish:
+    fixed point).
     ``alpha``, ``beta``: hardsigmoid's slope and offset (default PyTorch's 1/6, 0.5; ONNX uses 0.2, 0.5).
     """
     _, _, in_qmin, in_qmax = _grid("in", in_scale, in_zp, in_qmin, in_qmax)

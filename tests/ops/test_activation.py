@@ -248,3 +248,55 @@ def test_litert_activation_identical(fn, resolver):
     print(fn, resolver, total, mism)
     assert mism[form] == 0 if fn != "tanh" else 2 * mism[form] <= min(mism[f] for f in others), mism
     assert all(mism[f] > 0 for f in others), mism
+
+
+def _ort_run(op, q, s, z, so, zo, signed, **attrs):
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from tests.engines import ort_session
+
+    T = TensorProto.INT8 if signed else TensorProto.UINT8
+    if op == "QLinearSigmoid":
+        nodes = [helper.make_node("QLinearSigmoid", ["x", "xs", "xz", "ys", "yz"], ["y"], domain="com.microsoft")]
+    else:  # the QDQ float path
+        nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["d"]), helper.make_node(op, ["d"], ["f"], **attrs),
+                 helper.make_node("QuantizeLinear", ["f", "ys", "yz"], ["y"])]
+    inits = [helper.make_tensor("xs", TensorProto.FLOAT, [], [s]), helper.make_tensor("xz", T, [], [z]),
+             helper.make_tensor("ys", TensorProto.FLOAT, [], [so]), helper.make_tensor("yz", T, [], [zo])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T, [q.size])],
+                          [helper.make_tensor_value_info("y", T, [q.size])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return ort_session(m, False).run(None, {"x": q.astype(np.int8 if signed else np.uint8)})[0].astype(np.int64)
+
+
+ORT_OPS = [("QLinearSigmoid", "sigmoid", {}), ("Sigmoid", "sigmoid", {}), ("HardSwish", "hardswish", {}),
+           ("HardSigmoid", "hardsigmoid", {"alpha": 0.2, "beta": 0.5})]
+
+
+@pytest.mark.parametrize("op,fn,attrs", ORT_OPS, ids=[o[0] for o in ORT_OPS])
+@pytest.mark.parametrize("dt", ["qint8", "quint8"])
+def test_onnxruntime_activation_identical(op, fn, attrs, dt):
+    """QLinearSigmoid (MLAS FMA3 logistic table) and the QDQ float path, on random and near-tie grids."""
+    from tests.engines import cpu_flags
+
+    if not {"avx2", "fma"} <= cpu_flags():
+        pytest.skip("MLAS logistic modelled on its FMA3 kernel (x86-64 with AVX2/FMA)")
+    rng = np.random.default_rng(10)
+    lo, hi = _grid(dt)
+    q = np.arange(lo, hi + 1)
+
+    def out_grid(fn_, dt_, rng_):
+        return float(f32(rng_.uniform(0.003, 0.01))), int(rng_.integers(lo, hi + 1))
+    forms = ("onnxruntime", "exact") + (("torch",) if fn != "hardsigmoid" else ())
+    grids = list(_random_grids(fn, dt, rng, 30, out_grid)) + list(_adversarial_grids(fn, dt, rng, 12, out_grid,
+                                                                                     forms))
+    mism = dict.fromkeys(forms, 0)
+    for s, z, so, zo in grids:
+        y = _ort_run(op, q, s, z, so, zo, dt == "qint8", **attrs)
+        for f in forms:
+            t = A.build_table(fn, s, z, lo, hi, so, zo, lo, hi, form=f, **({} if f == "torch" else attrs))
+            mism[f] += int(np.count_nonzero(t != y))
+    print(op, dt, len(grids), mism)
+    assert mism["onnxruntime"] == 0, mism
+    assert all(mism[f] > 0 for f in forms[1:]), mism
