@@ -5,10 +5,14 @@ An activation on a <= 16-bit input grid is a lookup table over that grid:
 (:func:`build_table`), applied by :func:`apply_table` (numba gather; a 10^6-element tensor takes
 milliseconds). How ``f(dequantize(q))`` and the rounding are evaluated is the ``form``:
 
-- ``"exact"`` (default, hwsim's own semantics): d = fl32(s_in) * (q - z_in) in float64, f in float64
-  (:func:`activation_float64`), v = f(d) / fl32(s_out) in float64, rounded with ``rounding`` (one of
-  :data:`TABLE_ROUNDINGS`: every deterministic mode of hwsim.fixedpoint; ``stochastic`` is refused
-  because a table entry is one integer per input value, not one draw per element).
+- ``"exact"`` (default, hwsim's own semantics): the real number v = f(d) / fl32(s_out), d = fl32(s_in) * (q - z_in),
+  rounded **correctly** with ``rounding`` (one of :data:`TABLE_ROUNDINGS`: every deterministic mode of
+  hwsim.fixedpoint; ``stochastic`` is refused because a table entry is one integer per input value, not one draw
+  per element). The reference (:func:`exact_value`) evaluates v in exact rationals (hardsigmoid, hardswish) or
+  60-digit decimal arithmetic (sigmoid, silu, tanh: irrational except at d = 0, where it is exact); the fast
+  path screens in float64 and re-evaluates the entries within 1e-9 of a rounding boundary that way. So a table
+  does not depend on the platform's libm. hardsigmoid's default (None) alpha, beta are exactly 1/6 and 1/2;
+  given floats are taken as their exact binary values (ONNX's float32 0.2).
 - ``"torch"``: PyTorch's quantized CPU kernels (aten/src/ATen/native/quantized/cpu/kernels/
   QuantizedOpKernels.cpp: qsigmoid_kernel, qtanh via dequantize/tanh/quantize, qhardsigmoid_kernel,
   qhardswish_kernel) in float32: see :func:`torch_values`; output round(fl32(y * fl32(1/s_out))) half
@@ -33,12 +37,15 @@ no table) and the fast path (:func:`activation`: build the table once, gather); 
 
 from __future__ import annotations
 
+import decimal
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 from numba import njit
 
 from hwsim import fixedpoint as fp
+from hwsim import reference as ref
 from hwsim.errors import HwsimError
 
 ACTIVATIONS = ("sigmoid", "hardsigmoid", "hardswish", "silu", "tanh")
@@ -76,15 +83,17 @@ def _grid(name: str, scale, zp, qmin, qmax) -> tuple[float, int, int, int]:
     if not (np.isfinite(s) and s > 0):
         raise HwsimError(f"{name}_scale = {scale!r}: allowed a positive finite number")
     zp, qmin, qmax = int(zp), int(qmin), int(qmax)
-    if qmin > qmax or qmax - qmin >= (1 << MAX_TABLE_BITS):
-        raise HwsimError(f"{name} grid [{qmin}, {qmax}]: allowed qmin <= qmax and at most 2^{MAX_TABLE_BITS} values")
+    if qmin > qmax or (name == "in" and qmax - qmin >= (1 << MAX_TABLE_BITS)):
+        raise HwsimError(f"{name} grid [{qmin}, {qmax}]: allowed qmin <= qmax"
+                         + (f" and at most 2^{MAX_TABLE_BITS} values (one table entry each)" if name == "in" else ""))
     return float(s), zp, qmin, qmax
 
 
 # ----------------------------------------------------------------------------- float definitions
 def activation_float64(fn: str, x, alpha: float = 1.0 / 6.0, beta: float = 0.5) -> np.ndarray:
     """f(x) in float64: sigmoid 1/(1+e^-x), hardsigmoid clip(alpha*x+beta, 0, 1), hardswish x*relu6(x+3)/6,
-    silu x*sigmoid(x), tanh. numpy's float64 exp/tanh (not correctly rounded, < 1 ulp of float64)."""
+    silu x*sigmoid(x), tanh. numpy's float64 exp/tanh (< 1 ulp, platform-dependent in the last bit): the
+    "exact" form's screen, and the stand-in for float32 libm functions (see :func:`_exp_f32`)."""
     x = np.asarray(x, dtype=np.float64)
     if fn == "sigmoid":
         return 1.0 / (1.0 + np.exp(-x))
@@ -137,7 +146,8 @@ def torch_output_grid(fn: str, dtype: str) -> tuple[float, int]:
 
 
 def tflite_values(fn: str, q, scale: float, zero_point: int) -> np.ndarray:
-    """TFLite PopulateLookupTable's float32 f(d): d = fl32(s * fl32(q - z)); sigmoid 1/(1+expf(-d)), tanh fl32(tanh(d))."""
+    """TFLite PopulateLookupTable's float32 f(d): d = fl32(s * fl32(q - z)); sigmoid 1/(1+expf(-d)),
+    tanh fl32(tanh(d))."""
     d = f32(scale) * (np.asarray(q, np.int64) - int(zero_point)).astype(f32)
     if fn == "sigmoid":
         return f32(1) / (f32(1) + _exp_f32(-d))
@@ -229,7 +239,8 @@ def tflite_hardswish_params(in_scale, in_zp, out_scale, out_zp) -> HardSwishPara
     qr, er = fp.quantize_multiplier(float(relu_m))
     if eo > 0:
         raise HwsimError(f"tflite_hardswish: output multiplier {float(out_m)!r} >= 1 (in_scale {float(s_in)!r}, "
-                         f"out_scale {float(s_out)!r}): allowed in_scale / 128 < out_scale (TFLite requires exponent <= 0)")
+                         f"out_scale {float(s_out)!r}): allowed in_scale / 128 < out_scale "
+                         "(TFLite requires exponent <= 0)")
     return HardSwishParams(int(in_zp), int(out_zp), _downscale_int32_to_int16_multiplier(qr), er,
                            _downscale_int32_to_int16_multiplier(qo), eo)
 
@@ -268,17 +279,76 @@ def tflite_hardswish_reference(x_q, p: HardSwishParams, qmin: int, qmax: int) ->
     return np.clip(y, qmin, qmax)
 
 
+# ----------------------------------------------------------------------------- the exact form
+def _exact_params(alpha, beta) -> tuple[Fraction, Fraction]:
+    if alpha is None:
+        return Fraction(1, 6), Fraction(1, 2)
+    return Fraction(float(alpha)), Fraction(float(beta if beta is not None else 0.5))
+
+
+def exact_value(fn: str, d: Fraction, alpha: Fraction = Fraction(1, 6), beta: Fraction = Fraction(1, 2)) -> Fraction:
+    """f(d) as a rational: exact for hardsigmoid / hardswish and at d = 0; otherwise within 10^-55 relative
+    (decimal, 60 significant digits; d is a dyadic rational with < 60 digits, so it enters exactly)."""
+    if fn == "hardsigmoid":
+        return min(max(alpha * d + beta, Fraction(0)), Fraction(1))
+    if fn == "hardswish":
+        return d * min(max(d + 3, Fraction(0)), Fraction(6)) / 6
+    if d == 0:
+        return Fraction(1, 2) if fn == "sigmoid" else Fraction(0)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        ctx.Emax, ctx.Emin = 10**6, -(10**6)
+        x = decimal.Decimal(d.numerator) / decimal.Decimal(d.denominator)
+        if fn == "sigmoid":
+            v = 1 / (1 + (-x).exp())
+        elif fn == "silu":
+            v = x / (1 + (-x).exp())
+        else:  # tanh = sign(x) (1 - e) / (1 + e), e = exp(-2|x|): no overflow
+            e = (-2 * abs(x)).exp()
+            v = (1 - e) / (1 + e) * (1 if x > 0 else -1)
+    return Fraction(v)
+
+
+def _exact_entry(fn, q: int, s_in: Fraction, zi: int, s_out: Fraction, alpha, beta, rounding: str) -> int:
+    v = exact_value(fn, s_in * (q - zi), alpha, beta) / s_out
+    return ref.divide_round_int(v.numerator, v.denominator, rounding)
+
+
+def _exact_fast(fn, x, s_in, zi, s_out, alpha, beta, rounding) -> np.ndarray:
+    """float64 screen, exact re-evaluation of the entries within 1e-9 of a rounding boundary (== the reference)."""
+    fa, fb = (1.0 / 6.0, 0.5) if alpha is None else (float(alpha), float(beta if beta is not None else 0.5))
+    with np.errstate(over="ignore"):
+        v = activation_float64(fn, s_in * (x - zi).astype(np.float64), fa, fb) / s_out
+    r = fp.round_float(v, rounding)
+    frac = v - np.floor(v)
+    boundary = 0.5 if rounding in ("half_even", "half_away", "half_up") else 0.0
+    dist = np.abs(frac - boundary) if boundary else np.minimum(frac, 1.0 - frac)
+    near = np.flatnonzero((dist <= 1e-9 * (1.0 + np.abs(v))).ravel())
+    if near.size:
+        a, b = _exact_params(alpha, beta)
+        fs_in, fs_out = Fraction(s_in), Fraction(s_out)
+        rf, xf = r.reshape(-1), x.reshape(-1)
+        for i in near:
+            rf[i] = _exact_entry(fn, int(xf[i]), fs_in, zi, fs_out, a, b, rounding)
+    return r
+
+
 # ----------------------------------------------------------------------------- the definition, element-wise
 def activation_reference(x_q, fn: str, in_scale, in_zp, out_scale, out_zp, out_qmin, out_qmax,
                          rounding: str = "half_even", *, form: str = "exact", alpha=None, beta=None) -> np.ndarray:
-    """The definition of each form evaluated per element (no table): int64 array shaped like ``x_q``."""
+    """The definition of each form evaluated per element (no table): int64 array shaped like ``x_q``.
+
+    "exact": one rational / 60-digit evaluation per element (:func:`exact_value`), slow and obviously correct.
+    """
     a, b = _check(fn, form, rounding, alpha, beta)
     x = np.asarray(x_q, np.int64)
     s_in, s_out = float(f32(in_scale)), float(f32(out_scale))
     zi, zo, lo, hi = int(in_zp), int(out_zp), int(out_qmin), int(out_qmax)
     if form == "exact":
-        y = activation_float64(fn, s_in * (x - zi).astype(np.float64), a, b) / s_out
-        r = fp.round_float(y, rounding)
+        ea, eb = _exact_params(alpha, beta)
+        fs_in, fs_out = Fraction(s_in), Fraction(s_out)
+        r = np.array([_exact_entry(fn, int(v), fs_in, zi, fs_out, ea, eb, rounding) for v in x.reshape(-1)],
+                     np.int64).reshape(x.shape)
     elif form == "torch":
         inv = f32(1.0 / np.float64(f32(out_scale)))
         r = fp.round_float(torch_values(fn, x, s_in, zi) * inv, "half_even")  # nearbyint / cvtps2dq
@@ -305,6 +375,10 @@ def build_table(fn: str, in_scale, in_zp, in_qmin, in_qmax, out_scale, out_zp, o
     _, _, in_qmin, in_qmax = _grid("in", in_scale, in_zp, in_qmin, in_qmax)
     _grid("out", out_scale, out_zp, out_qmin, out_qmax)
     grid = np.arange(in_qmin, in_qmax + 1, dtype=np.int64)
+    if form == "exact":
+        _check(fn, form, rounding, alpha, beta)
+        r = _exact_fast(fn, grid, float(f32(in_scale)), int(in_zp), float(f32(out_scale)), alpha, beta, rounding)
+        return np.clip(r + int(out_zp), int(out_qmin), int(out_qmax))
     return activation_reference(grid, fn, in_scale, in_zp, out_scale, out_zp, out_qmin, out_qmax, rounding,
                                 form=form, alpha=alpha, beta=beta)
 

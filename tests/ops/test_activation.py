@@ -58,15 +58,34 @@ def test_exact_table_within_half_lsb_of_real_function():
 
 def test_roundings_differ_on_ties():
     # hardsigmoid with s_in = 6 * 2^-9: (d + 3) / 6 * 256 = (q - z) / 2 + 128: every odd q - z is a tie
-    tabs = {r: A.build_table("hardsigmoid", 6 * 2.0**-9, 0, -128, 127, 1 / 256, -128, -128, 127, r,
-                             alpha=0.125 / 0.75, beta=0.5) for r in A.TABLE_ROUNDINGS}
+    tabs = {r: A.build_table("hardsigmoid", 6 * 2.0**-9, 0, -128, 127, 1 / 256, -128, -128, 127, r)
+            for r in A.TABLE_ROUNDINGS}  # alpha, beta default: exactly 1/6, 1/2
     keys = list(tabs)
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
             # hardsigmoid >= 0: only a negative value separates half_away/half_up and floor/trunc
             same = {a, b} in ({"half_away", "half_up"}, {"floor", "trunc"})
             assert np.array_equal(tabs[a], tabs[b]) == same, (a, b)
+    # the float64 1/6 is not 1/6: no exact ties are left, and every nearest mode agrees
+    f64 = {r: A.build_table("hardsigmoid", 6 * 2.0**-9, 0, -128, 127, 1 / 256, -128, -128, 127, r, alpha=1 / 6,
+                            beta=0.5) for r in ("half_even", "half_away", "half_up")}
+    assert np.array_equal(f64["half_even"], f64["half_away"]) and np.array_equal(f64["half_even"], f64["half_up"])
 
+
+def test_exact_form_is_correctly_rounded():
+    """Tables equal the exact rational / 60-digit value rounded, also where float64 sits on the other side."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(4)
+    for fn in A.ACTIVATIONS:
+        for _ in range(20):
+            s_in, z, s_out = float(f32(rng.uniform(0.005, 0.1))), int(rng.integers(-128, 128)), 1 / 256
+            t = A.build_table(fn, s_in, z, -128, 127, s_out, 0, -2**20, 2**20)
+            for q in rng.integers(-128, 128, 8):
+                v = A.exact_value(fn, Fraction(s_in) * (int(q) - z)) * 256
+                assert abs(t[q + 128] - v) <= Fraction(1, 2), (fn, q)
+    # a screened boundary entry: sigmoid(0) = 1/2 exactly, 1/2 / (1/3 as float32) is no tie; 0.5 / 0.25 is exact
+    assert A.build_table("sigmoid", 0.1, 0, -1, 1, 0.25, 0, -9, 9).tolist()[1] == 2
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.sampled_from(A.ACTIVATIONS), st.integers(2, 8), st.booleans(),
@@ -193,7 +212,8 @@ def test_torch_quantized_activation_identical_on_random_grids(fn, dt):
 def test_torch_activation_near_ties(fn):
     """Grids where the forms' tables differ. hardswish / hardsigmoid (exact float32 arithmetic): PyTorch == "torch"
     on every entry; sigmoid / tanh: PyTorch's Sleef expf/tanhf differ from a correctly rounded float32 result in
-    the last ulp, so a few near-tie entries differ (measured on these 20 grids' 5120 entries: sigmoid 1, tanh 4 — versus 9 to 19 for the neighbouring forms)."""
+    the last ulp, so a few near-tie entries differ (measured on these 20 grids' 5120 entries: sigmoid 0, tanh 4,
+    versus 10 to 19 for the neighbouring forms)."""
     rng = np.random.default_rng(8)
     forms = ("torch", "exact") if fn in ("hardswish", "hardsigmoid") else ("torch", "exact", "tflite_lut")
     grids = list(_adversarial_grids(fn, "qint8", rng, 20, _torch_out_grid, forms))
@@ -260,7 +280,8 @@ def _ort_run(op, q, s, z, so, zo, signed, **attrs):
     if op == "QLinearSigmoid":
         nodes = [helper.make_node("QLinearSigmoid", ["x", "xs", "xz", "ys", "yz"], ["y"], domain="com.microsoft")]
     else:  # the QDQ float path
-        nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["d"]), helper.make_node(op, ["d"], ["f"], **attrs),
+        nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["d"]),
+                 helper.make_node(op, ["d"], ["f"], **attrs),
                  helper.make_node("QuantizeLinear", ["f", "ys", "yz"], ["y"])]
     inits = [helper.make_tensor("xs", TensorProto.FLOAT, [], [s]), helper.make_tensor("xz", T, [], [z]),
              helper.make_tensor("ys", TensorProto.FLOAT, [], [so]), helper.make_tensor("yz", T, [], [zo])]
