@@ -11,14 +11,15 @@ milliseconds). How ``f(dequantize(q))`` and the rounding are evaluated is the ``
   per element). The reference (:func:`exact_value`) evaluates v in exact rationals (hardsigmoid, hardswish) or
   60-digit decimal arithmetic (sigmoid, silu, tanh: irrational except at d = 0, where it is exact); the fast
   path screens in float64 and re-evaluates the entries within 1e-9 of a rounding boundary that way. So a table
-  does not depend on the platform's libm. hardsigmoid's default (None) alpha, beta are exactly 1/6 and 1/2;
-  given floats are taken as their exact binary values (ONNX's float32 0.2).
+  does not depend on the platform's libm. hardsigmoid's alpha, beta: None or the float64 pair (1/6, 0.5) mean
+  exactly 1/6 and 1/2 (PyTorch); other floats are taken as their exact binary values (ONNX's float32 0.2).
 - ``"torch"``: PyTorch's quantized CPU kernels (aten/src/ATen/native/quantized/cpu/kernels/
   QuantizedOpKernels.cpp: qsigmoid_kernel, qtanh via dequantize/tanh/quantize, qhardsigmoid_kernel,
   qhardswish_kernel) in float32: see :func:`torch_values`; output round(fl32(y * fl32(1/s_out))) half
-  even (Vectorized<qint>::quantize). PyTorch fixes the output grid of sigmoid and hardsigmoid (scale 1/256,
-  zero point 0 for quint8, -128 for qint8) and of tanh (scale 2/256, zero point 128 / 0): see
-  :func:`torch_output_grid`.
+  even (Vectorized<qint>::quantize); scales are float32 numbers (PyTorch keeps an output scale given as a double:
+  pass float32-representable scales, as hwsim stores them). PyTorch fixes the output grid of sigmoid and
+  hardsigmoid (scale 1/256, zero point 0 for quint8, -128 for qint8) and of tanh (scale 2/256, zero point
+  128 / 0): see :func:`torch_output_grid`.
 - ``"tflite_lut"``: TFLite's int8 LOGISTIC / TANH table (tensorflow/lite/kernels/activations.cc,
   PopulateLookupTable): d = fl32(s_in * fl32(q - z_in)), f in float32, round(fl32(f * fl32(1/s_out)))
   half away (std::round).
@@ -281,7 +282,9 @@ def tflite_hardswish_reference(x_q, p: HardSwishParams, qmin: int, qmax: int) ->
 
 # ----------------------------------------------------------------------------- the exact form
 def _exact_params(alpha, beta) -> tuple[Fraction, Fraction]:
-    if alpha is None:
+    """(alpha, beta) as rationals: the PyTorch definition (None, or the float64 pair (1/6, 0.5)) is exactly 1/6, 1/2;
+    any other float is its exact binary value (an ONNX float32 attribute 0.2 stays fl32(0.2))."""
+    if alpha is None or (float(alpha), float(beta if beta is not None else 0.5)) == HARDSIGMOID_TORCH:
         return Fraction(1, 6), Fraction(1, 2)
     return Fraction(float(alpha)), Fraction(float(beta if beta is not None else 0.5))
 

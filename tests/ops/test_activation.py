@@ -66,9 +66,11 @@ def test_roundings_differ_on_ties():
             # hardsigmoid >= 0: only a negative value separates half_away/half_up and floor/trunc
             same = {a, b} in ({"half_away", "half_up"}, {"floor", "trunc"})
             assert np.array_equal(tabs[a], tabs[b]) == same, (a, b)
-    # the float64 1/6 is not 1/6: no exact ties are left, and every nearest mode agrees
-    f64 = {r: A.build_table("hardsigmoid", 6 * 2.0**-9, 0, -128, 127, 1 / 256, -128, -128, 127, r, alpha=1 / 6,
-                            beta=0.5) for r in ("half_even", "half_away", "half_up")}
+    # the float32 1/6 (an ONNX attribute) is not 1/6: no exact ties are left, and every nearest mode agrees
+    f64 = {r: A.build_table("hardsigmoid", 6 * 2.0**-9, 0, -128, 127, 1 / 256, -128, -128, 127, r,
+                            alpha=float(f32(1 / 6)), beta=0.5) for r in ("half_even", "half_away", "half_up")}
+    assert np.array_equal(tabs["half_even"], A.build_table("hardsigmoid", 6 * 2.0**-9, 0, -128, 127, 1 / 256, -128,
+                                                           -128, 127, alpha=1 / 6, beta=0.5))
     assert np.array_equal(f64["half_even"], f64["half_away"]) and np.array_equal(f64["half_even"], f64["half_up"])
 
 
