@@ -114,22 +114,30 @@ def _exp_f32(x32) -> np.ndarray:
         return np.exp(np.asarray(x32, np.float64)).astype(f32)
 
 
-def torch_values(fn: str, q, scale: float, zero_point: int) -> np.ndarray:
-    """PyTorch's float32 y = f(dequantize(q)) of its quantized CPU kernels (vectorized path).
-
-    sigmoid: d = fl32(fl32(q - z) * s) ((x - zp) * scale), y = 1 / (1 + expf(-d)) one float32 rounding per op;
-    tanh: fl32(tanh(d)); hardswish / hardsigmoid: d = fma(q, s, fl32(s * -z)) (the premultiplied
-    dequantize), t = min(max(fl32(d + 3), 0), 6), hardswish fl32(fl32(d * t) / 6), hardsigmoid fl32(t / 6).
-    """
+def torch_dequantize(fn: str, q, scale: float, zero_point: int) -> np.ndarray:
+    """PyTorch's vectorized dequantize in each kernel: sigmoid (x - zp) * scale, i.e. fl32(fl32(q - z) * s);
+    tanh, hardswish, hardsigmoid the premultiplied form fma(q, s, fl32(s * -z)) (Vectorized::dequantize with
+    scale_neg_zp_premul)."""
     q = np.asarray(q, np.int64)
     s = f32(scale)
+    if fn == "sigmoid":
+        return (q - zero_point).astype(f32) * s
+    premul = f32(s * f32(-zero_point))
+    # s*q exact in float64 (24 x <= 17 bits), and so is + premul here: one rounding == the FMA
+    return (np.float64(s) * q + np.float64(premul)).astype(f32)
+
+
+def torch_values(fn: str, q, scale: float, zero_point: int) -> np.ndarray:
+    """PyTorch's float32 y = f(dequantize(q)) of its quantized CPU kernels (vectorized path; QuantizedOpKernels.cpp).
+
+    d = :func:`torch_dequantize`; sigmoid y = 1 / (1 + expf(-d)), one float32 rounding per op; tanh fl32(tanh(d));
+    t = min(max(fl32(d + 3), 0), 6), hardswish fl32(fl32(d * t) / 6), hardsigmoid fl32(t / 6). expf / tanhf are
+    fl32 of the float64 function (PyTorch's Sleef versions can differ in the last ulp).
+    """
+    d = torch_dequantize(fn, q, scale, zero_point)
     if fn in ("hardswish", "hardsigmoid"):
-        premul = f32(s * f32(-zero_point))
-        # s*q exact in float64 (24 x <= 17 bits); + premul one float64 rounding that is exact here too
-        d = (np.float64(s) * q + np.float64(premul)).astype(f32)
         t = np.minimum(np.maximum(d + f32(3), f32(0)), f32(6))
         return (d * t) / f32(6) if fn == "hardswish" else t / f32(6)
-    d = (q - zero_point).astype(f32) * s
     if fn == "sigmoid":
         return f32(1) / (f32(1) + _exp_f32(-d))
     return np.tanh(d.astype(np.float64)).astype(f32)

@@ -213,9 +213,9 @@ def test_torch_quantized_activation_identical_on_random_grids(fn, dt):
 @pytest.mark.parametrize("fn", TORCH_FNS)
 def test_torch_activation_near_ties(fn):
     """Grids where the forms' tables differ. hardswish / hardsigmoid (exact float32 arithmetic): PyTorch == "torch"
-    on every entry; sigmoid / tanh: PyTorch's Sleef expf/tanhf differ from a correctly rounded float32 result in
-    the last ulp, so a few near-tie entries differ (measured on these 20 grids' 5120 entries: sigmoid 0, tanh 4,
-    versus 10 to 19 for the neighbouring forms)."""
+    on every entry; sigmoid / tanh: PyTorch's Sleef expf/tanhf may differ from a correctly rounded float32 result
+    in the last ulp, which can decide a near tie (measured on these 20 grids' 5120 entries: 0 for both, versus 10
+    to 21 for the neighbouring forms; a wider search found 1 sigmoid entry in ~4900)."""
     rng = np.random.default_rng(8)
     forms = ("torch", "exact") if fn in ("hardswish", "hardsigmoid") else ("torch", "exact", "tflite_lut")
     grids = list(_adversarial_grids(fn, "qint8", rng, 20, _torch_out_grid, forms))
@@ -256,7 +256,8 @@ def _tfl_out_grid(fn, dt, rng):
 def test_litert_activation_identical(fn, resolver):
     """LOGISTIC / TANH int8: TFLite's float LUT (PopulateLookupTable, std::round); HARD_SWISH int8: its fixed-point
     kernel. Random grids: identical. Grids where the forms' tables differ: LOGISTIC and HARD_SWISH identical;
-    TANH differs where glibc's tanhf (fdlibm, not correctly rounded) and fl32(tanh) straddle a tie (measured)."""
+    TANH differs where the C library's tanhf (not correctly rounded) and fl32(tanh) straddle a tie: the test
+    below shows a table built with that tanhf matches LiteRT there."""
     opname, form = TFL[fn]
     rng = np.random.default_rng(9)
     others = tuple(f for f in ("exact", "torch", "tflite_lut") if f != form and fn in A._FORM_FUNCS[f])
@@ -268,7 +269,8 @@ def test_litert_activation_identical(fn, resolver):
     assert len(grids) == 12
     mism, total = _mismatches(engine, grids, fn, "qint8", (form,) + others)
     print(fn, resolver, total, mism)
-    assert mism[form] == 0 if fn != "tanh" else 2 * mism[form] <= min(mism[f] for f in others), mism
+    if fn != "tanh":  # TANH: glibc's tanhf decides its near ties (see the test below), measured 7 of 3072 entries
+        assert mism[form] == 0, mism
     assert all(mism[f] > 0 for f in others), mism
 
 
@@ -323,3 +325,31 @@ def test_onnxruntime_activation_identical(op, fn, attrs, dt):
     print(op, dt, len(grids), mism)
     assert mism["onnxruntime"] == 0, mism
     assert all(mism[f] > 0 for f in forms[1:]), mism
+
+
+def test_remaining_near_tie_differences_are_the_engines_float_functions():
+    """Where "torch" (sigmoid, tanh) and "tflite_lut" (tanh) miss near ties, the cause is the engine's float32
+    function alone: the same tables built with PyTorch's own float32 torch.sigmoid / torch.tanh (Sleef), and with
+    the C library's tanhf (what LiteRT calls), match the engines on every entry."""
+    import ctypes
+    import ctypes.util
+
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    q = np.arange(-128, 128)
+    for fn, tf in (("sigmoid", torch.sigmoid), ("tanh", torch.tanh)):
+        grids = list(_adversarial_grids(fn, "qint8", rng, 20, _torch_out_grid, ("torch", "exact", "tflite_lut")))
+        for s, z, so, zo in grids:
+            y = tf(torch.from_numpy(A.torch_dequantize(fn, q, s, z))).numpy()
+            t = np.clip(np.rint(y * f32(1.0 / so)) + zo, -128, 127)
+            assert np.array_equal(t, _torch_run(fn, "qint8", s, z, so, zo)), (fn, s, z)
+    name = ctypes.util.find_library("m")
+    if name is None:
+        pytest.skip("no C math library to call")
+    libm = ctypes.CDLL(name)
+    libm.tanhf.restype, libm.tanhf.argtypes = ctypes.c_float, [ctypes.c_float]
+    for s, z, so, zo in _adversarial_grids("tanh", "qint8", np.random.default_rng(9), 12, _tfl_out_grid,
+                                           ("tflite_lut", "exact", "torch")):
+        v = np.array([libm.tanhf(float(x)) for x in f32(s) * (q - z).astype(f32)], f32) * f32(f32(1) / f32(so))
+        t = np.clip(fp.round_float(v, "half_away") + zo, -128, 127)
+        assert np.array_equal(t, _tfl_unary("TANH", s, z, so, zo, "reference")), (s, z)
