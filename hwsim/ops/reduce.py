@@ -12,6 +12,8 @@ quotient is rounded, because that is exactly where engines differ:
   It differs from "exact" on ties whenever z is odd (half_even) or the sums have other signs (half_away);
 - ``"float32_dequantize"``: ONNX Runtime's ``QLinearAveragePool`` (:func:`hwsim.ops.avg_pool2d`'s form of that
   name, with n = the in-image tap count when count_include_pad=False);
+- mean only, ``"float32_multiplier"``: ONNX Runtime's ``QLinearGlobalAveragePool`` (:func:`hwsim.ops.global_avg_pool`'s
+  form of that name; input grid == output grid);
 - mean only, different input and output grids allowed: ``"tflite_reference"`` (TFLite MEAN int8, BUILTIN_REF:
   reference_ops::QuantizedMeanOrSum, integer path) and ``"tflite_optimized"`` (TFLite MEAN int8, optimized
   kernel: optimized_integer_ops::Mean), see :func:`mean_hw`.
@@ -31,7 +33,7 @@ from hwsim import reference as ref
 from hwsim.errors import HwsimError
 
 POOL_FORMS = ("exact", "raw_sum", "float32_dequantize")
-MEAN_FORMS = ("exact", "raw_sum", "tflite_reference", "tflite_optimized")
+MEAN_FORMS = ("exact", "raw_sum", "float32_multiplier", "tflite_reference", "tflite_optimized")
 f32 = np.float32
 
 
@@ -145,6 +147,7 @@ def mean_hw(x_q, in_scale, in_zero_point: int, out_scale, out_zero_point: int, q
     global_avg_pool`), then, when the output grid differs, ``requantize(m - z_in, M = s_in / s_out, cfg) + z_out``
     (``cfg``: the profile's Requant; default float32 half_even).
     "raw_sum" (PyTorch, rounding half_even): divide_round(sum(x), n, rounding); input grid == output grid.
+    "float32_multiplier" (ONNX Runtime QLinearGlobalAveragePool): :func:`hwsim.ops.global_avg_pool` with that form.
     "tflite_reference": MBQM(sum(x - z_in), q', shift') + z_out (:func:`tflite_mean_reference_multiplier`,
     gemmlowp double rounding). "tflite_optimized": MBQM(sum(x), q, shift) + bias
     (:func:`tflite_mean_optimized_params`; the raw sum, no zero point subtracted).
@@ -162,10 +165,13 @@ def mean_hw(x_q, in_scale, in_zero_point: int, out_scale, out_zero_point: int, q
     n = x.shape[2] * x.shape[3]
     if n == 0:
         raise HwsimError(f"mean: input shape {x.shape}: allowed H, W >= 1")
-    if form in ("raw_sum",) and not same:
+    if form in ("raw_sum", "float32_multiplier") and not same:
         raise HwsimError(f"mean: form {form!r} keeps the input grid: allowed only out_scale == in_scale and "
                          "out_zero_point == in_zero_point")
-    if form == "exact":
+    if form == "float32_multiplier":
+        y = ops.global_avg_pool(x, zi, rounding, seed, impl, form=form, scale=float(f32(in_scale)),
+                                index_offset=index_offset)
+    elif form == "exact":
         m = ops.global_avg_pool(x, zi, rounding, seed, impl, index_offset=index_offset)
         if not same:
             cfg = cfg or ops.Requant()

@@ -76,10 +76,10 @@ def _mean_kw(rng, bits, signed, same):
 @pytest.mark.parametrize("form", R.MEAN_FORMS)
 def test_mean_fast_equals_reference(form):
     rng = np.random.default_rng(abs(hash(form)) % 2**32)
-    roundings = fp.ROUNDING_MODES if form in ("exact", "raw_sum") else ("half_even",)
+    roundings = fp.ROUNDING_MODES if form in ("exact", "raw_sum", "float32_multiplier") else ("half_even",)
     for bits in range(2, 9):
         for signed in (True, False):
-            for same in (True, False) if form != "raw_sum" else (True,):
+            for same in (True, False) if form not in ("raw_sum", "float32_multiplier") else (True,):
                 for H, W in ((1, 1), (3, 3), (4, 6), (7, 7)):
                     lo, hi, zi, si, zo, so = _mean_kw(rng, bits, signed, same)
                     x = rng.integers(lo, hi + 1, (2, 3, H, W))
@@ -106,7 +106,7 @@ def test_property_mean_of_constant_is_constant_and_in_bounds(bits, signed, H, W,
     v = data.draw(st.integers(lo, hi))
     z = data.draw(st.integers(lo, hi))
     x = np.full((1, 2, H, W), v)
-    for form in ("exact", "raw_sum", "tflite_reference", "tflite_optimized"):
+    for form in R.MEAN_FORMS:
         y = R.mean_hw(x, 0.03125, z, 0.03125, z, lo, hi, data.draw(st.sampled_from(("half_even", "half_away"))),
                       form=form)
         assert np.all(y == v), form
@@ -232,7 +232,8 @@ def test_litert_mean_identical(resolver):
             T.tflite.ReducerOptionsAddKeepDims(b, True)
             return T.tflite.ReducerOptionsEnd(b)
         xt = x.transpose(0, 2, 3, 1)
-        axes = dict(shape=[2], type=T.TT.INT32, scale=np.array([0.0]), zp=np.array([0]), data=np.array([1, 2], np.int32))
+        axes = dict(shape=[2], type=T.TT.INT32, scale=np.array([0.0]), zp=np.array([0]),
+                    data=np.array([1, 2], np.int32))
         tensors = [T._i8(xt.shape, si, zi), axes, T._i8((2, 1, 1, 6), so, zo)]
         ye = T.run(T.build_model(tensors, T.BO.MEAN, [0, 1], [2], T.BOpt.ReducerOptions, options, [0]), resolver,
                    xt).transpose(0, 3, 1, 2)
@@ -274,3 +275,32 @@ def test_onnxruntime_qlinearaveragepool_exclude_pad_identical(signed):
                                                              scale=s), lo, hi), ye)
     assert mism["float32_dequantize"] == 0, mism
     assert all(v > 0 for k, v in mism.items() if k != "float32_dequantize"), mism
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_onnxruntime_qlinearglobalaveragepool_is_the_float32_multiplier_mean(signed):
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from tests.engines import ort_session
+
+    rng = np.random.default_rng(25)
+    lo, hi = (-128, 127) if signed else (0, 255)
+    T = TensorProto.INT8 if signed else TensorProto.UINT8
+    mism = {"float32_multiplier": 0, "exact": 0, "raw_sum": 0}
+    for i in range(30):
+        H, W = ((7, 7), (4, 4), (3, 5), (2, 6))[i % 4]
+        x = rng.integers(lo, hi + 1, (2, 5, H, W))
+        z, s = int(rng.integers(lo, hi + 1)), float(f32(rng.uniform(0.01, 0.1)))
+        node = helper.make_node("QLinearGlobalAveragePool", ["x", "xs", "xz", "ys", "yz"], ["y"],
+                                domain="com.microsoft", channels_last=0)
+        inits = [helper.make_tensor("xs", TensorProto.FLOAT, [], [s]), helper.make_tensor("xz", T, [], [z]),
+                 helper.make_tensor("ys", TensorProto.FLOAT, [], [s]), helper.make_tensor("yz", T, [], [z])]
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", T, list(x.shape))],
+                              [helper.make_tensor_value_info("y", T, None)], inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+        ye = ort_session(m, False).run(None, {"x": x.astype(np.int8 if signed else np.uint8)})[0].astype(np.int64)
+        for f in mism:
+            mism[f] += _count(R.mean_hw(x, s, z, s, z, lo, hi, form=f), ye)
+    assert mism["float32_multiplier"] == 0, mism
+    assert mism["exact"] > 0 and mism["raw_sum"] > 0, mism
