@@ -1,0 +1,167 @@
+"""Quantized element-wise multiply with numpy broadcasting (docs/semantics.md, "mul").
+
+Squeeze-excitation multiplies an [N, C, H, W] tensor by an [N, C, 1, 1] gate; same-shape products work too.
+
+The integer product ``p = (a - z_a) * (b - z_b)`` (exact in int64) is an accumulator that is requantized
+with M = s_a * s_b / s_y in the profile's mode (:class:`hwsim.ops.Requant`, :func:`hwsim.ops.requantize`):
+
+- float32: ``y = round(fl32(fl32(p) * M)) + z_y`` — PyTorch's ``quantized::mul`` (QuantizedOpKernels.cpp
+  qmul_kernel, requantize_from_int): M = fl32(fl32(s_a * s_b) * fl32(1 / s_y)) (``multiplier="inverse"``,
+  the default) or M as :func:`hwsim.ops.make_requant_params` forms it from ``cfg.multiplier_order``
+  (``multiplier="requant"``);
+- fixed: TFLite int8 MUL (reference_integer_ops::MulElementwise / BroadcastMul4DSlow):
+  ``MultiplyByQuantizedMultiplier(p, q, shift) + z_y`` with QuantizeMultiplier(s_a * s_b / s_y) and the
+  profile's fixed rounding variant and ties (``cfg.fixed_product`` = "float32" rounds s_a*s_b to float32
+  first). TFLite's optimized kernel (BUILTIN resolver) gives the same integers except where the unclamped
+  result |MBQM(p) + z_y| >= 2^15: its vector code narrows through int16 and the clamp then flips sign (not
+  modelled: such outputs are saturated in every other engine);
+- pow2: ``y = shift_right_round(p, e_y - e_a - e_b) + z_y``.
+
+ONNX Runtime's ``com.microsoft.QLinearMul`` (MLAS qlmul.cpp, MlasQLinearMulKernel, SSE2 path on x86-64) is
+the float32 mode with ``multiplier="requant"``, ``cfg.multiplier_order = "sequential"`` (R = fl32(fl32(s_a *
+s_b) / s_y)) and ``cfg.zero_point = "before"``: ``y = round_half_even(fl32(fl32(fl32(p) * R) + z_y))``.
+
+``impl="reference"``: one Python-int product per element and :func:`hwsim.reference.requantize` (the spec);
+``impl="fast"``: a fused numba kernel over the broadcast views (float32 without stochastic rounding, 31-bit
+fixed), else the broadcast numpy product and :func:`hwsim.ops.requantize`'s fast path.
+The coordinator imports this module after ``hwsim.ops`` is initialised (it uses ops.Requant/requantize).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from hwsim import fixedpoint as fp
+from hwsim import kernels, ops
+from hwsim.errors import HwsimError
+
+MUL_MULTIPLIERS = ("inverse", "requant")
+f32 = np.float32
+
+
+def _int_array(a, name: str) -> np.ndarray:
+    """The integer array as given (an int8 tensor is not widened: the kernels widen per element)."""
+    x = np.asarray(a)
+    if not np.issubdtype(x.dtype, np.integer) or x.dtype == np.uint64:
+        raise HwsimError(f"mul: {name} dtype {x.dtype}: allowed a signed or unsigned integer array of <= 32 bits")
+    return x
+
+
+@njit(parallel=True, cache=True)
+def _mul_kernel(a, b, za, zb, fixed, m, zf, z_before, mode, q, sh, single, tie0, tie1, zy, qmin, qmax, out,
+                clipped):
+    """out = clamp(requant((a - za) * (b - zb)) + zy) over 4-D broadcast views a, b (any strides).
+
+    float32 (``fixed`` False): v = fl32(fl32(p) * m), v = fl32(v + zf) if z_before, round in ROUND_CODE ``mode``
+    (kernels._round_f64), + zy unless z_before; fixed: kernels._mbqm(p, q, sh, ...) + zy. Same arithmetic as
+    ops.requantize's kernels; ``clipped[t]`` counts the clamped outputs of row t.
+    """
+    N0, N1, N2, N3 = out.shape
+    z_after = 0 if z_before else zy
+    for t in prange(N0 * N1):
+        i = t // N1
+        j = t - i * N1
+        c = 0
+        for k in range(N2):
+            for l in range(N3):
+                p = (np.int64(a[i, j, k, l]) - za) * (np.int64(b[i, j, k, l]) - zb)
+                if fixed:
+                    y = kernels._mbqm(p, q, sh, single, tie0, tie1) + zy
+                else:
+                    v = np.float32(np.float32(p) * m)
+                    if z_before:
+                        v = np.float32(v + zf)
+                    y = kernels._round_f64(np.float64(v), mode) + z_after
+                if y < qmin:
+                    y = qmin
+                    c += 1
+                elif y > qmax:
+                    y = qmax
+                    c += 1
+                out[i, j, k, l] = y
+        clipped[t] = c
+
+
+def _mul_fast(a, b, shape, za, zb, zy, qmin, qmax, params, cfg):
+    """The fused numba kernel for float32 (not stochastic) and 31-bit fixed modes on <= 4-D shapes; None outside
+    its domain (pow2, stochastic, Q15, shifts beyond +-31, single rounding with |p| > 2^31)."""
+    if len(shape) > 4 or not all(shape) or cfg.mode == "pow2" or (cfg.mode == "float32"
+                                                                    and cfg.rounding == "stochastic"):
+        return None
+    fixed = cfg.mode == "fixed"
+    q = sh = 0
+    if fixed:
+        if cfg.multiplier_bits != 31:
+            return None
+        q, sh = int(params.q[0]), int(params.shift[0])
+        if not (0 <= q <= fp.INT32_MAX and -31 <= sh <= 31):
+            return None
+        pmax = (max(abs(int(a.min()) - za), abs(int(a.max()) - za))
+                * max(abs(int(b.min()) - zb), abs(int(b.max()) - zb)))
+        if cfg.fixed_rounding == "single" and pmax > (1 << 31):
+            return None
+    shape4 = (1,) * (4 - len(shape)) + tuple(shape)
+    a4 = np.broadcast_to(a.reshape((1,) * (len(shape) - a.ndim) + a.shape), shape).reshape(shape4)
+    b4 = np.broadcast_to(b.reshape((1,) * (len(shape) - b.ndim) + b.shape), shape).reshape(shape4)
+    out = np.empty(shape4, np.int64)
+    clipped = np.zeros(shape4[0] * shape4[1], np.int64)
+    m = np.float32(params.multiplier[0]) if not fixed else np.float32(0)
+    _mul_kernel(a4, b4, np.int64(za), np.int64(zb), fixed, m, np.float32(zy), cfg.zero_point == "before",
+                kernels.ROUND_CODE.get(cfg.rounding, 0), np.int64(q), np.int64(sh), cfg.fixed_rounding == "single",
+                kernels.TIE_CODE[cfg.fixed_ties[0]], kernels.TIE_CODE[cfg.fixed_ties[1]], np.int64(zy),
+                np.int64(qmin), np.int64(qmax), out, clipped)
+    return out.reshape(shape), int(clipped.sum())
+
+
+def mul_requant_params(a_scale, b_scale, y_scale, cfg: ops.Requant, multiplier: str = "inverse") -> ops.RequantParams:
+    """Requant constants of M = s_a * s_b / s_y in ``cfg.mode``.
+
+    float32 with ``multiplier="inverse"``: M = fl32(fl32(s_a * s_b) * fl32(1 / s_y)) (PyTorch qmul_kernel);
+    every other case: :func:`hwsim.ops.make_requant_params` (s_x = s_a, s_w = s_b).
+    """
+    fp.check_mode(multiplier, MUL_MULTIPLIERS, "mul multiplier")
+    params = ops.make_requant_params(a_scale, b_scale, y_scale, cfg)
+    if cfg.mode == "float32" and multiplier == "inverse":
+        m = f32(f32(f32(a_scale) * f32(b_scale)) * f32(f32(1.0) / f32(y_scale)))
+        return ops.RequantParams("float32", params.real, multiplier=np.array([m], f32))
+    return params
+
+
+def mul(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, qmin, qmax,
+        cfg: ops.Requant = ops.Requant(), multiplier: str = "inverse",
+        impl: str = "fast", index_offset: int = 0) -> tuple[np.ndarray, int]:
+    """Quantized a * b (numpy broadcasting); returns (y int64 of the broadcast shape, number of clamped outputs).
+
+    ``multiplier``: "inverse" (PyTorch) or "requant" (ONNX Runtime, TFLite; see the module docstring).
+    Stochastic rounding draws with index ``index_offset`` + flat C-order output index.
+    """
+    fp.check_mode(impl, ("fast", "reference"), "impl")
+    a, b = _int_array(a_q, "a_q"), _int_array(b_q, "b_q")
+    try:
+        shape = np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise HwsimError(f"mul: shapes {a.shape} and {b.shape} do not broadcast") from None
+    za, zb, zy, qmin, qmax = int(a_zero_point), int(b_zero_point), int(y_zero_point), int(qmin), int(qmax)
+    if qmin > qmax:
+        raise HwsimError(f"mul: qmin {qmin} > qmax {qmax}")
+    for name, x, z in (("a_q", a, za), ("b_q", b, zb)):
+        if x.size and max(abs(int(x.min()) - z), abs(int(x.max()) - z)) >= (1 << 24):
+            raise HwsimError(f"mul: |{name} - zero point| >= 2^24: allowed inputs of at most 24 bits")
+    params = mul_requant_params(a_scale, b_scale, y_scale, cfg, multiplier)
+    if impl == "fast":
+        r = _mul_fast(a, b, shape, za, zb, zy, qmin, qmax, params, cfg)
+        if r is not None:
+            return r
+    a, b = a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)
+    if impl == "reference":
+        p = np.empty(shape, np.int64)
+        ab, bb = np.broadcast_arrays(a, b)
+        for i in np.ndindex(shape):  # the spec: one exact integer product per output element
+            p[i] = (int(ab[i]) - za) * (int(bb[i]) - zb)
+    else:
+        p = (a - za) * (b - zb)  # numpy broadcasting, exact in int64 (|p| < 2^48)
+    index = None
+    if cfg.rounding == "stochastic" and index_offset:
+        index = index_offset + fp._flat_index(shape)
+    return ops.requantize(p, params, cfg, zy, qmin, qmax, channel_axis=0, impl=impl, index=index)

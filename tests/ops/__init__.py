@@ -1,0 +1,1 @@
+"""Tests of the per-op numerics (hwsim/ops/<op>.py)."""
