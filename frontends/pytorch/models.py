@@ -1,7 +1,10 @@
-"""Small CNNs for 1x28x28 and 3x32x32 inputs: SmallCNN, CIFAR-style ResNet-8/20, a small MobileNetV2.
+"""Small CNNs for 1x28x28 and 3x32x32 inputs: SmallCNN, CIFAR-style ResNet-8/20, a small MobileNetV2,
+a MobileNetV3-small-style and an EfficientNet-B0-style network.
 
 Every model takes *normalised* NCHW input and returns logits; every layer is a module or an
-op that :mod:`frontends.pytorch.export` can trace (conv, BN, ReLU/ReLU6, pools, add, flatten, linear).
+op that :mod:`frontends.pytorch.export` can trace (conv, BN, ReLU/ReLU6, hard-swish, hard-sigmoid,
+SiLU, sigmoid, pools, add, elementwise mul for squeeze-excitation, flatten, linear, dropout and
+stochastic depth, which are the identity in eval mode).
 """
 
 from __future__ import annotations
@@ -113,7 +116,137 @@ class MobileNetV2(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-ARCHS = ("smallcnn", "resnet8", "resnet20", "mobilenetv2")
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of ``divisor``, never more than 10% down (MobileNet's rule)."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): global average pool, 1x1 conv, activation, 1x1 conv,
+    gate, and the input scaled channel-wise by the gate (an elementwise ``mul`` broadcast over H, W)."""
+
+    def __init__(self, channels: int, squeeze: int, act: type[nn.Module], gate: type[nn.Module]):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.act = act()
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.gate = gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
+
+
+class StochasticDepth(nn.Module):
+    """Row-wise stochastic depth (Huang et al. 2016) as torchvision applies it: in training, each sample's
+    residual branch is dropped with probability ``p`` and survivors are scaled by 1/(1-p); in eval mode
+    the identity (which is what export sees)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class V3Block(nn.Module):
+    """MobileNetV3 bneck (Howard et al. 2019): [1x1 expand-bn-act], kxk depthwise-bn-act, [SE with
+    ReLU + hard-sigmoid], 1x1 project-bn, + x when shapes match."""
+
+    def __init__(self, cin: int, k: int, exp: int, cout: int, se: bool, act: type[nn.Module], stride: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        if exp != cin:
+            layers += [*_conv_bn(cin, exp, 1), act()]
+        layers += [*_conv_bn(exp, exp, k, stride, groups=exp), act()]
+        if se:
+            layers.append(SqueezeExcite(exp, _make_divisible(exp // 4), nn.ReLU, nn.Hardsigmoid))
+        layers += _conv_bn(exp, cout, 1)
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV3Small(nn.Module):
+    """A MobileNetV3-small-style network scaled to 28/32-pixel inputs: the paper's small config with
+    the stem at stride 1, fewer and narrower blocks (k, exp, out, SE, act, stride below), head 144,
+    hidden linear 256 with hard-swish, dropout 0.2."""
+
+    RE, HS = nn.ReLU, nn.Hardswish
+    CONFIG = ((3, 16, 16, True, RE, 2), (3, 48, 24, False, RE, 2), (3, 64, 24, False, RE, 1),
+              (5, 72, 32, True, HS, 2), (5, 96, 32, True, HS, 1), (5, 96, 48, True, HS, 1))
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [*_conv_bn(in_channels, 16), nn.Hardswish()]
+        cin = 16
+        for k, exp, cout, se, act, s in self.CONFIG:
+            layers.append(V3Block(cin, k, exp, cout, se, act, s))
+            cin = cout
+        layers += [*_conv_bn(cin, 144, 1), nn.Hardswish()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(144, 256), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(256, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class MBConv(nn.Module):
+    """EfficientNet MBConv (Tan & Le 2019): [1x1 expand-bn-SiLU], kxk depthwise-bn-SiLU, SE (SiLU +
+    sigmoid, squeeze = block input / 4), 1x1 project-bn, + stochastic depth(x) when shapes match."""
+
+    def __init__(self, cin: int, expand: int, k: int, stride: int, cout: int, drop: float):
+        super().__init__()
+        hid = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [*_conv_bn(cin, hid, 1), nn.SiLU()]
+        layers += [*_conv_bn(hid, hid, k, stride, groups=hid), nn.SiLU(),
+                   SqueezeExcite(hid, max(1, cin // 4), nn.SiLU, nn.Sigmoid), *_conv_bn(hid, cout, 1)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+        self.drop = StochasticDepth(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + self.drop(y) if self.residual else y
+
+
+class EfficientNetB0(nn.Module):
+    """An EfficientNet-B0-style network scaled to 28/32-pixel inputs: stem 16 at stride 1, MBConv stages
+    (expand, k, stride, out, repeats) below, stochastic depth rising linearly to 0.1, head 160,
+    dropout 0.2."""
+
+    CONFIG = ((1, 3, 1, 16, 1), (4, 3, 2, 24, 2), (4, 5, 2, 32, 2), (4, 3, 2, 48, 1))
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, drop_path: float = 0.1):
+        super().__init__()
+        layers: list[nn.Module] = [*_conv_bn(in_channels, 16), nn.SiLU()]
+        total = sum(r for *_, r in self.CONFIG)
+        cin, i = 16, 0
+        for e, k, s, c, r in self.CONFIG:
+            for j in range(r):
+                layers.append(MBConv(cin, e, k, s if j == 0 else 1, c, drop_path * i / total))
+                cin, i = c, i + 1
+        layers += [*_conv_bn(cin, 160, 1), nn.SiLU()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(160, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+ARCHS = ("smallcnn", "resnet8", "resnet20", "mobilenetv2", "mobilenetv3", "efficientnet")
 
 
 def build_model(arch: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
@@ -125,4 +258,8 @@ def build_model(arch: str, num_classes: int = 10, in_channels: int = 1) -> nn.Mo
         return ResNet(int(a[6:]), num_classes, in_channels)
     if a == "mobilenetv2":
         return MobileNetV2(num_classes, in_channels)
+    if a == "mobilenetv3":
+        return MobileNetV3Small(num_classes, in_channels)
+    if a == "efficientnet":
+        return EfficientNetB0(num_classes, in_channels)
     raise HwsimError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHS)}")
