@@ -520,8 +520,8 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
                 if doc is not None:
                     counts[e][s] = doc
                     run.reused.append(f"{names[e]} shard {s}")
-            if statics[e] is not None:
-                run.reused.append(f"{names[e]} compile")
+            if statics[e] is not None and all(c is not None for c in counts[e]):
+                run.reused.append(f"{names[e]} compile")  # else it reruns: the compiled graph is not stored
         todo_images += sum(b - a for (a, b), c in zip(shards, counts[e]) if c is None)
     prog = Progress(run.tasks, todo_images, tasks_done=len(run.reused))
 
@@ -536,7 +536,8 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
 
     waiting = [e for e in range(len(entries))]
     pending: dict[Future, tuple] = {}
-    max_open = max(1, getattr(ex, "workers", 1)) + 1  # compiled graphs held at once
+    workers = max(1, getattr(ex, "workers", 1))
+    max_open = 1 if workers == 1 else workers + 1  # entries (compiled graphs) in flight at once
 
     def tick() -> None:
         for tid, done in ex.poll():
@@ -564,7 +565,7 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
                 continue
             done, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
             tick()
-            for fut in done:
+            for fut in [f for f in pending if f in done]:  # in the order submitted
                 kind, e, s = pending.pop(fut)
                 res = fut.result()  # a task's exception (HwsimError included) surfaces here
                 prog.tasks_done += 1
