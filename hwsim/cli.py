@@ -113,7 +113,7 @@ class _Finite(click.ParamType):
 # ----------------------------------------------------------------------------- the shared vocabulary
 # every command spells the same thing the same way (STYLE.md habit 15): -m/--model, -p/--profile,
 # -d/--data, -o/--out, --plot PATH, --set, --limit, --batch-size, --json, -q/--quiet
-DATA_HELP = "default | mnist5k | digits | cifar10:PATH | cifar100:PATH | npz:PATH"
+DATA_HELP = "default | mnist5k | digits | cifar10:PATH | cifar100:PATH | npz:PATH | npy:DIR"
 MODEL_HELP = "bundled model name or .hwsim path  [default: smallcnn_robust]"
 
 

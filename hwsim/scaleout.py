@@ -567,7 +567,13 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
             tick()
             for fut in [f for f in pending if f in done]:  # in the order submitted
                 kind, e, s = pending.pop(fut)
-                res = fut.result()  # a task's exception (HwsimError included) surfaces here
+                try:
+                    res = fut.result()  # a task's exception surfaces here
+                except Exception as err:
+                    cause = getattr(err, "cause", None)  # Ray wraps it (RayTaskError) with the remote traceback
+                    if isinstance(cause, HwsimError) and not type(err) is HwsimError:
+                        raise HwsimError(str(cause)) from None  # the user's one line, as in-process
+                    raise
                 prog.tasks_done += 1
                 if kind == "compile":
                     qg, static, csec = res

@@ -99,6 +99,45 @@ def test_ray_equals_serial(tmp_path, data_npz):
     assert without_timing(fanned) == without_timing(serial)
 
 
+def test_fake_quant_column_on_workers_equals_serial(tmp_path, data_npz):
+    """--compare: the torch mirror runs inside the workers, per shard, and its correct predictions are summed."""
+    pytest.importorskip("torch")
+    common = ("-p", "int8-fbgemm", "-p", "w4-fp", "-d", data_npz, "--limit", "48", "--batch-size", "16", "--compare")
+    serial = sweep_csv(tmp_path, "serial", *common)
+    fanned = sweep_csv(tmp_path, "workers", *common, "--workers", "2", "--shard-size", "16")
+    assert without_timing(fanned) == without_timing(serial)
+    header, first = serial.splitlines()[:2]
+    assert first.split(",")[header.split(",").index("fakequant_accuracy")] != ""
+
+
+def test_a_remote_tasks_user_error_is_one_line(ctx):
+    """Ray hands a task's HwsimError back wrapped (RayTaskError, remote traceback in its text): the sweep
+    raises the user's one line."""
+    from concurrent.futures import Future
+
+    from hwsim.errors import HwsimError
+
+    class Wrapped(Exception):
+        def __init__(self, cause):
+            super().__init__(f"ray traceback...\n{cause}")
+            self.cause = cause
+
+    class Remote:
+        workers = 2
+
+        def submit(self, fn, *args, **kwargs):
+            f = Future()
+            f.set_exception(Wrapped(HwsimError("data x.npz: something the user must fix")))
+            return f
+
+        def poll(self):
+            return []
+
+    with pytest.raises(HwsimError) as e:
+        scaleout.run_sweep(ctx, [(load_profile("w4a4"), {})], 32, executor=Remote())
+    assert str(e.value) == "data x.npz: something the user must fix"
+
+
 def test_executor_options_are_checked(tmp_path):
     res = invoke("sweep", "-p", "w4a4", "--ray-address", "auto", "--limit", "4", "-q")
     assert res.exit_code != 0 and "--ray-address needs --executor ray" in res.output
