@@ -391,8 +391,17 @@ class LazyImages:
         return np.dtype(np.float32)
 
     def _global(self, idx) -> np.ndarray:
-        r = self.rows
-        return np.arange(r[0], r[1], dtype=np.int64)[idx] if isinstance(r, tuple) else np.asarray(r)[idx]
+        """Stored row numbers of this view's rows ``idx`` (a slice or an integer array)."""
+        r, n = self.rows, len(self)
+        if isinstance(idx, slice):
+            a, b, _ = idx.indices(n)
+            local = np.arange(a, max(a, b), dtype=np.int64)
+        else:
+            local = np.asarray(idx, dtype=np.int64)
+            local = np.where(local < 0, local + n, local)
+            if local.size and (local.min() < 0 or local.max() >= n):
+                raise IndexError(f"LazyImages: index out of range for {n} images")
+        return local + r[0] if isinstance(r, tuple) else np.asarray(r)[local]
 
     def view_rows(self, start: int, stop: int) -> "LazyImages":
         """Images ``start..stop-1`` of this view, still on disk."""

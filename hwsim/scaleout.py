@@ -319,13 +319,16 @@ class WorkDir:
 
 
 def _first_difference(old: dict, new: dict) -> str:
+    for k in ("format", "version", "images", "shards"):
+        if old.get(k) != new.get(k):
+            return f"{k} {str(old.get(k))[:40]} there, {str(new.get(k))[:40]} now"
     a, b = old.get("tasks", []), new.get("tasks", [])
-    if old.get("version") != new.get("version"):
-        return f"hwsim {old.get('version')} vs {new.get('version')}"
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
-            return f"task {i} was {x.get('name', '?')} and is now {y.get('name', '?')}"
-    return f"{len(a)} tasks vs {len(b)} now"
+            same = x.get("name") == y.get("name") if isinstance(x, dict) else False
+            return (f"task {i} ({y.get('name', '?')}): another key (model, data, profile fields or recipe changed)"
+                    if same else f"task {i} was {x.get('name', '?') if isinstance(x, dict) else x} and is now {y.get('name', '?')}")
+    return f"{len(a)} tasks there, {len(b)} now"
 
 
 ENTRY_FIELDS = ("key", "static", "compile_seconds")
@@ -493,14 +496,15 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
     n = len(ctx.y_test)
     shards = shard_bounds(n, batch_size, shard_size)
     entries = [(prof, dict(combo), load_recipe(rest[0] if rest else None)) for prof, combo, *rest in plan]
-    mkey, dkey = model_digest(ctx.graph), _sha(ctx.data_spec, array_digest(ctx.x_test), array_digest(ctx.y_test),
-                                                array_digest(ctx.data.x_train), array_digest(ctx.data.y_train))
-    ekeys = [entry_key(mkey, dkey, prof, rec) for prof, _, rec in entries]
-    skeys = [[shard_key(k, a, b, batch_size, with_fakequant) for a, b in shards] for k in ekeys]
     names = [_entry_name(prof, combo) for prof, combo, _ in entries]
     wd = None
-    if work_dir is not None:
+    if work_dir is not None:  # task keys: hashes of everything a result depends on (only to resume)
         from hwsim import __version__
+
+        mkey, dkey = model_digest(ctx.graph), _sha(ctx.data_spec, array_digest(ctx.x_test), array_digest(ctx.y_test),
+                                                    array_digest(ctx.data.x_train), array_digest(ctx.data.y_train))
+        ekeys = [entry_key(mkey, dkey, prof, rec) for prof, _, rec in entries]
+        skeys = [[shard_key(k, a, b, batch_size, with_fakequant) for a, b in shards] for k in ekeys]
 
         wd = WorkDir(work_dir, {"format": "hwsim-sweep", "version": __version__, "images": n,
                                 "shards": [list(s) for s in shards],

@@ -45,9 +45,11 @@ def test_streamed_data_equals_in_memory_data(layouts, kind):
         assert np.array_equal(getattr(lazy, b), getattr(eager, b))
         assert np.array_equal(xl[:], xe)
         assert np.array_equal(xl[5:37], xe[5:37])
-        idx = np.array([37, 3, 99, 3, 0])
+        idx = np.array([37, 3, 99, 3, 0, -1])
         assert np.array_equal(xl[idx], xe[idx])
         assert np.array_equal(xl.view_rows(90, 120)[8:12], xe[98:102])
+        with pytest.raises(IndexError):
+            xl[np.array([len(xe)])]
     if kind != "xy":  # the (x, y) layout is split; the others must equal the stored-npz data too
         ref = load_dataset(layouts["stored"])
         assert np.array_equal(eager.x_test, ref.x_test) and np.array_equal(eager.x_train, ref.x_train)
