@@ -5,7 +5,8 @@
 Each measurement is one `python -m hwsim.cli sweep --all ...` subprocess (interpreter start, model
 and data loading, the float baseline, compiles and runs included), timed from outside. The resume
 measurement starts the same sweep with --resume DIR, kills it (SIGKILL) once about half of the
-profiles' task files exist, then reruns it with the same --resume DIR. The CSVs of all runs must be
+profiles' task files exist, then reruns it with the same --resume DIR (and once more, when every
+task is found: the fixed cost of a sweep). The CSVs of all runs must be
 equal apart from the two timing columns; the script checks that.
 """
 
@@ -75,6 +76,10 @@ def main() -> None:
     resumed = timed(["--resume", str(work)], tmp / "resumed.csv")
     print(f"resumed run:              {resumed:7.1f} s  (full serial run {serial:.1f} s)", flush=True)
     assert rows_without_timing(tmp / "resumed.csv") == rows_without_timing(tmp / "serial.csv")
+    again = timed(["--resume", str(work)], tmp / "again.csv")
+    print(f"rerun finding every task: {again:7.1f} s  (start, loading, float baseline, task keys: the fixed cost)",
+          flush=True)
+    assert rows_without_timing(tmp / "again.csv") == rows_without_timing(tmp / "serial.csv")
     print("CSV rows identical (timing columns aside): serial, workers, resumed")
 
 
