@@ -333,8 +333,12 @@ class _Part:
     where: str
 
     def read(self, local: np.ndarray) -> np.ndarray:
-        """The stored rows ``local`` (sorted, unique) as one raw array."""
-        dt = np.dtype(self.dtype)
+        """The stored rows ``local`` (sorted, unique) as one raw array in native byte order."""
+        raw = self._read_stored(local)
+        return raw.astype(raw.dtype.newbyteorder("="), copy=False)
+
+    def _read_stored(self, local: np.ndarray) -> np.ndarray:
+        dt = np.dtype(self.dtype)  # as stored (a '>f4' file is read as such, then made native)
         if self.offset is not None:
             mm = np.memmap(self.path, dtype=dt, mode="r", offset=self.offset, shape=(self.rows, *self.raw_shape))
             lo, hi = int(local[0]), int(local[-1]) + 1
@@ -477,7 +481,7 @@ def _lazy_part(path: str, member: str | None, head: bytes, total: int, offset_in
     if len(shape) not in (3, 4):
         raise HwsimError(f"{where}: shape {shape} (allowed: NCHW, NHWC or NHW)")
     return _Part(str(path), member, None if offset_in_file is None else offset_in_file + start, start,
-                 dtype.newbyteorder("=").str if dtype.byteorder not in "=|" else dtype.str, shape[0], tuple(shape[1:]), where)
+                 dtype.str, shape[0], tuple(shape[1:]), where)
 
 
 def _member_data_offset(path: Path, info: zipfile.ZipInfo, where: str) -> int:

@@ -22,8 +22,8 @@ def layouts(tmp_path_factory, mnist):
     np.savez(d / "xy.npz", x=np.concatenate([xtr, xte]), y=np.concatenate([ytr, yte]))
     shards = d / "shards"
     shards.mkdir()
-    for i, (a, b) in enumerate([(0, 100), (100, 101), (101, 256)]):  # uneven, one of a single image
-        np.save(shards / f"x_test.{i:03d}.npy", xte[a:b])
+    for i, (a, b) in enumerate([(0, 100), (100, 103), (103, 256)]):  # uneven; the middle one big-endian float
+        np.save(shards / f"x_test.{i:03d}.npy", xte[a:b] if i != 1 else (xte[a:b] / np.float32(255)).astype(">f4"))
         np.save(shards / f"y_test.{i:03d}.npy", yte[a:b])
     np.save(shards / "x_train.npy", xtr)
     np.save(shards / "y_train.npy", ytr)
