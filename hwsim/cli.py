@@ -302,8 +302,9 @@ def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out, ptq)
 @click.option("--compare", "with_fq", is_flag=True, help="add the fake-quant mirror's accuracy to every row (needs torch)")
 @json_option("print the results as JSON")
 @ptq_option
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="worker processes (1: every task in this process); with --executor ray, the CPUs of a local Ray")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="worker processes (1: every task in this process); with --executor ray, the CPUs of the local "
+                   "Ray it starts  [default: 1; ray: every core]")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local processes, or Ray (pip install 'hwsim[ray]'): a local Ray, or the cluster at --ray-address")
 @click.option("--ray-address", default=None, metavar="ADDR", help="a running Ray cluster (ray.init(address=ADDR))")

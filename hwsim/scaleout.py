@@ -399,10 +399,10 @@ class ProcessExecutor:
 
 class RayExecutor:
     """Tasks on Ray: the cluster at ``address`` (``ray.init(address=...)``), else a local Ray started
-    here with ``workers`` CPUs and stopped afterwards. A Ray session already initialised by the caller
+    here with ``workers`` CPUs (None: every core) and stopped afterwards. A Ray session already initialised by the caller
     is used as it is and left running."""
 
-    def __init__(self, workers: int, address: str | None = None):
+    def __init__(self, workers: int | None, address: str | None = None):
         try:
             import ray
         except ModuleNotFoundError as e:
@@ -416,14 +416,14 @@ class RayExecutor:
             root = str(Path(__file__).resolve().parents[1])
             env = {"env_vars": {"PYTHONPATH": os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
                                 **{k: "1" for k in THREAD_ENV}}}
-            kw = {"address": address} if address else {"num_cpus": workers}
+            kw = {"address": address} if address else ({"num_cpus": workers} if workers else {})
             try:
                 ray.init(runtime_env=env, include_dashboard=False, logging_level="ERROR", log_to_driver=False, **kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise HwsimError(f"--executor ray{f' --ray-address {address}' if address else ''}: cannot start or reach "
                                  f"Ray ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
             self.started = True
-        self.workers = int(ray.cluster_resources().get("CPU", workers))
+        self.workers = int(ray.cluster_resources().get("CPU", workers or 1))
         self.threads = 1  # one CPU per task
         self._remote: dict = {}
 
@@ -441,8 +441,11 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(executor: str = "local", workers: int = 1, ray_address: str | None = None):
-    if workers < 1:
+def make_executor(executor: str = "local", workers: int | None = None, ray_address: str | None = None):
+    """The executor of ``hwsim sweep``: ``workers`` None means 1 locally, every core for a local Ray."""
+    if executor == "local" and workers is None:
+        workers = 1
+    if workers is not None and workers < 1:
         raise HwsimError(f"--workers {workers}: must be at least 1")
     if executor == "ray":
         return RayExecutor(workers, ray_address)
