@@ -7,7 +7,6 @@ JSON, CSV or a plot, so the numbers in every format come from the same object.
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,11 +17,10 @@ import numpy as np
 from hwsim.compile import QuantizedGraph, compile_model
 from hwsim.data import Dataset, LazyImages, calibration_subset, load_dataset
 from hwsim.errors import HwsimError
-from hwsim.execute import accuracy, max_defined, min_defined, run_quantized
+from hwsim.execute import accuracy, max_defined, min_defined
 from hwsim.floatref import normalize, run_float
 from hwsim.graph import Graph, infer_shapes, load_model
 from hwsim.profile import Profile, builtin_names, load_profile
-from hwsim.cost import graph_cost
 from hwsim.ptq import Recipe, load_recipe
 
 DEFAULT_MODEL = "smallcnn_robust"
@@ -144,17 +142,6 @@ def compile_for(ctx: Context, profile: Profile, recipe=None, progress: Callable 
     rec = load_recipe(recipe)
     return compile_model(ctx.graph, profile, calibration_images(ctx, profile, rec),
                          recipe=None if rec.is_profile else rec, progress=progress)
-
-
-def fakequant_accuracy(ctx: Context, qg: QuantizedGraph, batch_size: int = 256) -> float:
-    """Accuracy of the fake-quant mirror (what QAT simulated); weight-only: same as the simulator."""
-    from hwsim.compare import _mirror
-
-    if qg.weight_only:
-        return accuracy(run_quantized(qg, ctx.x_test, batch_size).logits, ctx.y_test)
-    mirror_codes = _mirror()
-    logits = [mirror_codes(qg, ctx.x_test[i:i + batch_size])[0] for i in range(0, len(ctx.x_test), batch_size)]
-    return accuracy(np.concatenate(logits), ctx.y_test)
 
 
 def run_profile(ctx: Context, profile: Profile, batch_size: int = 256, progress: Callable | None = None,

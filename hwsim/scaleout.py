@@ -508,7 +508,6 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
                                                     array_digest(ctx.data.x_train), array_digest(ctx.data.y_train))
         ekeys = [entry_key(mkey, dkey, prof, rec) for prof, _, rec in entries]
         skeys = [[shard_key(k, a, b, batch_size, with_fakequant) for a, b in shards] for k in ekeys]
-
         wd = WorkDir(work_dir, {"format": "hwsim-sweep", "version": __version__, "images": n,
                                 "shards": [list(s) for s in shards],
                                 "tasks": [{"name": nm, "key": k} for nm, k in zip(names, ekeys)]})
