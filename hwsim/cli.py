@@ -62,6 +62,31 @@ class _Stages:
         self.t = now
 
 
+class _SweepProgress:
+    """One stderr bar for a sweep: images done across workers, tasks done / total beside it."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar, self.n, self.tasks = quiet, None, 0, None
+
+    def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=p.images_total, desc="sweep", unit="img", file=sys.stderr)
+        if p.images_done != self.n:
+            self.bar.update(p.images_done - self.n)
+            self.n = p.images_done
+        if p.tasks_done != self.tasks:
+            self.tasks = p.tasks_done
+            self.bar.set_postfix_str(f"tasks {p.tasks_done}/{p.tasks_total}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class _Finite(click.ParamType):
     """A finite float (nan/inf refused) at least ``lo`` (above it when ``open_lo``)."""
 
@@ -88,7 +113,7 @@ class _Finite(click.ParamType):
 # ----------------------------------------------------------------------------- the shared vocabulary
 # every command spells the same thing the same way (STYLE.md habit 15): -m/--model, -p/--profile,
 # -d/--data, -o/--out, --plot PATH, --set, --limit, --batch-size, --json, -q/--quiet
-DATA_HELP = "default | mnist5k | digits | cifar10:PATH | cifar100:PATH | npz:PATH"
+DATA_HELP = "default | mnist5k | digits | cifar10:PATH | cifar100:PATH | npz:PATH | npy:DIR"
 MODEL_HELP = ("bundled model name, .hwsim path, or .onnx path (imported with mean 0, std 1; "
               "'hwsim import' records another normalisation)  [default: smallcnn_robust]")
 
@@ -289,10 +314,23 @@ def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out, ptq)
 @click.option("--compare", "with_fq", is_flag=True, help="add the fake-quant mirror's accuracy to every row (needs torch)")
 @json_option("print the results as JSON")
 @ptq_option
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="worker processes (1: every task in this process); with --executor ray, the CPUs of the local "
+                   "Ray it starts  [default: 1; ray: every core]")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local processes, or Ray (pip install 'hwsim[ray]'): a local Ray, or the cluster at --ray-address")
+@click.option("--ray-address", default=None, metavar="ADDR", help="a running Ray cluster (ray.init(address=ADDR))")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None, metavar="N",
+              help="split the test images into tasks of N images (rounded up to a multiple of --batch-size)  "
+                   "[default: one task per profile]")
+@click.option("--resume", "--work-dir", "work_dir", default=None, metavar="DIR",
+              help="write each task's result to DIR as it finishes; a rerun skips the tasks found there")
 def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, quiet, out, plot, html, with_fq,
-          as_json, ptq):
-    """Run one checkpoint under many hardware profiles / field values."""
+          as_json, ptq, workers, executor, ray_address, shard_size, work_dir):
+    """Run one checkpoint under many hardware profiles / field values, as (profile x recipe x shard)
+    tasks on local worker processes or Ray, merged exactly (docs/scaleout.md)."""
     from hwsim import experiments as ex
+    from hwsim import scaleout
     from hwsim.profile import parse_set_options
     from hwsim.report import sweep_csv, sweep_plot_png, sweep_text, to_json_text
 
@@ -300,14 +338,21 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
     png = _plot_path(plot, out, "sweep.png")
     check_output(png, "--plot", (".png",))
     check_output(html, "--html", (".html", ".htm"))
+    if work_dir is not None:
+        check_path_usable(work_dir, "--resume")
     plan = ex.plan_sweep(list(profiles_), all_profiles, list(vary), parse_set_options(set_), recipe=ptq)
-    ctx = ex.load_context(model, data, limit, batch_size)
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(plan), desc="sweep", unit="profile", file=sys.stderr, disable=quiet or as_json)
-    results = ex.sweep(ctx, plan, batch_size, on_result=lambda r: (bar.set_postfix_str(r.profile), bar.update(1)),
-                       with_fakequant=with_fq)
-    bar.close()
+    ctx = ex.load_context(model, data, limit, batch_size, stream=True)
+    pool = scaleout.make_executor(executor, workers, ray_address)
+    show = _SweepProgress(quiet or as_json)
+    try:
+        done = scaleout.run_sweep(ctx, plan, batch_size, with_fakequant=with_fq, executor=pool, shard_size=shard_size,
+                                  work_dir=work_dir, on_progress=show)
+    finally:
+        show.close()
+        pool.shutdown()
+    if work_dir is not None and not (quiet or as_json):
+        click.echo(f"sweep: {len(done.ran)} task(s) run, {len(done.reused)} of {done.tasks} found in {work_dir}", err=True)
+    results = done.results
     # render everything first, then write: an error leaves no partial output
     files = []
     if out:

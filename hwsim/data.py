@@ -8,9 +8,20 @@ Specs accepted by :func:`load_dataset`:
 - ``digits``: scikit-learn's 8x8 digits (values / 16), stratified seeded 80/20 split;
 - ``cifar10:PATH`` / ``cifar100:PATH``: the python-pickle batch directory
   (``cifar-10-batches-py`` / ``cifar-100-python``), unpickled with a whitelist Unpickler;
-- ``npz:PATH``: ``x_train, y_train, x_test, y_test`` or ``x, y`` (stratified seeded 80/20 split).
+- ``npz:PATH``: ``x_train, y_train, x_test, y_test`` or ``x, y`` (stratified seeded 80/20 split);
+- ``npy:DIR``: the same keys as a folder of ``.npy`` files, each array whole (``x_test.npy``) or in
+  shards concatenated in name order (``x_test.000.npy``, ``x_test.001.npy``, ... beside
+  ``y_test.000.npy``, ...: the same suffixes for images and labels).
 
 Images are float32 NCHW in [0, 1]; labels int64 in [0, num_classes).
+
+Streaming (``load_dataset(spec, stream=True)``, what ``hwsim sweep`` uses): the images of ``npz:``
+and ``npy:`` data sets stay on disk as :class:`LazyImages` and are read a slice at a time (a sweep
+shard reads only its own images, a calibration subset only its own rows); labels are read whole.
+Headers, shapes and labels are checked when the data set is opened; pixel values (finite, in
+[0, 1]) when their slice is read. Members stored uncompressed (``np.savez``) and ``.npy`` files are
+memory-mapped; compressed members (``np.savez_compressed``) are decompressed from their start up to
+the slice on every read — use ``np.savez`` or a folder for large data.
 """
 
 from __future__ import annotations
@@ -18,6 +29,10 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import pickle
+import hashlib
+import os
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +42,7 @@ import numpy as np
 from hwsim import safeio
 from hwsim.errors import HwsimError
 
-SPEC_FORMS = "default, mnist5k, digits, cifar10:PATH, cifar100:PATH, npz:PATH"
+SPEC_FORMS = "default, mnist5k, digits, cifar10:PATH, cifar100:PATH, npz:PATH, npy:DIR"
 MNIST5K_MEMBER = ("data", "data", "mnist_5k.csv.gz")
 MNIST5K_TRAIN_PER_CLASS, MNIST5K_TEST_PER_CLASS = 400, 100
 MAX_CLASSES = 1 << 20          # labels must lie in [0, MAX_CLASSES)
@@ -261,34 +276,302 @@ def _npz_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _load_npz(path: str, seed: int) -> Dataset:
+SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
+XY_KEYS = ("x", "y")
+
+
+def _load_npz(path: str, seed: int, stream: bool = False) -> Dataset:
     p = safeio.check_input_file(path, f"npz:{path}", ".npz file")
-    arrays = safeio.read_npz(p, str(p), kinds="fiu")
-    keys = set(arrays)
-    split = {"x_train", "y_train", "x_test", "y_test"}
-    if split <= keys:
-        xtr = _npz_images(arrays["x_train"], f"{p}: x_train")
-        xte = _npz_images(arrays["x_test"], f"{p}: x_test")
-        ytr = _npz_labels(arrays["y_train"], len(xtr), f"{p}: y_train")
-        yte = _npz_labels(arrays["y_test"], len(xte), f"{p}: y_test")
-        if xtr.shape[1:] != xte.shape[1:]:
-            raise HwsimError(f"{p}: x_train images {xtr.shape[1:]} and x_test images {xte.shape[1:]} differ in shape")
-    elif {"x", "y"} <= keys:
-        x = _npz_images(arrays["x"], f"{p}: x")
-        y = _npz_labels(arrays["y"], len(x), f"{p}: y")
-        tr, te = stratified_split(y, 0.2, seed=seed)
-        xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+    if stream:
+        arrays = _open_npz_lazy(p)
     else:
-        raise HwsimError(f"{p}: keys {sorted(keys)} (need x_train, y_train, x_test, y_test, or x, y)")
+        arrays = safeio.read_npz(p, str(p), kinds="fiu")
+    return _split_arrays(arrays, str(p), p.stem, seed)
+
+
+def _split_arrays(arrays: dict, where: str, name: str, seed: int) -> Dataset:
+    """{key: array or LazyImages} of the npz / npy-folder layout -> the Dataset (splits, checks)."""
+    keys = set(arrays)
+    if set(SPLIT_KEYS) <= keys:
+        xtr = _images(arrays["x_train"], f"{where}: x_train")
+        xte = _images(arrays["x_test"], f"{where}: x_test")
+        ytr = _npz_labels(arrays["y_train"], len(xtr), f"{where}: y_train")
+        yte = _npz_labels(arrays["y_test"], len(xte), f"{where}: y_test")
+        if xtr.shape[1:] != xte.shape[1:]:
+            raise HwsimError(f"{where}: x_train images {xtr.shape[1:]} and x_test images {xte.shape[1:]} differ in shape")
+    elif set(XY_KEYS) <= keys:
+        x = _images(arrays["x"], f"{where}: x")
+        y = _npz_labels(arrays["y"], len(x), f"{where}: y")
+        tr, te = stratified_split(y, 0.2, seed=seed)
+        take = x.take_rows if isinstance(x, LazyImages) else x.__getitem__  # a streamed split stays on disk
+        xtr, ytr, xte, yte = take(tr), y[tr], take(te), y[te]
+    else:
+        raise HwsimError(f"{where}: keys {sorted(keys)} (need x_train, y_train, x_test, y_test, or x, y)")
     if len(xtr) == 0 or len(xte) == 0:
-        raise HwsimError(f"{p}: the train and test splits must both be non-empty")
+        raise HwsimError(f"{where}: the train and test splits must both be non-empty")
     n = int(max(ytr.max(), yte.max())) + 1
-    return Dataset(p.stem, xtr, ytr, xte, yte, n, None)
+    return Dataset(name, xtr, ytr, xte, yte, n, None)
+
+
+def _images(x, where: str):
+    """An in-memory image array converted (:func:`_npz_images`); a LazyImages as it is (checked on open)."""
+    return x if isinstance(x, LazyImages) else _npz_images(x, where)
+
+
+# ----------------------------------------------------------------------------- streamed images
+@dataclass(frozen=True)
+class _Part:
+    """One stored image array: a ``.npy`` file or an ``.npz`` member, ``rows`` images of ``raw_shape``."""
+
+    path: str
+    member: str | None  # zip member; None: a .npy file
+    offset: int | None  # byte offset of the array data in the file; None: a compressed member
+    header: int         # bytes of the member before its data (compressed members)
+    dtype: str
+    rows: int
+    raw_shape: tuple    # per image, as stored (HW, CHW or HWC)
+    where: str
+
+    def read(self, local: np.ndarray) -> np.ndarray:
+        """The stored rows ``local`` (sorted, unique) as one raw array in native byte order."""
+        raw = self._read_stored(local)
+        return raw.astype(raw.dtype.newbyteorder("="), copy=False)
+
+    def _read_stored(self, local: np.ndarray) -> np.ndarray:
+        dt = np.dtype(self.dtype)  # as stored (a '>f4' file is read as such, then made native)
+        if self.offset is not None:
+            mm = np.memmap(self.path, dtype=dt, mode="r", offset=self.offset, shape=(self.rows, *self.raw_shape))
+            lo, hi = int(local[0]), int(local[-1]) + 1
+            out = np.array(mm[lo:hi] if hi - lo == len(local) else mm[local])
+            del mm
+            return out
+        row_bytes = dt.itemsize * int(np.prod(self.raw_shape, dtype=np.int64))
+        out = np.empty((len(local), *self.raw_shape), dt)
+        step = max(1, (64 << 20) // max(row_bytes, 1))  # decompress 64 MiB of rows at a time
+        try:
+            with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as fh:
+                fh.read(self.header)
+                pos, j = 0, 0
+                last = int(local[-1])
+                while pos <= last:
+                    k = min(step, last + 1 - pos)
+                    buf = fh.read(k * row_bytes)
+                    if len(buf) != k * row_bytes:
+                        raise HwsimError(f"{self.where}: truncated (rows {pos}..{pos + k - 1} are missing)")
+                    block = np.frombuffer(buf, dt).reshape(k, *self.raw_shape)
+                    m = j + int(np.searchsorted(local[j:], pos + k))
+                    out[j:m] = block[local[j:m] - pos]
+                    j, pos = m, pos + k
+        except safeio.ZIP_ERRORS as e:
+            raise HwsimError(f"{self.where}: corrupt or truncated member ({type(e).__name__}: {e})") from None
+        return out
+
+
+class LazyImages:
+    """Images stored in ``.npy`` files or ``.npz`` members, read a slice at a time.
+
+    Behaves as the float32 NCHW array in [0, 1] that :func:`load_dataset` would return: ``len``,
+    ``shape``, ``x[a:b]`` and ``x[index_array]`` return arrays (only those rows are read);
+    :meth:`view_rows` is a lazy sub-range; :meth:`normalized` applies the model's input
+    normalisation on read. Picklable (paths, not open files): worker processes read their own shard.
+    """
+
+    def __init__(self, parts: list[_Part], rows: np.ndarray | tuple[int, int] | None = None, spec=None):
+        self.parts = parts
+        self._starts = np.cumsum([0] + [q.rows for q in parts])
+        total = int(self._starts[-1])
+        self.rows = (0, total) if rows is None else rows
+        self.spec = spec  # graph InputSpec: normalise on read
+        raw = parts[0].raw_shape
+        probe = _npz_images(np.zeros((0, *raw), np.dtype(parts[0].dtype)), parts[0].where)
+        self.shape = (len(self), *probe.shape[1:])
+
+    def __len__(self) -> int:
+        r = self.rows
+        return r[1] - r[0] if isinstance(r, tuple) else len(r)
+
+    @property
+    def dtype(self):
+        return np.dtype(np.float32)
+
+    def _global(self, idx) -> np.ndarray:
+        """Stored row numbers of this view's rows ``idx`` (a slice or an integer array)."""
+        r, n = self.rows, len(self)
+        if isinstance(idx, slice):
+            a, b, _ = idx.indices(n)
+            local = np.arange(a, max(a, b), dtype=np.int64)
+        else:
+            local = np.asarray(idx, dtype=np.int64)
+            local = np.where(local < 0, local + n, local)
+            if local.size and (local.min() < 0 or local.max() >= n):
+                raise IndexError(f"LazyImages: index out of range for {n} images")
+        return local + r[0] if isinstance(r, tuple) else np.asarray(r)[local]
+
+    def view_rows(self, start: int, stop: int) -> "LazyImages":
+        """Images ``start..stop-1`` of this view, still on disk."""
+        start, stop, _ = slice(start, stop).indices(len(self))
+        r = self.rows
+        rows = (r[0] + start, r[0] + max(start, stop)) if isinstance(r, tuple) else np.asarray(r)[start:stop]
+        return LazyImages(self.parts, rows, self.spec)
+
+    def take_rows(self, idx: np.ndarray) -> "LazyImages":
+        """The images ``idx`` of this view (a split), still on disk."""
+        return LazyImages(self.parts, self._global(np.asarray(idx, dtype=np.int64)), self.spec)
+
+    def normalized(self, spec) -> "LazyImages":
+        """This view, normalised by a graph input's ``(x - mean) / std`` when read (floatref.normalize_input)."""
+        return LazyImages(self.parts, self.rows, spec)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            if idx.step not in (None, 1):
+                raise IndexError("LazyImages: slices with a step are not supported")
+            a, b, _ = idx.indices(len(self))
+            g = self._global(slice(a, max(a, b)))
+        else:
+            g = self._global(np.asarray(idx, dtype=np.int64))
+            if g.ndim != 1:
+                raise IndexError("LazyImages: index with a slice or a 1-D integer array")
+        return self._read(g)
+
+    def __array__(self, dtype=None, copy=None):
+        x = self[:]
+        return x if dtype is None else x.astype(dtype)
+
+    def _read(self, g: np.ndarray) -> np.ndarray:
+        order = np.argsort(g, kind="stable")
+        gs = g[order]
+        chunks = []
+        for i, part in enumerate(self.parts):
+            lo, hi = np.searchsorted(gs, [self._starts[i], self._starts[i + 1]])
+            if hi > lo:
+                local = gs[lo:hi] - self._starts[i]
+                uniq, inv = np.unique(local, return_inverse=True)
+                raw = part.read(uniq)[inv]
+                chunks.append(_npz_images(raw, f"{part.where} rows {int(local[0])}..{int(local[-1])}"))
+        if chunks:
+            x = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        else:
+            x = np.zeros(self.shape[:0] + (0, *self.shape[1:]), np.float32)
+        out = np.empty_like(x)
+        out[order] = x
+        if self.spec is not None:
+            from hwsim.floatref import normalize_input
+
+            out = normalize_input(self.spec, out)
+        return out
+
+    def identity(self) -> dict:
+        """What the data is, for a sweep's task keys: each file's path, size and mtime, and the rows."""
+        files = []
+        for q in self.parts:
+            st = os.stat(q.path)
+            files.append([q.path, q.member, st.st_size, st.st_mtime_ns])
+        r = self.rows
+        rows = list(r) if isinstance(r, tuple) else hashlib.sha256(np.asarray(r, np.int64).tobytes()).hexdigest()
+        spec = None if self.spec is None else [list(self.spec.mean), list(self.spec.std)]
+        return {"files": files, "rows": rows, "normalize": spec}
+
+
+def _lazy_part(path: str, member: str | None, head: bytes, total: int, offset_in_file: int | None, where: str) -> _Part:
+    """A _Part from the first bytes of a .npy (header checked by safeio.parse_npy_header)."""
+    dtype, fortran, shape, start = safeio.parse_npy_header(head, total, where, kinds="fiu")
+    if fortran and len(shape) > 1:
+        raise HwsimError(f"{where}: a Fortran-order image array cannot be streamed (save it in C order)")
+    if len(shape) not in (3, 4):
+        raise HwsimError(f"{where}: shape {shape} (allowed: NCHW, NHWC or NHW)")
+    return _Part(str(path), member, None if offset_in_file is None else offset_in_file + start, start,
+                 dtype.str, shape[0], tuple(shape[1:]), where)
+
+
+def _member_data_offset(path: Path, info: zipfile.ZipInfo, where: str) -> int:
+    """Where a stored member's bytes begin in the file: after its local header (30 bytes + name + extra)."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise HwsimError(f"{where}: corrupt zip (bad local header)")
+    name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _open_npz_lazy(p: Path) -> dict:
+    """An .npz's image members as LazyImages (headers checked), its label members read whole."""
+    where = str(p)
+    out: dict = {}
+    with safeio.open_zip(p, where, member_limits=False) as zf:
+        for info in zf.infolist():
+            name = info.filename
+            if not name.endswith(".npy"):
+                raise HwsimError(f"{where}: member {name!r} is not a .npy array (an .npz holds <name>.npy members)")
+            key, mwhere = name[:-4], f"{where}: member {name!r}"
+            if key.startswith("x"):
+                try:
+                    with zf.open(info) as fh:
+                        head = fh.read(safeio.NPY_PREFIX_BYTES)
+                except safeio.ZIP_ERRORS as e:
+                    raise HwsimError(f"{mwhere}: corrupt or truncated member ({type(e).__name__}: {e})") from None
+                stored = info.compress_type == zipfile.ZIP_STORED
+                if stored and info.compress_size != info.file_size:
+                    raise HwsimError(f"{mwhere}: stored member declares {info.file_size} bytes but holds {info.compress_size}")
+                off = _member_data_offset(p, info, mwhere) if stored else None
+                if stored and off + info.file_size > p.stat().st_size:
+                    raise HwsimError(f"{mwhere}: truncated (the member runs past the end of the file)")
+                out[key] = LazyImages([_lazy_part(str(p), name, head, info.file_size, off, mwhere)])
+            else:
+                out[key] = safeio.parse_npy(safeio.read_member(zf, name, where), mwhere, "fiu")
+    return out
+
+
+_SHARD_NAME = re.compile(r"^(x_train|y_train|x_test|y_test|x|y)(?:\.([A-Za-z0-9_-]+))?\.npy$")
+
+
+def _load_npy_dir(path: str, seed: int, stream: bool) -> Dataset:
+    """``npy:DIR``: a folder of ``KEY.npy`` / ``KEY.SUFFIX.npy`` files (module docstring)."""
+    d = Path(path).expanduser()
+    if not d.is_dir():
+        raise HwsimError(f"npy:{path}: directory {str(d)!r} does not exist (give a folder of x_test.npy, y_test.npy, ... "
+                         "or x_test.000.npy, y_test.000.npy, ... shards)")
+    files: dict[str, dict[str, Path]] = {}
+    for f in sorted(d.iterdir()):
+        m = _SHARD_NAME.match(f.name)
+        if m and f.is_file():
+            files.setdefault(m.group(1), {})[m.group(2) or ""] = f
+    arrays: dict = {}
+    for key, shards in files.items():
+        if key.startswith("y"):
+            continue
+        labels = files.get("y" + key[1:], {})
+        if set(shards) != set(labels):
+            diff = sorted(set(shards) ^ set(labels))
+            raise HwsimError(f"npy:{d}: {key} and y{key[1:]} shards differ (suffix {diff[0]!r} has only one of them)")
+        parts, ys = [], []
+        for suffix in sorted(shards):
+            f = shards[suffix]
+            with open(f, "rb") as fh:
+                head = fh.read(safeio.NPY_PREFIX_BYTES)
+            part = _lazy_part(str(f), None, head, f.stat().st_size, 0, str(f))
+            if parts and part.raw_shape != parts[0].raw_shape:
+                raise HwsimError(f"{f}: images of shape {part.raw_shape}, but {parts[0].where} has {parts[0].raw_shape}")
+            parts.append(part)
+            lf = labels[suffix]
+            if lf.stat().st_size > safeio.MAX_MEMBER_BYTES:
+                raise HwsimError(f"{lf}: {lf.stat().st_size} bytes of labels (allowed at most {safeio.MAX_MEMBER_BYTES})")
+            y = safeio.parse_npy(lf.read_bytes(), str(lf), "iu")
+            if y.ndim != 1 or len(y) != part.rows:
+                raise HwsimError(f"{lf}: {y.shape} labels for {part.rows} images in {f.name} (allowed: 1-D, one per image)")
+            ys.append(y)
+        lazy = LazyImages(parts)
+        arrays[key] = lazy if stream else _npz_images(lazy[:], f"npy:{d}: {key}")
+        arrays["y" + key[1:]] = np.concatenate(ys)
+    return _split_arrays(arrays, f"npy:{d}", d.name, seed)
 
 
 # ----------------------------------------------------------------------------- public API
-def load_dataset(spec: str = "default", *, seed: int = 0) -> Dataset:
-    """Load a dataset by spec (see the module docstring); ``seed`` drives every split."""
+def load_dataset(spec: str = "default", *, seed: int = 0, stream: bool = False) -> Dataset:
+    """Load a dataset by spec (see the module docstring); ``seed`` drives every split.
+
+    ``stream``: the images of ``npz:`` and ``npy:`` data sets stay on disk (:class:`LazyImages`)."""
     if not isinstance(spec, str):
         raise HwsimError(f"dataset spec {spec!r} must be a string (allowed: {SPEC_FORMS})")
     if spec in ("default", "mnist5k"):
@@ -296,10 +579,12 @@ def load_dataset(spec: str = "default", *, seed: int = 0) -> Dataset:
     if spec == "digits":
         return _load_digits(seed)
     kind, sep, path = spec.partition(":")
-    if sep and kind in ("cifar10", "cifar100", "npz"):
+    if sep and kind in ("cifar10", "cifar100", "npz", "npy"):
         if not path:
             raise HwsimError(f"dataset spec {spec!r}: missing PATH after '{kind}:'")
-        return _load_npz(path, seed) if kind == "npz" else _load_cifar(kind, path)
+        if kind == "npy":
+            return _load_npy_dir(path, seed, stream)
+        return _load_npz(path, seed, stream) if kind == "npz" else _load_cifar(kind, path)
     raise HwsimError(f"unknown dataset {spec!r} (allowed: {SPEC_FORMS})")
 
 
@@ -309,7 +594,7 @@ def calibration_subset(ds: Dataset, n: int, seed: int = 0) -> np.ndarray:
         raise HwsimError(f"calibration images {n}: must be at least 1")
     m = len(ds.x_train)
     if n >= m:
-        return ds.x_train
+        return ds.x_train[:]  # (a streamed data set's rows are read here)
     idx = np.sort(np.random.default_rng(seed).choice(m, size=n, replace=False))
     return ds.x_train[idx]
 

@@ -120,10 +120,11 @@ def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: L
 
 
 def run_quantized(qg: QuantizedGraph, x_norm: np.ndarray, batch_size: int = 256, impl: str = "fast",
-                  progress=None, keep_tensors: bool = False) -> RunOutput:
+                  progress=None, keep_tensors: bool = False, offset: int = 0) -> RunOutput:
     """Integer execution of normalised float32 NCHW images; returns dequantized logits + stats.
 
-    ``progress`` is an optional callable ``progress(n_images_done)``.
+    ``progress`` is an optional callable ``progress(n_images_done)``. ``offset``: the run-wide number
+    of ``x_norm[0]`` (a sweep shard's first image), so stochastic rounding draws what the whole run draws.
     """
     t0 = time.perf_counter()
     stats = _new_stats(qg)
@@ -140,7 +141,7 @@ def run_quantized(qg: QuantizedGraph, x_norm: np.ndarray, batch_size: int = 256,
     for i in range(0, len(x_norm), batch_size):
         env = {qg.input_name: qg.grids[qg.input_name].quantize(x_norm[i:i + batch_size])}
         for lay, st in zip(qg.layers, stats):
-            run_layer(qg, lay, env, st, impl, offset=i, narrow=True)
+            run_layer(qg, lay, env, st, impl, offset=offset + i, narrow=True)
         logits.append(out_grid.dequantize(env[qg.output_name].astype(np.int64)).reshape(len(env[qg.input_name]), -1))
         if progress:
             progress(min(i + batch_size, len(x_norm)))

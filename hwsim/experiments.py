@@ -7,7 +7,6 @@ JSON, CSV or a plot, so the numbers in every format come from the same object.
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,13 +15,12 @@ from typing import Callable
 import numpy as np
 
 from hwsim.compile import QuantizedGraph, compile_model
-from hwsim.data import Dataset, calibration_subset, load_dataset
+from hwsim.data import Dataset, LazyImages, calibration_subset, load_dataset
 from hwsim.errors import HwsimError
-from hwsim.execute import accuracy, max_defined, min_defined, run_quantized
+from hwsim.execute import accuracy, max_defined, min_defined
 from hwsim.floatref import normalize, run_float
 from hwsim.graph import Graph, infer_shapes, load_model
 from hwsim.profile import Profile, builtin_names, load_profile
-from hwsim.cost import graph_cost
 from hwsim.ptq import Recipe, load_recipe
 
 DEFAULT_MODEL = "smallcnn_robust"
@@ -84,16 +82,18 @@ def check_shapes(graph: Graph, ds: Dataset, model_name: str, data_spec: str) -> 
 
 
 def load_context(model: str | None = None, data: str = "default", limit: int | None = None,
-                 batch_size: int = 256) -> Context:
+                 batch_size: int = 256, stream: bool = False) -> Context:
+    """Model + data + the float baseline. ``stream``: a ``.npz`` or ``npy:DIR`` data set stays on disk
+    and ``x_test`` reads a batch at a time (:class:`hwsim.data.LazyImages`, normalised on read)."""
     graph, name = resolve_model(model)
-    ds = load_dataset(data)
+    ds = load_dataset(data, stream=stream)
     check_shapes(graph, ds, name, data)
     x, y = ds.x_test, ds.y_test
     if limit is not None:
         if limit < 1:
             raise HwsimError(f"--limit {limit}: must be a positive number of images")
-        x, y = x[:limit], y[:limit]
-    xn = normalize(graph, x)
+        x, y = (x.view_rows(0, limit) if isinstance(x, LazyImages) else x[:limit]), y[:limit]
+    xn = x.normalized(graph.inputs[0]) if isinstance(x, LazyImages) else normalize(graph, x)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as one line
         fl = np.concatenate([run_float(graph, xn[i:i + batch_size]) for i in range(0, len(xn), batch_size)])
     if not np.isfinite(fl).all():  # finite weights can still overflow float32 on real data
@@ -140,50 +140,40 @@ class RunResult:
                 "layers": self.layers, "dead_channels": self.dead_channels, "notes": self.notes}
 
 
+def calibration_images(ctx: Context, profile: Profile, recipe=None) -> np.ndarray:
+    """The normalised calibration images of ``profile`` under a PTQ ``recipe``: the profile's small seeded
+    subset of the training split (LAPQ: its 512 images), read alone even from a streamed data set."""
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    n = rec.calibration_count(profile.calibration.images)
+    return normalize(ctx.graph, calibration_subset(ctx.data, n, profile.calibration.seed))
+
+
 def compile_for(ctx: Context, profile: Profile, recipe=None, progress: Callable | None = None) -> QuantizedGraph:
     """Compile ``ctx.graph`` for ``profile`` with a PTQ ``recipe`` (name, .toml path, Recipe or None =
     the profile's own range keys) on the profile's calibration subset (LAPQ: its 512 images)."""
     rec = load_recipe(recipe)
-    n = rec.calibration_count(profile.calibration.images)
-    calib = normalize(ctx.graph, calibration_subset(ctx.data, n, profile.calibration.seed))
-    return compile_model(ctx.graph, profile, calib, recipe=None if rec.is_profile else rec, progress=progress)
-
-
-def fakequant_accuracy(ctx: Context, qg: QuantizedGraph, batch_size: int = 256) -> float:
-    """Accuracy of the fake-quant mirror (what QAT simulated); weight-only: same as the simulator."""
-    from hwsim.compare import _mirror
-
-    if qg.weight_only:
-        return accuracy(run_quantized(qg, ctx.x_test, batch_size).logits, ctx.y_test)
-    mirror_codes = _mirror()
-    logits = [mirror_codes(qg, ctx.x_test[i:i + batch_size])[0] for i in range(0, len(ctx.x_test), batch_size)]
-    return accuracy(np.concatenate(logits), ctx.y_test)
+    return compile_model(ctx.graph, profile, calibration_images(ctx, profile, rec),
+                         recipe=None if rec.is_profile else rec, progress=progress)
 
 
 def run_profile(ctx: Context, profile: Profile, batch_size: int = 256, progress: Callable | None = None,
                 settings: dict | None = None, with_fakequant: bool = False, recipe=None,
                 ptq_progress: Callable | None = None) -> RunResult:
     """Compile ``ctx.graph`` for ``profile`` (with a PTQ ``recipe``), run the test images in integers,
-    gather stats. ``ptq_progress(stage, step, total, value)`` reports the recipe's long steps."""
-    t0 = time.perf_counter()
-    qg = compile_for(ctx, profile, recipe, progress=ptq_progress)
-    # numba JIT (first use in a process, or a cold on-disk cache) is warm-up, not throughput:
-    # one 2-image pass outside the timed run, charged to compile_seconds
-    run_quantized(qg, ctx.x_test[:2], batch_size=batch_size)
-    t1 = time.perf_counter()
-    out = run_quantized(qg, ctx.x_test, batch_size=batch_size, progress=progress)
-    pred = np.argmax(out.logits, axis=1)
-    n = len(ctx.y_test)
-    layers = [s.to_json() for s in out.layers if s.op in ("conv2d", "linear", "add", "concat")]
-    fq = fakequant_accuracy(ctx, qg, batch_size) if with_fakequant else None
-    return RunResult(
-        profile=profile.name, description=profile.description, model=ctx.model_name, data=ctx.data_spec,
-        images=n, float_accuracy=ctx.float_accuracy, sim_accuracy=accuracy(out.logits, ctx.y_test),
-        weight_only=qg.weight_only, seconds=out.seconds, compile_seconds=t1 - t0,
-        images_per_s=n / out.seconds if out.seconds > 0 else float("inf"),
-        agreement=float(np.mean(pred == np.argmax(ctx.float_logits, axis=1))) if n else 0.0,
-        layers=layers, dead_channels=qg.dead_channels, notes=qg.notes, settings=dict(settings or {}),
-        fakequant_accuracy=fq, recipe=qg.recipe, cost=graph_cost(qg))
+    gather stats. ``ptq_progress(stage, step, total, value)`` reports the recipe's long steps.
+
+    One entry of a sweep run as its compile task and one run task over every image, merged
+    (:mod:`hwsim.scaleout`): the numbers a sharded sweep merges are the numbers computed here.
+    """
+    from hwsim import scaleout
+
+    rec = load_recipe(recipe)
+    qg, static, csec = scaleout.compile_task(ctx.graph, profile, rec, calibration_images(ctx, profile, rec),
+                                             progress=ptq_progress)
+    counts = scaleout.run_task(qg, ctx.x_test, ctx.y_test, np.argmax(ctx.float_logits, axis=1), 0, batch_size,
+                               with_fakequant, progress=progress)
+    return scaleout.merge(static, [counts], csec, model=ctx.model_name, data=ctx.data_spec,
+                          float_accuracy=ctx.float_accuracy, settings=dict(settings or {}))
 
 
 def parse_vary(items: tuple[str, ...] | list[str]) -> list[dict[str, str]]:
@@ -231,16 +221,15 @@ def plan_sweep(profiles: list[str], all_profiles: bool, vary: list[str], base_se
 
 
 def sweep(ctx: Context, plan: list[tuple], batch_size: int = 256,
-          on_result: Callable | None = None, with_fakequant: bool = False) -> list[RunResult]:
-    """Run a plan of (profile, settings[, recipe]) entries (from :func:`plan_sweep`)."""
-    results = []
-    for profile, combo, *rest in plan:
-        r = run_profile(ctx, profile, batch_size=batch_size, settings=combo, with_fakequant=with_fakequant,
-                        recipe=rest[0] if rest else None)
-        results.append(r)
-        if on_result:
-            on_result(r)
-    return results
+          on_result: Callable | None = None, with_fakequant: bool = False, **scale) -> list[RunResult]:
+    """Run a plan of (profile, settings[, recipe]) entries (from :func:`plan_sweep`); results in plan order.
+
+    ``scale``: :func:`hwsim.scaleout.run_sweep`'s options (``executor``, ``shard_size``, ``work_dir``,
+    ``on_progress``); by default every entry runs here, one after the other.
+    """
+    from hwsim.scaleout import run_sweep
+
+    return run_sweep(ctx, plan, batch_size, with_fakequant=with_fakequant, on_result=on_result, **scale).results
 
 
 @dataclass

@@ -19,7 +19,11 @@ from hwsim.ops import registry as ops_registry
 
 def normalize(graph: Graph, images01: np.ndarray) -> np.ndarray:
     """Images in [0, 1] (N, C, H, W) -> ``(x - mean[c]) / std[c]`` in float32 (the graph input's InputSpec)."""
-    spec = graph.inputs[0]
+    return normalize_input(graph.inputs[0], images01)
+
+
+def normalize_input(spec, images01: np.ndarray) -> np.ndarray:
+    """:func:`normalize` by a graph input's :class:`~hwsim.graph.InputSpec` alone (streamed data normalises on read)."""
     x = np.asarray(images01, dtype=np.float32)
     if x.ndim != 4 or tuple(x.shape[1:]) != tuple(spec.shape):
         raise HwsimError(f"images of shape {x.shape} do not match input {spec.name!r}: expected (N, {', '.join(map(str, spec.shape))})")

@@ -63,8 +63,12 @@ def _size(n: int) -> str:
 
 
 # ----------------------------------------------------------------------------- zip archives
-def open_zip(source: str | os.PathLike | bytes, where: str, what: str = "zip archive") -> zipfile.ZipFile:
-    """A ZipFile over a path or bytes, with its member table checked (count, duplicates, declared sizes)."""
+def open_zip(source: str | os.PathLike | bytes, where: str, what: str = "zip archive",
+             member_limits: bool = True) -> zipfile.ZipFile:
+    """A ZipFile over a path or bytes, with its member table checked (count, duplicates, declared sizes).
+
+    ``member_limits=False``: no limit on the declared sizes, for archives whose members are streamed
+    (read a bounded slice at a time, never whole: :class:`hwsim.data.LazyImages`)."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
         infos = zf.infolist()
@@ -80,12 +84,14 @@ def open_zip(source: str | os.PathLike | bytes, where: str, what: str = "zip arc
             zf.close()
             raise HwsimError(f"{where}: duplicate member {info.filename!r}")
         seen.add(info.filename)
+        if not member_limits:
+            continue
         if info.file_size > MAX_MEMBER_BYTES:
             zf.close()
             raise HwsimError(f"{where}: member {info.filename!r} declares {_size(info.file_size)} "
                              f"(allowed at most {_size(MAX_MEMBER_BYTES)} per member)")
         total += info.file_size
-    if total > MAX_TOTAL_BYTES:
+    if member_limits and total > MAX_TOTAL_BYTES:
         zf.close()
         raise HwsimError(f"{where}: members declare {_size(total)} in all (allowed at most {_size(MAX_TOTAL_BYTES)})")
     return zf
@@ -120,6 +126,22 @@ def parse_npy(buf: bytes, where: str, kinds: str = "fiu") -> np.ndarray:
     The header must be ``{'descr': str, 'fortran_order': bool, 'shape': tuple}`` with at most
     :data:`MAX_NDIM` non-negative integer dimensions whose byte count equals the data present.
     """
+    dtype, fortran, shape, start = parse_npy_header(buf, len(buf), where, kinds)
+    arr = np.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=start)
+    arr = arr.reshape(shape, order="F" if fortran else "C")
+    return np.array(arr, dtype=dtype.newbyteorder("="), order="C", copy=True)
+
+
+NPY_PREFIX_BYTES = 12 + MAX_NPY_HEADER  # enough of a .npy to hold any header this parser accepts
+
+
+def parse_npy_header(head: bytes, total: int, where: str, kinds: str = "fiu") -> tuple[np.dtype, bool, tuple, int]:
+    """The header of a ``.npy`` of ``total`` bytes whose first bytes are ``head`` (at least
+    :data:`NPY_PREFIX_BYTES` of them, or all) -> (dtype, fortran_order, shape, offset of the data).
+
+    Checked as :func:`parse_npy` checks it: the shape's byte count must equal ``total`` minus the header.
+    """
+    buf = head
     if len(buf) < 10 or buf[:6] != NPY_MAGIC:
         raise HwsimError(f"{where}: not a .npy array (bad magic or truncated)")
     major = buf[6]
@@ -129,7 +151,7 @@ def parse_npy(buf: bytes, where: str, kinds: str = "fiu") -> np.ndarray:
         (hlen,), start = struct.unpack("<I", buf[8:12]), 12
     else:
         raise HwsimError(f"{where}: .npy format version {major} (allowed 1, 2, 3)")
-    if hlen > MAX_NPY_HEADER or start + hlen > len(buf):
+    if hlen > MAX_NPY_HEADER or start + hlen > min(len(buf), total):
         raise HwsimError(f"{where}: .npy header of {hlen} bytes (allowed at most {MAX_NPY_HEADER}, within the member)")
     try:
         text = buf[start:start + hlen].decode("utf-8" if major == 3 else "latin1")
@@ -157,13 +179,11 @@ def parse_npy(buf: bytes, where: str, kinds: str = "fiu") -> np.ndarray:
         raise HwsimError(f"{where}: .npy shape {str(shape)[:80]} (allowed: a tuple of at most {MAX_NDIM} "
                          "non-negative integers)")
     count = math.prod(shape)
-    data_len = len(buf) - start - hlen
+    data_len = total - start - hlen
     if count * dtype.itemsize != data_len:
         raise HwsimError(f"{where}: .npy shape {shape} of {dtype} needs {count * dtype.itemsize} bytes, "
                          f"the member holds {data_len}")
-    arr = np.frombuffer(buf, dtype=dtype, count=count, offset=start + hlen)
-    arr = arr.reshape(shape, order="F" if fortran else "C")
-    return np.array(arr, dtype=dtype.newbyteorder("="), order="C", copy=True)
+    return dtype, fortran, shape, start + hlen
 
 
 def read_npz(source: str | os.PathLike | bytes, where: str, kinds: str = "fiu") -> dict[str, np.ndarray]:

@@ -1,0 +1,116 @@
+"""--resume: task results written atomically as they finish; a rerun redoes only the missing tasks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hwsim import experiments as ex
+from hwsim.profile import load_profile
+from tests.scaleout.conftest import MODEL, invoke, without_timing
+
+PROFILES = ("int8-tflite", "int8-stochastic", "w4a4", "w3-fp")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def shard_files(d: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(d.glob("shard-*.json"))}
+
+
+@pytest.fixture(scope="module")
+def ctx(data_npz):
+    return ex.load_context(MODEL, data_npz, 64, 16, stream=True)
+
+
+def test_an_interrupted_sweep_resumes_with_only_the_missing_tasks(ctx, tmp_path):
+    plan = [(load_profile(p), {}) for p in PROFILES]
+    full = [r.to_json() for r in ex.sweep(ctx, plan, 16, shard_size=32)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(r):
+        if r.profile == PROFILES[1]:
+            raise Stop  # an interruption after the second profile's tasks were written
+    with pytest.raises(Stop):
+        ex.sweep(ctx, plan, 16, shard_size=32, work_dir=tmp_path, on_result=stop_after_two)
+    before = shard_files(tmp_path)
+    assert sorted(before) == [f"shard-000{e}-000{s}.json" for e in (0, 1) for s in (0, 1)]
+    from hwsim.scaleout import run_sweep
+
+    again = run_sweep(ctx, plan, 16, shard_size=32, work_dir=tmp_path)
+    assert again.ran == [f"{p} {t}" for p in PROFILES[2:] for t in ("compile", "shard 0", "shard 1")]
+    assert sorted(again.reused) == sorted(f"{p} {t}" for p in PROFILES[:2] for t in ("compile", "shard 0", "shard 1"))
+    assert len(again.ran) + len(again.reused) == again.tasks == 12
+    after = shard_files(tmp_path)
+    assert all(after[k] == v for k, v in before.items())  # found, not rewritten
+    assert len(after) == 8
+    got = [r.to_json() for r in again.results]
+    for d in got + full:
+        for k in ("seconds", "images_per_s", "compile_seconds"):
+            d.pop(k)
+    assert got == full
+    # a third run finds everything and runs nothing
+    third = run_sweep(ctx, plan, 16, shard_size=32, work_dir=tmp_path)
+    assert third.ran == [] and len(third.reused) == 12
+
+
+def test_a_killed_cli_sweep_resumes_to_the_same_csv(tmp_path, data_npz):
+    """The sweep process is killed (SIGKILL) once some task files exist; --resume finishes it."""
+    work, out_full, out = tmp_path / "work", tmp_path / "full.csv", tmp_path / "resumed.csv"
+    args = ["sweep", "-m", MODEL, "-d", data_npz, "--limit", "96", "--batch-size", "16", "--shard-size", "16"]
+    for p in PROFILES:
+        args += ["-p", p]
+    res = invoke(*args, "-q", "-o", out_full)
+    assert res.exit_code == 0, res.output
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "hwsim.cli", *args, "-q", "--resume", str(work), "-o", str(out)],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(work.glob("shard-*.json"))) < 6 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be interrupted"
+    assert not out.exists()
+    before = shard_files(work)
+    assert 6 <= len(before) < 24
+    assert not list(work.glob(".*.tmp"))  # atomic writes: a kill leaves no half-written task file
+    complete = [e for e in range(len(PROFILES)) if len(list(work.glob(f"shard-{e:04d}-*.json"))) == 6]
+    found = len(before) + len(complete)  # a compile counts as found when its entry needs no shard run
+    res = invoke(*args, "--resume", work, "-o", out)  # without -q: the resume summary on stderr
+    assert res.exit_code == 0, res.output
+    total = len(PROFILES) * (1 + 6)  # a compile task and 6 shards of 16 images per profile
+    assert f"sweep: {total - found} task(s) run, {found} of {total} found in {work}" in res.output
+    after = shard_files(work)
+    assert len(after) == 24 and all(after[k] == v for k, v in before.items())
+    assert without_timing(out.read_text()) == without_timing(out_full.read_text())
+
+
+def test_a_changed_plan_in_the_same_directory_is_a_one_line_error(tmp_path, data_npz):
+    base = ["sweep", "-m", MODEL, "-d", data_npz, "--limit", "16", "-q", "-p", "w4a4", "--resume", tmp_path]
+    assert invoke(*base).exit_code == 0
+    for extra, what in ((["--set", "accumulator.bits=16"], "describes another sweep"),
+                        (["--batch-size", "8"], "holds the result of another task")):
+        res = invoke(*base, *extra)
+        assert res.exit_code != 0
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error: --resume") and what in lines[0], res.output
+
+
+def test_a_damaged_task_file_is_a_one_line_error(tmp_path, data_npz):
+    base = ["sweep", "-m", MODEL, "-d", data_npz, "--limit", "16", "-q", "-p", "w4a4", "--resume", tmp_path]
+    assert invoke(*base).exit_code == 0
+    (tmp_path / "shard-0000-0000.json").write_text('{"key": 1')
+    res = invoke(*base)
+    assert res.exit_code != 0 and res.output.count("\n") == 1 and "shard-0000-0000.json" in res.output
