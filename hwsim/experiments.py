@@ -56,6 +56,14 @@ def resolve_model(spec: str | None) -> tuple[Graph, str]:
     return load_model(spec), spec
 
 
+def default_profile(graph: Graph, fallback: str) -> str:
+    """The profile a command uses without -p: an imported int8 model's engine profile (hwsim.given), else ``fallback``."""
+    from hwsim.given import given_of
+
+    g = given_of(graph)
+    return g.profile if g is not None else fallback
+
+
 @dataclass
 class Context:
     """A loaded model + dataset, with the float baseline computed once (sweeps reuse it)."""

@@ -271,12 +271,14 @@ def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0, index
     return out
 
 
-def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, form, scale, index_offset=0):
+def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, form, scale, index_offset=0,
+                     out_scale=None, out_zero_point=None):
     """The float32 pool forms (ops.avg_pool2d ``form``), exact rational arithmetic, one float32 rounding per step.
 
-    float32_multiplier: z + round(fl32(fl32(S) * M)), S = sum(x - z), M = fl32(s / fl32(s * fl32(kh*kw)));
+    float32_multiplier: z_y + round(fl32(fl32(S) * M)), S = sum(x - z), M = fl32(s / fl32(s_y * fl32(kh*kw)));
     float32_dequantize: acc = 0; acc = fl32(acc + fl32(s (x - z))) over the real window pixels row by row;
-    round(fl32(fl32(fl32(acc / kh*kw) / s) + z)).
+    round(fl32(fl32(fl32(acc / kh*kw) / s_y) + z_y)). The output grid (s_y, z_y) is the input's unless
+    ``out_scale`` / ``out_zero_point`` give another (an imported model's own output grid).
     """
     N, C, H, W = x_q.shape
     kh, kw = kernel
@@ -284,7 +286,9 @@ def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, f
     pt, pb, pl, pr = padding
     Ho, Wo = (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1
     z, s, count = int(zero_point), Fraction(float(scale)), kh * kw
-    m = Fraction(float(round_to_f32(s / Fraction(float(round_to_f32(s * count))))))
+    sy = s if out_scale is None else Fraction(float(np.float32(out_scale)))
+    zy = z if out_zero_point is None else int(out_zero_point)
+    m = Fraction(float(round_to_f32(s / Fraction(float(round_to_f32(sy * count))))))
     out = np.zeros((N, C, Ho, Wo), dtype=np.int64)
     for pos in np.ndindex(N, C, Ho, Wo):
         n, c, oh, ow = pos
@@ -299,10 +303,10 @@ def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, f
         flat = index_offset + int(np.ravel_multi_index(pos, out.shape))
         if form == "float32_multiplier":
             v = round_to_f32(Fraction(float(round_to_f32(Fraction(total)))) * m)
-            out[pos] = z + round_float_int(float(v), rounding, seed, flat)
+            out[pos] = zy + round_float_int(float(v), rounding, seed, flat)
         else:
             avg = Fraction(float(round_to_f32(acc / count)))
-            v = round_to_f32(Fraction(float(round_to_f32(avg / s))) + z)
+            v = round_to_f32(Fraction(float(round_to_f32(avg / sy))) + zy)
             out[pos] = round_float_int(float(v), rounding, seed, flat)
     return out
 
