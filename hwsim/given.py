@@ -329,10 +329,6 @@ def compile_given(model, profile, given: Given | None = None):
             _given_mac(lay, n, folded, given, prof, profile, position, grids, reach, pname)
         else:
             spec.compile(lay, n, LayerContext(folded, profile, prof, grids, reach, False, QuantHooks(), True, position))
-            if spec.output_grid == "input" and prof.requant.pool_form != "onnxruntime":
-                raise HwsimError(f"profile {pname!r}: node {n.name!r} ({n.op}) has a given output grid other than its "
-                                 f"input's; requant.pool_form = {prof.requant.pool_form!r} averages on one grid "
-                                 "(allowed here: 'onnxruntime', the engine's float32 arithmetic)")
         if lay.requant is not None and lay.requant.rounding == "stochastic":
             lay.requant = dataclasses.replace(lay.requant, seed=lay.rounding_seed)
         layers.append(lay)

@@ -246,10 +246,20 @@ def max_pool2d(x_q, kernel, stride, padding, pad_value):
     return out
 
 
-def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0, index_offset=0):
+def _pool_ratio(count: int, scale, out_scale) -> Fraction:
+    """s / (s_y * count) exactly (float32 scales are dyadic rationals); 1 / count on one grid."""
+    if out_scale is None:
+        return Fraction(1, count)
+    return Fraction(float(np.float32(scale))) / (Fraction(float(np.float32(out_scale))) * count)
+
+
+def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0, index_offset=0, scale=None,
+               out_scale=None, out_zero_point=None):
     """out = z + divide_round(sum(x - z), kh*kw) (count_include_pad: padding holds z).
 
-    Stochastic draws use index index_offset + flat C-order output index.
+    Stochastic draws use index index_offset + flat C-order output index. An output grid of its own
+    (``out_scale``, ``out_zero_point``; ``scale`` the input's): z_y + round(sum(x - z) * s / (s_y * kh*kw)),
+    the rational rounded once.
     """
     N, C, H, W = x_q.shape
     kh, kw = kernel
@@ -257,6 +267,8 @@ def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0, index
     pt, pb, pl, pr = padding
     Ho, Wo = (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1
     z = int(zero_point)
+    zy = z if out_zero_point is None else int(out_zero_point)
+    ratio = _pool_ratio(kh * kw, scale, out_scale)
     out = np.zeros((N, C, Ho, Wo), dtype=np.int64)
     for pos in np.ndindex(N, C, Ho, Wo):
         n, c, oh, ow = pos
@@ -267,7 +279,7 @@ def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0, index
                 if 0 <= ih < H and 0 <= iw < W:
                     s += int(x_q[n, c, ih, iw]) - z
         flat = index_offset + int(np.ravel_multi_index(pos, out.shape))
-        out[pos] = z + divide_round_int(s, kh * kw, rounding, seed, flat)
+        out[pos] = zy + divide_round_int(s * ratio.numerator, ratio.denominator, rounding, seed, flat)
     return out
 
 
@@ -311,14 +323,19 @@ def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, f
     return out
 
 
-def global_avg_pool(x_q, zero_point, rounding, seed=0, index_offset=0):
-    """out[n, c] = z + divide_round(sum_hw(x - z), H*W); stochastic index index_offset + n*C + c."""
+def global_avg_pool(x_q, zero_point, rounding, seed=0, index_offset=0, scale=None, out_scale=None,
+                    out_zero_point=None):
+    """out[n, c] = z + divide_round(sum_hw(x - z), H*W); stochastic index index_offset + n*C + c; an own
+    output grid as :func:`avg_pool2d`."""
     N, C, H, W = x_q.shape
     z = int(zero_point)
+    zy = z if out_zero_point is None else int(out_zero_point)
+    ratio = _pool_ratio(H * W, scale, out_scale)
     out = np.zeros((N, C), dtype=np.int64)
     for n, c in np.ndindex(N, C):
         s = sum(int(v) - z for v in x_q[n, c].ravel())
-        out[n, c] = z + divide_round_int(s, H * W, rounding, seed, index_offset + n * C + c)
+        out[n, c] = zy + divide_round_int(s * ratio.numerator, ratio.denominator, rounding, seed,
+                                          index_offset + n * C + c)
     return out
 
 

@@ -139,14 +139,15 @@ def avg_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), zero_point: int = 0, r
         if form != "exact":
             return ref.avg_pool2d_float(x, kernel, stride, pad, z, rounding, seed, form, s32, index_offset,
                                         out_scale, out_zero_point)
-        return ref.avg_pool2d(x, kernel, stride, pad, z, rounding, seed, index_offset)
+        return ref.avg_pool2d(x, kernel, stride, pad, z, rounding, seed, index_offset, scale, out_scale,
+                              out_zero_point)
     index = _pool_index((x.shape[0], x.shape[1], Ho, Wo), index_offset, rounding)
     if form == "float32_dequantize":
         s = None
     else:
         s = (_windows(x - z, kernel, stride, pad, 0)[:, :, :Ho, :Wo]).sum(axis=(4, 5))
     if form == "exact":
-        return z + fp.divide_round(s, kernel[0] * kernel[1], rounding, seed, index)
+        return _exact_mean(s, kernel[0] * kernel[1], z, rounding, seed, index, scale, out_scale, out_zero_point)
     return _pool_float_forms(
         s, lambda: _windows(s32 * (x - z).astype(np.float32), kernel, stride, pad, 0)[:, :, :Ho, :Wo],
         kernel[0] * kernel[1], form, s32, z, rounding, seed, index, out_scale, out_zero_point)
@@ -171,19 +172,39 @@ def global_avg_pool(x_q, zero_point: int = 0, rounding: str = "half_even", seed:
             kernel = (x.shape[2], x.shape[3])
             return ref.avg_pool2d_float(x, kernel, kernel, (0, 0, 0, 0), z, rounding, seed, form,
                                         s32, index_offset, out_scale, out_zero_point).reshape(x.shape[:2])
-        return ref.global_avg_pool(x, z, rounding, seed, index_offset)
+        return ref.global_avg_pool(x, z, rounding, seed, index_offset, scale, out_scale, out_zero_point)
     index = _pool_index(x.shape[:2], index_offset, rounding)
     s = (x - z).sum(axis=(2, 3))
     if form == "exact":
-        return z + fp.divide_round(s, x.shape[2] * x.shape[3], rounding, seed, index)
+        return _exact_mean(s, x.shape[2] * x.shape[3], z, rounding, seed, index, scale, out_scale, out_zero_point)
     return _pool_float_forms(s, lambda: s32 * (x - z).astype(np.float32), x.shape[2] * x.shape[3], form, s32, z,
                              rounding, seed, index, out_scale, out_zero_point)
 
 
 def _check_out_grid(form: str, out_scale, out_zero_point) -> None:
-    if (out_scale is not None or out_zero_point is not None) and form == "exact":
-        raise HwsimError("average pool: an output grid other than the input's needs a float32 pool form "
-                         "(form 'exact' is the integer mean on one grid)")
+    if (out_scale is None) != (out_zero_point is None):
+        raise HwsimError("average pool: give both out_scale and out_zero_point (an output grid) or neither")
+
+
+def _exact_mean(s, count: int, z: int, rounding: str, seed: int, index, scale, out_scale, out_zero_point):
+    """Form "exact": z + divide_round(S, count); with an output grid of its own (s_y, z_y):
+    z_y + round(S * s / (s_y * count)), that rational (float32 scales are dyadic) rounded once."""
+    if out_scale is None:
+        return z + fp.divide_round(s, count, rounding, seed, index)
+    from fractions import Fraction
+
+    if scale is None:
+        raise HwsimError("average pool: an output grid of its own needs the input grid's scale")
+    r = Fraction(float(np.float32(scale))) / (Fraction(float(np.float32(out_scale))) * count)
+    num, den = r.numerator, r.denominator
+    big = s.size and max(abs(int(s.min())), abs(int(s.max()))) * num >= (1 << 62)
+    if den < (1 << 38) and not big:
+        return int(out_zero_point) + fp.divide_round(s * num, den, rounding, seed, index)
+    flat = fp._flat_index(s.shape) if index is None else np.broadcast_to(index, s.shape)
+    out = np.empty(s.shape, np.int64)  # beyond int64: the reference's Python-int rounding, element by element
+    for i, (v, k) in enumerate(zip(s.reshape(-1).tolist(), np.ravel(flat).tolist())):
+        out.reshape(-1)[i] = int(out_zero_point) + ref.divide_round_int(v * num, den, rounding, seed, k)
+    return out
 
 
 
@@ -267,7 +288,7 @@ class _AvgPoolSpec(OpSpec):
         if r.pool_form == "onnxruntime":
             kw.update(form=self.onnxruntime_form(lay, x.shape[2:]), scale=gx.scale)
         if own_output_grid(gx, gy):  # an imported model's own output grid (hwsim.given)
-            kw.update(out_scale=gy.scale, out_zero_point=gy.zero_point)
+            kw.update(scale=gx.scale, out_scale=gy.scale, out_zero_point=gy.zero_point)
         return kw
 
     def onnxruntime_form(self, lay, input_hw) -> str:

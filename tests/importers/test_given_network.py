@@ -226,3 +226,33 @@ def test_a_profile_the_given_numbers_cannot_meet_is_one_line(quantized, profile,
         compile_model(g, load_profile(profile, settings), None)
     msg = str(e.value)
     assert says in msg and "\n" not in msg and "ranges=calibrate" in msg or "bias" in msg
+
+
+# ----------------------------------------------------------------------------- pools with their own output grid
+@pytest.mark.parametrize("rounding", ["half_even", "half_away", "floor", "trunc", "stochastic"])
+def test_average_pools_with_an_own_output_grid_fast_equals_reference(rounding):
+    """quantize_static gives GlobalAveragePool its own output grid: z_y + round(S * s / (s_y * N)) (form
+    "exact": that rational rounded once; equal grids: the plain integer mean) and ONNX Runtime's float32
+    forms with s_y, z_y; fast == reference bit for bit, and the exact form is the real mean within 1/2 LSB."""
+    from fractions import Fraction
+
+    from hwsim import ops
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (3, 4, 7, 7)).astype(np.int64)
+    grid = dict(zero_point=17, rounding=rounding, seed=3, scale=0.05396612733602524, out_scale=0.01481823343783617,
+                out_zero_point=9)
+    for form in ("exact", "float32_multiplier"):
+        a = ops.global_avg_pool(x, form=form, **grid)
+        assert np.array_equal(a, ops.global_avg_pool(x, form=form, impl="reference", **grid))
+    for form in ("exact", "float32_dequantize"):
+        a = ops.avg_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1), form=form, **grid)
+        assert np.array_equal(a, ops.avg_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1), form=form, impl="reference", **grid))
+    exact = ops.global_avg_pool(x, form="exact", **grid)
+    real = [(sum(int(v) - 17 for v in x[n, c].ravel()) * Fraction(float(np.float32(grid["scale"])))
+             / (Fraction(float(np.float32(grid["out_scale"]))) * 49)) for n, c in np.ndindex(3, 4)]
+    assert all(abs(Fraction(int(e) - 9) - r) <= (1 if rounding in ("floor", "trunc", "stochastic") else Fraction(1, 2))
+               for e, r in zip(exact.ravel(), real))
+    same = dict(grid, out_scale=grid["scale"], out_zero_point=17)
+    plain = {k: v for k, v in grid.items() if not k.startswith("out_")}
+    assert np.array_equal(ops.global_avg_pool(x, **same), ops.global_avg_pool(x, **plain))
