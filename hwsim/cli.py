@@ -282,6 +282,7 @@ def profiles_show(name, set_, as_json):
 def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out, ptq):
     """Run the model in integers under one hardware profile."""
     from hwsim.experiments import default_profile, load_context, run_profile
+    from hwsim.given import check_given
     from hwsim.profile import load_profile, parse_set_options
     from hwsim.report import run_text, to_json_text
 
@@ -293,6 +294,7 @@ def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out, ptq)
     ctx = load_context(model, data, limit, batch_size)
     if profile is None:  # the model's own engine (an imported int8 model), else the usual default
         prof = load_profile(default_profile(ctx.graph, "int8-tflite"), settings)
+    check_given(ctx.graph, prof, recipe)  # a profile the model's given numbers cannot meet: one line, before any work
     r = run_profile(ctx, prof, batch_size, _progress(len(ctx.y_test), prof.name, quiet or as_json), settings,
                     recipe=recipe, ptq_progress=_PtqProgress(quiet or as_json))
     text = to_json_text(r.to_json())

@@ -207,6 +207,15 @@ def wants_given(model, profile) -> bool:
     return g is not None and profile.ranges != "calibrate"
 
 
+def check_given(model, profile, recipe=None) -> None:
+    """Raise the one-line HwsimError that compiling ``model`` under ``profile`` would raise about its given
+    quantization (the ``ranges`` key, a recipe, a constraint the given numbers cannot meet), before any work."""
+    if wants_given(model, profile):
+        from hwsim.compile import compile_model
+
+        compile_model(model, profile, None, recipe=recipe)
+
+
 def _check_activation_grid(t: str, gd: dict, fmt, bits: int, profile_name: str) -> None:
     """The profile's activation format must hold the given grid as it is."""
     lo, hi = INT_TYPES[gd["dtype"]]

@@ -6,6 +6,7 @@ constraint a profile cannot meet refused in one line."""
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 
@@ -256,3 +257,77 @@ def test_average_pools_with_an_own_output_grid_fast_equals_reference(rounding):
     same = dict(grid, out_scale=grid["scale"], out_zero_point=17)
     plain = {k: v for k, v in grid.items() if not k.startswith("out_")}
     assert np.array_equal(ops.global_avg_pool(x, **same), ops.global_avg_pool(x, **plain))
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_cli_import_then_run_reproduces_onnxruntime_and_reruns_other_hardware(quantized, tmp_path):
+    """`hwsim import q.onnx -o m.hwsim`, then `hwsim run -m m.hwsim` with no -p: the engine's profile, and the
+    accuracy ONNX Runtime's own outputs give; -p int8-acc16-sat and --set accumulator.bits=16 re-run the same
+    integers (given recipe) with overflow events; -m q.onnx works directly."""
+    import json
+
+    from hwsim.data import load_dataset
+    from tests.importers.test_cli_import import invoke
+
+    path, mean, std = quantized("smallcnn_robust", "QOperator", False)
+    out = tmp_path / "m.hwsim"
+    r = invoke("import", path, "-o", out, "--mean", mean[0], "--std", std[0])
+    assert r.exit_code == 0 and "given qoperator quantization kept" in r.output and "int8-onnxruntime" in r.output
+    ds = load_dataset("default")
+    x = _images("smallcnn_robust", 64, 0)  # the first 64 test images, normalised as recorded
+    want = float(np.mean(ort_outputs(path, x, "ORT_ENABLE_ALL").argmax(1) == ds.y_test[:64]))
+    res = {}
+    for args in ((), ("-p", "int8-acc16-sat"), ("--set", "accumulator.bits=16")):
+        r = invoke("run", "-m", out, "--limit", 64, "--json", *args)
+        assert r.exit_code == 0, r.output
+        res[args] = json.loads(r.output)
+    base = res[()]
+    assert base["profile"] == "int8-onnxruntime" and base["recipe"] == "given" and base["sim_accuracy"] == want
+    assert base["overflow_events"] == 0
+    for args in (("-p", "int8-acc16-sat"), ("--set", "accumulator.bits=16")):
+        assert res[args]["recipe"] == "given" and res[args]["overflow_events"] > 0
+    r = invoke("run", "-m", path, "--limit", 8, "--json")  # the .onnx itself (mean 0, std 1 as documented)
+    assert r.exit_code == 0 and json.loads(r.output)["profile"] == "int8-onnxruntime"
+
+
+def test_cli_bad_given_inputs_are_one_line(quantized, tmp_path):
+    import zipfile
+
+    from tests.importers.test_cli_import import invoke, one_line_error
+
+    one_line_error(invoke("run", "-m", "smallcnn_robust", "--limit", 4, "--set", "ranges=given"),
+                   "ranges = 'given' but the model has no given quantization")
+    one_line_error(invoke("run", "-m", "smallcnn_robust", "--limit", 4, "--set", "ranges=kept"),
+                   "'ranges'", "'auto', 'calibrate', 'given'")
+    path, mean, std = quantized("smallcnn_robust", "QOperator", True)
+    one_line_error(invoke("run", "-m", path, "--limit", 4, "-p", "int4-pow2"), "int4-pow2", "ranges=calibrate")
+    r = invoke("run", "-m", path, "--limit", 4, "-p", "int4-pow2", "--set", "ranges=calibrate", "--json")
+    assert r.exit_code == 0, r.output  # re-quantizing the dequantized model, asked for explicitly
+    good = tmp_path / "m.hwsim"
+    assert invoke("import", path, "-o", good).exit_code == 0
+    members = {}
+    with zipfile.ZipFile(good) as z:
+        for n in z.namelist():
+            members[n] = z.read(n)
+    assert {"given.json", "given.npz"} <= set(members)
+
+    def write(name, drop=(), **repl):
+        p = tmp_path / name
+        with zipfile.ZipFile(p, "w") as z:
+            for n, b in members.items():
+                if n not in drop:
+                    z.writestr(n, repl.get(n.replace(".", "_"), b))
+        return p
+
+    one_line_error(invoke("run", "-m", write("a.hwsim", drop=("given.npz",)), "--limit", 2), "without its pair")
+    doc = json.loads(members["given.json"])
+    doc["version"] = 2
+    one_line_error(invoke("run", "-m", write("b.hwsim", given_json=json.dumps(doc).encode()), "--limit", 2),
+                   "given.json", "unsupported version 2")
+    doc = json.loads(members["given.json"])
+    t = next(iter(doc["grids"]))
+    doc["grids"][t]["zero_point"] = 300
+    one_line_error(invoke("run", "-m", write("c.hwsim", given_json=json.dumps(doc).encode()), "--limit", 2),
+                   f"grids[{t!r}].zero_point 300")
+    one_line_error(invoke("run", "-m", write("d.hwsim", given_npz=members["given.npz"][:100]), "--limit", 2),
+                   "given.npz")
