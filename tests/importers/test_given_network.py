@@ -88,10 +88,9 @@ def _images(net, n, seed):
     return ((x - m) / s).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
-    """(net, format, per_channel) -> (int8 ONNX path, mean, std), quantized on first use."""
-    tmp = tmp_path_factory.mktemp("given_net")
+def quantizer(tmp):
+    """(net, format, per_channel) -> (int8 ONNX path, mean, std): the net exported to ``tmp`` and quantized by
+    quantize_static (uint8 activations, int8 weights, 16 calibration images), each on first use."""
     cache = {}
 
     def get(net, fmt, per_channel):
@@ -118,6 +117,11 @@ def quantized(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    return quantizer(tmp_path_factory.mktemp("given_net"))
+
+
 def ort_outputs(path, x, level):
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
@@ -134,8 +138,8 @@ def hwsim_outputs(path, mean, std, x, profile=None, settings=None):
     return run_quantized(qg, x).logits, qg
 
 
-CASES = [("smallcnn_robust", fmt, pc) for fmt in ("QOperator", "QDQ") for pc in (False, True)] + \
-        [("resnet8", fmt, pc) for fmt in ("QOperator", "QDQ") for pc in (False, True)]
+CASES = [(net, fmt, pc) for net in ("smallcnn_robust", "resnet8") for fmt in ("QOperator", "QDQ") for pc in (False, True)]
+CASES += [("mobilenetv2", fmt, pc) for fmt in ("QOperator", "QDQ") for pc in (False, True)]
 
 
 @pytest.mark.parametrize("net,fmt,per_channel,level", [c + (lv,) for c in CASES for lv in LEVELS
