@@ -335,3 +335,42 @@ def test_cli_bad_given_inputs_are_one_line(quantized, tmp_path):
                    f"grids[{t!r}].zero_point 300")
     one_line_error(invoke("run", "-m", write("d.hwsim", given_npz=members["given.npz"][:100]), "--limit", 2),
                    "given.npz")
+
+
+def test_imported_integers_export_back_to_onnx_runtime(quantized):
+    """import (QDQ) -> compile under int8-onnxruntime -> hwsim's QOperator export (float input, its own
+    QuantizeLinear) -> ONNX Runtime: the same outputs as hwsim, the pool's own output grid included."""
+    from hwsim.onnx_export import to_onnx
+
+    path, mean, std = quantized("mobilenetv2", "QDQ", True)
+    x = _images("mobilenetv2", 32, 3)
+    ours, qg = hwsim_outputs(path, mean, std, x)
+    proto = to_onnx(qg, float_input=True)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
+    assert np.array_equal(out[qg.output_name + "::dequantized"].reshape(ours.shape), ours)
+
+
+def test_mutated_int8_files_import_or_give_one_line(quantized, tmp_path):
+    """Seeded byte flips and truncations of both layouts through the whole import (parse, float shadow,
+    float importer, given numbers): a validated graph or one HwsimError line, never another exception."""
+    paths = [quantized("resnet8", fmt, True)[0] for fmt in ("QDQ", "QOperator")]
+    seeds = [open(p, "rb").read() for p in paths]
+    rng = np.random.default_rng(4)
+    outcomes = set()
+    for case in range(60):
+        buf = bytearray(seeds[case % 2])
+        if case % 3:
+            for _ in range(rng.integers(1, 6)):
+                buf[rng.integers(0, len(buf))] = rng.integers(0, 256)
+        else:
+            buf = buf[:rng.integers(0, len(buf))]
+        p = tmp_path / f"m{case}.onnx"
+        p.write_bytes(bytes(buf))
+        try:
+            g = import_model(p)
+            outcomes.add("model" if given_of(g) is not None else "float")
+        except HwsimError as e:
+            assert "\n" not in str(e)
+            outcomes.add("error")
+    assert "error" in outcomes
