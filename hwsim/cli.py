@@ -267,9 +267,7 @@ def profiles_show(name, set_, as_json):
 
 # ----------------------------------------------------------------------------- run
 @cli.command()
-@click.option("--profile", "-p", default=None, metavar="NAME|PATH",
-              show_default="int8-tflite; an imported int8 model: its engine's profile",
-              help="built-in profile name or .toml path")
+@profile_option("int8-tflite", "an imported int8 model: its engine's profile")
 @model_option
 @data_option()
 @set_option
@@ -288,12 +286,11 @@ def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out, ptq)
 
     check_output(out, "--out", (".json",))
     settings = parse_set_options(set_)
-    if profile is not None:
-        prof = load_profile(profile, settings)
+    prof = load_profile(profile, settings)
     recipe = _recipe(ptq)
     ctx = load_context(model, data, limit, batch_size)
-    if profile is None:  # the model's own engine (an imported int8 model), else the usual default
-        prof = load_profile(default_profile(ctx.graph, "int8-tflite"), settings)
+    if click.get_current_context().get_parameter_source("profile") == click.core.ParameterSource.DEFAULT:
+        prof = load_profile(default_profile(ctx.graph, profile), settings)  # an imported int8 model: its engine
     check_given(ctx.graph, prof, recipe)  # a profile the model's given numbers cannot meet: one line, before any work
     r = run_profile(ctx, prof, batch_size, _progress(len(ctx.y_test), prof.name, quiet or as_json), settings,
                     recipe=recipe, ptq_progress=_PtqProgress(quiet or as_json))
