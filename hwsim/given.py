@@ -49,8 +49,9 @@ GIVEN_FORMAT = "hwsim-given"
 GIVEN_VERSION = 1
 RANGES = ("auto", "calibrate", "given")
 INT_TYPES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
-# the profile each engine's integers are reproduced by (its default for a model it quantized)
-ENGINE_PROFILES = {"onnxruntime": "int8-onnxruntime"}
+# the profile each engine's integers are reproduced by (its default for a model it quantized), by the
+# signedness of the model's activation grids
+ENGINE_PROFILES = {("onnxruntime", False): "int8-onnxruntime", ("onnxruntime", True): "int8-onnxruntime-s8"}
 
 
 @dataclass

@@ -622,8 +622,12 @@ def import_given(path, mean=None, std=None, input_shape=None):
         arrays[f"{n.name}.weight"] = np.ascontiguousarray(lay.weight)
         if lay.bias is not None:
             arrays[f"{n.name}.bias"] = lay.bias.astype(np.int32)
-    g.metadata.update({"onnx_file": Path(path).name, "quantized": parsed.format,
-                       "default_profile": ENGINE_PROFILES[ENGINE],
-                       "given": Given(ENGINE, parsed.format, ENGINE_PROFILES[ENGINE], grids, layers, arrays)})
+    signed = {gd["dtype"].startswith("int") for gd in grids.values()}
+    if len(signed) != 1:
+        sh.p.fail("activation grids of both signed and unsigned types (hwsim profiles give all activations one "
+                  "signedness)")
+    profile = ENGINE_PROFILES[(ENGINE, signed.pop())]
+    g.metadata.update({"onnx_file": Path(path).name, "quantized": parsed.format, "default_profile": profile,
+                       "given": Given(ENGINE, parsed.format, profile, grids, layers, arrays)})
     validate(g, where=f"{path} (imported)")
     return g
