@@ -194,6 +194,11 @@ def _grid(gd: dict):
                 gd["dtype"].startswith("int"))
 
 
+def _same_grid(a, b) -> bool:
+    """The same integer grid (the input's may be a Float32DivisionGrid: its quantizer is not the grid)."""
+    return (a.scale, a.zero_point, a.qmin, a.qmax) == (b.scale, b.zero_point, b.qmin, b.qmax)
+
+
 def _pow2(v) -> bool:
     m, _ = np.frexp(np.asarray(v, np.float64))
     return bool(np.all(m == 0.5))
@@ -302,7 +307,15 @@ def compile_given(model, profile, given: Given | None = None):
         _check_activation_grid(t, gd, prof.activations, act_bits(t, prof), pname)
         return _grid(gd)
 
-    grids = {input_name: input_grid(own_grid(input_name, profile), profile.activations)}
+    # the input's grid: the model's first QuantizeLinear, which may follow value-moving ops (a Flatten): those
+    # commute with a monotonic quantizer, so quantizing the input on that grid gives the same integers
+    first_q = input_name
+    while first_q not in given.grids:
+        cons = [n for n in folded.nodes if first_q in n.inputs]
+        if len(cons) != 1 or not ops.get(cons[0].op).moves_values:
+            break
+        first_q = cons[0].outputs[0]
+    grids = {input_name: input_grid(own_grid(first_q, profile), profile.activations)}
     reach = {input_name: (grids[input_name].qmin, grids[input_name].qmax)}
     layers = []
     for n in folded.nodes:
@@ -316,7 +329,7 @@ def compile_given(model, profile, given: Given | None = None):
                      rounding_seed=layer_seed(prof.requant.seed, len(layers)))
         spec = ops.get(n.op)
         src = grids[grid_source(n.inputs[0])] if spec.output_grid == "input" else None
-        if src is not None and (out not in given.grids or _grid(given.grids[out]) == src):
+        if src is not None and (out not in given.grids or _same_grid(_grid(given.grids[out]), src)):
             grids[out] = src  # the engine kept the input's grid (max-pool, flatten, ...)
             lo, hi = reach[n.inputs[0]]
             if spec.activation:

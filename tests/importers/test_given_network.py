@@ -404,3 +404,31 @@ def test_mutated_int8_files_import_or_give_one_line(quantized, tmp_path):
             assert "\n" not in str(e)
             outcomes.add("error")
     assert "error" in outcomes
+
+
+@ENGINE
+@pytest.mark.parametrize("fmt", ["QOperator", "QDQ"])
+def test_a_flatten_before_the_first_quantize_linear(tmp_path, fmt):
+    """Flatten -> Gemm -> Relu -> Gemm (onnx.helper): the model quantizes its input after the Flatten; hwsim
+    quantizes the image on that grid (a value-moving op commutes with the quantizer) and equals ONNX Runtime."""
+    from onnx import helper
+
+    from tests.importers.onnxnets import model, rand, save
+
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "w1", "b1"], ["a"], name="fc1", transB=1),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2")]
+    m = model(nodes, {"w1": rand(rng, 12, 48), "b1": rand(rng, 12), "w2": rand(rng, 12, 5), "b2": rand(rng, 5)},
+              ("N", 3, 4, 4))
+    x = rng.random((64, 3, 4, 4), dtype=np.float32)
+    dst = tmp_path / "q.onnx"
+    logging.getLogger().setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ortq.quantize_static(save(m, tmp_path / "f.onnx"), str(dst), _Reader(x[:16]), per_channel=True,
+                             quant_format=getattr(ortq.QuantFormat, fmt))
+    ours, _ = hwsim_outputs(str(dst), None, None, x)
+    for level in LEVELS:
+        assert np.array_equal(ours, ort_outputs(str(dst), x, level))
