@@ -76,6 +76,11 @@ class Given:
                 "source_format": self.source_format, "profile": self.profile, "grids": self.grids,
                 "layers": self.layers}
 
+    def summary(self) -> dict:
+        """What a report shows of it (JSON data): engine, layout, default profile, counts, digest."""
+        return {"engine": self.engine, "source_format": self.source_format, "profile": self.profile,
+                "grids": len(self.grids), "integer_layers": len(self.layers), "digest": self.digest()}
+
     def digest(self) -> str:
         """sha256 of the whole given quantization (what a sweep's task key needs to tell models apart)."""
         h = hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode())

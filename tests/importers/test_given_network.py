@@ -321,6 +321,9 @@ def test_cli_import_then_run_reproduces_onnxruntime_and_reruns_other_hardware(qu
         assert res[args]["recipe"] == "given" and res[args]["overflow_events"] > 0
     r = invoke("run", "-m", path, "--limit", 8, "--json")  # the .onnx itself (mean 0, std 1 as documented)
     assert r.exit_code == 0 and json.loads(r.output)["profile"] == "int8-onnxruntime"
+    r = invoke("inspect", "-m", out, "--json")  # the given quantization as its summary in JSON reports
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["metadata"]["given"]["integer_layers"] == 4
 
 
 def test_cli_bad_given_inputs_are_one_line(quantized, tmp_path):
