@@ -267,7 +267,7 @@ def profiles_show(name, set_, as_json):
 
 # ----------------------------------------------------------------------------- run
 @cli.command()
-@profile_option("int8-tflite")
+@profile_option("int8-tflite", "an imported int8 model: its engine's profile")
 @model_option
 @data_option()
 @set_option
@@ -279,7 +279,8 @@ def profiles_show(name, set_, as_json):
 @ptq_option
 def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out, ptq):
     """Run the model in integers under one hardware profile."""
-    from hwsim.experiments import load_context, run_profile
+    from hwsim.experiments import default_profile, load_context, run_profile
+    from hwsim.given import check_given
     from hwsim.profile import load_profile, parse_set_options
     from hwsim.report import run_text, to_json_text
 
@@ -288,6 +289,9 @@ def run(profile, model, data, set_, limit, batch_size, quiet, as_json, out, ptq)
     prof = load_profile(profile, settings)
     recipe = _recipe(ptq)
     ctx = load_context(model, data, limit, batch_size)
+    if click.get_current_context().get_parameter_source("profile") == click.core.ParameterSource.DEFAULT:
+        prof = load_profile(default_profile(ctx.graph, profile), settings)  # an imported int8 model: its engine
+    check_given(ctx.graph, prof, recipe)  # a profile the model's given numbers cannot meet: one line, before any work
     r = run_profile(ctx, prof, batch_size, _progress(len(ctx.y_test), prof.name, quiet or as_json), settings,
                     recipe=recipe, ptq_progress=_PtqProgress(quiet or as_json))
     text = to_json_text(r.to_json())
@@ -524,9 +528,11 @@ def export_onnx(profile, model, data, set_, float_input, out, quiet, ptq):
 @out_option("output .hwsim model file", required=True)
 @input_options
 def import_(model_file, out, mean, std, input_shape):
-    """Import a float ONNX model (opset >= 13) as an .hwsim model file (needs: pip install 'hwsim[onnx]').
+    """Import an ONNX model (opset >= 13) as an .hwsim model file (needs: pip install 'hwsim[onnx]').
 
-    The normalisation the model expects is recorded in the .hwsim file; the op table and what is not
+    A float model, or an int8 model (QDQ / QOperator from onnxruntime.quantization) whose own scales, zero
+    points, integer weights and biases are kept, with its engine's profile as its default. The
+    normalisation the model expects is recorded in the .hwsim file; the op table and what is not
     supported yet are in docs/import.md."""
     from hwsim.graph import save_model
     from hwsim.importers import import_model
@@ -535,8 +541,11 @@ def import_(model_file, out, mean, std, input_shape):
     g = import_model(model_file, mean, std, input_shape)
     save_model(g, out)
     spec = g.inputs[0]
+    given = g.metadata.get("given")
+    kept = (f"; given {given.source_format} quantization kept ({len(given.grids)} grids, {len(given.layers)} "
+            f"integer layers), default profile {given.profile}" if given is not None else "")
     click.echo(f"wrote {out}: {len(g.nodes)} nodes; input {spec.name!r} {tuple(spec.shape)}, "
-               f"mean {list(spec.mean)}, std {list(spec.std)}")
+               f"mean {list(spec.mean)}, std {list(spec.std)}{kept}")
 
 
 def _register_frontend():

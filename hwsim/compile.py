@@ -63,6 +63,23 @@ class Grid:
         return dataclasses.asdict(self)
 
 
+class Float32DivisionGrid(Grid):
+    """A grid whose quantizer is ONNX QuantizeLinear's: saturate(round_half_even(fl32(x / scale)) + zero_point),
+    the division in float32 (onnx/reference/ops/op_quantize_linear.py; onnxruntime's MlasQuantizeLinear
+    divides too). Profile key ``activations.input_division = "float32"`` (the input quantizer)."""
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        q = np.rint(np.asarray(x, np.float32) / np.float32(self.scale)).astype(np.int64) + self.zero_point
+        return np.clip(q, self.qmin, self.qmax)
+
+
+def input_grid(grid: Grid, fmt: TensorFormat) -> Grid:
+    """The input's grid with the quantizer ``fmt.input_division`` names (float64: x / scale in float64)."""
+    if getattr(fmt, "input_division", "float64") == "float32":
+        return Float32DivisionGrid(**dataclasses.asdict(grid))
+    return grid
+
+
 @dataclass
 class QLayer:
     """One executable step of a quantized graph."""
@@ -443,6 +460,15 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
     "profile" recipe: the profile's own ``weights.range`` / ``activations.range`` (bit-identical
     to compiling without a recipe). ``progress(stage, step, total, value)`` reports long work.
     """
+    from hwsim.given import compile_given, wants_given
+
+    if wants_given(model, profile):  # an imported int8 model: its own numbers, the profile's arithmetic
+        from hwsim import ptq
+
+        if recipe is not None and not (ptq.load_recipe(recipe) if isinstance(recipe, str) else recipe).is_profile:
+            raise HwsimError("a PTQ recipe chooses parameters, but the model's given quantization is kept "
+                             "(profile ranges = 'auto'/'given'); --set ranges=calibrate to re-quantize it")
+        return compile_given(model, profile)
     if recipe is not None:
         from hwsim import ptq
 
@@ -505,8 +531,9 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
                              "steps): train with hwsim train --qat-bits and export")
         lsq_act = lsq_activation_steps(model, folded, grid_source)
     if not weight_only:
-        grids[input_name] = activation_grid(calib[input_name], profile.activations,
-                                            act_bits(input_name, profile), hooks.activation_range, input_name, lsq_act)
+        grids[input_name] = input_grid(activation_grid(calib[input_name], profile.activations,
+                                                       act_bits(input_name, profile), hooks.activation_range,
+                                                       input_name, lsq_act), profile.activations)
 
     # reachable integer range of every tensor (a fused ReLU narrows it): certificates use it
     reach: dict[str, tuple[int, int]] = {}
@@ -654,12 +681,14 @@ def _quantize_linear(lay: QLayer, n: Node, folded: Graph, prof: Profile, grids, 
 
 
 def finish_linear(lay: QLayer, grids: dict[str, Grid], reach: dict[str, tuple[int, int]], weight_only: bool,
-                  certificates: bool = True) -> None:
+                  certificates: bool = True, bias_q: np.ndarray | None = None) -> None:
     """Everything derived from a linear layer's integer weights, effective scales and float bias:
     ``w_float``, the int32 bias at s_x·s_w, requant parameters and the overflow certificate.
 
     ``lay.w_q``, ``lay.w_scale``, ``lay.w_zero_point``, ``lay.b_float``, ``lay.requant`` and
     ``lay.accumulator`` must be set (compile does it; :func:`hwsim.ptq.replace_weights` after PTQ).
+    ``bias_q``: integer biases as given (an imported model's, :mod:`hwsim.given`) instead of
+    quantizing ``lay.b_float``; clipped to ``bias.bits`` and counted all the same.
     """
     prof = lay.profile
     w_q, eff_scale = lay.w_q, np.asarray(lay.w_scale, np.float64)
@@ -682,7 +711,8 @@ def finish_linear(lay: QLayer, grids: dict[str, Grid], reach: dict[str, tuple[in
         lay.requant_params = ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant, bias=b)
     else:
         s_bias = gx.scale * eff_scale
-        bq = fp.round_float(np.asarray(b, np.float64) / s_bias, prof.bias.rounding)
+        bq = (fp.round_float(np.asarray(b, np.float64) / s_bias, prof.bias.rounding) if bias_q is None
+              else np.asarray(bias_q, np.int64))
         blim = 2 ** (prof.bias.bits - 1)
         lay.bias_clipped = int(np.sum((bq < -blim) | (bq > blim - 1)))
         lay.bias_q = np.clip(bq, -blim, blim - 1).astype(np.int64)

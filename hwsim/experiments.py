@@ -56,6 +56,21 @@ def resolve_model(spec: str | None) -> tuple[Graph, str]:
     return load_model(spec), spec
 
 
+def _json_metadata(graph: Graph) -> dict:
+    """The model's metadata as JSON data (an imported model's given quantization as its summary)."""
+    from hwsim.given import Given
+
+    return {k: (v.summary() if isinstance(v, Given) else v) for k, v in graph.metadata.items()}
+
+
+def default_profile(graph: Graph, fallback: str) -> str:
+    """The profile a command uses without -p: an imported int8 model's engine profile (hwsim.given), else ``fallback``."""
+    from hwsim.given import given_of
+
+    g = given_of(graph)
+    return g.profile if g is not None else fallback
+
+
 @dataclass
 class Context:
     """A loaded model + dataset, with the float baseline computed once (sweeps reuse it)."""
@@ -290,5 +305,5 @@ def inspect_model(model: str | None, profile: Profile | None = None, data: str =
         nodes.append(d)
     return InspectResult(name, profile.name if profile else None,
                          [{"name": i.name, "shape": list(i.shape), "mean": list(i.mean), "std": list(i.std)} for i in graph.inputs],
-                         nodes, list(graph.outputs), dict(graph.metadata), qg.dead_channels if qg else [])
+                         nodes, list(graph.outputs), _json_metadata(graph), qg.dead_channels if qg else [])
 

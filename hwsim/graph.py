@@ -333,10 +333,15 @@ def graph_to_json(graph: Graph) -> dict:
 
 def save_model(graph: Graph, path: str | os.PathLike) -> None:
     """Validate ``graph`` and write it atomically to ``path`` (temp file in the same directory + os.replace)."""
+    from hwsim import given as _given
+
     path = Path(path)
     validate(graph, where=str(path))
+    given = _given.given_of(graph)  # an imported model's own quantization: two more members (hwsim.given)
     try:
-        doc = json.dumps(graph_to_json(graph), indent=1, default=_json_default, allow_nan=False)
+        js = graph_to_json(graph)
+        js["metadata"] = {k: v for k, v in js["metadata"].items() if not (k == "given" and given is not None)}
+        doc = json.dumps(js, indent=1, default=_json_default, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise HwsimError(f"{path}: metadata/attrs are not JSON serialisable ({e})") from None
     # tensors.npz: the np.savez layout (one '<name>.npy' per tensor), written member by member so a
@@ -352,6 +357,8 @@ def save_model(graph: Graph, path: str | os.PathLike) -> None:
         with zipfile.ZipFile(fh, "w") as zf:
             zf.writestr(GRAPH_MEMBER, doc, compress_type=zipfile.ZIP_DEFLATED)
             zf.writestr(TENSORS_MEMBER, npz.getvalue(), compress_type=zipfile.ZIP_STORED)
+            for name, data in (_given.to_members(given) if given is not None else {}).items():
+                zf.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
 
     safeio.atomic_write(path, write)
 
@@ -424,10 +431,23 @@ def load_model(path: str | os.PathLike) -> Graph:
                                f"{p}: {GRAPH_MEMBER} is")
         _check_header(doc, fail)  # a wrong version is reported before anything else
         raw_tensors = safeio.read_member(zf, TENSORS_MEMBER, str(p))
+        from hwsim import given as _given
+
+        has_given = [m for m in (_given.GIVEN_JSON, _given.GIVEN_NPZ) if m in names]
+        if len(has_given) == 1:
+            fail(f"member {has_given[0]!r} without its pair (a given quantization is {_given.GIVEN_JSON} "
+                 f"and {_given.GIVEN_NPZ})")
+        if has_given:
+            given_doc = safeio.load_json(safeio.read_member(zf, _given.GIVEN_JSON, str(p), safeio.MAX_JSON_BYTES),
+                                         f"{p}: {_given.GIVEN_JSON} is")
+            raw_given = safeio.read_member(zf, _given.GIVEN_NPZ, str(p))
     tensors = safeio.read_npz(raw_tensors, f"{p}: {TENSORS_MEMBER}", kinds="f")
     graph = _graph_from_json(doc, tensors, fail)
     try:
         validate(graph, where=str(p))
+        if has_given:  # an imported model's own quantization (hwsim.given), checked against the graph
+            arrays = safeio.read_npz(raw_given, f"{p}: {_given.GIVEN_NPZ}", kinds="iu")
+            graph.metadata["given"] = _given.from_members(given_doc, arrays, graph, str(p))
     except HwsimError:
         raise
     except (TypeError, AttributeError) as e:  # wrong JSON types deep inside (e.g. a dict as a name)

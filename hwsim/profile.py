@@ -119,6 +119,8 @@ _FMT = {
 SCHEMA: dict[str, _Key] = {
     "name": _Key("str", doc="profile name"),
     "description": _Key("str", doc="one line about the hardware this models"),
+    "ranges": _Key("choice", ("auto", "calibrate", "given"),
+                   doc="where grids, integer weights and biases come from: 'auto' keeps a model's given quantization (an imported int8 model) and calibrates a float model; 'given' requires one; 'calibrate' re-quantizes the (dequantized) float graph"),
     "batchnorm": _Key("choice", ("fold", "scale"),
                       doc="fold BN into weights before quantization (WP eq. 11-12) or absorb it into the requant multiplier (WP eq. 41)"),
     **{f"weights.{k}": v for k, v in _FMT.items()},
@@ -129,6 +131,7 @@ SCHEMA: dict[str, _Key] = {
     "activations.dtype": _Key("choice", ("int", "float"), doc="'float' = weight-only policy: float32 activations, dequantized integer weights"),
     "activations.range": _Key("choice", ("minmax", "mse", "percentile", "lsq"), doc="activation range setting on the calibration set (lsq: the learned LSQ input steps; other tensors min-max)"),
     "activations.step_scale": _Key("float", lo=0.01, hi=100.0, doc="multiply every activation step size by this factor (sweeps)"),
+    "activations.input_division": _Key("choice", ("float64", "float32"), doc="the input quantizer round(x / scale): x / scale in float64, or in float32 as ONNX QuantizeLinear (ONNX Runtime)"),
     "activations.percentile": _Key("float", lo=50.0, hi=100.0, doc="percentile for range = 'percentile'"),
     "accumulator.bits": _Key("int", lo=8, hi=64, unbounded_ok=True, doc="accumulator width A (signed)"),
     "accumulator.overflow": _Key("choice", ("wrap", "saturate"), doc="accumulator overflow policy, applied after every chunk add"),
@@ -177,6 +180,7 @@ class TensorFormat:
     percentile: float = 99.99
     step_scale: float = 1.0
     dtype: str = "int"
+    input_division: str = "float64"  # activations only: the input quantizer's division (Float32DivisionGrid)
 
     @property
     def qmin(self) -> int:
@@ -257,6 +261,7 @@ class Profile:
     name: str = "custom"
     description: str = ""
     batchnorm: str = "fold"
+    ranges: str = "auto"  # hwsim.given: keep a model's given quantization (auto / given) or calibrate
     weights: TensorFormat = field(default_factory=lambda: TensorFormat(granularity="per_channel", narrow=True))
     activations: TensorFormat = field(default_factory=lambda: TensorFormat(signed=True, symmetric=False))
     accumulator: AccumulatorSpec = field(default_factory=AccumulatorSpec)
@@ -380,7 +385,7 @@ def _parse_key(key: str, value: Any, where: str) -> Any:
 
 def _from_dict(d: dict, where: str) -> Profile:
     kw: dict[str, Any] = {}
-    for name in ("name", "description", "batchnorm"):
+    for name in ("name", "description", "batchnorm", "ranges"):
         if name in d:
             kw[name] = d[name]
     for sec, cls in _SECTIONS.items():
@@ -432,7 +437,7 @@ def _parse_override(o: Any, i: int, where: str) -> dict:
                          f"({', '.join(OP_KINDS)}) or 'position' (first, last)")
     settings = _flatten_toml(o, f"{where} overrides[{i}]")
     for key in settings:
-        if key.split(".")[0] in ("name", "description", "calibration", "first_layer", "last_layer"):
+        if key.split(".")[0] in ("name", "description", "ranges", "calibration", "first_layer", "last_layer"):
             raise HwsimError(f"{where}: key '{key}' cannot be overridden per layer")
     return {**sel, **settings}
 
@@ -559,7 +564,7 @@ def profile_toml(p: Profile) -> str:
 
     d = to_dict(p)
     lines = [f"name = {fmt(d['name'])}", f"description = {fmt(d['description'])}",
-             f"batchnorm = {fmt(d['batchnorm'])}"]
+             f"batchnorm = {fmt(d['batchnorm'])}", f"ranges = {fmt(d['ranges'])}"]
     for sec in _SECTIONS:
         lines.append(f"\n[{sec}]")
         for k, v in d[sec].items():

@@ -246,10 +246,20 @@ def max_pool2d(x_q, kernel, stride, padding, pad_value):
     return out
 
 
-def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0, index_offset=0):
+def _pool_ratio(count: int, scale, out_scale) -> Fraction:
+    """s / (s_y * count) exactly (float32 scales are dyadic rationals); 1 / count on one grid."""
+    if out_scale is None:
+        return Fraction(1, count)
+    return Fraction(float(np.float32(scale))) / (Fraction(float(np.float32(out_scale))) * count)
+
+
+def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0, index_offset=0, scale=None,
+               out_scale=None, out_zero_point=None):
     """out = z + divide_round(sum(x - z), kh*kw) (count_include_pad: padding holds z).
 
-    Stochastic draws use index index_offset + flat C-order output index.
+    Stochastic draws use index index_offset + flat C-order output index. An output grid of its own
+    (``out_scale``, ``out_zero_point``; ``scale`` the input's): z_y + round(sum(x - z) * s / (s_y * kh*kw)),
+    the rational rounded once.
     """
     N, C, H, W = x_q.shape
     kh, kw = kernel
@@ -257,6 +267,8 @@ def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0, index
     pt, pb, pl, pr = padding
     Ho, Wo = (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1
     z = int(zero_point)
+    zy = z if out_zero_point is None else int(out_zero_point)
+    ratio = _pool_ratio(kh * kw, scale, out_scale)
     out = np.zeros((N, C, Ho, Wo), dtype=np.int64)
     for pos in np.ndindex(N, C, Ho, Wo):
         n, c, oh, ow = pos
@@ -267,16 +279,18 @@ def avg_pool2d(x_q, kernel, stride, padding, zero_point, rounding, seed=0, index
                 if 0 <= ih < H and 0 <= iw < W:
                     s += int(x_q[n, c, ih, iw]) - z
         flat = index_offset + int(np.ravel_multi_index(pos, out.shape))
-        out[pos] = z + divide_round_int(s, kh * kw, rounding, seed, flat)
+        out[pos] = zy + divide_round_int(s * ratio.numerator, ratio.denominator, rounding, seed, flat)
     return out
 
 
-def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, form, scale, index_offset=0):
+def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, form, scale, index_offset=0,
+                     out_scale=None, out_zero_point=None):
     """The float32 pool forms (ops.avg_pool2d ``form``), exact rational arithmetic, one float32 rounding per step.
 
-    float32_multiplier: z + round(fl32(fl32(S) * M)), S = sum(x - z), M = fl32(s / fl32(s * fl32(kh*kw)));
+    float32_multiplier: z_y + round(fl32(fl32(S) * M)), S = sum(x - z), M = fl32(s / fl32(s_y * fl32(kh*kw)));
     float32_dequantize: acc = 0; acc = fl32(acc + fl32(s (x - z))) over the real window pixels row by row;
-    round(fl32(fl32(fl32(acc / kh*kw) / s) + z)).
+    round(fl32(fl32(fl32(acc / kh*kw) / s_y) + z_y)). The output grid (s_y, z_y) is the input's unless
+    ``out_scale`` / ``out_zero_point`` give another (an imported model's own output grid).
     """
     N, C, H, W = x_q.shape
     kh, kw = kernel
@@ -284,7 +298,9 @@ def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, f
     pt, pb, pl, pr = padding
     Ho, Wo = (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1
     z, s, count = int(zero_point), Fraction(float(scale)), kh * kw
-    m = Fraction(float(round_to_f32(s / Fraction(float(round_to_f32(s * count))))))
+    sy = s if out_scale is None else Fraction(float(np.float32(out_scale)))
+    zy = z if out_zero_point is None else int(out_zero_point)
+    m = Fraction(float(round_to_f32(s / Fraction(float(round_to_f32(sy * count))))))
     out = np.zeros((N, C, Ho, Wo), dtype=np.int64)
     for pos in np.ndindex(N, C, Ho, Wo):
         n, c, oh, ow = pos
@@ -299,22 +315,27 @@ def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, f
         flat = index_offset + int(np.ravel_multi_index(pos, out.shape))
         if form == "float32_multiplier":
             v = round_to_f32(Fraction(float(round_to_f32(Fraction(total)))) * m)
-            out[pos] = z + round_float_int(float(v), rounding, seed, flat)
+            out[pos] = zy + round_float_int(float(v), rounding, seed, flat)
         else:
             avg = Fraction(float(round_to_f32(acc / count)))
-            v = round_to_f32(Fraction(float(round_to_f32(avg / s))) + z)
+            v = round_to_f32(Fraction(float(round_to_f32(avg / sy))) + zy)
             out[pos] = round_float_int(float(v), rounding, seed, flat)
     return out
 
 
-def global_avg_pool(x_q, zero_point, rounding, seed=0, index_offset=0):
-    """out[n, c] = z + divide_round(sum_hw(x - z), H*W); stochastic index index_offset + n*C + c."""
+def global_avg_pool(x_q, zero_point, rounding, seed=0, index_offset=0, scale=None, out_scale=None,
+                    out_zero_point=None):
+    """out[n, c] = z + divide_round(sum_hw(x - z), H*W); stochastic index index_offset + n*C + c; an own
+    output grid as :func:`avg_pool2d`."""
     N, C, H, W = x_q.shape
     z = int(zero_point)
+    zy = z if out_zero_point is None else int(out_zero_point)
+    ratio = _pool_ratio(H * W, scale, out_scale)
     out = np.zeros((N, C), dtype=np.int64)
     for n, c in np.ndindex(N, C):
         s = sum(int(v) - z for v in x_q[n, c].ravel())
-        out[n, c] = z + divide_round_int(s, H * W, rounding, seed, index_offset + n * C + c)
+        out[n, c] = zy + divide_round_int(s * ratio.numerator, ratio.denominator, rounding, seed,
+                                          index_offset + n * C + c)
     return out
 
 

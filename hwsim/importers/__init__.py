@@ -53,8 +53,11 @@ def import_model(path: str | os.PathLike, mean=None, std=None, input_shape=None)
     """The float Graph of a foreign model file (validated); see :func:`hwsim.importers.onnx.import_onnx`."""
     fmt = model_format(path)
     if fmt == "onnx":
-        from hwsim.importers.onnx import import_onnx
+        from hwsim.importers.given import import_given, is_quantized
+        from hwsim.importers.onnx import import_onnx, read_onnx
 
+        if is_quantized(read_onnx(path)):  # int8 QDQ / QOperator: its own quantization kept (hwsim.given)
+            return import_given(path, mean=mean, std=std, input_shape=input_shape)
         return import_onnx(path, mean=mean, std=std, input_shape=input_shape)
     raise HwsimError(f"{path}: already an .hwsim model file (nothing to import)")
 

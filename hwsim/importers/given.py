@@ -26,6 +26,7 @@ in both layouts; the ReLU then lives in the output grid (a uint8 zero point of 0
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -386,3 +387,247 @@ class _Parser:
             self.fail(f"malformed quantized model ({type(e).__name__}: {_line(e)})")
         self.fail("no quantized ops (QuantizeLinear/DequantizeLinear or QLinear*): a float model; "
                   "import it with hwsim import")
+
+
+# ----------------------------------------------------------------------------- import: graph + given numbers
+# QOperator ops the float shadow maps back to their float op (name kept), with their output grid's inputs
+_QOP_FLOAT = {"QLinearConv": "Conv", "QLinearMatMul": "MatMul", "QGemm": "Gemm", "QLinearAdd": "Add",
+              "QLinearGlobalAveragePool": "GlobalAveragePool", "QLinearAveragePool": "AveragePool",
+              "QLinearConcat": "Concat"}
+_ON_INTEGERS = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Identity")  # QOperator: float ops on the integers
+ENGINE = "onnxruntime"
+
+
+def is_quantized(model) -> bool:
+    """Whether an ONNX model holds quantized ops (QDQ or QOperator)."""
+    types = {n.op_type for n in model.graph.node}
+    return bool(types & (_QOP | {"QuantizeLinear", "DequantizeLinear"}))
+
+
+class _Shadow:
+    """The int8 model as the float model it stands for (every integer tensor dequantized, every QLinear op its
+    float op, same node names), plus the grid of every float tensor the engine quantizes."""
+
+    def __init__(self, parser: _Parser):
+        self.p = parser
+        self.onnx = parser.onnx
+        self.grids: dict[str, QuantParams] = {}  # float tensor -> its grid
+        self.rename: dict[str, str] = {}  # integer / dequantized tensor -> the float tensor it stands for
+        self.inits: list = []
+        self.nodes: list = []
+
+    def name(self, t: str) -> str:
+        return self.rename.get(t, t)
+
+    def _const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
+        return name
+
+    def _grid(self, t: str, qp: QuantParams) -> None:
+        old = self.grids.get(t)
+        if old is not None and (float(old.scale) != float(qp.scale) or int(old.zero_point) != int(qp.zero_point)):
+            self.p.fail(f"tensor {t!r} is quantized twice with different grids ({float(old.scale)}, "
+                        f"{int(old.zero_point)}) and ({float(qp.scale)}, {int(qp.zero_point)})")
+        self.grids[t] = qp
+
+    def _node(self, n, op_type: str, inputs: list[str], attrs: dict | None = None) -> None:
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [n.output[0]], name=n.name, **(attrs or {})))
+
+    @staticmethod
+    def _dq_weight(w: np.ndarray, qp: QuantParams, axis: int) -> np.ndarray:
+        """DequantizeLinear of a stored weight (ONNX layout; per-channel along ``axis`` of that layout)."""
+        s = qp.scale.astype(np.float32)
+        z = qp.zero_point.astype(np.int64)
+        if qp.axis is not None:
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            s, z = s.reshape(shape), z.reshape(shape)
+        return ((w.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)
+
+    def qdq(self):
+        p, g = self.p, self.p.model.graph
+        q_of: dict[str, tuple[str, QuantParams]] = {}  # QuantizeLinear output -> (float input, grid)
+        for n in g.node:
+            if n.op_type == "QuantizeLinear":
+                qp = p.params(n, n.input[1], n.input[2] if len(n.input) > 2 else None, n.input[0])
+                q_of[n.output[0]] = (self.name(n.input[0]), qp)
+                continue
+            if n.op_type == "DequantizeLinear":
+                src = n.input[0]
+                if src in p.const:  # a weight or bias: its float value as an initializer
+                    qp = p.params(n, n.input[1], n.input[2] if len(n.input) > 2 else None, src,
+                                  axis=p.attrs(n).get("axis", 1), allowed_axis=None if p.const[src].ndim == 0 else
+                                  int(p.attrs(n).get("axis", 1)) % p.const[src].ndim, ndim=p.const[src].ndim)
+                    self._const(n.output[0], self._dq_weight(p.const[src], qp, qp.axis or 0))
+                    continue
+                if src not in q_of:
+                    p.fail(f"node {n.name!r} (DequantizeLinear): input {src!r} is not a QuantizeLinear output "
+                           "(an integer graph input or a chain hwsim does not read)")
+                t, qp = q_of[src]
+                dq = p.params(n, n.input[1], n.input[2] if len(n.input) > 2 else None, src)
+                if float(dq.scale) != float(qp.scale) or int(dq.zero_point) != int(qp.zero_point):
+                    p.fail(f"node {n.name!r} (DequantizeLinear): grid differs from its QuantizeLinear's")
+                self._grid(t, qp)
+                self.rename[n.output[0]] = t
+                continue
+            self.nodes.append(self._renamed(n))
+
+    def _renamed(self, n):
+        m = self.onnx.NodeProto()
+        m.CopyFrom(n)
+        del m.input[:]
+        m.input.extend(self.name(i) if i else i for i in n.input)
+        return m
+
+    def qoperator(self):
+        p, g = self.p, self.p.model.graph
+        for n in g.node:
+            op = n.op_type
+            if op == "QuantizeLinear":
+                qp = p.params(n, n.input[1], n.input[2] if len(n.input) > 2 else None, n.input[0])
+                self._grid(self.name(n.input[0]), qp)
+                self.rename[n.output[0]] = self.name(n.input[0])
+                continue
+            if op == "DequantizeLinear":
+                self.rename[n.output[0]] = self.name(n.input[0])
+                continue
+            if op in _ON_INTEGERS or op in _SHAPE_OPS or op not in _QOP_FLOAT:
+                if op not in _ON_INTEGERS and op not in _SHAPE_OPS:
+                    p.fail(f"node {n.name!r} (op {n.op_type}): not supported by hwsim's given compile yet (supported: "
+                           f"{', '.join(sorted(_QOP_FLOAT))}, {', '.join(_ON_INTEGERS)})")
+                self.nodes.append(self._renamed(n))
+                if op in _ON_INTEGERS and n.input[0] in p.qp:
+                    p.qp[n.output[0]] = p.qp[n.input[0]]
+                    self._grid(n.output[0], p.qp[n.input[0]])
+                continue
+            a = p.attrs(n)
+            lay = getattr(p, f"_q_{op}")(n)
+            if lay.output is None:
+                p.fail(f"node {n.name!r} ({op}): a float output (no y_scale); hwsim runs integer outputs")
+            p.qp[n.output[0]] = lay.output
+            self._grid(n.output[0], lay.output)
+            x = self.name(n.input[0]) if op != "QLinearConcat" else None
+            if op == "QLinearConv":
+                w = p.const[n.input[3]]
+                wf = self._const(f"{n.name}::w", self._dq_weight(w, lay.weight_qparams, 0))
+                ins = [x, wf]
+                if lay.bias is not None:
+                    s_b = np.float32(lay.inputs[0].scale) * lay.weight_qparams.scale.astype(np.float32)
+                    ins.append(self._const(f"{n.name}::b", (lay.bias.astype(np.float64) * s_b).astype(np.float32)))
+                self._node(n, "Conv", ins, a)
+            elif op in ("QLinearMatMul", "QGemm"):
+                if n.input[0] in p.const:
+                    p.fail(f"node {n.name!r} ({op}): a constant first operand (hwsim reads x @ W)")
+                if op == "QGemm" and float(a.get("alpha", 1.0)) != 1.0:
+                    p.fail(f"node {n.name!r} (QGemm): alpha = {a['alpha']} (hwsim keeps the integers: alpha 1)")
+                wf = self._const(f"{n.name}::w", np.ascontiguousarray(
+                    self._dq_weight(lay.weight, lay.weight_qparams, 0).T))  # back to [in, out]
+                ins = [x, wf]
+                if lay.bias is not None:
+                    s_b = np.float32(lay.inputs[0].scale) * lay.weight_qparams.scale.astype(np.float32)
+                    ins.append(self._const(f"{n.name}::b", (lay.bias.astype(np.float64) * s_b).astype(np.float32)))
+                self._node(n, "Gemm", ins, {})
+            elif op == "QLinearAdd":
+                if lay.constants:
+                    p.fail(f"node {n.name!r} (QLinearAdd): a constant operand (ONNX Runtime requantizes a MatMul's "
+                           "output before adding its bias; hwsim's add takes two tensors)")
+                self._node(n, "Add", [x, self.name(n.input[3])])
+            elif op == "QLinearGlobalAveragePool":
+                if a.get("channels_last", 0):
+                    p.fail(f"node {n.name!r}: channels_last = 1 (hwsim runs NCHW)")
+                self._node(n, "GlobalAveragePool", [x])
+            elif op == "QLinearAveragePool":
+                if a.get("channels_last", 0):
+                    p.fail(f"node {n.name!r}: channels_last = 1 (hwsim runs NCHW)")
+                self._node(n, "AveragePool", [x], {k: v for k, v in a.items() if k != "channels_last"})
+            elif op == "QLinearConcat":
+                self._node(n, "Concat", [self.name(n.input[i]) for i in range(2, len(n.input), 3)], {"axis": a["axis"]})
+
+    def _implied_relus(self) -> list:
+        """quantize_static removes a Relu / Clip(0, 6) after a Conv, Gemm, MatMul or Add (measured, both layouts):
+        it lives in the output grid, whose zero point is then its qmin (no negative value). The float graph gets
+        it back as a Relu (compile fuses it as that layer's clamp, at the same qmin), so the float reference is
+        the function the integers compute, and the ReLU floor is not counted as clipping."""
+        out = []
+        for n in self.nodes:
+            qp = self.grids.get(n.output[0]) if n.output else None
+            if n.op_type in ("Conv", "Gemm", "MatMul", "Add") and qp is not None and int(qp.zero_point) == qp.qmin:
+                t = n.output[0]
+                m = self.onnx.NodeProto()
+                m.CopyFrom(n)
+                m.output[0] = f"{t}::pre_relu"
+                out += [m, self.onnx.helper.make_node("Relu", [m.output[0]], [t], name=f"{n.name}::relu")]
+            else:
+                out.append(n)
+        return out
+
+    def model(self):
+        src = self.p.model
+        m = self.onnx.ModelProto()
+        m.CopyFrom(src)
+        g = m.graph
+        del g.node[:]
+        g.node.extend(self._implied_relus())
+        used = {i for n in self.nodes for i in n.input}
+        keep = [t for t in src.graph.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(keep + self.inits)
+        del g.value_info[:]
+        for o in g.output:
+            o.name = self.name(o.name)
+            o.type.tensor_type.elem_type = self.onnx.TensorProto.FLOAT
+        return m
+
+
+def import_given(path, mean=None, std=None, input_shape=None):
+    """An int8 ONNX model (QDQ or QOperator) as an hwsim Graph: the dequantized float graph, with its
+    given quantization (:class:`hwsim.given.Given`) in ``metadata["given"]`` and ONNX Runtime's
+    profile as the model's default (``metadata["default_profile"]``)."""
+    from hwsim.given import ENGINE_PROFILES, Given
+    from hwsim.graph import validate
+    from hwsim.importers.onnx import _Importer
+
+    model = read_onnx(path)
+    where = str(path)
+    parsed = _Parser(model, where).run()
+    sh = _Shadow(_Parser(model, where))
+    try:
+        sh.qdq() if parsed.format == "qdq" else sh.qoperator()
+    except (KeyError, IndexError, ValueError, TypeError) as e:
+        sh.p.fail(f"malformed quantized model ({type(e).__name__}: {_line(e)})")
+    imp = _Importer(sh.model(), where)
+    g = imp.run(mean, std, input_shape)
+    grids: dict[str, dict] = {}
+    for t, qp in sh.grids.items():
+        h = imp.alias.get(t)
+        if h is None:
+            continue  # a tensor the float import folded away (a constant)
+        gd = {"scale": float(qp.scale), "zero_point": int(qp.zero_point), "dtype": qp.dtype}
+        if qp.dtype not in ("int8", "uint8", "int16", "uint16"):
+            sh.p.fail(f"tensor {t!r}: activations of type {qp.dtype} (hwsim grids: (u)int8, (u)int16)")
+        if h in grids and grids[h] != gd:
+            sh.p.fail(f"tensor {t!r}: two grids for hwsim tensor {h!r}")
+        grids[h] = gd
+    nodes = {n.name: n for n in g.nodes}
+    layers, arrays = {}, {}
+    for lay in parsed.layers:
+        if lay.op not in ("conv2d", "linear"):
+            continue
+        n = nodes.get(lay.name)
+        if n is None or n.op != lay.op:
+            sh.p.fail(f"node {lay.name!r}: not found as a {lay.op} in the imported graph (unnamed or renamed node)")
+        wq = lay.weight_qparams
+        layers[n.name] = {"w_scale": [float(v) for v in np.ravel(wq.scale)],
+                          "w_zero_point": [int(v) for v in np.ravel(wq.zero_point)], "w_dtype": wq.dtype}
+        arrays[f"{n.name}.weight"] = np.ascontiguousarray(lay.weight)
+        if lay.bias is not None:
+            arrays[f"{n.name}.bias"] = lay.bias.astype(np.int32)
+    signed = {gd["dtype"].startswith("int") for gd in grids.values()}
+    if len(signed) != 1:
+        sh.p.fail("activation grids of both signed and unsigned types (hwsim profiles give all activations one "
+                  "signedness)")
+    profile = ENGINE_PROFILES[(ENGINE, signed.pop())]
+    g.metadata.update({"onnx_file": Path(path).name, "quantized": parsed.format, "default_profile": profile,
+                       "given": Given(ENGINE, parsed.format, profile, grids, layers, arrays)})
+    validate(g, where=f"{path} (imported)")
+    return g

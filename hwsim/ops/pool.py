@@ -14,7 +14,7 @@ from hwsim import fixedpoint as fp
 from hwsim import reference as ref
 from hwsim.errors import HwsimError
 from hwsim.ops.core import _check_impl, _int_array, _padding, _pair, conv_output_size
-from hwsim.ops.registry import OpSpec, need_chw, pair, register, window_out
+from hwsim.ops.registry import OpSpec, clamp_counted, need_chw, pair, register, window_out
 
 
 def _check_nchw(x, name="x_q") -> np.ndarray:
@@ -69,11 +69,13 @@ def onnxruntime_pool_form(op: str, kernel=None, padding=(0, 0, 0, 0), input_hw=N
     return "float32_multiplier" if whole else "float32_dequantize"
 
 
-def pool_multiplier(scale: float, count: int) -> np.float32:
-    """M = fl32(s / fl32(s * fl32(count))), s = fl32(scale): the "float32_multiplier" pool form's multiplier
-    (MLAS QLinearGlobalAveragePool: ScaleInput / (ScaleOutput * ImageSize), equal input and output grids)."""
+def pool_multiplier(scale: float, count: int, out_scale: float | None = None) -> np.float32:
+    """M = fl32(s / fl32(s_y * fl32(count))), s = fl32(scale): the "float32_multiplier" pool form's multiplier
+    (MLAS QLinearGlobalAveragePool, CheckQLinearGlobalAveragePoolScaleAndSize: ScaleInput / (ScaleOutput *
+    ImageSize)); s_y = ``out_scale``, the input's scale unless an imported model gives the output its own."""
     s = np.float32(scale)
-    return np.float32(s / np.float32(s * np.float32(count)))
+    sy = s if out_scale is None else np.float32(out_scale)
+    return np.float32(s / np.float32(sy * np.float32(count)))
 
 
 def _pool_scale(form: str, scale) -> np.float32 | None:
@@ -94,22 +96,26 @@ def _pool_index(shape, index_offset: int, rounding: str):
     return int(index_offset) + fp._flat_index(shape)
 
 
-def _pool_float_forms(s, d_windows, count: int, form: str, s32, z: int, rounding: str, seed: int, index=None):
-    """The float32 pool forms from the integer window sums ``s`` or the dequantized windows (lazy)."""
+def _pool_float_forms(s, d_windows, count: int, form: str, s32, z: int, rounding: str, seed: int, index=None,
+                      out_scale=None, out_zero_point=None):
+    """The float32 pool forms from the integer window sums ``s`` or the dequantized windows (lazy); the output
+    grid is the input's unless ``out_scale`` / ``out_zero_point`` give another."""
     f32 = np.float32
+    sy = s32 if out_scale is None else f32(out_scale)
+    zy = z if out_zero_point is None else int(out_zero_point)
     if form == "float32_multiplier":
-        return z + fp.round_float(s.astype(f32) * pool_multiplier(s32, count), rounding, seed, index)
+        return zy + fp.round_float(s.astype(f32) * pool_multiplier(s32, count, sy), rounding, seed, index)
     win = d_windows()  # [..., kh, kw] float32 dequantized values, padding 0.0
     acc = np.zeros(win.shape[:-2], f32)
     for i in range(win.shape[-2]):  # window order, one float32 rounding per addition
         for j in range(win.shape[-1]):
             acc += win[..., i, j]
-    return fp.round_float((acc / f32(count)) / s32 + f32(z), rounding, seed, index)
+    return fp.round_float((acc / f32(count)) / sy + f32(zy), rounding, seed, index)
 
 
 def avg_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), zero_point: int = 0, rounding: str = "half_even",
                seed: int = 0, impl: str = "fast", *, form: str = "exact", scale: float | None = None,
-               index_offset: int = 0) -> np.ndarray:
+               index_offset: int = 0, out_scale: float | None = None, out_zero_point: int | None = None) -> np.ndarray:
     """out = z + divide_round(sum(x - z), kh*kw); count_include_pad (padding holds the zero point).
 
     Stochastic rounding draws with index ``index_offset`` + flat C-order output index (the executor
@@ -119,54 +125,86 @@ def avg_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), zero_point: int = 0, r
     "float32_multiplier": out = z + round(fl32(fl32(sum(x - z)) * M)), M = :func:`pool_multiplier`;
     "float32_dequantize" (ONNX Runtime QLinearAveragePool): d = fl32(s (x - z)), summed in float32 in
     window order (row by row), out = round(fl32(fl32(fl32(sum / fl32(kh*kw)) / s) + z)).
+    ``out_scale`` / ``out_zero_point`` (float forms only): an output grid other than the input's (s, z above
+    become s_y, z_y where they divide / offset the result), as an imported model's QLinearAveragePool has.
     """
     _check_impl(impl)
     fp.check_mode(rounding)
     s32 = _pool_scale(form, scale)
+    _check_out_grid(form, out_scale, out_zero_point)
     x = _check_nchw(x_q)
     kernel, stride, pad, Ho, Wo = _pool_geometry(x, kernel, stride, padding)
     z = int(zero_point)
     if impl == "reference":
         if form != "exact":
-            return ref.avg_pool2d_float(x, kernel, stride, pad, z, rounding, seed, form, s32, index_offset)
-        return ref.avg_pool2d(x, kernel, stride, pad, z, rounding, seed, index_offset)
+            return ref.avg_pool2d_float(x, kernel, stride, pad, z, rounding, seed, form, s32, index_offset,
+                                        out_scale, out_zero_point)
+        return ref.avg_pool2d(x, kernel, stride, pad, z, rounding, seed, index_offset, scale, out_scale,
+                              out_zero_point)
     index = _pool_index((x.shape[0], x.shape[1], Ho, Wo), index_offset, rounding)
     if form == "float32_dequantize":
         s = None
     else:
         s = (_windows(x - z, kernel, stride, pad, 0)[:, :, :Ho, :Wo]).sum(axis=(4, 5))
     if form == "exact":
-        return z + fp.divide_round(s, kernel[0] * kernel[1], rounding, seed, index)
+        return _exact_mean(s, kernel[0] * kernel[1], z, rounding, seed, index, scale, out_scale, out_zero_point)
     return _pool_float_forms(
         s, lambda: _windows(s32 * (x - z).astype(np.float32), kernel, stride, pad, 0)[:, :, :Ho, :Wo],
-        kernel[0] * kernel[1], form, s32, z, rounding, seed, index)
+        kernel[0] * kernel[1], form, s32, z, rounding, seed, index, out_scale, out_zero_point)
 
 
 def global_avg_pool(x_q, zero_point: int = 0, rounding: str = "half_even", seed: int = 0,
                     impl: str = "fast", *, form: str = "exact", scale: float | None = None,
-                    index_offset: int = 0) -> np.ndarray:
+                    index_offset: int = 0, out_scale: float | None = None, out_zero_point: int | None = None) -> np.ndarray:
     """out[n, c] = z + divide_round(sum_hw(x - z), H*W); int64 [N, C] (stochastic: as :func:`avg_pool2d`).
 
     ``form``: as :func:`avg_pool2d` with the window = the whole H x W plane; "float32_multiplier" is
-    ONNX Runtime's QLinearGlobalAveragePool (MLAS, x86-64).
+    ONNX Runtime's QLinearGlobalAveragePool (MLAS, x86-64); ``out_scale`` / ``out_zero_point`` as there.
     """
     _check_impl(impl)
     fp.check_mode(rounding)
     s32 = _pool_scale(form, scale)
+    _check_out_grid(form, out_scale, out_zero_point)
     x = _check_nchw(x_q)
     z = int(zero_point)
     if impl == "reference":
         if form != "exact":
             kernel = (x.shape[2], x.shape[3])
             return ref.avg_pool2d_float(x, kernel, kernel, (0, 0, 0, 0), z, rounding, seed, form,
-                                        s32, index_offset).reshape(x.shape[:2])
-        return ref.global_avg_pool(x, z, rounding, seed, index_offset)
+                                        s32, index_offset, out_scale, out_zero_point).reshape(x.shape[:2])
+        return ref.global_avg_pool(x, z, rounding, seed, index_offset, scale, out_scale, out_zero_point)
     index = _pool_index(x.shape[:2], index_offset, rounding)
     s = (x - z).sum(axis=(2, 3))
     if form == "exact":
-        return z + fp.divide_round(s, x.shape[2] * x.shape[3], rounding, seed, index)
+        return _exact_mean(s, x.shape[2] * x.shape[3], z, rounding, seed, index, scale, out_scale, out_zero_point)
     return _pool_float_forms(s, lambda: s32 * (x - z).astype(np.float32), x.shape[2] * x.shape[3], form, s32, z,
-                             rounding, seed, index)
+                             rounding, seed, index, out_scale, out_zero_point)
+
+
+def _check_out_grid(form: str, out_scale, out_zero_point) -> None:
+    if (out_scale is None) != (out_zero_point is None):
+        raise HwsimError("average pool: give both out_scale and out_zero_point (an output grid) or neither")
+
+
+def _exact_mean(s, count: int, z: int, rounding: str, seed: int, index, scale, out_scale, out_zero_point):
+    """Form "exact": z + divide_round(S, count); with an output grid of its own (s_y, z_y):
+    z_y + round(S * s / (s_y * count)), that rational (float32 scales are dyadic) rounded once."""
+    if out_scale is None:
+        return z + fp.divide_round(s, count, rounding, seed, index)
+    from fractions import Fraction
+
+    if scale is None:
+        raise HwsimError("average pool: an output grid of its own needs the input grid's scale")
+    r = Fraction(float(np.float32(scale))) / (Fraction(float(np.float32(out_scale))) * count)
+    num, den = r.numerator, r.denominator
+    big = s.size and max(abs(int(s.min())), abs(int(s.max()))) * num >= (1 << 62)
+    if den < (1 << 38) and not big:
+        return int(out_zero_point) + fp.divide_round(s * num, den, rounding, seed, index)
+    flat = fp._flat_index(s.shape) if index is None else np.broadcast_to(index, s.shape)
+    out = np.empty(s.shape, np.int64)  # beyond int64: the reference's Python-int rounding, element by element
+    for i, (v, k) in enumerate(zip(s.reshape(-1).tolist(), np.ravel(flat).tolist())):
+        out.reshape(-1)[i] = int(out_zero_point) + ref.divide_round_int(v * num, den, rounding, seed, k)
+    return out
 
 
 
@@ -231,6 +269,11 @@ class MaxPool2dSpec(_WindowPoolSpec):
                 pads=[pt, pl, pb, pr])
 
 
+def own_output_grid(gx, gy) -> bool:
+    """An average pool whose output grid is not its input's (an imported model's; compile shares the grid)."""
+    return gy is not None and gy is not gx and (gy.scale, gy.zero_point) != (gx.scale, gx.zero_point)
+
+
 class _AvgPoolSpec(OpSpec):
     """What avgpool2d and global_avgpool share: the profile's rounding and pool form, compare's cause."""
 
@@ -239,11 +282,13 @@ class _AvgPoolSpec(OpSpec):
     compared = True
     channel_mean_preserving = True
 
-    def pool_kwargs(self, lay, x, gx, impl) -> dict:
+    def pool_kwargs(self, lay, x, gx, impl, gy=None) -> dict:
         r = lay.profile.requant
         kw = dict(zero_point=gx.zero_point, rounding=r.rounding, seed=lay.rounding_seed, impl=impl)
         if r.pool_form == "onnxruntime":
             kw.update(form=self.onnxruntime_form(lay, x.shape[2:]), scale=gx.scale)
+        if own_output_grid(gx, gy):  # an imported model's own output grid (hwsim.given)
+            kw.update(scale=gx.scale, out_scale=gy.scale, out_zero_point=gy.zero_point)
         return kw
 
     def onnxruntime_form(self, lay, input_hw) -> str:
@@ -281,12 +326,12 @@ class AvgPool2dSpec(_WindowPoolSpec, _AvgPoolSpec):
         return pool_float(ins[0], node.attrs, "avg")
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
-        x, gx = env[lay.inputs[0]], qg.grids[lay.inputs[0]]
+        x, gx, gy = env[lay.inputs[0]], qg.grids[lay.inputs[0]], qg.grids[lay.output]
         k, s, pad = _geometry(lay.attrs)
         out_hw = conv_output_size(x.shape[2], k[0], s[0], pad[0], pad[1]) * conv_output_size(
             x.shape[3], k[1], s[1], pad[2], pad[3])
-        return avg_pool2d(x, k, s, pad, index_offset=offset * x.shape[1] * out_hw,
-                          **self.pool_kwargs(lay, x, gx, impl)), 0
+        y = avg_pool2d(x, k, s, pad, index_offset=offset * x.shape[1] * out_hw, **self.pool_kwargs(lay, x, gx, impl, gy))
+        return clamp_counted(y, lay, gy, narrow) if own_output_grid(gx, gy) else (y, 0)
 
     def onnx_node(self, ex, lay, ins):
         k, s, (pt, pb, pl, pr) = _geometry(lay.attrs)
@@ -306,9 +351,10 @@ class GlobalAvgPoolSpec(_AvgPoolSpec):
         return ins[0].mean(axis=(2, 3), keepdims=True, dtype=np.float32)
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
-        x, gx = env[lay.inputs[0]], qg.grids[lay.inputs[0]]
-        y = global_avg_pool(x, index_offset=offset * x.shape[1], **self.pool_kwargs(lay, x, gx, impl))
-        return y.reshape(x.shape[0], x.shape[1], 1, 1), 0
+        x, gx, gy = env[lay.inputs[0]], qg.grids[lay.inputs[0]], qg.grids[lay.output]
+        y = global_avg_pool(x, index_offset=offset * x.shape[1], **self.pool_kwargs(lay, x, gx, impl, gy))
+        y = y.reshape(x.shape[0], x.shape[1], 1, 1)
+        return clamp_counted(y, lay, gy, narrow) if own_output_grid(gx, gy) else (y, 0)
 
     def onnx_node(self, ex, lay, ins):
         ex.node("QLinearGlobalAveragePool", ins, [lay.output], lay.name, ms=True, channels_last=0)

@@ -232,13 +232,19 @@ def test_a_float_model_has_no_given_quantization(quantized):
         parse_given(src)
 
 
-def test_the_float_importer_refuses_an_int8_model_in_one_line(quantized):
+def test_an_int8_model_imports_with_its_quantization_and_the_float_importer_refuses_it(quantized):
+    """``hwsim import`` keeps an int8 model's given quantization (hwsim.given; whole networks are checked in
+    test_given_network.py); the float importer itself still refuses it in one line."""
+    from hwsim.graph import load_model
     from tests.importers.test_cli_import import invoke, one_line_error
 
     _, paths = quantized("resnet8", False, "QUInt8")
     for fmt in ("qdq", "qoperator"):
-        one_line_error(invoke("import", paths[fmt], "-o", paths[fmt] + ".hwsim"),
-                       "(op QuantizeLinear): an int8 (QDQ / QOperator) model: hwsim imports float ONNX models so far")
+        r = invoke("import", paths[fmt], "-o", paths[fmt] + ".hwsim")
+        assert r.exit_code == 0 and f"given {fmt} quantization kept" in r.output, r.output
+        assert load_model(paths[fmt] + ".hwsim").metadata["given"].source_format == fmt
+        with pytest.raises(HwsimError, match="an int8 .QDQ / QOperator. model: hwsim imports float ONNX"):
+            import_onnx(paths[fmt])
 
 
 def test_mutated_int8_files_give_a_description_or_one_line(quantized, tmp_path):

@@ -1,0 +1,106 @@
+"""Whole-network check and re-run table for imported int8 ONNX models (docs/import.md, issue 17).
+
+For the bundled SmallCNN and MobileNetV2 and a ResNet-8 built with torch, each quantized by
+onnxruntime.quantization.quantize_static (QOperator and QDQ, per tensor and per channel):
+
+1. ``verify``: hwsim under the model's default profile (int8-onnxruntime, given quantization kept) against
+   ONNX Runtime (CPU EP, one thread) with graph optimizations ORT_ENABLE_ALL and ORT_DISABLE_ALL on N
+   inputs (default 256): differing output elements, and for QDQ with optimizations off how far ORT's own
+   float path is from its fused integers;
+2. ``table``: the same imported integers under int8-onnxruntime, int8-acc16-sat, int8-psum16 and ONNX
+   Runtime's numbers with TFLite's requantization (requant.mode = fixed: gemmlowp Q31 double rounding;
+   pools exact): accuracy on the test images, overflow events, and the first layer whose integers differ
+   from the engine profile's on the first 64 images (a direct per-layer diff of run_integer tensors).
+
+Usage: PYTHONPATH=. python scripts/given_networks.py [verify|table|both] [N]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hwsim.compile import compile_model  # noqa: E402
+from hwsim.data import load_dataset  # noqa: E402
+from hwsim.execute import accuracy, run_integer, run_quantized  # noqa: E402
+from hwsim.importers import import_model  # noqa: E402
+from hwsim.profile import load_profile  # noqa: E402
+from tests.importers.test_given_network import LEVELS, _images, ort_outputs, quantizer  # noqa: E402
+
+NETS = ("smallcnn_robust", "resnet8", "mobilenetv2")
+TABLE = [("int8-onnxruntime", {}), ("int8-acc16-sat", {}), ("int8-psum16", {}),
+         ("int8-onnxruntime", {"requant.mode": "fixed", "requant.pool_form": "exact"})]
+
+
+def verify(q, n: int) -> None:
+    print(f"| network | format | weights | ORT level | inputs | output elements | differing |")
+    print("|---|---|---|---|---|---|---|")
+    for net in NETS:
+        for fmt in ("QOperator", "QDQ"):
+            for pc in (False, True):
+                path, mean, std = q(net, fmt, pc)
+                x = _images(net, n, 1) if net == "resnet8" else _test_images(net, n)
+                g = import_model(path, mean, std)
+                ours = run_quantized(compile_model(g, load_profile("int8-onnxruntime"), None), x).logits
+                fused = None
+                for level in LEVELS:
+                    ref = ort_outputs(path, x, level)
+                    fused = ref if level == "ORT_ENABLE_ALL" else fused
+                    extra = ""
+                    if fmt == "QDQ" and level == "ORT_DISABLE_ALL":
+                        extra = f" (ORT's float path vs its fused integers: {np.count_nonzero(ref != fused)})"
+                    print(f"| {net} | {fmt} | {'per-channel' if pc else 'per-tensor'} | {level} | {n} | {ref.size} | "
+                          f"{np.count_nonzero(ours != ref)}{extra} |")
+
+
+def _test_images(net: str, n: int) -> np.ndarray:
+    ds = load_dataset("default")
+    from tests.importers.test_given_network import _bundled_torch
+
+    _, spec = _bundled_torch(net)
+    x = ds.x_test[:n].astype(np.float32)
+    return ((x - np.float32(spec.mean[0])) / np.float32(spec.std[0])).astype(np.float32)
+
+
+def table(q) -> None:
+    ds = load_dataset("default")
+    print("| network | profile | accuracy | overflow events | first layer differing from int8-onnxruntime (64 images) |")
+    print("|---|---|---|---|---|")
+    for net in ("smallcnn_robust", "mobilenetv2"):
+        path, mean, std = q(net, "QOperator", False)
+        g = import_model(path, mean, std)
+        x = _test_images(net, len(ds.y_test))
+        base = None
+        for name, settings in TABLE:
+            qg = compile_model(g, load_profile(name, settings), None)
+            r = run_quantized(qg, x)
+            ev = sum(s.overflow_events for s in r.layers)
+            ints = run_integer(qg, x[:64])
+            if base is None:
+                base, first = ints, "—"
+            else:
+                first = "none"
+                for t, label in [(qg.input_name, "the input's QuantizeLinear")] + [(la.output, la.name)
+                                                                                   for la in qg.layers]:
+                    d = np.count_nonzero(ints[t] != base[t])
+                    if d:
+                        first = f"{label} ({d} of {ints[t].size} values)"
+                        break
+            label = name + ("" if not settings else " + " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+            print(f"| {net} | {label} | {accuracy(r.logits, ds.y_test):.2%} | {ev} | {first} |")
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "both"
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 256
+    with tempfile.TemporaryDirectory() as tmp:
+        q = quantizer(Path(tmp))
+        if what in ("verify", "both"):
+            verify(q, n)
+        if what in ("table", "both"):
+            table(q)
