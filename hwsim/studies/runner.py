@@ -170,6 +170,7 @@ def run_study(name: str, out: str | Path | None = None, seeds: int | None = None
                            "bops": (r.cost or {}).get("totals", {}).get("bops"),
                            "mode": "weight-only" if r.weight_only else "integer"}
                 res["key"] = ekey
+                res["seconds"] = round(time.perf_counter() - t2, 3)  # timing only: not in the CSV
                 cells.write_cell(path, res)
                 run.evaluated += 1
                 run.eval_seconds += time.perf_counter() - t2
