@@ -113,7 +113,8 @@ def plot_png(run, rows: list[dict], path: Path, x_label: str = "") -> None:
                         capsize=3, label=v)
         ax.set_xticks(pos)
         ax.set_xticklabels([str(x) for x in t["x"]], rotation=45 if len(pos) > 6 else 0, fontsize=8)
-        ax.set_ylim(0, 100)
+        low = min((m - (sd or 0.0) for m, sd, _n in t["cells"].values()), default=0.0)
+        ax.set_ylim(max(0.0, 10 * math.floor(low / 10) - 5), 100)  # 0-100 unless every point is high
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_xlabel(x_label)
         ax.grid(alpha=0.3)

@@ -123,7 +123,8 @@ def run_study(name: str, out: str | Path | None = None, seeds: int | None = None
         except OSError as e:
             raise HwsimError(f"{d}: cannot create the study's directory ({e.strerror or e})") from None
     grid = plan(study, quick)
-    models = [(a, v, s) for a in archs for v in study.variants for s in range(seeds)]
+    # seed-major: an interrupted study has every variant for its first seeds (rerun with --seeds K)
+    models = [(a, v, s) for a in archs for s in range(seeds) for v in study.variants]
     n_evals = sum(1 for _a, v, _s in models for c, _r in grid if c.applies(v))
     total = len(models) + n_evals
     run = StudyRun(name, study.title, command, seeds, epochs, limit, quick)
