@@ -106,7 +106,10 @@ def plot_png(run, rows: list[dict], path: Path, x_label: str = "") -> None:
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 4.0 * nrows), squeeze=False)
     for ax, t in zip(axes.ravel(), tables):
-        pos = list(range(len(t["columns"])))
+        try:  # numeric x (step scale, bits): a true axis; labels (W/A): evenly spaced categories
+            pos = [float(x) for x in t["x"]]
+        except (TypeError, ValueError):
+            pos = list(range(len(t["columns"])))
         for v in t["variants"]:
             pts = [(i, *t["cells"][(v, c)][:2]) for i, c in zip(pos, t["columns"]) if (v, c) in t["cells"]]
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] or 0.0 for p in pts], marker="o",
