@@ -54,7 +54,8 @@ LSQ_NT_REG = Variant("lsq+nt+reg", {**QAT_W4A4, **NT, **REG})
 
 # ------------------------------------------------------------------------------------------ columns
 # LAPQ at the study's size: LAPQ §3.2's p grid, 256 loss images and a Powell budget of 60
-# evaluations (the built-in: 512 images, 300 evaluations, 23 s per smallcnn cell; this one ~5 s).
+# evaluations (the built-in: 512 images, 300 evaluations, 23 s per smallcnn cell; this one 5 s on a
+# quiet machine, 10.6 s on average on the shared 2-core one, docs/results.md).
 # The result keeps LAPQ's algorithm; only Powell stops earlier (measured in docs/results.md).
 def lapq_recipe(maxfev: int = 60, images: int = 256):
     """LAPQ (hwsim.ptq's built-in, simulator loss) with Powell's budget and the loss images set."""
