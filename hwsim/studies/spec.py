@@ -118,7 +118,7 @@ def _stepsize() -> tuple:
     # PTQ models: 3-bit per-tensor weights, float activations (3/FP), MSE-optimal weight steps (the
     # recipe's search leaves step_scale out and applies it after, docs/ptq.md): per tensor as LAPQ
     # (KURE Fig. 4a/b); measured on the bundled baseline, per-channel 3-bit steps give a jagged curve
-    # (80 % at the MSE optimum, 94 % at x1.15) while per-tensor ones peak at x0.95-1.1 and fall to
+    # (w3a3: 80 % at the MSE optimum, 94 % at x1.2) while per-tensor ones peak at x0.95-1.1 and fall to
     # 36-43 % at x0.7 / x1.3 — a sharp optimum. QAT models: the learned LSQ steps at 4/4 (Fig. 4c/d).
     for s in STEP_SCALES:
         cols.append(Column(f"ptq 3/FP x{s}", "w3-fp", {"weights.granularity": "per_tensor", "weights.step_scale": str(s)},
