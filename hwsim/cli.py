@@ -15,6 +15,7 @@ import click
 
 from hwsim.errors import HwsimError
 from hwsim.cli_report import register as _register_report
+from hwsim.studies.cli import register as _register_studies
 from hwsim.safeio import atomic_write, check_output, check_output_dir, check_path_usable
 
 
@@ -561,6 +562,7 @@ def _register_frontend():
 
 _register_frontend()
 _register_report(cli)
+_register_studies(cli)
 
 
 def main() -> None:  # console-script entry point

@@ -1,0 +1,195 @@
+"""Run a study: train every (arch, variant, seed), evaluate every applicable column, reuse finished cells."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hwsim.errors import HwsimError
+from hwsim.studies import cells
+from hwsim.studies.spec import STUDIES, Column, Study, lapq_recipe
+
+# --quick: tiny, for tests and CI (the issue's "reduced size"): 1 epoch, 200 test images, a few columns, LAPQ with 8 evaluations on 64 images
+QUICK = {"seeds": 1, "epochs": 1, "limit": 200, "lapq": (8, 64)}
+FULL_LAPQ = (60, 256)
+
+
+@dataclass
+class StudyRun:
+    """A study's cells as rows (one dict per evaluation cell) and how many cells were computed now."""
+
+    study: str
+    title: str
+    command: str
+    seeds: int
+    epochs: int
+    limit: int | None
+    quick: bool
+    rows: list[dict] = field(default_factory=list)
+    trained: int = 0
+    trainings_reused: int = 0
+    evaluated: int = 0
+    evaluations_reused: int = 0
+    seconds: float = 0.0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+
+def resolve_recipe(spec, quick: bool):
+    """A column's recipe spec -> a hwsim.ptq Recipe ("lapq": LAPQ at the study's budget)."""
+    from hwsim.ptq import load_recipe
+
+    if spec == "lapq":
+        return lapq_recipe(*(QUICK["lapq"] if quick else FULL_LAPQ))
+    return load_recipe(spec)
+
+
+def plan(study: Study, quick: bool) -> list[tuple[Column, object]]:
+    """Every (column, Recipe) of the study, validated (profiles and settings load) before any work."""
+    from hwsim.profile import load_profile
+
+    cols = [c for c in study.columns if not quick or study.quick_columns is None or c.label in study.quick_columns]
+    out = []
+    for c in cols:
+        if c.profile != "float":
+            load_profile(c.profile, c.settings)  # a bad key or value fails now, not after an hour
+        for r in ((c.recipe,) if c.recipe is not None else study.recipes):
+            if c.profile == "float" and r != study.recipes[0]:
+                continue  # the float model does not depend on the recipe: one cell
+            out.append((c, resolve_recipe(r, quick)))
+    return out
+
+
+def test_subset(ctx, limit: int | None):
+    """``limit`` test images drawn without replacement by numpy's default_rng(0), in their original
+    order. Not the first ``limit`` (``hwsim run --limit``): the default data's test split is ordered
+    by class, so its first 200 images are the digits 0 and 1 only."""
+    import numpy as np
+
+    from hwsim.execute import accuracy
+
+    n = len(ctx.y_test)
+    if limit is None or limit >= n:
+        return ctx
+    idx = np.sort(np.random.default_rng(0).permutation(n)[:limit])
+    fl = ctx.float_logits[idx]
+    return dataclasses.replace(ctx, x_test=ctx.x_test[idx], y_test=ctx.y_test[idx], float_logits=fl,
+                               float_accuracy=accuracy(fl, ctx.y_test[idx]))
+
+
+def _fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def run_study(name: str, out: str | Path | None = None, seeds: int | None = None, epochs: int | None = None,
+              limit: int | None = None, archs: list[str] | None = None, quick: bool = False, quiet: bool = False,
+              cache: str | Path | None = None, data: str = "default", command: str = "",
+              log: Callable[[str], None] | None = None) -> StudyRun:
+    """Run (or resume) study ``name``; return its rows. Outputs are written by :mod:`hwsim.studies.output`."""
+    from hwsim import experiments as ex
+    from hwsim.profile import load_profile
+
+    if name not in STUDIES:
+        raise HwsimError(f"study {name!r}: unknown; allowed: {', '.join(STUDIES)}")
+    study = STUDIES[name]
+    seeds = seeds if seeds is not None else (QUICK["seeds"] if quick else 5)
+    epochs = epochs if epochs is not None else (QUICK["epochs"] if quick else study.epochs)
+    limit = limit if limit is not None else (QUICK["limit"] if quick else None)
+    subset = None  # the training split is ordered by class: a prefix would drop classes
+    if seeds < 1 or epochs < 1 or (limit is not None and limit < 1):
+        raise HwsimError(f"study {name}: --seeds ({seeds}), --epochs ({epochs}) and --limit ({limit}) must be positive")
+    archs = list(archs or study.archs)
+    try:
+        import torch  # noqa: F401 - a study trains its models
+    except ImportError:
+        raise HwsimError("hwsim study trains models: PyTorch is required: pip install 'hwsim[torch]'") from None
+    from frontends.pytorch.models import build_model
+
+    for a in archs:
+        try:
+            build_model(a, 10, 1)
+        except Exception as e:  # noqa: BLE001 - the frontend's message names the arch
+            raise HwsimError(f"--arch {a!r}: {e}") from None
+    out = Path(out if out is not None else Path("results") / "studies" / name)
+    cache = Path(cache) if cache is not None else out.parent / "_train"
+    for d in (out / "cells", cache):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HwsimError(f"{d}: cannot create the study's directory ({e.strerror or e})") from None
+    grid = plan(study, quick)
+    # seed-major: an interrupted study has every variant for its first seeds (rerun with --seeds K)
+    models = [(a, v, s) for a in archs for s in range(seeds) for v in study.variants]
+    n_evals = sum(1 for _a, v, _s in models for c, _r in grid if c.applies(v))
+    total = len(models) + n_evals
+    run = StudyRun(name, study.title, command, seeds, epochs, limit, quick)
+    t0 = time.perf_counter()
+    say = log if log is not None else (lambda m: None if quiet else print(m, file=sys.stderr, flush=True))
+    done = 0
+
+    def progress(what: str) -> None:
+        say(f"[study {name}] {done}/{total} cells, {_fmt_time(time.perf_counter() - t0)} elapsed: {what}")
+
+    for arch, variant, seed in models:
+        tcfg = cells.train_config(arch, data, epochs, seed, variant.options, subset)
+        t1 = time.perf_counter()
+        doc, ran = cells.ensure_trained(cache, tcfg, (variant.export,))
+        done += 1
+        if ran:
+            run.trained += 1
+            run.train_seconds += time.perf_counter() - t1
+            progress(f"trained {arch} {variant.name} seed {seed} ({time.perf_counter() - t1:.1f} s, "
+                     f"test {100 * doc['test_acc'][-1]:.1f} %)")
+        else:
+            run.trainings_reused += 1
+        model_path = cache / doc["exports"][variant.export]
+        ctx = None
+        for col, rec in grid:
+            if not col.applies(variant):
+                continue
+            ekey = cells.config_key(cells.eval_config(doc["key"], variant.export, col, rec.to_json(), data, limit))
+            path = out / "cells" / f"{ekey}.json"
+            res = cells.read_cell(path)
+            if res is None:
+                t2 = time.perf_counter()
+                if ctx is None:
+                    ctx = test_subset(ex.load_context(str(model_path), data), limit)
+                n = len(ctx.y_test)
+                fl = int(round(ctx.float_accuracy * n))
+                if col.profile == "float":
+                    res = {"correct": fl, "total": n, "float_correct": fl, "overflow_events": 0, "bops": None,
+                           "mode": "float"}
+                else:
+                    r = ex.run_profile(ctx, load_profile(col.profile, col.settings), recipe=rec)
+                    res = {"correct": int(round(r.sim_accuracy * n)), "total": n, "float_correct": fl,
+                           "overflow_events": int(r.overflow_events),
+                           "bops": (r.cost or {}).get("totals", {}).get("bops"),
+                           "mode": "weight-only" if r.weight_only else "integer"}
+                res["key"] = ekey
+                res["seconds"] = round(time.perf_counter() - t2, 3)  # timing only: not in the CSV
+                cells.write_cell(path, res)
+                run.evaluated += 1
+                run.eval_seconds += time.perf_counter() - t2
+                done += 1
+                progress(f"{arch} {variant.name} seed {seed} · {col.label} · {rec.name}: "
+                         f"{100 * res['correct'] / res['total']:.1f} %")
+            else:
+                run.evaluations_reused += 1
+                done += 1
+            run.rows.append({
+                "study": name, "arch": arch, "variant": variant.name, "seed": seed, "column": col.label,
+                "group": col.group, "x": col.x if col.x is not None else col.label, "profile": col.profile,
+                "settings": ";".join(f"{k}={v}" for k, v in col.settings.items()),
+                "recipe": "" if col.profile == "float" else rec.name, "mode": res["mode"],
+                "correct": res["correct"], "total": res["total"], "float_correct": res["float_correct"],
+                "overflow_events": res["overflow_events"], "bops": "" if res["bops"] is None else res["bops"],
+                "train_key": doc["key"], "export": variant.export, "eval_key": ekey})
+    run.seconds = time.perf_counter() - t0
+    say(f"[study {name}] {total}/{total} cells in {_fmt_time(run.seconds)}: trained {run.trained} "
+        f"(reused {run.trainings_reused}), evaluated {run.evaluated} (reused {run.evaluations_reused})")
+    return run
