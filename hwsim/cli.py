@@ -211,7 +211,7 @@ def json_option(what: str = "print the result as JSON"):
 
 def limit_option(f):
     return click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
-                        help="use only the first N test images")(f)
+                        help="use N test images, every class in proportion (round-robin over the classes in stored order)")(f)
 
 
 def batch_option(f):

@@ -67,6 +67,23 @@ _MNIST_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 
 # ----------------------------------------------------------------------------- splitting
+def balanced_prefix(y: np.ndarray, n: int) -> np.ndarray:
+    """The indices ``--limit n`` evaluates: the first ``n`` of the split taken round-robin over the
+    classes (each class's images in their stored order), returned sorted. The bundled splits are
+    stored class by class, so a plain prefix of 200 would hold only two digits; this one holds
+    every class in proportion (sizes differ by at most one per class while each class lasts).
+    Deterministic, no seed; ``n >= len(y)`` gives every index."""
+    y = np.asarray(y)
+    if n >= len(y):
+        return np.arange(len(y))
+    rank = np.empty(len(y), dtype=np.int64)
+    for c in np.unique(y):
+        where = np.flatnonzero(y == c)
+        rank[where] = np.arange(len(where))
+    order = np.lexsort((y, rank))  # by rank within its class, then class: 0,1,..,9,0,1,..
+    return np.sort(order[:n])
+
+
 def stratified_split(y: np.ndarray, test_fraction: float | None = None, *, seed: int,
                      per_class: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split -> (train indices, test indices), each sorted.

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from hwsim.compile import QuantizedGraph, compile_model
-from hwsim.data import Dataset, LazyImages, calibration_subset, load_dataset
+from hwsim.data import Dataset, LazyImages, balanced_prefix, calibration_subset, load_dataset
 from hwsim.errors import HwsimError
 from hwsim.execute import accuracy, max_defined, min_defined
 from hwsim.floatref import normalize, run_float
@@ -107,7 +107,8 @@ def load_context(model: str | None = None, data: str = "default", limit: int | N
     if limit is not None:
         if limit < 1:
             raise HwsimError(f"--limit {limit}: must be a positive number of images")
-        x, y = (x.view_rows(0, limit) if isinstance(x, LazyImages) else x[:limit]), y[:limit]
+        idx = balanced_prefix(y, limit)  # every class in proportion, not the first classes' images
+        x, y = (x.take_rows(idx) if isinstance(x, LazyImages) else x[idx]), y[idx]
     xn = x.normalized(graph.inputs[0]) if isinstance(x, LazyImages) else normalize(graph, x)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as one line
         fl = np.concatenate([run_float(graph, xn[i:i + batch_size]) for i in range(0, len(xn), batch_size)])

@@ -265,3 +265,18 @@ def test_npz_missing_and_garbage(tmp_path):
     (tmp_path / "g.npz").write_bytes(b"garbage")
     with pytest.raises(HwsimError, match=r"g\.npz: not a valid"):
         load_dataset(f"npz:{tmp_path / 'g.npz'}")
+
+
+def test_limit_takes_every_class_in_proportion_not_the_first_classes():
+    """--limit N on a split stored class by class evaluates all classes (round-robin prefix), sorted."""
+    from hwsim.data import balanced_prefix
+    from hwsim.experiments import load_context
+
+    y = np.repeat(np.arange(10), 100)  # stored class by class, like the bundled split
+    idx = balanced_prefix(y, 200)
+    assert np.all(np.diff(idx) > 0) and np.bincount(y[idx], minlength=10).tolist() == [20] * 10
+    y2 = np.array([0] * 5 + [1] * 2 + [2] * 9)  # unequal classes: a class that runs out stops contributing
+    assert np.bincount(y2[balanced_prefix(y2, 10)], minlength=3).tolist() == [4, 2, 4]
+    assert balanced_prefix(y2, 99).tolist() == list(range(len(y2)))
+    ctx = load_context(data="default", limit=200)
+    assert np.bincount(ctx.y_test, minlength=10).tolist() == [20] * 10
