@@ -307,8 +307,12 @@ def test_cli_import_then_run_reproduces_onnxruntime_and_reruns_other_hardware(qu
     r = invoke("import", path, "-o", out, "--mean", mean[0], "--std", std[0])
     assert r.exit_code == 0 and "given qoperator quantization kept" in r.output and "int8-onnxruntime" in r.output
     ds = load_dataset("default")
-    x = _images("smallcnn_robust", 64, 0)  # the first 64 test images, normalised as recorded
-    want = float(np.mean(ort_outputs(path, x, "ORT_ENABLE_ALL").argmax(1) == ds.y_test[:64]))
+    from hwsim.data import balanced_prefix
+
+    idx = balanced_prefix(ds.y_test, 64)  # the images `--limit 64` evaluates (every class in proportion)
+    _, spec = _bundled_torch("smallcnn_robust")
+    x = ((ds.x_test[idx].astype(np.float32) - np.float32(spec.mean[0])) / np.float32(spec.std[0])).astype(np.float32)
+    want = float(np.mean(ort_outputs(path, x, "ORT_ENABLE_ALL").argmax(1) == ds.y_test[idx]))
     res = {}
     for args in ((), ("-p", "int8-acc16-sat"), ("--set", "accumulator.bits=16")):
         r = invoke("run", "-m", out, "--limit", 64, "--json", *args)
