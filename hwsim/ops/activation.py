@@ -484,15 +484,23 @@ class _TableSpec(OpSpec):
             return activation_float64(self.fn, ins[0], a, b).astype(f32)
 
     def fixed_grid(self, lay, grid):
-        if (layer_form(self.fn, lay.profile.requant), self.fn) not in _FIXED_GRID:
+        if (self.form(lay, lay.profile.requant), self.fn) not in _FIXED_GRID:
             return None
         from hwsim.compile import Grid
 
         s, z = engine_grid(self.fn, grid.bits, grid.signed)
         return Grid(s, z, grid.qmin, grid.qmax, grid.bits, grid.signed)
 
+    def form(self, lay, requant_spec) -> str:
+        """The layer's table form (requant.activation_form); an engine whose kernel fixes hardsigmoid's alpha, beta
+        (PyTorch: 1/6, 1/2) computes another alpha, beta as the exact form."""
+        form = layer_form(self.fn, requant_spec)
+        if form == "torch" and self.ab(lay.attrs)[0] is not None:
+            return "exact"
+        return form
+
     def compile(self, lay, node, cx):
-        lay.form = layer_form(self.fn, cx.prof.requant)
+        lay.form = self.form(lay, cx.prof.requant)
         if cx.weight_only:
             return
         gi, go = cx.grids[lay.inputs[0]], cx.grids[lay.output]

@@ -295,3 +295,25 @@ def test_compare_names_the_table_rounding(net):
     lay = qg.layer("sg")
     msg = _cause(qg, lay, run_integer(qg, x), 1, LayerStats(lay.name, lay.op, lay.kind))
     assert msg.startswith("sigmoid table (tflite_lut, half_even):") and "only the table's rounding" in msg
+
+
+def test_hardsigmoid_alpha_beta_from_onnx():
+    """ONNX HardSigmoid's alpha = 0.2: the exact table of clip(0.2 x + 0.5, 0, 1) (the float32 value of 0.2); under a
+    torch profile (PyTorch's kernel fixes 1/6, 1/2) the layer takes the exact form on a calibrated grid."""
+    rng = np.random.default_rng(3)
+    b = GraphBuilder((2, 4, 4))
+    y = b.conv2d("c", "input", _w(rng, 2, 2, 1, 1, scale=2.0))
+    b._add("h", "hardsigmoid", [y], {"alpha": float(np.float32(0.2)), "beta": 0.5})
+    g = b.build()
+    x = (rng.standard_normal((4, 2, 4, 4)) * 3).astype(np.float32)
+    env = run_float(g, x, return_all=True)
+    np.testing.assert_allclose(env["h"], np.clip(np.float32(0.2) * env["c"] + 0.5, 0, 1), atol=1e-6)
+    qg = compile_model(g, load_profile("int8-fbgemm"), x)
+    lay = qg.layer("h")
+    assert lay.form == "exact" and qg.grids["h"].scale != 1 / 256
+    gi, go = qg.grids["c"], qg.grids["h"]
+    out = run_integer(qg, x)
+    want = A.activation(out["c"], "hardsigmoid", gi.scale, gi.zero_point, gi.qmin, gi.qmax, go.scale, go.zero_point,
+                        *lay.clamp, "half_even", alpha=float(np.float32(0.2)), beta=0.5)
+    np.testing.assert_array_equal(out["h"], want)
+    np.testing.assert_array_equal(run_integer(qg, x, "reference")["h"], want)
