@@ -26,6 +26,7 @@ The coordinator imports this module after ``hwsim.ops`` is initialised.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from hwsim import fixedpoint as fp
 from hwsim import ops
@@ -112,8 +113,33 @@ def avg_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), zero_point: int = 0, r
                 acc += win[..., i, j]
         return fp.round_float((acc / cnt.astype(f32)) / s32 + f32(z), rounding, seed, index)
     shift = 0 if form == "raw_sum" else z
-    s = ops._windows(x - shift, kernel, stride, pad, 0)[:, :, :Ho, :Wo].sum(axis=(4, 5))
-    return shift + fp.divide_round(s, cnt, rounding, seed, index)
+    return shift + fp.divide_round(window_sums(x, kernel, stride, pad, Ho, Wo, shift), cnt, rounding, seed, index)
+
+
+def window_sums(x: np.ndarray, kernel, stride, pad, Ho: int, Wo: int, shift: int = 0) -> np.ndarray:
+    """Exact int64 sums of (x - shift) over the taps of every pool window that lie inside the image (numba, one
+    pass over the taps; x in its own integer dtype, no int64 copy)."""
+    out = np.empty((x.shape[0], x.shape[1], Ho, Wo), np.int64)
+    _window_sums(np.ascontiguousarray(x), int(kernel[0]), int(kernel[1]), int(stride[0]), int(stride[1]), int(pad[0]),
+                 int(pad[2]), np.int64(shift), out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _window_sums(x, kh, kw, sh, sw, pt, pl, shift, out):
+    n, c, h, w = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for nc in prange(n * c):
+        a, ch = nc // c, nc % c
+        for i in range(ho):
+            r0 = i * sh - pt
+            for j in range(wo):
+                c0 = j * sw - pl
+                acc = np.int64(0)
+                for u in range(max(r0, 0), min(r0 + kh, h)):
+                    for v in range(max(c0, 0), min(c0 + kw, w)):
+                        acc += np.int64(x[a, ch, u, v]) - shift
+                out[a, ch, i, j] = acc
 
 
 # ----------------------------------------------------------------------------- mean over H, W
