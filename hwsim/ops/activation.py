@@ -458,6 +458,16 @@ def layer_rounding(requant_spec) -> str:
     return "half_even" if r == "stochastic" else r
 
 
+# the rounding each engine form has of its own (build_table ignores the profile's rounding for them)
+_FORM_ROUNDING = {"torch": "half_even", "tflite_lut": "half_away", "onnxruntime": "half_even",
+                  "tflite_hardswish": "fixed point"}
+
+
+def table_rounding(form: str, requant_spec) -> str:
+    """The rounding of a table in ``form``: the engine's own, or for "exact" :func:`layer_rounding`."""
+    return _FORM_ROUNDING.get(form) or layer_rounding(requant_spec)
+
+
 def engine_grid(fn: str, bits: int, signed: bool) -> tuple[float, int]:
     """(scale, zero point) of the fixed output grid: sigmoid / hardsigmoid 2^-bits with the zero point at the
     grid's low end (8 bits: 1/256, -128 int8 / 0 uint8), tanh 2^(1-bits) centred (1/128, 0 / 128)."""
@@ -527,7 +537,7 @@ class _TableSpec(OpSpec):
 
     def golden_fields(self, lay, write_int):
         lo, hi = lay.clamp
-        return {"function": self.fn, "form": lay.form, "rounding": layer_rounding(lay.profile.requant),
+        return {"function": self.fn, "form": lay.form, "rounding": table_rounding(lay.form, lay.profile.requant),
                 "table_qmin": int(lay.table_qmin), "table": write_int("table", np.clip(lay.table, lo, hi))}
 
     def explain(self, qg, lay, codes, iso_diff, st, fq_rounding):
@@ -542,7 +552,7 @@ class _TableSpec(OpSpec):
         lo, hi = lay.clamp
         fq = np.clip(np.rint(fv / f32(go.scale)) + go.zero_point, lo, hi)
         n = int(np.count_nonzero(fq != np.clip(lay.table, lo, hi)))
-        return (f"{self.fn} table ({lay.form}, {layer_rounding(lay.profile.requant)}): {n} of {q.size} entries "
+        return (f"{self.fn} table ({lay.form}, {table_rounding(lay.form, lay.profile.requant)}): {n} of {q.size} entries "
                 "differ from fake-quant's round(f(d) / s) — the same input, only the table's rounding")
 
     def onnx_export(self, ex, lay):

@@ -294,7 +294,7 @@ def test_compare_names_the_table_rounding(net):
     qg = compile_model(net, load_profile("int8-tflite"), x)
     lay = qg.layer("sg")
     msg = _cause(qg, lay, run_integer(qg, x), 1, LayerStats(lay.name, lay.op, lay.kind))
-    assert msg.startswith("sigmoid table (tflite_lut, half_even):") and "only the table's rounding" in msg
+    assert msg.startswith("sigmoid table (tflite_lut, half_away):") and "only the table's rounding" in msg
 
 
 def test_hardsigmoid_alpha_beta_from_onnx():
