@@ -317,3 +317,49 @@ def test_hardsigmoid_alpha_beta_from_onnx():
                         *lay.clamp, "half_even", alpha=float(np.float32(0.2)), beta=0.5)
     np.testing.assert_array_equal(out["h"], want)
     np.testing.assert_array_equal(run_integer(qg, x, "reference")["h"], want)
+
+
+def test_litert_agrees_layer_by_layer(net):
+    """int8-tflite: each table layer's table == LiteRT's LOGISTIC / TANH / HARD_SWISH on every input code of the
+    layer's grids (sigmoid and tanh on TFLite's required output grids); the mul layer == LiteRT MUL and the
+    count_include_pad=False average pool == AVERAGE_POOL_2D (SAME) on the layer's own input codes (optimized,
+    i.e. the default resolver)."""
+    pytest.importorskip("ai_edge_litert.interpreter")
+    from tests.core import test_litert_engine as T
+    from tests.ops.test_activation import _tfl_unary
+    from tests.ops.test_mul import _tfl_mul
+
+    x = images(8)
+    qg = compile_model(net, load_profile("int8-tflite"), x)
+    env = run_integer(qg, x)
+    names = {"sigmoid": "LOGISTIC", "tanh": "TANH", "hardswish": "HARD_SWISH"}
+    seen = set()
+    for lay in qg.layers:
+        gi, go = qg.grids[lay.inputs[0]], qg.grids[lay.output]
+        if lay.op in names:
+            got = _tfl_unary(names[lay.op], gi.scale, gi.zero_point, go.scale, go.zero_point, "optimized")
+            np.testing.assert_array_equal(got, np.clip(lay.table, *lay.clamp), err_msg=lay.name)
+        elif lay.op == "mul":
+            gb = qg.grids[lay.inputs[1]]
+            got = _tfl_mul(env[lay.inputs[0]], gi.scale, gi.zero_point, env[lay.inputs[1]], gb.scale, gb.zero_point,
+                           go.scale, go.zero_point, "optimized")
+            np.testing.assert_array_equal(got, env[lay.output], err_msg=lay.name)
+        elif lay.op == "avgpool2d":
+            def options(b):
+                T.tflite.Pool2DOptionsStart(b)
+                T.tflite.Pool2DOptionsAddPadding(b, 0)  # SAME
+                for f in ("StrideW", "StrideH"):
+                    getattr(T.tflite, "Pool2DOptionsAdd" + f)(b, 1)
+                for f in ("FilterWidth", "FilterHeight"):
+                    getattr(T.tflite, "Pool2DOptionsAdd" + f)(b, 3)
+                T.tflite.Pool2DOptionsAddFusedActivationFunction(b, 0)
+                return T.tflite.Pool2DOptionsEnd(b)
+            xt = env[lay.inputs[0]].transpose(0, 2, 3, 1)
+            tensors = [T._i8(xt.shape, gi.scale, gi.zero_point), T._i8(xt.shape, gi.scale, gi.zero_point)]
+            got = T.run(T.build_model(tensors, T.BO.AVERAGE_POOL_2D, [0], [1], T.BOpt.Pool2DOptions, options, [0]),
+                        "optimized", xt).transpose(0, 3, 1, 2)
+            np.testing.assert_array_equal(got, env[lay.output], err_msg=lay.name)
+        else:
+            continue
+        seen.add(lay.op)
+    assert seen == {"sigmoid", "tanh", "hardswish", "mul", "avgpool2d"}
