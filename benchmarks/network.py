@@ -2,13 +2,15 @@
 
 Every network is one float PyTorch model with random weights (BatchNorm statistics randomised so
 folding is not trivial): ResNet-18 (torchvision layout: 7x7/2 stem, 3x3/2 max pool, 2-2-2-2 basic
-blocks of 64-128-256-512 channels) at 3x32x32 and 3x224x224, and the bundled architectures
-(SmallCNN, MobileNetV2 from ``frontends.pytorch.models``). From it:
+blocks of 64-128-256-512 channels) at 3x32x32 and 3x224x224, and the architectures of
+``frontends.pytorch.models`` at 3x32x32 (SmallCNN, MobileNetV2, and MobileNetV3-small / EfficientNet-B0 style:
+hard-swish / SiLU tables, squeeze-excitation mul). From it:
 
 - hwsim: ``frontends.pytorch.export.to_graph`` -> ``compile_model`` (calibration on 32 random
   normal images) -> ``run_quantized`` in one batch, for each ``--profile``;
 - ONNX Runtime: ``hwsim.onnx_export.to_onnx`` of the int8-onnxruntime compilation (the same
-  integers as hwsim's int8-onnxruntime profile), uint8 codes in, ``intra_op_num_threads`` = T;
+  integers as hwsim's int8-onnxruntime profile), uint8 codes in, ``intra_op_num_threads`` = T (not for
+  mobilenetv3 / efficientnet: their hard-swish / SiLU tables have no ORT quantized op; the column is empty);
 - PyTorch x86 int8: FX post-training quantization of the same float model (qconfig "x86").
 
 Same batch and thread count for all (numba threads = torch threads = ORT intra-op threads);
@@ -31,7 +33,8 @@ import subprocess
 import sys
 import time
 
-NETS = ("resnet18-32", "resnet18-224", "mobilenetv2", "smallcnn")
+NETS = ("resnet18-32", "resnet18-224", "mobilenetv2", "mobilenetv3", "efficientnet", "smallcnn")
+NO_ORT = ("mobilenetv3", "efficientnet")  # hardswish / silu tables: no ONNX Runtime quantized op
 
 
 def _best(fn, repeat: int) -> float:
@@ -154,7 +157,7 @@ def peak_memory_mb(net: str, profile: str, batch: int) -> float:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nets", default="resnet18-32,mobilenetv2,smallcnn", help=f"comma list of {', '.join(NETS)}")
+    ap.add_argument("--nets", default="resnet18-32,mobilenetv2,mobilenetv3,efficientnet,smallcnn", help=f"comma list of {', '.join(NETS)}")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
@@ -183,7 +186,7 @@ def main(argv=None) -> None:
         row = dict(net=net, batch=args.batch, threads=args.threads, hwsim=hwsim.__file__)
         if not args.hwsim_only:
             row["torch_x86_int8"] = torch_rate(net, args.batch, args.repeat)
-            row["onnxruntime"] = ort_rate(net, args.batch, args.threads, args.repeat)
+            row["onnxruntime"] = None if net in NO_ORT else ort_rate(net, args.batch, args.threads, args.repeat)
         for p in profiles:
             row[p] = hwsim_rate(net, p, args.batch, args.repeat)
             if "torch_x86_int8" in row:

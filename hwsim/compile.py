@@ -111,6 +111,11 @@ class QLayer:
     profile: Profile | None = None
     # seed of this layer's stochastic rounding (requant and pools): layer_seed(requant.seed, position)
     rounding_seed: int = 0
+    # lookup-table ops (sigmoid, hardswish, ...): table[q - table_qmin], built once at compile time
+    table: np.ndarray | None = None
+    table_qmin: int = 0
+    # the engine form the op's hook chose from the profile (activation tables, mul, mean, pools), if any
+    form: str | None = None
 
 
 @dataclass
@@ -561,6 +566,7 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
             continue
         if not weight_only:
             g = activation_grid(calib[out], prof.activations, act_bits(out, prof), hooks.activation_range, out, lsq_act)
+            g = spec.fixed_grid(lay, g) or g  # an engine's fixed output grid (sigmoid, tanh), else calibrated
             grids[out] = g
             lo, hi = g.qmin, g.qmax
             if lay.activation:  # a fused activation: its clamp on this layer's output grid

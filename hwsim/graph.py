@@ -172,6 +172,8 @@ def _check_attr(kind: str, v: Any) -> str | None:
                 else "a positive finite number (in float32: above 0 and at most 3.4e38)")
     if kind == "bool":
         return None if isinstance(v, bool) else "true or false"
+    if kind == "float":
+        return None if _is_f32(v) and not isinstance(v, bool) else "a finite number (float32-representable)"
     if kind == "axis1":
         return None if _is_int(v) and v == 1 else "1 (the channel axis)"
     raise AssertionError(kind)
@@ -529,8 +531,11 @@ class GraphBuilder:
     def maxpool2d(self, name: str, x: str, kernel, stride=None, padding=0) -> str:
         return self._pool("maxpool2d", name, x, kernel, stride, padding)
 
-    def avgpool2d(self, name: str, x: str, kernel, stride=None, padding=0) -> str:
-        return self._pool("avgpool2d", name, x, kernel, stride, padding)
+    def avgpool2d(self, name: str, x: str, kernel, stride=None, padding=0, count_include_pad: bool = True) -> str:
+        y = self._pool("avgpool2d", name, x, kernel, stride, padding)
+        if not count_include_pad:  # the attr only when it differs from the default (files stay as they were)
+            self.nodes[-1].attrs["count_include_pad"] = False
+        return y
 
     def global_avgpool(self, name: str, x: str) -> str:
         return self._add(name, "global_avgpool", [x])

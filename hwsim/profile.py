@@ -28,7 +28,7 @@ from hwsim.errors import HwsimError
 
 ROUNDING_MODES = ("half_even", "half_away", "half_up", "floor", "trunc", "stochastic")
 TIE_RULES = ("half_even", "half_away", "half_up")
-OP_KINDS = ("conv", "depthwise", "linear", "add", "concat", "pool")
+OP_KINDS = ("conv", "depthwise", "linear", "add", "mul", "concat", "pool", "activation")
 UNBOUNDED = None
 
 
@@ -148,6 +148,11 @@ SCHEMA: dict[str, _Key] = {
     "requant.fixed_product": _Key("choice", ("float64", "float32"), doc="fixed: real multiplier s_x*s_w/s_y in float64, or fl32(s_x*s_w)/s_y (TFLite per-tensor FULLY_CONNECTED)"),
     "requant.pool_form": _Key("choice", ("exact", "onnxruntime"), doc="average pools: exact integer mean rounded, or ONNX Runtime's float32 QLinear(Global)AveragePool arithmetic"),
     "requant.add_form": _Key("choice", ("dequantize", "ratio_fma"), doc="float32 add: PyTorch's dequantize-add-requantize or ONNX Runtime QLinearAdd's ratio + FMA form"),
+    "requant.activation_form": _Key("choice", ("exact", "torch", "tflite", "onnxruntime"), doc="sigmoid, hardsigmoid, hardswish, silu, tanh tables: exact (correctly rounded f(d)/s), or the engine's arithmetic where it has a kernel for f (torch: PyTorch quantized CPU kernels; tflite: LOGISTIC / TANH tables, int8 HARD_SWISH fixed point; onnxruntime: QLinearSigmoid, QDQ HardSigmoid / HardSwish); exact elsewhere (docs/semantics.md 12)"),
+    "requant.activation_rounding": _Key("choice", ("requant", "half_even", "half_away", "half_up", "floor", "trunc"), doc="rounding of the exact activation tables (requant = requant.rounding; stochastic gives half_even: a table holds one value per input)"),
+    "requant.mul_form": _Key("choice", ("requant", "torch", "onnxruntime"), doc="mul's multiplier s_a*s_b/s_y: as the profile forms requant multipliers, PyTorch quantized::mul's fl32(fl32(s_a*s_b)*fl32(1/s_y)), or ONNX Runtime QLinearMul's (sequential, zero point before rounding)"),
+    "requant.mean_form": _Key("choice", ("exact", "torch", "onnxruntime", "tflite_reference", "tflite_optimized"), doc="mean over H, W: exact integer mean rounded, PyTorch's raw-sum mean, ONNX Runtime's QLinearGlobalAveragePool, TFLite MEAN reference / optimized kernel"),
+    "requant.avgpool_form": _Key("choice", ("exact", "torch", "tflite", "onnxruntime"), doc="avgpool2d with count_include_pad = false: exact mean over the taps inside the image, PyTorch's / TFLite's raw-sum division (half even / half away), ONNX Runtime's QLinearAveragePool float32 arithmetic"),
     "requant.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of stochastic rounding"),
     "bias.bits": _Key("int", lo=8, hi=64, doc="bias width (quantized at s_x*s_w)"),
     "bias.rounding": _Key("choice", ROUNDING_MODES[:-1], doc="rounding of the bias to integers"),
@@ -214,6 +219,11 @@ class RequantSpec:
     multiplier_order: str = "sequential"
     add_form: str = "dequantize"
     pool_form: str = "exact"
+    activation_form: str = "exact"
+    activation_rounding: str = "requant"
+    mul_form: str = "requant"
+    mean_form: str = "exact"
+    avgpool_form: str = "exact"
     seed: int = 0
 
 

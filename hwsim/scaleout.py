@@ -48,10 +48,13 @@ from typing import Callable
 import numpy as np
 
 from hwsim.errors import HwsimError
+from hwsim.ops import registry as _op_registry
 
 EXECUTORS = ("local", "ray")
 RESULT_FORMAT = 1  # of the task files; part of every key
-COUNTED_OPS = ("conv2d", "linear", "add", "concat")  # the layers a RunResult reports
+# the layers a RunResult reports: every op that requantizes to its own grid (can clip or overflow) — conv2d,
+# linear, add, concat and the table / mul ops — from the op registry (average pools and moves keep their grid)
+COUNTED_OPS = tuple(n for n in _op_registry.names_where(output_grid="own") if not _op_registry.get(n).folds_into_producer)
 LAYER_COUNTS = ("outputs", "acc_events", "partial_events", "clipped")  # per layer, summed over shards
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled models (hwsim/models/smallcnn_{baseline,robust}.hwsim, mobilenetv2.hwsim) on the default data
+# Reproduce the bundled models (hwsim/models/smallcnn_{baseline,robust}.hwsim, mobilenetv2.hwsim, mobilenetv3.hwsim) on the default data
 # (MNIST 5k subset: 4000 train / 1000 test). CPU, 2 threads, seeded: reruns give the same weights
 # on the same machine/torch build. Checkpoints go to ${CKPT_DIR:-build/bundled}.
 set -euo pipefail
@@ -24,3 +24,9 @@ COMMON=(--arch smallcnn --data default --epochs "$EPOCHS" --lr 0.05 --batch-size
 /usr/bin/time -f "mobilenetv2 wall %e s" python -m hwsim.cli train --arch mobilenetv2 --data default --epochs 8 \
     --lr 0.05 --batch-size 64 --seed 0 --threads 2 --quiet \
     --out "$CKPT_DIR/mobilenetv2.pt" --export hwsim/models/mobilenetv2.hwsim
+
+# MobileNetV3-small style (hard-swish / hard-sigmoid tables, squeeze-excitation mul, depthwise, residual),
+# plain training, 8 epochs: the network of issue 16's ops (hwsim run -m mobilenetv3 -p int4-pow2)
+/usr/bin/time -f "mobilenetv3 wall %e s" python -m hwsim.cli train --arch mobilenetv3 --data default --epochs 8 \
+    --lr 0.05 --batch-size 64 --seed 0 --threads 2 --quiet \
+    --out "$CKPT_DIR/mobilenetv3.pt" --export hwsim/models/mobilenetv3.hwsim

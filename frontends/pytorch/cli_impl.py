@@ -276,11 +276,13 @@ def register(group: click.Group) -> None:
     """Add `train` and `export` to ``group``."""
     from hwsim.cli import DATA_HELP, _Finite, input_options, quiet_option
 
+    from . import ARCHS
+
     pos = _Finite(0.0, open_lo=True)  # a finite number > 0 (nan, inf, 0 refused)
     nonneg = _Finite(0.0)  # a finite number >= 0
 
     @group.command("train")
-    @click.option("--arch", default="smallcnn", show_default=True, help="smallcnn, resnet8, resnet20, mobilenetv2")
+    @click.option("--arch", default="smallcnn", show_default=True, help=", ".join(ARCHS))
     @click.option("--data", "-d", default="default", show_default="default = MNIST 5k", metavar="SPEC",
                   help=f"training and test data: {DATA_HELP}")
     @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))

@@ -246,7 +246,7 @@ class EfficientNetB0(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-ARCHS = ("smallcnn", "resnet8", "resnet20", "mobilenetv2", "mobilenetv3", "efficientnet")
+from frontends.pytorch import ARCHS  # noqa: E402  (one list, torch-free for the CLI help)
 
 
 def build_model(arch: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:

@@ -189,15 +189,14 @@ class Relu6(FrontendOp):
 
 # ----------------------------------------------------------------------------- pools
 def _pool_args(ex, node, f):
-    a, kw = node.args, node.kwargs
+    a, kw = node.args[:4], node.kwargs
     args = list(a[1:]) + [None] * 3
     k = args[0] if args[0] is not None else kw.get("kernel_size")
     s = args[1] if args[1] is not None else kw.get("stride")
     p = args[2] if args[2] is not None else kw.get("padding", 0)
     if kw.get("ceil_mode") or (f is F.max_pool2d and kw.get("dilation", 1) != 1) or \
-            (f is F.avg_pool2d and (kw.get("count_include_pad", True) is False or kw.get("divisor_override"))) \
-            or len(a) > 4:
-        ex.fail(node, "a pool with ceil_mode/dilation/count_include_pad=False")
+            (f is F.avg_pool2d and kw.get("divisor_override")) or len(a) > 4:
+        ex.fail(node, "a pool with ceil_mode/dilation/divisor_override")
     return k, s, p
 
 
@@ -233,20 +232,27 @@ class AvgPool2d(FrontendOp):
     def from_module(self, ex, node, m, x):
         if not isinstance(m, nn.AvgPool2d):
             return None
-        if m.ceil_mode or not m.count_include_pad or m.divisor_override:
-            ex.fail(node, "an AvgPool2d with ceil_mode/count_include_pad=False/divisor_override")
-        return ex.b.avgpool2d(node.name, x, m.kernel_size, m.stride, m.padding)
+        if m.ceil_mode or m.divisor_override:
+            ex.fail(node, "an AvgPool2d with ceil_mode/divisor_override")
+        return ex.b.avgpool2d(node.name, x, m.kernel_size, m.stride, m.padding, bool(m.count_include_pad))
 
     def from_function(self, ex, node):
         if node.target is not F.avg_pool2d:
             return None
-        return ex.b.avgpool2d(node.name, ex.t(node, node.args[0]), *_pool_args(ex, node, F.avg_pool2d))
+        a = node.args
+        cip = a[5] if len(a) > 5 else node.kwargs.get("count_include_pad", True)
+        return ex.b.avgpool2d(node.name, ex.t(node, a[0]), *_pool_args(ex, node, F.avg_pool2d), bool(cip))
 
     def forward(self, lay, env, weights):
         a = lay.attrs
         t, bt, l_, r = a.get("padding", (0, 0, 0, 0))
+        k, s = _pair(a["kernel"]), _pair(a.get("stride", a["kernel"]))
         x = F.pad(env[lay.inputs[0]], (l_, r, t, bt))
-        return F.avg_pool2d(x, _pair(a["kernel"]), _pair(a.get("stride", a["kernel"])))
+        y = F.avg_pool2d(x, k, s)
+        if a.get("count_include_pad", True):
+            return y
+        inside = F.avg_pool2d(F.pad(torch.ones_like(env[lay.inputs[0]][:1, :1]), (l_, r, t, bt)), k, s)
+        return y / inside  # mean over the taps inside the image
 
 
 @register
@@ -339,3 +345,128 @@ class Flatten(FrontendOp):
     def forward(self, lay, env, weights):
         x = env[lay.inputs[0]]
         return x.reshape(x.shape[0], -1)
+
+
+# ----------------------------------------------------------------------------- lookup-table activations
+class _Unary(FrontendOp):
+    """A unary activation (hwsim/ops/activation.py): nn modules and fx functions / methods; mirror: the float
+    function on the dequantized input, fake-quantized to the layer's output grid."""
+
+    modules: tuple = ()
+    functions: tuple = ()
+    methods: tuple = ()
+
+    def attrs(self, m_or_node) -> dict:
+        return {}
+
+    def from_module(self, ex, node, m, x):
+        if not isinstance(m, self.modules):
+            return None
+        return ex.b._add(node.name, self.op, [x], self.attrs(m))
+
+    def from_function(self, ex, node):
+        if not (node.target in self.functions or _is_method(node, *self.methods)):
+            return None
+        if len(node.args) != 1 or any(k != "inplace" for k in node.kwargs):
+            ex.fail(node, f"a {self.op} with other than one tensor argument")
+        return ex.b._add(node.name, self.op, [ex.t(node, node.args[0])], self.attrs(node))
+
+    def forward(self, lay, env, weights):
+        return self.activate(env[lay.inputs[0]])
+
+
+@register
+class Sigmoid(_Unary):
+    op = "sigmoid"
+    modules, functions, methods = (nn.Sigmoid,), (torch.sigmoid, F.sigmoid), ("sigmoid",)
+
+    def activate(self, y):
+        return torch.sigmoid(y)
+
+
+@register
+class Hardsigmoid(_Unary):
+    op = "hardsigmoid"  # PyTorch's relu6(x + 3) / 6: the op's default alpha = 1/6, beta = 1/2
+    modules, functions = (nn.Hardsigmoid,), (F.hardsigmoid,)
+
+    def forward(self, lay, env, weights):
+        a, b = lay.attrs.get("alpha", 1.0 / 6.0), lay.attrs.get("beta", 0.5)
+        if (a, b) == (1.0 / 6.0, 0.5):
+            return F.hardsigmoid(env[lay.inputs[0]])
+        return torch.clamp(env[lay.inputs[0]] * a + b, 0.0, 1.0)
+
+
+@register
+class Hardswish(_Unary):
+    op = "hardswish"
+    modules, functions = (nn.Hardswish,), (F.hardswish,)
+
+    def activate(self, y):
+        return F.hardswish(y)
+
+
+@register
+class Silu(_Unary):
+    op = "silu"
+    modules, functions = (nn.SiLU,), (F.silu,)
+
+    def activate(self, y):
+        return F.silu(y)
+
+
+@register
+class Tanh(_Unary):
+    op = "tanh"
+    modules, functions, methods = (nn.Tanh,), (torch.tanh, F.tanh), ("tanh",)
+
+    def activate(self, y):
+        return torch.tanh(y)
+
+
+# ----------------------------------------------------------------------------- mul, mean, identity
+@register
+class Mul(FrontendOp):
+    op = "mul"
+
+    def from_function(self, ex, node):
+        f, a = node.target, node.args
+        if not (f in (operator.mul, torch.mul) or _is_method(node, "mul")):
+            return None
+        if len(a) != 2 or node.kwargs or not all(isinstance(v, fx.Node) for v in a):
+            ex.fail(node, "a mul with other than two tensor operands (hwsim's mul takes two tensors)")
+        return ex.b._add(node.name, "mul", [ex.t(node, a[0]), ex.t(node, a[1])])
+
+    def forward(self, lay, env, weights):
+        return env[lay.inputs[0]] * env[lay.inputs[1]]
+
+
+@register
+class Mean(FrontendOp):
+    op = "mean"
+    mirror = "grid"
+
+    def from_function(self, ex, node):
+        if not (node.target is torch.mean or _is_method(node, "mean")):
+            return None
+        a, kw = node.args, node.kwargs
+        dim = a[1] if len(a) > 1 else kw.get("dim")
+        keep = a[2] if len(a) > 2 else kw.get("keepdim", False)
+        dims = sorted(int(d) % 4 for d in dim) if isinstance(dim, (list, tuple)) else None
+        if dims != [2, 3] or kw.get("dtype") is not None or len(a) > 3:
+            ex.fail(node, f"a mean over dim {dim!r} (hwsim's mean reduces H and W: dim=(2, 3) or (-2, -1))")
+        return ex.b._add(node.name, "mean", [ex.t(node, a[0])], {"keepdims": bool(keep)})
+
+    def forward(self, lay, env, weights):
+        return env[lay.inputs[0]].mean(dim=(2, 3), keepdim=bool(lay.attrs.get("keepdims", True)))
+
+
+@register
+class Identity(FrontendOp):
+    """identity: export drops nn.Identity, nn.Dropout and eval-mode stochastic depth (export.PASS_THROUGH_MODULES;
+    models.StochasticDepth traces to its input); an identity node (ONNX Identity) mirrors as its input."""
+
+    op = "identity"
+    mirror = "reshape"
+
+    def forward(self, lay, env, weights):
+        return env[lay.inputs[0]]

@@ -43,5 +43,11 @@ from hwsim.ops.concat import (  # noqa: F401
     concat,
 )
 from hwsim.ops import flatten  # noqa: F401  (registers its op)
+from hwsim.ops import identity  # noqa: F401  (registers its op)
+from hwsim.ops import activation  # noqa: F401  (registers sigmoid, hardsigmoid, hardswish, silu, tanh)
+from hwsim.ops.activation import apply_table, build_table  # noqa: F401
+from hwsim.ops.mul import mul  # noqa: F401  (registers mul)
+from hwsim.ops import reduce  # noqa: F401  (registers mean)
+from hwsim.ops.reduce import mean_hw  # noqa: F401
 from hwsim.ops import registry  # noqa: F401,E402
 from hwsim.ops.registry import OpSpec, get, names, register  # noqa: F401,E402

@@ -48,6 +48,7 @@ from numba import njit
 from hwsim import fixedpoint as fp
 from hwsim import reference as ref
 from hwsim.errors import HwsimError
+from hwsim.ops.add import fma_f32  # noqa: F401  (one FMA for the whole package; re-exported)
 
 ACTIVATIONS = ("sigmoid", "hardsigmoid", "hardswish", "silu", "tanh")
 TABLE_ROUNDINGS = ("half_even", "half_away", "half_up", "floor", "trunc")
@@ -161,25 +162,6 @@ def tflite_values(fn: str, q, scale: float, zero_point: int) -> np.ndarray:
     if fn == "sigmoid":
         return f32(1) / (f32(1) + _exp_f32(-d))
     return np.tanh(d.astype(np.float64)).astype(f32)
-
-
-def fma_f32(a, b, c) -> np.ndarray:
-    """fl32(a * b + c) with one rounding (an FMA instruction), for float32 a, b, c (broadcast).
-
-    a*b is exact in float64 (24 + 24 bits); s = fl64(a*b + c) carries its exact error e (TwoSum); fl32(s) differs
-    from the correctly rounded result only when s is exactly halfway between two float32 numbers and e != 0
-    (the float-operand version of :func:`hwsim.ops.fma_f32`).
-    """
-    p = np.asarray(a, f32).astype(np.float64) * np.asarray(b, f32).astype(np.float64)
-    c = np.asarray(c, f32).astype(np.float64)
-    s = p + c
-    t = s - p
-    e = (p - (s - t)) + (c - t)
-    y = np.asarray(s.astype(f32))
-    yd = y.astype(np.float64)
-    other = np.nextafter(y, np.where(s > yd, f32(np.inf), f32(-np.inf)))
-    fix = (yd != s) & ((yd + other.astype(np.float64)) * 0.5 == s) & (e != 0)
-    return np.where(fix, np.where(e > 0, np.maximum(y, other), np.minimum(y, other)), y).astype(f32)
 
 
 # MLAS logistic.cpp MlasLogisticConstants (Eigen's coefficients), as float32
@@ -443,3 +425,175 @@ def activation(x_q, fn: str, in_scale, in_zp, in_qmin, in_qmax, out_scale, out_z
     table = build_table(fn, in_scale, in_zp, in_qmin, in_qmax, out_scale, out_zp, out_qmin, out_qmax, rounding,
                         form=form, alpha=alpha, beta=beta)
     return apply_table(x, table, int(in_qmin))
+
+
+# ----------------------------------------------------------------------------- registry entries
+from hwsim.ops.registry import WIDE, OpSpec, clamp_counted, register  # noqa: E402
+
+# profile requant.activation_form -> the form each function takes (functions the engine has no kernel for
+# take "exact": PyTorch has no quantized SiLU, TFLite no int8 HARD_SIGMOID / SiLU builtin, ORT no QLinear tanh)
+ENGINE_FORMS = {
+    "exact": {},
+    "torch": {"sigmoid": "torch", "hardsigmoid": "torch", "hardswish": "torch", "tanh": "torch"},
+    "tflite": {"sigmoid": "tflite_lut", "tanh": "tflite_lut", "hardswish": "tflite_hardswish"},
+    "onnxruntime": {"sigmoid": "onnxruntime", "hardsigmoid": "onnxruntime", "hardswish": "onnxruntime"},
+}
+# engines that fix the output grid of f (range [0, 1) or (-1, 1)): torch_output_grid, TFLite activations.cc
+# (LOGISTIC int8: 1/256, -128; TANH int8: 1/128, 0); ONNX Runtime takes the output grid it is given
+_FIXED_GRID = {("torch", "sigmoid"), ("torch", "hardsigmoid"), ("torch", "tanh"),
+               ("tflite_lut", "sigmoid"), ("tflite_lut", "tanh")}
+
+
+def layer_form(fn: str, requant_spec) -> str:
+    """The table form of activation ``fn`` under a profile's ``requant`` section (activation_form)."""
+    return ENGINE_FORMS[requant_spec.activation_form].get(fn, "exact")
+
+
+def layer_rounding(requant_spec) -> str:
+    """The exact tables' rounding: requant.activation_rounding, "requant" = requant.rounding (stochastic:
+    half_even, one value per table entry)."""
+    r = requant_spec.activation_rounding
+    if r == "requant":
+        r = requant_spec.rounding
+    return "half_even" if r == "stochastic" else r
+
+
+# the rounding each engine form has of its own (build_table ignores the profile's rounding for them)
+_FORM_ROUNDING = {"torch": "half_even", "tflite_lut": "half_away", "onnxruntime": "half_even",
+                  "tflite_hardswish": "fixed point"}
+
+
+def table_rounding(form: str, requant_spec) -> str:
+    """The rounding of a table in ``form``: the engine's own, or for "exact" :func:`layer_rounding`."""
+    return _FORM_ROUNDING.get(form) or layer_rounding(requant_spec)
+
+
+def engine_grid(fn: str, bits: int, signed: bool) -> tuple[float, int]:
+    """(scale, zero point) of the fixed output grid: sigmoid / hardsigmoid 2^-bits with the zero point at the
+    grid's low end (8 bits: 1/256, -128 int8 / 0 uint8), tanh 2^(1-bits) centred (1/128, 0 / 128)."""
+    low = -(1 << (bits - 1)) if signed else 0
+    if fn == "tanh":
+        return 2.0 / (1 << bits), low + (1 << (bits - 1))
+    return 1.0 / (1 << bits), low
+
+
+class _TableSpec(OpSpec):
+    """A unary activation run as a lookup table over its input grid, built once per layer at compile time."""
+
+    kind = "activation"
+    compared = True
+    fn = ""
+
+    def ab(self, attrs) -> tuple:
+        return None, None
+
+    def float_forward(self, node, graph, ins):
+        a, b = self.ab(node.attrs)
+        a, b = HARDSIGMOID_TORCH if a is None else (a, b)
+        with np.errstate(over="ignore"):
+            return activation_float64(self.fn, ins[0], a, b).astype(f32)
+
+    def fixed_grid(self, lay, grid):
+        if (self.form(lay, lay.profile.requant), self.fn) not in _FIXED_GRID:
+            return None
+        from hwsim.compile import Grid
+
+        s, z = engine_grid(self.fn, grid.bits, grid.signed)
+        return Grid(s, z, grid.qmin, grid.qmax, grid.bits, grid.signed)
+
+    def form(self, lay, requant_spec) -> str:
+        """The layer's table form (requant.activation_form); an engine whose kernel fixes hardsigmoid's alpha, beta
+        (PyTorch: 1/6, 1/2) computes another alpha, beta as the exact form."""
+        form = layer_form(self.fn, requant_spec)
+        if form == "torch" and self.ab(lay.attrs)[0] is not None:
+            return "exact"
+        return form
+
+    def compile(self, lay, node, cx):
+        lay.form = self.form(lay, cx.prof.requant)
+        if cx.weight_only:
+            return
+        gi, go = cx.grids[lay.inputs[0]], cx.grids[lay.output]
+        a, b = self.ab(node.attrs)
+        # unclamped entries: the executor clamps and counts the values beyond the grid (clamp_counted)
+        lay.table = build_table(self.fn, gi.scale, gi.zero_point, gi.qmin, gi.qmax, go.scale, go.zero_point,
+                                WIDE[0], WIDE[1], layer_rounding(cx.prof.requant), form=lay.form, alpha=a, beta=b)
+        lay.table_qmin = gi.qmin
+
+    def execute(self, qg, lay, env, st, impl, offset, narrow):
+        x, gy = env[lay.inputs[0]], qg.grids[lay.output]
+        if impl == "fast":
+            y = apply_table(x, lay.table, lay.table_qmin)
+        else:  # the form's definition on each distinct input value (no table), scattered back
+            gi = qg.grids[lay.inputs[0]]
+            a, b = self.ab(lay.attrs)
+            u, inv = np.unique(np.asarray(x, np.int64), return_inverse=True)
+            if u.size and (u[0] < gi.qmin or u[-1] > gi.qmax):
+                raise HwsimError(f"layer '{lay.name}': input outside its grid [{gi.qmin}, {gi.qmax}]")
+            v = activation_reference(u, self.fn, gi.scale, gi.zero_point, gy.scale, gy.zero_point, WIDE[0], WIDE[1],
+                                     layer_rounding(lay.profile.requant), form=lay.form, alpha=a, beta=b)
+            y = v[inv].reshape(x.shape)
+        return clamp_counted(y, lay, gy, narrow)
+
+    def golden_fields(self, lay, write_int):
+        lo, hi = lay.clamp
+        return {"function": self.fn, "form": lay.form, "rounding": table_rounding(lay.form, lay.profile.requant),
+                "table_qmin": int(lay.table_qmin), "table": write_int("table", np.clip(lay.table, lo, hi))}
+
+    def explain(self, qg, lay, codes, iso_diff, st, fq_rounding):
+        """A table differs from fake-quant (float32 f on the same dequantized input, rounded half even) only
+        through its entries' rounding: count the entries that differ."""
+        gi, go = qg.grids[lay.inputs[0]], qg.grids[lay.output]
+        a, b = self.ab(lay.attrs)
+        a, b = HARDSIGMOID_TORCH if a is None else (a, b)
+        q = np.arange(gi.qmin, gi.qmax + 1)
+        with np.errstate(over="ignore"):
+            fv = activation_float64(self.fn, gi.dequantize(q), a, b).astype(f32)
+        lo, hi = lay.clamp
+        fq = np.clip(np.rint(fv / f32(go.scale)) + go.zero_point, lo, hi)
+        n = int(np.count_nonzero(fq != np.clip(lay.table, lo, hi)))
+        return (f"{self.fn} table ({lay.form}, {table_rounding(lay.form, lay.profile.requant)}): {n} of {q.size} entries "
+                "differ from fake-quant's round(f(d) / s) — the same input, only the table's rounding")
+
+    def onnx_export(self, ex, lay):
+        raise HwsimError(f"layer '{lay.name}': {self.fn} (activation form {lay.form!r}, profile "
+                         f"'{lay.profile.name}') cannot be expressed in ONNX Runtime's quantized ops: allowed "
+                         "sigmoid with requant.activation_form = 'onnxruntime' (QLinearSigmoid)")
+
+
+@register
+class SigmoidSpec(_TableSpec):
+    name = fn = "sigmoid"
+
+    def onnx_export(self, ex, lay):
+        if lay.form != "onnxruntime":
+            return super().onnx_export(ex, lay)
+        n = lay.name
+        sx, zx = ex.grid(lay.inputs[0], n)
+        sy, zy = ex.grid(lay.output, n)
+        ex.node("QLinearSigmoid", [lay.inputs[0], sx, zx, sy, zy], [lay.output], n, ms=True)
+
+
+@register
+class HardsigmoidSpec(_TableSpec):
+    name = fn = "hardsigmoid"
+    optional_attrs = {"alpha": ("float", HARDSIGMOID_TORCH[0]), "beta": ("float", HARDSIGMOID_TORCH[1])}
+
+    def ab(self, attrs):
+        a, b = attrs.get("alpha", HARDSIGMOID_TORCH[0]), attrs.get("beta", HARDSIGMOID_TORCH[1])
+        return (None, None) if (float(a), float(b)) == HARDSIGMOID_TORCH else (float(a), float(b))
+
+
+@register
+class HardswishSpec(_TableSpec):
+    name = fn = "hardswish"
+
+
+@register
+class SiluSpec(_TableSpec):
+    name = fn = "silu"
+
+
+@register
+class TanhSpec(_TableSpec):
+    name = fn = "tanh"

@@ -68,11 +68,15 @@ def add_params(a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_poi
 def fma_f32(x, r, z) -> np.ndarray:
     """fl32(x * r + z) rounded once (half even), as a float32 FMA instruction computes it.
 
-    x: integers with |x| < 2^29 (then x * r is exact in float64); r, z: float32 values (broadcast).
-    The float64 sum s = fl64(x*r + z) carries its exact error e (TwoSum); fl32(s) differs from the
-    correctly rounded result only when s is exactly halfway between two float32 numbers and e != 0.
+    x: integers with |x| < 2^29 or float32 values; r, z: float32 values (broadcast). Either way x * r is
+    exact in float64 (29 + 24 or 24 + 24 significant bits). The float64 sum s = fl64(x*r + z) carries its
+    exact error e (TwoSum); fl32(s) differs from the correctly rounded result only when s is exactly halfway
+    between two float32 numbers and e != 0. (The one FMA of hwsim: QLinearAdd's ratio form here, MLAS's
+    logistic polynomial in :mod:`hwsim.ops.activation`.)
     """
-    p = np.asarray(x, dtype=np.int64).astype(np.float64) * np.asarray(r, dtype=np.float32).astype(np.float64)
+    x = np.asarray(x)
+    xd = x.astype(np.float64) if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32).astype(np.float64)
+    p = xd * np.asarray(r, dtype=np.float32).astype(np.float64)
     z = np.asarray(z, dtype=np.float32).astype(np.float64)
     s = p + z
     t = s - p

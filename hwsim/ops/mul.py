@@ -165,3 +165,68 @@ def mul(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
     if cfg.rounding == "stochastic" and index_offset:
         index = index_offset + fp._flat_index(shape)
     return ops.requantize(p, params, cfg, zy, qmin, qmax, channel_axis=0, impl=impl, index=index)
+
+
+# ----------------------------------------------------------------------------- registry entry
+import dataclasses  # noqa: E402
+
+from hwsim.ops.registry import WIDE, OpSpec, clamp_counted, per_image, register  # noqa: E402
+
+
+@register
+class MulSpec(OpSpec):
+    """mul: two tensors, the second broadcast over H, W (squeeze-excitation: N,C,H,W x N,C,1,1) or the same shape.
+
+    requant.mul_form: "requant" (M as the profile forms requant multipliers), "torch" (``multiplier="inverse"``),
+    "onnxruntime" (``multiplier="requant"``, sequential multiplier, zero point before rounding).
+    """
+
+    name = "mul"
+    arity = 2
+    kind = "mul"
+    compared = True
+
+    def infer_shape(self, node, ins, p, fail, tag):
+        try:
+            out = np.broadcast_shapes(ins[0], ins[1])
+        except ValueError:
+            out = None
+        if out is None or len(ins[0]) != len(ins[1]) or out not in (ins[0], ins[1]):
+            fail(f"{tag}: inputs {node.inputs[0]!r} {ins[0]} and {node.inputs[1]!r} {ins[1]} must have the same shape "
+                 "or one must broadcast to the other (e.g. (C, H, W) and (C, 1, 1))")
+        return tuple(out)
+
+    def float_forward(self, node, graph, ins):
+        return ins[0] * ins[1]
+
+    def compile(self, lay, node, cx):
+        lay.form = cx.prof.requant.mul_form
+        lay.requant = cx.requant()
+        if lay.form == "onnxruntime":  # MLAS QLinearMul: R = fl32(fl32(s_a*s_b) / s_y), fl32(p*R + z_y) rounded
+            lay.requant = dataclasses.replace(lay.requant, multiplier_order="sequential", zero_point="before")
+
+    def execute(self, qg, lay, env, st, impl, offset, narrow):
+        g = qg.grids
+        ga, gb, gy = g[lay.inputs[0]], g[lay.inputs[1]], g[lay.output]
+        xa, xb = env[lay.inputs[0]], env[lay.inputs[1]]
+        y, _ = mul(xa, xb, a_scale=ga.scale, a_zero_point=ga.zero_point, b_scale=gb.scale, b_zero_point=gb.zero_point,
+                   y_scale=gy.scale, y_zero_point=gy.zero_point, qmin=WIDE[0], qmax=WIDE[1], cfg=lay.requant,
+                   multiplier="inverse" if lay.form == "torch" else "requant", impl=impl,
+                   index_offset=offset * per_image(np.broadcast_shapes(xa.shape, xb.shape)))
+        return clamp_counted(y, lay, gy, narrow)
+
+    def golden_fields(self, lay, write_int):
+        # the constants follow from the grids and the requant config in the manifest (mul_requant_params)
+        return {"mul_form": lay.form, "multiplier": "inverse" if lay.form == "torch" else "requant"}
+
+    def onnx_export(self, ex, lay):
+        n, r = lay.name, lay.requant
+        if lay.form != "onnxruntime" or r.mode != "float32" or r.rounding != "half_even":
+            raise HwsimError(f"layer '{n}': mul with mul_form {lay.form!r}, requant mode {r.mode!r}, rounding "
+                             f"{r.rounding!r} (profile '{lay.profile.name}') cannot be expressed as ONNX Runtime's "
+                             "QLinearMul: allowed mul_form 'onnxruntime', mode 'float32', rounding 'half_even' "
+                             "(profile int8-onnxruntime)")
+        sa, za = ex.grid(lay.inputs[0], n)
+        sb, zb = ex.grid(lay.inputs[1], n)
+        sy, zy = ex.grid(lay.output, n)
+        ex.node("QLinearMul", [lay.inputs[0], sa, za, lay.inputs[1], sb, zb, sy, zy], [lay.output], n, ms=True)

@@ -318,25 +318,72 @@ class _AvgPoolSpec(OpSpec):
 
 @register
 class AvgPool2dSpec(_WindowPoolSpec, _AvgPoolSpec):
+    """avgpool2d; ``count_include_pad`` (default true, today's files): false divides by the taps inside the
+    image (PyTorch count_include_pad=False, TFLite AVERAGE_POOL_2D SAME, ONNX AveragePool's default) in the
+    profile's requant.avgpool_form (:func:`hwsim.ops.reduce.avg_pool2d`)."""
+
     name = "avgpool2d"
+    optional_attrs = {"count_include_pad": ("bool", True)}
 
     def float_forward(self, node, graph, ins):
-        from hwsim.floatref import pool_float
+        from hwsim.floatref import _pad, _windows, pool_float
 
-        return pool_float(ins[0], node.attrs, "avg")
+        if node.attrs.get("count_include_pad", True):
+            return pool_float(ins[0], node.attrs, "avg")
+        (kh, kw), (sh, sw) = node.attrs["kernel"], node.attrs["stride"]
+        x = ins[0]
+        xp, ones = _pad(x, node.attrs["padding"], 0.0), _pad(np.ones((1, 1) + x.shape[2:], np.float32),
+                                                             node.attrs["padding"], 0.0)
+        oh, ow = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
+        acc = sum(_windows(xp, kh, kw, oh, ow, sh, sw))  # float32 window sum, row by row
+        count = sum(_windows(ones, kh, kw, oh, ow, sh, sw))  # taps inside the image
+        return (acc / count).astype(np.float32)
+
+    def forms(self, lay) -> tuple[str, str]:
+        """(form, rounding) of a count_include_pad = false layer (requant.avgpool_form)."""
+        from hwsim.ops.reduce import AVGPOOL_PROFILE_FORMS, profile_form
+
+        return profile_form(AVGPOOL_PROFILE_FORMS, lay.profile.requant.avgpool_form, lay.profile.requant)
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x, gx, gy = env[lay.inputs[0]], qg.grids[lay.inputs[0]], qg.grids[lay.output]
         k, s, pad = _geometry(lay.attrs)
         out_hw = conv_output_size(x.shape[2], k[0], s[0], pad[0], pad[1]) * conv_output_size(
             x.shape[3], k[1], s[1], pad[2], pad[3])
+        if not lay.attrs.get("count_include_pad", True):
+            from hwsim.ops import reduce
+
+            if own_output_grid(gx, gy):  # an imported int8 model's pool with its own grid (hwsim/given.py)
+                raise HwsimError(f"layer {lay.name!r}: an avgpool2d without padding taps (count_include_pad false) "
+                                 "with its own output grid is not supported yet; allowed: the input's grid")
+            form, rounding = self.forms(lay)
+            return reduce.avg_pool2d(x, k, s, pad, gx.zero_point, rounding, lay.rounding_seed, impl,
+                                     count_include_pad=False, form=form, scale=gx.scale,
+                                     index_offset=offset * x.shape[1] * out_hw), 0
         y = avg_pool2d(x, k, s, pad, index_offset=offset * x.shape[1] * out_hw, **self.pool_kwargs(lay, x, gx, impl, gy))
         return clamp_counted(y, lay, gy, narrow) if own_output_grid(gx, gy) else (y, 0)
 
+    def onnxruntime_form(self, lay, input_hw) -> str:
+        if not lay.attrs.get("count_include_pad", True):
+            return "float32_dequantize"
+        return super().onnxruntime_form(lay, input_hw)
+
+    def golden_fields(self, lay, write_int):
+        d = super().golden_fields(lay, write_int)
+        if not lay.attrs.get("count_include_pad", True):
+            form, rounding = self.forms(lay)
+            d.update(count_include_pad=False, rounding=rounding, avgpool_form=form)
+        return d
+
     def onnx_node(self, ex, lay, ins):
         k, s, (pt, pb, pl, pr) = _geometry(lay.attrs)
+        cip = lay.attrs.get("count_include_pad", True)
+        if not cip and self.forms(lay)[0] != "float32_dequantize":
+            raise HwsimError(f"layer '{lay.name}': avgpool2d with count_include_pad = false and avgpool_form "
+                             f"{lay.profile.requant.avgpool_form!r} (profile '{lay.profile.name}') cannot be expressed "
+                             "as ONNX Runtime's QLinearAveragePool: allowed avgpool_form 'onnxruntime'")
         ex.node("QLinearAveragePool", ins, [lay.output], lay.name, ms=True, kernel_shape=list(k), strides=list(s),
-                pads=[pt, pl, pb, pr], count_include_pad=1)
+                pads=[pt, pl, pb, pr], count_include_pad=int(bool(cip)))
 
 
 @register

@@ -26,6 +26,7 @@ The coordinator imports this module after ``hwsim.ops`` is initialised.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from hwsim import fixedpoint as fp
 from hwsim import ops
@@ -112,8 +113,33 @@ def avg_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), zero_point: int = 0, r
                 acc += win[..., i, j]
         return fp.round_float((acc / cnt.astype(f32)) / s32 + f32(z), rounding, seed, index)
     shift = 0 if form == "raw_sum" else z
-    s = ops._windows(x - shift, kernel, stride, pad, 0)[:, :, :Ho, :Wo].sum(axis=(4, 5))
-    return shift + fp.divide_round(s, cnt, rounding, seed, index)
+    return shift + fp.divide_round(window_sums(x, kernel, stride, pad, Ho, Wo, shift), cnt, rounding, seed, index)
+
+
+def window_sums(x: np.ndarray, kernel, stride, pad, Ho: int, Wo: int, shift: int = 0) -> np.ndarray:
+    """Exact int64 sums of (x - shift) over the taps of every pool window that lie inside the image (numba, one
+    pass over the taps; x in its own integer dtype, no int64 copy)."""
+    out = np.empty((x.shape[0], x.shape[1], Ho, Wo), np.int64)
+    _window_sums(np.ascontiguousarray(x), int(kernel[0]), int(kernel[1]), int(stride[0]), int(stride[1]), int(pad[0]),
+                 int(pad[2]), np.int64(shift), out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _window_sums(x, kh, kw, sh, sw, pt, pl, shift, out):
+    n, c, h, w = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for nc in prange(n * c):
+        a, ch = nc // c, nc % c
+        for i in range(ho):
+            r0 = i * sh - pt
+            for j in range(wo):
+                c0 = j * sw - pl
+                acc = np.int64(0)
+                for u in range(max(r0, 0), min(r0 + kh, h)):
+                    for v in range(max(c0, 0), min(c0 + kw, w)):
+                        acc += np.int64(x[a, ch, u, v]) - shift
+                out[a, ch, i, j] = acc
 
 
 # ----------------------------------------------------------------------------- mean over H, W
@@ -202,3 +228,63 @@ def mean_hw(x_q, in_scale, in_zero_point: int, out_scale, out_zero_point: int, q
             s = acc.sum(axis=(2, 3))
         y = fp.multiply_by_quantized_multiplier(s, q, shift) + bias
     return np.clip(y, qmin, qmax).reshape(x.shape[0], x.shape[1], 1, 1)
+
+
+# ----------------------------------------------------------------------------- registry entries
+from hwsim.ops.pool import _AvgPoolSpec  # noqa: E402
+from hwsim.ops.registry import need_chw, register  # noqa: E402
+
+# profile requant.mean_form -> (mean_hw form, rounding; None = the profile's requant.rounding)
+MEAN_PROFILE_FORMS = {"exact": ("exact", None), "torch": ("raw_sum", "half_even"),
+                      "onnxruntime": ("float32_multiplier", None), "tflite_reference": ("tflite_reference", None),
+                      "tflite_optimized": ("tflite_optimized", None)}
+# profile requant.avgpool_form -> (avg_pool2d form with count_include_pad = False, rounding)
+AVGPOOL_PROFILE_FORMS = {"exact": ("exact", None), "torch": ("raw_sum", "half_even"),
+                         "tflite": ("raw_sum", "half_away"), "onnxruntime": ("float32_dequantize", None)}
+
+
+def profile_form(table: dict, key: str, requant_spec) -> tuple[str, str]:
+    """(form, rounding) of a mean / average pool under a profile's requant section."""
+    form, rounding = table[key]
+    return form, rounding or requant_spec.rounding
+
+
+@register
+class MeanSpec(_AvgPoolSpec):
+    """mean over H and W (torch.mean(dim=(2, 3)), ONNX ReduceMean axes [2, 3], TFLite MEAN): keeps its input's
+    grid (like global_avgpool); ``keepdims`` (default true) gives (C, 1, 1), else (C,)."""
+
+    name = "mean"
+    optional_attrs = {"keepdims": ("bool", True)}
+
+    def infer_shape(self, node, ins, p, fail, tag):
+        need_chw(node, ins[0], fail, tag)
+        return (ins[0][0], 1, 1) if node.attrs.get("keepdims", True) else (ins[0][0],)
+
+    def float_forward(self, node, graph, ins):
+        return ins[0].mean(axis=(2, 3), keepdims=bool(node.attrs.get("keepdims", True)), dtype=np.float32)
+
+    def execute(self, qg, lay, env, st, impl, offset, narrow):
+        x, gx = env[lay.inputs[0]], qg.grids[lay.inputs[0]]
+        form, rounding = profile_form(MEAN_PROFILE_FORMS, lay.profile.requant.mean_form, lay.profile.requant)
+        y = mean_hw(x, gx.scale, gx.zero_point, gx.scale, gx.zero_point, gx.qmin, gx.qmax, rounding, form=form,
+                    seed=lay.rounding_seed, impl=impl, index_offset=offset * x.shape[1])
+        return (y if lay.attrs.get("keepdims", True) else y.reshape(x.shape[0], x.shape[1])), 0
+
+    def onnxruntime_form(self, lay, input_hw) -> str:
+        return "float32_multiplier"
+
+    def golden_fields(self, lay, write_int):
+        form, rounding = profile_form(MEAN_PROFILE_FORMS, lay.profile.requant.mean_form, lay.profile.requant)
+        return {"rounding": rounding, "mean_form": form}
+
+    def onnx_export(self, ex, lay):
+        if lay.profile.requant.mean_form != "onnxruntime" or not lay.attrs.get("keepdims", True):
+            raise HwsimError(f"layer '{lay.name}': mean with mean_form {lay.profile.requant.mean_form!r}, keepdims "
+                             f"{lay.attrs.get('keepdims', True)} (profile '{lay.profile.name}') cannot be expressed in "
+                             "ONNX Runtime's quantized ops: allowed mean_form 'onnxruntime' with keepdims "
+                             "(QLinearGlobalAveragePool)")
+        super().onnx_export(ex, lay)
+
+    def onnx_node(self, ex, lay, ins):
+        ex.node("QLinearGlobalAveragePool", ins, [lay.output], lay.name, ms=True, channels_last=0)

@@ -31,7 +31,7 @@ class OpSpec:
 
     - ``name``: the op name in the graph file (``node.op``).
     - ``attrs``: graph attr schema {key: kind}; kinds are graph._check_attr's ("pair" = 2 positive
-      ints, "pad4" = 4 non-negative ints, "posint", "posfloat", "axis1", "bool"). All keys are required.
+      ints, "pad4" = 4 non-negative ints, "posint", "posfloat", "float", "axis1", "bool"). All keys are required.
     - ``optional_attrs``: {key: (kind, default)} attrs a node may omit (the hooks read
       ``node.attrs.get(key, default)``); validated when present.
     - ``params``: (required roles, optional roles) of the node's param tensors.
@@ -86,6 +86,11 @@ class OpSpec:
         raise HwsimError(f"node {node.name!r}: op {node.op!r} cannot be executed by the float reference")
 
     # ------------------------------------------------------------------ compile
+    def fixed_grid(self, lay, grid):
+        """The output grid when the engine fixes it (e.g. TFLite int8 LOGISTIC: scale 1/256, zero point -128),
+        else None (the calibrated ``grid`` stays). ``lay.profile`` is the layer's profile."""
+        return None
+
     def clamp(self, lo: int, hi: int, grid) -> tuple[int, int]:
         """activation ops: the integer range [lo, hi] narrowed by this activation on ``grid``."""
         return lo, hi

@@ -29,7 +29,9 @@ def test_public_names_unchanged():
 
 def test_graph_schema_is_a_view_of_the_registry():
     assert KNOWN_OPS == registry.names() == ("conv2d", "linear", "batchnorm", "relu", "relu6", "maxpool2d",
-                                             "avgpool2d", "global_avgpool", "add", "concat", "flatten")
+                                             "avgpool2d", "global_avgpool", "add", "concat", "flatten",
+                                             "identity", "sigmoid", "hardsigmoid", "hardswish", "silu", "tanh",
+                                             "mul", "mean")
     for name in KNOWN_OPS:
         spec = ops.get(name)
         assert spec.name == name and OP_ATTRS[name] == spec.attrs and OP_ARITY[name] == spec.arity

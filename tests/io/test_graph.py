@@ -445,4 +445,5 @@ def test_validate_and_infer_shapes_on_in_memory_graph():
     g3 = Graph([InputSpec("x", (1, 2, 2), (0.0,), (1.0,))], [Node("n", "relu", ["x"], ["y"])], ["y"], {})
     assert infer_shapes(g3) == {"x": (1, 2, 2), "y": (1, 2, 2)}
     assert set(KNOWN_OPS) == {"conv2d", "linear", "batchnorm", "relu", "relu6", "maxpool2d", "avgpool2d",
-                              "global_avgpool", "add", "concat", "flatten"}
+                              "global_avgpool", "add", "concat", "flatten", "identity", "sigmoid", "hardsigmoid",
+                              "hardswish", "silu", "tanh", "mul", "mean"}

@@ -1,0 +1,95 @@
+"""MobileNetV3-small-style and EfficientNet-B0-style networks end to end (issue 16): torch.fx export -> float
+graph == torch eval -> .hwsim save / load -> compile -> integer run under int8-tflite, int8-fbgemm, w4a4 and
+int4-pow2, fast == reference on every layer. Random init with BatchNorm statistics warmed on random batches;
+28x28, one image through the reference executor (cheap)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from frontends.pytorch.export import to_graph
+from frontends.pytorch.models import build_model
+from hwsim.compile import compile_model
+from hwsim.execute import accuracy, run_integer, run_quantized
+from hwsim.floatref import run_float
+from hwsim.graph import load_model, save_model
+from hwsim.profile import load_profile
+
+PROFILES = ("int8-tflite", "int8-fbgemm", "w4a4", "int4-pow2")
+NEW = {"mobilenetv3": {"hardswish", "hardsigmoid", "mul", "relu"}, "efficientnet": {"silu", "sigmoid", "mul", "add"}}
+
+
+def _warmed(arch: str):
+    torch.manual_seed(0)
+    m = build_model(arch, 10, 1)
+    m.train()
+    with torch.no_grad():  # BatchNorm running statistics from a few random batches (not the init's 0 / 1)
+        for _ in range(4):
+            m(torch.randn(16, 1, 28, 28))
+    return m.eval()
+
+
+@pytest.fixture(scope="module", params=["mobilenetv3", "efficientnet"])
+def exported(request, tmp_path_factory):
+    arch = request.param
+    m = _warmed(arch)
+    g = to_graph(m, (1, 28, 28), 0.1307, 0.3081, {"arch": arch})
+    p = tmp_path_factory.mktemp(arch) / f"{arch}.hwsim"
+    save_model(g, p)
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    return arch, m, g, load_model(p), x
+
+
+def test_export_uses_the_new_ops_and_matches_torch(exported):
+    arch, m, g, loaded, x = exported
+    ops = {n.op for n in g.nodes}
+    assert NEW[arch] <= ops and "batchnorm" in ops
+    assert not ops & {"identity"}  # dropout and stochastic depth dropped at export
+    with torch.no_grad():
+        want = m(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_float(g, x), want, rtol=0, atol=1e-5)
+    # the .hwsim file round trip (no ONNX importer involved): same graph, same float logits bit for bit
+    assert [(n.name, n.op, n.inputs, n.attrs) for n in loaded.nodes] == [(n.name, n.op, n.inputs, n.attrs)
+                                                                         for n in g.nodes]
+    np.testing.assert_array_equal(run_float(loaded, x), run_float(g, x))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_integer_run_fast_equals_reference_on_every_layer(exported, profile):
+    arch, m, g, loaded, x = exported
+    qg = compile_model(loaded, load_profile(profile), x)
+    fast, ref = run_integer(qg, x[:1], "fast"), run_integer(qg, x[:1], "reference")
+    assert fast.keys() == ref.keys() and len(fast) == len(qg.layers) + 1
+    for k in fast:
+        np.testing.assert_array_equal(fast[k], ref[k], err_msg=f"{arch} {profile}: tensor {k}")
+    r = run_quantized(qg, x, batch_size=3)  # batched run: the same integers as run_integer's single batch
+    np.testing.assert_array_equal(r.logits[:1], qg.grids[qg.output_name].dequantize(fast[qg.output_name]).reshape(1, -1))
+    assert np.isfinite(r.logits).all() and 0.0 <= accuracy(r.logits, np.zeros(8, int)) <= 1.0
+    assert {s.op for s in r.layers} >= NEW[arch] - {"relu"}
+
+
+def test_fake_quant_mirror_of_the_new_layers_is_within_one_code(exported):
+    """Each new layer's mirror forward (frontends/pytorch/ops.py: the float function on the dequantized integer
+    inputs, fake-quantized to the layer's grid) is within 1 LSB of the simulator's output on the same inputs
+    (a table or requant differs from fake-quant only by its rounding); the whole mirror runs."""
+    from frontends.pytorch import ops as fops
+    from frontends.pytorch.fakequant import mirror_codes
+
+    arch, m, g, loaded, x = exported
+    qg = compile_model(loaded, load_profile("int8-fbgemm"), x)
+    env = run_integer(qg, x[:2])
+    checked = 0
+    for lay in qg.layers:
+        if lay.op not in ("hardswish", "hardsigmoid", "silu", "sigmoid", "mul"):
+            continue
+        deq = {i: torch.from_numpy(qg.grids[i].dequantize(env[i])) for i in lay.inputs}
+        y = fops.get(lay.op).forward(lay, deq, {})
+        go = qg.grids[lay.output]
+        q = torch.clamp(torch.round(y / go.scale) + go.zero_point, *lay.clamp).numpy().astype(np.int64)
+        assert np.abs(q - env[lay.output]).max() <= 1, lay.name
+        checked += 1
+    assert checked >= 4
+    logits, codes = mirror_codes(qg, x[:2])
+    assert logits.shape == (2, 10) and set(codes) >= {lay.output for lay in qg.layers}
