@@ -492,14 +492,23 @@ def compile_model(model: Graph, profile: Profile, calib_images: np.ndarray,
     return qg
 
 
-def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[str, np.ndarray], profile: Profile,
-                    hooks: QuantHooks | None = None, certificates: bool = True) -> QuantizedGraph:
-    """Step 3 on a folded graph and its calibration tensors: grids, integer weights, biases, requant.
+@dataclass
+class LayerPlan:
+    """What every compile path asks of a folded graph before choosing grids: the input tensor, the first
+    and last MAC layers, the tensor whose grid a tensor shares, and an activation's bits (first/last-layer
+    precision applied). Shared by :func:`quantize_folded` and :func:`hwsim.given.compile_given`."""
 
-    ``certificates = False`` skips the overflow certificates (PTQ searches that only need the
-    integers; the final graph always has them).
-    """
-    hooks = hooks or QuantHooks()
+    input_name: str
+    mac_nodes: list
+    first: str
+    last: str
+    grid_source: Callable[[str], str]
+    act_bits: Callable[[str, Profile], int]
+
+
+def layer_plan(folded: Graph, profile: Profile, own_grids=frozenset()) -> LayerPlan:
+    """The :class:`LayerPlan` of ``folded`` under ``profile``. ``own_grids``: tensors that keep their own
+    grid even after a grid-sharing op (an imported model's given grids)."""
     input_name = folded.inputs[0].name
     mac_nodes = [n for n in folded.nodes if n.op in LINEAR_OPS]
     if not mac_nodes:
@@ -509,7 +518,7 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
 
     def grid_source(t: str) -> str:
         """The tensor whose grid ``t`` shares (through max-pool/flatten/relu/avg-pool)."""
-        while t in producer and producer[t].op in SHARES_INPUT_GRID:
+        while t in producer and producer[t].op in SHARES_INPUT_GRID and t not in own_grids:
             t = producer[t].inputs[0]
         return t
 
@@ -525,6 +534,21 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
         if tensor in last_grids and profile.last_layer.bits:
             bits = profile.last_layer.bits
         return bits
+
+    return LayerPlan(input_name, mac_nodes, first, last, grid_source, act_bits)
+
+
+def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[str, np.ndarray], profile: Profile,
+                    hooks: QuantHooks | None = None, certificates: bool = True) -> QuantizedGraph:
+    """Step 3 on a folded graph and its calibration tensors: grids, integer weights, biases, requant.
+
+    ``certificates = False`` skips the overflow certificates (PTQ searches that only need the
+    integers; the final graph always has them).
+    """
+    hooks = hooks or QuantHooks()
+    plan = layer_plan(folded, profile)
+    input_name, first, last, grid_source, act_bits = (plan.input_name, plan.first, plan.last, plan.grid_source,
+                                                      plan.act_bits)
 
     grids: dict[str, Grid] = {}
     weight_only = profile.weight_only

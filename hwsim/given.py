@@ -270,8 +270,8 @@ def _check_weights(name: str, ld: dict, w: np.ndarray, fmt, qmin: int, qmax: int
 def compile_given(model, profile, given: Given | None = None):
     """The QuantizedGraph of ``model`` with its given quantization kept (module docstring); the profile
     supplies the arithmetic. Raises one-line HwsimErrors where the profile cannot hold the given numbers."""
-    from hwsim.compile import (LINEAR_OPS, SHARES_INPUT_GRID, LayerContext, QLayer, QuantHooks, QuantizedGraph,
-                               _op_kind, fold_graph, input_grid, layer_seed)
+    from hwsim.compile import (LayerContext, QLayer, QuantHooks, QuantizedGraph, _op_kind, fold_graph, input_grid,
+                               layer_plan, layer_seed)
 
     given = given or given_of(model)
     pname = profile.name
@@ -279,30 +279,9 @@ def compile_given(model, profile, given: Given | None = None):
     if folded.metadata.get("bn_folded"):
         raise HwsimError(f"model: a BatchNorm after a given-quantized layer ({folded.metadata['bn_folded'][0]!r}); "
                          "an engine's integers never fold one")
-    input_name = folded.inputs[0].name
-    mac_nodes = [n for n in folded.nodes if n.op in LINEAR_OPS]
-    if not mac_nodes:
-        raise HwsimError("model has no conv2d/linear layer to quantize")
-    first, last = mac_nodes[0].name, mac_nodes[-1].name
-    producer = {n.outputs[0]: n for n in folded.nodes}
-
-    def grid_source(t: str) -> str:
-        while t in producer and producer[t].op in SHARES_INPUT_GRID and t not in given.grids:
-            t = producer[t].inputs[0]
-        return t
-
-    # first/last-layer activation bits, as compile.quantize_folded applies them
-    last_node = next(n for n in folded.nodes if n.name == last)
-    last_grids = {grid_source(last_node.inputs[0]), grid_source(last_node.outputs[0])}
-    last_grids |= {grid_source(o) for o in folded.outputs}
-
-    def act_bits(t: str, prof) -> int:
-        bits = prof.activations.bits
-        if t == input_name and profile.first_layer.bits:
-            bits = profile.first_layer.bits
-        if t in last_grids and profile.last_layer.bits:
-            bits = profile.last_layer.bits
-        return bits
+    plan = layer_plan(folded, profile, own_grids=frozenset(given.grids))
+    input_name, mac_nodes, first, last = plan.input_name, plan.mac_nodes, plan.first, plan.last
+    grid_source, act_bits = plan.grid_source, plan.act_bits
 
     def own_grid(t: str, prof):
         gd = given.grids.get(t)
