@@ -1,0 +1,135 @@
+"""PyTorch int8 models (torch.ao FX convert_fx, x86 qconfig mapping) imported with their own numbers
+(frontends.pytorch.importers, hwsim.given) and run by hwsim under int8-pytorch: every output integer identical to
+torch's quantized model (one thread). The input quantizer is torch.quantize_per_tensor's FMA form, checked on its
+own against the neighbouring forms; an op outside the supported set is one line naming the fx node."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")  # tests.importers.test_given_network (the bundled models as torch modules)
+
+from torch.ao.quantization import get_default_qconfig_mapping  # noqa: E402
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # noqa: E402
+
+from frontends.pytorch.importers import import_torch_int8  # noqa: E402
+from hwsim.compile import Float32DivisionGrid, Grid, TorchQuantizeGrid, compile_model  # noqa: E402
+from hwsim.errors import HwsimError  # noqa: E402
+from hwsim.execute import run_integer  # noqa: E402
+from hwsim.given import given_of  # noqa: E402
+from hwsim.graph import load_model, save_model  # noqa: E402
+from hwsim.profile import load_profile  # noqa: E402
+from tests.importers.test_given_network import _bundled_torch, _images, _resnet  # noqa: E402
+
+pytestmark = pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines,
+                                reason="PyTorch built without fbgemm")
+warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old, threads = torch.backends.quantized.engine, torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.backends.quantized.engine = old
+    torch.set_num_threads(threads)
+
+
+def fx_int8(m, shape, calib, engine):
+    """``m`` quantized by torch.ao FX (x86 qconfig mapping) with ``engine`` as the quantized backend."""
+    torch.backends.quantized.engine = engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = prepare_fx(copy.deepcopy(m).eval(), get_default_qconfig_mapping("x86"), (torch.zeros(1, *shape),))
+        with torch.no_grad():
+            p(torch.from_numpy(calib))
+        return convert_fx(p)
+
+
+def torch_integers(q, x):
+    """The integers of the converted model's output (the input of its final dequantize)."""
+    gm = copy.deepcopy(q)
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    dq = out.args[0]
+    assert dq.op == "call_method" and dq.target == "dequantize"
+    out.args = (dq.args[0],)
+    gm.graph.erase_node(dq)
+    gm.recompile()
+    with torch.no_grad():
+        return gm(torch.from_numpy(x)).int_repr().numpy().astype(np.int64)
+
+
+def hwsim_integers(g, x, profile="int8-pytorch"):
+    qg = compile_model(g, load_profile(profile), None)
+    env = run_integer(qg, x)
+    return env[qg.output_name].astype(np.int64).reshape(len(x), -1)
+
+
+def _net(name):
+    if name == "resnet8":
+        m, shape, mean, std = _resnet(None)
+        return m, shape, mean, std, lambda n, seed: _images("resnet8", n, seed)
+    m, spec = _bundled_torch(name)
+    return m, spec.shape, spec.mean, spec.std, lambda n, seed: _images(name, n, seed)
+
+
+@pytest.mark.parametrize("net", ["smallcnn_baseline", "resnet8"])
+def test_fx_network_identical(net, tmp_path):
+    """fbgemm as the quantized engine (conv and linear through fbgemm): hwsim's output integers == torch's on 64
+    inputs (real test images for the bundled SmallCNN), after a .hwsim round trip."""
+    m, shape, mean, std, images = _net(net)
+    q = fx_int8(m, shape, images(32, 9), "fbgemm")
+    g = import_torch_int8(q, shape, mean, std)
+    assert given_of(g).profile == g.metadata["default_profile"] == "int8-pytorch"
+    save_model(g, tmp_path / "m.hwsim")
+    g = load_model(tmp_path / "m.hwsim")
+    x = images(64, 0)
+    yt = torch_integers(q, x)
+    yh = hwsim_integers(g, x)
+    assert yt.shape == yh.shape and np.unique(yt).size > 10  # informative logits, not one saturated value
+    assert np.array_equal(yh, yt)
+    # the float32 bias is the given one: a profile with an int32 bias cannot hold it (one line)
+    with pytest.raises(HwsimError, match=r"bias.form = 'int32' cannot hold layer .* given float32 bias"):
+        compile_model(g, load_profile("int8-fbgemm"), None)
+
+
+def test_quantize_per_tensor_form():
+    """torch.quantize_per_tensor == TorchQuantizeGrid (one rounding of fma(x, fl32(1/s), z)) on values next to
+    rounding ties, every length from a vector body to a scalar tail; the float64 and float32 divisions and
+    multiply-then-add disagree."""
+    rng = np.random.default_rng(0)
+    bad = {"torch": 0, "float64": 0, "float32": 0}
+    for n in (1, 7, 8, 33, 785):
+        for _ in range(40):
+            s, z = float(np.float32(rng.uniform(1e-3, 0.05))), int(rng.integers(0, 128))
+            k = rng.integers(-z, 255 - z, n)
+            x = ((k + 0.5) * s).astype(np.float32)
+            x = np.where(rng.random(n) < 0.5, np.nextafter(x, -np.inf), np.nextafter(x, np.inf)).astype(np.float32)
+            t = torch.quantize_per_tensor(torch.from_numpy(x), s, z, torch.quint8).int_repr().numpy()
+            for name, cls in (("torch", TorchQuantizeGrid), ("float64", Grid), ("float32", Float32DivisionGrid)):
+                bad[name] += int((cls(s, z, 0, 255, 8, False).quantize(x) != t).sum())
+    assert bad["torch"] == 0 and bad["float64"] > 0 and bad["float32"] > 0, bad
+
+
+def test_unsupported_op_one_line():
+    """A quantized op the importer does not read: one line naming the fx node."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.act = torch.nn.Hardswish()
+
+        def forward(self, x):
+            return self.act(self.conv(x))
+
+    q = fx_int8(Net(), (1, 8, 8), np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32), "fbgemm")
+    with pytest.raises(HwsimError) as e:
+        import_torch_int8(q, (1, 8, 8))
+    msg = str(e.value)
+    assert "\n" not in msg and "fx node 'act'" in msg and "Hardswish" in msg
+    with pytest.raises(HwsimError, match="not a torch.fx GraphModule"):
+        import_torch_int8(Net(), (1, 8, 8))
