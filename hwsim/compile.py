@@ -743,14 +743,21 @@ def finish_linear(lay: QLayer, grids: dict[str, Grid], reach: dict[str, tuple[in
         return
     gx = grids[lay.inputs[0]]
     gy = grids[lay.output]
-    if prof.bias.form == "float32":
+    if prof.bias.form in ("float32", "onednn"):
         # PyTorch fbgemm: no integer bias in the accumulator; fl32(b / fl32(s_x*s_w)) joins fl32(acc)
-        # before the multiply (ops.make_requant_params(bias=...))
+        # before the multiply (ops.make_requant_params(bias=...)); oneDNN (PyTorch's x86 engine convolution):
+        # the accumulator dequantized first, then the float bias (ops.make_onednn_requant_params)
         if prof.requant.mode != "float32":
-            raise HwsimError(f"layer '{lay.name}': bias.form = 'float32' needs requant.mode = 'float32', "
+            raise HwsimError(f"layer '{lay.name}': bias.form = {prof.bias.form!r} needs requant.mode = 'float32', "
                              f"not {prof.requant.mode!r}")
+        if prof.bias.form == "onednn" and (prof.requant.zero_point != "before" or prof.requant.rounding != "half_even"):
+            raise HwsimError(f"layer '{lay.name}': bias.form = 'onednn' needs requant.zero_point = 'before' and "
+                             f"requant.rounding = 'half_even' (oneDNN's arithmetic), not {prof.requant.zero_point!r} / "
+                             f"{prof.requant.rounding!r}")
         lay.bias_q = np.zeros(cout, np.int64)
-        lay.requant_params = ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant, bias=b)
+        lay.requant_params = (ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant, bias=b)
+                              if prof.bias.form == "float32" else
+                              ops.make_onednn_requant_params(gx.scale, eff_scale, gy.scale, bias=b))
     else:
         s_bias = gx.scale * eff_scale
         bq = (fp.round_float(np.asarray(b, np.float64) / s_bias, prof.bias.rounding) if bias_q is None

@@ -51,8 +51,7 @@ RANGES = ("auto", "calibrate", "given")
 INT_TYPES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
 # the profile each engine's integers are reproduced by (its default for a model it quantized), by the
 # signedness of the model's activation grids
-ENGINE_PROFILES = {("onnxruntime", False): "int8-onnxruntime", ("onnxruntime", True): "int8-onnxruntime-s8",
-                   ("pytorch", False): "int8-pytorch"}
+ENGINE_PROFILES = {("onnxruntime", False): "int8-onnxruntime", ("onnxruntime", True): "int8-onnxruntime-s8"}
 
 
 @dataclass
@@ -391,10 +390,10 @@ def _given_mac(lay, n, folded, given: Given, prof, profile, position, grids, rea
     _check_weights(n.name, ld, w, prof.weights, qmin, qmax, bits, pname)
     b = given.arrays.get(f"{n.name}.bias")
     float_bias = b is not None and np.asarray(b).dtype == np.float32  # PyTorch's: bias() stays a float
-    form = "float32" if float_bias else "int32"
-    if prof.bias.form != form:
+    forms = ("float32", "onednn") if float_bias else ("int32",)
+    if prof.bias.form not in forms:
         raise HwsimError(f"profile {pname!r}: bias.form = {prof.bias.form!r} cannot hold layer {n.name!r}'s given "
-                         f"{'float32' if float_bias else 'int32'} bias (allowed here: {form!r})")
+                         f"{'float32' if float_bias else 'int32'} bias (allowed here: {' or '.join(map(repr, forms))})")
     scale = np.broadcast_to(np.asarray(ld["w_scale"], np.float64), (cout,)).copy()
     zp = np.broadcast_to(np.asarray(ld["w_zero_point"], np.int64), (cout,)).copy()
     bias_q = np.zeros(cout, np.int64) if b is None or float_bias else np.asarray(b, np.int64)

@@ -156,7 +156,7 @@ SCHEMA: dict[str, _Key] = {
     "requant.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of stochastic rounding"),
     "bias.bits": _Key("int", lo=8, hi=64, doc="bias width (quantized at s_x*s_w)"),
     "bias.rounding": _Key("choice", ROUNDING_MODES[:-1], doc="rounding of the bias to integers"),
-    "bias.form": _Key("choice", ("int32", "float32"), doc="int32: integer bias loaded into the accumulator first; float32: PyTorch fbgemm's float bias, fl32(b / fl32(s_x*s_w)) added to fl32(acc) before the multiply (requant.mode float32)"),
+    "bias.form": _Key("choice", ("int32", "float32", "onednn"), doc="int32: integer bias loaded into the accumulator first; float32: PyTorch fbgemm's float bias, fl32(b / fl32(s_x*s_w)) added to fl32(acc) before the multiply (requant.mode float32); onednn: PyTorch's x86-engine convolution through oneDNN, fl32(fl32(acc) * fl32(s_x*s_w)) + b, times fl32(1/s_y), z_y added before rounding (requant.mode float32, requant.zero_point before; ops.make_onednn_requant_params)"),
     "first_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, none_word="profile",
                              doc='weights + input bits of the first layer ("profile" = the profile\'s weights/activations bits; "unbounded" is the old spelling)'),
     "last_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, none_word="profile",

@@ -6,7 +6,8 @@ reference-free converted model: ``torch.quantize_per_tensor`` of the input, quan
 ``scale`` / ``zero_point`` and packed weights, ``torch.ops.quantized.add`` / ``add_relu``, max /
 adaptive-average pools, flatten, ``dequantize``) into an hwsim Graph: the dequantized float model
 (weights ``(w_q - z_w) * s_w``), with the given quantization (:class:`hwsim.given.Given`) in
-``metadata["given"]`` and ``int8-pytorch`` as ``metadata["default_profile"]``.
+``metadata["given"]`` and the profile of the quantized engine that packed it as ``metadata["default_profile"]``
+(``int8-pytorch``: fbgemm; ``int8-pytorch-onednn``: the x86 engine on a VNNI CPU, convolutions through oneDNN).
 
 The bias stays a float: PyTorch's quantized conv / linear keep ``bias()`` in float32 and add
 ``fl32(b / fl32(s_x * s_w))`` to the float32 accumulator before the multiply (fbgemm
@@ -27,7 +28,26 @@ from hwsim.errors import HwsimError
 
 ENGINE = "pytorch"
 SOURCE_FX = "torch.ao.fx"
-PROFILE = "int8-pytorch"
+# the profile that reproduces a converted model's integers, by the quantized engine that packed its weights:
+# fbgemm (conv and linear) or x86 on a VNNI CPU (conv through oneDNN, linear through fbgemm)
+ENGINE_PROFILES = {"fbgemm": "int8-pytorch", "x86": "int8-pytorch-onednn", "x86-novnni": "int8-pytorch"}
+
+
+def engine_profile(engine: str | None = None) -> str:
+    """The default profile for models packed by ``engine`` (default: torch.backends.quantized.engine now): PyTorch's
+    x86 engine sends convolutions to oneDNN when the CPU has AVX512-VNNI (aten/src/ATen/native/quantized/cpu/
+    OnednnUtils.h, should_use_onednn_quant), else to fbgemm; one-line error for other engines."""
+    engine = engine or torch.backends.quantized.engine
+    if engine == "x86":
+        try:
+            with open("/proc/cpuinfo") as fh:
+                flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+        except OSError:
+            flags = []
+        engine = "x86" if "avx512_vnni" in flags else "x86-novnni"
+    if engine not in ENGINE_PROFILES:
+        raise HwsimError(f"torch int8 import: quantized engine {engine!r} (hwsim reproduces fbgemm and x86)")
+    return ENGINE_PROFILES[engine]
 
 _DTYPES = {torch.quint8: "uint8", torch.qint8: "int8"}
 
@@ -191,18 +211,24 @@ class _FxImporter:
         if "input" not in self.grids:
             raise HwsimError(f"{self.where}: no torch.quantize_per_tensor of the input (not a converted int8 model)")
         g = self.b.build(outputs=outputs, metadata={})
-        g.metadata.update({"quantized": SOURCE_FX, "default_profile": PROFILE,
-                           "given": Given(ENGINE, SOURCE_FX, PROFILE, self.grids, self.layers, self.arrays)})
+        g.metadata.update({"quantized": SOURCE_FX, "torch_engine": self.engine, "default_profile": self.profile,
+                           "given": Given(ENGINE, SOURCE_FX, self.profile, self.grids, self.layers, self.arrays)})
         validate(g, where=f"{self.where} (imported)")
         return g
 
 
-def import_torch_int8(gm: fx.GraphModule, input_shape, mean=None, std=None, where: str = "torch int8 model"):
+def import_torch_int8(gm: fx.GraphModule, input_shape, mean=None, std=None, engine: str | None = None,
+                      where: str = "torch int8 model"):
     """The hwsim Graph of a torch.ao FX-converted int8 GraphModule (module docstring): the dequantized float graph
     with its given quantization in ``metadata["given"]``; ``input_shape`` (C, H, W), ``mean`` / ``std`` the
-    normalisation the model's input gets (pixels in [0, 1], then ``(x - mean) / std``)."""
+    normalisation the model's input gets (pixels in [0, 1], then ``(x - mean) / std``); ``engine`` the quantized
+    engine its weights were packed with (default: torch.backends.quantized.engine), which picks the default
+    profile (:func:`engine_profile`)."""
     from hwsim.importers import parse_shape
 
     if not isinstance(gm, fx.GraphModule):
         raise HwsimError(f"{where}: a {type(gm).__name__}, not a torch.fx GraphModule (convert_fx's output)")
-    return _FxImporter(gm, parse_shape(input_shape), mean, std, where).run()
+    imp = _FxImporter(gm, parse_shape(input_shape), mean, std, where)
+    imp.engine = engine or torch.backends.quantized.engine
+    imp.profile = engine_profile(imp.engine)
+    return imp.run()

@@ -23,6 +23,7 @@ from hwsim.execute import run_integer  # noqa: E402
 from hwsim.given import given_of  # noqa: E402
 from hwsim.graph import load_model, save_model  # noqa: E402
 from hwsim.profile import load_profile  # noqa: E402
+from tests.engines import cpu_flags  # noqa: E402
 from tests.importers.test_given_network import _bundled_torch, _images, _resnet  # noqa: E402
 
 pytestmark = pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines,
@@ -63,10 +64,26 @@ def torch_integers(q, x):
         return gm(torch.from_numpy(x)).int_repr().numpy().astype(np.int64)
 
 
-def hwsim_integers(g, x, profile="int8-pytorch"):
+def every_tensor(q, g, x, profile):
+    """{fx node: (torch's integers, hwsim's)} for every quantized tensor of the converted model on ``x``."""
+    class Rec(torch.fx.Interpreter):
+        def run_node(self, n):
+            r = super().run_node(n)
+            if isinstance(r, torch.Tensor) and r.is_quantized:
+                seen[n.name] = r.int_repr().numpy().astype(np.int64)
+            return r
+
+    seen = {}
+    with torch.no_grad():
+        Rec(q).run(torch.from_numpy(x))
     qg = compile_model(g, load_profile(profile), None)
     env = run_integer(qg, x)
-    return env[qg.output_name].astype(np.int64).reshape(len(x), -1)
+    out = {}
+    for name, t in seen.items():
+        h = env.get(f"{name}::relu", env.get("input" if name == "quantize_per_tensor" else name))
+        if h is not None:
+            out[name] = (t, h.astype(np.int64).reshape(t.shape))
+    return out
 
 
 def _net(name):
@@ -77,24 +94,84 @@ def _net(name):
     return m, spec.shape, spec.mean, spec.std, lambda n, seed: _images(name, n, seed)
 
 
+VNNI = "avx512_vnni" in cpu_flags()
+ENGINES = [("fbgemm", "int8-pytorch", "int8-pytorch-onednn"),
+           pytest.param("x86", "int8-pytorch-onednn", "int8-pytorch",
+                        marks=pytest.mark.skipif(not VNNI, reason="x86 engine convolutions go to oneDNN on VNNI CPUs"))]
+
+
+@pytest.fixture(scope="module")
+def converted():
+    cache = {}
+
+    def get(net, engine):
+        if (net, engine) not in cache:
+            m, shape, mean, std, images = _net(net)
+            cache[(net, engine)] = (fx_int8(m, shape, images(32, 9), engine), shape, mean, std, images)
+        torch.backends.quantized.engine = engine
+        return cache[(net, engine)]
+
+    return get
+
+
+@pytest.mark.parametrize("engine,profile,other", ENGINES)
 @pytest.mark.parametrize("net", ["smallcnn_baseline", "resnet8"])
-def test_fx_network_identical(net, tmp_path):
-    """fbgemm as the quantized engine (conv and linear through fbgemm): hwsim's output integers == torch's on 64
-    inputs (real test images for the bundled SmallCNN), after a .hwsim round trip."""
-    m, shape, mean, std, images = _net(net)
-    q = fx_int8(m, shape, images(32, 9), "fbgemm")
+def test_fx_network_identical(net, engine, profile, other, converted, tmp_path):
+    """The converted model's output integers == hwsim's under the engine's profile on 64 inputs (real test images
+    for the bundled SmallCNN), after a .hwsim round trip; every intermediate tensor too."""
+    q, shape, mean, std, images = converted(net, engine)
     g = import_torch_int8(q, shape, mean, std)
-    assert given_of(g).profile == g.metadata["default_profile"] == "int8-pytorch"
+    assert given_of(g).profile == g.metadata["default_profile"] == profile
+    assert g.metadata["torch_engine"] == engine
     save_model(g, tmp_path / "m.hwsim")
     g = load_model(tmp_path / "m.hwsim")
     x = images(64, 0)
     yt = torch_integers(q, x)
-    yh = hwsim_integers(g, x)
-    assert yt.shape == yh.shape and np.unique(yt).size > 10  # informative logits, not one saturated value
+    qg = compile_model(g, load_profile(profile), None)
+    yh = run_integer(qg, x)[qg.output_name].astype(np.int64).reshape(yt.shape)
+    assert np.unique(yt).size > 10  # informative logits, not one saturated value
     assert np.array_equal(yh, yt)
-    # the float32 bias is the given one: a profile with an int32 bias cannot hold it (one line)
+    tensors = every_tensor(q, g, x, profile)
+    assert len(tensors) >= 8
+    for name, (t, h) in tensors.items():
+        assert np.array_equal(t, h), name
+    # a float32 bias is what the model gives: a profile with an int32 bias cannot hold it (one line)
     with pytest.raises(HwsimError, match=r"bias.form = 'int32' cannot hold layer .* given float32 bias"):
         compile_model(g, load_profile("int8-fbgemm"), None)
+
+
+@pytest.mark.parametrize("engine,profile,other", ENGINES)
+def test_other_engine_profile_disagrees(engine, profile, other, converted):
+    """The neighbouring profile (fbgemm's requant for oneDNN's convolutions, or the reverse) is another function:
+    ResNet-8's intermediate tensors differ somewhere on 16 inputs."""
+    q, shape, mean, std, images = converted("resnet8", engine)
+    g = import_torch_int8(q, shape, mean, std)
+    x = images(16, 1)
+    diff = sum(int((t != h).sum()) for t, h in every_tensor(q, g, x, other).values())
+    assert diff > 0
+    assert all(np.array_equal(t, h) for t, h in every_tensor(q, g, x, profile).values())
+
+
+def test_onednn_requant_fast_equals_reference():
+    """ops.make_onednn_requant_params: the numba kernel, the numpy path (stochastic-free) and reference.py agree,
+    and the arithmetic is the documented chain."""
+    from hwsim import ops, reference
+
+    rng = np.random.default_rng(3)
+    acc = rng.integers(-40000, 40000, (2, 5, 7))
+    sw = rng.uniform(1e-4, 1e-2, 5)
+    b = rng.normal(0, 0.3, 5).astype(np.float32)
+    p = ops.make_onednn_requant_params(0.0123, sw, 0.0371, bias=b)
+    cfg = ops.Requant(zero_point="before")
+    y_fast, _ = ops.requantize(acc, p, cfg, 60, 0, 255)
+    y_ref, _ = reference.requantize(acc, p, cfg, 60, 0, 255)
+    f32 = np.float32
+    one = f32(1)
+    s = (one / (one / f32(0.0123)) * sw.astype(f32)).astype(f32).reshape(1, -1, 1)
+    d = one / (one / (one / f32(0.0371)))
+    v = ((((acc.astype(f32) * s).astype(f32) + b.reshape(1, -1, 1)).astype(f32) * d).astype(f32) + f32(60)).astype(f32)
+    assert np.array_equal(y_fast, y_ref)
+    assert np.array_equal(y_fast, np.clip(np.rint(v).astype(np.int64), 0, 255))
 
 
 def test_quantize_per_tensor_form():
