@@ -210,3 +210,15 @@ def test_unsupported_op_one_line():
     assert "\n" not in msg and "fx node 'act'" in msg and "Hardswish" in msg
     with pytest.raises(HwsimError, match="not a torch.fx GraphModule"):
         import_torch_int8(Net(), (1, 8, 8))
+
+
+def test_torch_export_graph_one_line():
+    """A torch.export (pt2e-style) module given to the float export: one line, not torch's NotImplementedError from
+    eval() (issue 17)."""
+    from frontends.pytorch.export import to_graph
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU()).eval()
+    gm = torch.export.export(m, (torch.zeros(1, 1, 6, 6),)).module()
+    with pytest.raises(HwsimError) as e:
+        to_graph(gm, (1, 6, 6))
+    assert "\n" not in str(e.value) and "torch.export" in str(e.value)
