@@ -178,6 +178,9 @@ class _FxImporter:
             x = self.t(node, a[0])
             return self.keep(node, self.b.flatten(node.name, x), x)
         if node.op == "call_method" and f == "dequantize":
+            if any(u.op != "output" for u in node.users):
+                self.fail(node, "dequantizes in the middle of the graph (a float section: hwsim runs integers "
+                                "from the input's quantize_per_tensor to the output's dequantize)")
             return self.t(node, a[0])
         if f in (torch.relu, torch.nn.functional.relu) or (node.op == "call_method" and f == "relu"):
             x = self.t(node, a[0])

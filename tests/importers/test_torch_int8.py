@@ -222,3 +222,50 @@ def test_torch_export_graph_one_line():
     with pytest.raises(HwsimError) as e:
         to_graph(gm, (1, 6, 6))
     assert "\n" not in str(e.value) and "torch.export" in str(e.value)
+
+
+def test_per_tensor_weights_and_linear_relu():
+    """Per-tensor weights (torch.ao's default_qconfig), a LinearReLU and a flatten method: identical integers on
+    both engines' profiles (fbgemm packs them here)."""
+    from torch.ao.quantization import QConfigMapping, default_qconfig
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 6, 3, stride=2, padding=1)
+            self.fc1 = torch.nn.Linear(6 * 4 * 4, 12)
+            self.relu = torch.nn.ReLU()
+            self.fc2 = torch.nn.Linear(12, 5)
+
+        def forward(self, x):
+            return self.fc2(self.relu(self.fc1(torch.flatten(self.conv(x), 1))))
+
+    torch.manual_seed(1)
+    rng = np.random.default_rng(2)
+    torch.backends.quantized.engine = "fbgemm"
+    m = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = prepare_fx(m, QConfigMapping().set_global(default_qconfig), (torch.zeros(1, 2, 8, 8),))
+        with torch.no_grad():
+            p(torch.from_numpy(rng.random((32, 2, 8, 8), dtype=np.float32)))
+        q = convert_fx(p)
+    mods = {type(mod).__name__ for mod in q.modules()}
+    assert {"LinearReLU", "Conv2d", "Linear"} <= mods
+    g = import_torch_int8(q, (2, 8, 8))
+    assert all(len(ld["w_scale"]) == 1 for ld in given_of(g).layers.values())
+    x = rng.random((64, 2, 8, 8), dtype=np.float32)
+    tensors = every_tensor(q, g, x, "int8-pytorch")
+    assert len(tensors) >= 4
+    for name, (t, h) in tensors.items():
+        assert np.array_equal(t, h), name
+    # the flatten method is not quantization-aware under default_qconfig: a float section in the middle, refused
+    Net.forward = lambda self, x: self.fc2(self.relu(self.fc1(self.conv(x).flatten(1))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = prepare_fx(Net().eval(), QConfigMapping().set_global(default_qconfig), (torch.zeros(1, 2, 8, 8),))
+        p(torch.from_numpy(rng.random((8, 2, 8, 8), dtype=np.float32)))
+        q = convert_fx(p)
+    with pytest.raises(HwsimError) as e:
+        import_torch_int8(q, (2, 8, 8))
+    assert "\n" not in str(e.value) and "dequantizes in the middle of the graph" in str(e.value)
