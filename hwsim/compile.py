@@ -73,10 +73,46 @@ class Float32DivisionGrid(Grid):
         return np.clip(q, self.qmin, self.qmax)
 
 
+class TorchQuantizeGrid(Grid):
+    """A grid whose quantizer is PyTorch's ``torch.quantize_per_tensor`` on x86 CPUs:
+    saturate(round_half_even(fl32(fma(x, fl32(1 / scale), zero_point)))), one rounding of x * inv_scale + z
+    (ATen's vectorized quantize: ``_mm256_fmadd_ps`` of the input, the float32 reciprocal of the scale and the
+    zero point, then a round-to-nearest-even conversion; measured bit for bit against torch 2.13 on every
+    tensor length, vector body and scalar tail alike, tests/importers/test_torch_int8.py). Profile key
+    ``activations.input_division = "torch"``."""
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        inv = np.float32(1.0) / np.float32(self.scale)
+        q = np.rint(fma_f32(x, inv, np.float32(self.zero_point))).astype(np.int64)
+        return np.clip(q, self.qmin, self.qmax)
+
+
+def fma_f32(a: np.ndarray, b: np.float32, c: np.float32) -> np.ndarray:
+    """float32 fma(a, b, c) = fl32(a * b + c) with one rounding (IEEE 754 fusedMultiplyAdd), exactly: a * b of two
+    float32 values is exact in float64; the float64 sum s = p + c carries a TwoSum error e, and fl32(s) is the
+    correctly rounded result except where s lies exactly halfway between two float32 values and e != 0 (double
+    rounding): there the neighbour on e's side is."""
+    p = np.asarray(a, np.float32).astype(np.float64) * np.float64(b)
+    c64 = np.float64(c)
+    s = p + c64
+    bb = s - p
+    e = (p - (s - bb)) + (c64 - bb)
+    r = s.astype(np.float32)
+    r64 = r.astype(np.float64)
+    other = np.nextafter(r, np.where(s > r64, np.float32(np.inf), np.float32(-np.inf)).astype(np.float32))
+    tie = (s != r64) & ((r64 + other.astype(np.float64)) * 0.5 == s) & (e != 0)
+    toward = np.where(e > 0, np.maximum(r, other), np.minimum(r, other))
+    return np.where(tie, toward, r).astype(np.float32)
+
+
 def input_grid(grid: Grid, fmt: TensorFormat) -> Grid:
     """The input's grid with the quantizer ``fmt.input_division`` names (float64: x / scale in float64)."""
-    if getattr(fmt, "input_division", "float64") == "float32":
+    div = getattr(fmt, "input_division", "float64")
+    if div == "float32":
         return Float32DivisionGrid(**dataclasses.asdict(grid))
+    if div == "torch":
+        return TorchQuantizeGrid(**dataclasses.asdict(grid))
     return grid
 
 
@@ -731,14 +767,21 @@ def finish_linear(lay: QLayer, grids: dict[str, Grid], reach: dict[str, tuple[in
         return
     gx = grids[lay.inputs[0]]
     gy = grids[lay.output]
-    if prof.bias.form == "float32":
+    if prof.bias.form in ("float32", "onednn"):
         # PyTorch fbgemm: no integer bias in the accumulator; fl32(b / fl32(s_x*s_w)) joins fl32(acc)
-        # before the multiply (ops.make_requant_params(bias=...))
+        # before the multiply (ops.make_requant_params(bias=...)); oneDNN (PyTorch's x86 engine convolution):
+        # the accumulator dequantized first, then the float bias (ops.make_onednn_requant_params)
         if prof.requant.mode != "float32":
-            raise HwsimError(f"layer '{lay.name}': bias.form = 'float32' needs requant.mode = 'float32', "
+            raise HwsimError(f"layer '{lay.name}': bias.form = {prof.bias.form!r} needs requant.mode = 'float32', "
                              f"not {prof.requant.mode!r}")
+        if prof.bias.form == "onednn" and (prof.requant.zero_point != "before" or prof.requant.rounding != "half_even"):
+            raise HwsimError(f"layer '{lay.name}': bias.form = 'onednn' needs requant.zero_point = 'before' and "
+                             f"requant.rounding = 'half_even' (oneDNN's arithmetic), not {prof.requant.zero_point!r} / "
+                             f"{prof.requant.rounding!r}")
         lay.bias_q = np.zeros(cout, np.int64)
-        lay.requant_params = ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant, bias=b)
+        lay.requant_params = (ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant, bias=b)
+                              if prof.bias.form == "float32" else
+                              ops.make_onednn_requant_params(gx.scale, eff_scale, gy.scale, bias=b))
     else:
         s_bias = gx.scale * eff_scale
         bq = (fp.round_float(np.asarray(b, np.float64) / s_bias, prof.bias.rounding) if bias_q is None

@@ -161,8 +161,10 @@ def from_members(doc, arrays: dict[str, np.ndarray], graph, where: str) -> Given
             fail(f"layers[{name!r}]: w_scale / w_zero_point must be lists of 1 or {shape[0]} positive finite "
                  f"float32 values / integers in [{lo}, {hi}]")
         b = arrays.get(f"{name}.bias")
-        if b is not None and (b.dtype != np.int32 or b.shape != (shape[0],)):
-            fail(f"layers[{name!r}]: '{name}.bias' must be int32 of shape [{shape[0]}]")
+        if b is not None and (b.dtype not in (np.int32, np.float32) or b.shape != (shape[0],)
+                              or not np.all(np.isfinite(b))):
+            fail(f"layers[{name!r}]: '{name}.bias' must be int32 (an int32 bias) or finite float32 (PyTorch's "
+                 f"float bias) of shape [{shape[0]}]")
     extra = sorted(k for k in arrays if k.rsplit(".", 1)[0] not in layers)
     if extra:
         raise HwsimError(f"{where}: {GIVEN_NPZ}: array {extra[0]!r} belongs to no given layer")
@@ -365,23 +367,25 @@ def _given_mac(lay, n, folded, given: Given, prof, profile, position, grids, rea
         bits = profile.last_layer.bits
     qmin, qmax = int_grid(prof.weights, bits)
     _check_weights(n.name, ld, w, prof.weights, qmin, qmax, bits, pname)
-    if prof.bias.form != "int32":
-        raise HwsimError(f"profile {pname!r}: bias.form = {prof.bias.form!r} (a float bias) cannot hold layer "
-                         f"{n.name!r}'s given int32 bias (allowed here: 'int32')")
+    b = given.arrays.get(f"{n.name}.bias")
+    float_bias = b is not None and np.asarray(b).dtype == np.float32  # PyTorch's: bias() stays a float
+    forms = ("float32", "onednn") if float_bias else ("int32",)
+    if prof.bias.form not in forms:
+        raise HwsimError(f"profile {pname!r}: bias.form = {prof.bias.form!r} cannot hold layer {n.name!r}'s given "
+                         f"{'float32' if float_bias else 'int32'} bias (allowed here: {' or '.join(map(repr, forms))})")
     scale = np.broadcast_to(np.asarray(ld["w_scale"], np.float64), (cout,)).copy()
     zp = np.broadcast_to(np.asarray(ld["w_zero_point"], np.int64), (cout,)).copy()
-    b = given.arrays.get(f"{n.name}.bias")
-    bias_q = np.zeros(cout, np.int64) if b is None else np.asarray(b, np.int64)
+    bias_q = np.zeros(cout, np.int64) if b is None or float_bias else np.asarray(b, np.int64)
     lay.w_q = w
     lay.w_qmin, lay.w_qmax = qmin, qmax
     lay.w_zero_point = zp if zp.any() else 0
     lay.w_scale = scale
     # the float bias the given integers stand for (weight-only and fake-quant views): b_q * fl32(s_x * s_w)
     s_b = (np.float32(grids[lay.inputs[0]].scale) * scale.astype(np.float32)).astype(np.float64)
-    lay.b_float = (bias_q * s_b).astype(np.float32)
+    lay.b_float = np.asarray(b, np.float32).copy() if float_bias else (bias_q * s_b).astype(np.float32)
     lay.accumulator = _accumulator(prof)
     lay.requant = _requant(prof)
     try:
-        finish_linear(lay, grids, reach, False, bias_q=bias_q)
+        finish_linear(lay, grids, reach, False, bias_q=None if float_bias else bias_q)
     except HwsimError as e:
         raise HwsimError(f"profile {pname!r}: layer {n.name!r} with its given scales: {e}") from None

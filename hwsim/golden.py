@@ -125,6 +125,8 @@ def write_golden(qg: QuantizedGraph, x_norm: np.ndarray, out_dir: str | os.PathL
                     rq["shift"] = _write_int(tmp, f"{base}/requant_shift", p.shift)
                 if p.bias_term is not None:
                     rq["bias_term_f32"] = _write_f32(tmp, f"{base}/requant_bias_term", p.bias_term)
+                if p.pre_scale is not None:  # bias.form = "onednn": f32(acc) * pre_scale[c] before the bias
+                    rq["pre_scale_f32"] = _write_f32(tmp, f"{base}/requant_pre_scale", p.pre_scale)
                 d["requant_params"] = rq
             d["stochastic_seed"] = int(lay.rounding_seed)
             layers.append(d)

@@ -448,7 +448,7 @@ def load_model(path: str | os.PathLike) -> Graph:
     try:
         validate(graph, where=str(p))
         if has_given:  # an imported model's own quantization (hwsim.given), checked against the graph
-            arrays = safeio.read_npz(raw_given, f"{p}: {_given.GIVEN_NPZ}", kinds="iu")
+            arrays = safeio.read_npz(raw_given, f"{p}: {_given.GIVEN_NPZ}", kinds="iuf")
             graph.metadata["given"] = _given.from_members(given_doc, arrays, graph, str(p))
     except HwsimError:
         raise

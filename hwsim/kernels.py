@@ -1424,10 +1424,12 @@ _CLIP62 = float(2 ** 62)
 
 
 @njit(cache=True, inline="always")
-def _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, mode, out):
+def _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, mode, out, p, has_pre):
     """One (o, c) row of :func:`requant_float32` with a compile-time-known rounding ``mode`` branch per row."""
     for i in range(acc.shape[2]):
         fa = np.float32(acc[o, c, i])
+        if has_pre:
+            fa = np.float32(fa * p)
         if has_bias:
             fa = np.float32(fa + b)
         v = np.float32(fa * m)
@@ -1437,10 +1439,10 @@ def _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, mode, out
 
 
 @njit(parallel=True, cache=True)
-def requant_float32(acc, mult, bias_term, has_bias, z_before, z_y, mode, out):
+def requant_float32(acc, mult, bias_term, has_bias, z_before, z_y, mode, out, pre, has_pre):
     """float32 requantization of acc[o, c, i] (int64) with per-channel float32 M[c] into out (int64).
 
-    fa = f32(acc); fa = f32(fa + b[c]) if has_bias; v = f32(fa * M[c]); v = f32(v + f32(z_y)) if
+    fa = f32(acc); fa = f32(fa * pre[c]) if has_pre (oneDNN's dequantization); fa = f32(fa + b[c]) if has_bias; v = f32(fa * M[c]); v = f32(v + f32(z_y)) if
     z_before; r = round(v) in ``mode`` (exact in float64, |v| clipped to 2^62); + z_y when not
     z_before. Semantics: ops._requantize_fast / fixedpoint.round_float (the callers pass no
     stochastic mode). No clamping here: the caller clamps and counts.
@@ -1453,16 +1455,17 @@ def requant_float32(acc, mult, bias_term, has_bias, z_before, z_y, mode, out):
         c = t - o * C
         m = mult[c]
         b = bias_term[c]
+        p = pre[c]
         if mode == 0:  # one loop per mode: the rounding branch leaves the inner loop
-            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 0, out)
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 0, out, p, has_pre)
         elif mode == 1:
-            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 1, out)
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 1, out, p, has_pre)
         elif mode == 2:
-            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 2, out)
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 2, out, p, has_pre)
         elif mode == 3:
-            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 3, out)
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 3, out, p, has_pre)
         else:
-            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 4, out)
+            _requant_f32_row(acc, o, c, m, b, has_bias, z_before, zf, z_after, 4, out, p, has_pre)
 
 
 # ----------------------------------------------------------------------------- shift (pow2) requantization

@@ -123,6 +123,10 @@ class _Exporter:
         return self.b.build(outputs=outputs, metadata=md)
 
 
+def _line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _tname(t) -> str:
     return getattr(t, "__name__", None) or str(t)
 
@@ -144,7 +148,12 @@ def to_graph(model: nn.Module, input_shape, mean=0.0, std=1.0, metadata: dict | 
     """The float hwsim Graph of ``model`` (traced with torch.fx in eval mode). QAT layers export their
     fake-quantized weights (``qat_weights="quantized"``) or the latent float weights (``"latent"``)."""
     was = model.training
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError as e:  # torch.export's unlifted module (a pt2e graph) refuses train()/eval()
+        raise HwsimError(f"export: {type(model).__name__} cannot be put in eval mode ({_line(e)}): a torch.export / "
+                         "pt2e graph is not supported; export the nn.Module itself, or quantize it with torch.ao FX "
+                         "and import it with frontends.pytorch.importers.import_torch_int8") from None
     try:
         tracer = _Tracer()
         g = tracer.trace(model)

@@ -20,7 +20,8 @@ from __future__ import annotations
 from hwsim.fixedpoint import ROUNDING_MODES, TIE_RULES  # noqa: F401  (re-exported, as before)
 from hwsim.ops.core import (  # noqa: F401
     IMPLS, OVERFLOW_POLICIES, _check_impl, Accumulator, AccStats, _int_array, _pair, _padding, _w_zero_point, _bias,
-    conv_output_size, REQUANT_MODES, ADD_FORMS, Requant, RequantParams, _scales, make_requant_params, _per_channel,
+    conv_output_size, REQUANT_MODES, ADD_FORMS, Requant, RequantParams, _scales, make_requant_params, make_onednn_requant_params,
+    _per_channel,
     _shift_left_exact, _fixed_q31_fast, _float32_requant_kernel, _requantize_fast, requantize,
 )
 from hwsim.ops.conv2d import (  # noqa: F401

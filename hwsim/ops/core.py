@@ -178,7 +178,8 @@ class Requant:
 class RequantParams:
     """Per-output-channel requantization constants (arrays of length ``channels``; 1 = per tensor).
 
-    float32: ``multiplier`` (float32 M) and optional ``bias_term`` (float32, fbgemm float bias);
+    float32: ``multiplier`` (float32 M) and optional ``bias_term`` (float32, fbgemm float bias) and
+    ``pre_scale`` (float32, oneDNN: f32(acc) * pre_scale[c] before the bias, :func:`make_onednn_requant_params`);
     fixed: ``q`` (Q31 or Q15 multiplier) and ``shift`` (real = q * 2^(shift - multiplier_bits));
     pow2: ``shift`` = n with M = 2^-n (n < 0: exact left shift). ``real`` = M in float64 (reports).
     """
@@ -189,6 +190,7 @@ class RequantParams:
     q: np.ndarray | None = None
     shift: np.ndarray | None = None
     bias_term: np.ndarray | None = None
+    pre_scale: np.ndarray | None = None
 
     @property
     def channels(self) -> int:
@@ -247,6 +249,29 @@ def make_requant_params(s_x: float, s_w, s_y: float, cfg: Requant, bias=None) ->
     ey = fp.pow2_exponent(s_y, "s_y")
     ew = np.array([fp.pow2_exponent(v, "s_w") for v in s_w], dtype=np.int64)
     return RequantParams("pow2", real, shift=(ey - ex - ew).astype(np.int64))
+
+
+def make_onednn_requant_params(s_x: float, s_w, s_y: float, bias=None) -> RequantParams:
+    """oneDNN's int8 convolution as PyTorch's x86 engine calls it (profile key ``bias.form = "onednn"``):
+    y = round_half_even(fl32(fl32(fl32(fl32(acc) * S[c]) + b[c]) * D) + z_y), z_y added in float32 before the
+    rounding (``requant.zero_point = "before"``), with S[c] = fl32(s_x' * s_w[c]) and the scales as they reach
+    oneDNN: PyTorch passes reciprocals (aten/src/ATen/native/quantized/cpu/qconv.cpp,
+    PackedConvWeightsOnednn::apply_impl: ``src_scales = 1.0/input_scale``, ``inv_output_scale = 1.0/output_scale``)
+    that ideep inverts again, s_x' = fl32(1/fl32(1/s_x)); the weight scales arrive as given; the destination
+    multiplier D = fl32(1/fl32(1/fl32(1/s_y))) (oneDNN multiplies by the inverse of its dst scale). Measured
+    against torch 2.13 (tests/importers/test_torch_int8.py); the s_y reciprocal chain is the one consistent
+    with the source, data did not separate it from fl32(1/s_y)."""
+    s_x, s_w, s_y = _scales(s_x, s_w, s_y)
+    f32 = np.float32
+    one = f32(1)
+    fx = one / (one / f32(s_x))
+    d = one / (one / (one / f32(s_y)))
+    pre = (fx * s_w.astype(f32)).astype(f32)
+    c = pre.size
+    b = np.zeros(c, f32) if bias is None else np.broadcast_to(np.asarray(bias, np.float64).reshape(-1).astype(f32), (c,))
+    real = f32(s_x).astype(np.float64) * s_w.astype(f32).astype(np.float64) / np.float64(f32(s_y))
+    return RequantParams("float32", real, multiplier=np.full(c, d, f32), bias_term=b.astype(f32).copy(),
+                         pre_scale=pre)
 
 
 def _per_channel(v: np.ndarray, ndim: int, channel_axis: int) -> np.ndarray:
@@ -311,8 +336,11 @@ def _float32_requant_kernel(acc, params: RequantParams, cfg: Requant, z_y: int, 
     bias = (np.broadcast_to(np.asarray(params.bias_term, np.float32).reshape(-1), (C,)).copy() if has_bias
             else np.zeros(C, np.float32))
     out = np.empty(a3.shape, np.int64)
+    has_pre = params.pre_scale is not None
+    pre = (np.broadcast_to(np.asarray(params.pre_scale, np.float32).reshape(-1), (C,)).copy() if has_pre
+           else np.ones(C, np.float32))
     kernels.requant_float32(a3, mult, bias, has_bias, cfg.zero_point == "before", int(z_y),
-                            kernels.ROUND_CODE[cfg.rounding], out)
+                            kernels.ROUND_CODE[cfg.rounding], out, pre, has_pre)
     return out.reshape(acc.shape)
 
 
@@ -326,6 +354,8 @@ def _requantize_fast(acc, params: RequantParams, cfg: Requant, z_y: int, channel
     if cfg.mode == "float32":
         fa = acc.astype(np.float32)
         with np.errstate(over="ignore"):
+            if params.pre_scale is not None:
+                fa = fa * _per_channel(params.pre_scale, nd, channel_axis)
             if params.bias_term is not None:
                 fa = fa + _per_channel(params.bias_term, nd, channel_axis)
             v = fa * _per_channel(params.multiplier, nd, channel_axis)

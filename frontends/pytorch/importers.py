@@ -1,0 +1,237 @@
+"""PyTorch int8 models imported with their own numbers (issue 17; DESIGN.md "Given quantization").
+
+:func:`import_torch_int8` reads a ``torch.ao.quantization.quantize_fx.convert_fx`` GraphModule (the
+reference-free converted model: ``torch.quantize_per_tensor`` of the input, quantized modules
+``nnq.Conv2d`` / ``nniq.ConvReLU2d`` / ``nnq.Linear`` / ``nniq.LinearReLU`` with their output
+``scale`` / ``zero_point`` and packed weights, ``torch.ops.quantized.add`` / ``add_relu``, max /
+adaptive-average pools, flatten, ``dequantize``) into an hwsim Graph: the dequantized float model
+(weights ``(w_q - z_w) * s_w``), with the given quantization (:class:`hwsim.given.Given`) in
+``metadata["given"]`` and the profile of the quantized engine that packed it as ``metadata["default_profile"]``
+(``int8-pytorch``: fbgemm; ``int8-pytorch-onednn``: the x86 engine on a VNNI CPU, convolutions through oneDNN).
+
+The bias stays a float: PyTorch's quantized conv / linear keep ``bias()`` in float32 and add
+``fl32(b / fl32(s_x * s_w))`` to the float32 accumulator before the multiply (fbgemm
+``ReQuantizeOutput`` with a float bias; the ``bias.form = "float32"`` profile key, verified at op level in
+tests/core/test_torch_engine.py), so :class:`Given` carries a float32 ``<node>.bias`` here, not an int32 one.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from hwsim.errors import HwsimError
+
+ENGINE = "pytorch"
+SOURCE_FX = "torch.ao.fx"
+# the profile that reproduces a converted model's integers, by the quantized engine that packed its weights:
+# fbgemm (conv and linear) or x86 on a VNNI CPU (conv through oneDNN, linear through fbgemm)
+ENGINE_PROFILES = {"fbgemm": "int8-pytorch", "x86": "int8-pytorch-onednn", "x86-novnni": "int8-pytorch"}
+
+
+def engine_profile(engine: str | None = None) -> str:
+    """The default profile for models packed by ``engine`` (default: torch.backends.quantized.engine now): PyTorch's
+    x86 engine sends convolutions to oneDNN when the CPU has AVX512-VNNI (aten/src/ATen/native/quantized/cpu/
+    OnednnUtils.h, should_use_onednn_quant), else to fbgemm; one-line error for other engines."""
+    engine = engine or torch.backends.quantized.engine
+    if engine == "x86":
+        try:
+            with open("/proc/cpuinfo") as fh:
+                flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+        except OSError:
+            flags = []
+        engine = "x86" if "avx512_vnni" in flags else "x86-novnni"
+    if engine not in ENGINE_PROFILES:
+        raise HwsimError(f"torch int8 import: quantized engine {engine!r} (hwsim reproduces fbgemm and x86)")
+    return ENGINE_PROFILES[engine]
+
+_DTYPES = {torch.quint8: "uint8", torch.qint8: "int8"}
+
+
+def _supported() -> str:
+    return ("quantize_per_tensor, nnq.Conv2d, nniq.ConvReLU2d, nnq.Linear, nniq.LinearReLU, quantized add / add_relu, "
+            "MaxPool2d, AdaptiveAvgPool2d(1), flatten, ReLU, Identity, dequantize")
+
+
+class _FxImporter:
+    def __init__(self, gm: fx.GraphModule, input_shape, mean, std, where: str):
+        from hwsim.graph import GraphBuilder
+        from hwsim.importers import normalisation
+
+        self.gm, self.where = gm, where
+        mean, std = normalisation(mean, std, int(input_shape[0]))
+        self.b = GraphBuilder(input_shape, mean, std)
+        self.env: dict[str, str] = {}
+        self.grids: dict[str, dict] = {}
+        self.layers: dict[str, dict] = {}
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def fail(self, node: fx.Node, why: str) -> None:
+        tgt = getattr(node.target, "__name__", None) or str(node.target)
+        raise HwsimError(f"{self.where}: fx node {node.name!r} (op {node.op}, target {tgt}) {why}; supported: "
+                         f"{_supported()}")
+
+    def t(self, node: fx.Node, a) -> str:
+        v = self.env.get(a.name) if isinstance(a, fx.Node) else None
+        if not isinstance(v, str):
+            self.fail(node, f"has a non-tensor argument {a!r}")
+        return v
+
+    def const(self, node: fx.Node, a):
+        if isinstance(a, fx.Node) and a.op == "get_attr":
+            v = getattr(self.gm, a.target)
+            return v.item() if isinstance(v, torch.Tensor) else v
+        if isinstance(a, (int, float)):
+            return a
+        self.fail(node, f"has a non-constant quantization parameter {a!r}")
+
+    def grid(self, t: str, scale, zero_point, dtype) -> None:
+        if dtype not in _DTYPES:
+            raise HwsimError(f"{self.where}: tensor {t!r} of type {dtype} (hwsim reads quint8 / qint8 activations)")
+        self.grids[t] = {"scale": float(np.float32(scale)), "zero_point": int(zero_point), "dtype": _DTYPES[dtype]}
+
+    def mac(self, node: fx.Node, m: nn.Module, x: str) -> str:
+        import torch.ao.nn.intrinsic.quantized as nniq
+        import torch.ao.nn.quantized as nnq
+
+        name = node.name
+        w = m.weight()
+        b = m.bias()
+        if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            if w.q_per_channel_axis() != 0:
+                self.fail(node, f"has per-channel weight scales on axis {w.q_per_channel_axis()} (hwsim: axis 0)")
+            s = w.q_per_channel_scales().numpy().astype(np.float32)
+            z = w.q_per_channel_zero_points().numpy().astype(np.int64)
+        else:
+            s = np.array([w.q_scale()], np.float32)
+            z = np.array([w.q_zero_point()], np.int64)
+        wq = w.int_repr().numpy().astype(np.int64)
+        shp = (-1,) + (1,) * (wq.ndim - 1)
+        wf = ((wq - z.reshape(shp)).astype(np.float32) * s.reshape(shp)).astype(np.float32)
+        bf = None if b is None else b.detach().numpy().astype(np.float32)
+        if isinstance(m, (nnq.Conv2d, nniq.ConvReLU2d)):
+            if m.padding_mode != "zeros":
+                self.fail(node, f"has padding_mode {m.padding_mode!r} (hwsim: 'zeros')")
+            y = self.b.conv2d(name, x, wf, bf, m.stride, m.padding, m.dilation, m.groups)
+        else:
+            y = self.b.linear(name, x, wf, bf)
+        self.layers[name] = {"w_scale": [float(v) for v in s], "w_zero_point": [int(v) for v in z],
+                             "w_dtype": _DTYPES[w.dtype]}
+        self.arrays[f"{name}.weight"] = np.ascontiguousarray(wq.astype(np.int8 if w.dtype == torch.qint8 else np.uint8))
+        if bf is not None:
+            self.arrays[f"{name}.bias"] = bf
+        if isinstance(m, (nniq.ConvReLU2d, nniq.LinearReLU)):
+            y = self.b.relu(f"{name}::relu", y)
+        self.grid(y, m.scale, m.zero_point, torch.quint8)  # quantized conv / linear write quint8
+        return y
+
+    def module(self, node: fx.Node, m: nn.Module, x: str) -> str:
+        import torch.ao.nn.intrinsic.quantized as nniq
+        import torch.ao.nn.quantized as nnq
+
+        if isinstance(m, (nnq.Conv2d, nniq.ConvReLU2d, nnq.Linear, nniq.LinearReLU)) and type(m) in (
+                nnq.Conv2d, nniq.ConvReLU2d, nnq.Linear, nniq.LinearReLU):
+            return self.mac(node, m, x)
+        if isinstance(m, nn.MaxPool2d):
+            if m.ceil_mode or m.dilation not in (1, (1, 1)):
+                self.fail(node, "is a MaxPool2d with ceil_mode or dilation (hwsim: neither)")
+            return self.keep(node, self.b.maxpool2d(node.name, x, m.kernel_size, m.stride, m.padding), x)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            if m.output_size not in (1, (1, 1)):
+                self.fail(node, f"is an AdaptiveAvgPool2d to {m.output_size} (hwsim: 1)")
+            return self.keep(node, self.b.global_avgpool(node.name, x), x)
+        if isinstance(m, nn.ReLU):
+            return self.keep(node, self.b.relu(node.name, x), x)
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            return x
+        self.fail(node, f"is a module {type(m).__name__} hwsim does not import")
+
+    def keep(self, node, y: str, x: str) -> str:
+        """An op PyTorch runs on the integers, its output on its input's grid (max pool, quantized
+        adaptive_avg_pool2d, relu, flatten: the quantized tensor keeps q_scale / q_zero_point)."""
+        self.grids[y] = dict(self.grids[x])
+        return y
+
+    def function(self, node: fx.Node):
+        f, a = node.target, node.args
+        if f is torch.quantize_per_tensor:
+            if self.t(node, a[0]) != "float_input" or "input" in self.grids:
+                self.fail(node, "quantizes a tensor other than the model input")
+            self.grid("input", self.const(node, a[1]), self.const(node, a[2]), a[3])
+            return "input"
+        if f in (torch.ops.quantized.add, torch.ops.quantized.add_relu):
+            if node.kwargs:
+                self.fail(node, "has keyword arguments")
+            x0, x1 = self.t(node, a[0]), self.t(node, a[1])
+            y = self.b.add(node.name, x0, x1)
+            if f is torch.ops.quantized.add_relu:
+                y = self.b.relu(f"{node.name}::relu", y)
+            self.grid(y, self.const(node, a[2]), self.const(node, a[3]), torch.quint8)
+            return y
+        if f is torch.flatten or (node.op == "call_method" and f == "flatten"):
+            if tuple(a[1:]) not in ((1,), (1, -1)) or node.kwargs:
+                self.fail(node, "flattens other than from dim 1")
+            x = self.t(node, a[0])
+            return self.keep(node, self.b.flatten(node.name, x), x)
+        if node.op == "call_method" and f == "dequantize":
+            if any(u.op != "output" for u in node.users):
+                self.fail(node, "dequantizes in the middle of the graph (a float section: hwsim runs integers "
+                                "from the input's quantize_per_tensor to the output's dequantize)")
+            return self.t(node, a[0])
+        if f in (torch.relu, torch.nn.functional.relu) or (node.op == "call_method" and f == "relu"):
+            x = self.t(node, a[0])
+            return self.keep(node, self.b.relu(node.name, x), x)
+        self.fail(node, "is not supported by hwsim's PyTorch int8 import")
+
+    def run(self):
+        from hwsim.given import Given
+        from hwsim.graph import validate
+
+        outputs = []
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                if self.env:
+                    self.fail(node, "is a second input (only one input is supported)")
+                self.env[node.name] = "float_input"
+            elif node.op == "get_attr":
+                continue
+            elif node.op == "call_module":
+                x = self.t(node, node.args[0])
+                if x == "float_input":
+                    self.fail(node, "runs on the float input (the model must start with quantize_per_tensor)")
+                self.env[node.name] = self.module(node, self.gm.get_submodule(node.target), x)
+            elif node.op in ("call_function", "call_method"):
+                self.env[node.name] = self.function(node)
+            elif node.op == "output":
+                outs = node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]]
+                outputs = [self.t(node, o) for o in outs]
+            else:
+                self.fail(node, "is not supported")
+        if "input" not in self.grids:
+            raise HwsimError(f"{self.where}: no torch.quantize_per_tensor of the input (not a converted int8 model)")
+        g = self.b.build(outputs=outputs, metadata={})
+        g.metadata.update({"quantized": SOURCE_FX, "torch_engine": self.engine, "default_profile": self.profile,
+                           "given": Given(ENGINE, SOURCE_FX, self.profile, self.grids, self.layers, self.arrays)})
+        validate(g, where=f"{self.where} (imported)")
+        return g
+
+
+def import_torch_int8(gm: fx.GraphModule, input_shape, mean=None, std=None, engine: str | None = None,
+                      where: str = "torch int8 model"):
+    """The hwsim Graph of a torch.ao FX-converted int8 GraphModule (module docstring): the dequantized float graph
+    with its given quantization in ``metadata["given"]``; ``input_shape`` (C, H, W), ``mean`` / ``std`` the
+    normalisation the model's input gets (pixels in [0, 1], then ``(x - mean) / std``); ``engine`` the quantized
+    engine its weights were packed with (default: torch.backends.quantized.engine), which picks the default
+    profile (:func:`engine_profile`)."""
+    from hwsim.importers import parse_shape
+
+    if not isinstance(gm, fx.GraphModule):
+        raise HwsimError(f"{where}: a {type(gm).__name__}, not a torch.fx GraphModule (convert_fx's output)")
+    imp = _FxImporter(gm, parse_shape(input_shape), mean, std, where)
+    imp.engine = engine or torch.backends.quantized.engine
+    imp.profile = engine_profile(imp.engine)
+    return imp.run()

@@ -1,0 +1,271 @@
+"""PyTorch int8 models (torch.ao FX convert_fx, x86 qconfig mapping) imported with their own numbers
+(frontends.pytorch.importers, hwsim.given) and run by hwsim under int8-pytorch: every output integer identical to
+torch's quantized model (one thread). The input quantizer is torch.quantize_per_tensor's FMA form, checked on its
+own against the neighbouring forms; an op outside the supported set is one line naming the fx node."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")  # tests.importers.test_given_network (the bundled models as torch modules)
+
+from torch.ao.quantization import get_default_qconfig_mapping  # noqa: E402
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # noqa: E402
+
+from frontends.pytorch.importers import import_torch_int8  # noqa: E402
+from hwsim.compile import Float32DivisionGrid, Grid, TorchQuantizeGrid, compile_model  # noqa: E402
+from hwsim.errors import HwsimError  # noqa: E402
+from hwsim.execute import run_integer  # noqa: E402
+from hwsim.given import given_of  # noqa: E402
+from hwsim.graph import load_model, save_model  # noqa: E402
+from hwsim.profile import load_profile  # noqa: E402
+from tests.engines import cpu_flags  # noqa: E402
+from tests.importers.test_given_network import _bundled_torch, _images, _resnet  # noqa: E402
+
+pytestmark = pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines,
+                                reason="PyTorch built without fbgemm")
+warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old, threads = torch.backends.quantized.engine, torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.backends.quantized.engine = old
+    torch.set_num_threads(threads)
+
+
+def fx_int8(m, shape, calib, engine):
+    """``m`` quantized by torch.ao FX (x86 qconfig mapping) with ``engine`` as the quantized backend."""
+    torch.backends.quantized.engine = engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = prepare_fx(copy.deepcopy(m).eval(), get_default_qconfig_mapping("x86"), (torch.zeros(1, *shape),))
+        with torch.no_grad():
+            p(torch.from_numpy(calib))
+        return convert_fx(p)
+
+
+def torch_integers(q, x):
+    """The integers of the converted model's output (the input of its final dequantize)."""
+    gm = copy.deepcopy(q)
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    dq = out.args[0]
+    assert dq.op == "call_method" and dq.target == "dequantize"
+    out.args = (dq.args[0],)
+    gm.graph.erase_node(dq)
+    gm.recompile()
+    with torch.no_grad():
+        return gm(torch.from_numpy(x)).int_repr().numpy().astype(np.int64)
+
+
+def every_tensor(q, g, x, profile):
+    """{fx node: (torch's integers, hwsim's)} for every quantized tensor of the converted model on ``x``."""
+    class Rec(torch.fx.Interpreter):
+        def run_node(self, n):
+            r = super().run_node(n)
+            if isinstance(r, torch.Tensor) and r.is_quantized:
+                seen[n.name] = r.int_repr().numpy().astype(np.int64)
+            return r
+
+    seen = {}
+    with torch.no_grad():
+        Rec(q).run(torch.from_numpy(x))
+    qg = compile_model(g, load_profile(profile), None)
+    env = run_integer(qg, x)
+    out = {}
+    for name, t in seen.items():
+        h = env.get(f"{name}::relu", env.get("input" if name == "quantize_per_tensor" else name))
+        if h is not None:
+            out[name] = (t, h.astype(np.int64).reshape(t.shape))
+    return out
+
+
+def _net(name):
+    if name == "resnet8":
+        m, shape, mean, std = _resnet(None)
+        return m, shape, mean, std, lambda n, seed: _images("resnet8", n, seed)
+    m, spec = _bundled_torch(name)
+    return m, spec.shape, spec.mean, spec.std, lambda n, seed: _images(name, n, seed)
+
+
+VNNI = "avx512_vnni" in cpu_flags()
+ENGINES = [("fbgemm", "int8-pytorch", "int8-pytorch-onednn"),
+           pytest.param("x86", "int8-pytorch-onednn", "int8-pytorch",
+                        marks=pytest.mark.skipif(not VNNI, reason="x86 engine convolutions go to oneDNN on VNNI CPUs"))]
+
+
+@pytest.fixture(scope="module")
+def converted():
+    cache = {}
+
+    def get(net, engine):
+        if (net, engine) not in cache:
+            m, shape, mean, std, images = _net(net)
+            cache[(net, engine)] = (fx_int8(m, shape, images(32, 9), engine), shape, mean, std, images)
+        torch.backends.quantized.engine = engine
+        return cache[(net, engine)]
+
+    return get
+
+
+@pytest.mark.parametrize("engine,profile,other", ENGINES)
+@pytest.mark.parametrize("net", ["smallcnn_baseline", "resnet8"])
+def test_fx_network_identical(net, engine, profile, other, converted, tmp_path):
+    """The converted model's output integers == hwsim's under the engine's profile on 64 inputs (real test images
+    for the bundled SmallCNN), after a .hwsim round trip; every intermediate tensor too."""
+    q, shape, mean, std, images = converted(net, engine)
+    g = import_torch_int8(q, shape, mean, std)
+    assert given_of(g).profile == g.metadata["default_profile"] == profile
+    assert g.metadata["torch_engine"] == engine
+    save_model(g, tmp_path / "m.hwsim")
+    g = load_model(tmp_path / "m.hwsim")
+    x = images(64, 0)
+    yt = torch_integers(q, x)
+    qg = compile_model(g, load_profile(profile), None)
+    yh = run_integer(qg, x)[qg.output_name].astype(np.int64).reshape(yt.shape)
+    assert np.unique(yt).size > 10  # informative logits, not one saturated value
+    assert np.array_equal(yh, yt)
+    tensors = every_tensor(q, g, x, profile)
+    assert len(tensors) >= 8
+    for name, (t, h) in tensors.items():
+        assert np.array_equal(t, h), name
+    # a float32 bias is what the model gives: a profile with an int32 bias cannot hold it (one line)
+    with pytest.raises(HwsimError, match=r"bias.form = 'int32' cannot hold layer .* given float32 bias"):
+        compile_model(g, load_profile("int8-fbgemm"), None)
+
+
+@pytest.mark.parametrize("engine,profile,other", ENGINES)
+def test_other_engine_profile_disagrees(engine, profile, other, converted):
+    """The neighbouring profile (fbgemm's requant for oneDNN's convolutions, or the reverse) is another function:
+    ResNet-8's intermediate tensors differ somewhere on 16 inputs."""
+    q, shape, mean, std, images = converted("resnet8", engine)
+    g = import_torch_int8(q, shape, mean, std)
+    x = images(16, 1)
+    diff = sum(int((t != h).sum()) for t, h in every_tensor(q, g, x, other).values())
+    assert diff > 0
+    assert all(np.array_equal(t, h) for t, h in every_tensor(q, g, x, profile).values())
+
+
+def test_onednn_requant_fast_equals_reference():
+    """ops.make_onednn_requant_params: the numba kernel, the numpy path (stochastic-free) and reference.py agree,
+    and the arithmetic is the documented chain."""
+    from hwsim import ops, reference
+
+    rng = np.random.default_rng(3)
+    acc = rng.integers(-40000, 40000, (2, 5, 7))
+    sw = rng.uniform(1e-4, 1e-2, 5)
+    b = rng.normal(0, 0.3, 5).astype(np.float32)
+    p = ops.make_onednn_requant_params(0.0123, sw, 0.0371, bias=b)
+    cfg = ops.Requant(zero_point="before")
+    y_fast, _ = ops.requantize(acc, p, cfg, 60, 0, 255)
+    y_ref, _ = reference.requantize(acc, p, cfg, 60, 0, 255)
+    f32 = np.float32
+    one = f32(1)
+    s = (one / (one / f32(0.0123)) * sw.astype(f32)).astype(f32).reshape(1, -1, 1)
+    d = one / (one / (one / f32(0.0371)))
+    v = ((((acc.astype(f32) * s).astype(f32) + b.reshape(1, -1, 1)).astype(f32) * d).astype(f32) + f32(60)).astype(f32)
+    assert np.array_equal(y_fast, y_ref)
+    assert np.array_equal(y_fast, np.clip(np.rint(v).astype(np.int64), 0, 255))
+
+
+def test_quantize_per_tensor_form():
+    """torch.quantize_per_tensor == TorchQuantizeGrid (one rounding of fma(x, fl32(1/s), z)) on values next to
+    rounding ties, every length from a vector body to a scalar tail; the float64 and float32 divisions and
+    multiply-then-add disagree."""
+    rng = np.random.default_rng(0)
+    bad = {"torch": 0, "float64": 0, "float32": 0}
+    for n in (1, 7, 8, 33, 785):
+        for _ in range(40):
+            s, z = float(np.float32(rng.uniform(1e-3, 0.05))), int(rng.integers(0, 128))
+            k = rng.integers(-z, 255 - z, n)
+            x = ((k + 0.5) * s).astype(np.float32)
+            x = np.where(rng.random(n) < 0.5, np.nextafter(x, -np.inf), np.nextafter(x, np.inf)).astype(np.float32)
+            t = torch.quantize_per_tensor(torch.from_numpy(x), s, z, torch.quint8).int_repr().numpy()
+            for name, cls in (("torch", TorchQuantizeGrid), ("float64", Grid), ("float32", Float32DivisionGrid)):
+                bad[name] += int((cls(s, z, 0, 255, 8, False).quantize(x) != t).sum())
+    assert bad["torch"] == 0 and bad["float64"] > 0 and bad["float32"] > 0, bad
+
+
+def test_unsupported_op_one_line():
+    """A quantized op the importer does not read: one line naming the fx node."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.act = torch.nn.Hardswish()
+
+        def forward(self, x):
+            return self.act(self.conv(x))
+
+    q = fx_int8(Net(), (1, 8, 8), np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32), "fbgemm")
+    with pytest.raises(HwsimError) as e:
+        import_torch_int8(q, (1, 8, 8))
+    msg = str(e.value)
+    assert "\n" not in msg and "fx node 'act'" in msg and "Hardswish" in msg
+    with pytest.raises(HwsimError, match="not a torch.fx GraphModule"):
+        import_torch_int8(Net(), (1, 8, 8))
+
+
+def test_torch_export_graph_one_line():
+    """A torch.export (pt2e-style) module given to the float export: one line, not torch's NotImplementedError from
+    eval() (issue 17)."""
+    from frontends.pytorch.export import to_graph
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU()).eval()
+    gm = torch.export.export(m, (torch.zeros(1, 1, 6, 6),)).module()
+    with pytest.raises(HwsimError) as e:
+        to_graph(gm, (1, 6, 6))
+    assert "\n" not in str(e.value) and "torch.export" in str(e.value)
+
+
+def test_per_tensor_weights_and_linear_relu():
+    """Per-tensor weights (torch.ao's default_qconfig), a LinearReLU and a flatten method: identical integers on
+    both engines' profiles (fbgemm packs them here)."""
+    from torch.ao.quantization import QConfigMapping, default_qconfig
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 6, 3, stride=2, padding=1)
+            self.fc1 = torch.nn.Linear(6 * 4 * 4, 12)
+            self.relu = torch.nn.ReLU()
+            self.fc2 = torch.nn.Linear(12, 5)
+
+        def forward(self, x):
+            return self.fc2(self.relu(self.fc1(torch.flatten(self.conv(x), 1))))
+
+    torch.manual_seed(1)
+    rng = np.random.default_rng(2)
+    torch.backends.quantized.engine = "fbgemm"
+    m = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = prepare_fx(m, QConfigMapping().set_global(default_qconfig), (torch.zeros(1, 2, 8, 8),))
+        with torch.no_grad():
+            p(torch.from_numpy(rng.random((32, 2, 8, 8), dtype=np.float32)))
+        q = convert_fx(p)
+    mods = {type(mod).__name__ for mod in q.modules()}
+    assert {"LinearReLU", "Conv2d", "Linear"} <= mods
+    g = import_torch_int8(q, (2, 8, 8))
+    assert all(len(ld["w_scale"]) == 1 for ld in given_of(g).layers.values())
+    x = rng.random((64, 2, 8, 8), dtype=np.float32)
+    tensors = every_tensor(q, g, x, "int8-pytorch")
+    assert len(tensors) >= 4
+    for name, (t, h) in tensors.items():
+        assert np.array_equal(t, h), name
+    # the flatten method is not quantization-aware under default_qconfig: a float section in the middle, refused
+    Net.forward = lambda self, x: self.fc2(self.relu(self.fc1(self.conv(x).flatten(1))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = prepare_fx(Net().eval(), QConfigMapping().set_global(default_qconfig), (torch.zeros(1, 2, 8, 8),))
+        p(torch.from_numpy(rng.random((8, 2, 8, 8), dtype=np.float32)))
+        q = convert_fx(p)
+    with pytest.raises(HwsimError) as e:
+        import_torch_int8(q, (2, 8, 8))
+    assert "\n" not in str(e.value) and "dequantizes in the middle of the graph" in str(e.value)
