@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from hwsim.cli import cli
 from hwsim.graph import save_model
 from tests.hardening import forge
 from tests.nets import tiny_cnn
+from tests.conftest import invoke  # noqa: E402,F401  (the one CLI runner the tests share)
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +25,6 @@ def model8(tmp_path_factory):
     p = tmp_path_factory.mktemp("m") / "tiny.hwsim"
     save_model(tiny_cnn(seed=0, classes=10), p)
     return p
-
-
-@pytest.fixture(scope="module")
-def data8(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    p = tmp_path_factory.mktemp("d") / "d.npz"
-    x = rng.integers(0, 256, (60, 8, 8), dtype=np.uint8)
-    y = np.arange(60) % 10
-    np.savez(p, x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
-    return f"npz:{p}"
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def listing(d: Path) -> list:

@@ -7,20 +7,15 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
-from hwsim.cli import cli  # noqa: E402
+from tests.conftest import invoke  # noqa: E402,F401  (the one CLI runner the tests share)
 from hwsim.floatref import normalize, run_float  # noqa: E402
 from hwsim.graph import load_model  # noqa: E402
 from hwsim.importers.onnx import import_onnx  # noqa: E402
 from tests.importers.onnxnets import model, ort_run, rand, save  # noqa: E402
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def one_line_error(res, *fragments):
@@ -47,16 +42,6 @@ def digits_net(rng, in_shape=("N", 1, 8, 8), c=4, classes=10):
 @pytest.fixture(scope="module")
 def onnx8(tmp_path_factory):
     return save(digits_net(np.random.default_rng(0)), tmp_path_factory.mktemp("o") / "net.onnx")
-
-
-@pytest.fixture(scope="module")
-def data8(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    p = tmp_path_factory.mktemp("d") / "d.npz"
-    x = rng.integers(0, 256, (60, 8, 8), dtype=np.uint8)
-    y = np.arange(60) % 10
-    np.savez(p, x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
-    return f"npz:{p}"
 
 
 # ----------------------------------------------------------------------------- what works

@@ -7,9 +7,8 @@ import io
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from hwsim.cli import cli
+from tests.conftest import invoke  # noqa: E402,F401  (the one CLI runner the tests share)
 
 TIMING_COLUMNS = ("images_per_s", "seconds")  # measured, so they differ between any two runs
 MODEL = "smallcnn_robust"  # the bundled default model
@@ -32,10 +31,6 @@ def data_npz(tmp_path_factory, mnist):
     p = tmp_path_factory.mktemp("data") / "mnist.npz"
     np.savez(p, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     return f"npz:{p}"
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def without_timing(csv_text: str) -> str:
