@@ -238,8 +238,10 @@ def cli():
 # ----------------------------------------------------------------------------- profiles
 @cli.group(cls=HwsimGroup, invoke_without_command=True)
 @json_option("machine-readable output")
+@click.option("--engine", default=None, metavar="NAME",
+              help="only the profiles that reproduce this engine (ONNX Runtime, PyTorch, LiteRT, TOSA)")
 @click.pass_context
-def profiles(ctx, as_json):
+def profiles(ctx, as_json, engine):
     """List the built-in hardware profiles (or `profiles show NAME`)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -247,10 +249,24 @@ def profiles(ctx, as_json):
     from hwsim.report import table, to_json_text
 
     ps = [load_profile(n) for n in builtin_names()]
+    if engine is not None:
+        engines = sorted({p.engine for p in ps if p.engine})
+        want = engine.casefold().replace(" ", "")
+        ps = [p for p in ps if p.engine and want in p.engine.casefold().replace(" ", "")]
+        if not ps:
+            raise HwsimError(f"--engine: no built-in profile reproduces {engine!r} (engines: {', '.join(engines)})")
     if as_json:
-        click.echo(to_json_text([{"name": p.name, "summary": p.describe(), "description": p.description} for p in ps]), nl=False)
+        click.echo(to_json_text([{"name": p.name, "engine": p.engine, "summary": p.describe(), "description": p.description}
+                                 for p in ps]), nl=False)
         return
-    click.echo(table([[p.name, p.describe()] for p in ps], ["profile", "summary"]))
+    # an engine's own profiles first ("the profile for my engine"), then the design-space profiles
+    groups = sorted({p.engine for p in ps if p.engine}) + ([""] if any(not p.engine for p in ps) else [])
+    blocks = []
+    for g in groups:
+        rows = [[p.name, p.describe()] for p in ps if p.engine == g]
+        title = f"{g}: its integers bit for bit" if g else "design space (hardware studies, no engine)"
+        blocks.append(f"{title}\n" + table(rows, ["profile", "summary"]))
+    click.echo("\n\n".join(blocks))
 
 
 @profiles.command("show")

@@ -119,6 +119,7 @@ _FMT = {
 SCHEMA: dict[str, _Key] = {
     "name": _Key("str", doc="profile name"),
     "description": _Key("str", doc="one line about the hardware this models"),
+    "engine": _Key("str", doc="the inference engine whose integers this profile reproduces (ONNX Runtime, PyTorch, LiteRT, TOSA); empty for design-space profiles. Groups `hwsim profiles`; not inherited through 'extends'"),
     "ranges": _Key("choice", ("auto", "calibrate", "given"),
                    doc="where grids, integer weights and biases come from: 'auto' keeps a model's given quantization (an imported int8 model) and calibrates a float model; 'given' requires one; 'calibrate' re-quantizes the (dequantized) float graph"),
     "batchnorm": _Key("choice", ("fold", "scale"),
@@ -270,6 +271,7 @@ class Profile:
 
     name: str = "custom"
     description: str = ""
+    engine: str = ""  # the engine reproduced bit for bit ("" = a design-space profile); groups `hwsim profiles`
     batchnorm: str = "fold"
     ranges: str = "auto"  # hwsim.given: keep a model's given quantization (auto / given) or calibrate
     weights: TensorFormat = field(default_factory=lambda: TensorFormat(granularity="per_channel", narrow=True))
@@ -293,7 +295,7 @@ class Profile:
         for key, value in settings.items():
             v = _parse_key(key, value, where)
             _set_dotted(data, key, v)
-            if key not in ("name", "description"):
+            if key not in ("name", "description", "engine"):
                 changed.append(f"{key}={_fmt_value(key, v)}")
         if changed and "description" not in settings:  # the old description no longer tells the whole story
             data["description"] = f"{self.description} [changed by {where}: {', '.join(changed)}]".lstrip()
@@ -395,7 +397,7 @@ def _parse_key(key: str, value: Any, where: str) -> Any:
 
 def _from_dict(d: dict, where: str) -> Profile:
     kw: dict[str, Any] = {}
-    for name in ("name", "description", "batchnorm", "ranges"):
+    for name in ("name", "description", "engine", "batchnorm", "ranges"):
         if name in d:
             kw[name] = d[name]
     for sec, cls in _SECTIONS.items():
@@ -447,7 +449,7 @@ def _parse_override(o: Any, i: int, where: str) -> dict:
                          f"({', '.join(OP_KINDS)}) or 'position' (first, last)")
     settings = _flatten_toml(o, f"{where} overrides[{i}]")
     for key in settings:
-        if key.split(".")[0] in ("name", "description", "ranges", "calibration", "first_layer", "last_layer"):
+        if key.split(".")[0] in ("name", "description", "engine", "ranges", "calibration", "first_layer", "last_layer"):
             raise HwsimError(f"{where}: key '{key}' cannot be overridden per layer")
     return {**sel, **settings}
 
@@ -509,6 +511,7 @@ def _resolve(name_or_path: str, seen: tuple = (), base_dir: Path | None = None) 
         base, _ = _resolve(parent, seen + (where,), None if where.startswith("built-in") else path.parent)
         base.pop("name", None)
         base.pop("description", None)  # the parent's words describe the parent, not this profile
+        base.pop("engine", None)  # a variant of an engine's profile is no longer that engine
     overrides = raw.pop("overrides", None)
     flat = _flatten_toml(raw, where)
     data = copy.deepcopy(base)
@@ -521,7 +524,7 @@ def _resolve(name_or_path: str, seen: tuple = (), base_dir: Path | None = None) 
     if "name" not in data:
         data["name"] = path.stem if where == str(path) else name_or_path
     if "description" not in data and parent is not None:
-        changes = [f"{k}={_fmt_value(k, v)}" for k, v in flat.items() if k not in ("name", "description")]
+        changes = [f"{k}={_fmt_value(k, v)}" for k, v in flat.items() if k not in ("name", "description", "engine")]
         if overrides:
             changes.append(f"{len(overrides)} per-layer override(s)")
         data["description"] = f"extends {parent}" + (f"; {', '.join(changes)}" if changes else "")
@@ -573,7 +576,7 @@ def profile_toml(p: Profile) -> str:
         return repr(v)
 
     d = to_dict(p)
-    lines = [f"name = {fmt(d['name'])}", f"description = {fmt(d['description'])}",
+    lines = [f"name = {fmt(d['name'])}", f"description = {fmt(d['description'])}", f"engine = {fmt(d['engine'])}",
              f"batchnorm = {fmt(d['batchnorm'])}", f"ranges = {fmt(d['ranges'])}"]
     for sec in _SECTIONS:
         lines.append(f"\n[{sec}]")
