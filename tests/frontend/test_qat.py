@@ -12,7 +12,7 @@ from frontends.pytorch.lsq import FixedQuantizer, LSQQuantizer, QuantWrapper, fo
 from frontends.pytorch.models import build_model
 from frontends.pytorch.train import load_checkpoint, model_from_checkpoint, train
 from hwsim.compile import compile_model, lsq_rescale
-from hwsim.data import Dataset, calibration_subset, load_dataset
+from hwsim.data import calibration_subset
 from hwsim.errors import HwsimError
 from hwsim.execute import run_integer
 from hwsim.floatref import normalize
@@ -22,15 +22,9 @@ LSQ = {"weights.range": "lsq", "activations.range": "lsq", "batchnorm": "scale"}
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    ds = load_dataset("default", seed=0)
-    return Dataset("mnist-tiny", ds.x_train[:192], ds.y_train[:192], ds.x_test[:64], ds.y_test[:64], ds.num_classes)
-
-
-@pytest.fixture(scope="module")
 def qat(tiny, tmp_path_factory):
     d = tmp_path_factory.mktemp("qat")
-    r = train("smallcnn", tiny, epochs=1, batch_size=32, seed=0, quiet=True, qat_bits=(4, 4),
+    r = train("smallcnn", tiny, epochs=8, batch_size=32, seed=0, quiet=True, qat_bits=(4, 4),
               qat_profile=load_profile("w4a4"), out=str(d / "q.pt"))
     g = export_checkpoint(str(d / "q.pt"), str(d / "q.hwsim"))
     calib = normalize(g, calibration_subset(tiny, 256, 0))  # w4a4's calibration: 256 images, seed 0
@@ -121,6 +115,7 @@ def test_qat_model_and_simulator_agree(qat, tiny):
         torch_pred = m(torch.from_numpy(x)).argmax(1).numpy()
     env = run_integer(qg, x)
     sim_pred = env[qg.output_name].reshape(len(x), -1).argmax(1)
+    assert len(np.unique(torch_pred)) >= 5  # a model that predicts one digit would agree trivially
     assert np.mean(torch_pred == sim_pred) >= 0.95
 
 
@@ -156,7 +151,7 @@ def test_qat_with_static_bn_folding(tiny, tmp_path):
     with pytest.raises(HwsimError, match="--init"):
         train("smallcnn", tiny, epochs=1, quiet=True, qat_bits=(4, 4), qat_bn="fold")
     q = tmp_path / "q.pt"
-    r = train("smallcnn", tiny, epochs=1, batch_size=32, seed=0, quiet=True, qat_bits=(4, 4), qat_bn="fold",
+    r = train("smallcnn", tiny, epochs=8, batch_size=32, seed=0, quiet=True, qat_bits=(4, 4), qat_bn="fold",
               init=str(f), out=str(q))
     g = export_checkpoint(str(q), str(tmp_path / "q.hwsim"))
     assert not any(n.op == "batchnorm" for n in g.nodes)

@@ -7,15 +7,8 @@ from click.testing import CliRunner
 
 from frontends.pytorch.export import export_checkpoint
 from frontends.pytorch.train import load_checkpoint, model_from_checkpoint, train
-from hwsim.data import Dataset, load_dataset
 from hwsim.errors import HwsimError
 from hwsim.floatref import normalize, run_float
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    ds = load_dataset("default", seed=0)
-    return Dataset("mnist-tiny", ds.x_train[:192], ds.y_train[:192], ds.x_test[:64], ds.y_test[:64], ds.num_classes)
 
 
 def _weights(m):
