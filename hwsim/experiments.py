@@ -20,7 +20,7 @@ from hwsim.errors import HwsimError
 from hwsim.execute import accuracy, max_defined, min_defined
 from hwsim.floatref import normalize, run_float
 from hwsim.graph import Graph, infer_shapes, load_model
-from hwsim.profile import Profile, builtin_names, load_profile
+from hwsim.profile import Profile, builtin_names, load_profile, requant_summary
 from hwsim.ptq import Recipe, load_recipe
 
 DEFAULT_MODEL = "smallcnn_robust"
@@ -276,6 +276,27 @@ def weight_stats(w: np.ndarray) -> dict:
             "kurtosis": kurt, "symmetry": float(sym.mean())}
 
 
+def layer_arithmetic(lay) -> str:
+    """What one compiled layer executes, in a few words (per-layer overrides included): the accumulator
+    and requantization of a MAC layer, the engine form an op's hook chose (tables, mul, mean, pools), the
+    add form."""
+    parts = []
+    acc = lay.accumulator
+    if acc is not None:
+        a = "exact" if acc.bits is None else f"{acc.bits}b {acc.overflow}"
+        if getattr(acc, "partial_bits", None) is not None:
+            a += f", {acc.partial_bits}b psum/{acc.rows}"
+        elif getattr(acc, "rows", None) is not None:
+            a += f"/{acc.rows}"
+        parts.append(f"acc {a}")
+    if lay.requant is not None and (acc is not None or lay.op == "add"):
+        parts.append(requant_summary(lay.requant) + (f" {lay.requant.add_form}" if lay.op == "add"
+                                                     and lay.requant.mode != "fixed" else ""))
+    if lay.form is not None:
+        parts.append(lay.form)
+    return ", ".join(parts)
+
+
 def inspect_model(model: str | None, profile: Profile | None = None, data: str = "default") -> InspectResult:
     graph, name = resolve_model(model)
     shapes = infer_shapes(graph)
@@ -294,6 +315,8 @@ def inspect_model(model: str | None, profile: Profile | None = None, data: str =
             d["weight_shape"] = list(w.shape)
             d.update(weight_stats(w))
         lay = qlayers.get(n.name)
+        if lay is not None:
+            d["arithmetic"] = layer_arithmetic(lay)
         if lay is not None and lay.certificate is not None:
             c = lay.certificate
             d["headroom_bits"] = min_defined(c.headroom_bits)

@@ -326,17 +326,22 @@ class Profile:
         if acc.rows is not None:
             accs += f", R={acc.rows}"
         r = self.requant
-        if r.mode == "fixed":
-            ties = r.fixed_ties[1] if r.fixed_rounding == "single" else ",".join(r.fixed_ties)
-            req = f"fixed Q{r.multiplier_bits}/{r.fixed_rounding}({ties})"
-        else:
-            req = f"{r.mode}/{r.rounding}" + ("" if r.add_form == "dequantize" else f", add:{r.add_form}")
+        req = requant_summary(r) + ("" if r.mode == "fixed" or r.add_form == "dequantize" else f", add:{r.add_form}")
         extra = "" if self.bias.form == "int32" else f" bias:{self.bias.form}"
         for pos in ("first", "last"):
             b = getattr(self, f"{pos}_layer").bits
             extra += "" if b is None else f" {pos}:{b}b"
         return (f"W{self.weights.bits}A{act} w:{self.weights.granularity}/{self.weights.scale} "
                 f"acc:{accs} requant:{req}{extra}")
+
+
+def requant_summary(r) -> str:
+    """'fixed Q31/double(half_up,half_away)' or 'float32/half_even': a profile's [requant] section or a
+    compiled layer's :class:`hwsim.ops.Requant` (per-layer overrides), as `hwsim profiles` and `inspect` show it."""
+    if r.mode == "fixed":
+        ties = r.fixed_ties[1] if r.fixed_rounding == "single" else ",".join(r.fixed_ties)
+        return f"fixed Q{r.multiplier_bits}/{r.fixed_rounding}({ties})"
+    return f"{r.mode}/{r.rounding}"
 
 
 _SECTIONS = {

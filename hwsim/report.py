@@ -260,11 +260,12 @@ def inspect_text(r) -> str:
             if psum:
                 ph = n.get("partial_headroom_bits")
                 row += ["" if "certified" not in n else n.get("min_partial_bits"), "" if ph is None else ph]
-            row += ["" if "certified" not in n else ("yes" if n["certified"] else "NO")]
+            row += ["" if "certified" not in n else ("yes" if n["certified"] else "NO"), n.get("arithmetic", "")]
         rows.append(row)
     hdr = ["node", "op", "shape", "params", "kurtosis", "symmetry"]
     if r.profile:
-        hdr += ["min acc bits", "headroom bits"] + (["min psum bits", "psum headroom"] if psum else []) + ["certified"]
+        hdr += ["min acc bits", "headroom bits"] + (["min psum bits", "psum headroom"] if psum else []) + ["certified",
+                                                                                                      "arithmetic"]
         head.append(f"profile {r.profile}: certificates are worst cases over the input grid (exact integers)")
         first = next((n for n in r.nodes if "certified" in n), None)
         if first is not None:

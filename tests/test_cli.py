@@ -74,6 +74,20 @@ def test_inspect_shows_certificates(model8, data8):
     assert "kurtosis" in res.output and "certified" in res.output
 
 
+def test_inspect_shows_each_layers_arithmetic_with_overrides(model8, data8, tmp_path):
+    """The per-layer arithmetic column follows per-layer overrides, not only the profile's defaults."""
+    prof = tmp_path / "mixed.toml"
+    prof.write_text('extends = "int8-tflite"\n[[overrides]]\nposition = "last"\naccumulator.bits = 16\n'
+                    'accumulator.overflow = "saturate"\nrequant.mode = "float32"\n')
+    res = invoke("inspect", model8, "--profile", str(prof), "--data", data8, "--json")
+    assert res.exit_code == 0, res.output
+    mac = [n for n in json.loads(res.output)["nodes"] if n["op"] in ("conv2d", "linear")]
+    assert [n["arithmetic"] for n in mac[:-1]] == ["acc 32b wrap, fixed Q31/double(half_up,half_away)"] * (len(mac) - 1)
+    assert mac[-1]["arithmetic"] == "acc 16b saturate, float32/half_even"
+    text = invoke("inspect", model8, "--profile", str(prof), "--data", data8)
+    assert "arithmetic" in text.output and "acc 16b saturate, float32/half_even" in text.output
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["run", "--profile", "int7-magic"], ["unknown profile 'int7-magic'", "int8-tflite"]),
     (["run", "--set", "accumulator.bitz=3"], ["unknown profile key 'accumulator.bitz'"]),
