@@ -362,7 +362,7 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
     if work_dir is not None:
         check_path_usable(work_dir, "--resume")
     plan = ex.plan_sweep(list(profiles_), all_profiles, list(vary), parse_set_options(set_), recipe=ptq)
-    ctx = ex.load_context(model, data, limit, batch_size, stream=True)
+    ctx = ex.load_context(model, data, limit, batch_size, stream=True, float_baseline=False)  # float: per-shard tasks
     pool = scaleout.make_executor(executor, workers, ray_address)
     show = _SweepProgress(quiet or as_json)
     try:

@@ -81,8 +81,8 @@ class Context:
     data_spec: str
     x_test: np.ndarray  # normalised
     y_test: np.ndarray
-    float_logits: np.ndarray
-    float_accuracy: float
+    float_logits: np.ndarray | None  # None: not computed here (a sweep runs it as per-shard tasks)
+    float_accuracy: float | None
 
 
 def check_shapes(graph: Graph, ds: Dataset, model_name: str, data_spec: str) -> None:
@@ -96,10 +96,24 @@ def check_shapes(graph: Graph, ds: Dataset, model_name: str, data_spec: str) -> 
         raise HwsimError(f"model {model_name!r} has {n_out} outputs but data {data_spec!r} has {ds.num_classes} classes")
 
 
+def float_logits(graph: Graph, x, batch_size: int, name: str, data: str) -> np.ndarray:
+    """The float model's logits on normalised images ``x`` (an array or a streamed source), ``batch_size``
+    at a time (a sweep's float shard tasks batch the same way, so their logits are these, bit for bit)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as one line
+        fl = [run_float(graph, np.asarray(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+    fl = np.concatenate(fl) if fl else np.zeros((0, 0), np.float32)
+    if not np.isfinite(fl).all():  # finite weights can still overflow float32 on real data
+        raise HwsimError(f"model {name!r}: the float model's outputs overflow float32 (inf/nan) on data {data!r}; "
+                         "its weights or BatchNorm statistics are out of range")
+    return fl
+
+
 def load_context(model: str | None = None, data: str = "default", limit: int | None = None,
-                 batch_size: int = 256, stream: bool = False) -> Context:
+                 batch_size: int = 256, stream: bool = False, float_baseline: bool = True) -> Context:
     """Model + data + the float baseline. ``stream``: a ``.npz`` or ``npy:DIR`` data set stays on disk
-    and ``x_test`` reads a batch at a time (:class:`hwsim.data.LazyImages`, normalised on read)."""
+    and ``x_test`` reads a batch at a time (:class:`hwsim.data.LazyImages`, normalised on read).
+    ``float_baseline=False`` leaves the float logits to the caller (:func:`hwsim.scaleout.run_sweep`
+    runs them as one task per data shard)."""
     graph, name = resolve_model(model)
     ds = load_dataset(data, stream=stream)
     check_shapes(graph, ds, name, data)
@@ -110,11 +124,9 @@ def load_context(model: str | None = None, data: str = "default", limit: int | N
         idx = balanced_prefix(y, limit)  # every class in proportion, not the first classes' images
         x, y = (x.take_rows(idx) if isinstance(x, LazyImages) else x[idx]), y[idx]
     xn = x.normalized(graph.inputs[0]) if isinstance(x, LazyImages) else normalize(graph, x)
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as one line
-        fl = np.concatenate([run_float(graph, xn[i:i + batch_size]) for i in range(0, len(xn), batch_size)])
-    if not np.isfinite(fl).all():  # finite weights can still overflow float32 on real data
-        raise HwsimError(f"model {name!r}: the float model's outputs overflow float32 (inf/nan) on data {data!r}; "
-                         "its weights or BatchNorm statistics are out of range")
+    if not float_baseline:
+        return Context(graph, name, ds, data, xn, y, None, None)
+    fl = float_logits(graph, xn, batch_size, name, data)
     return Context(graph, name, ds, data, xn, y, fl, accuracy(fl, y))
 
 

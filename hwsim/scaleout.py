@@ -11,6 +11,8 @@ The task model (docs/scaleout.md):
 - a **shard** is a contiguous range ``[start, stop)`` of the test images, its ends multiples of
   the batch size, so a shard runs exactly the batches of the serial run (integer results do not
   depend on batching; the float32 math of weight-only profiles and of the fake-quant mirror could);
+- a *float task* (one per shard) runs the float model on the shard's images, batched as the serial
+  run batches the split, and returns its predictions and correct count (the float baseline);
 - a *run task* (entry, shard) executes the compiled graph on its images with the run-wide image
   number of its first image (stochastic rounding draws depend on that number, never on the
   shard) and returns **integer counts only**: images, correct predictions, predictions equal to
@@ -123,6 +125,17 @@ def compile_task(graph, profile, recipe, calib: np.ndarray, threads: int | None 
               "dead_channels": qg.dead_channels, "notes": list(qg.notes), "cost": graph_cost(qg)}
     # through JSON once, here: a result merged from files and one merged in memory are the same data
     return qg, json.loads(to_json_text(static)), seconds
+
+
+def float_task(graph, x, y: np.ndarray, batch_size: int, name: str, data: str, threads: int | None = None) -> dict:
+    """The float baseline on one shard -> its predictions (argmax, ties to the lowest index, as
+    :func:`hwsim.execute.accuracy`) and correct count. Batched as :func:`hwsim.experiments.float_logits`
+    batches the whole split, so the predictions equal the serial run's."""
+    from hwsim.experiments import float_logits
+
+    limit_threads(threads)
+    pred = np.argmax(float_logits(graph, x, batch_size, name, data), axis=1) if len(y) else np.zeros(0, np.int64)
+    return {"images": len(y), "correct": int(np.count_nonzero(pred == y)), "pred": pred.tolist()}
 
 
 def run_task(qg, x, y: np.ndarray, float_pred: np.ndarray, offset: int, batch_size: int,
@@ -261,7 +274,8 @@ def shard_key(entry: str, start: int, stop: int, batch_size: int, with_fakequant
 # ----------------------------------------------------------------------------- the work directory
 class WorkDir:
     """Task results as files: ``sweep.json`` (the plan's keys), ``entry-E.json`` (static fields of a
-    compiled entry), ``shard-E-S.json`` (counts of a run task). Every file is written atomically."""
+    compiled entry), ``shard-E-S.json`` (counts of a run task), ``float-S.json`` (the float baseline's
+    predictions on shard S). Every file is written atomically."""
 
     def __init__(self, path: str | os.PathLike, manifest: dict):
         from hwsim.safeio import atomic_write
@@ -300,6 +314,9 @@ class WorkDir:
     def shard_file(self, e: int, s: int) -> Path:
         return self.path / f"shard-{e:04d}-{s:04d}.json"
 
+    def float_file(self, s: int) -> Path:
+        return self.path / f"float-{s:04d}.json"
+
     def load(self, p: Path, key: str, fields: tuple[str, ...]) -> dict | None:
         """The result in ``p`` if it exists (None if not); another key or a missing field is an error."""
         if not p.exists():
@@ -336,6 +353,7 @@ def _first_difference(old: dict, new: dict) -> str:
 
 ENTRY_FIELDS = ("key", "static", "compile_seconds")
 SHARD_FIELDS = ("key", "images", "sim_correct", "agree", "fq_correct", "layers", "seconds")
+FLOAT_FIELDS = ("key", "images", "correct", "pred")
 
 
 # ----------------------------------------------------------------------------- executors
@@ -511,11 +529,34 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
                                                     array_digest(ctx.data.x_train), array_digest(ctx.data.y_train))
         ekeys = [entry_key(mkey, dkey, prof, rec) for prof, _, rec in entries]
         skeys = [[shard_key(k, a, b, batch_size, with_fakequant) for a, b in shards] for k in ekeys]
+        fkeys = [shard_key(_sha(mkey, dkey, "float"), a, b, batch_size, False) for a, b in shards]
         wd = WorkDir(work_dir, {"format": "hwsim-sweep", "version": __version__, "images": n,
                                 "shards": [list(s) for s in shards],
                                 "tasks": [{"name": nm, "key": k} for nm, k in zip(names, ekeys)]})
-    float_pred = np.argmax(ctx.float_logits, axis=1)
-    run = SweepRun([None] * len(entries), tasks=len(entries) * (1 + len(shards)))
+    # the float baseline: given (ctx.float_logits), or one float task per shard (load_context(float_baseline=False))
+    float_pred: list = [None] * len(shards)
+    float_correct: list = [None] * len(shards)
+    lazy_float = ctx.float_logits is None
+    if not lazy_float:
+        whole = np.argmax(ctx.float_logits, axis=1)
+        float_pred = [whole[a:b] for a, b in shards]
+    run = SweepRun([None] * len(entries), tasks=len(entries) * (1 + len(shards)) + (len(shards) if lazy_float else 0))
+    if lazy_float and wd is not None:
+        for s, (a, b) in enumerate(shards):
+            doc = wd.load(wd.float_file(s), fkeys[s], FLOAT_FIELDS)
+            if doc is not None:
+                if len(doc["pred"]) != b - a or not isinstance(doc["correct"], int):
+                    raise HwsimError(f"{wd.float_file(s)}: {len(doc['pred'])} predictions for a shard of {b - a} "
+                                     "images (not a complete hwsim task result)")
+                float_pred[s], float_correct[s] = np.asarray(doc["pred"], np.int64), doc["correct"]
+                run.reused.append(f"float shard {s}")
+
+    def float_accuracy():
+        if not lazy_float:
+            return ctx.float_accuracy
+        if any(c is None for c in float_correct):
+            return None
+        return sum(float_correct) / n if n else 0.0  # == execute.accuracy over the whole split (exact integers)
     statics: list = [None] * len(entries)
     counts: list[list] = [[None] * len(shards) for _ in entries]
     todo_images = 0
@@ -534,14 +575,31 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
         todo_images += sum(b - a for (a, b), c in zip(shards, counts[e]) if c is None)
     prog = Progress(run.tasks, todo_images, tasks_done=len(run.reused))
 
+    deferred: list[int] = []  # entries complete but for the float baseline
+
     def finish(e: int) -> None:
+        fa = float_accuracy()
+        if fa is None:
+            deferred.append(e)
+            return
         static, csec = statics[e]
         prof, combo, _ = entries[e]
         r = merge(static, counts[e], csec, model=ctx.model_name, data=ctx.data_spec,
-                  float_accuracy=ctx.float_accuracy, settings=combo)
+                  float_accuracy=fa, settings=combo)
         run.results[e] = r
         if on_result:
             on_result(r)
+
+    blocked: list[list] = [[] for _ in shards]  # run tasks (entry, compiled graph) waiting for their shard's float task
+
+    def submit_run(e: int, s2: int, qg) -> None:
+        if float_pred[s2] is None:
+            blocked[s2].append((e, qg))
+            return
+        a, b = shards[s2]
+        f2 = ex.submit(run_task, qg, _shard_input(ctx.x_test, a, b), ctx.y_test[a:b], float_pred[s2], a, batch_size,
+                       with_fakequant, getattr(ex, "threads", None), f"{e}:{s2}")
+        pending[f2] = ("run", e, s2)
 
     waiting = [e for e in range(len(entries))]
     pending: dict[Future, tuple] = {}
@@ -558,6 +616,11 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
     saved_sink = _SINK
     _SINK = lambda tid, done: (prog.task_images(tid, done), on_progress and on_progress(prog))  # noqa: E731
     try:
+        for s, (a, b) in enumerate(shards):
+            if float_pred[s] is None:
+                fut = ex.submit(float_task, ctx.graph, _shard_input(ctx.x_test, a, b), ctx.y_test[a:b], batch_size,
+                                ctx.model_name, ctx.data_spec, getattr(ex, "threads", None))
+                pending[fut] = ("float", None, s)
         open_entries: set[int] = set()
         while waiting or pending:
             while waiting and len(open_entries) < max_open:
@@ -592,14 +655,23 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
                             wd.save(wd.entry_file(e), {"key": ekeys[e], "name": names[e], "static": static,
                                                        "compile_seconds": csec})
                     run.ran.append(f"{names[e]} compile")
-                    for s2, (a, b) in enumerate(shards):
+                    for s2 in range(len(shards)):
                         if counts[e][s2] is None:
-                            tid = f"{e}:{s2}"
-                            f2 = ex.submit(run_task, qg, _shard_input(ctx.x_test, a, b), ctx.y_test[a:b],
-                                           float_pred[a:b], a, batch_size, with_fakequant,
-                                           getattr(ex, "threads", None), tid)
-                            pending[f2] = ("run", e, s2)
+                            submit_run(e, s2, qg)
                     del qg
+                elif kind == "float":
+                    float_pred[s], float_correct[s] = np.asarray(res["pred"], np.int64), res["correct"]
+                    if wd is not None:
+                        a, b = shards[s]
+                        wd.save(wd.float_file(s), {"key": fkeys[s], "start": a, "stop": b, **res})
+                    run.ran.append(f"float shard {s}")
+                    for e2, qg in blocked[s]:
+                        submit_run(e2, s, qg)
+                    blocked[s] = []
+                    if float_accuracy() is not None:
+                        for e2 in sorted(deferred):
+                            deferred.remove(e2)
+                            finish(e2)
                 else:
                     prog.task_images(f"{e}:{s}", res["images"])
                     counts[e][s] = res
@@ -607,7 +679,7 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
                         a, b = shards[s]
                         wd.save(wd.shard_file(e, s), {"key": skeys[e][s], "name": names[e], "start": a, "stop": b, **res})
                     run.ran.append(f"{names[e]} shard {s}")
-                if all(c is not None for c in counts[e]) and statics[e] is not None and e in open_entries:
+                if e is not None and all(c is not None for c in counts[e]) and statics[e] is not None and e in open_entries:
                     open_entries.discard(e)
                     finish(e)
             if on_progress:

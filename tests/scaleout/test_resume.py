@@ -87,10 +87,12 @@ def test_a_killed_cli_sweep_resumes_to_the_same_csv(tmp_path, data_npz):
     assert 6 <= len(before) < 24
     assert not list(work.glob(".*.tmp"))  # atomic writes: a kill leaves no half-written task file
     complete = [e for e in range(len(PROFILES)) if len(list(work.glob(f"shard-{e:04d}-*.json"))) == 6]
-    found = len(before) + len(complete)  # a compile counts as found when its entry needs no shard run
+    floats = len(list(work.glob("float-*.json")))
+    assert floats == 6  # the float baseline's shard tasks are submitted first
+    found = len(before) + len(complete) + floats  # a compile counts as found when its entry needs no shard run
     res = invoke(*args, "--resume", work, "-o", out)  # without -q: the resume summary on stderr
     assert res.exit_code == 0, res.output
-    total = len(PROFILES) * (1 + 6)  # a compile task and 6 shards of 16 images per profile
+    total = len(PROFILES) * (1 + 6) + 6  # a compile task and 6 shards of 16 images per profile, 6 float shards
     assert f"sweep: {total - found} task(s) run, {found} of {total} found in {work}" in res.output
     after = shard_files(work)
     assert len(after) == 24 and all(after[k] == v for k, v in before.items())
@@ -114,3 +116,39 @@ def test_a_damaged_task_file_is_a_one_line_error(tmp_path, data_npz):
     (tmp_path / "shard-0000-0000.json").write_text('{"key": 1')
     res = invoke(*base)
     assert res.exit_code != 0 and res.output.count("\n") == 1 and "shard-0000-0000.json" in res.output
+
+
+def test_the_float_baseline_runs_as_shard_tasks_and_resumes(data_npz, tmp_path):
+    """A sweep on load_context(float_baseline=False) runs the float model as one task per shard on the
+    executor: same float accuracy and agreement as the eager baseline, bit for bit; a rerun after the float
+    files are lost redoes only those tasks (the entries found complete wait for them)."""
+    from hwsim.scaleout import make_executor, run_sweep
+
+    eager = ex.load_context(MODEL, data_npz, 64, 16, stream=True)
+    lazy = ex.load_context(MODEL, data_npz, 64, 16, stream=True, float_baseline=False)
+    assert lazy.float_logits is None and lazy.float_accuracy is None
+    plan = [(load_profile(p), {}) for p in PROFILES[:2]]
+
+    def strip(results):
+        out = [r.to_json() for r in results]
+        for d in out:
+            for k in ("seconds", "images_per_s", "compile_seconds"):
+                d.pop(k)
+        return out
+
+    ref = strip(run_sweep(eager, plan, 16, shard_size=32).results)
+    pool = make_executor("local", 2)
+    try:
+        first = run_sweep(lazy, plan, 16, shard_size=32, executor=pool, work_dir=tmp_path)
+    finally:
+        pool.shutdown()
+    assert sorted(t for t in first.ran if t.startswith("float")) == ["float shard 0", "float shard 1"]
+    assert first.tasks == 2 * 3 + 2 and strip(first.results) == ref
+    assert ref[0]["float_accuracy"] == eager.float_accuracy and 0 < ref[0]["agreement_with_float"] <= 1
+    for p in tmp_path.glob("float-*.json"):
+        p.unlink()
+    again = run_sweep(lazy, plan, 16, shard_size=32, work_dir=tmp_path)
+    assert again.ran == ["float shard 0", "float shard 1"] and len(again.reused) == 6
+    assert strip(again.results) == ref
+    third = run_sweep(lazy, plan, 16, shard_size=32, work_dir=tmp_path)
+    assert third.ran == [] and strip(third.results) == ref
