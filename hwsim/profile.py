@@ -131,7 +131,7 @@ SCHEMA: dict[str, _Key] = {
     "activations.dtype": _Key("choice", ("int", "float"), doc="'float' = weight-only policy: float32 activations, dequantized integer weights"),
     "activations.range": _Key("choice", ("minmax", "mse", "percentile", "lsq"), doc="activation range setting on the calibration set (lsq: the learned LSQ input steps; other tensors min-max)"),
     "activations.step_scale": _Key("float", lo=0.01, hi=100.0, doc="multiply every activation step size by this factor (sweeps)"),
-    "activations.input_division": _Key("choice", ("float64", "float32", "torch"), doc="the input quantizer round(x / scale): x / scale in float64, or in float32 as ONNX QuantizeLinear (ONNX Runtime), or torch.quantize_per_tensor's round(fl32(fma(x, fl32(1/scale), zero_point))) (PyTorch on x86)"),
+    "activations.input_division": _Key("choice", ("float64", "float32", "torch", "tflite_reference", "tflite_optimized", "xnnpack"), doc="the input quantizer round(x / scale): x / scale in float64, or in float32 as ONNX QuantizeLinear (ONNX Runtime), or torch.quantize_per_tensor's round(fl32(fma(x, fl32(1/scale), zero_point))) (PyTorch on x86), or LiteRT's QUANTIZE: reference round_half_away(fl32(x / scale)), optimized (blocks of 8 values: round_half_even(fl32(x * fl32(1/scale))), the n mod 8 rest: round_half_away(x / scale) in double), XNNPACK round_half_even(fl32(x * fl32(1/scale)))"),
     "activations.percentile": _Key("float", lo=50.0, hi=100.0, doc="percentile for range = 'percentile'"),
     "accumulator.bits": _Key("int", lo=8, hi=64, unbounded_ok=True, doc="accumulator width A (signed)"),
     "accumulator.overflow": _Key("choice", ("wrap", "saturate"), doc="accumulator overflow policy, applied after every chunk add"),
