@@ -255,3 +255,103 @@ def test_profile_that_cannot_hold_the_given_grids(fixtures):
     g = import_model(fixtures["smallcnn_robust"][0])
     with pytest.raises(HwsimError, match="unsigned"):
         compile_model(g, load_profile("int8-onnxruntime"), None)  # uint8 activations: the file's are int8
+
+
+# ----------------------------------------------------------------------------- one-op models through the importer
+def _litert(model: bytes, x: np.ndarray, resolver: str) -> np.ndarray:
+    it = litert.Interpreter(model_content=model, num_threads=1,
+                            experimental_op_resolver_type=getattr(litert.OpResolverType, KINDS[resolver]))
+    it.allocate_tensors()
+    ys = []
+    for i in range(len(x)):
+        it.set_tensor(it.get_input_details()[0]["index"], x[i:i + 1].astype(np.int8))
+        it.invoke()
+        ys.append(it.get_tensor(it.get_output_details()[0]["index"]).astype(np.int64))
+    return np.concatenate(ys)
+
+
+@pytest.mark.parametrize("resolver", RESOLVERS)
+def test_depthwise_with_a_channel_tail_identical(tmp_path, resolver):
+    """13 output channels (the optimized kernel's blocks of 8 plus a 5-channel gemmlowp tail: requant.block_channels),
+    power-of-two-like scales (ties, negative ones too: no fused activation), SAME padding, stride 2: the imported
+    layer == each resolver, the other profiles differ."""
+    from tests.core.test_litert_engine import tie_scales
+
+    rng = np.random.default_rng(21)
+    sx, sw, sy = tie_scales(rng, 13)
+    x = rng.integers(-8, 9, (16, 7, 7, 13))
+    w = rng.integers(-5, 6, (1, 3, 3, 13))
+
+    def options(b):
+        tflite.DepthwiseConv2DOptionsStart(b)
+        tflite.DepthwiseConv2DOptionsAddPadding(b, 0)
+        for f in ("StrideH", "StrideW"):
+            getattr(tflite, "DepthwiseConv2DOptionsAdd" + f)(b, 2)
+        for f in ("DilationHFactor", "DilationWFactor", "DepthMultiplier"):
+            getattr(tflite, "DepthwiseConv2DOptionsAdd" + f)(b, 1)
+        return tflite.DepthwiseConv2DOptionsEnd(b)
+    tensors = [_i8((1, 7, 7, 13), sx, -2), _i8(w.shape, sw, np.zeros(13, np.int64), w, qdim=3),
+               _i8([13], np.float32(sx) * sw.astype(np.float32), np.zeros(13, np.int64), rng.integers(-300, 300, 13),
+                   type_=TT.INT32), _i8((1, 4, 4, 13), sy, 5)]
+    model = build_model(tensors, BO.DEPTHWISE_CONV_2D, [0, 1, 2], [3], BOpt.DepthwiseConv2DOptions, options, [0])
+    yt = _litert(model, x, resolver).transpose(0, 3, 1, 2)
+    p = _write(tmp_path, "dw.tflite", model)
+    g = import_model(p)
+    gi_scale = g.metadata["given"].grids["input"]["scale"]
+    xf = ((x + 2) * np.float32(gi_scale)).astype(np.float32).transpose(0, 3, 1, 2)
+    outs = {}
+    for r, prof in PROFILES.items():
+        qg = compile_model(g, load_profile(prof), None)
+        assert np.array_equal(qg.grids[qg.input_name].quantize(xf), x.transpose(0, 3, 1, 2))
+        outs[r] = run_integer(qg, xf)[qg.output_name]
+    assert np.array_equal(outs[resolver], yt)
+    assert all(np.count_nonzero(outs[r] != yt) > 0 for r in PROFILES if r != resolver), \
+        {r: int(np.count_nonzero(outs[r] != yt)) for r in PROFILES}
+
+
+@pytest.mark.parametrize("resolver", RESOLVERS)
+def test_add_with_a_vector_tail_identical(tmp_path, resolver):
+    """ADD of two [1, 3, 5, 7] tensors (105 values: the optimized kernel's 16-wide loop and a 9-value scalar tail in
+    NHWC order, requant.add_vector_width), scales where the loops round differently, fused RELU."""
+    from tests.core.test_litert_engine import ADD_ADVERSARIAL, RELU
+
+    rng = np.random.default_rng(5)
+    sa, sb, which = ADD_ADVERSARIAL[0]
+    sa, sb = float(np.float32(sa)), float(np.float32(sb))
+    sy = sa if which == "a" else sb
+    x = rng.integers(-128, 128, (24, 3, 5, 14))  # the two operands side by side: a one-input model
+
+    def add_options(b):
+        tflite.AddOptionsStart(b)
+        tflite.AddOptionsAddFusedActivationFunction(b, RELU)
+        return tflite.AddOptionsEnd(b)
+    tensors = [_i8((1, 3, 5, 7), sa, -3), _i8((1, 3, 5, 7), sb, 5), _i8((1, 3, 5, 7), sy, 7)]
+    model = build_model(tensors, BO.ADD, [0, 1], [2], BOpt.AddOptions, add_options, [0, 1])
+    it = litert.Interpreter(model_content=model, num_threads=1,
+                            experimental_op_resolver_type=getattr(litert.OpResolverType, KINDS[resolver]))
+    it.allocate_tensors()
+    yt = []
+    for i in range(len(x)):
+        for d, v in zip(it.get_input_details(), (x[i:i + 1, ..., :7], x[i:i + 1, ..., 7:])):
+            it.set_tensor(d["index"], v.astype(np.int8))
+        it.invoke()
+        yt.append(it.get_tensor(it.get_output_details()[0]["index"]).astype(np.int64))
+    yt = np.concatenate(yt).transpose(0, 3, 1, 2)
+    # hwsim: the add layer the importer makes (op add + fused relu) under each profile, on the same integers
+    from types import SimpleNamespace
+
+    from hwsim.compile import Grid, _requant
+    from hwsim.ops.add import AddSpec
+
+    grids = {"a": Grid(sa, -3, -128, 127, 8, True), "b": Grid(sb, 5, -128, 127, 8, True),
+             "y": Grid(sy, 7, -128, 127, 8, True)}
+    env = {"a": x[..., :7].transpose(0, 3, 1, 2), "b": x[..., 7:].transpose(0, 3, 1, 2)}
+    outs = {}
+    for r, prof in PROFILES.items():
+        p = load_profile(prof).for_layer("add", "add")
+        lay = SimpleNamespace(profile=p, requant=_requant(p), inputs=["a", "b"], output="y", clamp=(7, 127),
+                              activation="relu")
+        outs[r] = AddSpec().execute(SimpleNamespace(grids=grids), lay, env, None, "fast", 0, False)[0]
+    assert np.array_equal(outs[resolver], yt)
+    assert all(np.count_nonzero(outs[r] != yt) > 0 for r in PROFILES if r != resolver), \
+        {r: int(np.count_nonzero(outs[r] != yt)) for r in PROFILES}
