@@ -14,8 +14,11 @@ Three steps, two Python environments:
    resolver (reference kernels, optimized built-ins, the XNNPACK delegate), int8 outputs saved as .npz beside
    the .tflite files.
 
+4. ``table`` (hwsim's environment): the committed fixtures' integers re-run under other hardware profiles.
+
 Usage (from the repository root):
     PYTHONPATH=. python scripts/litert_fixtures.py all --tf-python /work/tfvenv/bin/python
+    PYTHONPATH=. python scripts/litert_fixtures.py table
 """
 
 from __future__ import annotations
@@ -233,8 +236,53 @@ def expect(work: Path) -> None:
         print(f"{net}: {len(data)} bytes; resolvers differing elements {diff}", flush=True)
 
 
+# the same imported integers under other hardware: (profile, --set settings); int8-acc16-sat and int8-psum16
+# extend PyTorch's uint8 profile, so they take the file's int8 grids with activations.signed = true
+TABLE = [("int8-litert-xnnpack", {}), ("int8-litert-reference", {}), ("int8-litert-optimized", {}),
+         ("int8-acc16-sat", {"activations.signed": "true"}), ("int8-psum16", {"activations.signed": "true"}),
+         ("int8-onnxruntime-s8", {"requant.mean_form": "exact"})]  # ORT's QLinearGlobalAveragePool keeps the grid
+
+
+def table() -> None:
+    """Accuracy (bundled test set), overflow events and the first layer whose integers differ from the engine
+    default's (int8-litert-xnnpack) on the first 64 test images, for each committed fixture."""
+    from hwsim.compile import compile_model
+    from hwsim.data import load_dataset
+    from hwsim.execute import accuracy, run_integer, run_quantized
+    from hwsim.importers import import_model
+    from hwsim.profile import load_profile
+
+    ds = load_dataset("default")
+    print("| network | profile | accuracy | overflow events | first layer differing from int8-litert-xnnpack (64 images) |")
+    print("|---|---|---|---|---|")
+    for net in NETS:
+        z = np.load(OUT / f"{net}_int8.npz", allow_pickle=False)
+        g = import_model(OUT / f"{net}_int8.tflite")
+        x = ((np.asarray(ds.x_test, np.float32) - z["mean"][0]) / z["std"][0]).astype(np.float32)
+        base = None
+        for name, settings in TABLE:
+            qg = compile_model(g, load_profile(name, settings), None)
+            r = run_quantized(qg, x)
+            ev = sum(s.overflow_events for s in r.layers)
+            ints = run_integer(qg, x[:64])
+            if base is None:
+                base, first = ints, "—"
+            else:
+                first = "none"
+                for t, label in [(qg.input_name, "the input's QUANTIZE")] + [(la.output, la.name) for la in qg.layers]:
+                    d = np.count_nonzero(ints[t] != base[t])
+                    if d:
+                        first = f"{label} ({d} of {ints[t].size} values)"
+                        break
+            label = name + ("" if not settings else " + " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+            print(f"| {net} | {label} | {accuracy(r.logits, ds.y_test):.2%} | {ev} | {first} |", flush=True)
+
+
 def main(argv: list[str]) -> None:
     step = argv[0] if argv else "all"
+    if step == "table":
+        table()
+        return
     args = dict(zip(argv[1::2], argv[2::2]))
     work = Path(args.get("--work") or tempfile.mkdtemp(prefix="litert_fixtures_"))
     work.mkdir(parents=True, exist_ok=True)
