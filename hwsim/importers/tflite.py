@@ -259,6 +259,14 @@ class _Importer:
 
     # -------------------------------------------------------------- operators
     def _padding(self, i, name, o, x_idx, kh, kw, sh, sw, dh=1, dw=1) -> list[int]:
+        from hwsim.graph import MAX_SPATIAL
+
+        for what, v in (("kernel", kh), ("kernel", kw), ("stride", sh), ("stride", sw), ("dilation", dh),
+                        ("dilation", dw)):
+            if not 1 <= v <= MAX_SPATIAL:
+                self.op_fail(i, name, f"{what} {v} (allowed 1..{MAX_SPATIAL})")
+        if len(self.T(x_idx)["shape"]) != 4:
+            self.op_fail(i, name, f"input of shape {list(self.T(x_idx)['shape'])} (NHWC images: rank 4)")
         _, h, w, _ = self.T(x_idx)["shape"]
         if o.Padding() == 1:  # VALID
             return [0, 0, 0, 0]
@@ -477,7 +485,14 @@ class _Importer:
                 self.op_fail(i, name, f"not supported by the hwsim LiteRT importer (supported: {', '.join(SUPPORTED)})")
             if name != "PAD" and self.T(outs[0])["type"] != "INT8":
                 self.grid(i, name, outs[0])  # the one-line type error
-            handler(i, name, ins, outs, op)
+            try:
+                handler(i, name, ins, outs, op)
+            except HwsimError:
+                raise
+            except Exception as e:  # the flatbuffer's lazily read options, out of bounds in a corrupt file
+                if not _from_flatbuffers(e):
+                    raise
+                self.op_fail(i, name, f"truncated or corrupt options ({type(e).__name__})")
             first += 1
         if out_idx not in self.state:
             self.fail(f"output tensor {out_idx} is not computed from the input")
@@ -492,6 +507,15 @@ class _Importer:
 
 SUPPORTED = ("QUANTIZE (input)", "DEQUANTIZE (output)") + tuple(
     sorted(k[3:] for k in vars(_Importer) if k.startswith("op_")))
+
+
+def _from_flatbuffers(e: BaseException) -> bool:
+    """Whether an exception was raised while reading the flatbuffer (the flatbuffers / tflite packages)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    f = tb.tb_frame.f_code.co_filename.replace("\\", "/") if tb is not None else ""
+    return "/flatbuffers/" in f or "/tflite/" in f
 
 
 def is_tflite(head: bytes) -> bool:
