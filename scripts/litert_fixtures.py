@@ -7,7 +7,8 @@ Three steps, two Python environments:
    representative dataset, test images as the fixtures' inputs) into a work directory;
 2. ``convert`` (an environment with TensorFlow, e.g. ``/work/tfvenv``, never a test dependency): each graph
    rebuilt as a Keras model (NHWC; BatchNorm kept, the converter folds it), plus a ResNet-8-shaped network
-   (seeded random weights, BN statistics, a concatenated stem and an average pool), converted by
+   (seeded random weights, BN statistics, a concatenated stem and an average pool) and a MobileNetV3-style
+   network (seeded random weights: hard-swish, squeeze-excitation with a sigmoid gate), converted by
    ``tf.lite.TFLiteConverter`` with full-integer quantization (``Optimize.DEFAULT``, representative dataset =
    200 bundled training images, ``TFLITE_BUILTINS_INT8``; float input and output: QUANTIZE / DEQUANTIZE);
 3. ``expect`` (hwsim's environment, ai-edge-litert): every model run on 256 bundled test images by each LiteRT
@@ -35,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "litert"
 BUNDLED = ("smallcnn_robust", "mobilenetv2")
-NETS = BUNDLED + ("resnet8",)
+NETS = BUNDLED + ("resnet8", "mobilenetv3_style")
 N_CALIB, N_TEST = 200, 256
 RESOLVERS = ("reference", "optimized", "xnnpack")
 
@@ -153,13 +154,59 @@ def _resnet8(tf, seed: int = 0):
     return tf.keras.Model(x_in, L.Dense(10)(x))
 
 
-def convert(work: Path) -> None:
+def _mobilenetv3_style(tf, seed: int = 1):
+    """A MobileNetV3-style network on 1x28x28 (seeded random weights and BN statistics): hard-swish activations
+    (the converter's HARD_SWISH), squeeze-excitation with a sigmoid gate (MEAN keepdims, 1x1 convs, LOGISTIC,
+    broadcasting MUL), depthwise blocks, a residual ADD. (LiteRT has no HARD_SIGMOID: the converter lowers
+    MobileNetV3's hard-sigmoid gate to ADD / RELU6 / MUL by constants, which hwsim does not read.)"""
+    L = tf.keras.layers
+    tf.keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    def bn(x):
+        layer = L.BatchNormalization(epsilon=1e-3)
+        y = layer(x)
+        ch = x.shape[-1]
+        layer.set_weights([rng.uniform(0.5, 1.5, ch).astype(np.float32), rng.uniform(-0.2, 0.2, ch).astype(np.float32),
+                           rng.uniform(-0.2, 0.2, ch).astype(np.float32), rng.uniform(0.5, 2.0, ch).astype(np.float32)])
+        return y
+
+    def hswish(x):
+        return L.Activation(tf.keras.activations.hard_swish)(x)
+
+    def se(x, squeeze):
+        s = L.GlobalAveragePooling2D(keepdims=True)(x)
+        s = L.Conv2D(squeeze, 1, activation="relu")(s)
+        s = L.Conv2D(x.shape[-1], 1, activation="sigmoid")(s)
+        return L.Multiply()([x, s])
+
+    def block(x, expand, out, stride, act):
+        y = act(bn(L.Conv2D(expand, 1, use_bias=False)(x))) if expand != x.shape[-1] else x
+        y = act(bn(L.DepthwiseConv2D(3, stride, "same", use_bias=False)(y)))
+        y = se(y, max(8, expand // 4))
+        y = bn(L.Conv2D(out, 1, use_bias=False)(y))
+        return L.Add()([x, y]) if stride == 1 and x.shape[-1] == out else y
+
+    x_in = tf.keras.Input((28, 28, 1), batch_size=1)
+    x = hswish(bn(L.Conv2D(16, 3, 2, "same", use_bias=False)(x_in)))
+    x = block(x, 16, 16, 1, L.ReLU())
+    x = block(x, 48, 24, 2, hswish)
+    x = block(x, 64, 24, 1, hswish)
+    x = hswish(bn(L.Conv2D(96, 1, use_bias=False)(x)))
+    x = L.GlobalAveragePooling2D(keepdims=True)(x)
+    x = L.Flatten()(x)
+    return tf.keras.Model(x_in, L.Dense(10)(x))
+
+
+def convert(work: Path, nets=NETS) -> None:
     import tensorflow as tf
 
     calib01 = np.load(work / "calib.npy")
-    for net in NETS:
+    for net in nets:
         if net == "resnet8":
             model, mean, std = _resnet8(tf), 0.0, 1.0
+        elif net == "mobilenetv3_style":
+            model, mean, std = _mobilenetv3_style(tf), 0.0, 1.0
         else:
             doc = json.loads((work / f"{net}.json").read_text())
             with np.load(work / f"{net}.npz", allow_pickle=False) as z:
@@ -220,10 +267,10 @@ def _out_grid(it) -> tuple[float, int]:
     return src["quantization"]
 
 
-def expect(work: Path) -> None:
+def expect(work: Path, nets=NETS) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     x01 = np.load(work / "test.npy")
-    for net in NETS:
+    for net in nets:
         norm = json.loads((work / f"{net}.norm.json").read_text())
         data = (work / f"{net}_int8.tflite").read_bytes()
         (OUT / f"{net}_int8.tflite").write_bytes(data)
@@ -243,7 +290,7 @@ TABLE = [("int8-litert-xnnpack", {}), ("int8-litert-reference", {}), ("int8-lite
          ("int8-onnxruntime-s8", {"requant.mean_form": "exact"})]  # ORT's QLinearGlobalAveragePool keeps the grid
 
 
-def table() -> None:
+def table(nets=NETS) -> None:
     """Accuracy (bundled test set), overflow events and the first layer whose integers differ from the engine
     default's (int8-litert-xnnpack) on the first 64 test images, for each committed fixture."""
     from hwsim.compile import compile_model
@@ -255,7 +302,7 @@ def table() -> None:
     ds = load_dataset("default")
     print("| network | profile | accuracy | overflow events | first layer differing from int8-litert-xnnpack (64 images) |")
     print("|---|---|---|---|---|")
-    for net in NETS:
+    for net in nets:
         z = np.load(OUT / f"{net}_int8.npz", allow_pickle=False)
         g = import_model(OUT / f"{net}_int8.tflite")
         x = ((np.asarray(ds.x_test, np.float32) - z["mean"][0]) / z["std"][0]).astype(np.float32)
@@ -280,21 +327,21 @@ def table() -> None:
 
 def main(argv: list[str]) -> None:
     step = argv[0] if argv else "all"
-    if step == "table":
-        table()
-        return
     args = dict(zip(argv[1::2], argv[2::2]))
+    if step == "table":
+        table(tuple(args["--nets"].split(",")) if "--nets" in args else NETS)
+        return
     work = Path(args.get("--work") or tempfile.mkdtemp(prefix="litert_fixtures_"))
     work.mkdir(parents=True, exist_ok=True)
     if step in ("export", "all"):
         export(work)
     if step == "convert":
-        convert(work)
+        convert(work, tuple(args["--nets"].split(",")) if "--nets" in args else NETS)
     if step == "all":
         subprocess.run([args.get("--tf-python", "/work/tfvenv/bin/python"), __file__, "convert", "--work", str(work)],
                        check=True)
     if step in ("expect", "all"):
-        expect(work)
+        expect(work, tuple(args["--nets"].split(",")) if "--nets" in args else NETS)
     print(f"work directory: {work}")
 
 

@@ -29,7 +29,7 @@ from tests.core.test_litert_engine import X86_AVX2, BO, BOpt, TT, _i8, build_mod
 from tests.importers.test_cli_import import one_line_error  # noqa: E402
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "litert"
-NETS = ("smallcnn_robust", "mobilenetv2", "resnet8")
+NETS = ("smallcnn_robust", "mobilenetv2", "resnet8", "mobilenetv3_style")
 PROFILES = {"reference": "int8-litert-reference", "optimized": "int8-litert-optimized",
             "xnnpack": "int8-litert-xnnpack"}
 KINDS = {"reference": "BUILTIN_REF", "optimized": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "xnnpack": "BUILTIN"}
