@@ -187,7 +187,7 @@ class _Importer:
         return out
 
     def _emit(self, i: int, name: str, op: str, inputs: list[str], out_idx: int, act: int | None = 0,
-              attrs=None, params=None, layout: str = "nhwc", grid: bool = True) -> str:
+              attrs=None, params=None, layout: str = "nhwc") -> str:
         """One hwsim node for operator ``i``, its fused activation as a relu / relu6 node after it."""
         base = f"op{i}_{name.lower()}"
         kind = _ACT.get(act, "?") if act is not None else None
@@ -198,11 +198,9 @@ class _Importer:
             out = self._node(f"{base}::{kind}", kind, [f"{base}::pre_act"], out=base)
         else:
             out = self._node(base, op, inputs, attrs, params)
-        if grid:
-            self.grids[out] = self.grid(i, name, out_idx)
+        self.grids[out] = self.grid(i, name, out_idx)
         t = self.T(out_idx)
-        chw = None
-        self.state[out_idx] = (out, layout, chw)
+        self.state[out_idx] = (out, layout, None)
         if layout == "nhwc" and len(t["shape"]) != 4:
             self.op_fail(i, name, f"output shape {list(t['shape'])} (hwsim expects NHWC images here)")
         return out
@@ -458,7 +456,6 @@ class _Importer:
             self.fail(f"--input-shape {','.join(map(str, given_shape))}: the model's input is fixed at "
                       f"{c},{h},{w} (C,H,W)")
         in_name = "input"
-        first = 0
         if t_in["type"] == "FLOAT32":  # the QUANTIZE that reads it gives the grid
             q = [k for k, (_, nm, ins, _, _) in enumerate(m.ops) if in_idx in ins]
             if len(q) != 1 or m.ops[q[0]][1] != "QUANTIZE":
@@ -493,7 +490,6 @@ class _Importer:
                 if not _from_flatbuffers(e):
                     raise
                 self.op_fail(i, name, f"truncated or corrupt options ({type(e).__name__})")
-            first += 1
         if out_idx not in self.state:
             self.fail(f"output tensor {out_idx} is not computed from the input")
         out_name = self.state[out_idx][0]

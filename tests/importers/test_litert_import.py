@@ -181,10 +181,6 @@ def _one_op(tensors, opcode, ins, outs, otype, opts, graph_inputs=(0,)):
     return build_model(tensors, opcode, list(ins), list(outs), otype, opts, list(graph_inputs))
 
 
-def _no_options(b):
-    return None
-
-
 def _write(tmp_path, name, data) -> Path:
     p = tmp_path / name
     p.write_bytes(data)
@@ -383,3 +379,12 @@ def test_corrupt_files_fail_in_one_line(fixtures):
                 assert "\n" not in str(e) and str(p) in str(e)
                 outcomes["error"] += 1
     assert outcomes["ok"] > 50 and outcomes["error"] > 50, outcomes
+
+
+def test_without_the_tflite_package_one_line(monkeypatch, fixtures, tmp_path):
+    """hwsim imports without ``tflite``; reading a .tflite file then says which extra to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tflite", None)  # import tflite -> ImportError
+    one_line_error(invoke("import", fixtures["smallcnn_robust"][0], "-o", tmp_path / "o.hwsim"),
+                   "pip install 'hwsim[litert]'")
