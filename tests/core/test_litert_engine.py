@@ -703,3 +703,64 @@ def test_input_quantize_identical(resolver):
             y = cls(s, z, -128, 127, 8, True).quantize(v.reshape(1, n, 1, 1))  # NCHW: n channels, 1x1
             diff[f] += int((y != yt).sum())
     assert diff[want] == 0 and all(d > 0 for f, d in diff.items() if f != want), diff
+
+
+@needs_x86
+def test_xnnpack_mul_identical():
+    """MUL under the default resolver: XNNPACK's qs8 vmul "fp32" requantization, y = round_half_even(fl32(fl32(p) *
+    fl32(fl32(s_a s_b) / s_y))) + z_y, p = (a - z_a)(b - z_b) (src/microparams-init.c,
+    xnn_init_qs8_mul_minmax_scalar_params: product_scale / output_scale in float): ops.mul with the float32 requant
+    multiplier (what int8-litert-xnnpack's mul_form = "requant" gives); gemmlowp's fixed MUL (the built-in kernels)
+    disagrees. Same shapes and a squeeze-excitation broadcast. (PyTorch's inverse multiplier fl32(fl32(s_a s_b)
+    fl32(1/s_y)) rarely differs from it and is not separated by these cases.)"""
+    from hwsim.ops.mul import mul
+
+    rng = np.random.default_rng(12)
+    cfg = ops.Requant(mode="float32", rounding="half_even")
+    diff = {"fixed": 0}
+    for i in range(24):
+        sa, sb = (float(f32(rng.uniform(0.01, 0.1))) for _ in range(2))
+        sy = float(f32(f32(sa) * f32(sb) * rng.choice([1, 2, 0.5, 4]))) if i % 2 else float(f32(rng.uniform(0.001, 0.01)))
+        za, zb, zy = (int(v) for v in rng.integers(-20, 20, 3))
+        a = rng.integers(-128, 128, (1, 4, 5, 8))
+        b = rng.integers(-128, 128, (1, 1, 1, 8) if i % 3 == 0 else (1, 4, 5, 8))
+
+        def options(bld):
+            tflite.MulOptionsStart(bld)
+            tflite.MulOptionsAddFusedActivationFunction(bld, 0)
+            return tflite.MulOptionsEnd(bld)
+        model = build_model([_i8(a.shape, sa, za), _i8(b.shape, sb, zb), _i8(a.shape, sy, zy)], BO.MUL, [0, 1], [2],
+                            BOpt.MulOptions, options, [0, 1])
+        yt = run(model, "xnnpack", a, b).transpose(0, 3, 1, 2)
+        kw = dict(a_scale=sa, a_zero_point=za, b_scale=sb, b_zero_point=zb, y_scale=sy, y_zero_point=zy, qmin=-128,
+                  qmax=127)
+        at, bt = a.transpose(0, 3, 1, 2), b.transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(mul(at, bt, cfg=cfg, multiplier="requant", **kw)[0], yt)
+        diff["fixed"] += int((mul(at, bt, cfg=GEMMLOWP, multiplier="requant", **kw)[0] != yt).sum())
+    assert all(v > 0 for v in diff.values()), diff
+
+
+@needs_x86
+@pytest.mark.parametrize("fn", ["sigmoid", "hardswish"])
+def test_xnnpack_logistic_and_hard_swish_are_the_builtin_tables(fn):
+    """LOGISTIC and HARD_SWISH under the default resolver give the built-in kernels' integers (tflite_lut,
+    tflite_hardswish) on every input code of random and power-of-two grids; hardswish's exact table disagrees."""
+    from hwsim.ops.activation import build_table
+
+    rng = np.random.default_rng(13)
+    x = np.arange(-128, 128).reshape(1, 16, 16, 1)
+    opcode, form = (BO.LOGISTIC, "tflite_lut") if fn == "sigmoid" else (BO.HARD_SWISH, "tflite_hardswish")
+    exact_diff = 0
+    for i in range(12):
+        si = float(f32(rng.uniform(0.02, 0.2))) if i % 2 else 2.0 ** -int(rng.integers(3, 6))
+        zi = int(rng.integers(-30, 30))
+        so, zo = (1 / 256, -128) if fn == "sigmoid" else \
+            (float(f32(rng.uniform(0.02, 0.1))) if i % 2 else 2.0 ** -int(rng.integers(3, 6)), int(rng.integers(-30, 10)))
+        model = build_model([_i8(x.shape, si, zi), _i8(x.shape, so, zo)], opcode, [0], [1], 0, lambda b: 0, [0])
+        yt = run(model, "xnnpack", x).ravel()
+        np.testing.assert_array_equal(yt, run(model, "optimized", x).ravel())
+        tab = np.clip(build_table(fn, si, zi, -128, 127, so, zo, -128, 127, form=form), -128, 127)
+        np.testing.assert_array_equal(tab, yt)
+        ex = np.clip(build_table(fn, si, zi, -128, 127, so, zo, -128, 127, "half_even", form="exact"), -128, 127)
+        exact_diff += int((ex != yt).sum())
+    assert fn == "sigmoid" or exact_diff > 0
