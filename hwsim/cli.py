@@ -115,7 +115,7 @@ class _Finite(click.ParamType):
 # every command spells the same thing the same way (STYLE.md habit 15): -m/--model, -p/--profile,
 # -d/--data, -o/--out, --plot PATH, --set, --limit, --batch-size, --json, -q/--quiet
 DATA_HELP = "default | mnist5k | digits | cifar10:PATH | cifar100:PATH | npz:PATH | npy:DIR"
-MODEL_HELP = ("bundled model name, .hwsim path, or .onnx path (imported with mean 0, std 1; "
+MODEL_HELP = ("bundled model name, .hwsim path, or .onnx / .tflite path (imported with mean 0, std 1; "
               "'hwsim import' records another normalisation)  [default: smallcnn_robust]")
 
 

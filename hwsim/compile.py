@@ -106,6 +106,54 @@ def fma_f32(a: np.ndarray, b: np.float32, c: np.float32) -> np.ndarray:
     return np.where(tie, toward, r).astype(np.float32)
 
 
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    return np.where(v >= 0, np.floor(v + 0.5), np.ceil(v - 0.5))
+
+
+class LiteRTQuantizeGrid(Grid):
+    """A grid whose quantizer is LiteRT's int8 QUANTIZE of a float input (measured against ai-edge-litert 2.3 on
+    near-tie inputs, tests/core/test_litert_engine.py), ``form``:
+    - "tflite_reference" (reference_ops::AffineQuantize): round_half_away(fl32(x / scale)) + zero_point;
+    - "tflite_optimized" (optimized_ops::AffineQuantize, x86-64 NEON_2_SSE): per image, in NHWC order, the first
+      n - n mod 8 values round_half_even(fl32(x * fl32(1 / scale))) (vmulq + vcvtnq), the last n mod 8 values
+      round_half_away(x / scale) in double (the scalar loop);
+    - "xnnpack" (XNNPACK's f32 -> qs8 convert): round_half_even(fl32(x * fl32(1 / scale))).
+    Profile key ``activations.input_division``."""
+
+    form = "tflite_reference"
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        s = np.float32(self.scale)
+        if self.form == "tflite_reference":
+            q = _round_half_away(x / s)
+        else:
+            q = np.rint(x * (np.float32(1.0) / s))
+            if self.form == "tflite_optimized" and x.ndim >= 2:
+                nhwc = np.moveaxis(x, 1, -1).reshape(x.shape[0], -1) if x.ndim == 4 else x.reshape(x.shape[0], -1)
+                tail = nhwc.shape[1] % 8
+                if tail:
+                    qn = np.moveaxis(q, 1, -1).reshape(nhwc.shape).copy() if x.ndim == 4 else q.reshape(nhwc.shape)
+                    qn[:, -tail:] = _round_half_away(nhwc[:, -tail:].astype(np.float64) / np.float64(s))
+                    q = (np.moveaxis(qn.reshape(np.moveaxis(x, 1, -1).shape), -1, 1) if x.ndim == 4
+                         else qn.reshape(x.shape))
+        return np.clip(q.astype(np.int64) + self.zero_point, self.qmin, self.qmax)
+
+
+class LiteRTOptimizedQuantizeGrid(LiteRTQuantizeGrid):
+    form = "tflite_optimized"
+
+
+class XNNPackQuantizeGrid(LiteRTQuantizeGrid):
+    form = "xnnpack"
+
+
+# one class per form (the form travels with the grid's type through copies and worker processes)
+LITERT_QUANTIZE_GRIDS = {"tflite_reference": LiteRTQuantizeGrid, "tflite_optimized": LiteRTOptimizedQuantizeGrid,
+                         "xnnpack": XNNPackQuantizeGrid}
+
+
 def input_grid(grid: Grid, fmt: TensorFormat) -> Grid:
     """The input's grid with the quantizer ``fmt.input_division`` names (float64: x / scale in float64)."""
     div = getattr(fmt, "input_division", "float64")
@@ -113,6 +161,8 @@ def input_grid(grid: Grid, fmt: TensorFormat) -> Grid:
         return Float32DivisionGrid(**dataclasses.asdict(grid))
     if div == "torch":
         return TorchQuantizeGrid(**dataclasses.asdict(grid))
+    if div in LITERT_QUANTIZE_GRIDS:
+        return LITERT_QUANTIZE_GRIDS[div](**dataclasses.asdict(grid))
     return grid
 
 

@@ -33,7 +33,7 @@ def bundled_models() -> list[str]:
 
 def resolve_model(spec: str | None) -> tuple[Graph, str]:
     """A bundled model name (``smallcnn_robust``), a path to a ``.hwsim`` file, or a foreign model file
-    (``.onnx``, recognised by suffix or magic bytes: imported on the fly with the default input
+    (``.onnx``, ``.tflite``, recognised by suffix or magic bytes: imported on the fly with the default input
     normalisation, pixels in [0, 1] with mean 0 and std 1; ``hwsim import`` records another; docs/import.md)."""
     from hwsim.importers import import_model, model_format
 
@@ -46,12 +46,12 @@ def resolve_model(spec: str | None) -> tuple[Graph, str]:
     p = Path(spec)
     if p.is_file():
         fmt = model_format(p)
-    elif p.suffix.lower() in (".hwsim", ".onnx") or p.exists():
-        fmt = "onnx" if p.suffix.lower() == ".onnx" else "hwsim"  # the loader names what is wrong
+    elif p.suffix.lower() in (".hwsim", ".onnx", ".tflite") or p.exists():
+        fmt = p.suffix.lower()[1:] if p.suffix.lower() in (".onnx", ".tflite") else "hwsim"  # the loader names what is wrong
     else:
-        raise HwsimError(f"unknown model {spec!r}: give a .hwsim or .onnx path or a bundled model "
+        raise HwsimError(f"unknown model {spec!r}: give a .hwsim, .onnx or .tflite path or a bundled model "
                          f"({', '.join(names) or 'none'})")
-    if fmt == "onnx":
+    if fmt in ("onnx", "tflite"):
         return import_model(p), spec
     return load_model(spec), spec
 

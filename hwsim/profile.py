@@ -132,7 +132,7 @@ SCHEMA: dict[str, _Key] = {
     "activations.dtype": _Key("choice", ("int", "float"), doc="'float' = weight-only policy: float32 activations, dequantized integer weights"),
     "activations.range": _Key("choice", ("minmax", "mse", "percentile", "lsq"), doc="activation range setting on the calibration set (lsq: the learned LSQ input steps; other tensors min-max)"),
     "activations.step_scale": _Key("float", lo=0.01, hi=100.0, doc="multiply every activation step size by this factor (sweeps)"),
-    "activations.input_division": _Key("choice", ("float64", "float32", "torch"), doc="the input quantizer round(x / scale): x / scale in float64, or in float32 as ONNX QuantizeLinear (ONNX Runtime), or torch.quantize_per_tensor's round(fl32(fma(x, fl32(1/scale), zero_point))) (PyTorch on x86)"),
+    "activations.input_division": _Key("choice", ("float64", "float32", "torch", "tflite_reference", "tflite_optimized", "xnnpack"), doc="the input quantizer round(x / scale): x / scale in float64, or in float32 as ONNX QuantizeLinear (ONNX Runtime), or torch.quantize_per_tensor's round(fl32(fma(x, fl32(1/scale), zero_point))) (PyTorch on x86), or LiteRT's QUANTIZE: reference round_half_away(fl32(x / scale)), optimized (blocks of 8 values: round_half_even(fl32(x * fl32(1/scale))), the n mod 8 rest: round_half_away(x / scale) in double), XNNPACK round_half_even(fl32(x * fl32(1/scale)))"),
     "activations.percentile": _Key("float", lo=50.0, hi=100.0, doc="percentile for range = 'percentile'"),
     "accumulator.bits": _Key("int", lo=8, hi=64, unbounded_ok=True, doc="accumulator width A (signed)"),
     "accumulator.overflow": _Key("choice", ("wrap", "saturate"), doc="accumulator overflow policy, applied after every chunk add"),
@@ -148,12 +148,18 @@ SCHEMA: dict[str, _Key] = {
     "requant.multiplier_order": _Key("choice", ("sequential", "fused"), doc="float32 M = fl32(fl32(sx*sw)/sy) or fl32(sx*sw/sy)"),
     "requant.fixed_product": _Key("choice", ("float64", "float32"), doc="fixed: real multiplier s_x*s_w/s_y in float64, or fl32(s_x*s_w)/s_y (TFLite per-tensor FULLY_CONNECTED)"),
     "requant.pool_form": _Key("choice", ("exact", "onnxruntime"), doc="average pools: exact integer mean rounded, or ONNX Runtime's float32 QLinear(Global)AveragePool arithmetic"),
-    "requant.add_form": _Key("choice", ("dequantize", "ratio_fma"), doc="float32 add: PyTorch's dequantize-add-requantize or ONNX Runtime QLinearAdd's ratio + FMA form"),
+    "requant.add_form": _Key("choice", ("dequantize", "ratio_fma", "xnnpack"), doc="float32 add: PyTorch's dequantize-add-requantize or ONNX Runtime QLinearAdd's ratio + FMA form; xnnpack (any mode): XNNPACK's qs8 add, 20-bit fixed-point multipliers of fl32(s_a/s_y), fl32(s_b/s_y), sum rounded half up"),
     "requant.activation_form": _Key("choice", ("exact", "torch", "tflite", "onnxruntime"), doc="sigmoid, hardsigmoid, hardswish, silu, tanh tables: exact (correctly rounded f(d)/s), or the engine's arithmetic where it has a kernel for f (torch: PyTorch quantized CPU kernels; tflite: LOGISTIC / TANH tables, int8 HARD_SWISH fixed point; onnxruntime: QLinearSigmoid, QDQ HardSigmoid / HardSwish); exact elsewhere (docs/semantics.md 12)"),
     "requant.activation_rounding": _Key("choice", ("requant", "half_even", "half_away", "half_up", "floor", "trunc"), doc="rounding of the exact activation tables (requant = requant.rounding; stochastic gives half_even: a table holds one value per input)"),
     "requant.mul_form": _Key("choice", ("requant", "torch", "onnxruntime"), doc="mul's multiplier s_a*s_b/s_y: as the profile forms requant multipliers, PyTorch quantized::mul's fl32(fl32(s_a*s_b)*fl32(1/s_y)), or ONNX Runtime QLinearMul's (sequential, zero point before rounding)"),
-    "requant.mean_form": _Key("choice", ("exact", "torch", "onnxruntime", "tflite_reference", "tflite_optimized"), doc="mean over H, W: exact integer mean rounded, PyTorch's raw-sum mean, ONNX Runtime's QLinearGlobalAveragePool, TFLite MEAN reference / optimized kernel"),
+    "requant.mean_form": _Key("choice", ("exact", "torch", "onnxruntime", "tflite_reference", "tflite_optimized", "xnnpack"), doc="mean over H, W: exact integer mean rounded, PyTorch's raw-sum mean, ONNX Runtime's QLinearGlobalAveragePool, TFLite MEAN reference / optimized kernel, XNNPACK's qs8 mean (float32 scale and zero point)"),
     "requant.avgpool_form": _Key("choice", ("exact", "torch", "tflite", "onnxruntime"), doc="avgpool2d with count_include_pad = false: exact mean over the taps inside the image, PyTorch's / TFLite's raw-sum division (half even / half away), ONNX Runtime's QLinearAveragePool float32 arithmetic"),
+    "requant.add_vector_width": _Key("int", lo=1, hi=1024, unbounded_ok=True, none_word="none",
+                                     doc="fixed add: TFLite's optimized ADD, whose vector loop (width V = 16) covers the first n - n mod V elements of each image in NHWC order and rounds each input term once (ops.add vector_width); none = the scalar arithmetic everywhere"),
+    "requant.block_channels": _Key("int", lo=1, hi=1 << 16, unbounded_ok=True, none_word="none",
+                                   doc="fixed conv/linear requant: the first C - C mod V output channels (vector blocks of V, e.g. LiteRT's optimized DEPTHWISE_CONV_2D: 8) rounded with requant.block_ties, the rest with requant.fixed_ties; none = every channel with fixed_ties"),
+    "requant.block_ties": _Key("ties", doc="tie rules of the channels in vector blocks (requant.block_channels)"),
+    "requant.fixed_form": _Key("choice", ("multiplier", "float64"), doc="fixed conv/linear requant: the integer multiplier (QuantizeMultiplier + MultiplyByQuantizedMultiplier, default), or float64 = LiteRT's reference FULLY_CONNECTED: y = round_half_away(acc * M), M = s_x*s_w[c]/s_y in double, no integer multiplier"),
     "requant.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of stochastic rounding"),
     "bias.bits": _Key("int", lo=8, hi=64, doc="bias width (quantized at s_x*s_w)"),
     "bias.rounding": _Key("choice", ROUNDING_MODES[:-1], doc="rounding of the bias to integers"),
@@ -225,6 +231,10 @@ class RequantSpec:
     mul_form: str = "requant"
     mean_form: str = "exact"
     avgpool_form: str = "exact"
+    add_vector_width: int | None = None
+    block_channels: int | None = None
+    block_ties: tuple = ("half_up", "half_up")  # NEON VQRDMULH + VRSHL (NEON_2_SSE on x86-64)
+    fixed_form: str = "multiplier"
     seed: int = 0
 
 
@@ -408,8 +418,9 @@ def _from_dict(d: dict, where: str) -> Profile:
     for sec, cls in _SECTIONS.items():
         if sec in d:
             vals = dict(d[sec])
-            if "fixed_ties" in vals:
-                vals["fixed_ties"] = tuple(vals["fixed_ties"])
+            for k in ("fixed_ties", "block_ties"):
+                if k in vals:
+                    vals[k] = tuple(vals[k])
             kw[sec] = cls(**vals)
     ovs = []
     for o in d.get("overrides", ()):

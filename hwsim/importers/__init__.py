@@ -2,6 +2,8 @@
 
 - :mod:`hwsim.importers.onnx`: float ONNX models (opset 13 and later), read with the optional
   ``onnx`` package (``pip install 'hwsim[onnx]'``); importing hwsim never needs it.
+- :mod:`hwsim.importers.tflite`: int8 LiteRT ``.tflite`` models, read with the optional ``tflite``
+  flatbuffer package (``pip install 'hwsim[litert]'``), their own quantization kept.
 
 :func:`import_model` dispatches on the file's format (:func:`model_format`: suffix, then magic
 bytes); ``hwsim import`` and every command's ``-m FILE`` use it. The input normalisation a model
@@ -20,12 +22,12 @@ from typing import Sequence
 from hwsim import safeio
 from hwsim.errors import HwsimError
 
-FORMATS = ("hwsim", "onnx")
+FORMATS = ("hwsim", "onnx", "tflite")
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def model_format(path: str | os.PathLike) -> str:
-    """'hwsim' or 'onnx' for a model file (suffix first, then magic bytes); a one-line error naming
+    """'hwsim', 'onnx' or 'tflite' for a model file (suffix first, then magic bytes); a one-line error naming
     what the file looks like and how to bring it in otherwise."""
     p = Path(path)
     suffix = p.suffix.lower()
@@ -33,6 +35,8 @@ def model_format(path: str | os.PathLike) -> str:
         return "hwsim"
     if suffix == ".onnx":
         return "onnx"
+    if suffix == ".tflite":
+        return "tflite"
     if suffix in (".pt", ".pth"):
         raise HwsimError(f"{p}: a PyTorch checkpoint is not a model file; convert it first: "
                          f"hwsim export {p.name} -o model.hwsim (an hwsim training checkpoint) or hwsim export "
@@ -42,11 +46,10 @@ def model_format(path: str | os.PathLike) -> str:
     if head[:4] == _ZIP_MAGIC:
         return "hwsim"
     if head[4:8] == b"TFL3":
-        raise HwsimError(f"{p}: a LiteRT (.tflite) model; hwsim imports ONNX models so far "
-                         "(docs/import.md lists what is supported)")
+        return "tflite"
     if head[:1] == b"\x08":  # an ONNX ModelProto starts with field 1 (ir_version), a varint
         return "onnx"
-    raise HwsimError(f"{p}: not a model file hwsim reads (supported: .hwsim, .onnx; docs/import.md)")
+    raise HwsimError(f"{p}: not a model file hwsim reads (supported: .hwsim, .onnx, .tflite; docs/import.md)")
 
 
 def import_model(path: str | os.PathLike, mean=None, std=None, input_shape=None):
@@ -59,6 +62,10 @@ def import_model(path: str | os.PathLike, mean=None, std=None, input_shape=None)
         if is_quantized(read_onnx(path)):  # int8 QDQ / QOperator: its own quantization kept (hwsim.given)
             return import_given(path, mean=mean, std=std, input_shape=input_shape)
         return import_onnx(path, mean=mean, std=std, input_shape=input_shape)
+    if fmt == "tflite":
+        from hwsim.importers.tflite import import_tflite
+
+        return import_tflite(path, mean=mean, std=std, input_shape=input_shape)
     raise HwsimError(f"{path}: already an .hwsim model file (nothing to import)")
 
 

@@ -160,6 +160,26 @@ def _add_kernel(a: np.ndarray, b: np.ndarray, p: AddParams, cfg: Requant) -> np.
     return out.reshape(a.shape)
 
 
+def xnnpack_add_params(a_scale, b_scale, y_scale) -> tuple[int, int, int]:
+    """XNNPACK's qs8 add constants (src/microparams-init.c, xnn_init_qs8_add_minmax_scalar_params): float32 ratios
+    r_a = fl32(s_a / s_y), r_b = fl32(s_b / s_y); shift = 20 - e with 2^e <= max(r_a, r_b) < 2^(e+1), in [12, 30];
+    m = lrintf(r * 2^shift) (r * 2^shift is exact: an exponent change; lrintf rounds half to even). The kernel
+    (qs8-vadd scalar / AVX2 mul32) computes y = ((2^(shift-1) + m_a (a - z_a) + m_b (b - z_b)) >> shift) + z_y: the
+    fixed-point sum rounded half up (toward +inf). XNNPACK takes ratios in [2^-10, 2^8) only (its delegate leaves
+    other ADDs to LiteRT's built-in kernel): a one-line error otherwise."""
+    _scales(a_scale, b_scale, y_scale)
+    f32 = np.float32
+    ra, rb = f32(f32(a_scale) / f32(y_scale)), f32(f32(b_scale) / f32(y_scale))
+    for name, r in (("s_a / s_y", ra), ("s_b / s_y", rb)):
+        if not 2.0**-10 <= float(r) < 2.0**8:
+            raise HwsimError(f"add: add_form = 'xnnpack': {name} = {float(r):.7g}, allowed [2^-10, 2^8) (XNNPACK's qs8 "
+                             "add; LiteRT runs other ADDs with its built-in kernel)")
+    e = int(np.frexp(max(ra, rb))[1]) - 1
+    shift = 20 - e
+    ma, mb = (int(np.rint(np.float64(r) * 2.0**shift)) for r in (ra, rb))
+    return ma, mb, shift
+
+
 def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, qmin, qmax,
         cfg: Requant = Requant(), impl: str = "fast", vector_width: int | None = None,
         index_offset: int = 0) -> tuple[np.ndarray, int]:
@@ -182,6 +202,17 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
     _check_impl(impl)
     a = a_in = _int_array(a_q, "a_q")
     b = b_in = _int_array(b_q, "b_q")
+    if cfg.add_form == "xnnpack":  # its own integer arithmetic, in any requant mode (numpy int64: exact)
+        if vector_width is not None:
+            raise HwsimError("add: vector_width does not apply to add_form = 'xnnpack'")
+        try:
+            a, b = np.broadcast_arrays(a, b)
+        except ValueError:
+            raise HwsimError(f"add: shapes {a.shape} and {b.shape} do not broadcast") from None
+        ma, mb, shift = xnnpack_add_params(a_scale, b_scale, y_scale)
+        acc = (1 << (shift - 1)) + ma * (a - int(a_zero_point)) + mb * (b - int(b_zero_point))
+        y = (acc >> shift) + int(y_zero_point)  # arithmetic shift: floor
+        return np.clip(y, int(qmin), int(qmax)), int(np.count_nonzero((y < qmin) | (y > qmax)))
     ratio_fma = cfg.mode == "float32" and cfg.add_form == "ratio_fma"
     swap = ratio_fma and ratio_fma_swaps(a.shape, b.shape)
     try:
@@ -287,9 +318,12 @@ class AddSpec(OpSpec):
         g = qg.grids
         ga, gb, gy = g[lay.inputs[0]], g[lay.inputs[1]], g[lay.output]
         xa, xb = env[lay.inputs[0]], env[lay.inputs[1]]
-        y, _ = add(xa, xb, a_scale=ga.scale, a_zero_point=ga.zero_point, b_scale=gb.scale, b_zero_point=gb.zero_point,
-                   y_scale=gy.scale, y_zero_point=gy.zero_point, qmin=WIDE[0], qmax=WIDE[1], cfg=lay.requant,
-                   index_offset=offset * per_image(np.broadcast_shapes(xa.shape, xb.shape)))
+        kw = dict(a_scale=ga.scale, a_zero_point=ga.zero_point, b_scale=gb.scale, b_zero_point=gb.zero_point,
+                  y_scale=gy.scale, y_zero_point=gy.zero_point, qmin=WIDE[0], qmax=WIDE[1], cfg=lay.requant)
+        v = getattr(lay.profile.requant, "add_vector_width", None) if lay.profile is not None else None
+        if v is not None and lay.requant.mode == "fixed":
+            return clamp_counted(_nhwc_vector_add(xa, xb, v, impl, kw), lay, gy, narrow)
+        y, _ = add(xa, xb, **kw, index_offset=offset * per_image(np.broadcast_shapes(xa.shape, xb.shape)))
         return clamp_counted(y, lay, gy, narrow)
 
     def onnx_export(self, ex, lay):
@@ -305,3 +339,19 @@ class AddSpec(OpSpec):
         ex.node("QLinearAdd", [lay.inputs[0], sa, za, lay.inputs[1], sb, zb, sy, zy], [out], n, ms=True)
         if extra:
             ex.clamp(lay, out, *extra)
+
+
+def _nhwc_vector_add(xa, xb, v: int, impl: str, kw: dict) -> np.ndarray:
+    """Profile key requant.add_vector_width = V: TFLite's optimized ADD on each image in NHWC order (LiteRT runs
+    [1, H, W, C]): its vector loop covers the first n - n mod V elements, the scalar loop the rest (section 7)."""
+    if xa.shape != xb.shape or xa.ndim not in (2, 4):
+        raise HwsimError(f"add: requant.add_vector_width needs two operands of one shape [N, C(, H, W)], got "
+                         f"{list(xa.shape)} and {list(xb.shape)}")
+    nhwc = (lambda t: t.transpose(0, 2, 3, 1)) if xa.ndim == 4 else (lambda t: t)
+    a, b = nhwc(xa), nhwc(xb)
+    per = int(np.prod(a.shape[1:]))
+    if per % v == 0:  # every element in the vector loop, whatever the batch
+        y, _ = add(a, b, vector_width=v, impl=impl, **kw)
+    else:
+        y = np.concatenate([add(a[i:i + 1], b[i:i + 1], vector_width=v, impl=impl, **kw)[0] for i in range(len(a))])
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if xa.ndim == 4 else y

@@ -123,7 +123,7 @@ def conv_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, d
 
 # ----------------------------------------------------------------------------- requantization
 REQUANT_MODES = ("float32", "fixed", "pow2")
-ADD_FORMS = ("dequantize", "ratio_fma")
+ADD_FORMS = ("dequantize", "ratio_fma", "xnnpack")
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,8 @@ class Requant:
     with ``fixed_ties[1]``. ``multiplier_order`` = "sequential" is what PyTorch's fbgemm engine does
     (and ONNX Runtime's QLinearConv / QLinearMatMul). ``add_form`` (float32 :func:`add` only):
     "dequantize" = PyTorch's x86 ``quantized::add``, "ratio_fma" = ONNX Runtime's QLinearAdd (MLAS
-    AVX2 kernel; ``zero_point`` does not apply to it: z_y is inside the rounded sum).
+    AVX2 kernel; ``zero_point`` does not apply to it: z_y is inside the rounded sum); "xnnpack" = XNNPACK's
+    qs8 add (20-bit fixed-point multipliers, in any ``mode``: :func:`hwsim.ops.add.xnnpack_add_params`).
     ``fixed_product`` (fixed mode, :func:`make_requant_params`): "float64" forms M = s_x*s_w/s_y in
     float64 (TFLite CONV_2D, DEPTHWISE_CONV_2D, per-channel FULLY_CONNECTED); "float32" rounds s_x*s_w
     to float32 first, M = fl32(s_x*s_w) / s_y in float64 (TFLite per-tensor FULLY_CONNECTED).

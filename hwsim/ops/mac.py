@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from hwsim import fixedpoint as fp
 from hwsim.ops import core
 from hwsim.ops.registry import WIDE, OpSpec, clamp_counted, stochastic_index
 
@@ -90,13 +91,37 @@ class MacSpec(OpSpec):
             # ops.requantize without its clamp to WIDE (a no-op count and copy): the clamp is counted below
             y = core._requantize_fast(acc, lay.requant_params, lay.requant, gy.zero_point, 1,
                                       stochastic_index(lay, acc.shape, offset))
-            return clamp_counted(y, lay, gy, narrow)
+            return clamp_counted(self._blocks(lay, acc, y, gy, impl), lay, gy, narrow)
         acc, ast = self.accumulate(lay, x, gx, impl)
         st.acc_events += int(ast.acc_events)
         st.partial_events += int(ast.partial_events)
         y, _ = core.requantize(acc, lay.requant_params, lay.requant, gy.zero_point, WIDE[0], WIDE[1], channel_axis=1,
                                index=stochastic_index(lay, acc.shape, offset))
-        return clamp_counted(y, lay, gy, narrow)
+        return clamp_counted(self._blocks(lay, acc, y, gy, impl), lay, gy, narrow)
+
+    @staticmethod
+    def _blocks(lay, acc, y, gy, impl):
+        """Profile key requant.block_channels = V (fixed mode): output channels [0, C - C mod V) requantized with
+        requant.block_ties instead (LiteRT's optimized DEPTHWISE_CONV_2D: NEON blocks of 8 channels, the rest
+        scalar gemmlowp; docs/semantics.md 11)."""
+        r = lay.profile.requant if lay.profile is not None else None
+        if lay.requant.mode == "fixed" and getattr(r, "fixed_form", "multiplier") == "float64":
+            # LiteRT's reference FULLY_CONNECTED (reference_integer_ops::FullyConnected / ...PerChannel, given the
+            # float scales): round(acc * M) in double, std::round = half away; M from the float32 scales in double
+            m = np.asarray(lay.requant_params.real, np.float64).reshape((1, -1) + (1,) * (acc.ndim - 2))
+            return fp.round_float(acc * m, "half_away") + gy.zero_point
+        v = getattr(r, "block_channels", None)
+        if v is None or lay.requant.mode != "fixed":
+            return y
+        body = acc.shape[1] - acc.shape[1] % v
+        if body == 0:
+            return y
+        cfg = dataclasses.replace(lay.requant, fixed_ties=tuple(r.block_ties))
+        yb, _ = core.requantize(acc[:, :body], _channels(lay.requant_params, body), cfg, gy.zero_point,
+                                WIDE[0], WIDE[1], channel_axis=1, impl=impl)
+        y = np.array(y, copy=True)
+        y[:, :body] = yb
+        return y
 
     # --- golden vectors
     def golden_fields(self, lay, write_int) -> dict:
@@ -104,3 +129,12 @@ class MacSpec(OpSpec):
                 "weight_zero_point": np.asarray(lay.w_zero_point).ravel().astype(int).tolist(),
                 "bias": write_int("bias", lay.bias_q),
                 "accumulator": dataclasses.asdict(lay.accumulator)}
+
+
+def _channels(params, n: int):
+    """The requant params of the first ``n`` output channels (per-tensor params stay as they are)."""
+    if params.channels == 1:
+        return params
+    cut = {f: (None if getattr(params, f) is None else np.asarray(getattr(params, f))[:n])
+           for f in ("real", "multiplier", "q", "shift", "bias_term", "pre_scale")}
+    return dataclasses.replace(params, **cut)

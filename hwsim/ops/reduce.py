@@ -34,7 +34,7 @@ from hwsim import reference as ref
 from hwsim.errors import HwsimError
 
 POOL_FORMS = ("exact", "raw_sum", "float32_dequantize")
-MEAN_FORMS = ("exact", "raw_sum", "float32_multiplier", "tflite_reference", "tflite_optimized")
+MEAN_FORMS = ("exact", "raw_sum", "float32_multiplier", "tflite_reference", "tflite_optimized", "xnnpack")
 f32 = np.float32
 
 
@@ -164,6 +164,15 @@ def tflite_mean_optimized_params(in_scale, in_zero_point: int, out_scale, out_ze
     return q, shift, int(out_zero_point) - int(np.trunc(t))
 
 
+def xnnpack_mean_params(in_scale, in_zero_point: int, out_scale, out_zero_point: int, n: int):
+    """XNNPACK's qs8 MEAN (src/operators/reduce-nd.c with xnn_init/update_qs8_reduce_scalar_params and the int32 ->
+    qs8 reference convert): scale sc = fl32(fl32(s_in / s_out) * fl32(1 / n)); zero point, a float32,
+    zp = fl32(z_out - fl32(fl32(n z_in) sc)); y = nearbyint(fl32(fl32(fl32(S_raw) sc) + zp)), S_raw = sum(x)."""
+    sc = f32(f32(f32(in_scale) / f32(out_scale)) * f32(f32(1) / f32(n)))
+    zp = f32(f32(out_zero_point) - f32(f32(n * int(in_zero_point)) * sc))
+    return sc, zp
+
+
 def mean_hw(x_q, in_scale, in_zero_point: int, out_scale, out_zero_point: int, qmin: int, qmax: int,
             rounding: str = "half_even", *, form: str = "exact", cfg: ops.Requant | None = None, seed: int = 0,
             impl: str = "fast", index_offset: int = 0) -> np.ndarray:
@@ -212,6 +221,14 @@ def mean_hw(x_q, in_scale, in_zero_point: int, out_scale, out_zero_point: int, q
         else:
             y = fp.divide_round(x.sum(axis=(2, 3)), n, rounding, seed, ops._pool_index(x.shape[:2], index_offset,
                                                                                           rounding))
+    elif form == "xnnpack":
+        if n >= (1 << 23):
+            raise HwsimError(f"mean: {n} elements per channel: allowed fewer than 2^23 (XNNPACK int32 sums)")
+        sc, zp = xnnpack_mean_params(in_scale, zi, out_scale, zo, n)
+        s = (np.array([[sum(int(v) for v in x[a, c].ravel()) for c in range(x.shape[1])] for a in range(x.shape[0])],
+                      np.int64).reshape(x.shape[:2]) if impl == "reference" else x.sum(axis=(2, 3)))
+        v = (s.astype(f32) * sc).astype(f32) + zp  # float32 operations, no FMA (reference-utils.h quantize)
+        y = np.rint(v.astype(f32)).astype(np.int64)  # std::nearbyint: half to even
     else:
         if n >= (1 << 23):
             raise HwsimError(f"mean: {n} elements per channel: allowed fewer than 2^23 (TFLite int32 sums)")
@@ -226,7 +243,13 @@ def mean_hw(x_q, in_scale, in_zero_point: int, out_scale, out_zero_point: int, q
                           for a in range(x.shape[0])], np.int64).reshape(x.shape[:2])
         else:
             s = acc.sum(axis=(2, 3))
-        y = fp.multiply_by_quantized_multiplier(s, q, shift) + bias
+        if form == "tflite_optimized":  # optimized_ops::Mean: NEON blocks of 16 channels (vqrdmulh + rounding shift,
+            # ties half_up / half_up on x86 through NEON_2_SSE), the last C mod 16 channels scalar gemmlowp
+            body = s.shape[1] - s.shape[1] % 16
+            y = np.concatenate([fp.multiply_by_quantized_multiplier(s[:, :body], q, shift, "double", ("half_up",) * 2),
+                                fp.multiply_by_quantized_multiplier(s[:, body:], q, shift)], axis=1) + bias
+        else:
+            y = fp.multiply_by_quantized_multiplier(s, q, shift) + bias
     return np.clip(y, qmin, qmax).reshape(x.shape[0], x.shape[1], 1, 1)
 
 
@@ -237,7 +260,7 @@ from hwsim.ops.registry import need_chw, register  # noqa: E402
 # profile requant.mean_form -> (mean_hw form, rounding; None = the profile's requant.rounding)
 MEAN_PROFILE_FORMS = {"exact": ("exact", None), "torch": ("raw_sum", "half_even"),
                       "onnxruntime": ("float32_multiplier", None), "tflite_reference": ("tflite_reference", None),
-                      "tflite_optimized": ("tflite_optimized", None)}
+                      "tflite_optimized": ("tflite_optimized", None), "xnnpack": ("xnnpack", None)}
 # profile requant.avgpool_form -> (avg_pool2d form with count_include_pad = False, rounding)
 AVGPOOL_PROFILE_FORMS = {"exact": ("exact", None), "torch": ("raw_sum", "half_even"),
                          "tflite": ("raw_sum", "half_away"), "onnxruntime": ("float32_dequantize", None)}
@@ -266,8 +289,9 @@ class MeanSpec(_AvgPoolSpec):
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x, gx = env[lay.inputs[0]], qg.grids[lay.inputs[0]]
+        gy = qg.grids.get(lay.output) or gx  # an imported model's own output grid (LiteRT MEAN), else the input's
         form, rounding = profile_form(MEAN_PROFILE_FORMS, lay.profile.requant.mean_form, lay.profile.requant)
-        y = mean_hw(x, gx.scale, gx.zero_point, gx.scale, gx.zero_point, gx.qmin, gx.qmax, rounding, form=form,
+        y = mean_hw(x, gx.scale, gx.zero_point, gy.scale, gy.zero_point, gy.qmin, gy.qmax, rounding, form=form,
                     seed=lay.rounding_seed, impl=impl, index_offset=offset * x.shape[1])
         return (y if lay.attrs.get("keepdims", True) else y.reshape(x.shape[0], x.shape[1])), 0
 

@@ -180,7 +180,7 @@ def test_other_files_say_what_they_are(tmp_path, data8):
                    "--model-def module:factory --weights model.pt")
     tfl = tmp_path / "model.tflite"
     tfl.write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 40)
-    one_line_error(invoke("inspect", "-m", tfl), "a LiteRT (.tflite) model")
+    one_line_error(invoke("inspect", "-m", tfl), "model.tflite: a LiteRT flatbuffer without a subgraph")
     junk = tmp_path / "model.bin"
     junk.write_bytes(b"\xff\xfe garbage")
     one_line_error(invoke("import", junk, "-o", tmp_path / "o.hwsim"), "not a model file hwsim reads (supported: .hwsim, .onnx")
