@@ -21,7 +21,7 @@ def test_engine_profiles_are_grouped_under_their_engine():
         title = f"{engine}: its integers bit for bit" if engine else "design space (hardware studies, no engine)"
         rows = {line.split()[0] for line in blocks[title].splitlines()[3:]}
         assert rows == set(names), engine  # every profile in exactly its own group
-    assert "int8-onnxruntime" in by_engine["ONNX Runtime"] and "int8-tflite" in by_engine["LiteRT"]
+    assert "int8-onnxruntime" in by_engine["ONNX Runtime"] and "int8-litert-xnnpack" in by_engine["LiteRT"]
     assert "int8-acc16-sat" in by_engine[""]
 
 
@@ -41,7 +41,7 @@ def test_engine_is_not_inherited_and_round_trips(tmp_path):
     child.write_text('extends = "int8-onnxruntime"\n[accumulator]\nbits = 16\n')
     assert load_profile("int8-onnxruntime").engine == "ONNX Runtime"
     assert load_profile(str(child)).engine == ""  # a variant of an engine's profile is no longer that engine
-    p = load_profile("int8-tflite")
+    p = load_profile("int8-litert-reference")
     back = tmp_path / "back.toml"
     back.write_text(profile_toml(p))
     assert load_profile(str(back)).engine == "LiteRT" and load_profile(str(back)) == p
