@@ -295,3 +295,70 @@ def test_qdq_clip_is_relu_relu6_or_refused(lo, hi, expect):
     assert lay.op == expect and lay.onnx_op == "Clip"
     _same(lay.inputs[0], QuantParams(s, z, "uint8"))
     _same(lay.output, QuantParams(s, z, "uint8"))
+
+
+def _gate_net(alpha=float(np.float32(1 / 6)), quantize_gate=True, gate_input_dq=True):
+    """QOperator x * HardSigmoid(x) as quantize_static writes MobileNetV3's hard-swish at opset 13: the
+    HardSigmoid (no int8 kernel in ONNX Runtime) runs in float between DequantizeLinear and QuantizeLinear, then
+    QLinearMul(x, gate) on their grids."""
+    sx, zx = np.array(0.04, np.float32), np.array(128, np.uint8)
+    sg, zg = np.array(1 / 255, np.float32), np.array(0, np.uint8)
+    sy, zy = np.array(0.021, np.float32), np.array(13, np.uint8)
+    w, sw = np.eye(3, dtype=np.int8).reshape(3, 3, 1, 1), np.array(1.0, np.float32)  # a 1x1 identity conv first
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["x0"], name="qx"),
+             helper.make_node("QLinearConv", ["x0", "sx", "zx", "w", "sw", "zw", "sx", "zx"], ["xq"], name="conv"),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"], name="dqx"),
+             helper.make_node("HardSigmoid", ["xd" if gate_input_dq else "x"], ["g"], name="gate", alpha=alpha),
+             helper.make_node("QuantizeLinear", ["g", "sg", "zg"], ["gq"], name="qg"),
+             helper.make_node("QLinearMul",
+                              ["xq", "sx", "zx", "gq" if quantize_gate else "g", "sg", "zg", "sy", "zy"], ["yq"],
+                              name="mul", domain="com.microsoft"),
+             helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"], name="dqy")]
+    nodes = [n for n in nodes if quantize_gate or n.name != "qg"]
+    inits = [numpy_helper.from_array(v, k) for k, v in dict(w=w, sw=sw, zw=np.array(0, np.int8), sx=sx, zx=zx, sg=sg, zg=zg, sy=sy, zy=zy).items()]
+    g = helper.make_graph(nodes, "gate", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    return m
+
+
+def test_qoperator_float_sandwich_and_qlinearmul(tmp_path):
+    """A float op between DequantizeLinear and QuantizeLinear in a QOperator model is a layer with both grids;
+    the import keeps HardSigmoid and QLinearMul two ops (the float importer would fuse x * HardSigmoid(x) into
+    hardswish, but the engine quantizes the gate in between); hwsim == ONNX Runtime on every input code."""
+    import onnxruntime as ort
+
+    from hwsim.compile import compile_model
+    from hwsim.execute import run_quantized
+    from hwsim.importers.given import import_given
+    from hwsim.profile import load_profile
+
+    m = _gate_net()
+    gq = parse_given(m)
+    lay = gq.layer("gate")
+    assert lay.op == "hardsigmoid" and lay.onnx_op == "HardSigmoid"
+    _same(lay.inputs[0], QuantParams(np.array(0.04, np.float32), np.array(128, np.uint8), "uint8"))
+    _same(lay.output, QuantParams(np.array(1 / 255, np.float32), np.array(0, np.uint8), "uint8"))
+    assert gq.layer("mul").op == "mul"
+    p = save(m, tmp_path / "gate.onnx")
+    g = import_given(p)
+    assert [n.op for n in g.nodes] == ["conv2d", "hardsigmoid", "mul"]
+    # every uint8 input code (x = (q - 128) * 0.04 lands exactly on the grid), three times over
+    x = ((np.arange(256 * 3 * 64) % 256 - 128) * np.float32(0.04)).astype(np.float32).reshape(-1, 3, 8, 8)
+    ours = run_quantized(compile_model(g, load_profile("int8-onnxruntime"), None), x).logits
+    sess = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]
+    assert np.array_equal(ours.reshape(want.shape), want)
+    # the neighbouring option: hwsim's exact tables (correctly rounded hard-sigmoid) differ somewhere
+    other = run_quantized(compile_model(g, load_profile("int8-onnxruntime", {"requant.activation_form": "exact"}),
+                                        None), x)
+    assert not np.array_equal(other.logits.reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("kw,says", [({"gate_input_dq": False}, "whose input is not a DequantizeLinear output"),
+                                     ({"quantize_gate": False}, "its float output is not quantized")])
+def test_qoperator_float_op_outside_a_sandwich_is_one_line(kw, says):
+    with pytest.raises(HwsimError, match=says) as e:
+        parse_given(_gate_net(**kw))
+    assert "\n" not in str(e.value) and "node 'gate' (op HardSigmoid)" in str(e.value)

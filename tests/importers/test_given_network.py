@@ -61,13 +61,17 @@ def _bundled_torch(name):
     return m.eval(), g.inputs[0]
 
 
-def _resnet(tmp):
+RANDOM_NETS = ("resnet8", "efficientnet")  # built with torch, random weights and BN statistics (not bundled)
+
+
+def _random_net(arch):
     """A ResNet-shaped net (hwsim's ResNet-8: conv-BN-ReLU stem, residual blocks with 1x1 shortcuts, global
-    pool, linear) with random BN statistics, as torch.onnx.export writes it."""
+    pool, linear) or an EfficientNet-style one (MBConv: SiLU = x * Sigmoid(x), squeeze-excite with a sigmoid
+    gate) with random BN statistics, as torch.onnx.export writes it."""
     from frontends.pytorch.models import build_model
 
     torch.manual_seed(0)
-    m = build_model("resnet8", 10, 3).eval()
+    m = build_model(arch, 10, 3).eval()
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
@@ -86,7 +90,7 @@ def _export(m, shape, path):
 
 def _images(net, n, seed):
     """Inputs as the model sees them (normalised): real test images for the bundled models, uniform pixels else."""
-    if net == "resnet8":
+    if net in RANDOM_NETS:
         return np.random.default_rng(seed).random((n, 3, 16, 16), dtype=np.float32)
     from hwsim.data import load_dataset
 
@@ -105,8 +109,8 @@ def quantizer(tmp):
 
     def get(net, fmt, per_channel, act="QUInt8"):
         if (net, "float") not in cache:
-            if net == "resnet8":
-                m, shape, mean, std = _resnet(tmp)
+            if net in RANDOM_NETS:
+                m, shape, mean, std = _random_net(net)
             else:
                 m, spec = _bundled_torch(net)
                 shape, mean, std = spec.shape, spec.mean, spec.std
@@ -149,7 +153,8 @@ def hwsim_outputs(path, mean, std, x, profile=None, settings=None):
 
 
 CASES = [(net, fmt, pc) for net in ("smallcnn_robust", "resnet8") for fmt in ("QOperator", "QDQ") for pc in (False, True)]
-CASES += [("mobilenetv2", fmt, pc) for fmt in ("QOperator", "QDQ") for pc in (False, True)]
+CASES += [(net, fmt, pc) for net in ("mobilenetv2", "mobilenetv3", "efficientnet") for fmt in ("QOperator", "QDQ")
+          for pc in (False, True)]
 
 
 @ENGINE
@@ -158,7 +163,10 @@ CASES += [("mobilenetv2", fmt, pc) for fmt in ("QOperator", "QDQ") for pc in (Fa
 def test_whole_network_equals_onnxruntime(quantized, net, fmt, per_channel, level):
     """hwsim under the model's default profile (int8-onnxruntime) == ONNX Runtime, every output element
     (the dequantized logits: equal floats are equal integers on one grid). QOperator runs the QLinear
-    kernels at both levels; QDQ with optimizations on is fused into them (QDQ off: the next test)."""
+    kernels at both levels; QDQ with optimizations on is fused into them (QDQ off: the next test).
+    MobileNetV3 (bundled weights): HardSigmoid has no int8 kernel, so quantize_static leaves DequantizeLinear ->
+    HardSigmoid -> QuantizeLinear (float32, both layouts), then QLinearMul for x * hardsigmoid(x) and the SE gate;
+    EfficientNet-style: QLinearSigmoid + QLinearMul (SiLU, SE gate), QLinearGlobalAveragePool."""
     path, mean, std = quantized(net, fmt, per_channel)
     x = _images(net, 48, 1)
     ours, qg = hwsim_outputs(path, mean, std, x)
