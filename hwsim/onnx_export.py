@@ -61,6 +61,7 @@ class _Writer:
         self.nodes = []
         self.inits = []
         self.names: set[str] = set()
+        self.values: dict[str, np.ndarray] = {}  # initializer name -> its array
         self.ms = False
 
     # -------------------------------------------------------------- constants
@@ -70,22 +71,29 @@ class _Writer:
 
             self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
             self.names.add(name)
+            self.values[name] = np.asarray(value, dtype=dtype)
         return name
 
     def grid(self, tensor: str, layer: str | None) -> tuple[str, str]:
         """(scale, zero point) initializers of a uint8 activation tensor (``layer`` None: the graph input)."""
+        g = self.u8_grid(tensor, layer)
+        return (self.const(f"{tensor}::scale", np.float32(g.scale), np.float32),
+                self.const(f"{tensor}::zero_point", g.zero_point, np.uint8))
+
+    def u8_grid(self, tensor: str, layer: str | None):
+        """The grid of a tensor, checked to be uint8 [0, 255] with a positive float32 scale."""
         where = f"layer '{layer}'" if layer is not None else "graph input"
         g = self.qg.grids.get(tensor)
         if g is None:
             raise HwsimError(f"{where}: tensor '{tensor}' has no integer grid (weight-only profile?)")
         if (g.qmin, g.qmax) != U8 or g.bits != 8 or g.signed:
             raise HwsimError(f"{where}: tensor '{tensor}' is on the grid [{g.qmin}, {g.qmax}] "
-                             f"({g.bits}-bit {'signed' if g.signed else 'unsigned'}); the ONNX export needs uint8 [0, 255]")
+                             f"({g.bits}-bit {'signed' if g.signed else 'unsigned'}); the ONNX export needs uint8 [0, 255] "
+                             "(activations.bits = 8, activations.signed = false)")
         s = np.float32(g.scale)
         if not (np.isfinite(s) and s > 0):
             raise HwsimError(f"{where}: tensor '{tensor}' scale {g.scale!r} is not a positive float32")
-        return (self.const(f"{tensor}::scale", s, np.float32),
-                self.const(f"{tensor}::zero_point", g.zero_point, np.uint8))
+        return g
 
     def node(self, op: str, inputs: list[str], outputs: list[str], name: str, ms: bool = False, **attrs):
         from onnx import helper
@@ -119,8 +127,8 @@ class _Writer:
                 raise HwsimError(f"layer '{lay.name}': requant.{k} = {getattr(r, k)!r}; ONNX Runtime's "
                                  f"QLinearConv / QLinearMatMul compute requant.{k} = {v!r}")
         if getattr(lay.requant_params, "bias_term", None) is not None:
-            raise HwsimError(f"layer '{lay.name}': a float bias (fbgemm form) has no ONNX Runtime equivalent; "
-                             "ORT adds an int32 bias to the accumulator")
+            raise HwsimError(f"layer '{lay.name}': bias.form = {lay.profile.bias.form!r} (a float bias) has no ONNX "
+                             "Runtime equivalent; ORT adds an int32 bias to the accumulator (bias.form = 'int32')")
 
     @staticmethod
     def check_accumulator(lay: QLayer) -> None:
@@ -213,6 +221,23 @@ class _Writer:
         if extra:
             self.clamp(lay, out, *extra)
 
+    def table(self, lay: QLayer) -> None:
+        """A lookup-table activation (any form: hwsim.ops.activation) as ONNX Gather on its 256-entry constant
+        table: ``Cast`` of the uint8 codes to int32 indices (code - qmin; qmin is 0 on the uint8 grid), ``Gather``
+        of the entries (clamped to the layer's output range) — ORT copies them, so any table is exact."""
+        from onnx import TensorProto
+
+        n, x = lay.name, lay.inputs[0]
+        self.u8_grid(x, n)
+        self.u8_grid(lay.output, n)
+        lo, hi = lay.clamp
+        t = np.clip(np.asarray(lay.table, np.int64), lo, hi)
+        if int(lay.table_qmin) != U8[0] or t.size != U8[1] - U8[0] + 1 or t.min() < U8[0] or t.max() > U8[1]:
+            raise HwsimError(f"layer '{n}': table of {t.size} entries from code {lay.table_qmin} (the export needs "
+                             "256 uint8 entries indexed by uint8 codes)")
+        self.node("Cast", [x], [f"{n}::index"], f"{n}::to_index", to=TensorProto.INT32)
+        self.node("Gather", [self.const(f"{n}::table", t, np.uint8), f"{n}::index"], [lay.output], n, axis=0)
+
     def check_pool_rounding(self, lay: QLayer) -> None:
         r = lay.profile.requant.rounding if lay.profile is not None else "half_even"
         if r != "half_even":
@@ -222,6 +247,73 @@ class _Writer:
     def layer(self, lay: QLayer) -> None:
         """Emit one layer: its op spec's ``onnx_export`` (hwsim/ops/<op>.py), which uses the helpers above."""
         ops.get(lay.op).onnx_export(self, lay)
+
+
+# QOperator node -> (float op, [(input index, scale index, zero point index)] of its integer activations, output
+# (scale, zero point) indices, attributes it drops); the weights and the bias of QLinearConv are handled apart
+_QDQ = {
+    "QLinearConv": ("Conv", [(0, 1, 2)], (6, 7), ()),
+    "QLinearMatMul": ("MatMul", [(0, 1, 2)], (6, 7), ()),
+    "QLinearAdd": ("Add", [(0, 1, 2), (3, 4, 5)], (6, 7), ()),
+    "QLinearMul": ("Mul", [(0, 1, 2), (3, 4, 5)], (6, 7), ()),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", [(0, 1, 2)], (3, 4), ("channels_last",)),
+    "QLinearAveragePool": ("AveragePool", [(0, 1, 2)], (3, 4), ("channels_last",)),
+    "QLinearSigmoid": ("Sigmoid", [(0, 1, 2)], (3, 4), ()),
+}
+
+
+def _as_qdq(w: _Writer) -> list:
+    """The QOperator nodes ``w`` wrote, rewritten as ONNX's QDQ layout: every QLinear op becomes
+    DequantizeLinear (each integer input; the weights from their int8 initializer along axis 0, the int32 bias
+    with scale fl32(s_x * s_w)) -> the float op -> QuantizeLinear (its output grid), as
+    onnxruntime.quantization's QuantFormat.QDQ writes a model. ONNX Runtime with graph optimizations on fuses
+    each group back into the same QLinear kernel (the integers ``to_onnx`` checks); with them off it runs the
+    float op (docs/semantics.md, section 11). Ops already on the codes (MaxPool, Flatten, Reshape, Clip,
+    Cast / Gather tables, QuantizeLinear of the input, DequantizeLinear of the output) stay as they are."""
+    from onnx import helper
+
+    out = []
+
+    def dq(node, i: int, si: int, zi: int, k: int) -> str:
+        name = f"{node.name}::dq{k}"  # one DequantizeLinear per consumer, as quantize_static writes them
+        out.append(helper.make_node("DequantizeLinear", [node.input[i], node.input[si], node.input[zi]], [name],
+                                    name=name))
+        return name
+
+    for node in w.nodes:
+        if node.op_type == "QLinearConcat":
+            ins = [dq(node, i, i + 1, i + 2, k) for k, i in enumerate(range(2, len(node.input), 3))]
+            spec = ("Concat", None, (0, 1), ())
+        elif node.op_type in _QDQ:
+            spec = _QDQ[node.op_type]
+            ins = [dq(node, i, si, zi, k) for k, (i, si, zi) in enumerate(spec[1])]
+        else:
+            out.append(node)
+            continue
+        op, _, (so, zo), drop = spec
+        if node.op_type in ("QLinearConv", "QLinearMatMul"):
+            wn, sw, zw = node.input[3:6]
+            axis = 0 if node.op_type == "QLinearConv" else 1  # MatMul weights are [in, out]: columns
+            ins.append(f"{node.name}::w")
+            out.append(helper.make_node("DequantizeLinear", [wn, sw, zw], [ins[-1]], name=ins[-1],
+                                        **({"axis": axis} if w.values[sw].size > 1 else {})))
+            if node.op_type == "QLinearConv" and len(node.input) > 8:
+                sb = w.const(f"{node.name}::bias_scale", (np.float32(w.values[node.input[1]])
+                                                         * w.values[sw].astype(np.float32)).astype(np.float32),
+                             np.float32)
+                zb = w.const(f"{node.name}::bias_zero_point", np.zeros(w.values[sb].shape, np.int32), np.int32)
+                ins.append(f"{node.name}::b")
+                out.append(helper.make_node("DequantizeLinear", [node.input[8], sb, zb], [ins[-1]], name=ins[-1],
+                                            **({"axis": 0} if w.values[sb].size > 1 else {})))
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name not in drop}
+        f = f"{node.name}::float"
+        out.append(helper.make_node(op, ins, [f], name=node.name, **attrs))
+        out.append(helper.make_node("QuantizeLinear", [f, node.input[so], node.input[zo]], [node.output[0]],
+                                    name=f"{node.name}::quantize"))
+    return out
+
+
+FORMATS = ("qoperator", "qdq")
 
 
 def onnxruntime_pool_form(lay: QLayer, input_hw: tuple[int, int]) -> str:
@@ -240,7 +332,7 @@ def onnxruntime_pool_form(lay: QLayer, input_hw: tuple[int, int]) -> str:
 
 
 def to_onnx(qg: QuantizedGraph, *, float_input: bool = False, intermediate_outputs: bool = False,
-            batch: int | str = "N"):
+            batch: int | str = "N", format: str = "qoperator"):
     """The integer graph of ``qg`` as an ``onnx.ModelProto`` of ONNX Runtime's quantized CPU ops.
 
     The graph input is ``qg.input_name`` holding uint8 codes on the input grid (what
@@ -250,11 +342,15 @@ def to_onnx(qg: QuantizedGraph, *, float_input: bool = False, intermediate_outpu
     codes) and ``<output>::dequantized`` (float32); with ``intermediate_outputs`` also every layer's
     output tensor (uint8 codes, hwsim's names; with ``float_input`` the input codes too) so each can be
     compared with ``run_integer``.
-    ``batch``: the batch dimension (a name = dynamic).
+    ``batch``: the batch dimension (a name = dynamic). ``format``: "qoperator" (ONNX Runtime's QLinear ops) or
+    "qdq" (DequantizeLinear -> float op -> QuantizeLinear, :func:`_as_qdq`; the same integers with ORT's graph
+    optimizations on).
     """
     onnx = _onnx()
     from onnx import TensorProto, helper
 
+    if format not in FORMATS:
+        raise HwsimError(f"ONNX export format {format!r}: allowed {', '.join(map(repr, FORMATS))}")
     if qg.weight_only:
         raise HwsimError(f"profile '{qg.profile.name}' is weight-only (float activations): nothing integer to export")
     w = _Writer(qg)
@@ -282,10 +378,12 @@ def to_onnx(qg: QuantizedGraph, *, float_input: bool = False, intermediate_outpu
         if float_input:  # the codes QuantizeLinear made
             outputs.append(info(inp, TensorProto.UINT8, inp))
         outputs += [info(lay.output, TensorProto.UINT8, lay.output) for lay in qg.layers if lay.output != out]
-    graph = helper.make_graph(w.nodes, str(qg.model.metadata.get("arch", "hwsim")), [graph_in], outputs, w.inits)
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(MS_DOMAIN, 1)] if w.ms else [])
+    nodes = _as_qdq(w) if format == "qdq" else w.nodes
+    graph = helper.make_graph(nodes, str(qg.model.metadata.get("arch", "hwsim")), [graph_in], outputs, w.inits)
+    ms = any(n.domain == MS_DOMAIN for n in nodes)
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(MS_DOMAIN, 1)] if ms else [])
     model = helper.make_model(graph, opset_imports=opsets, producer_name="hwsim",
-                              doc_string=f"hwsim integer graph, profile {qg.profile.name}")
+                              doc_string=f"hwsim integer graph ({format}), profile {qg.profile.name}")
     model.ir_version = 8  # opset 13; ONNX Runtime >= 1.10 reads it
     onnx.checker.check_model(model)
     return model
