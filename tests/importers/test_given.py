@@ -362,3 +362,148 @@ def test_qoperator_float_op_outside_a_sandwich_is_one_line(kw, says):
     with pytest.raises(HwsimError, match=says) as e:
         parse_given(_gate_net(**kw))
     assert "\n" not in str(e.value) and "node 'gate' (op HardSigmoid)" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- ORT's QDQ float path (not a profile)
+_STRIDE = 128  # MLAS_SGEMM_STRIDEN = MLAS_SGEMM_STRIDEK (mlasi.h)
+
+
+def _mlas_strides(n: int, k: int) -> tuple[int, int]:
+    """(StrideN, StrideK) of MlasConvOperation / MlasSgemmOperation (convolve.cpp, sgemm.cpp): expand the N
+    stride while K is small, else the K stride while N is small."""
+    sn, sk = _STRIDE, _STRIDE
+    if n >= k:
+        while sk // 2 >= k:
+            sn, sk = sn * 2, sk // 2
+    else:
+        while sn > 16 and sn // 2 >= n:
+            sn, sk = sn // 2, sk * 2
+    return sn, sk
+
+
+def _mlas_sgemm(a, cols, c):
+    """MlasSgemmOperation(M, N, K) for alpha 1: a [M, K] filter rows, cols [K, ...N] im2col columns, c the output
+    so far (None: beta = 0). M = 1: MlasSgemmKernelM1Avx (x86_64/SgemmKernelM1Avx.S): products rounded (vmulps),
+    summed four rows at a time ((p0 + p1) + p2) + p3, each group then added to C; else the FMA kernels: per K
+    block of StrideK, a chain fl32(fma(a, b, acc)) from 0, then C = fl32(acc + C)."""
+    from hwsim.ops.add import fma_f32
+
+    m, k = a.shape
+    out_shape = (cols.shape[1], m) + cols.shape[2:]
+    zero = np.zeros(out_shape, np.float32)
+    if m == 1:
+        p = [(cols[i] * a[0, i]).astype(np.float32)[:, None] for i in range(k)]
+        acc = zero if c is None else c
+        i = 0
+        while k - i >= 4:
+            acc = ((((p[i] + p[i + 1]) + p[i + 2]) + p[i + 3]) + acc).astype(np.float32)
+            i += 4
+        if (k - i) & 2:
+            acc = ((p[i] + p[i + 1]) + acc).astype(np.float32)
+            i += 2
+        if (k - i) & 1:
+            acc = (p[i] + acc).astype(np.float32)
+        return acc
+    _, sk = _mlas_strides(int(np.prod(cols.shape[2:])), k)
+    for s in range(0, k, sk):
+        acc = zero
+        for i in range(s, min(k, s + sk)):
+            acc = fma_f32(cols[i][:, None], a[:, i].reshape((1, m) + (1,) * (cols.ndim - 2)), acc).astype(np.float32)
+        c = acc if c is None else (acc + c).astype(np.float32)
+    return c
+
+
+def _mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
+    """ONNX Runtime's float Conv on x86-64 (MlasConvPrepare / MlasConv, one thread): per group, GemmDirect for a
+    pointwise conv (stride 1, no padding), else im2col in (channel, row, column) order and MlasConvOperation's K
+    blocks (ExpandThenGemmSegmented; ExpandThenGemm when the filters outnumber the output positions: one
+    MlasSgemmOperation over all K); the bias is added last (MlasActivation). N = 1 (MLAS's transposed M1 kernel)
+    is not modelled."""
+    n, c, h, wd = x.shape
+    co, ci, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    fc = co // groups
+    ys = []
+    for gi in range(groups):
+        cols = np.stack([xp[:, gi * ci + cc, ky:ky + stride * ho:stride, kx:kx + stride * wo:stride]
+                         for cc in range(ci) for ky in range(kh) for kx in range(kw)], 0)  # [K, N, Ho, Wo]
+        a = w[gi * fc:(gi + 1) * fc].reshape(fc, -1)
+        k, size = a.shape[1], ho * wo
+        assert size > 1
+        if (stride == 1 and pad == 0 and kh * kw == 1) or fc > size:
+            y = _mlas_sgemm(a, cols, None)
+        else:
+            sn, sk = _mlas_strides(size, k)
+            y = None
+            for s in range(0, k, sk):
+                y = _mlas_sgemm(a[:, s:s + sk], cols[s:s + sk], y)
+        ys.append(y)
+    return (np.concatenate(ys, 1) + b.reshape(1, -1, 1, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("ci,co,k,hw,pad,stride,groups", [
+    (16, 8, 3, 10, 1, 1, 1),     # dense 3x3: K = 144 in MLAS blocks of 128
+    (48, 24, 3, 6, 1, 1, 1),     # K = 432, 36 positions: blocks of 512 -> one
+    (8, 8, 3, 10, 1, 1, 8),      # depthwise 3x3: M = 1 per group (the M1 kernel)
+    (12, 12, 5, 9, 2, 2, 12),    # depthwise 5x5 stride 2: K = 25
+    (16, 24, 1, 8, 0, 1, 1),     # pointwise: GemmDirect
+    (32, 96, 3, 4, 1, 2, 1),     # more filters than positions: ExpandThenGemm
+])
+def test_onnxruntime_qdq_float_conv_is_mlas_order(ci, co, k, hw, pad, stride, groups):
+    """What ONNX Runtime runs for a QDQ Conv with graph optimizations off (the float path, not modelled by any
+    hwsim profile yet): DequantizeLinear of the codes, weights and int32 bias, then MLAS's float conv. Its float32
+    output equals :func:`_mlas_conv_f32` bit for bit (depthwise: the M1 kernel's unfused 4-row groups; dense: FMA
+    chains in MLAS's K blocks; the bias last), and neither a plain sequential sum nor one FMA chain over all K
+    does where they differ from it (the orders tried before). docs/semantics.md section 11."""
+    import onnxruntime as ort
+
+    from hwsim.ops.add import fma_f32
+
+    f32 = np.float32
+    rng = np.random.default_rng(ci * co + k)
+    xq = rng.integers(0, 256, (3, ci, hw, hw)).astype(np.uint8)
+    sx, zx = f32(0.0173), 117
+    wq = rng.integers(-127, 128, (co, ci // groups, k, k)).astype(np.int8)
+    sw = rng.uniform(0.001, 0.01, co).astype(f32)
+    bq = rng.integers(-5000, 5000, co).astype(np.int32)
+    sb = (sx * sw).astype(f32)
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["x"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["w"], axis=0),
+             helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["b"], axis=0),
+             helper.make_node("Conv", ["x", "w", "b"], ["y"], group=groups, pads=[pad] * 4, strides=[stride] * 2,
+                              kernel_shape=[k, k])]
+    inits = [numpy_helper.from_array(v, n) for n, v in dict(
+        sx=np.array(sx, f32), zx=np.array(zx, np.uint8), wq=wq, sw=sw, zw=np.zeros(co, np.int8), bq=bq, sb=sb,
+        zb=np.zeros(co, np.int32)).items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("xq", TensorProto.UINT8, list(xq.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    want = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"xq": xq})[0]
+    x = ((xq.astype(np.int64) - zx).astype(f32) * sx).astype(f32)
+    w = (wq.astype(f32) * sw.reshape(-1, 1, 1, 1)).astype(f32)
+    b = (bq.astype(f32) * sb).astype(f32)
+    assert np.array_equal(_mlas_conv_f32(x, w, b, pad, stride, groups), want)
+    # the neighbouring orders: one FMA chain over all K, a plain sequential float32 sum (bias last both)
+    co_g = co // groups
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho = (hw + 2 * pad - k) // stride + 1
+    fma_all = np.zeros(want.shape, f32)
+    seq = np.zeros(want.shape, f32)
+    for gi in range(groups):
+        for cc in range(ci // groups):
+            for ky in range(k):
+                for kx in range(k):
+                    col = xp[:, gi * (ci // groups) + cc, ky:ky + stride * ho:stride, kx:kx + stride * ho:stride]
+                    wv = w[gi * co_g:(gi + 1) * co_g, cc, ky, kx].reshape(1, -1, 1, 1)
+                    sl = slice(gi * co_g, (gi + 1) * co_g)
+                    fma_all[:, sl] = fma_f32(col[:, None], wv, fma_all[:, sl])
+                    seq[:, sl] = (seq[:, sl] + (col[:, None] * wv).astype(f32)).astype(f32)
+    assert not np.array_equal((seq + b.reshape(1, -1, 1, 1)).astype(f32), want)
+    kk = ci // groups * k * k
+    if co_g == 1 or kk > _mlas_strides(ho * ho, kk)[1]:  # one FMA chain is MLAS's order when K fits one block
+        assert not np.array_equal((fma_all + b.reshape(1, -1, 1, 1)).astype(f32), want)
