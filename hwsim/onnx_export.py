@@ -40,6 +40,7 @@ from hwsim.graph import infer_shapes
 OPSET = 13
 MS_DOMAIN = "com.microsoft"
 U8 = (0, 255)
+S8 = (-128, 127)
 INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -75,21 +76,26 @@ class _Writer:
         return name
 
     def grid(self, tensor: str, layer: str | None) -> tuple[str, str]:
-        """(scale, zero point) initializers of a uint8 activation tensor (``layer`` None: the graph input)."""
+        """(scale, zero point) initializers of an 8-bit activation tensor (``layer`` None: the graph input)."""
         g = self.u8_grid(tensor, layer)
         return (self.const(f"{tensor}::scale", np.float32(g.scale), np.float32),
-                self.const(f"{tensor}::zero_point", g.zero_point, np.uint8))
+                self.const(f"{tensor}::zero_point", g.zero_point, _np_type(g)))
 
     def u8_grid(self, tensor: str, layer: str | None):
-        """The grid of a tensor, checked to be uint8 [0, 255] with a positive float32 scale."""
+        """The grid of a tensor, checked to be uint8 [0, 255] or int8 [-128, 127] (one type in the whole graph: ONNX
+        Runtime's QLinear kernels take inputs and outputs of one type) with a positive float32 scale."""
         where = f"layer '{layer}'" if layer is not None else "graph input"
         g = self.qg.grids.get(tensor)
         if g is None:
             raise HwsimError(f"{where}: tensor '{tensor}' has no integer grid (weight-only profile?)")
-        if (g.qmin, g.qmax) != U8 or g.bits != 8 or g.signed:
+        if (g.qmin, g.qmax) != (S8 if g.signed else U8) or g.bits != 8:
             raise HwsimError(f"{where}: tensor '{tensor}' is on the grid [{g.qmin}, {g.qmax}] "
                              f"({g.bits}-bit {'signed' if g.signed else 'unsigned'}); the ONNX export needs uint8 [0, 255] "
-                             "(activations.bits = 8, activations.signed = false)")
+                             "or int8 [-128, 127] (activations.bits = 8, full range)")
+        first = self.qg.grids[self.qg.input_name]
+        if g.signed != first.signed:
+            raise HwsimError(f"{where}: tensor '{tensor}' is {'signed' if g.signed else 'unsigned'} but the input "
+                             "is not; ONNX Runtime's QLinear ops take one activation type (activations.signed)")
         s = np.float32(g.scale)
         if not (np.isfinite(s) and s > 0):
             raise HwsimError(f"{where}: tensor '{tensor}' scale {g.scale!r} is not a positive float32")
@@ -102,18 +108,22 @@ class _Writer:
         self.ms = self.ms or ms
 
     def clamp(self, lay: QLayer, src: str, lo: int, hi: int) -> None:
-        """``src`` (already saturated to [0, 255]) -> lay.output clamped to [lo, hi] (Clip on uint8)."""
-        if (lo, hi) == U8:
-            raise AssertionError("no clamp needed")
-        self.node("Clip", [src, self.const(f"{lay.name}::clip_min", lo, np.uint8),
-                           self.const(f"{lay.name}::clip_max", hi, np.uint8)], [lay.output], f"{lay.name}::clip")
+        """``src`` (already saturated to its 8-bit type) -> lay.output clamped to [lo, hi] (Clip on the codes)."""
+        t = _np_type(self.qg.grids[lay.output])
+        self.node("Clip", [src, self.const(f"{lay.name}::clip_min", lo, t),
+                           self.const(f"{lay.name}::clip_max", hi, t)], [lay.output], f"{lay.name}::clip")
+
+    def full_range(self, tensor: str) -> tuple[int, int]:
+        """The 8-bit range of a tensor's codes: [0, 255] or [-128, 127]."""
+        return S8 if self.qg.grids[tensor].signed else U8
 
     def out_name(self, lay: QLayer) -> tuple[str, tuple[int, int] | None]:
-        """Name the producing node writes to, and the extra clamp (None when the uint8 saturation is it)."""
-        lo, hi = lay.clamp if lay.clamp is not None else U8
-        if not (U8[0] <= lo <= hi <= U8[1]):
-            raise HwsimError(f"layer '{lay.name}': output clamp [{lo}, {hi}] is outside uint8 [0, 255]")
-        if (lo, hi) == U8:
+        """Name the producing node writes to, and the extra clamp (None when the 8-bit saturation is it)."""
+        full = self.full_range(lay.output)
+        lo, hi = lay.clamp if lay.clamp is not None else full
+        if not (full[0] <= lo <= hi <= full[1]):
+            raise HwsimError(f"layer '{lay.name}': output clamp [{lo}, {hi}] is outside [{full[0]}, {full[1]}]")
+        if (lo, hi) == full:
             return lay.output, None
         return f"{lay.name}::unclamped", (lo, hi)
 
@@ -223,20 +233,23 @@ class _Writer:
 
     def table(self, lay: QLayer) -> None:
         """A lookup-table activation (any form: hwsim.ops.activation) as ONNX Gather on its 256-entry constant
-        table: ``Cast`` of the uint8 codes to int32 indices (code - qmin; qmin is 0 on the uint8 grid), ``Gather``
+        table: ``Cast`` of the codes to int32 indices (``Add`` 128 on int8 codes: index = code - qmin), ``Gather``
         of the entries (clamped to the layer's output range) — ORT copies them, so any table is exact."""
         from onnx import TensorProto
 
         n, x = lay.name, lay.inputs[0]
-        self.u8_grid(x, n)
-        self.u8_grid(lay.output, n)
+        gi = self.u8_grid(x, n)
+        go = self.u8_grid(lay.output, n)
         lo, hi = lay.clamp
         t = np.clip(np.asarray(lay.table, np.int64), lo, hi)
-        if int(lay.table_qmin) != U8[0] or t.size != U8[1] - U8[0] + 1 or t.min() < U8[0] or t.max() > U8[1]:
+        if int(lay.table_qmin) != gi.qmin or t.size != 256 or t.min() < go.qmin or t.max() > go.qmax:
             raise HwsimError(f"layer '{n}': table of {t.size} entries from code {lay.table_qmin} (the export needs "
-                             "256 uint8 entries indexed by uint8 codes)")
-        self.node("Cast", [x], [f"{n}::index"], f"{n}::to_index", to=TensorProto.INT32)
-        self.node("Gather", [self.const(f"{n}::table", t, np.uint8), f"{n}::index"], [lay.output], n, axis=0)
+                             "256 entries indexed by the 8-bit input codes)")
+        idx = f"{n}::index"
+        self.node("Cast", [x], [idx if gi.qmin == 0 else f"{n}::code"], f"{n}::to_index", to=TensorProto.INT32)
+        if gi.qmin != 0:
+            self.node("Add", [f"{n}::code", self.const(f"{n}::offset", -gi.qmin, np.int32)], [idx], f"{n}::offset")
+        self.node("Gather", [self.const(f"{n}::table", t, _np_type(go)), idx], [lay.output], n, axis=0)
 
     def check_pool_rounding(self, lay: QLayer) -> None:
         r = lay.profile.requant.rounding if lay.profile is not None else "half_even"
@@ -247,6 +260,11 @@ class _Writer:
     def layer(self, lay: QLayer) -> None:
         """Emit one layer: its op spec's ``onnx_export`` (hwsim/ops/<op>.py), which uses the helpers above."""
         ops.get(lay.op).onnx_export(self, lay)
+
+
+def _np_type(g):
+    """numpy type of a grid's 8-bit codes."""
+    return np.int8 if g.signed else np.uint8
 
 
 # QOperator node -> (float op, [(input index, scale index, zero point index)] of its integer activations, output
@@ -358,11 +376,18 @@ def to_onnx(qg: QuantizedGraph, *, float_input: bool = False, intermediate_outpu
     spec = qg.model.inputs[0]
     shape = [batch, *spec.shape]
     sx, zx = w.grid(inp, None)
+    code = TensorProto.INT8 if qg.grids[inp].signed else TensorProto.UINT8
+    if format == "qdq" and qg.grids[inp].signed:
+        # measured (ORT 1.32, x86-64 with VNNI): with int8 activations ORT fuses only some QDQ Convs (3 of 9 on
+        # ResNet-8, quantize_static's own QInt8 QDQ model too) and runs the others as float Conv
+        raise HwsimError(f"profile '{qg.profile.name}': format 'qdq' with int8 activations (activations.signed = "
+                         "true): ONNX Runtime fuses only some int8-activation QDQ Convs and runs the rest in float, "
+                         "not these integers; use format 'qoperator'")
     if float_input:
         graph_in = helper.make_tensor_value_info(f"{inp}::float", TensorProto.FLOAT, shape)
         w.node("QuantizeLinear", [f"{inp}::float", sx, zx], [inp], f"{inp}::quantize")
     else:
-        graph_in = helper.make_tensor_value_info(inp, TensorProto.UINT8, shape)
+        graph_in = helper.make_tensor_value_info(inp, code, shape)
     for lay in qg.layers:
         w.layer(lay)
     out = qg.output_name
@@ -373,11 +398,11 @@ def to_onnx(qg: QuantizedGraph, *, float_input: bool = False, intermediate_outpu
     def info(name, elem, tensor):
         return helper.make_tensor_value_info(name, elem, [batch, *shapes[tensor]])
 
-    outputs = [info(out, TensorProto.UINT8, out), info(f"{out}::dequantized", TensorProto.FLOAT, out)]
+    outputs = [info(out, code, out), info(f"{out}::dequantized", TensorProto.FLOAT, out)]
     if intermediate_outputs:
         if float_input:  # the codes QuantizeLinear made
-            outputs.append(info(inp, TensorProto.UINT8, inp))
-        outputs += [info(lay.output, TensorProto.UINT8, lay.output) for lay in qg.layers if lay.output != out]
+            outputs.append(info(inp, code, inp))
+        outputs += [info(lay.output, code, lay.output) for lay in qg.layers if lay.output != out]
     nodes = _as_qdq(w) if format == "qdq" else w.nodes
     graph = helper.make_graph(nodes, str(qg.model.metadata.get("arch", "hwsim")), [graph_in], outputs, w.inits)
     ms = any(n.domain == MS_DOMAIN for n in nodes)

@@ -214,7 +214,8 @@ def test_float_input_quantizelinear():
 def test_unsupported_settings_raise_one_line_errors(monkeypatch):
     net, calib = tiny_cnn(), images(32, seed=3)
     cases = [
-        (load_profile("int8-tflite"), "graph input: tensor 'input'.*uint8"),  # int8 activations
+        (load_profile("int8-tflite"), "layer 'conv1': requant.mode = 'fixed'"),  # gemmlowp's Q31 requant
+        (load_profile("w4a4"), "tensor 'relu1' is on the grid .-8, 7. .4-bit signed.*activations.bits"),
         (load_profile("int8-fbgemm"), "layer 'add'.*ratio_fma"),  # PyTorch's add form
         (PROFILE.with_settings({"requant.rounding": "half_away"}), "layer 'conv1'.*requant.rounding"),
         (PROFILE.with_settings({"requant.multiplier_order": "fused"}), "layer 'conv1'.*multiplier_order"),
@@ -237,8 +238,8 @@ def test_unsupported_settings_raise_one_line_errors(monkeypatch):
 
 # ----------------------------------------------------------------------------- QDQ export, activation tables
 def _ort_env(qg, codes, fmt, optimize):
-    got = _ort_codes(to_onnx(qg, intermediate_outputs=True, format=fmt), {qg.input_name: codes.astype(np.uint8)},
-                     optimize)
+    t = np.int8 if qg.grids[qg.input_name].signed else np.uint8
+    got = _ort_codes(to_onnx(qg, intermediate_outputs=True, format=fmt), {qg.input_name: codes.astype(t)}, optimize)
     return {k: v.astype(np.int64) for k, v in got.items() if k != f"{qg.output_name}::dequantized"}
 
 
@@ -325,17 +326,20 @@ def test_activation_table_exports_as_gather_on_all_256_codes(fn, form):
     np.testing.assert_array_equal(got, np.clip(want, *lay.clamp))
 
 
-_KEYS = r"(activations\.bits|requant\.\w+|accumulator\.bits|bias\.form|add_form|mean_form|mul_form|weight-only)"
+EXPRESSIBLE = ("int8-onnxruntime", "int8-onnxruntime-s8")
+_KEYS = r"(activations\.bits|activations\.signed|requant\.\w+|accumulator\.bits|bias\.form|add_form|mean_form|mul_form|weight-only)"
 
 
 @pytest.mark.parametrize("name", sorted(__import__("hwsim.profile", fromlist=["x"]).builtin_names()))
 def test_every_builtin_profile_exports_exactly_or_names_the_key(name):
     """The export table (docs/semantics.md section 11): each built-in profile on tiny_cnn either exports in both
     layouts and ORT (optimizations on) gives every tensor of run_integer, or is refused in one line naming the
-    profile key ONNX cannot express. Expressible: int8-onnxruntime (float32 requant, half even, zero point
-    after rounding, sequential multiplier, int32 bias and accumulator, uint8 activations, QLinearAdd's FMA
-    form). Not: fixed-point Q31 requant (TFLite, TOSA: ONNX's requant is float32 by definition), pow2 shifts,
-    other roundings, narrow / saturating accumulators, PyTorch's float bias, signed activation grids."""
+    profile key ONNX cannot express. Expressible: int8-onnxruntime and int8-onnxruntime-s8 (float32 requant, half
+    even, zero point after rounding, sequential multiplier, int32 bias and accumulator, 8-bit activations of one
+    type, QLinearAdd's FMA form; int8 activations only as QOperator: ORT leaves some int8-activation QDQ Convs
+    in float). Not: fixed-point Q31 requant (TFLite, TOSA: ONNX's requant is float32 by
+    definition), pow2 shifts, other roundings, narrow / saturating / partial-sum accumulators, PyTorch's float
+    bias and zero point before rounding, PyTorch's add, activation grids under 8 bits."""
     if not ({"avx2", "fma"} <= FLAGS and FLAGS & {"avx512_vnni", "avx_vnni", "amx_int8"}):
         pytest.skip("ORT's u8s8 kernels without VNNI are not modelled")
     prof = load_profile(name)
@@ -346,9 +350,9 @@ def test_every_builtin_profile_exports_exactly_or_names_the_key(name):
             to_onnx(qg, format=fmt)
         except HwsimError as e:
             assert "\n" not in str(e) and __import__("re").search(_KEYS, str(e)), str(e)
-            assert name != "int8-onnxruntime"
+            assert name not in EXPRESSIBLE or (name, fmt) == ("int8-onnxruntime-s8", "qdq")
             continue
-        assert name == "int8-onnxruntime", "a new expressible profile: add it to the table in docs/semantics.md"
+        assert name in EXPRESSIBLE, "a new expressible profile: add it to the table in docs/semantics.md"
         env = run_integer(qg, x)
         assert _differing(_ort_env(qg, env[qg.input_name], fmt, True), env) == {}
 
@@ -447,7 +451,7 @@ def test_cli_export_onnx_runs_in_onnxruntime_like_hwsim_run(tmp_path):
     np.testing.assert_array_equal(np.argmax(got[f"{qg.output_name}::dequantized"].reshape(200, -1), 1),
                                   np.argmax(sim.logits, 1))
     bad = CliRunner().invoke(cli, ["export-onnx", "-p", "int8-tflite", "-o", str(tmp_path / "t.onnx")])
-    assert bad.exit_code != 0 and "uint8" in bad.output and not (tmp_path / "t.onnx").exists()
+    assert bad.exit_code != 0 and "requant.mode = 'fixed'" in bad.output and not (tmp_path / "t.onnx").exists()
     # --format qdq: DequantizeLinear -> float op -> QuantizeLinear, the same codes with optimizations on
     qdq = tmp_path / "q.onnx"
     res = CliRunner().invoke(cli, ["export-onnx", "--float-input", "--format", "qdq", "-o", str(qdq)])

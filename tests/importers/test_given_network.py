@@ -382,18 +382,23 @@ def test_cli_bad_given_inputs_are_one_line(quantized, tmp_path):
 
 
 @ENGINE
-def test_imported_integers_export_back_to_onnx_runtime(quantized):
-    """import (QDQ) -> compile under int8-onnxruntime -> hwsim's QOperator export (float input, its own
-    QuantizeLinear) -> ONNX Runtime: the same outputs as hwsim, the pool's own output grid included."""
+@pytest.mark.parametrize("net,fmt,act", [("mobilenetv2", "QDQ", "QUInt8"), ("mobilenetv3", "QOperator", "QUInt8"),
+                                         ("resnet8", "QOperator", "QInt8")])
+def test_imported_integers_export_back_to_onnx_runtime(quantized, net, fmt, act):
+    """import -> compile under the model's engine profile (int8-onnxruntime; -s8 for int8 activations) -> hwsim's
+    export in both layouts (float input, its own QuantizeLinear) -> ONNX Runtime with optimizations on: the same
+    outputs as hwsim (pools' own output grids, MobileNetV3's hardsigmoid tables as Gather, QLinearMul)."""
     from hwsim.onnx_export import to_onnx
 
-    path, mean, std = quantized("mobilenetv2", "QDQ", True)
-    x = _images("mobilenetv2", 32, 3)
+    path, mean, std = quantized(net, fmt, True, act)
+    x = _images(net, 32, 3)
     ours, qg = hwsim_outputs(path, mean, std, x)
-    proto = to_onnx(qg, float_input=True)
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
-    assert np.array_equal(out[qg.output_name + "::dequantized"].reshape(ours.shape), ours)
+    assert qg.profile.name == ("int8-onnxruntime-s8" if act == "QInt8" else "int8-onnxruntime")
+    for layout in ("qoperator",) if act == "QInt8" else ("qoperator", "qdq"):  # int8 QDQ: refused (semantics §11)
+        proto = to_onnx(qg, float_input=True, format=layout)
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
+        assert np.array_equal(out[qg.output_name + "::dequantized"].reshape(ours.shape), ours), layout
 
 
 def test_mutated_int8_files_import_or_give_one_line(quantized, tmp_path):
