@@ -1,4 +1,5 @@
-"""Write a compiled :class:`~hwsim.compile.QuantizedGraph` as an ONNX model of ONNX Runtime's int8 ops.
+"""Write a compiled :class:`~hwsim.compile.QuantizedGraph` as an ONNX model of ONNX Runtime's int8 ops
+(QOperator, the default) or in ONNX's QDQ layout (``format="qdq"``, :func:`_as_qdq`).
 
 ``to_onnx(qg)`` emits the integer graph hwsim executes, node for node, as the operators ONNX
 Runtime's CPU execution provider runs in integers (the ops its own quantizer emits), so that ORT's
@@ -6,7 +7,7 @@ output codes can be compared with :func:`hwsim.execute.run_integer` (tests/test_
 
 | hwsim layer | ONNX node(s) |
 |---|---|
-| graph input | the uint8 codes themselves (``float_input=True``: a float input + ``QuantizeLinear``) |
+| graph input | the 8-bit codes themselves (``float_input=True``: a float input + ``QuantizeLinear``) |
 | ``conv2d`` | ``QLinearConv`` (groups, pads, strides, dilations; int32 bias) |
 | ``linear`` | ``Reshape [N, K, 1, 1]`` -> 1x1 ``QLinearConv`` (int32 bias) -> ``Reshape [N, M]``; without a bias and with per-column weight zero points ``QLinearMatMul`` |
 | fused ReLU / ReLU6, standalone relu / relu6 | nothing when the clamp is the whole uint8 range (the requant saturates to it), else ``Clip`` on uint8 |
@@ -15,15 +16,20 @@ output codes can be compared with :func:`hwsim.execute.run_integer` (tests/test_
 | ``global_avgpool`` | ``com.microsoft.QLinearGlobalAveragePool`` |
 | ``add`` | ``com.microsoft.QLinearAdd`` |
 | ``concat`` | ``com.microsoft.QLinearConcat`` (only when every input already has the output grid: a copy) |
+| ``mul`` | ``com.microsoft.QLinearMul`` (mul_form ``onnxruntime``) |
+| ``mean`` | ``com.microsoft.QLinearGlobalAveragePool`` (mean_form ``onnxruntime``, keepdims) |
+| ``sigmoid`` in ORT's form | ``com.microsoft.QLinearSigmoid`` |
+| any other table activation (hardswish, hardsigmoid, silu, tanh; any form) | ``Cast`` (+ ``Add 128`` on int8 codes) -> ``Gather`` on its 256-entry table |
 | ``flatten`` | ``Flatten`` (axis 1) |
 | graph output | its uint8 codes and ``DequantizeLinear`` of them (``<output>::dequantized``) |
 
-ONNX value names are hwsim's tensor names (uint8 codes on hwsim's grids); helper values get
+Activations are uint8 [0, 255] or, with ``activations.signed``, int8 [-128, 127] (QOperator only: with int8
+activations ORT 1.32 leaves some QDQ Convs in float). ONNX value names are hwsim's tensor names (codes on hwsim's grids); helper values get
 ``<layer>::...`` names. Scales are written as float32 (hwsim's requant rounds them so too).
 
 What ORT computes for each op, and which hwsim setting is the same arithmetic, is in
 ``docs/semantics.md`` (section 11). Anything the export cannot write as ORT's arithmetic (activations
-not on the uint8 grid [0, 255], a requant other than float32 / half_even / zero point after /
+not on an 8-bit grid, a requant other than float32 / half_even / zero point after /
 sequential multiplier, an add other than ``add_form = "ratio_fma"``, non-int32 accumulators that are
 not certified overflow-free, ...) raises a one-line :class:`~hwsim.errors.HwsimError` naming the layer.
 """

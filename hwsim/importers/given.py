@@ -7,7 +7,9 @@ Reads both layouts ``onnxruntime.quantization.quantize_static`` writes:
 - **QOperator**: ``QLinearConv``, ``QLinearMatMul`` and the ``com.microsoft`` ops ``QGemm``,
   ``QLinearAdd``, ``QLinearMul``, ``QLinearGlobalAveragePool``, ``QLinearAveragePool``,
   ``QLinearConcat``, ``QLinearSigmoid``, with ``MaxPool`` / ``Flatten`` / ``Reshape`` working on
-  the integers directly, a ``QuantizeLinear`` at the input and a ``DequantizeLinear`` at the end.
+  the integers directly, a ``QuantizeLinear`` at the input and a ``DequantizeLinear`` at the end, and the float
+  ops ONNX Runtime has no int8 kernel for (HardSigmoid, HardSwish; Sigmoid, Tanh) between a
+  ``DequantizeLinear`` and a ``QuantizeLinear`` (a function of the input code: hwsim's table in ORT's form).
 
 into a :class:`GivenQuantization`: for every op in graph order, the per-tensor scale and zero
 point of its inputs and output, its integer weights (hwsim layout: conv ``[Cout, Cin/g, kh,
