@@ -193,6 +193,8 @@ def test_linear_without_bias_per_column_zero_points_is_qlinearmatmul():
     x = images(100, size=6, seed=9)
     env = run_integer(qg, x, "fast")
     assert _assert_identical(qg, env) == len(qg.layers) == 3
+    # QDQ: DequantizeLinear of the [in, out] uint8 weights along axis 1 (per-column zero points) -> MatMul
+    assert _differing(_ort_env(qg, env[qg.input_name], "qdq", True), env) == {}
 
 
 @VNNI

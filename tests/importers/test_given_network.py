@@ -80,6 +80,11 @@ def _random_net(arch):
     return m, (3, 16, 16), (0.0,), (1.0,)
 
 
+def _resnet(tmp=None):
+    """The ResNet-8 of :func:`_random_net` (tests/importers/test_torch_int8.py uses it)."""
+    return _random_net("resnet8")
+
+
 def _export(m, shape, path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
