@@ -383,12 +383,6 @@ def to_onnx(qg: QuantizedGraph, *, float_input: bool = False, intermediate_outpu
     shape = [batch, *spec.shape]
     sx, zx = w.grid(inp, None)
     code = TensorProto.INT8 if qg.grids[inp].signed else TensorProto.UINT8
-    if format == "qdq" and qg.grids[inp].signed:
-        # measured (ORT 1.32, x86-64 with VNNI): with int8 activations ORT fuses only some QDQ Convs (3 of 9 on
-        # ResNet-8, quantize_static's own QInt8 QDQ model too) and runs the others as float Conv
-        raise HwsimError(f"profile '{qg.profile.name}': format 'qdq' with int8 activations (activations.signed = "
-                         "true): ONNX Runtime fuses only some int8-activation QDQ Convs and runs the rest in float, "
-                         "not these integers; use format 'qoperator'")
     if float_input:
         graph_in = helper.make_tensor_value_info(f"{inp}::float", TensorProto.FLOAT, shape)
         w.node("QuantizeLinear", [f"{inp}::float", sx, zx], [inp], f"{inp}::quantize")
@@ -396,6 +390,12 @@ def to_onnx(qg: QuantizedGraph, *, float_input: bool = False, intermediate_outpu
         graph_in = helper.make_tensor_value_info(inp, code, shape)
     for lay in qg.layers:
         w.layer(lay)
+    if format == "qdq" and qg.grids[inp].signed:
+        # measured (ORT 1.32, x86-64 with VNNI): with int8 activations ORT fuses only some QDQ Convs (3 of 9 on
+        # ResNet-8, quantize_static's own QInt8 QDQ model too) and runs the others as float Conv
+        raise HwsimError(f"profile '{qg.profile.name}': format 'qdq' with int8 activations (activations.signed = "
+                         "true): ONNX Runtime fuses only some int8-activation QDQ Convs and runs the rest in float, "
+                         "not these integers; use format 'qoperator'")
     out = qg.output_name
     so, zo = w.grid(out, qg.layers[-1].name)
     w.node("DequantizeLinear", [out, so, zo], [f"{out}::dequantized"], f"{out}::dequantize")
