@@ -413,12 +413,36 @@ def _mlas_sgemm(a, cols, c):
     return c
 
 
+def _mlas_m1_transpose_b(a, col):
+    """MlasSgemmKernelM1TransposeBAvx (x86_64/SgemmKernelM1TransposeBAvx.S), MLAS's route for N = 1 (a pointwise
+    conv on a 1x1 output): each filter row's products rounded (vmulps) and added into 8 lanes (lane = k mod 8, the
+    K tail masked to zeros); filters four at a time reduce lanes l as (((l0 + l1) + l2) + l3) + (((l4 + l5) + l6)
+    + l7), a remaining pair ((l2 + l0) + (l6 + l4)) + ((l3 + l1) + (l7 + l5)), a last single row ((l0 + l1) +
+    (l2 + l3)) + ((l4 + l5) + (l6 + l7)) (the shuffles' orders); a [M, K], col [K, N] -> [N, M]."""
+    m, k = a.shape
+    kk = -(-k // 8) * 8
+    ap = np.zeros((m, kk), np.float32)
+    ap[:, :k] = a
+    cp = np.zeros((kk,) + col.shape[1:], np.float32)
+    cp[:k] = col
+    lanes = [np.zeros((col.shape[1], m), np.float32) for _ in range(8)]
+    for i in range(kk):
+        lanes[i % 8] = (lanes[i % 8] + (cp[i][:, None] * ap[:, i][None, :]).astype(np.float32)).astype(np.float32)
+    lo = lanes
+    four = (((lo[0] + lo[1]) + lo[2]) + lo[3]) + (((lo[4] + lo[5]) + lo[6]) + lo[7])
+    two = ((lo[2] + lo[0]) + (lo[6] + lo[4])) + ((lo[3] + lo[1]) + (lo[7] + lo[5]))
+    one = ((lo[0] + lo[1]) + (lo[2] + lo[3])) + ((lo[4] + lo[5]) + (lo[6] + lo[7]))
+    rows4 = m // 4 * 4
+    kind = np.array([0] * rows4 + [1] * ((m - rows4) & 2) + [2] * ((m - rows4) & 1))
+    return np.where(kind == 0, four, np.where(kind == 1, two, one)).astype(np.float32)
+
+
 def _mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
     """ONNX Runtime's float Conv on x86-64 (MlasConvPrepare / MlasConv, one thread): per group, GemmDirect for a
     pointwise conv (stride 1, no padding), else im2col in (channel, row, column) order and MlasConvOperation's K
     blocks (ExpandThenGemmSegmented; ExpandThenGemm when the filters outnumber the output positions: one
-    MlasSgemmOperation over all K); the bias is added last (MlasActivation). N = 1 (MLAS's transposed M1 kernel)
-    is not modelled."""
+    MlasSgemmOperation over all K; a pointwise conv on a 1x1 output: the transposed M1 kernel); the bias is added
+    last (MlasActivation)."""
     n, c, h, wd = x.shape
     co, ci, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
@@ -430,8 +454,9 @@ def _mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
                          for cc in range(ci) for ky in range(kh) for kx in range(kw)], 0)  # [K, N, Ho, Wo]
         a = w[gi * fc:(gi + 1) * fc].reshape(fc, -1)
         k, size = a.shape[1], ho * wo
-        assert size > 1
-        if (stride == 1 and pad == 0 and kh * kw == 1) or fc > size:
+        if size == 1 and stride == 1 and pad == 0 and kh * kw == 1:  # GemmDirect with N = 1
+            y = _mlas_m1_transpose_b(a, cols.reshape(k, -1))[:, :, None, None]
+        elif (stride == 1 and pad == 0 and kh * kw == 1) or fc > size:
             y = _mlas_sgemm(a, cols, None)
         else:
             sn, sk = _mlas_strides(size, k)
@@ -449,6 +474,7 @@ def _mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
     (12, 12, 5, 9, 2, 2, 12),    # depthwise 5x5 stride 2: K = 25
     (16, 24, 1, 8, 0, 1, 1),     # pointwise: GemmDirect
     (32, 96, 3, 4, 1, 2, 1),     # more filters than positions: ExpandThenGemm
+    (37, 7, 1, 1, 0, 1, 1),      # a squeeze-excite conv on the pooled 1x1: N = 1 (4 + 2 + 1 filter rows, K tail 5)
 ])
 def test_onnxruntime_qdq_float_conv_is_mlas_order(ci, co, k, hw, pad, stride, groups):
     """What ONNX Runtime runs for a QDQ Conv with graph optimizations off (the float path, not modelled by any
