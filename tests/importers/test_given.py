@@ -533,3 +533,48 @@ def test_onnxruntime_qdq_float_conv_is_mlas_order(ci, co, k, hw, pad, stride, gr
     kk = ci // groups * k * k
     if co_g == 1 or kk > _mlas_strides(ho * ho, kk)[1]:  # one FMA chain is MLAS's order when K fits one block
         assert not np.array_equal((fma_all + b.reshape(1, -1, 1, 1)).astype(f32), want)
+
+
+@pytest.mark.parametrize("batch", [32, 3, 1])
+def test_onnxruntime_qdq_float_gemm_depends_on_the_batch(batch):
+    """A QDQ Gemm (transB = 1) with optimizations off: ORT broadcasts the bias into Y and runs MlasGemm with
+    beta = 1 (gemm.cc ComputeGemm). With two or more rows that is one FMA chain per MLAS K block (here K = 400 <
+    StrideK = 1024: one chain), added to the bias; with one row MLAS takes another kernel and the chain differs
+    on most outputs — ORT's float path depends on how the inputs are batched (docs/semantics.md section 11)."""
+    import onnxruntime as ort
+
+    from hwsim.ops.add import fma_f32
+
+    f32 = np.float32
+    rng = np.random.default_rng(7)
+    k, o = 400, 10
+    xq = rng.integers(0, 256, (batch, k)).astype(np.uint8)
+    sx, zx = f32(0.0173), 117
+    wq = rng.integers(-127, 128, (o, k)).astype(np.int8)
+    sw = rng.uniform(0.001, 0.01, o).astype(f32)
+    bq = rng.integers(-5000, 5000, o).astype(np.int32)
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["x"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["w"], axis=0),
+             helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["b"], axis=0),
+             helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array(v, n) for n, v in dict(
+        sx=np.array(sx, f32), zx=np.array(zx, np.uint8), wq=wq, sw=sw, zw=np.zeros(o, np.int8), bq=bq,
+        sb=(sx * sw).astype(f32), zb=np.zeros(o, np.int32)).items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [batch, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    want = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"xq": xq})[0]
+    x = ((xq.astype(np.int64) - zx).astype(f32) * sx).astype(f32)
+    w = (wq.astype(f32) * sw[:, None]).astype(f32)
+    acc = np.zeros((batch, o), f32)
+    for i in range(k):
+        acc = fma_f32(x[:, i:i + 1], w[:, i][None], acc).astype(f32)
+    chain = (acc + (bq.astype(f32) * (sx * sw).astype(f32)).astype(f32)).astype(f32)
+    if batch > 1:
+        assert np.array_equal(chain, want)
+    else:
+        assert np.count_nonzero(chain != want) > o // 2
