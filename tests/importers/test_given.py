@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from hwsim.errors import HwsimError  # noqa: E402
 from hwsim.importers.given import QuantParams, parse_given  # noqa: E402
 from hwsim.importers.onnx import import_onnx  # noqa: E402
-from tests.importers.onnxnets import model, rand, save  # noqa: E402
+from tests.importers.onnxnets import mlas_conv_f32, mlas_strides, model, ort_float_path, rand, save  # noqa: E402
 
 MAC = ("conv2d", "linear")
 
@@ -365,108 +365,6 @@ def test_qoperator_float_op_outside_a_sandwich_is_one_line(kw, says):
 
 
 # ----------------------------------------------------------------------------- ORT's QDQ float path (not a profile)
-_STRIDE = 128  # MLAS_SGEMM_STRIDEN = MLAS_SGEMM_STRIDEK (mlasi.h)
-
-
-def _mlas_strides(n: int, k: int) -> tuple[int, int]:
-    """(StrideN, StrideK) of MlasConvOperation / MlasSgemmOperation (convolve.cpp, sgemm.cpp): expand the N
-    stride while K is small, else the K stride while N is small."""
-    sn, sk = _STRIDE, _STRIDE
-    if n >= k:
-        while sk // 2 >= k:
-            sn, sk = sn * 2, sk // 2
-    else:
-        while sn > 16 and sn // 2 >= n:
-            sn, sk = sn // 2, sk * 2
-    return sn, sk
-
-
-def _mlas_sgemm(a, cols, c):
-    """MlasSgemmOperation(M, N, K) for alpha 1: a [M, K] filter rows, cols [K, ...N] im2col columns, c the output
-    so far (None: beta = 0). M = 1: MlasSgemmKernelM1Avx (x86_64/SgemmKernelM1Avx.S): products rounded (vmulps),
-    summed four rows at a time ((p0 + p1) + p2) + p3, each group then added to C; else the FMA kernels: per K
-    block of StrideK, a chain fl32(fma(a, b, acc)) from 0, then C = fl32(acc + C)."""
-    from hwsim.ops.add import fma_f32
-
-    m, k = a.shape
-    out_shape = (cols.shape[1], m) + cols.shape[2:]
-    zero = np.zeros(out_shape, np.float32)
-    if m == 1:
-        p = [(cols[i] * a[0, i]).astype(np.float32)[:, None] for i in range(k)]
-        acc = zero if c is None else c
-        i = 0
-        while k - i >= 4:
-            acc = ((((p[i] + p[i + 1]) + p[i + 2]) + p[i + 3]) + acc).astype(np.float32)
-            i += 4
-        if (k - i) & 2:
-            acc = ((p[i] + p[i + 1]) + acc).astype(np.float32)
-            i += 2
-        if (k - i) & 1:
-            acc = (p[i] + acc).astype(np.float32)
-        return acc
-    _, sk = _mlas_strides(int(np.prod(cols.shape[2:])), k)
-    for s in range(0, k, sk):
-        acc = zero
-        for i in range(s, min(k, s + sk)):
-            acc = fma_f32(cols[i][:, None], a[:, i].reshape((1, m) + (1,) * (cols.ndim - 2)), acc).astype(np.float32)
-        c = acc if c is None else (acc + c).astype(np.float32)
-    return c
-
-
-def _mlas_m1_transpose_b(a, col):
-    """MlasSgemmKernelM1TransposeBAvx (x86_64/SgemmKernelM1TransposeBAvx.S), MLAS's route for N = 1 (a pointwise
-    conv on a 1x1 output): each filter row's products rounded (vmulps) and added into 8 lanes (lane = k mod 8, the
-    K tail masked to zeros); filters four at a time reduce lanes l as (((l0 + l1) + l2) + l3) + (((l4 + l5) + l6)
-    + l7), a remaining pair ((l2 + l0) + (l6 + l4)) + ((l3 + l1) + (l7 + l5)), a last single row ((l0 + l1) +
-    (l2 + l3)) + ((l4 + l5) + (l6 + l7)) (the shuffles' orders); a [M, K], col [K, N] -> [N, M]."""
-    m, k = a.shape
-    kk = -(-k // 8) * 8
-    ap = np.zeros((m, kk), np.float32)
-    ap[:, :k] = a
-    cp = np.zeros((kk,) + col.shape[1:], np.float32)
-    cp[:k] = col
-    lanes = [np.zeros((col.shape[1], m), np.float32) for _ in range(8)]
-    for i in range(kk):
-        lanes[i % 8] = (lanes[i % 8] + (cp[i][:, None] * ap[:, i][None, :]).astype(np.float32)).astype(np.float32)
-    lo = lanes
-    four = (((lo[0] + lo[1]) + lo[2]) + lo[3]) + (((lo[4] + lo[5]) + lo[6]) + lo[7])
-    two = ((lo[2] + lo[0]) + (lo[6] + lo[4])) + ((lo[3] + lo[1]) + (lo[7] + lo[5]))
-    one = ((lo[0] + lo[1]) + (lo[2] + lo[3])) + ((lo[4] + lo[5]) + (lo[6] + lo[7]))
-    rows4 = m // 4 * 4
-    kind = np.array([0] * rows4 + [1] * ((m - rows4) & 2) + [2] * ((m - rows4) & 1))
-    return np.where(kind == 0, four, np.where(kind == 1, two, one)).astype(np.float32)
-
-
-def _mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
-    """ONNX Runtime's float Conv on x86-64 (MlasConvPrepare / MlasConv, one thread): per group, GemmDirect for a
-    pointwise conv (stride 1, no padding), else im2col in (channel, row, column) order and MlasConvOperation's K
-    blocks (ExpandThenGemmSegmented; ExpandThenGemm when the filters outnumber the output positions: one
-    MlasSgemmOperation over all K; a pointwise conv on a 1x1 output: the transposed M1 kernel); the bias is added
-    last (MlasActivation)."""
-    n, c, h, wd = x.shape
-    co, ci, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
-    fc = co // groups
-    ys = []
-    for gi in range(groups):
-        cols = np.stack([xp[:, gi * ci + cc, ky:ky + stride * ho:stride, kx:kx + stride * wo:stride]
-                         for cc in range(ci) for ky in range(kh) for kx in range(kw)], 0)  # [K, N, Ho, Wo]
-        a = w[gi * fc:(gi + 1) * fc].reshape(fc, -1)
-        k, size = a.shape[1], ho * wo
-        if size == 1 and stride == 1 and pad == 0 and kh * kw == 1:  # GemmDirect with N = 1
-            y = _mlas_m1_transpose_b(a, cols.reshape(k, -1))[:, :, None, None]
-        elif (stride == 1 and pad == 0 and kh * kw == 1) or fc > size:
-            y = _mlas_sgemm(a, cols, None)
-        else:
-            sn, sk = _mlas_strides(size, k)
-            y = None
-            for s in range(0, k, sk):
-                y = _mlas_sgemm(a[:, s:s + sk], cols[s:s + sk], y)
-        ys.append(y)
-    return (np.concatenate(ys, 1) + b.reshape(1, -1, 1, 1)).astype(np.float32)
-
-
 @pytest.mark.parametrize("ci,co,k,hw,pad,stride,groups", [
     (16, 8, 3, 10, 1, 1, 1),     # dense 3x3: K = 144 in MLAS blocks of 128
     (48, 24, 3, 6, 1, 1, 1),     # K = 432, 36 positions: blocks of 512 -> one
@@ -479,7 +377,7 @@ def _mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
 def test_onnxruntime_qdq_float_conv_is_mlas_order(ci, co, k, hw, pad, stride, groups):
     """What ONNX Runtime runs for a QDQ Conv with graph optimizations off (the float path, not modelled by any
     hwsim profile yet): DequantizeLinear of the codes, weights and int32 bias, then MLAS's float conv. Its float32
-    output equals :func:`_mlas_conv_f32` bit for bit (depthwise: the M1 kernel's unfused 4-row groups; dense: FMA
+    output equals :func:`mlas_conv_f32` bit for bit (depthwise: the M1 kernel's unfused 4-row groups; dense: FMA
     chains in MLAS's K blocks; the bias last), and neither a plain sequential sum nor one FMA chain over all K
     does where they differ from it (the orders tried before). docs/semantics.md section 11."""
     import onnxruntime as ort
@@ -513,7 +411,7 @@ def test_onnxruntime_qdq_float_conv_is_mlas_order(ci, co, k, hw, pad, stride, gr
     x = ((xq.astype(np.int64) - zx).astype(f32) * sx).astype(f32)
     w = (wq.astype(f32) * sw.reshape(-1, 1, 1, 1)).astype(f32)
     b = (bq.astype(f32) * sb).astype(f32)
-    assert np.array_equal(_mlas_conv_f32(x, w, b, pad, stride, groups), want)
+    assert np.array_equal(mlas_conv_f32(x, w, b, pad, stride, groups), want)
     # the neighbouring orders: one FMA chain over all K, a plain sequential float32 sum (bias last both)
     co_g = co // groups
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
@@ -531,15 +429,15 @@ def test_onnxruntime_qdq_float_conv_is_mlas_order(ci, co, k, hw, pad, stride, gr
                     seq[:, sl] = (seq[:, sl] + (col[:, None] * wv).astype(f32)).astype(f32)
     assert not np.array_equal((seq + b.reshape(1, -1, 1, 1)).astype(f32), want)
     kk = ci // groups * k * k
-    if co_g == 1 or kk > _mlas_strides(ho * ho, kk)[1]:  # one FMA chain is MLAS's order when K fits one block
+    if co_g == 1 or kk > mlas_strides(ho * ho, kk)[1]:  # one FMA chain is MLAS's order when K fits one block
         assert not np.array_equal((fma_all + b.reshape(1, -1, 1, 1)).astype(f32), want)
 
 
 @pytest.mark.parametrize("batch", [32, 3, 1])
 def test_onnxruntime_qdq_float_gemm_depends_on_the_batch(batch):
     """A QDQ Gemm (transB = 1) with optimizations off: ORT broadcasts the bias into Y and runs MlasGemm with
-    beta = 1 (gemm.cc ComputeGemm). With two or more rows that is one FMA chain per MLAS K block (here K = 400 <
-    StrideK = 1024: one chain), added to the bias; with one row MLAS takes another kernel and the chain differs
+    beta = 1 (gemm.cc ComputeGemm) on the prepacked B. With two or more rows that is one FMA chain over K (here
+    K = 400) onto the bias; with one row MLAS takes another kernel and the chain differs
     on most outputs — ORT's float path depends on how the inputs are batched (docs/semantics.md section 11)."""
     import onnxruntime as ort
 

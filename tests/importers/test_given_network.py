@@ -199,13 +199,31 @@ def test_qdq_without_optimizations_is_the_float_path_not_modelled(quantized):
     """QDQ under ORT_DISABLE_ALL runs the model as written: DequantizeLinear -> float Conv / Gemm (MLAS
     sgemm, float32 sums in its own blocking order) -> QuantizeLinear. That is not integer arithmetic and
     hwsim does not model it: on ResNet-8 it differs from the fused integers (which hwsim reproduces) on a
-    few outputs. Recorded here so a change on either side is seen (docs/import.md)."""
+    few outputs. Recorded here so a change on either side is seen (docs/import.md); the next test pins the float
+    path down with a test oracle."""
     path, mean, std = quantized("resnet8", "QDQ", False)
     x = _images("resnet8", 48, 1)
     ours, _ = hwsim_outputs(path, mean, std, x)
     fused, unfused = ort_outputs(path, x, "ORT_ENABLE_ALL"), ort_outputs(path, x, "ORT_DISABLE_ALL")
     assert np.array_equal(ours, fused)
     assert 0 < np.count_nonzero(unfused != fused) < fused.size // 10
+
+
+@ENGINE
+@pytest.mark.parametrize("net", ["resnet8", "mobilenetv2", "mobilenetv3", "efficientnet"])
+def test_qdq_without_optimizations_equals_the_mlas_float_oracle(quantized, net):
+    """The float path ORT runs for a QDQ model with optimizations off is pinned down: the test oracle
+    tests/importers/onnxnets.ort_float_path (MLAS's conv algorithms and orders, Gemm's FMA chain onto the bias, the
+    global pool's four lanes, float32 element-wise ops, QuantizeLinear's float32 division) gives every output
+    element of ORT's own run, whole network, in ORT's batches of 32 (a batch of one row would take another Gemm
+    kernel). No hwsim profile computes it yet (docs/semantics.md section 11)."""
+    from tests.importers.onnxnets import ort_float_path
+
+    path, mean, std = quantized(net, "QDQ", True)
+    x = _images(net, 64, 1)
+    unfused = ort_outputs(path, x, "ORT_DISABLE_ALL")
+    oracle = np.concatenate([ort_float_path(path, x[i:i + 32]) for i in range(0, len(x), 32)])
+    assert np.array_equal(oracle, unfused)
 
 
 # ----------------------------------------------------------------------------- the stored form
