@@ -516,11 +516,15 @@ def golden(profile, model, data, set_, n_images, out, quiet, ptq):
 @data_option("calibration data")
 @set_option
 @click.option("--float-input", is_flag=True, help="take normalised float32 images (QuantizeLinear) instead of uint8 codes")
+@click.option("--format", "format_", type=click.Choice(["qoperator", "qdq"]), default="qoperator", show_default=True,
+              help="qoperator: ONNX Runtime's QLinear ops; qdq: DequantizeLinear -> float op -> QuantizeLinear "
+                   "(the same integers with ORT's graph optimizations on)")
 @out_option("output .onnx file", required=True)
 @quiet_option
 @ptq_option
-def export_onnx(profile, model, data, set_, float_input, out, quiet, ptq):
-    """Write the compiled integer graph as an ONNX QLinear model: ONNX Runtime computes the same integers."""
+def export_onnx(profile, model, data, set_, float_input, format_, out, quiet, ptq):
+    """Write the compiled integer graph as an ONNX int8 model (QLinear ops or QDQ): ONNX Runtime computes the same
+    integers. Activation tables (hardswish, sigmoid, ...) are Gather on their 256-entry table."""
     from hwsim.experiments import compile_for, load_context
     from hwsim.onnx_export import to_onnx
     from hwsim.profile import load_profile, parse_set_options
@@ -532,10 +536,10 @@ def export_onnx(profile, model, data, set_, float_input, out, quiet, ptq):
     ctx = load_context(model, data, limit=1)
     step(f"compiling {ctx.model_name} for {prof.name}")
     qg = compile_for(ctx, prof, recipe, progress=_PtqProgress(quiet))
-    proto = to_onnx(qg, float_input=float_input)
+    proto = to_onnx(qg, float_input=float_input, format=format_)
     atomic_write(out, proto.SerializeToString())
     inp = f"{qg.input_name}::float (float32)" if float_input else f"{qg.input_name} (uint8 codes)"
-    click.echo(f"wrote {out}: {len(proto.graph.node)} ONNX nodes; input {inp}; outputs {qg.output_name} (codes), "
+    click.echo(f"wrote {out}: {len(proto.graph.node)} ONNX nodes ({format_}); input {inp}; outputs {qg.output_name} (codes), "
                f"{qg.output_name}::dequantized (float32)")
 
 

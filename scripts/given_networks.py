@@ -1,12 +1,13 @@
 """Whole-network check and re-run table for imported int8 ONNX models (docs/import.md, issue 17).
 
-For the bundled SmallCNN and MobileNetV2 and a ResNet-8 built with torch, each quantized by
+For the bundled SmallCNN, MobileNetV2 and MobileNetV3 and a ResNet-8 and an EfficientNet-style net built with torch
+(random weights), each quantized by
 onnxruntime.quantization.quantize_static (QOperator and QDQ, per tensor and per channel):
 
 1. ``verify``: hwsim under the model's default profile (int8-onnxruntime, given quantization kept) against
    ONNX Runtime (CPU EP, one thread) with graph optimizations ORT_ENABLE_ALL and ORT_DISABLE_ALL on N
    inputs (default 256): differing output elements, and for QDQ with optimizations off how far ORT's own
-   float path is from its fused integers;
+   float path is from its fused integers and from the test oracle tests/importers/onnxnets.ort_float_path;
 2. ``table``: the same imported integers under int8-onnxruntime, int8-acc16-sat, int8-psum16 and ONNX
    Runtime's numbers with TFLite's requantization (requant.mode = fixed: gemmlowp Q31 double rounding;
    pools exact): accuracy on the test images, overflow events, and the first layer whose integers differ
@@ -30,9 +31,11 @@ from hwsim.data import load_dataset  # noqa: E402
 from hwsim.execute import accuracy, run_integer, run_quantized  # noqa: E402
 from hwsim.importers import import_model  # noqa: E402
 from hwsim.profile import load_profile  # noqa: E402
-from tests.importers.test_given_network import LEVELS, _images, ort_outputs, quantizer  # noqa: E402
+from tests.importers.onnxnets import ort_float_path  # noqa: E402
+from tests.importers.test_given_network import (LEVELS, RANDOM_NETS, _images, ort_outputs,  # noqa: E402
+                                                quantizer)
 
-NETS = ("smallcnn_robust", "resnet8", "mobilenetv2")
+NETS = ("smallcnn_robust", "resnet8", "mobilenetv2", "mobilenetv3", "efficientnet")
 TABLE = [("int8-onnxruntime", {}), ("int8-acc16-sat", {}), ("int8-psum16", {}),
          ("int8-onnxruntime", {"requant.mode": "fixed", "requant.pool_form": "exact"})]
 
@@ -44,7 +47,7 @@ def verify(q, n: int) -> None:
         for fmt in ("QOperator", "QDQ"):
             for pc in (False, True):
                 path, mean, std = q(net, fmt, pc)
-                x = _images(net, n, 1) if net == "resnet8" else _test_images(net, n)
+                x = _images(net, n, 1) if net in RANDOM_NETS else _test_images(net, n)
                 g = import_model(path, mean, std)
                 ours = run_quantized(compile_model(g, load_profile("int8-onnxruntime"), None), x).logits
                 fused = None
@@ -53,7 +56,9 @@ def verify(q, n: int) -> None:
                     fused = ref if level == "ORT_ENABLE_ALL" else fused
                     extra = ""
                     if fmt == "QDQ" and level == "ORT_DISABLE_ALL":
-                        extra = f" (ORT's float path vs its fused integers: {np.count_nonzero(ref != fused)})"
+                        oracle = np.concatenate([ort_float_path(path, x[i:i + 32]) for i in range(0, len(x), 32)])
+                        extra = (f" (ORT's float path vs its fused integers: {np.count_nonzero(ref != fused)}; vs the "
+                                 f"MLAS float oracle: {np.count_nonzero(ref != oracle)})")
                     print(f"| {net} | {fmt} | {'per-channel' if pc else 'per-tensor'} | {level} | {n} | {ref.size} | "
                           f"{np.count_nonzero(ours != ref)}{extra} |")
 

@@ -193,6 +193,8 @@ def test_linear_without_bias_per_column_zero_points_is_qlinearmatmul():
     x = images(100, size=6, seed=9)
     env = run_integer(qg, x, "fast")
     assert _assert_identical(qg, env) == len(qg.layers) == 3
+    # QDQ: DequantizeLinear of the [in, out] uint8 weights along axis 1 (per-column zero points) -> MatMul
+    assert _differing(_ort_env(qg, env[qg.input_name], "qdq", True), env) == {}
 
 
 @VNNI
@@ -214,11 +216,14 @@ def test_float_input_quantizelinear():
 def test_unsupported_settings_raise_one_line_errors(monkeypatch):
     net, calib = tiny_cnn(), images(32, seed=3)
     cases = [
-        (load_profile("int8-tflite"), "graph input: tensor 'input'.*uint8"),  # int8 activations
+        (load_profile("int8-tflite"), "layer 'conv1': requant.mode = 'fixed'"),  # gemmlowp's Q31 requant
+        (load_profile("w4a4"), "tensor 'relu1' is on the grid .-8, 7. .4-bit signed.*activations.bits"),
         (load_profile("int8-fbgemm"), "layer 'add'.*ratio_fma"),  # PyTorch's add form
         (PROFILE.with_settings({"requant.rounding": "half_away"}), "layer 'conv1'.*requant.rounding"),
         (PROFILE.with_settings({"requant.multiplier_order": "fused"}), "layer 'conv1'.*multiplier_order"),
         (PROFILE.with_settings({"accumulator.bits": 16}), "layer 'conv1'.*accumulator"),
+        (PROFILE.with_settings({"requant.mode": "fixed"}), "layer 'conv1': requant.mode = 'fixed'"),
+        (load_profile("int8-pytorch"), "layer 'conv1': bias.form = 'float32'"),
     ]
     for prof, pattern in cases:
         qg = compile_model(net, prof, calib)
@@ -231,6 +236,133 @@ def test_unsupported_settings_raise_one_line_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(HwsimError, match="pip install onnx"):
         to_onnx(compile_model(net, PROFILE, calib))
+
+
+# ----------------------------------------------------------------------------- QDQ export, activation tables
+def _ort_env(qg, codes, fmt, optimize):
+    t = np.int8 if qg.grids[qg.input_name].signed else np.uint8
+    got = _ort_codes(to_onnx(qg, intermediate_outputs=True, format=fmt), {qg.input_name: codes.astype(t)}, optimize)
+    return {k: v.astype(np.int64) for k, v in got.items() if k != f"{qg.output_name}::dequantized"}
+
+
+def _differing(got, env) -> dict[str, int]:
+    assert set(got) <= set(env) and len(got) > 1
+    return {k: int(np.count_nonzero(got[k] != env[k])) for k in got if np.count_nonzero(got[k] != env[k])}
+
+
+def _se_net_and_images():
+    from tests.ops.test_wiring import images as se_images, se_net
+
+    return se_net(), se_images(16)
+
+
+def _mobilenetv3_and_images():
+    from hwsim.data import load_dataset
+    from hwsim.graph import load_model
+
+    g = load_model("hwsim/models/mobilenetv3.hwsim")
+    spec = g.inputs[0]
+    x = load_dataset("default").x_test[:32].astype(f32)
+    return g, ((x - f32(spec.mean[0])) / f32(spec.std[0])).astype(f32)
+
+
+@VNNI
+@pytest.mark.parametrize("which", ["tiny_cnn", "se_net", "mobilenetv3"])
+def test_qdq_and_qoperator_exports_every_tensor_identical(which):
+    """int8-onnxruntime, both layouts: QOperator at both optimization levels and QDQ at ORT_ENABLE_ALL (ORT fuses
+    DequantizeLinear -> op -> QuantizeLinear back into its QLinear kernels) give every integer tensor of
+    run_integer; tables (se_net: hardswish, hardsigmoid gate, tanh, silu; MobileNetV3: hardswish, hardsigmoid)
+    are Gather nodes, sigmoid in ORT's own form stays QLinearSigmoid (QDQ: Sigmoid). QDQ with optimizations off is ORT's float path (float conv, float pools):
+    it differs, as docs/semantics.md section 11 says."""
+    g, x = {"tiny_cnn": lambda: (tiny_cnn(), images(32, seed=3)), "se_net": _se_net_and_images,
+            "mobilenetv3": _mobilenetv3_and_images}[which]()
+    qg = compile_model(g, PROFILE, x)
+    env = run_integer(qg, x)
+    codes = env[qg.input_name]
+    for fmt, optimize in (("qoperator", False), ("qoperator", True), ("qdq", True)):
+        assert _differing(_ort_env(qg, codes, fmt, optimize), env) == {}, (fmt, optimize)
+    qdq = to_onnx(qg, format="qdq")
+    kinds = {n.op_type for n in qdq.graph.node}
+    assert not any(k.startswith("QLinear") for k in kinds) and {"DequantizeLinear", "QuantizeLinear"} <= kinds
+    if which != "tiny_cnn":
+        tables = [la for la in qg.layers if getattr(la, "table", None) is not None]
+        qlinear_sigmoid = [la for la in tables if la.op == "sigmoid" and la.form == "onnxruntime"]  # QLinearSigmoid
+        assert tables and sum(n.op_type == "Gather" for n in qdq.graph.node) == len(tables) - len(qlinear_sigmoid)
+        assert _differing(_ort_env(qg, codes, "qdq", False), env)  # the float path
+
+
+@pytest.mark.parametrize("fn,form", [("hardswish", "exact"), ("hardswish", "onnxruntime"), ("hardswish", "torch"),
+                                     ("hardswish", "tflite_hardswish"), ("hardsigmoid", "onnxruntime"),
+                                     ("sigmoid", "exact"), ("sigmoid", "tflite_lut"), ("silu", "exact"),
+                                     ("tanh", "torch")])
+def test_activation_table_exports_as_gather_on_all_256_codes(fn, form):
+    """Every uint8 input code through the exported Cast -> Gather in ONNX Runtime equals the form's definition
+    evaluated per element (activation_reference, no table) clamped to the layer's range: the export is exact for
+    every form, fixed-point TFLite HARD_SWISH included."""
+    from hwsim.ops import activation as A
+
+    rng = np.random.default_rng(3)
+    b = GraphBuilder((3, 6, 6), mean=0.5, std=0.25)
+    h = b.conv2d("c", "input", rng.normal(0, 0.5, (4, 3, 3, 3)).astype(f32), np.zeros(4, f32), padding=1)
+    b._add("act", fn, [h])
+    x = ((rng.random((16, 3, 6, 6), dtype=f32) - 0.5) / 0.25).astype(f32)
+    engine = {"exact": "exact", "onnxruntime": "onnxruntime", "torch": "torch", "tflite_hardswish": "tflite",
+              "tflite_lut": "tflite"}[form]
+    prof = PROFILE.with_settings({"requant.activation_form": engine})
+    qg = compile_model(b.build(), prof, x)
+    lay = qg.layers[-1]
+    assert lay.form == form
+    m = to_onnx(qg)
+    keep = [n for n in m.graph.node if n.name in (f"{lay.name}::to_index", lay.name)]
+    assert [n.op_type for n in keep] == ["Cast", "Gather"]
+    inits = [t for t in m.graph.initializer if t.name == f"{lay.name}::table"]
+    sub = helper.make_graph(keep, "t", [helper.make_tensor_value_info(lay.inputs[0], TensorProto.UINT8, [256])],
+                            [helper.make_tensor_value_info(lay.output, TensorProto.UINT8, [256])], inits)
+    sub = helper.make_model(sub, opset_imports=[helper.make_opsetid("", 13)])
+    sub.ir_version = 8
+    codes = np.arange(256)
+    got = _ort_codes(sub, {lay.inputs[0]: codes.astype(np.uint8)}, False)[lay.output].astype(np.int64)
+    gi, go = qg.grids[lay.inputs[0]], qg.grids[lay.output]
+    want = A.activation_reference(codes, fn, gi.scale, gi.zero_point, go.scale, go.zero_point, -(1 << 20), 1 << 20,
+                                  "half_even", form=form)
+    np.testing.assert_array_equal(got, np.clip(want, *lay.clamp))
+
+
+EXPRESSIBLE = ("int8-onnxruntime", "int8-onnxruntime-s8")
+_KEYS = r"(activations\.bits|activations\.signed|requant\.\w+|accumulator\.bits|bias\.form|add_form|mean_form|mul_form|weight-only)"
+
+
+@pytest.mark.parametrize("name", sorted(__import__("hwsim.profile", fromlist=["x"]).builtin_names()))
+def test_every_builtin_profile_exports_exactly_or_names_the_key(name):
+    """The export table (docs/semantics.md section 11): each built-in profile on tiny_cnn either exports in both
+    layouts and ORT (optimizations on) gives every tensor of run_integer, or is refused in one line naming the
+    profile key ONNX cannot express. Expressible: int8-onnxruntime and int8-onnxruntime-s8 (float32 requant, half
+    even, zero point after rounding, sequential multiplier, int32 bias and accumulator, 8-bit activations of one
+    type, QLinearAdd's FMA form; int8 activations only as QOperator: ORT leaves some int8-activation QDQ Convs
+    in float). Not: fixed-point Q31 requant (TFLite, TOSA: ONNX's requant is float32 by
+    definition), pow2 shifts, other roundings, narrow / saturating / partial-sum accumulators, PyTorch's float
+    bias and zero point before rounding, PyTorch's add, activation grids under 8 bits."""
+    if not ({"avx2", "fma"} <= FLAGS and FLAGS & {"avx512_vnni", "avx_vnni", "amx_int8"}):
+        pytest.skip("ORT's u8s8 kernels without VNNI are not modelled")
+    prof = load_profile(name)
+    net, x = tiny_cnn(), images(32, seed=3)
+    qg = compile_model(net, prof, x)
+    for fmt in ("qoperator", "qdq"):
+        try:
+            to_onnx(qg, format=fmt)
+        except HwsimError as e:
+            assert "\n" not in str(e) and __import__("re").search(_KEYS, str(e)), str(e)
+            assert name not in EXPRESSIBLE or (name, fmt) == ("int8-onnxruntime-s8", "qdq")
+            continue
+        assert name in EXPRESSIBLE, "a new expressible profile: add it to the table in docs/semantics.md"
+        env = run_integer(qg, x)
+        assert _differing(_ort_env(qg, env[qg.input_name], fmt, True), env) == {}
+
+
+def test_export_format_is_checked():
+    qg = compile_model(tiny_cnn(), PROFILE, images(8))
+    with pytest.raises(HwsimError, match="ONNX export format 'qlinear': allowed 'qoperator', 'qdq'"):
+        to_onnx(qg, format="qlinear")
 
 
 # ----------------------------------------------------------------------------- the pool forms, op level
@@ -321,4 +453,18 @@ def test_cli_export_onnx_runs_in_onnxruntime_like_hwsim_run(tmp_path):
     np.testing.assert_array_equal(np.argmax(got[f"{qg.output_name}::dequantized"].reshape(200, -1), 1),
                                   np.argmax(sim.logits, 1))
     bad = CliRunner().invoke(cli, ["export-onnx", "-p", "int8-tflite", "-o", str(tmp_path / "t.onnx")])
-    assert bad.exit_code != 0 and "uint8" in bad.output and not (tmp_path / "t.onnx").exists()
+    assert bad.exit_code != 0 and "requant.mode = 'fixed'" in bad.output and not (tmp_path / "t.onnx").exists()
+    # --format qdq: DequantizeLinear -> float op -> QuantizeLinear, the same codes with optimizations on
+    qdq = tmp_path / "q.onnx"
+    res = CliRunner().invoke(cli, ["export-onnx", "--float-input", "--format", "qdq", "-o", str(qdq)])
+    assert res.exit_code == 0 and "(qdq)" in res.output, res.output
+    m = onnx.load(str(qdq))
+    assert not any(n.op_type.startswith("QLinear") for n in m.graph.node)
+    sess = _session(m, optimize=True)
+    out = sess.run([qg.output_name], {f"{qg.input_name}::float": ctx.x_test.astype(f32)})[0]
+    np.testing.assert_array_equal(out, got[qg.output_name])
+    bad = CliRunner().invoke(cli, ["export-onnx", "--format", "qdq", "--set", "requant.mode=fixed",
+                                   "-o", str(tmp_path / "f.onnx")])
+    errors = [ln for ln in bad.output.splitlines() if ln.startswith("Error:")]
+    assert bad.exit_code != 0 and len(errors) == 1 and "requant.mode = 'fixed'" in errors[0]
+    assert "Traceback" not in bad.output

@@ -7,7 +7,9 @@ Reads both layouts ``onnxruntime.quantization.quantize_static`` writes:
 - **QOperator**: ``QLinearConv``, ``QLinearMatMul`` and the ``com.microsoft`` ops ``QGemm``,
   ``QLinearAdd``, ``QLinearMul``, ``QLinearGlobalAveragePool``, ``QLinearAveragePool``,
   ``QLinearConcat``, ``QLinearSigmoid``, with ``MaxPool`` / ``Flatten`` / ``Reshape`` working on
-  the integers directly, a ``QuantizeLinear`` at the input and a ``DequantizeLinear`` at the end.
+  the integers directly, a ``QuantizeLinear`` at the input and a ``DequantizeLinear`` at the end, and the float
+  ops ONNX Runtime has no int8 kernel for (HardSigmoid, HardSwish; Sigmoid, Tanh) between a
+  ``DequantizeLinear`` and a ``QuantizeLinear`` (a function of the input code: hwsim's table in ORT's form).
 
 into a :class:`GivenQuantization`: for every op in graph order, the per-tensor scale and zero
 point of its inputs and output, its integer weights (hwsim layout: conv ``[Cout, Cin/g, kh,
@@ -121,6 +123,8 @@ _QDQ_OPS = {"Conv": "conv2d", "Gemm": "linear", "MatMul": "linear", "Add": "add"
             "Squeeze": "flatten", "Sigmoid": "sigmoid", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
             "Tanh": "tanh", "ReduceMean": "mean", "BatchNormalization": "batchnorm", "Identity": "identity",
             "Dropout": "identity"}
+# float ops a QOperator model runs between DequantizeLinear and QuantizeLinear (no int8 kernel in ONNX Runtime)
+_FLOAT_SANDWICH = {"HardSigmoid", "HardSwish", "Sigmoid", "Tanh"}
 _SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "Constant", "Cast", "Slice", "Size"}
 
 
@@ -271,6 +275,12 @@ class _Parser:
         g = self.model.graph
         input_qp = None
         layers = []
+        self.dq: dict[str, QuantParams] = {}    # DequantizeLinear output -> the grid of its integers
+        self.q_in: dict[str, QuantParams] = {}  # QuantizeLinear input -> its grid
+        for n in g.node:
+            if n.op_type == "QuantizeLinear":
+                self.q_in[n.input[0]] = self.params(n, n.input[1], n.input[2] if len(n.input) > 2 else None,
+                                                    n.input[0])
         for n in g.node:
             op = n.op_type
             if op == "QuantizeLinear":
@@ -280,6 +290,11 @@ class _Parser:
                     input_qp = qp
                 continue
             if op == "DequantizeLinear":
+                if n.input[0] in self.qp:
+                    self.dq[n.output[0]] = self.qp[n.input[0]]
+                continue
+            if op in _FLOAT_SANDWICH:  # DequantizeLinear -> float op -> QuantizeLinear: ORT runs it in float32
+                layers.append(self._named(self._sandwich(n), n))
                 continue
             if op in ("MaxPool", "Flatten", "Reshape", "Squeeze", "Identity"):  # on the integers, same grid
                 if n.input[0] in self.qp:
@@ -293,12 +308,27 @@ class _Parser:
             if handler is None:
                 self.fail(f"node {n.name!r} (op {n.op_type}): not supported in a QOperator model (supported: "
                           f"{', '.join(sorted(h[3:] for h in dir(self) if h.startswith('_q_')))}, MaxPool, Flatten, "
-                          "Reshape, Squeeze)")
+                          f"Reshape, Squeeze, and {', '.join(sorted(_FLOAT_SANDWICH))} between DequantizeLinear and "
+                          "QuantizeLinear)")
             lay = self._named(handler(n), n)
             if lay.output is not None:
                 self.qp[n.output[0]] = lay.output
             layers.append(lay)
         return GivenQuantization("qoperator", input_qp, layers)
+
+    def _sandwich(self, n) -> GivenLayer:
+        """A float op between a DequantizeLinear and a QuantizeLinear in a QOperator model (quantize_static leaves
+        the ops ORT has no int8 kernel for, e.g. HardSigmoid, so): between the two int8 grids it is a function of
+        the input code, run by hwsim as the op's table in ONNX Runtime's form (requant.activation_form)."""
+        src = n.input[0] if n.input else ""
+        if src not in self.dq or len(n.input) != 1:
+            self.fail(f"node {n.name!r} (op {n.op_type}): a float op whose input is not a DequantizeLinear output "
+                      "(hwsim runs a float op of an int8 model only between DequantizeLinear and QuantizeLinear)")
+        out = self.q_in.get(n.output[0])
+        if out is None:
+            self.fail(f"node {n.name!r} (op {n.op_type}): its float output is not quantized by a QuantizeLinear "
+                      "(hwsim runs a float op of an int8 model only between DequantizeLinear and QuantizeLinear)")
+        return GivenLayer(n.name, _QDQ_OPS[n.op_type], [self.dq[src]], out, attrs=self.attrs(n))
 
     def _pair(self, n, i: int, tensor: str) -> QuantParams:
         return self.params(n, n.input[i], n.input[i + 1] if len(n.input) > i + 1 and n.input[i + 1] else None,
@@ -393,7 +423,7 @@ class _Parser:
 # QOperator ops the float shadow maps back to their float op (name kept), with their output grid's inputs
 _QOP_FLOAT = {"QLinearConv": "Conv", "QLinearMatMul": "MatMul", "QGemm": "Gemm", "QLinearAdd": "Add",
               "QLinearGlobalAveragePool": "GlobalAveragePool", "QLinearAveragePool": "AveragePool",
-              "QLinearConcat": "Concat"}
+              "QLinearConcat": "Concat", "QLinearMul": "Mul", "QLinearSigmoid": "Sigmoid"}
 _ON_INTEGERS = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Identity")  # QOperator: float ops on the integers
 ENGINE = "onnxruntime"
 
@@ -491,6 +521,9 @@ class _Shadow:
             if op == "DequantizeLinear":
                 self.rename[n.output[0]] = self.name(n.input[0])
                 continue
+            if op in _FLOAT_SANDWICH:  # on dequantized values (checked by the parser), its output quantized next
+                self.nodes.append(self._renamed(n))
+                continue
             if op in _ON_INTEGERS or op in _SHAPE_OPS or op not in _QOP_FLOAT:
                 if op not in _ON_INTEGERS and op not in _SHAPE_OPS:
                     p.fail(f"node {n.name!r} (op {n.op_type}): not supported by hwsim's given compile yet (supported: "
@@ -532,6 +565,12 @@ class _Shadow:
                     p.fail(f"node {n.name!r} (QLinearAdd): a constant operand (ONNX Runtime requantizes a MatMul's "
                            "output before adding its bias; hwsim's add takes two tensors)")
                 self._node(n, "Add", [x, self.name(n.input[3])])
+            elif op == "QLinearMul":
+                if lay.constants:
+                    p.fail(f"node {n.name!r} (QLinearMul): a constant operand (hwsim's mul takes two tensors)")
+                self._node(n, "Mul", [x, self.name(n.input[3])])
+            elif op == "QLinearSigmoid":
+                self._node(n, "Sigmoid", [x])
             elif op == "QLinearGlobalAveragePool":
                 if a.get("channels_last", 0):
                     p.fail(f"node {n.name!r}: channels_last = 1 (hwsim runs NCHW)")
@@ -579,14 +618,30 @@ class _Shadow:
         return m
 
 
+def _given_importer():
+    """The float importer, except that x * Sigmoid(x) / x * HardSigmoid(x) stay two ops where the engine quantizes
+    the gate (its own grid between them: ORT runs the gate, then QLinearMul, and so must hwsim)."""
+    from hwsim.importers.onnx import _Importer
+
+    class _GivenImporter(_Importer):
+        def __init__(self, model, where: str, quantized: set[str]):
+            super().__init__(model, where)
+            self.quantized = quantized
+
+        def op_Mul(self, node):
+            if not any(i in self.const for i in node.input) and any(i in self.quantized for i in node.input):
+                return self.emit(node, "mul", [self.tensor(node, 0), self.tensor(node, 1)])
+            return super().op_Mul(node)
+
+    return _GivenImporter
+
+
 def import_given(path, mean=None, std=None, input_shape=None):
     """An int8 ONNX model (QDQ or QOperator) as an hwsim Graph: the dequantized float graph, with its
     given quantization (:class:`hwsim.given.Given`) in ``metadata["given"]`` and ONNX Runtime's
     profile as the model's default (``metadata["default_profile"]``)."""
     from hwsim.given import ENGINE_PROFILES, Given
     from hwsim.graph import validate
-    from hwsim.importers.onnx import _Importer
-
     model = read_onnx(path)
     where = str(path)
     parsed = _Parser(model, where).run()
@@ -595,7 +650,7 @@ def import_given(path, mean=None, std=None, input_shape=None):
         sh.qdq() if parsed.format == "qdq" else sh.qoperator()
     except (KeyError, IndexError, ValueError, TypeError) as e:
         sh.p.fail(f"malformed quantized model ({type(e).__name__}: {_line(e)})")
-    imp = _Importer(sh.model(), where)
+    imp = _given_importer()(sh.model(), where, set(sh.grids))
     g = imp.run(mean, std, input_shape)
     grids: dict[str, dict] = {}
     for t, qp in sh.grids.items():

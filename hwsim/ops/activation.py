@@ -556,9 +556,7 @@ class _TableSpec(OpSpec):
                 "differ from fake-quant's round(f(d) / s) — the same input, only the table's rounding")
 
     def onnx_export(self, ex, lay):
-        raise HwsimError(f"layer '{lay.name}': {self.fn} (activation form {lay.form!r}, profile "
-                         f"'{lay.profile.name}') cannot be expressed in ONNX Runtime's quantized ops: allowed "
-                         "sigmoid with requant.activation_form = 'onnxruntime' (QLinearSigmoid)")
+        ex.table(lay)  # any form: Gather on the layer's own table (hwsim.onnx_export._Writer.table)
 
 
 @register

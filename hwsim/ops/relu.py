@@ -57,10 +57,8 @@ class ReluSpec(OpSpec):
         return np.clip(x, max(lay.clamp[0], info.min), min(lay.clamp[1], info.max)), 0
 
     def onnx_export(self, ex, lay):
-        from hwsim.onnx_export import U8
-
         lo, hi = lay.clamp
-        if (lo, hi) == U8:  # the requant already saturates to the uint8 range
+        if (lo, hi) == ex.full_range(lay.output):  # the requant already saturates to the 8-bit range
             ex.node("Identity", [lay.inputs[0]], [lay.output], lay.name)
         else:
             ex.clamp(lay, lay.inputs[0], lo, hi)

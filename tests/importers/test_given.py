@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from hwsim.errors import HwsimError  # noqa: E402
 from hwsim.importers.given import QuantParams, parse_given  # noqa: E402
 from hwsim.importers.onnx import import_onnx  # noqa: E402
-from tests.importers.onnxnets import model, rand, save  # noqa: E402
+from tests.importers.onnxnets import mlas_conv_f32, mlas_strides, model, ort_float_path, rand, save  # noqa: E402
 
 MAC = ("conv2d", "linear")
 
@@ -295,3 +295,184 @@ def test_qdq_clip_is_relu_relu6_or_refused(lo, hi, expect):
     assert lay.op == expect and lay.onnx_op == "Clip"
     _same(lay.inputs[0], QuantParams(s, z, "uint8"))
     _same(lay.output, QuantParams(s, z, "uint8"))
+
+
+def _gate_net(alpha=float(np.float32(1 / 6)), quantize_gate=True, gate_input_dq=True):
+    """QOperator x * HardSigmoid(x) as quantize_static writes MobileNetV3's hard-swish at opset 13: the
+    HardSigmoid (no int8 kernel in ONNX Runtime) runs in float between DequantizeLinear and QuantizeLinear, then
+    QLinearMul(x, gate) on their grids."""
+    sx, zx = np.array(0.04, np.float32), np.array(128, np.uint8)
+    sg, zg = np.array(1 / 255, np.float32), np.array(0, np.uint8)
+    sy, zy = np.array(0.021, np.float32), np.array(13, np.uint8)
+    w, sw = np.eye(3, dtype=np.int8).reshape(3, 3, 1, 1), np.array(1.0, np.float32)  # a 1x1 identity conv first
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["x0"], name="qx"),
+             helper.make_node("QLinearConv", ["x0", "sx", "zx", "w", "sw", "zw", "sx", "zx"], ["xq"], name="conv"),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"], name="dqx"),
+             helper.make_node("HardSigmoid", ["xd" if gate_input_dq else "x"], ["g"], name="gate", alpha=alpha),
+             helper.make_node("QuantizeLinear", ["g", "sg", "zg"], ["gq"], name="qg"),
+             helper.make_node("QLinearMul",
+                              ["xq", "sx", "zx", "gq" if quantize_gate else "g", "sg", "zg", "sy", "zy"], ["yq"],
+                              name="mul", domain="com.microsoft"),
+             helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"], name="dqy")]
+    nodes = [n for n in nodes if quantize_gate or n.name != "qg"]
+    inits = [numpy_helper.from_array(v, k) for k, v in dict(w=w, sw=sw, zw=np.array(0, np.int8), sx=sx, zx=zx, sg=sg, zg=zg, sy=sy, zy=zy).items()]
+    g = helper.make_graph(nodes, "gate", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    return m
+
+
+def test_qoperator_float_sandwich_and_qlinearmul(tmp_path):
+    """A float op between DequantizeLinear and QuantizeLinear in a QOperator model is a layer with both grids;
+    the import keeps HardSigmoid and QLinearMul two ops (the float importer would fuse x * HardSigmoid(x) into
+    hardswish, but the engine quantizes the gate in between); hwsim == ONNX Runtime on every input code."""
+    import onnxruntime as ort
+
+    from hwsim.compile import compile_model
+    from hwsim.execute import run_quantized
+    from hwsim.importers.given import import_given
+    from hwsim.profile import load_profile
+
+    m = _gate_net()
+    gq = parse_given(m)
+    lay = gq.layer("gate")
+    assert lay.op == "hardsigmoid" and lay.onnx_op == "HardSigmoid"
+    _same(lay.inputs[0], QuantParams(np.array(0.04, np.float32), np.array(128, np.uint8), "uint8"))
+    _same(lay.output, QuantParams(np.array(1 / 255, np.float32), np.array(0, np.uint8), "uint8"))
+    assert gq.layer("mul").op == "mul"
+    p = save(m, tmp_path / "gate.onnx")
+    g = import_given(p)
+    assert [n.op for n in g.nodes] == ["conv2d", "hardsigmoid", "mul"]
+    # every uint8 input code (x = (q - 128) * 0.04 lands exactly on the grid), three times over
+    x = ((np.arange(256 * 3 * 64) % 256 - 128) * np.float32(0.04)).astype(np.float32).reshape(-1, 3, 8, 8)
+    ours = run_quantized(compile_model(g, load_profile("int8-onnxruntime"), None), x).logits
+    sess = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]
+    assert np.array_equal(ours.reshape(want.shape), want)
+    # the neighbouring option: hwsim's exact tables (correctly rounded hard-sigmoid) differ somewhere
+    other = run_quantized(compile_model(g, load_profile("int8-onnxruntime", {"requant.activation_form": "exact"}),
+                                        None), x)
+    assert not np.array_equal(other.logits.reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("kw,says", [({"gate_input_dq": False}, "whose input is not a DequantizeLinear output"),
+                                     ({"quantize_gate": False}, "its float output is not quantized")])
+def test_qoperator_float_op_outside_a_sandwich_is_one_line(kw, says):
+    with pytest.raises(HwsimError, match=says) as e:
+        parse_given(_gate_net(**kw))
+    assert "\n" not in str(e.value) and "node 'gate' (op HardSigmoid)" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- ORT's QDQ float path (not a profile)
+@pytest.mark.parametrize("ci,co,k,hw,pad,stride,groups", [
+    (16, 8, 3, 10, 1, 1, 1),     # dense 3x3: K = 144 in MLAS blocks of 128
+    (48, 24, 3, 6, 1, 1, 1),     # K = 432, 36 positions: blocks of 512 -> one
+    (8, 8, 3, 10, 1, 1, 8),      # depthwise 3x3: M = 1 per group (the M1 kernel)
+    (12, 12, 5, 9, 2, 2, 12),    # depthwise 5x5 stride 2: K = 25
+    (16, 24, 1, 8, 0, 1, 1),     # pointwise: GemmDirect
+    (32, 96, 3, 4, 1, 2, 1),     # more filters than positions: ExpandThenGemm
+    (37, 7, 1, 1, 0, 1, 1),      # a squeeze-excite conv on the pooled 1x1: N = 1 (4 + 2 + 1 filter rows, K tail 5)
+])
+def test_onnxruntime_qdq_float_conv_is_mlas_order(ci, co, k, hw, pad, stride, groups):
+    """What ONNX Runtime runs for a QDQ Conv with graph optimizations off (the float path, not modelled by any
+    hwsim profile yet): DequantizeLinear of the codes, weights and int32 bias, then MLAS's float conv. Its float32
+    output equals :func:`mlas_conv_f32` bit for bit (depthwise: the M1 kernel's unfused 4-row groups; dense: FMA
+    chains in MLAS's K blocks; the bias last), and neither a plain sequential sum nor one FMA chain over all K
+    does where they differ from it (the orders tried before). docs/semantics.md section 11."""
+    import onnxruntime as ort
+
+    from hwsim.ops.add import fma_f32
+
+    f32 = np.float32
+    rng = np.random.default_rng(ci * co + k)
+    xq = rng.integers(0, 256, (3, ci, hw, hw)).astype(np.uint8)
+    sx, zx = f32(0.0173), 117
+    wq = rng.integers(-127, 128, (co, ci // groups, k, k)).astype(np.int8)
+    sw = rng.uniform(0.001, 0.01, co).astype(f32)
+    bq = rng.integers(-5000, 5000, co).astype(np.int32)
+    sb = (sx * sw).astype(f32)
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["x"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["w"], axis=0),
+             helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["b"], axis=0),
+             helper.make_node("Conv", ["x", "w", "b"], ["y"], group=groups, pads=[pad] * 4, strides=[stride] * 2,
+                              kernel_shape=[k, k])]
+    inits = [numpy_helper.from_array(v, n) for n, v in dict(
+        sx=np.array(sx, f32), zx=np.array(zx, np.uint8), wq=wq, sw=sw, zw=np.zeros(co, np.int8), bq=bq, sb=sb,
+        zb=np.zeros(co, np.int32)).items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("xq", TensorProto.UINT8, list(xq.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    want = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"xq": xq})[0]
+    x = ((xq.astype(np.int64) - zx).astype(f32) * sx).astype(f32)
+    w = (wq.astype(f32) * sw.reshape(-1, 1, 1, 1)).astype(f32)
+    b = (bq.astype(f32) * sb).astype(f32)
+    assert np.array_equal(mlas_conv_f32(x, w, b, pad, stride, groups), want)
+    # the neighbouring orders: one FMA chain over all K, a plain sequential float32 sum (bias last both)
+    co_g = co // groups
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho = (hw + 2 * pad - k) // stride + 1
+    fma_all = np.zeros(want.shape, f32)
+    seq = np.zeros(want.shape, f32)
+    for gi in range(groups):
+        for cc in range(ci // groups):
+            for ky in range(k):
+                for kx in range(k):
+                    col = xp[:, gi * (ci // groups) + cc, ky:ky + stride * ho:stride, kx:kx + stride * ho:stride]
+                    wv = w[gi * co_g:(gi + 1) * co_g, cc, ky, kx].reshape(1, -1, 1, 1)
+                    sl = slice(gi * co_g, (gi + 1) * co_g)
+                    fma_all[:, sl] = fma_f32(col[:, None], wv, fma_all[:, sl])
+                    seq[:, sl] = (seq[:, sl] + (col[:, None] * wv).astype(f32)).astype(f32)
+    assert not np.array_equal((seq + b.reshape(1, -1, 1, 1)).astype(f32), want)
+    kk = ci // groups * k * k
+    if co_g == 1 or kk > mlas_strides(ho * ho, kk)[1]:  # one FMA chain is MLAS's order when K fits one block
+        assert not np.array_equal((fma_all + b.reshape(1, -1, 1, 1)).astype(f32), want)
+
+
+@pytest.mark.parametrize("batch", [32, 3, 1])
+def test_onnxruntime_qdq_float_gemm_depends_on_the_batch(batch):
+    """A QDQ Gemm (transB = 1) with optimizations off: ORT broadcasts the bias into Y and runs MlasGemm with
+    beta = 1 (gemm.cc ComputeGemm) on the prepacked B. With two or more rows that is one FMA chain over K (here
+    K = 400) onto the bias; with one row MLAS takes another kernel and the chain differs
+    on most outputs — ORT's float path depends on how the inputs are batched (docs/semantics.md section 11)."""
+    import onnxruntime as ort
+
+    from hwsim.ops.add import fma_f32
+
+    f32 = np.float32
+    rng = np.random.default_rng(7)
+    k, o = 400, 10
+    xq = rng.integers(0, 256, (batch, k)).astype(np.uint8)
+    sx, zx = f32(0.0173), 117
+    wq = rng.integers(-127, 128, (o, k)).astype(np.int8)
+    sw = rng.uniform(0.001, 0.01, o).astype(f32)
+    bq = rng.integers(-5000, 5000, o).astype(np.int32)
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["x"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["w"], axis=0),
+             helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["b"], axis=0),
+             helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array(v, n) for n, v in dict(
+        sx=np.array(sx, f32), zx=np.array(zx, np.uint8), wq=wq, sw=sw, zw=np.zeros(o, np.int8), bq=bq,
+        sb=(sx * sw).astype(f32), zb=np.zeros(o, np.int32)).items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [batch, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    want = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"xq": xq})[0]
+    x = ((xq.astype(np.int64) - zx).astype(f32) * sx).astype(f32)
+    w = (wq.astype(f32) * sw[:, None]).astype(f32)
+    acc = np.zeros((batch, o), f32)
+    for i in range(k):
+        acc = fma_f32(x[:, i:i + 1], w[:, i][None], acc).astype(f32)
+    chain = (acc + (bq.astype(f32) * (sx * sw).astype(f32)).astype(f32)).astype(f32)
+    if batch > 1:
+        assert np.array_equal(chain, want)
+    else:
+        assert np.count_nonzero(chain != want) > o // 2

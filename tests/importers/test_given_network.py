@@ -61,19 +61,28 @@ def _bundled_torch(name):
     return m.eval(), g.inputs[0]
 
 
-def _resnet(tmp):
+RANDOM_NETS = ("resnet8", "efficientnet")  # built with torch, random weights and BN statistics (not bundled)
+
+
+def _random_net(arch):
     """A ResNet-shaped net (hwsim's ResNet-8: conv-BN-ReLU stem, residual blocks with 1x1 shortcuts, global
-    pool, linear) with random BN statistics, as torch.onnx.export writes it."""
+    pool, linear) or an EfficientNet-style one (MBConv: SiLU = x * Sigmoid(x), squeeze-excite with a sigmoid
+    gate) with random BN statistics, as torch.onnx.export writes it."""
     from frontends.pytorch.models import build_model
 
     torch.manual_seed(0)
-    m = build_model("resnet8", 10, 3).eval()
+    m = build_model(arch, 10, 3).eval()
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_var.uniform_(0.5, 2.0)
                 mod.running_mean.uniform_(-0.2, 0.2)
     return m, (3, 16, 16), (0.0,), (1.0,)
+
+
+def _resnet(tmp=None):
+    """The ResNet-8 of :func:`_random_net` (tests/importers/test_torch_int8.py uses it)."""
+    return _random_net("resnet8")
 
 
 def _export(m, shape, path):
@@ -86,7 +95,7 @@ def _export(m, shape, path):
 
 def _images(net, n, seed):
     """Inputs as the model sees them (normalised): real test images for the bundled models, uniform pixels else."""
-    if net == "resnet8":
+    if net in RANDOM_NETS:
         return np.random.default_rng(seed).random((n, 3, 16, 16), dtype=np.float32)
     from hwsim.data import load_dataset
 
@@ -105,8 +114,8 @@ def quantizer(tmp):
 
     def get(net, fmt, per_channel, act="QUInt8"):
         if (net, "float") not in cache:
-            if net == "resnet8":
-                m, shape, mean, std = _resnet(tmp)
+            if net in RANDOM_NETS:
+                m, shape, mean, std = _random_net(net)
             else:
                 m, spec = _bundled_torch(net)
                 shape, mean, std = spec.shape, spec.mean, spec.std
@@ -149,7 +158,8 @@ def hwsim_outputs(path, mean, std, x, profile=None, settings=None):
 
 
 CASES = [(net, fmt, pc) for net in ("smallcnn_robust", "resnet8") for fmt in ("QOperator", "QDQ") for pc in (False, True)]
-CASES += [("mobilenetv2", fmt, pc) for fmt in ("QOperator", "QDQ") for pc in (False, True)]
+CASES += [(net, fmt, pc) for net in ("mobilenetv2", "mobilenetv3", "efficientnet") for fmt in ("QOperator", "QDQ")
+          for pc in (False, True)]
 
 
 @ENGINE
@@ -158,7 +168,10 @@ CASES += [("mobilenetv2", fmt, pc) for fmt in ("QOperator", "QDQ") for pc in (Fa
 def test_whole_network_equals_onnxruntime(quantized, net, fmt, per_channel, level):
     """hwsim under the model's default profile (int8-onnxruntime) == ONNX Runtime, every output element
     (the dequantized logits: equal floats are equal integers on one grid). QOperator runs the QLinear
-    kernels at both levels; QDQ with optimizations on is fused into them (QDQ off: the next test)."""
+    kernels at both levels; QDQ with optimizations on is fused into them (QDQ off: the next test).
+    MobileNetV3 (bundled weights): HardSigmoid has no int8 kernel, so quantize_static leaves DequantizeLinear ->
+    HardSigmoid -> QuantizeLinear (float32, both layouts), then QLinearMul for x * hardsigmoid(x) and the SE gate;
+    EfficientNet-style: QLinearSigmoid + QLinearMul (SiLU, SE gate), QLinearGlobalAveragePool."""
     path, mean, std = quantized(net, fmt, per_channel)
     x = _images(net, 48, 1)
     ours, qg = hwsim_outputs(path, mean, std, x)
@@ -186,13 +199,31 @@ def test_qdq_without_optimizations_is_the_float_path_not_modelled(quantized):
     """QDQ under ORT_DISABLE_ALL runs the model as written: DequantizeLinear -> float Conv / Gemm (MLAS
     sgemm, float32 sums in its own blocking order) -> QuantizeLinear. That is not integer arithmetic and
     hwsim does not model it: on ResNet-8 it differs from the fused integers (which hwsim reproduces) on a
-    few outputs. Recorded here so a change on either side is seen (docs/import.md)."""
+    few outputs. Recorded here so a change on either side is seen (docs/import.md); the next test pins the float
+    path down with a test oracle."""
     path, mean, std = quantized("resnet8", "QDQ", False)
     x = _images("resnet8", 48, 1)
     ours, _ = hwsim_outputs(path, mean, std, x)
     fused, unfused = ort_outputs(path, x, "ORT_ENABLE_ALL"), ort_outputs(path, x, "ORT_DISABLE_ALL")
     assert np.array_equal(ours, fused)
     assert 0 < np.count_nonzero(unfused != fused) < fused.size // 10
+
+
+@ENGINE
+@pytest.mark.parametrize("net", ["resnet8", "mobilenetv2", "mobilenetv3", "efficientnet"])
+def test_qdq_without_optimizations_equals_the_mlas_float_oracle(quantized, net):
+    """The float path ORT runs for a QDQ model with optimizations off is pinned down: the test oracle
+    tests/importers/onnxnets.ort_float_path (MLAS's conv algorithms and orders, Gemm's FMA chain onto the bias, the
+    global pool's four lanes, float32 element-wise ops, QuantizeLinear's float32 division) gives every output
+    element of ORT's own run, whole network, in ORT's batches of 32 (a batch of one row would take another Gemm
+    kernel). No hwsim profile computes it yet (docs/semantics.md section 11)."""
+    from tests.importers.onnxnets import ort_float_path
+
+    path, mean, std = quantized(net, "QDQ", True)
+    x = _images(net, 64, 1)
+    unfused = ort_outputs(path, x, "ORT_DISABLE_ALL")
+    oracle = np.concatenate([ort_float_path(path, x[i:i + 32]) for i in range(0, len(x), 32)])
+    assert np.array_equal(oracle, unfused)
 
 
 # ----------------------------------------------------------------------------- the stored form
@@ -374,18 +405,23 @@ def test_cli_bad_given_inputs_are_one_line(quantized, tmp_path):
 
 
 @ENGINE
-def test_imported_integers_export_back_to_onnx_runtime(quantized):
-    """import (QDQ) -> compile under int8-onnxruntime -> hwsim's QOperator export (float input, its own
-    QuantizeLinear) -> ONNX Runtime: the same outputs as hwsim, the pool's own output grid included."""
+@pytest.mark.parametrize("net,fmt,act", [("mobilenetv2", "QDQ", "QUInt8"), ("mobilenetv3", "QOperator", "QUInt8"),
+                                         ("resnet8", "QOperator", "QInt8")])
+def test_imported_integers_export_back_to_onnx_runtime(quantized, net, fmt, act):
+    """import -> compile under the model's engine profile (int8-onnxruntime; -s8 for int8 activations) -> hwsim's
+    export in both layouts (float input, its own QuantizeLinear) -> ONNX Runtime with optimizations on: the same
+    outputs as hwsim (pools' own output grids, MobileNetV3's hardsigmoid tables as Gather, QLinearMul)."""
     from hwsim.onnx_export import to_onnx
 
-    path, mean, std = quantized("mobilenetv2", "QDQ", True)
-    x = _images("mobilenetv2", 32, 3)
+    path, mean, std = quantized(net, fmt, True, act)
+    x = _images(net, 32, 3)
     ours, qg = hwsim_outputs(path, mean, std, x)
-    proto = to_onnx(qg, float_input=True)
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
-    assert np.array_equal(out[qg.output_name + "::dequantized"].reshape(ours.shape), ours)
+    assert qg.profile.name == ("int8-onnxruntime-s8" if act == "QInt8" else "int8-onnxruntime")
+    for layout in ("qoperator",) if act == "QInt8" else ("qoperator", "qdq"):  # int8 QDQ: refused (semantics §11)
+        proto = to_onnx(qg, float_input=True, format=layout)
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
+        assert np.array_equal(out[qg.output_name + "::dequantized"].reshape(ours.shape), ours), layout
 
 
 def test_mutated_int8_files_import_or_give_one_line(quantized, tmp_path):

@@ -260,9 +260,7 @@ def test_onnx_export_refuses_what_it_cannot_express(net):
     from hwsim.onnx_export import to_onnx
 
     qg = compile_model(net, load_profile("int8-onnxruntime"), images())
-    with pytest.raises(HwsimError, match=r"layer 'hs': hardswish \(activation form 'onnxruntime', profile "
-                                         r"'int8-onnxruntime'\) cannot be expressed"):
-        to_onnx(qg)
+    assert "Gather" in {n.op_type for n in to_onnx(qg).graph.node}  # tables export (tests/test_onnx_export.py)
     qg = compile_model(se_net(with_tables=False), load_profile("int8-fbgemm"), images())
     with pytest.raises(HwsimError, match=r"layer 'm': mean with mean_form 'torch', keepdims True \(profile 'int8-fbgemm'\) cannot be expressed"):
         to_onnx(qg)
