@@ -54,7 +54,7 @@ _DTYPES = {torch.quint8: "uint8", torch.qint8: "int8"}
 
 def _supported() -> str:
     return ("quantize_per_tensor, nnq.Conv2d, nniq.ConvReLU2d, nnq.Linear, nniq.LinearReLU, quantized add / add_relu, "
-            "MaxPool2d, AdaptiveAvgPool2d(1), flatten, ReLU, Identity, dequantize")
+            "MaxPool2d, AdaptiveAvgPool2d(1), flatten, ReLU, ReLU6, Identity, dequantize")
 
 
 class _FxImporter:
@@ -146,6 +146,8 @@ class _FxImporter:
             return self.keep(node, self.b.global_avgpool(node.name, x), x)
         if isinstance(m, nn.ReLU):
             return self.keep(node, self.b.relu(node.name, x), x)
+        if isinstance(m, nn.ReLU6):  # quantized relu6 (qrelu.cpp): clamp(q, z, quantize_val(s, z, 6.0)), same grid
+            return self.keep(node, self.b.relu6(node.name, x), x)
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x
         self.fail(node, f"is a module {type(m).__name__} hwsim does not import")
