@@ -607,7 +607,7 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
     layers: list[QLayer] = []
     for n in folded.nodes:
         kind = _op_kind(n, folded)
-        prof = profile.for_layer(n.name, kind, "first" if n.name == first else "last" if n.name == last else None)
+        prof = profile.for_layer(n.name, kind, "first" if n.name == first else "last" if n.name == last else None, int(n.attrs.get("groups", 1)))
         out = n.outputs[0]
         lay = QLayer(name=n.name, op=n.op, kind=kind, inputs=list(n.inputs), output=out,
                      attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},

@@ -307,7 +307,7 @@ def compile_given(model, profile, given: Given | None = None):
     for n in folded.nodes:
         kind = _op_kind(n, folded)
         position = "first" if n.name == first else "last" if n.name == last else None
-        prof = profile.for_layer(n.name, kind, position)
+        prof = profile.for_layer(n.name, kind, position, int(n.attrs.get("groups", 1)))
         out = n.outputs[0]
         lay = QLayer(name=n.name, op=n.op, kind=kind, inputs=list(n.inputs), output=out,
                      attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},

@@ -165,7 +165,8 @@ SCHEMA: dict[str, _Key] = {
     "calibration.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of the calibration subset"),
 }
 _OVERRIDE_SELECTORS = {"match": "fnmatch pattern on the layer name", "op": "op kind: " + ", ".join(OP_KINDS),
-                       "position": "first or last MAC layer (conv/linear) of the model"}
+                       "position": "first or last MAC layer (conv/linear) of the model",
+                       "max_groups": "layers with at most this many groups (a convolution's groups; other ops: 1)"}
 POSITIONS = ("first", "last")
 
 
@@ -253,13 +254,16 @@ class Override:
     op: str | None
     settings: tuple  # ((dotted_key, value), ...)
     position: str | None = None  # "first" / "last": the model's first / last MAC layer
+    max_groups: int | None = None  # a convolution with more groups is not selected (PyTorch x86: > 100 -> fbgemm)
 
-    def applies(self, layer: str, op_kind: str, position: str | None = None) -> bool:
+    def applies(self, layer: str, op_kind: str, position: str | None = None, groups: int = 1) -> bool:
         if self.match is not None and not fnmatch.fnmatchcase(layer, self.match):
             return False
         if self.op is not None and self.op != op_kind:
             return False
         if self.position is not None and self.position != position:
+            return False
+        if self.max_groups is not None and groups > self.max_groups:
             return False
         return True
 
@@ -299,12 +303,13 @@ class Profile:
             data["description"] = f"{self.description} [changed by {where}: {', '.join(changed)}]".lstrip()
         return _from_dict(data, where)
 
-    def for_layer(self, layer: str, op_kind: str, position: str | None = None) -> "Profile":
+    def for_layer(self, layer: str, op_kind: str, position: str | None = None, groups: int = 1) -> "Profile":
         """The profile as seen by one layer: overrides whose selector matches are applied in order.
 
-        ``position`` is "first" / "last" for the model's first / last MAC layer, else None.
+        ``position`` is "first" / "last" for the model's first / last MAC layer, else None; ``groups`` a
+        convolution's groups (1 for other ops).
         """
-        hits = [o for o in self.overrides if o.applies(layer, op_kind, position)]
+        hits = [o for o in self.overrides if o.applies(layer, op_kind, position, groups)]
         if not hits:
             return self
         data = to_dict(self)
@@ -349,7 +354,8 @@ def to_dict(p: Profile) -> dict:
     d = dataclasses.asdict(p)
     d["overrides"] = [
         {**({"match": o.match} if o.match else {}), **({"op": o.op} if o.op else {}),
-         **({"position": o.position} if o.position else {}), **dict(o.settings)}
+         **({"position": o.position} if o.position else {}),
+         **({"max_groups": o.max_groups} if o.max_groups is not None else {}), **dict(o.settings)}
         for o in p.overrides
     ]
     return d
@@ -408,7 +414,7 @@ def _from_dict(d: dict, where: str) -> Profile:
     for o in d.get("overrides", ()):
         o = dict(o)
         match, op, pos = o.pop("match", None), o.pop("op", None), o.pop("position", None)
-        ovs.append(Override(match, op, tuple(sorted(o.items())), pos))
+        ovs.append(Override(match, op, tuple(sorted(o.items())), pos, o.pop("max_groups", None)))
     kw["overrides"] = tuple(ovs)
     return Profile(**kw)
 
@@ -442,6 +448,11 @@ def _parse_override(o: Any, i: int, where: str) -> dict:
         if pos not in POSITIONS:
             raise HwsimError(f"{where}: invalid value {pos!r} for 'overrides[{i}].position': allowed first or last")
         sel["position"] = pos
+    if "max_groups" in o:
+        mg = o.pop("max_groups")
+        if isinstance(mg, bool) or not isinstance(mg, int) or mg < 1:
+            raise HwsimError(f"{where}: invalid value {mg!r} for 'overrides[{i}].max_groups': allowed an integer >= 1")
+        sel["max_groups"] = mg
     if not sel:
         raise HwsimError(f"{where}: overrides[{i}] needs a selector: 'match' (layer-name pattern), 'op' "
                          f"({', '.join(OP_KINDS)}) or 'position' (first, last)")

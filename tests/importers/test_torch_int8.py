@@ -114,11 +114,9 @@ def converted():
     return get
 
 
-# the bundled MobileNetV2 (ReLU6, depthwise convs with 16..128 groups) on fbgemm; on x86 its depthwise convs with
-# <= 100 groups go to oneDNN, whose depthwise requant is not reproduced yet (docs/semantics.md §11)
+# the bundled MobileNetV2 has ReLU6 and depthwise convs of 16..128 groups (x86: <= 100 to oneDNN, 128 to fbgemm)
 NETS = [pytest.param(net, *e.values, marks=e.marks) if hasattr(e, "values") else (net, *e)
-        for net in ("smallcnn_baseline", "resnet8") for e in ENGINES] + [
-    ("mobilenetv2", "fbgemm", "int8-pytorch", "int8-pytorch-onednn")]
+        for net in ("smallcnn_baseline", "resnet8", "mobilenetv2") for e in ENGINES]
 
 
 @pytest.mark.parametrize("net,engine,profile,other", NETS)
@@ -275,3 +273,49 @@ def test_per_tensor_weights_and_linear_relu():
     with pytest.raises(HwsimError) as e:
         import_torch_int8(q, (2, 8, 8))
     assert "\n" not in str(e.value) and "dequantizes in the middle of the graph" in str(e.value)
+
+
+@pytest.mark.skipif(not VNNI, reason="x86 engine convolutions go to oneDNN on VNNI CPUs")
+@pytest.mark.parametrize("groups", [96, 128])
+def test_x86_conv_dispatch_by_groups(groups, tmp_path):
+    """PyTorch's x86 engine sends a convolution with <= 100 groups to oneDNN and one with more to fbgemm
+    (OnednnUtils.h, onednn_utils::prefer_onednn): a depthwise conv of 96 / 128 groups, every tensor identical under
+    int8-pytorch-onednn (overrides selected by max_groups = 100); the other backend's form for that layer differs."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pw = torch.nn.Conv2d(3, groups, 1)
+            self.relu = torch.nn.ReLU()
+            self.dw = torch.nn.Conv2d(groups, groups, 3, padding=1, groups=groups)
+
+        def forward(self, x):
+            return self.dw(self.relu(self.pw(x)))
+
+    torch.manual_seed(groups)
+    rng = np.random.default_rng(groups)
+    q = fx_int8(Net().eval(), (3, 16, 16), rng.random((16, 3, 16, 16), dtype=np.float32), "x86")
+    g = import_torch_int8(q, (3, 16, 16))
+    x = rng.random((64, 3, 16, 16), dtype=np.float32)
+    for name, (t, h) in every_tensor(q, g, x, "int8-pytorch-onednn").items():
+        assert np.array_equal(t, h), name
+    # the neighbouring form on the depthwise layer: fbgemm's (int8-pytorch) for 96 groups, oneDNN's for 128
+    if groups <= 100:
+        other = "int8-pytorch"
+    else:
+        other = tmp_path / "all-onednn.toml"
+        other.write_text('extends = "int8-pytorch"\n[[overrides]]\nop = "depthwise"\n"bias.form" = "onednn"\n'
+                         '"requant.zero_point" = "before"\n')
+    t, h = every_tensor(q, g, x, str(other))["dw"]
+    assert (t != h).sum() > 0
+
+
+def test_max_groups_selector_bad_value(tmp_path):
+    """overrides[].max_groups: an integer >= 1, else one line naming the key."""
+    from hwsim.profile import load_profile as lp
+
+    p = tmp_path / "p.toml"
+    for bad in ("0", "true", '"100"'):
+        p.write_text(f'extends = "int8-pytorch"\n[[overrides]]\nop = "conv"\nmax_groups = {bad}\n"bias.form" = "onednn"\n')
+        with pytest.raises(HwsimError, match=r"'overrides\[0\]\.max_groups': allowed an integer >= 1") as e:
+            lp(str(p))
+        assert "\n" not in str(e.value)
