@@ -156,26 +156,40 @@ def test_other_engine_profile_disagrees(engine, profile, other, converted):
     assert all(np.array_equal(t, h) for t, h in every_tensor(q, g, x, profile).values())
 
 
-def test_onednn_requant_fast_equals_reference():
-    """ops.make_onednn_requant_params: the numba kernel, the numpy path (stochastic-free) and reference.py agree,
-    and the arithmetic is the documented chain."""
+@pytest.mark.parametrize("form", ["onednn", "onednn_combined", "onednn_sequential"])
+def test_onednn_requant_fast_equals_reference(form):
+    """ops.make_onednn_requant_params: the fast path (numba kernel, or numpy for the sequential scales), and
+    reference.py agree, and the arithmetic is the documented chain of each form (x86 engine; pt2e's combined and
+    sequential scales); the three forms are three functions on these accumulators."""
     from hwsim import ops, reference
 
     rng = np.random.default_rng(3)
-    acc = rng.integers(-40000, 40000, (2, 5, 7))
-    sw = rng.uniform(1e-4, 1e-2, 5)
+    # every accumulator in [-2^19, 2^19) on 5 channels: near-tie values on each, where the forms differ
+    acc = np.broadcast_to(np.arange(-2 ** 19, 2 ** 19).reshape(1, 1, -1), (1, 5, 2 ** 20))
+    sw = rng.uniform(1e-4, 1e-3, 5)
     b = rng.normal(0, 0.3, 5).astype(np.float32)
-    p = ops.make_onednn_requant_params(0.0123, sw, 0.0371, bias=b)
     cfg = ops.Requant(zero_point="before")
-    y_fast, _ = ops.requantize(acc, p, cfg, 60, 0, 255)
-    y_ref, _ = reference.requantize(acc, p, cfg, 60, 0, 255)
     f32 = np.float32
     one = f32(1)
-    s = (one / (one / f32(0.0123)) * sw.astype(f32)).astype(f32).reshape(1, -1, 1)
     d = one / (one / (one / f32(0.0371)))
-    v = ((((acc.astype(f32) * s).astype(f32) + b.reshape(1, -1, 1)).astype(f32) * d).astype(f32) + f32(60)).astype(f32)
-    assert np.array_equal(y_fast, y_ref)
-    assert np.array_equal(y_fast, np.clip(np.rint(v).astype(np.int64), 0, 255))
+    a = acc.astype(f32)
+    ys = {}
+    for fm in ("onednn", "onednn_combined", "onednn_sequential"):
+        p = ops.make_onednn_requant_params(0.0123, sw, 0.0371, bias=b, form=fm)
+        y_fast, _ = ops.requantize(acc, p, cfg, 60, 0, 255)
+        ys[fm] = y_fast
+        if fm == form:
+            idx = rng.integers(0, 2 ** 20, 50)
+            y_ref, _ = reference.requantize(acc[:, :, idx], p, cfg, 60, 0, 255)
+            assert np.array_equal(y_fast[:, :, idx], y_ref)
+    swf = sw.astype(f32).reshape(1, -1, 1)
+    scaled = {"onednn": a * (one / (one / f32(0.0123)) * swf).astype(f32),
+              "onednn_combined": a * (f32(0.0123) * swf).astype(f32),
+              "onednn_sequential": (a * f32(0.0123)).astype(f32) * swf}[form].astype(f32)
+    v = (((scaled + b.reshape(1, -1, 1)).astype(f32) * d).astype(f32) + f32(60)).astype(f32)
+    assert np.array_equal(ys[form], np.clip(np.rint(v).astype(np.int64), 0, 255))
+    assert all(not np.array_equal(ys[f1], ys[f2]) for f1, f2 in
+               (("onednn", "onednn_combined"), ("onednn", "onednn_sequential"), ("onednn_combined", "onednn_sequential")))
 
 
 def test_quantize_per_tensor_form():
