@@ -18,6 +18,7 @@ tests/core/test_torch_engine.py), so :class:`Given` carries a float32 ``<node>.b
 from __future__ import annotations
 
 import operator
+import warnings
 
 import numpy as np
 import torch
@@ -478,3 +479,96 @@ def import_pt2e(model, input_shape, mean=None, std=None, profile: str = "int8-py
     # {quantize_per_tensor node: hwsim tensor} for tests and comparisons (not stored in the file)
     g.pt2e_tensors = {k: v[1] for k, v in imp.env.items() if isinstance(v, tuple) and v[0] == "q"}
     return g
+
+
+def load_pt2(path, where: str | None = None):
+    """The torch.export ExportedProgram in a ``.pt2`` archive (``torch.export.save``), read without unpickling.
+
+    ``torch.export.load`` is not pickle-free: it reads the sample inputs with ``torch.load`` falling back to
+    ``weights_only=False``, and weights or constants saved "pickled" with ``torch.load(weights_only=False)`` /
+    ``pickle.loads`` (torch/export/pt2_archive/_package.py, torch/_export/serde/serialize.py). This reader takes
+    the graph (models/<name>.json), the raw weight and tensor-constant payloads (their JSON configs) and nothing
+    else: an archive with a pickled weight or constant, a custom or opaque object, a legacy pickled weights file or
+    more than one model is refused in one line; the sample inputs are never read."""
+    import os
+
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  registers the quantized_decomposed ops the graph names
+    from torch._export.serde import schema
+    from torch._export.serde.serialize import ExportedProgramDeserializer, _bytes_to_dataclass
+    from torch.export.pt2_archive import _package as pk
+    from torch.export.pt2_archive import constants as pc
+
+    where = where or str(path)
+    if not os.path.isfile(path):
+        raise HwsimError(f"{where}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = pk.PT2ArchiveReader(str(path))
+            names = reader.get_file_names()
+    except Exception as e:  # torch's zip reader: truncated or not a zip
+        raise HwsimError(f"{where}: not a readable .pt2 archive ({_first_line(e)})") from None
+    prefix, suffix = pc.MODELS_FILENAME_FORMAT.split("{}")
+    models = [n[len(prefix):-len(suffix)] for n in names if n.startswith(prefix) and n.endswith(suffix)]
+    if len(models) != 1:
+        raise HwsimError(f"{where}: {len(models)} exported programs in the archive (hwsim reads one)")
+    model = models[0]
+    if any(n.startswith(pc.AOTINDUCTOR_DIR) for n in names):
+        raise HwsimError(f"{where}: an AOTInductor package (compiled code), not a torch.export program")
+    for legacy in (f"{pc.WEIGHTS_DIR}{model}.pt", f"{pc.CONSTANTS_DIR}{model}.pt"):
+        if legacy in names:
+            raise HwsimError(f"{where}: {legacy} is a pickled (legacy format) payload; hwsim does not unpickle "
+                             "(re-save with torch.export.save of torch 2.13)")
+    try:
+        for cfg_name, kind in ((pc.WEIGHTS_CONFIG_FILENAME_FORMAT.format(model), "weight"),
+                               (pc.CONSTANTS_CONFIG_FILENAME_FORMAT.format(model), "constant")):
+            if cfg_name not in names:
+                raise HwsimError(f"{where}: {cfg_name} missing (not a torch.export.save archive)")
+            cfg = pk._load_payload_config(reader, cfg_name)
+            for fqn, meta in cfg.config.items():
+                if meta.use_pickle or (kind == "constant"
+                                       and not meta.path_name.startswith(pc.TENSOR_CONSTANT_FILENAME_PREFIX)):
+                    raise HwsimError(f"{where}: {kind} {fqn!r} is stored pickled or as an object "
+                                     f"({meta.path_name}); hwsim reads raw tensor payloads only and does not unpickle")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ser = _bytes_to_dataclass(schema.ExportedProgram, reader.read_bytes(prefix + model + suffix))
+            state_dict = pk._load_state_dict(reader, model)
+            constants = pk._load_constants(reader, model)
+            ep = ExportedProgramDeserializer().deserialize(ser, state_dict, constants, ((), {}))
+            # the sample inputs stay unread (pickled): zeros of the user inputs' shapes stand in for them (what
+            # ExportedProgram.module() binds its argument names with); a symbolic size becomes 1
+            user = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
+            fake = []
+            for n in user:
+                val = n.meta.get("val")
+                dims = [d if isinstance(d, int) else 1 for d in getattr(val, "shape", ())]
+                fake.append(torch.zeros(dims, dtype=getattr(val, "dtype", torch.float32)))
+            ep._example_inputs = (tuple(fake), {})
+            return ep
+    except HwsimError:
+        raise
+    except Exception as e:
+        raise HwsimError(f"{where}: not a readable torch.export program ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def import_pt2(path, mean=None, std=None, input_shape=None):
+    """``hwsim import model.pt2``: a saved torch.export program of a pt2e-converted int8 model (:func:`load_pt2`,
+    no unpickling) imported by :func:`import_pt2e`; the input shape is read from the program where it is fixed."""
+    from hwsim.importers import parse_shape
+
+    ep = load_pt2(path)
+    shape = parse_shape(input_shape)
+    if shape is None:
+        ph = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
+        val = ph[0].meta.get("val") if len(ph) == 1 else None
+        dims = list(getattr(val, "shape", []))[1:]
+        if len(dims) != 3 or not all(isinstance(d, int) for d in dims):
+            raise HwsimError(f"{path}: the input shape is not fixed in the program; give --input-shape C,H,W")
+        shape = tuple(dims)
+    return import_pt2e(ep, shape, mean, std, where=str(path))

@@ -269,3 +269,68 @@ def test_exported_program_and_float_sections(smallcnn):
     assert "\n" not in msg and "pt2e node" in msg and ("sigmoid" in msg or "float tensor" in msg)
     with pytest.raises(HwsimError, match="not a pt2e GraphModule"):
         import_pt2e(Net(), (1, 8, 8))
+
+
+def _rewrite_zip(src, dst, edit):
+    """A copy of the zip archive ``src`` with ``edit(name, bytes) -> bytes`` applied to every member."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, edit(info.filename, zin.read(info.filename)))
+
+
+def test_hwsim_import_pt2(smallcnn, tmp_path):
+    """``hwsim import model.pt2`` (torch.export.save of a converted pt2e model) without unpickling: the same given
+    quantization and integers as the in-memory import, the input shape read from the program, the profile
+    int8-pytorch-inductor its default; a pickled weight, a truncated archive and a float-output model are one line,
+    nonzero exit."""
+    import json
+
+    from hwsim.graph import load_model
+    from tests.conftest import invoke
+    from tests.importers.test_cli_import import one_line_error
+
+    c, spec = smallcnn
+    qs = [n.name for n in c.graph.nodes if n.target == Q]
+    gm = cut(c, [qs[-1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(gm, (torch.zeros(2, *spec.shape),), dynamic_shapes=({0: torch.export.Dim("N")},))
+        torch.export.save(ep, tmp_path / "m.pt2")
+    res = invoke("import", tmp_path / "m.pt2", "-o", tmp_path / "m.hwsim", "--mean", spec.mean[0], "--std",
+                 spec.std[0])
+    assert res.exit_code == 0, res.output
+    assert "torch.pt2e quantization kept" in res.output and "int8-pytorch-inductor" in res.output, res.output
+    g = load_model(tmp_path / "m.hwsim")
+    ref = import_pt2e(gm, spec.shape, spec.mean, spec.std)
+    assert tuple(g.inputs[0].shape) == tuple(spec.shape)
+    assert given_of(g).grids == given_of(ref).grids
+    x = _images("smallcnn_baseline", 16, 1)
+    outs = []
+    for model in (g, ref):
+        qg = compile_model(model, load_profile("int8-pytorch-inductor"), None)
+        outs.append(run_integer(qg, x)[qg.output_name])
+    assert np.array_equal(*outs)
+
+    # bad inputs: a weight marked pickled (hwsim never unpickles), a truncated archive, float logits
+    def pickled(name, data):
+        if name.endswith("model_weights_config.json"):
+            cfg = json.loads(data)
+            first = next(iter(cfg["config"]))
+            cfg["config"][first]["use_pickle"] = True
+            return json.dumps(cfg).encode()
+        return data
+
+    _rewrite_zip(tmp_path / "m.pt2", tmp_path / "p.pt2", pickled)
+    one_line_error(invoke("import", tmp_path / "p.pt2", "-o", tmp_path / "p.hwsim"), "stored pickled",
+                   "does not unpickle")
+    data = (tmp_path / "m.pt2").read_bytes()
+    (tmp_path / "t.pt2").write_bytes(data[: len(data) // 2])
+    one_line_error(invoke("import", tmp_path / "t.pt2", "-o", tmp_path / "t.hwsim"), "t.pt2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(c, (torch.zeros(2, *spec.shape),),
+                                              dynamic_shapes=({0: torch.export.Dim("N")},)), tmp_path / "f.pt2")
+    one_line_error(invoke("import", tmp_path / "f.pt2", "-o", tmp_path / "f.hwsim"), "pt2e node 'output'",
+                   "float tensor")
