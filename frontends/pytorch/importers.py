@@ -352,10 +352,29 @@ class _Pt2eImporter(_FxImporter):
                             "does not model)")
         return v[1]
 
+    def moved_in(self, node: fx.Node, a) -> str:
+        """The input of a value-moving op (max pool, flatten): a quantized tensor, or a float MAC (+ relu) output
+        whose quantize comes after the moves (recorded in ``self.chain``, resolved by that quantize)."""
+        v = self.env.get(a.name) if isinstance(a, fx.Node) else None
+        if isinstance(v, tuple) and v[0] == "float" and v[1] not in self.grids:
+            self.pending = (v[1], self.chain.get(v[1], [v[1]]))
+            return v[1]
+        return self.quantized_in(node, a)
+
+    def keep(self, node, y: str, x: str) -> str:
+        pending = getattr(self, "pending", None)
+        if pending is not None and pending[0] == x:
+            self.pending = None
+            self.chain[y] = pending[1] + [y]
+            return y
+        return super().keep(node, y, x)
+
     def run(self):
         from hwsim.given import Given
         from hwsim.graph import validate
 
+        self.chain: dict[str, list[str]] = {}
+        self.pending = None
         self.q = torch.ops.quantized_decomposed
         aten = torch.ops.aten
         Q = (self.q.quantize_per_tensor.default, self.q.quantize_per_tensor.tensor)
@@ -385,6 +404,16 @@ class _Pt2eImporter(_FxImporter):
                     t = "input"
                 elif isinstance(src, tuple) and src[0] == "float":
                     t = src[1]
+                    moved = self.chain.get(t, [t])
+                    if len(moved) > 1:
+                        # a MAC output moved in float (max pool, flatten) before its quantize: the quantize commutes
+                        # with the moves (monotonic), so the MAC output gets this grid; inductor's standalone
+                        # quantize adds the zero point after rounding, the fused requant before: equal only for z = 0
+                        if z != 0:
+                            self.fail(node, f"quantizes a float section (max pool / flatten of a conv or linear output) "
+                                            f"with zero point {z} (hwsim reproduces it for zero point 0)")
+                        for m in moved[:-1]:
+                            self.set_grid(node, m, s, z, dt)
                 elif isinstance(src, tuple) and src[0] == "dq":
                     self.fail(node, "re-quantizes a dequantized tensor without an op between them")
                 else:
@@ -423,7 +452,7 @@ class _Pt2eImporter(_FxImporter):
                 self.env[node.name] = ("float", self.b.add(node.name, self.quantized_in(node, a[0]),
                                                              self.quantized_in(node, a[1])))
             elif f in (aten.max_pool2d.default, aten.max_pool2d_with_indices.default):
-                x = self.quantized_in(node, a[0])
+                x = self.moved_in(node, a[0])
                 k = a[1]
                 st = a[2] if len(a) > 2 and a[2] else k
                 pd = a[3] if len(a) > 3 else 0
@@ -447,7 +476,7 @@ class _Pt2eImporter(_FxImporter):
                 if (f == aten.flatten.using_ints and tuple(a[1:]) not in ((1,), (1, -1))) or (
                         f != aten.flatten.using_ints and (len(a[1]) != 2 or a[1][1] != -1)):
                     self.fail(node, "flattens other than from dim 1")
-                x = self.quantized_in(node, a[0])
+                x = self.moved_in(node, a[0])
                 self.env[node.name] = ("float", self.keep(node, self.b.flatten(node.name, x), x))
             elif f in (aten.dropout.default, aten.clone.default, aten.contiguous.default):
                 self.env[node.name] = self.env[a[0].name]

@@ -334,3 +334,34 @@ def test_hwsim_import_pt2(smallcnn, tmp_path):
                                               dynamic_shapes=({0: torch.export.Dim("N")},)), tmp_path / "f.pt2")
     one_line_error(invoke("import", tmp_path / "f.pt2", "-o", tmp_path / "f.hwsim"), "pt2e node 'output'",
                    "float tensor")
+
+
+@AMX
+def test_float_moves_before_quantize():
+    """conv -> relu -> max_pool -> flatten -> linear: X86InductorQuantizer quantizes only the flatten's output (the
+    linear's input), so the conv's output is moved in float; the quantize commutes with max pool and flatten, and
+    the importer gives the conv + relu output that grid (zero point 0: inductor's standalone quantize and the fused
+    requant agree). The flattened features and the hidden linear layer's output == torch.compile's on 128 inputs."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.MaxPool2d(2)
+            self.fc1, self.fc2 = torch.nn.Linear(16 * 8 * 8, 64), torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = self.pool(torch.relu(self.conv(x)))
+            return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    c = pt2e_int8(Net(), (3, 16, 16), rng.random((32, 3, 16, 16), dtype=np.float32))
+    qs = [n.name for n in c.graph.nodes if n.target == Q]
+    assert len(qs) == 3  # the input, the flatten's output, fc1's output: the conv's output is never quantized
+    x = rng.random((128, 3, 16, 16), dtype=np.float32)
+    ys = inductor(cut(c, qs[1:]), x)
+    for k, y in zip(qs[1:], ys):
+        g = import_pt2e(cut(c, [k]), (3, 16, 16))
+        assert given_of(g).grids["relu"] == given_of(g).grids["flatten"] == given_of(g).grids[g.pt2e_tensors[qs[1]]]
+        qg = compile_model(g, load_profile("int8-pytorch-inductor"), None)
+        h = run_integer(qg, x)[qg.output_name].astype(np.int64).reshape(y.shape)
+        assert np.array_equal(h, y) and np.unique(y).size > 50
