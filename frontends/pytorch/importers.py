@@ -9,6 +9,11 @@ adaptive-average pools, flatten, ``dequantize``) into an hwsim Graph: the dequan
 ``metadata["given"]`` and the profile of the quantized engine that packed it as ``metadata["default_profile"]``
 (``int8-pytorch``: fbgemm; ``int8-pytorch-onednn``: the x86 engine on a VNNI CPU, convolutions through oneDNN).
 
+:func:`import_pt2e` reads a pt2e model (``torch.export`` -> torchao's ``prepare_pt2e`` / ``convert_pt2e``, the
+Q/DQ reference representation) the same way, with ``int8-pytorch-inductor`` (what ``torch.compile``'s x86 int8
+lowering computes) as its default profile; :func:`load_pt2` / :func:`import_pt2` read a ``torch.export.save``
+archive of one without unpickling (``hwsim import model.pt2``).
+
 The bias stays a float: PyTorch's quantized conv / linear keep ``bias()`` in float32 and add
 ``fl32(b / fl32(s_x * s_w))`` to the float32 accumulator before the multiply (fbgemm
 ``ReQuantizeOutput`` with a float bias; the ``bias.form = "float32"`` profile key, verified at op level in
@@ -254,8 +259,10 @@ class _Pt2eImporter(_FxImporter):
     """A pt2e converted graph (``convert_pt2e``, the Q/DQ reference representation): quantize_per_tensor /
     dequantize_per_tensor pairs carry every activation grid, dequantize_per_channel of a constant int8 tensor the
     weights; the float ops between them (conv2d, linear, relu, add, pools, flatten) become hwsim nodes. Every tensor a
-    MAC layer, add or pool writes must be quantized before its next use (that is what the engine runs on integers);
-    a float tensor used by anything but a relu or a quantize_per_tensor is refused in one line naming the node."""
+    MAC layer, add or pool writes must be quantized before its next use (that is what the engine runs on integers):
+    a float tensor used by anything but a relu, a max pool / flatten (moves the quantize commutes with, zero point
+    0) or a quantize_per_tensor is refused in one line naming the node (the x86 quantizer's conv + add fusion and
+    float-output last layer, which inductor turns into oneDNN post-ops, are such float sections)."""
 
     def fail(self, node: fx.Node, why: str) -> None:
         tgt = getattr(node.target, "__name__", None) or str(node.target)
