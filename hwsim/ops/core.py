@@ -267,10 +267,10 @@ def make_onednn_requant_params(s_x: float, s_w, s_y: float, bias=None, form: str
     torch.compile's x86 int8 lowering (pt2e models) calls oneDNN directly (``torch.ops.onednn.qconv_pointwise`` /
     ``qlinear_pointwise``) with the scales as given, and oneDNN's kernels then differ by implementation (measured
     against torch 2.13 op by op, tests/importers/test_pt2e.py, the implementation named by ONEDNN_VERBOSE):
-    ``form = "onednn_combined"``: fl32(fl32(acc) * fl32(s_x * s_w[c])) + b (the AMX convolutions,
-    brg_conv_fwd / brgconv_1x1 on avx10_1_512_amx); ``form = "onednn_sequential"``: the scales one after the other,
-    fl32(fl32(fl32(acc) * s_x) * s_w[c]) + b (the VNNI kernels: brdgmm_dw depthwise, brg_matmul linear); both then
-    times D with the zero point before rounding."""
+    ``form = "onednn_combined"``: fl32(fl32(acc) * fl32(s_x * s_w[c])) + b (the AMX kernels: brg_conv_fwd /
+    brgconv_1x1 / brg_matmul on avx10_1_512_amx); ``form = "onednn_sequential"``: the scales one after the other,
+    fl32(fl32(fl32(acc) * s_x) * s_w[c]) + b (the non-AMX kernels: brdgmm_dw depthwise, small brg_matmul on
+    avx10_1_512); both then times D with the zero point before rounding."""
     s_x, s_w, s_y = _scales(s_x, s_w, s_y)
     f32 = np.float32
     one = f32(1)

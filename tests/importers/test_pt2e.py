@@ -152,7 +152,7 @@ def _onednn_conv(rng, C, K, k, groups, n=16, H=32):
     return y, acc, sx, sw, sy, zy, b
 
 
-def _onednn_linear(rng, C=4, K=64, n=4096):
+def _onednn_linear(rng, C, K=64, n=4096):
     f32 = np.float32
     sx, zx = float(f32(rng.uniform(0.005, 0.03))), int(rng.integers(0, 60))
     sy, zy = float(f32(rng.uniform(0.01, 0.08))), int(rng.integers(1, 60))
@@ -170,17 +170,19 @@ def _onednn_linear(rng, C=4, K=64, n=4096):
 
 @AMX
 @pytest.mark.parametrize("case,form", [("conv3x3", "onednn_combined"), ("conv1x1", "onednn_combined"),
-                                       ("depthwise", "onednn_sequential"), ("linear", "onednn_sequential")])
+                                       ("linear", "onednn_combined"), ("depthwise", "onednn_sequential"),
+                                       ("linear_k4", "onednn_sequential")])
 def test_onednn_pointwise_forms(case, form):
     """Op level: torch.ops.onednn.qconv_pointwise / qlinear_pointwise == make_onednn_requant_params(form) on every
-    output (AMX dense convolutions: one combined scale fl32(s_x*s_w); VNNI depthwise and matmul: s_x then s_w); the
-    other two oneDNN forms and fbgemm's differ somewhere."""
-    rng = np.random.default_rng({"conv3x3": 1, "conv1x1": 2, "depthwise": 3, "linear": 4}[case])
+    output. oneDNN's AMX kernels (dense convolutions, matmuls of >= 32 inputs) apply one combined scale
+    fl32(s_x*s_w), its VNNI / AVX-512 kernels (depthwise, a 4-input matmul) s_x then s_w; the other oneDNN forms and
+    fbgemm's differ somewhere. int8-pytorch-inductor selects the first four."""
+    rng = np.random.default_rng({"conv3x3": 1, "conv1x1": 2, "depthwise": 3, "linear": 4, "linear_k4": 5}[case])
     bad = {"onednn": 0, "onednn_combined": 0, "onednn_sequential": 0, "fbgemm": 0}
     total = 0
     for _ in range(12):
-        if case == "linear":
-            y, acc, sx, sw, sy, zy, b = _onednn_linear(rng)
+        if case.startswith("linear"):
+            y, acc, sx, sw, sy, zy, b = _onednn_linear(rng, 4 if case == "linear_k4" else 64)
         else:
             C, K, k, groups = {"conv3x3": (16, 32, 3, 1), "conv1x1": (32, 32, 1, 1),
                                "depthwise": (32, 32, 3, 32)}[case]
