@@ -330,6 +330,8 @@ class _Pt2eImporter(_FxImporter):
 
     def mac(self, node: fx.Node, x: str) -> str:
         a = node.args
+        if node.kwargs:
+            self.fail(node, f"has keyword arguments {sorted(node.kwargs)} (hwsim reads positional ones)")
         wq, s, z = self.weight(node, a[1])
         b = self.attr(node, a[2]) if len(a) > 2 else None
         shp = (-1,) + (1,) * (wq.ndim - 1)
@@ -337,7 +339,8 @@ class _Pt2eImporter(_FxImporter):
         bf = None if b is None else b.detach().numpy().astype(np.float32)
         name = node.name
         if node.target == torch.ops.aten.conv2d.default:
-            stride, padding, dilation, groups = (list(a[3:]) + [1, 0, 1, 1][len(a) - 3:])[:4] if len(a) > 3 else (1, 0, 1, 1)
+            # aten.conv2d(input, weight, bias, stride=1, padding=0, dilation=1, groups=1): the trailing defaults
+            stride, padding, dilation, groups = (list(a[3:]) + [1, 0, 1, 1][max(len(a) - 3, 0):])[:4]
             if isinstance(padding, str):
                 self.fail(node, f"has padding {padding!r} (hwsim: explicit pads)")
             y = self.b.conv2d(name, x, wf, bf, stride, padding, dilation, groups)
@@ -417,8 +420,8 @@ class _Pt2eImporter(_FxImporter):
                         # with the moves (monotonic), so the MAC output gets this grid; inductor's standalone
                         # quantize adds the zero point after rounding, the fused requant before: equal only for z = 0
                         if z != 0:
-                            self.fail(node, f"quantizes a float section (max pool / flatten of a conv or linear output) "
-                                            f"with zero point {z} (hwsim reproduces it for zero point 0)")
+                            self.fail(node, "quantizes a float section (max pool / flatten of a conv or linear "
+                                            f"output) with zero point {z} (hwsim reproduces it for zero point 0)")
                         for m in moved[:-1]:
                             self.set_grid(node, m, s, z, dt)
                 elif isinstance(src, tuple) and src[0] == "dq":
@@ -459,6 +462,8 @@ class _Pt2eImporter(_FxImporter):
                 self.env[node.name] = ("float", self.b.add(node.name, self.quantized_in(node, a[0]),
                                                              self.quantized_in(node, a[1])))
             elif f in (aten.max_pool2d.default, aten.max_pool2d_with_indices.default):
+                if node.kwargs:
+                    self.fail(node, f"has keyword arguments {sorted(node.kwargs)} (hwsim reads positional ones)")
                 x = self.moved_in(node, a[0])
                 k = a[1]
                 st = a[2] if len(a) > 2 and a[2] else k
