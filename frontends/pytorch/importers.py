@@ -237,6 +237,9 @@ def import_torch_int8(gm: fx.GraphModule, input_shape, mean=None, std=None, engi
     profile (:func:`engine_profile`)."""
     from hwsim.importers import parse_shape
 
+    if isinstance(gm, torch.export.ExportedProgram) or (isinstance(gm, fx.GraphModule) and any(
+            str(n.target).startswith("quantized_decomposed.") for n in gm.graph.nodes)):
+        return import_pt2e(gm, input_shape, mean, std)  # a pt2e model (convert_pt2e's Q/DQ graph)
     if not isinstance(gm, fx.GraphModule):
         raise HwsimError(f"{where}: a {type(gm).__name__}, not a torch.fx GraphModule (convert_fx's output)")
     imp = _FxImporter(gm, parse_shape(input_shape), mean, std, where)

@@ -248,6 +248,9 @@ def test_exported_program_and_float_sections(smallcnn):
         ep = torch.export.export(gm, (torch.zeros(2, *spec.shape),), dynamic_shapes=({0: torch.export.Dim("N")},))
     g1, g2 = import_pt2e(gm, spec.shape), import_pt2e(ep, spec.shape)
     assert given_of(g1).grids == given_of(g2).grids and sorted(given_of(g1).arrays) == sorted(given_of(g2).arrays)
+    from frontends.pytorch.importers import import_torch_int8  # the FX entry hands a pt2e graph on
+
+    assert given_of(import_torch_int8(gm, spec.shape)).grids == given_of(g1).grids
 
     m, shape, _, _ = _resnet(None)
     r = pt2e_int8(m, shape, np.random.default_rng(0).random((8, *shape), dtype=np.float32))
