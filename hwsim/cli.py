@@ -115,7 +115,7 @@ class _Finite(click.ParamType):
 # every command spells the same thing the same way (STYLE.md habit 15): -m/--model, -p/--profile,
 # -d/--data, -o/--out, --plot PATH, --set, --limit, --batch-size, --json, -q/--quiet
 DATA_HELP = "default | mnist5k | digits | cifar10:PATH | cifar100:PATH | npz:PATH | npy:DIR"
-MODEL_HELP = ("bundled model name, .hwsim path, or .onnx / .tflite path (imported with mean 0, std 1; "
+MODEL_HELP = ("bundled model name, .hwsim path, or .onnx / .tflite / .pt2 path (imported with mean 0, std 1; "
               "'hwsim import' records another normalisation)  [default: smallcnn_robust]")
 
 
@@ -549,10 +549,12 @@ def export_onnx(profile, model, data, set_, float_input, format_, out, quiet, pt
 @out_option("output .hwsim model file", required=True)
 @input_options
 def import_(model_file, out, mean, std, input_shape):
-    """Import an ONNX model (opset >= 13) as an .hwsim model file (needs: pip install 'hwsim[onnx]').
+    """Import an ONNX (opset >= 13), LiteRT .tflite or PyTorch .pt2 model as an .hwsim model file.
 
-    A float model, or an int8 model (QDQ / QOperator from onnxruntime.quantization) whose own scales, zero
-    points, integer weights and biases are kept, with its engine's profile as its default. The
+    ONNX (pip install 'hwsim[onnx]'): a float model, or an int8 model (QDQ / QOperator from
+    onnxruntime.quantization); LiteRT (pip install 'hwsim[litert]'): an int8 .tflite; PyTorch (torch): a
+    torch.export.save of a pt2e int8 model. An int8 model's own scales, zero points, integer weights and
+    biases are kept, with its engine's profile as its default. The
     normalisation the model expects is recorded in the .hwsim file; the op table and what is not
     supported yet are in docs/import.md."""
     from hwsim.graph import save_model

@@ -90,8 +90,9 @@ def _isolated(qg: QuantizedGraph, lay, codes: dict[str, np.ndarray], impl: str =
         if "requant" in replace and lay.requant_params is not None:
             gx, gy = qg.grids[lay.inputs[0]], qg.grids[lay.output]
             float_bias = lay.b_float if getattr(lay.requant_params, "bias_term", None) is not None else None
-            if getattr(lay.requant_params, "pre_scale", None) is not None:  # bias.form = "onednn"
-                lay.requant_params = ops.make_onednn_requant_params(gx.scale, lay.w_scale, gy.scale, bias=lay.b_float)
+            if getattr(lay.requant_params, "pre_scale", None) is not None:  # bias.form = "onednn" / "onednn_*"
+                lay.requant_params = ops.make_onednn_requant_params(gx.scale, lay.w_scale, gy.scale, bias=lay.b_float,
+                                                                    form=lay.profile.bias.form)
             else:
                 lay.requant_params = ops.make_requant_params(gx.scale, lay.w_scale, gy.scale, lay.requant,
                                                              bias=float_bias)

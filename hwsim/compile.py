@@ -63,6 +63,9 @@ class Grid:
         return dataclasses.asdict(self)
 
 
+# bias.form values for oneDNN's convolution / matmul arithmetic (ops.make_onednn_requant_params)
+ONEDNN_FORMS = ("onednn", "onednn_combined", "onednn_sequential")
+
 class Float32DivisionGrid(Grid):
     """A grid whose quantizer is ONNX QuantizeLinear's: saturate(round_half_even(fl32(x / scale)) + zero_point),
     the division in float32 (onnx/reference/ops/op_quantize_linear.py; onnxruntime's MlasQuantizeLinear
@@ -85,6 +88,19 @@ class TorchQuantizeGrid(Grid):
         x = np.asarray(x, np.float32)
         inv = np.float32(1.0) / np.float32(self.scale)
         q = np.rint(fma_f32(x, inv, np.float32(self.zero_point))).astype(np.int64)
+        return np.clip(q, self.qmin, self.qmax)
+
+
+class InductorQuantizeGrid(Grid):
+    """A grid whose quantizer is torch.compile's (inductor) x86 lowering of pt2e's quantize_per_tensor:
+    saturate(round_half_even(fl32(x * fl32(1 / scale))) + zero_point), the multiply and the rounding in float32, the
+    zero point added after (the generated C++ kernel: ``tmp0 * inv_scale``, ``.round()``, ``+ zero_point``,
+    clamp; read in TORCH_LOGS=output_code and measured, tests/importers/test_pt2e.py). Profile key
+    ``activations.input_division = "inductor"``."""
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        inv = np.float32(1.0) / np.float32(self.scale)
+        q = np.rint(np.asarray(x, np.float32) * inv).astype(np.int64) + self.zero_point
         return np.clip(q, self.qmin, self.qmax)
 
 
@@ -163,6 +179,8 @@ def input_grid(grid: Grid, fmt: TensorFormat) -> Grid:
         return TorchQuantizeGrid(**dataclasses.asdict(grid))
     if div in LITERT_QUANTIZE_GRIDS:
         return LITERT_QUANTIZE_GRIDS[div](**dataclasses.asdict(grid))
+    if div == "inductor":
+        return InductorQuantizeGrid(**dataclasses.asdict(grid))
     return grid
 
 
@@ -657,7 +675,7 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
     layers: list[QLayer] = []
     for n in folded.nodes:
         kind = _op_kind(n, folded)
-        prof = profile.for_layer(n.name, kind, "first" if n.name == first else "last" if n.name == last else None)
+        prof = profile.for_layer(n.name, kind, "first" if n.name == first else "last" if n.name == last else None, int(n.attrs.get("groups", 1)))
         out = n.outputs[0]
         lay = QLayer(name=n.name, op=n.op, kind=kind, inputs=list(n.inputs), output=out,
                      attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},
@@ -817,21 +835,21 @@ def finish_linear(lay: QLayer, grids: dict[str, Grid], reach: dict[str, tuple[in
         return
     gx = grids[lay.inputs[0]]
     gy = grids[lay.output]
-    if prof.bias.form in ("float32", "onednn"):
+    if prof.bias.form in ("float32",) + ONEDNN_FORMS:
         # PyTorch fbgemm: no integer bias in the accumulator; fl32(b / fl32(s_x*s_w)) joins fl32(acc)
         # before the multiply (ops.make_requant_params(bias=...)); oneDNN (PyTorch's x86 engine convolution):
         # the accumulator dequantized first, then the float bias (ops.make_onednn_requant_params)
         if prof.requant.mode != "float32":
             raise HwsimError(f"layer '{lay.name}': bias.form = {prof.bias.form!r} needs requant.mode = 'float32', "
                              f"not {prof.requant.mode!r}")
-        if prof.bias.form == "onednn" and (prof.requant.zero_point != "before" or prof.requant.rounding != "half_even"):
-            raise HwsimError(f"layer '{lay.name}': bias.form = 'onednn' needs requant.zero_point = 'before' and "
+        if prof.bias.form != "float32" and (prof.requant.zero_point != "before" or prof.requant.rounding != "half_even"):
+            raise HwsimError(f"layer '{lay.name}': bias.form = {prof.bias.form!r} needs requant.zero_point = 'before' and "
                              f"requant.rounding = 'half_even' (oneDNN's arithmetic), not {prof.requant.zero_point!r} / "
                              f"{prof.requant.rounding!r}")
         lay.bias_q = np.zeros(cout, np.int64)
         lay.requant_params = (ops.make_requant_params(gx.scale, eff_scale, gy.scale, lay.requant, bias=b)
                               if prof.bias.form == "float32" else
-                              ops.make_onednn_requant_params(gx.scale, eff_scale, gy.scale, bias=b))
+                              ops.make_onednn_requant_params(gx.scale, eff_scale, gy.scale, bias=b, form=prof.bias.form))
     else:
         s_bias = gx.scale * eff_scale
         bq = (fp.round_float(np.asarray(b, np.float64) / s_bias, prof.bias.rounding) if bias_q is None

@@ -31,9 +31,12 @@ def bundled_models() -> list[str]:
     return sorted(p.name[:-6] for p in files.iterdir() if p.name.endswith(".hwsim"))
 
 
+FOREIGN = (".onnx", ".tflite", ".pt2")  # model files imported on the fly (hwsim.importers.model_format)
+
+
 def resolve_model(spec: str | None) -> tuple[Graph, str]:
     """A bundled model name (``smallcnn_robust``), a path to a ``.hwsim`` file, or a foreign model file
-    (``.onnx``, ``.tflite``, recognised by suffix or magic bytes: imported on the fly with the default input
+    (``.onnx``, ``.tflite``, ``.pt2``, recognised by suffix or magic bytes: imported on the fly with the default input
     normalisation, pixels in [0, 1] with mean 0 and std 1; ``hwsim import`` records another; docs/import.md)."""
     from hwsim.importers import import_model, model_format
 
@@ -46,12 +49,12 @@ def resolve_model(spec: str | None) -> tuple[Graph, str]:
     p = Path(spec)
     if p.is_file():
         fmt = model_format(p)
-    elif p.suffix.lower() in (".hwsim", ".onnx", ".tflite") or p.exists():
-        fmt = p.suffix.lower()[1:] if p.suffix.lower() in (".onnx", ".tflite") else "hwsim"  # the loader names what is wrong
+    elif p.suffix.lower() in (".hwsim",) + FOREIGN or p.exists():
+        fmt = p.suffix.lower()[1:] if p.suffix.lower() in FOREIGN else "hwsim"  # the loader names what is wrong
     else:
-        raise HwsimError(f"unknown model {spec!r}: give a .hwsim, .onnx or .tflite path or a bundled model "
+        raise HwsimError(f"unknown model {spec!r}: give a .hwsim, .onnx, .tflite or .pt2 path or a bundled model "
                          f"({', '.join(names) or 'none'})")
-    if fmt in ("onnx", "tflite"):
+    if fmt in ("onnx", "tflite", "pt2"):
         return import_model(p), spec
     return load_model(spec), spec
 

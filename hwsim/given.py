@@ -307,7 +307,7 @@ def compile_given(model, profile, given: Given | None = None):
     for n in folded.nodes:
         kind = _op_kind(n, folded)
         position = "first" if n.name == first else "last" if n.name == last else None
-        prof = profile.for_layer(n.name, kind, position)
+        prof = profile.for_layer(n.name, kind, position, int(n.attrs.get("groups", 1)))
         out = n.outputs[0]
         lay = QLayer(name=n.name, op=n.op, kind=kind, inputs=list(n.inputs), output=out,
                      attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},
@@ -353,7 +353,7 @@ def compile_given(model, profile, given: Given | None = None):
 
 def _given_mac(lay, n, folded, given: Given, prof, profile, position, grids, reach, pname: str) -> None:
     """A conv2d/linear layer from the given integers (weights, scales, zero points, int32 bias)."""
-    from hwsim.compile import _accumulator, _requant, finish_linear, int_grid
+    from hwsim.compile import ONEDNN_FORMS, _accumulator, _requant, finish_linear, int_grid
 
     ld = given.layers.get(n.name)
     if ld is None:
@@ -369,7 +369,7 @@ def _given_mac(lay, n, folded, given: Given, prof, profile, position, grids, rea
     _check_weights(n.name, ld, w, prof.weights, qmin, qmax, bits, pname)
     b = given.arrays.get(f"{n.name}.bias")
     float_bias = b is not None and np.asarray(b).dtype == np.float32  # PyTorch's: bias() stays a float
-    forms = ("float32", "onednn") if float_bias else ("int32",)
+    forms = ("float32",) + ONEDNN_FORMS if float_bias else ("int32",)
     if prof.bias.form not in forms:
         raise HwsimError(f"profile {pname!r}: bias.form = {prof.bias.form!r} cannot hold layer {n.name!r}'s given "
                          f"{'float32' if float_bias else 'int32'} bias (allowed here: {' or '.join(map(repr, forms))})")

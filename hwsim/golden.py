@@ -127,6 +127,8 @@ def write_golden(qg: QuantizedGraph, x_norm: np.ndarray, out_dir: str | os.PathL
                     rq["bias_term_f32"] = _write_f32(tmp, f"{base}/requant_bias_term", p.bias_term)
                 if p.pre_scale is not None:  # bias.form = "onednn": f32(acc) * pre_scale[c] before the bias
                     rq["pre_scale_f32"] = _write_f32(tmp, f"{base}/requant_pre_scale", p.pre_scale)
+                if p.src_scale is not None:  # bias.form = "onednn_sequential": f32(acc) * src_scale before pre_scale
+                    rq["src_scale_f32"] = float(p.src_scale)
                 d["requant_params"] = rq
             d["stochastic_seed"] = int(lay.rounding_seed)
             layers.append(d)

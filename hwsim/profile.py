@@ -132,7 +132,7 @@ SCHEMA: dict[str, _Key] = {
     "activations.dtype": _Key("choice", ("int", "float"), doc="'float' = weight-only policy: float32 activations, dequantized integer weights"),
     "activations.range": _Key("choice", ("minmax", "mse", "percentile", "lsq"), doc="activation range setting on the calibration set (lsq: the learned LSQ input steps; other tensors min-max)"),
     "activations.step_scale": _Key("float", lo=0.01, hi=100.0, doc="multiply every activation step size by this factor (sweeps)"),
-    "activations.input_division": _Key("choice", ("float64", "float32", "torch", "tflite_reference", "tflite_optimized", "xnnpack"), doc="the input quantizer round(x / scale): x / scale in float64, or in float32 as ONNX QuantizeLinear (ONNX Runtime), or torch.quantize_per_tensor's round(fl32(fma(x, fl32(1/scale), zero_point))) (PyTorch on x86), or LiteRT's QUANTIZE: reference round_half_away(fl32(x / scale)), optimized (blocks of 8 values: round_half_even(fl32(x * fl32(1/scale))), the n mod 8 rest: round_half_away(x / scale) in double), XNNPACK round_half_even(fl32(x * fl32(1/scale)))"),
+    "activations.input_division": _Key("choice", ("float64", "float32", "torch", "inductor", "tflite_reference", "tflite_optimized", "xnnpack"), doc="the input quantizer round(x / scale): x / scale in float64, or in float32 as ONNX QuantizeLinear (ONNX Runtime), or torch.quantize_per_tensor's round(fl32(fma(x, fl32(1/scale), zero_point))) (PyTorch on x86), or torch.compile's x86 lowering of pt2e's quantize_per_tensor, round(fl32(x * fl32(1/scale))) + zero_point, or LiteRT's QUANTIZE: reference round_half_away(fl32(x / scale)), optimized (blocks of 8 values: round_half_even(fl32(x * fl32(1/scale))), the n mod 8 rest: round_half_away(x / scale) in double), XNNPACK round_half_even(fl32(x * fl32(1/scale)))"),
     "activations.percentile": _Key("float", lo=50.0, hi=100.0, doc="percentile for range = 'percentile'"),
     "accumulator.bits": _Key("int", lo=8, hi=64, unbounded_ok=True, doc="accumulator width A (signed)"),
     "accumulator.overflow": _Key("choice", ("wrap", "saturate"), doc="accumulator overflow policy, applied after every chunk add"),
@@ -163,7 +163,7 @@ SCHEMA: dict[str, _Key] = {
     "requant.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of stochastic rounding"),
     "bias.bits": _Key("int", lo=8, hi=64, doc="bias width (quantized at s_x*s_w)"),
     "bias.rounding": _Key("choice", ROUNDING_MODES[:-1], doc="rounding of the bias to integers"),
-    "bias.form": _Key("choice", ("int32", "float32", "onednn"), doc="int32: integer bias loaded into the accumulator first; float32: PyTorch fbgemm's float bias, fl32(b / fl32(s_x*s_w)) added to fl32(acc) before the multiply (requant.mode float32); onednn: PyTorch's x86-engine convolution through oneDNN, fl32(fl32(acc) * fl32(s_x*s_w)) + b, times fl32(1/s_y), z_y added before rounding (requant.mode float32, requant.zero_point before; ops.make_onednn_requant_params)"),
+    "bias.form": _Key("choice", ("int32", "float32", "onednn", "onednn_combined", "onednn_sequential"), doc="int32: integer bias loaded into the accumulator first; float32: PyTorch fbgemm's float bias, fl32(b / fl32(s_x*s_w)) added to fl32(acc) before the multiply (requant.mode float32); onednn: PyTorch's x86-engine convolution through oneDNN, fl32(fl32(acc) * fl32(s_x*s_w)) + b, times fl32(1/s_y), z_y added before rounding (requant.mode float32, requant.zero_point before; ops.make_onednn_requant_params); onednn_combined / onednn_sequential: oneDNN as torch.compile's x86 int8 lowering calls it (pt2e models), fl32(fl32(acc) * fl32(s_x*s_w)) + b (AMX kernels) / fl32(fl32(fl32(acc) * s_x) * s_w) + b (non-AMX kernels: depthwise, small matmuls), then as onednn"),
     "first_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, none_word="profile",
                              doc='weights + input bits of the first layer ("profile" = the profile\'s weights/activations bits; "unbounded" is the old spelling)'),
     "last_layer.bits": _Key("int", lo=2, hi=16, unbounded_ok=True, none_word="profile",
@@ -172,7 +172,8 @@ SCHEMA: dict[str, _Key] = {
     "calibration.seed": _Key("int", lo=0, hi=2**31 - 1, doc="seed of the calibration subset"),
 }
 _OVERRIDE_SELECTORS = {"match": "fnmatch pattern on the layer name", "op": "op kind: " + ", ".join(OP_KINDS),
-                       "position": "first or last MAC layer (conv/linear) of the model"}
+                       "position": "first or last MAC layer (conv/linear) of the model",
+                       "max_groups": "layers with at most this many groups (a convolution's groups; other ops: 1)"}
 POSITIONS = ("first", "last")
 
 
@@ -264,13 +265,16 @@ class Override:
     op: str | None
     settings: tuple  # ((dotted_key, value), ...)
     position: str | None = None  # "first" / "last": the model's first / last MAC layer
+    max_groups: int | None = None  # a convolution with more groups is not selected (PyTorch x86: > 100 -> fbgemm)
 
-    def applies(self, layer: str, op_kind: str, position: str | None = None) -> bool:
+    def applies(self, layer: str, op_kind: str, position: str | None = None, groups: int = 1) -> bool:
         if self.match is not None and not fnmatch.fnmatchcase(layer, self.match):
             return False
         if self.op is not None and self.op != op_kind:
             return False
         if self.position is not None and self.position != position:
+            return False
+        if self.max_groups is not None and groups > self.max_groups:
             return False
         return True
 
@@ -311,12 +315,13 @@ class Profile:
             data["description"] = f"{self.description} [changed by {where}: {', '.join(changed)}]".lstrip()
         return _from_dict(data, where)
 
-    def for_layer(self, layer: str, op_kind: str, position: str | None = None) -> "Profile":
+    def for_layer(self, layer: str, op_kind: str, position: str | None = None, groups: int = 1) -> "Profile":
         """The profile as seen by one layer: overrides whose selector matches are applied in order.
 
-        ``position`` is "first" / "last" for the model's first / last MAC layer, else None.
+        ``position`` is "first" / "last" for the model's first / last MAC layer, else None; ``groups`` a
+        convolution's groups (1 for other ops).
         """
-        hits = [o for o in self.overrides if o.applies(layer, op_kind, position)]
+        hits = [o for o in self.overrides if o.applies(layer, op_kind, position, groups)]
         if not hits:
             return self
         data = to_dict(self)
@@ -366,7 +371,8 @@ def to_dict(p: Profile) -> dict:
     d = dataclasses.asdict(p)
     d["overrides"] = [
         {**({"match": o.match} if o.match else {}), **({"op": o.op} if o.op else {}),
-         **({"position": o.position} if o.position else {}), **dict(o.settings)}
+         **({"position": o.position} if o.position else {}),
+         **({"max_groups": o.max_groups} if o.max_groups is not None else {}), **dict(o.settings)}
         for o in p.overrides
     ]
     return d
@@ -426,7 +432,7 @@ def _from_dict(d: dict, where: str) -> Profile:
     for o in d.get("overrides", ()):
         o = dict(o)
         match, op, pos = o.pop("match", None), o.pop("op", None), o.pop("position", None)
-        ovs.append(Override(match, op, tuple(sorted(o.items())), pos))
+        ovs.append(Override(match, op, tuple(sorted(o.items())), pos, o.pop("max_groups", None)))
     kw["overrides"] = tuple(ovs)
     return Profile(**kw)
 
@@ -460,6 +466,11 @@ def _parse_override(o: Any, i: int, where: str) -> dict:
         if pos not in POSITIONS:
             raise HwsimError(f"{where}: invalid value {pos!r} for 'overrides[{i}].position': allowed first or last")
         sel["position"] = pos
+    if "max_groups" in o:
+        mg = o.pop("max_groups")
+        if isinstance(mg, bool) or not isinstance(mg, int) or mg < 1:
+            raise HwsimError(f"{where}: invalid value {mg!r} for 'overrides[{i}].max_groups': allowed an integer >= 1")
+        sel["max_groups"] = mg
     if not sel:
         raise HwsimError(f"{where}: overrides[{i}] needs a selector: 'match' (layer-name pattern), 'op' "
                          f"({', '.join(OP_KINDS)}) or 'position' (first, last)")

@@ -207,6 +207,8 @@ def requantize(acc, params, cfg, z_y, qmin, qmax, channel_axis=1, index=None):
         if cfg.mode == "float32":
             with np.errstate(over="ignore"):
                 fa = f32(a)
+                if params.src_scale is not None:
+                    fa = f32(fa * f32(params.src_scale))
                 if params.pre_scale is not None:
                     fa = f32(fa * params.pre_scale[c])
                 if params.bias_term is not None:

@@ -9,6 +9,11 @@ adaptive-average pools, flatten, ``dequantize``) into an hwsim Graph: the dequan
 ``metadata["given"]`` and the profile of the quantized engine that packed it as ``metadata["default_profile"]``
 (``int8-pytorch``: fbgemm; ``int8-pytorch-onednn``: the x86 engine on a VNNI CPU, convolutions through oneDNN).
 
+:func:`import_pt2e` reads a pt2e model (``torch.export`` -> torchao's ``prepare_pt2e`` / ``convert_pt2e``, the
+Q/DQ reference representation) the same way, with ``int8-pytorch-inductor`` (what ``torch.compile``'s x86 int8
+lowering computes) as its default profile; :func:`load_pt2` / :func:`import_pt2` read a ``torch.export.save``
+archive of one without unpickling (``hwsim import model.pt2``).
+
 The bias stays a float: PyTorch's quantized conv / linear keep ``bias()`` in float32 and add
 ``fl32(b / fl32(s_x * s_w))`` to the float32 accumulator before the multiply (fbgemm
 ``ReQuantizeOutput`` with a float bias; the ``bias.form = "float32"`` profile key, verified at op level in
@@ -18,6 +23,7 @@ tests/core/test_torch_engine.py), so :class:`Given` carries a float32 ``<node>.b
 from __future__ import annotations
 
 import operator
+import warnings
 
 import numpy as np
 import torch
@@ -54,7 +60,7 @@ _DTYPES = {torch.quint8: "uint8", torch.qint8: "int8"}
 
 def _supported() -> str:
     return ("quantize_per_tensor, nnq.Conv2d, nniq.ConvReLU2d, nnq.Linear, nniq.LinearReLU, quantized add / add_relu, "
-            "MaxPool2d, AdaptiveAvgPool2d(1), flatten, ReLU, Identity, dequantize")
+            "MaxPool2d, AdaptiveAvgPool2d(1), flatten, ReLU, ReLU6, Identity, dequantize")
 
 
 class _FxImporter:
@@ -146,6 +152,8 @@ class _FxImporter:
             return self.keep(node, self.b.global_avgpool(node.name, x), x)
         if isinstance(m, nn.ReLU):
             return self.keep(node, self.b.relu(node.name, x), x)
+        if isinstance(m, nn.ReLU6):  # quantized relu6 (qrelu.cpp): clamp(q, z, quantize_val(s, z, 6.0)), same grid
+            return self.keep(node, self.b.relu6(node.name, x), x)
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x
         self.fail(node, f"is a module {type(m).__name__} hwsim does not import")
@@ -229,9 +237,382 @@ def import_torch_int8(gm: fx.GraphModule, input_shape, mean=None, std=None, engi
     profile (:func:`engine_profile`)."""
     from hwsim.importers import parse_shape
 
+    if isinstance(gm, torch.export.ExportedProgram) or (isinstance(gm, fx.GraphModule) and any(
+            str(n.target).startswith("quantized_decomposed.") for n in gm.graph.nodes)):
+        return import_pt2e(gm, input_shape, mean, std)  # a pt2e model (convert_pt2e's Q/DQ graph)
     if not isinstance(gm, fx.GraphModule):
         raise HwsimError(f"{where}: a {type(gm).__name__}, not a torch.fx GraphModule (convert_fx's output)")
     imp = _FxImporter(gm, parse_shape(input_shape), mean, std, where)
     imp.engine = engine or torch.backends.quantized.engine
     imp.profile = engine_profile(imp.engine)
     return imp.run()
+
+
+# ----------------------------------------------------------------------------- pt2e (torch.export + torchao)
+SOURCE_PT2E = "torch.pt2e"
+
+
+def _pt2e_supported() -> str:
+    return ("quantize_per_tensor / dequantize_per_tensor (uint8 / int8), dequantize_per_channel / per_tensor of "
+            "constant int8 weights, aten conv2d, linear, relu, relu6 / hardtanh(0, 6), add of two quantized tensors, "
+            "max_pool2d, adaptive_avg_pool2d / mean to 1x1, flatten, view / reshape to [N, -1], dropout / clone")
+
+
+class _Pt2eImporter(_FxImporter):
+    """A pt2e converted graph (``convert_pt2e``, the Q/DQ reference representation): quantize_per_tensor /
+    dequantize_per_tensor pairs carry every activation grid, dequantize_per_channel of a constant int8 tensor the
+    weights; the float ops between them (conv2d, linear, relu, add, pools, flatten) become hwsim nodes. Every tensor a
+    MAC layer, add or pool writes must be quantized before its next use (that is what the engine runs on integers):
+    a float tensor used by anything but a relu, a max pool / flatten (moves the quantize commutes with, zero point
+    0) or a quantize_per_tensor is refused in one line naming the node (the x86 quantizer's conv + add fusion and
+    float-output last layer, which inductor turns into oneDNN post-ops, are such float sections)."""
+
+    def fail(self, node: fx.Node, why: str) -> None:
+        tgt = getattr(node.target, "__name__", None) or str(node.target)
+        raise HwsimError(f"{self.where}: pt2e node {node.name!r} (op {node.op}, target {tgt}) {why}; supported: "
+                         f"{_pt2e_supported()}")
+
+    def attr(self, node: fx.Node, a):
+        """A constant argument: a get_attr node's tensor, or the value."""
+        if isinstance(a, fx.Node):
+            if a.op != "get_attr":
+                self.fail(node, f"has a non-constant argument {a.name!r}")
+            obj = self.gm
+            for part in a.target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        return a
+
+    def scalar(self, node: fx.Node, a):
+        v = self.attr(node, a)
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                self.fail(node, "has a per-channel quantization parameter on an activation")
+            v = v.item()
+        return v
+
+    def qparams(self, node: fx.Node):
+        """(scale, zero_point, dtype) of a quantize / dequantize_per_tensor node, checked against the dtype's range."""
+        a = node.args
+        if len(a) < 6 or node.kwargs.get("out_dtype") not in (None, torch.float32):
+            self.fail(node, "has unexpected arguments")
+        s, z, lo, hi, dt = self.scalar(node, a[1]), int(self.scalar(node, a[2])), a[3], a[4], a[5]
+        if dt not in (torch.uint8, torch.int8) or (lo, hi) != ((0, 255) if dt == torch.uint8 else (-128, 127)):
+            self.fail(node, f"quantizes to {dt} [{lo}, {hi}] (hwsim reads uint8 [0, 255] / int8 [-128, 127])")
+        if not (np.isfinite(s) and s > 0):
+            self.fail(node, f"has scale {s!r} (allowed: finite > 0)")
+        return float(s), z, ("uint8" if dt == torch.uint8 else "int8")
+
+    def set_grid(self, node: fx.Node, t: str, s: float, z: int, dt: str) -> None:
+        g = {"scale": float(np.float32(s)), "zero_point": int(z), "dtype": dt}
+        if t in self.grids and self.grids[t] != g:
+            self.fail(node, f"re-quantizes tensor {t!r} from {self.grids[t]} to {g} (hwsim: one grid per tensor)")
+        self.grids[t] = g
+
+    def weight(self, node: fx.Node, a):
+        """(integer weights, scales, zero points) of a dequantize_per_channel / per_tensor of a constant."""
+        if not isinstance(a, fx.Node) or a.op != "call_function" or a.target not in (
+                self.q.dequantize_per_channel.default, self.q.dequantize_per_tensor.default):
+            self.fail(node, "has a weight that is not a dequantized constant (a float weight: not quantized)")
+        wq = self.attr(a, a.args[0])
+        if not isinstance(wq, torch.Tensor) or wq.dtype != torch.int8:
+            self.fail(a, "dequantizes a weight that is not a constant int8 tensor")
+        if a.target == self.q.dequantize_per_channel.default:
+            s = self.attr(a, a.args[1]).detach().numpy().astype(np.float32)
+            z = self.attr(a, a.args[2]).detach().numpy().astype(np.int64)
+            if a.args[3] != 0:
+                self.fail(a, f"has per-channel weight scales on axis {a.args[3]} (hwsim: axis 0)")
+            lo, hi = a.args[4], a.args[5]
+        else:
+            s = np.array([self.scalar(a, a.args[1])], np.float32)
+            z = np.array([int(self.scalar(a, a.args[2]))], np.int64)
+            lo, hi = a.args[3], a.args[4]
+        if (lo, hi) not in ((-128, 127), (-127, 127)):
+            self.fail(a, f"has a weight range [{lo}, {hi}] (hwsim reads int8 weights)")
+        return wq.detach().numpy().astype(np.int64), s, z
+
+    def mac(self, node: fx.Node, x: str) -> str:
+        a = node.args
+        if node.kwargs:
+            self.fail(node, f"has keyword arguments {sorted(node.kwargs)} (hwsim reads positional ones)")
+        wq, s, z = self.weight(node, a[1])
+        b = self.attr(node, a[2]) if len(a) > 2 else None
+        shp = (-1,) + (1,) * (wq.ndim - 1)
+        wf = ((wq - z.reshape(shp)).astype(np.float32) * s.reshape(shp)).astype(np.float32)
+        bf = None if b is None else b.detach().numpy().astype(np.float32)
+        name = node.name
+        if node.target == torch.ops.aten.conv2d.default:
+            # aten.conv2d(input, weight, bias, stride=1, padding=0, dilation=1, groups=1): the trailing defaults
+            stride, padding, dilation, groups = (list(a[3:]) + [1, 0, 1, 1][max(len(a) - 3, 0):])[:4]
+            if isinstance(padding, str):
+                self.fail(node, f"has padding {padding!r} (hwsim: explicit pads)")
+            y = self.b.conv2d(name, x, wf, bf, stride, padding, dilation, groups)
+        else:
+            y = self.b.linear(name, x, wf, bf)
+        self.layers[name] = {"w_scale": [float(v) for v in s], "w_zero_point": [int(v) for v in z], "w_dtype": "int8"}
+        self.arrays[f"{name}.weight"] = np.ascontiguousarray(wq.astype(np.int8))
+        if bf is not None:
+            self.arrays[f"{name}.bias"] = bf
+        return y
+
+    def quantized_in(self, node: fx.Node, a) -> str:
+        """The hwsim tensor a dequantize_per_tensor node reads (the op's input must be one)."""
+        v = self.env.get(a.name) if isinstance(a, fx.Node) else None
+        if not (isinstance(v, tuple) and v[0] == "dq"):
+            self.fail(node, f"reads {getattr(a, 'name', a)!r}, a float tensor (not dequantize_per_tensor's output): a "
+                            "float section (the x86 inductor quantizer leaves a conv output feeding an add, and the "
+                            "last layer's output, unquantized: the engine fuses them into oneDNN post-ops, which hwsim "
+                            "does not model)")
+        return v[1]
+
+    def moved_in(self, node: fx.Node, a) -> str:
+        """The input of a value-moving op (max pool, flatten): a quantized tensor, or a float MAC (+ relu) output
+        whose quantize comes after the moves (recorded in ``self.chain``, resolved by that quantize)."""
+        v = self.env.get(a.name) if isinstance(a, fx.Node) else None
+        if isinstance(v, tuple) and v[0] == "float" and v[1] not in self.grids:
+            self.pending = (v[1], self.chain.get(v[1], [v[1]]))
+            return v[1]
+        return self.quantized_in(node, a)
+
+    def keep(self, node, y: str, x: str) -> str:
+        pending = getattr(self, "pending", None)
+        if pending is not None and pending[0] == x:
+            self.pending = None
+            self.chain[y] = pending[1] + [y]
+            return y
+        return super().keep(node, y, x)
+
+    def run(self):
+        from hwsim.given import Given
+        from hwsim.graph import validate
+
+        self.chain: dict[str, list[str]] = {}
+        self.pending = None
+        self.q = torch.ops.quantized_decomposed
+        aten = torch.ops.aten
+        Q = (self.q.quantize_per_tensor.default, self.q.quantize_per_tensor.tensor)
+        DQ = (self.q.dequantize_per_tensor.default, self.q.dequantize_per_tensor.tensor)
+        DQW = (self.q.dequantize_per_channel.default,)
+        outputs = []
+        for node in self.gm.graph.nodes:
+            f, a = node.target, node.args
+            if node.op == "placeholder":
+                if "float_input" in self.env.values():
+                    self.fail(node, "is a second input (only one input is supported)")
+                self.env[node.name] = "float_input"
+            elif node.op == "get_attr" or (node.op == "call_module" and not node.users):
+                continue  # constants (read where used); torch.export's _guards_fn
+            elif node.op == "output":
+                outs = node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]]
+                outputs = [self.env[o.name][1] if isinstance(o, fx.Node) and isinstance(self.env.get(o.name), tuple)
+                           and self.env[o.name][0] == "q" else self.quantized_in(node, o) for o in outs]
+            elif node.op != "call_function":
+                self.fail(node, "is not a call_function")
+            elif f in Q:
+                s, z, dt = self.qparams(node)
+                src = self.env.get(a[0].name) if isinstance(a[0], fx.Node) else None
+                if src == "float_input":
+                    if "input" in self.grids:
+                        self.fail(node, "quantizes the model input a second time")
+                    t = "input"
+                elif isinstance(src, tuple) and src[0] == "float":
+                    t = src[1]
+                    moved = self.chain.get(t, [t])
+                    if len(moved) > 1:
+                        # a MAC output moved in float (max pool, flatten) before its quantize: the quantize commutes
+                        # with the moves (monotonic), so the MAC output gets this grid; inductor's standalone
+                        # quantize adds the zero point after rounding, the fused requant before: equal only for z = 0
+                        if z != 0:
+                            self.fail(node, "quantizes a float section (max pool / flatten of a conv or linear "
+                                            f"output) with zero point {z} (hwsim reproduces it for zero point 0)")
+                        for m in moved[:-1]:
+                            self.set_grid(node, m, s, z, dt)
+                elif isinstance(src, tuple) and src[0] == "dq":
+                    self.fail(node, "re-quantizes a dequantized tensor without an op between them")
+                else:
+                    self.fail(node, "quantizes a tensor hwsim did not produce")
+                self.set_grid(node, t, s, z, dt)
+                self.env[node.name] = ("q", t)
+            elif f in DQ:
+                src = self.env.get(a[0].name) if isinstance(a[0], fx.Node) else None
+                if not (isinstance(src, tuple) and src[0] == "q"):
+                    if isinstance(a[0], fx.Node) and a[0].op == "get_attr":
+                        self.env[node.name] = ("w", None)  # a per-tensor weight, read by its conv / linear
+                        continue
+                    self.fail(node, "dequantizes a tensor that is not quantize_per_tensor's output")
+                s, z, dt = self.qparams(node)
+                if self.grids[src[1]] != {"scale": float(np.float32(s)), "zero_point": z, "dtype": dt}:
+                    self.fail(node, "dequantizes with other parameters than its quantize_per_tensor")
+                self.env[node.name] = ("dq", src[1])
+            elif f in DQW:
+                self.env[node.name] = ("w", None)
+            elif f in (aten.conv2d.default, aten.linear.default):
+                self.env[node.name] = ("float", self.mac(node, self.quantized_in(node, a[0])))
+            elif f in (aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default):
+                six = f in (aten.hardtanh.default, aten.hardtanh_.default)
+                if six and tuple(float(v) for v in a[1:3]) != (0.0, 6.0):
+                    self.fail(node, f"is hardtanh{tuple(a[1:3])} (hwsim: relu6 = hardtanh(0, 6))")
+                act = self.b.relu6 if six else self.b.relu
+                v = self.env.get(a[0].name) if isinstance(a[0], fx.Node) else None
+                if isinstance(v, tuple) and v[0] == "float":  # on a conv / linear / add output: fused into it
+                    self.env[node.name] = ("float", act(node.name, v[1]))
+                else:
+                    x = self.quantized_in(node, a[0])
+                    self.env[node.name] = ("float", self.keep(node, act(node.name, x), x))
+            elif f in (aten.add.Tensor, aten.add_.Tensor):
+                if len(a) != 2 or node.kwargs:
+                    self.fail(node, "has an alpha or a scalar operand")
+                self.env[node.name] = ("float", self.b.add(node.name, self.quantized_in(node, a[0]),
+                                                             self.quantized_in(node, a[1])))
+            elif f in (aten.max_pool2d.default, aten.max_pool2d_with_indices.default):
+                if node.kwargs:
+                    self.fail(node, f"has keyword arguments {sorted(node.kwargs)} (hwsim reads positional ones)")
+                x = self.moved_in(node, a[0])
+                k = a[1]
+                st = a[2] if len(a) > 2 and a[2] else k
+                pd = a[3] if len(a) > 3 else 0
+                dil = a[4] if len(a) > 4 else 1
+                ceil = a[5] if len(a) > 5 else False
+                if ceil or dil not in (1, [1, 1], (1, 1)):
+                    self.fail(node, "is a max_pool2d with ceil_mode or dilation (hwsim: neither)")
+                self.env[node.name] = ("float", self.keep(node, self.b.maxpool2d(node.name, x, k, st, pd), x))
+            elif f is operator.getitem:
+                v = self.env.get(a[0].name)
+                if a[1] != 0 or not isinstance(v, tuple):
+                    self.fail(node, "reads an output other than max_pool2d's values")
+                self.env[node.name] = v
+            elif f in (aten.adaptive_avg_pool2d.default, aten.mean.dim):
+                if f == aten.mean.dim and (sorted(a[1]) not in ([2, 3], [-2, -1]) or not (len(a) > 2 and a[2])):
+                    self.fail(node, "is a mean over other than H, W with keepdim")
+                if f == aten.adaptive_avg_pool2d.default and list(a[1]) != [1, 1]:
+                    self.fail(node, f"is an adaptive_avg_pool2d to {a[1]} (hwsim: 1)")
+                self.env[node.name] = ("float", self.b.global_avgpool(node.name, self.quantized_in(node, a[0])))
+            elif f in (aten.flatten.using_ints, aten.view.default, aten.reshape.default):
+                if (f == aten.flatten.using_ints and tuple(a[1:]) not in ((1,), (1, -1))) or (
+                        f != aten.flatten.using_ints and (len(a[1]) != 2 or a[1][1] != -1)):
+                    self.fail(node, "flattens other than from dim 1")
+                x = self.moved_in(node, a[0])
+                self.env[node.name] = ("float", self.keep(node, self.b.flatten(node.name, x), x))
+            elif f in (aten.dropout.default, aten.clone.default, aten.contiguous.default):
+                self.env[node.name] = self.env[a[0].name]
+            else:
+                self.fail(node, "is not supported by hwsim's pt2e import")
+        if "input" not in self.grids:
+            raise HwsimError(f"{self.where}: no quantize_per_tensor of the input (not a pt2e-converted int8 model)")
+        g = self.b.build(outputs=outputs, metadata={})
+        g.metadata.update({"quantized": SOURCE_PT2E, "torch_engine": self.engine, "default_profile": self.profile,
+                           "given": Given(ENGINE, SOURCE_PT2E, self.profile, self.grids, self.layers, self.arrays)})
+        validate(g, where=f"{self.where} (imported)")
+        return g
+
+
+def import_pt2e(model, input_shape, mean=None, std=None, profile: str = "int8-pytorch-inductor",
+                where: str = "pt2e model"):
+    """The hwsim Graph of a pt2e-quantized model (``convert_pt2e``'s GraphModule, or a torch.export
+    ExportedProgram of one): the dequantized float graph with its given quantization (``metadata["given"]``) and
+    ``profile`` as its default (module docstring: what the x86 inductor path computes)."""
+    from hwsim.importers import parse_shape
+
+    if isinstance(model, torch.export.ExportedProgram):
+        model = model.module()
+    if not isinstance(model, fx.GraphModule):
+        raise HwsimError(f"{where}: a {type(model).__name__}, not a pt2e GraphModule or torch.export ExportedProgram")
+    imp = _Pt2eImporter(model, parse_shape(input_shape), mean, std, where)
+    imp.engine, imp.profile = "x86-inductor", profile
+    g = imp.run()
+    # {quantize_per_tensor node: hwsim tensor} for tests and comparisons (not stored in the file)
+    g.pt2e_tensors = {k: v[1] for k, v in imp.env.items() if isinstance(v, tuple) and v[0] == "q"}
+    return g
+
+
+def load_pt2(path, where: str | None = None):
+    """The torch.export ExportedProgram in a ``.pt2`` archive (``torch.export.save``), read without unpickling.
+
+    ``torch.export.load`` is not pickle-free: it reads the sample inputs with ``torch.load`` falling back to
+    ``weights_only=False``, and weights or constants saved "pickled" with ``torch.load(weights_only=False)`` /
+    ``pickle.loads`` (torch/export/pt2_archive/_package.py, torch/_export/serde/serialize.py). This reader takes
+    the graph (models/<name>.json), the raw weight and tensor-constant payloads (their JSON configs) and nothing
+    else: an archive with a pickled weight or constant, a custom or opaque object, a legacy pickled weights file or
+    more than one model is refused in one line; the sample inputs are never read."""
+    import os
+
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  registers the quantized_decomposed ops the graph names
+    from torch._export.serde import schema
+    from torch._export.serde.serialize import ExportedProgramDeserializer, _bytes_to_dataclass
+    from torch.export.pt2_archive import _package as pk
+    from torch.export.pt2_archive import constants as pc
+
+    where = where or str(path)
+    if not os.path.isfile(path):
+        raise HwsimError(f"{where}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = pk.PT2ArchiveReader(str(path))
+            names = reader.get_file_names()
+    except Exception as e:  # torch's zip reader: truncated or not a zip
+        raise HwsimError(f"{where}: not a readable .pt2 archive ({_first_line(e)})") from None
+    prefix, suffix = pc.MODELS_FILENAME_FORMAT.split("{}")
+    models = [n[len(prefix):-len(suffix)] for n in names if n.startswith(prefix) and n.endswith(suffix)]
+    if len(models) != 1:
+        raise HwsimError(f"{where}: {len(models)} exported programs in the archive (hwsim reads one)")
+    model = models[0]
+    if any(n.startswith(pc.AOTINDUCTOR_DIR) for n in names):
+        raise HwsimError(f"{where}: an AOTInductor package (compiled code), not a torch.export program")
+    for legacy in (f"{pc.WEIGHTS_DIR}{model}.pt", f"{pc.CONSTANTS_DIR}{model}.pt"):
+        if legacy in names:
+            raise HwsimError(f"{where}: {legacy} is a pickled (legacy format) payload; hwsim does not unpickle "
+                             "(re-save with torch.export.save of torch 2.13)")
+    try:
+        for cfg_name, kind in ((pc.WEIGHTS_CONFIG_FILENAME_FORMAT.format(model), "weight"),
+                               (pc.CONSTANTS_CONFIG_FILENAME_FORMAT.format(model), "constant")):
+            if cfg_name not in names:
+                raise HwsimError(f"{where}: {cfg_name} missing (not a torch.export.save archive)")
+            cfg = pk._load_payload_config(reader, cfg_name)
+            for fqn, meta in cfg.config.items():
+                if meta.use_pickle or (kind == "constant"
+                                       and not meta.path_name.startswith(pc.TENSOR_CONSTANT_FILENAME_PREFIX)):
+                    raise HwsimError(f"{where}: {kind} {fqn!r} is stored pickled or as an object "
+                                     f"({meta.path_name}); hwsim reads raw tensor payloads only and does not unpickle")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ser = _bytes_to_dataclass(schema.ExportedProgram, reader.read_bytes(prefix + model + suffix))
+            state_dict = pk._load_state_dict(reader, model)
+            constants = pk._load_constants(reader, model)
+            ep = ExportedProgramDeserializer().deserialize(ser, state_dict, constants, ((), {}))
+            # the sample inputs stay unread (pickled): zeros of the user inputs' shapes stand in for them (what
+            # ExportedProgram.module() binds its argument names with); a symbolic size becomes 1
+            user = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
+            fake = []
+            for n in user:
+                val = n.meta.get("val")
+                dims = [d if isinstance(d, int) else 1 for d in getattr(val, "shape", ())]
+                fake.append(torch.zeros(dims, dtype=getattr(val, "dtype", torch.float32)))
+            ep._example_inputs = (tuple(fake), {})
+            return ep
+    except HwsimError:
+        raise
+    except Exception as e:
+        raise HwsimError(f"{where}: not a readable torch.export program ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def import_pt2(path, mean=None, std=None, input_shape=None):
+    """``hwsim import model.pt2``: a saved torch.export program of a pt2e-converted int8 model (:func:`load_pt2`,
+    no unpickling) imported by :func:`import_pt2e`; the input shape is read from the program where it is fixed."""
+    from hwsim.importers import parse_shape
+
+    ep = load_pt2(path)
+    shape = parse_shape(input_shape)
+    if shape is None:
+        ph = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
+        val = ph[0].meta.get("val") if len(ph) == 1 else None
+        dims = list(getattr(val, "shape", []))[1:]
+        if len(dims) != 3 or not all(isinstance(d, int) for d in dims):
+            raise HwsimError(f"{path}: the input shape is not fixed in the program; give --input-shape C,H,W")
+        shape = tuple(dims)
+    return import_pt2e(ep, shape, mean, std, where=str(path))

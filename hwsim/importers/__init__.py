@@ -37,6 +37,8 @@ def model_format(path: str | os.PathLike) -> str:
         return "onnx"
     if suffix == ".tflite":
         return "tflite"
+    if suffix == ".pt2":  # torch.export.save of a pt2e int8 model (frontends.pytorch.importers.load_pt2)
+        return "pt2"
     if suffix in (".pt", ".pth"):
         raise HwsimError(f"{p}: a PyTorch checkpoint is not a model file; convert it first: "
                          f"hwsim export {p.name} -o model.hwsim (an hwsim training checkpoint) or hwsim export "
@@ -66,6 +68,12 @@ def import_model(path: str | os.PathLike, mean=None, std=None, input_shape=None)
         from hwsim.importers.tflite import import_tflite
 
         return import_tflite(path, mean=mean, std=std, input_shape=input_shape)
+    if fmt == "pt2":
+        try:
+            from frontends.pytorch.importers import import_pt2
+        except ImportError as e:
+            raise HwsimError(f"{path}: reading a .pt2 (torch.export) model needs torch: {e}") from None
+        return import_pt2(path, mean=mean, std=std, input_shape=input_shape)
     raise HwsimError(f"{path}: already an .hwsim model file (nothing to import)")
 
 

@@ -180,7 +180,8 @@ class RequantParams:
     """Per-output-channel requantization constants (arrays of length ``channels``; 1 = per tensor).
 
     float32: ``multiplier`` (float32 M) and optional ``bias_term`` (float32, fbgemm float bias) and
-    ``pre_scale`` (float32, oneDNN: f32(acc) * pre_scale[c] before the bias, :func:`make_onednn_requant_params`);
+    ``pre_scale`` (float32, oneDNN: f32(acc) * pre_scale[c] before the bias, :func:`make_onednn_requant_params`),
+    ``src_scale`` (float32 scalar, oneDNN's sequential scales: f32(acc) * src_scale before ``pre_scale``);
     fixed: ``q`` (Q31 or Q15 multiplier) and ``shift`` (real = q * 2^(shift - multiplier_bits));
     pow2: ``shift`` = n with M = 2^-n (n < 0: exact left shift). ``real`` = M in float64 (reports).
     """
@@ -192,6 +193,7 @@ class RequantParams:
     shift: np.ndarray | None = None
     bias_term: np.ndarray | None = None
     pre_scale: np.ndarray | None = None
+    src_scale: np.float32 | None = None
 
     @property
     def channels(self) -> int:
@@ -252,7 +254,7 @@ def make_requant_params(s_x: float, s_w, s_y: float, cfg: Requant, bias=None) ->
     return RequantParams("pow2", real, shift=(ey - ex - ew).astype(np.int64))
 
 
-def make_onednn_requant_params(s_x: float, s_w, s_y: float, bias=None) -> RequantParams:
+def make_onednn_requant_params(s_x: float, s_w, s_y: float, bias=None, form: str = "onednn") -> RequantParams:
     """oneDNN's int8 convolution as PyTorch's x86 engine calls it (profile key ``bias.form = "onednn"``):
     y = round_half_even(fl32(fl32(fl32(fl32(acc) * S[c]) + b[c]) * D) + z_y), z_y added in float32 before the
     rounding (``requant.zero_point = "before"``), with S[c] = fl32(s_x' * s_w[c]) and the scales as they reach
@@ -261,18 +263,32 @@ def make_onednn_requant_params(s_x: float, s_w, s_y: float, bias=None) -> Requan
     that ideep inverts again, s_x' = fl32(1/fl32(1/s_x)); the weight scales arrive as given; the destination
     multiplier D = fl32(1/fl32(1/fl32(1/s_y))) (oneDNN multiplies by the inverse of its dst scale). Measured
     against torch 2.13 (tests/importers/test_torch_int8.py); the s_y reciprocal chain is the one consistent
-    with the source, data did not separate it from fl32(1/s_y)."""
+    with the source, data did not separate it from fl32(1/s_y).
+
+    torch.compile's x86 int8 lowering (pt2e models) calls oneDNN directly (``torch.ops.onednn.qconv_pointwise`` /
+    ``qlinear_pointwise``) with the scales as given, and oneDNN's kernels then differ by implementation (measured
+    against torch 2.13 op by op, tests/importers/test_pt2e.py, the implementation named by ONEDNN_VERBOSE):
+    ``form = "onednn_combined"``: fl32(fl32(acc) * fl32(s_x * s_w[c])) + b (the AMX kernels: brg_conv_fwd /
+    brgconv_1x1 / brg_matmul on avx10_1_512_amx); ``form = "onednn_sequential"``: the scales one after the other,
+    fl32(fl32(fl32(acc) * s_x) * s_w[c]) + b (the non-AMX kernels: brdgmm_dw depthwise, small brg_matmul on
+    avx10_1_512); both then times D with the zero point before rounding."""
     s_x, s_w, s_y = _scales(s_x, s_w, s_y)
     f32 = np.float32
     one = f32(1)
     fx = one / (one / f32(s_x))
     d = one / (one / (one / f32(s_y)))
-    pre = (fx * s_w.astype(f32)).astype(f32)
+    src = None
+    if form == "onednn_sequential":
+        pre, src = s_w.astype(f32).copy(), f32(s_x)
+    elif form == "onednn_combined":
+        pre = (f32(s_x) * s_w.astype(f32)).astype(f32)
+    else:
+        pre = (fx * s_w.astype(f32)).astype(f32)
     c = pre.size
     b = np.zeros(c, f32) if bias is None else np.broadcast_to(np.asarray(bias, np.float64).reshape(-1).astype(f32), (c,))
     real = f32(s_x).astype(np.float64) * s_w.astype(f32).astype(np.float64) / np.float64(f32(s_y))
     return RequantParams("float32", real, multiplier=np.full(c, d, f32), bias_term=b.astype(f32).copy(),
-                         pre_scale=pre)
+                         pre_scale=pre, src_scale=src)
 
 
 def _per_channel(v: np.ndarray, ndim: int, channel_axis: int) -> np.ndarray:
@@ -350,11 +366,14 @@ def _requantize_fast(acc, params: RequantParams, cfg: Requant, z_y: int, channel
     if params.channels > 1 and (nd == 0 or acc.shape[channel_axis] != params.channels):
         raise HwsimError(f"requantize: {params.channels} per-channel multipliers but accumulator shape {acc.shape} "
                          f"(channel axis {channel_axis})")
-    if cfg.mode == "float32" and cfg.rounding != "stochastic" and acc.ndim and acc.size:
+    if (cfg.mode == "float32" and cfg.rounding != "stochastic" and acc.ndim and acc.size
+            and params.src_scale is None):  # the kernel has no src_scale step: numpy below
         return _float32_requant_kernel(acc, params, cfg, z_y, channel_axis)
     if cfg.mode == "float32":
         fa = acc.astype(np.float32)
         with np.errstate(over="ignore"):
+            if params.src_scale is not None:
+                fa = fa * np.float32(params.src_scale)
             if params.pre_scale is not None:
                 fa = fa * _per_channel(params.pre_scale, nd, channel_axis)
             if params.bias_term is not None:

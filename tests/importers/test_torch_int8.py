@@ -114,11 +114,15 @@ def converted():
     return get
 
 
-@pytest.mark.parametrize("engine,profile,other", ENGINES)
-@pytest.mark.parametrize("net", ["smallcnn_baseline", "resnet8"])
+# the bundled MobileNetV2 has ReLU6 and depthwise convs of 16..128 groups (x86: <= 100 to oneDNN, 128 to fbgemm)
+NETS = [pytest.param(net, *e.values, marks=e.marks) if hasattr(e, "values") else (net, *e)
+        for net in ("smallcnn_baseline", "resnet8", "mobilenetv2") for e in ENGINES]
+
+
+@pytest.mark.parametrize("net,engine,profile,other", NETS)
 def test_fx_network_identical(net, engine, profile, other, converted, tmp_path):
     """The converted model's output integers == hwsim's under the engine's profile on 64 inputs (real test images
-    for the bundled SmallCNN), after a .hwsim round trip; every intermediate tensor too."""
+    for the bundled models), after a .hwsim round trip; every intermediate tensor too."""
     q, shape, mean, std, images = converted(net, engine)
     g = import_torch_int8(q, shape, mean, std)
     assert given_of(g).profile == g.metadata["default_profile"] == profile
@@ -152,26 +156,40 @@ def test_other_engine_profile_disagrees(engine, profile, other, converted):
     assert all(np.array_equal(t, h) for t, h in every_tensor(q, g, x, profile).values())
 
 
-def test_onednn_requant_fast_equals_reference():
-    """ops.make_onednn_requant_params: the numba kernel, the numpy path (stochastic-free) and reference.py agree,
-    and the arithmetic is the documented chain."""
+@pytest.mark.parametrize("form", ["onednn", "onednn_combined", "onednn_sequential"])
+def test_onednn_requant_fast_equals_reference(form):
+    """ops.make_onednn_requant_params: the fast path (numba kernel, or numpy for the sequential scales), and
+    reference.py agree, and the arithmetic is the documented chain of each form (x86 engine; pt2e's combined and
+    sequential scales); the three forms are three functions on these accumulators."""
     from hwsim import ops, reference
 
     rng = np.random.default_rng(3)
-    acc = rng.integers(-40000, 40000, (2, 5, 7))
-    sw = rng.uniform(1e-4, 1e-2, 5)
+    # every accumulator in [-2^19, 2^19) on 5 channels: near-tie values on each, where the forms differ
+    acc = np.broadcast_to(np.arange(-2 ** 19, 2 ** 19).reshape(1, 1, -1), (1, 5, 2 ** 20))
+    sw = rng.uniform(1e-4, 1e-3, 5)
     b = rng.normal(0, 0.3, 5).astype(np.float32)
-    p = ops.make_onednn_requant_params(0.0123, sw, 0.0371, bias=b)
     cfg = ops.Requant(zero_point="before")
-    y_fast, _ = ops.requantize(acc, p, cfg, 60, 0, 255)
-    y_ref, _ = reference.requantize(acc, p, cfg, 60, 0, 255)
     f32 = np.float32
     one = f32(1)
-    s = (one / (one / f32(0.0123)) * sw.astype(f32)).astype(f32).reshape(1, -1, 1)
     d = one / (one / (one / f32(0.0371)))
-    v = ((((acc.astype(f32) * s).astype(f32) + b.reshape(1, -1, 1)).astype(f32) * d).astype(f32) + f32(60)).astype(f32)
-    assert np.array_equal(y_fast, y_ref)
-    assert np.array_equal(y_fast, np.clip(np.rint(v).astype(np.int64), 0, 255))
+    a = acc.astype(f32)
+    ys = {}
+    for fm in ("onednn", "onednn_combined", "onednn_sequential"):
+        p = ops.make_onednn_requant_params(0.0123, sw, 0.0371, bias=b, form=fm)
+        y_fast, _ = ops.requantize(acc, p, cfg, 60, 0, 255)
+        ys[fm] = y_fast
+        if fm == form:
+            idx = rng.integers(0, 2 ** 20, 50)
+            y_ref, _ = reference.requantize(acc[:, :, idx], p, cfg, 60, 0, 255)
+            assert np.array_equal(y_fast[:, :, idx], y_ref)
+    swf = sw.astype(f32).reshape(1, -1, 1)
+    scaled = {"onednn": a * (one / (one / f32(0.0123)) * swf).astype(f32),
+              "onednn_combined": a * (f32(0.0123) * swf).astype(f32),
+              "onednn_sequential": (a * f32(0.0123)).astype(f32) * swf}[form].astype(f32)
+    v = (((scaled + b.reshape(1, -1, 1)).astype(f32) * d).astype(f32) + f32(60)).astype(f32)
+    assert np.array_equal(ys[form], np.clip(np.rint(v).astype(np.int64), 0, 255))
+    assert all(not np.array_equal(ys[f1], ys[f2]) for f1, f2 in
+               (("onednn", "onednn_combined"), ("onednn", "onednn_sequential"), ("onednn_combined", "onednn_sequential")))
 
 
 def test_quantize_per_tensor_form():
@@ -269,3 +287,49 @@ def test_per_tensor_weights_and_linear_relu():
     with pytest.raises(HwsimError) as e:
         import_torch_int8(q, (2, 8, 8))
     assert "\n" not in str(e.value) and "dequantizes in the middle of the graph" in str(e.value)
+
+
+@pytest.mark.skipif(not VNNI, reason="x86 engine convolutions go to oneDNN on VNNI CPUs")
+@pytest.mark.parametrize("groups", [96, 128])
+def test_x86_conv_dispatch_by_groups(groups, tmp_path):
+    """PyTorch's x86 engine sends a convolution with <= 100 groups to oneDNN and one with more to fbgemm
+    (OnednnUtils.h, onednn_utils::prefer_onednn): a depthwise conv of 96 / 128 groups, every tensor identical under
+    int8-pytorch-onednn (overrides selected by max_groups = 100); the other backend's form for that layer differs."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pw = torch.nn.Conv2d(3, groups, 1)
+            self.relu = torch.nn.ReLU()
+            self.dw = torch.nn.Conv2d(groups, groups, 3, padding=1, groups=groups)
+
+        def forward(self, x):
+            return self.dw(self.relu(self.pw(x)))
+
+    torch.manual_seed(groups)
+    rng = np.random.default_rng(groups)
+    q = fx_int8(Net().eval(), (3, 16, 16), rng.random((16, 3, 16, 16), dtype=np.float32), "x86")
+    g = import_torch_int8(q, (3, 16, 16))
+    x = rng.random((64, 3, 16, 16), dtype=np.float32)
+    for name, (t, h) in every_tensor(q, g, x, "int8-pytorch-onednn").items():
+        assert np.array_equal(t, h), name
+    # the neighbouring form on the depthwise layer: fbgemm's (int8-pytorch) for 96 groups, oneDNN's for 128
+    if groups <= 100:
+        other = "int8-pytorch"
+    else:
+        other = tmp_path / "all-onednn.toml"
+        other.write_text('extends = "int8-pytorch"\n[[overrides]]\nop = "depthwise"\n"bias.form" = "onednn"\n'
+                         '"requant.zero_point" = "before"\n')
+    t, h = every_tensor(q, g, x, str(other))["dw"]
+    assert (t != h).sum() > 0
+
+
+def test_max_groups_selector_bad_value(tmp_path):
+    """overrides[].max_groups: an integer >= 1, else one line naming the key."""
+    from hwsim.profile import load_profile as lp
+
+    p = tmp_path / "p.toml"
+    for bad in ("0", "true", '"100"'):
+        p.write_text(f'extends = "int8-pytorch"\n[[overrides]]\nop = "conv"\nmax_groups = {bad}\n"bias.form" = "onednn"\n')
+        with pytest.raises(HwsimError, match=r"'overrides\[0\]\.max_groups': allowed an integer >= 1") as e:
+            lp(str(p))
+        assert "\n" not in str(e.value)

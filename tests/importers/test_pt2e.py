@@ -1,0 +1,372 @@
+"""pt2e int8 models (torch.export -> torchao's prepare_pt2e / convert_pt2e with X86InductorQuantizer) imported with
+their own numbers (frontends.pytorch.importers.import_pt2e) and run by hwsim under int8-pytorch-inductor: the
+integers torch.compile's x86 lowering (freezing on: oneDNN qconv / qlinear_pointwise, generated C++ quantize and
+mean kernels) computes, bit for bit; the arithmetic forms measured op by op against torch.ops.onednn, the
+neighbouring forms shown to differ; a float section (what the x86 quantizer leaves to oneDNN post-ops) or an op
+outside the supported set is one line naming the pt2e node."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")  # tests.importers.test_given_network (the bundled models as torch modules)
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+except ImportError as e:  # pragma: no cover - depends on the environment
+    pytest.skip(f"torchao (pt2e's prepare_pt2e / convert_pt2e and X86InductorQuantizer) not importable: {e}",
+                allow_module_level=True)
+
+from frontends.pytorch.importers import import_pt2e  # noqa: E402
+from hwsim import ops  # noqa: E402
+from hwsim.compile import InductorQuantizeGrid, TorchQuantizeGrid, compile_model  # noqa: E402
+from hwsim.errors import HwsimError  # noqa: E402
+from hwsim.execute import run_integer  # noqa: E402
+from hwsim.given import given_of  # noqa: E402
+from hwsim.profile import load_profile  # noqa: E402
+from tests.engines import cpu_flags  # noqa: E402
+from tests.importers.test_given_network import _bundled_torch, _images, _resnet  # noqa: E402
+
+FLAGS = cpu_flags()
+# the profile's forms are those of oneDNN's AMX convolutions and VNNI depthwise / matmul kernels (ONEDNN_VERBOSE)
+AMX = pytest.mark.skipif(not {"amx_int8", "avx512_vnni"} <= FLAGS,
+                         reason="int8-pytorch-inductor models oneDNN's kernels on an AMX + VNNI CPU")
+Q = torch.ops.quantized_decomposed.quantize_per_tensor.default
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pt2e_int8(m, shape, calib):
+    """``m`` exported (dynamic batch), quantized by X86InductorQuantizer's default config, calibrated on ``calib``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex = torch.export.export(copy.deepcopy(m).eval(), (torch.zeros(2, *shape),),
+                                 dynamic_shapes=({0: torch.export.Dim("N")},))
+        q = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+        p = prepare_pt2e(ex.module(), q)
+        with torch.no_grad():
+            p(torch.from_numpy(calib))
+        return convert_pt2e(p)
+
+
+def cut(gm, names):
+    """A copy of the pt2e graph whose outputs are the quantize_per_tensor nodes ``names`` (their integers)."""
+    gm = copy.deepcopy(gm)
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    nodes = {n.name: n for n in gm.graph.nodes}
+    out.args = (tuple(nodes[k] for k in names),)
+    gm.graph._codegen = torch.fx.graph.CodeGen()  # plain tuple output, not the exported pytree spec
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def inductor(gm, x):
+    """torch.compile(gm) with freezing (the x86 int8 lowering) on x: its outputs as int64 arrays."""
+    import torch._inductor.config as ic
+
+    old = ic.freezing
+    ic.freezing = True
+    try:
+        torch._dynamo.reset()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ys = torch.compile(gm)(torch.from_numpy(x))
+    finally:
+        ic.freezing = old
+        torch._dynamo.reset()
+    ys = ys if isinstance(ys, (tuple, list)) else (ys,)
+    return [y.numpy().astype(np.int64) for y in ys]
+
+
+@pytest.fixture(scope="module")
+def smallcnn():
+    m, spec = _bundled_torch("smallcnn_baseline")
+    c = pt2e_int8(m, spec.shape, _images("smallcnn_baseline", 32, 9))
+    return c, spec
+
+
+@AMX
+def test_smallcnn_integer_sections_identical(smallcnn):
+    """The bundled SmallCNN quantized by pt2e and compiled by inductor: the last conv's output and the pooled
+    features (the integers the float-output last linear reads) == hwsim's under int8-pytorch-inductor on 128 real
+    test images; int8-pytorch-onednn (the x86 engine's quantized::conv2d) and int8-pytorch (fbgemm) differ on the
+    conv output. The eager module (float DQ -> conv -> Q) is another function too."""
+    c, spec = smallcnn
+    qs = [n.name for n in c.graph.nodes if n.target == Q]
+    names = [qs[-3], qs[-1]]  # the third conv + relu output; the flattened pooled features
+    gm = cut(c, names)  # one compiled graph with both outputs; hwsim graphs have one output: one import each
+    gs = [import_pt2e(cut(c, [k]), spec.shape, spec.mean, spec.std) for k in names]
+    assert all(g.metadata["default_profile"] == given_of(g).profile == "int8-pytorch-inductor" for g in gs)
+    x = _images("smallcnn_baseline", 128, 0)
+    ys = inductor(gm, x)
+    with torch.no_grad():
+        eager = [t.numpy().astype(np.int64) for t in gm(torch.from_numpy(x))]
+    diff = {}
+    for prof in ("int8-pytorch-inductor", "int8-pytorch-onednn", "int8-pytorch"):
+        diff[prof] = []
+        for g, k, y in zip(gs, names, ys):
+            qg = compile_model(g, load_profile(prof), None)
+            h = run_integer(qg, x)[qg.output_name]
+            assert qg.output_name == g.pt2e_tensors[k]
+            diff[prof].append(int((h.astype(np.int64).reshape(y.shape) != y).sum()))
+    assert np.unique(ys[0]).size > 50 and ys[0].size == 128 * 32 * 7 * 7
+    assert diff["int8-pytorch-inductor"] == [0, 0], diff
+    assert diff["int8-pytorch-onednn"][0] > 0 and diff["int8-pytorch"][0] > 0, diff
+    assert sum(int((e != y).sum()) for e, y in zip(eager, ys)) > 0
+
+
+def _onednn_conv(rng, C, K, k, groups, n=16, H=32):
+    """torch.ops.onednn.qconv_pointwise (as inductor calls it: channels-last uint8 input, float bias, output scale
+    and zero point) on random near-saturation-free data, and hwsim's three oneDNN forms on the same accumulators."""
+    f32 = np.float32
+    sx, zx = float(f32(rng.uniform(0.005, 0.03))), int(rng.integers(0, 40))
+    sy, zy = float(f32(rng.uniform(0.001, 0.01))), int(rng.integers(1, 60))
+    wq = rng.integers(-127, 128, (K, C // groups, k, k)) // 2
+    sw = rng.uniform(2e-3, 1e-2, K).astype(f32)
+    b = rng.normal(0, 0.5, K).astype(f32)
+    xq = rng.integers(0, 256, (n, C, H, H))
+    xt = torch.from_numpy(xq.astype(np.uint8)).contiguous(memory_format=torch.channels_last)
+    pad = [k // 2] * 2
+    pw = torch.ops.onednn.qconv_prepack(torch.from_numpy(wq.astype(np.int8)), torch.from_numpy(sw), sx, zx, [1, 1],
+                                        pad, [1, 1], groups, None)
+    y = torch.ops.onednn.qconv_pointwise.tensor(
+        xt, torch.tensor(sx), torch.tensor(zx, dtype=torch.int32), pw, torch.from_numpy(sw),
+        torch.zeros(K, dtype=torch.int64), torch.from_numpy(b), [1, 1], pad, [1, 1], groups, sy, zy, torch.uint8,
+        "none", [None], "").numpy().astype(np.int64)
+    acc = torch.nn.functional.conv2d(torch.from_numpy((xq - zx).astype(np.float64)),
+                                     torch.from_numpy(wq.astype(np.float64)), padding=k // 2,
+                                     groups=groups).numpy().astype(np.int64)
+    return y, acc, sx, sw, sy, zy, b
+
+
+def _onednn_linear(rng, C, K=64, n=4096):
+    f32 = np.float32
+    sx, zx = float(f32(rng.uniform(0.005, 0.03))), int(rng.integers(0, 60))
+    sy, zy = float(f32(rng.uniform(0.01, 0.08))), int(rng.integers(1, 60))
+    wq = rng.integers(-127, 128, (K, C))
+    sw = rng.uniform(2e-3, 1e-2, K).astype(f32)
+    b = rng.normal(0, 0.5, K).astype(f32)
+    xq = rng.integers(0, 256, (n, C))
+    pw = torch.ops.onednn.qlinear_prepack(torch.from_numpy(wq.astype(np.int8)), None)
+    y = torch.ops.onednn.qlinear_pointwise.tensor(
+        torch.from_numpy(xq.astype(np.uint8)), torch.tensor(sx), torch.tensor(zx, dtype=torch.int32), pw,
+        torch.from_numpy(sw), torch.zeros(K, dtype=torch.int64), torch.from_numpy(b), sy, zy, torch.uint8, "none",
+        [], "").numpy().astype(np.int64)
+    return y, (xq - zx) @ wq.T, sx, sw, sy, zy, b
+
+
+@AMX
+@pytest.mark.parametrize("case,form", [("conv3x3", "onednn_combined"), ("conv1x1", "onednn_combined"),
+                                       ("linear", "onednn_combined"), ("depthwise", "onednn_sequential"),
+                                       ("linear_k4", "onednn_sequential")])
+def test_onednn_pointwise_forms(case, form):
+    """Op level: torch.ops.onednn.qconv_pointwise / qlinear_pointwise == make_onednn_requant_params(form) on every
+    output. oneDNN's AMX kernels (dense convolutions, matmuls of >= 32 inputs) apply one combined scale
+    fl32(s_x*s_w), its VNNI / AVX-512 kernels (depthwise, a 4-input matmul) s_x then s_w; the other oneDNN forms and
+    fbgemm's differ somewhere. int8-pytorch-inductor selects the first four."""
+    rng = np.random.default_rng({"conv3x3": 1, "conv1x1": 2, "depthwise": 3, "linear": 4, "linear_k4": 5}[case])
+    bad = {"onednn": 0, "onednn_combined": 0, "onednn_sequential": 0, "fbgemm": 0}
+    total = 0
+    for _ in range(12):
+        if case.startswith("linear"):
+            y, acc, sx, sw, sy, zy, b = _onednn_linear(rng, 4 if case == "linear_k4" else 64)
+        else:
+            C, K, k, groups = {"conv3x3": (16, 32, 3, 1), "conv1x1": (32, 32, 1, 1),
+                               "depthwise": (32, 32, 3, 32)}[case]
+            y, acc, sx, sw, sy, zy, b = _onednn_conv(rng, C, K, k, groups)
+        total += y.size
+        for fm in ("onednn", "onednn_combined", "onednn_sequential"):
+            p = ops.make_onednn_requant_params(sx, sw, sy, bias=b, form=fm)
+            bad[fm] += int((ops.requantize(acc, p, ops.Requant(zero_point="before"), zy, 0, 255)[0] != y).sum())
+        p = ops.make_requant_params(sx, sw, sy, ops.Requant(), bias=b)
+        bad["fbgemm"] += int((ops.requantize(acc, p, ops.Requant(), zy, 0, 255)[0] != y).sum())
+    assert bad[form] == 0, bad
+    assert all(v > 0 for k, v in bad.items() if k != form and not (k == "onednn" and form == "onednn_combined")), bad
+    assert total > 10 ** 6
+
+
+def test_inductor_input_quantizer():
+    """The generated quantize kernel: round_half_even(fl32(x * fl32(1/s))) + z, checked against the eager reference
+    decomposition's arithmetic on values next to rounding ties with odd zero points; torch.quantize_per_tensor's FMA
+    form (z added before the one rounding) differs there."""
+    rng = np.random.default_rng(0)
+    bad = {"inductor": 0, "torch": 0}
+    for _ in range(40):
+        s, z = float(np.float32(rng.uniform(1e-3, 0.05))), int(rng.integers(0, 64)) * 2 + 1
+        k = rng.integers(-z, 255 - z, 512)
+        x = ((k + 0.5) * s).astype(np.float32)
+        x = np.where(rng.random(512) < 0.5, np.nextafter(x, -np.inf), x).astype(np.float32)
+        t = Q(torch.from_numpy(x), s, z, 0, 255, torch.uint8).numpy().astype(np.int64)
+        for name, cls in (("inductor", InductorQuantizeGrid), ("torch", TorchQuantizeGrid)):
+            bad[name] += int((cls(s, z, 0, 255, 8, False).quantize(x) != t).sum())
+    assert bad["inductor"] == 0 and bad["torch"] > 0, bad
+
+
+@AMX
+def test_inductor_input_quantizer_compiled():
+    """The same form against the compiled kernel itself (a graph that only quantizes its input)."""
+    rng = np.random.default_rng(1)
+    s, z = float(np.float32(0.0123)), 37
+    k = rng.integers(-z, 255 - z, (4, 1, 16, 16))
+    x = ((k + 0.5) * s).astype(np.float32)
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return Q(x, s, z, 0, 255, torch.uint8)
+
+    gm = torch.fx.symbolic_trace(Net())
+    (y,) = inductor(gm, x)
+    assert np.array_equal(InductorQuantizeGrid(s, z, 0, 255, 8, False).quantize(x), y)
+
+
+def test_exported_program_and_float_sections(smallcnn):
+    """import_pt2e takes the ExportedProgram of a converted model too; the default x86 quantization of the whole
+    SmallCNN (float logits) and of ResNet-8 (conv output fused into the add) are float sections: one line naming the
+    node; an op outside the supported set: one line naming it."""
+    c, spec = smallcnn
+    with pytest.raises(HwsimError) as e:
+        import_pt2e(c, spec.shape, spec.mean, spec.std)
+    msg = str(e.value)
+    assert "\n" not in msg and "pt2e node 'output'" in msg and "float tensor" in msg
+    qs = [n.name for n in c.graph.nodes if n.target == Q]
+    gm = cut(c, [qs[-1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(gm, (torch.zeros(2, *spec.shape),), dynamic_shapes=({0: torch.export.Dim("N")},))
+    g1, g2 = import_pt2e(gm, spec.shape), import_pt2e(ep, spec.shape)
+    assert given_of(g1).grids == given_of(g2).grids and sorted(given_of(g1).arrays) == sorted(given_of(g2).arrays)
+    from frontends.pytorch.importers import import_torch_int8  # the FX entry hands a pt2e graph on
+
+    assert given_of(import_torch_int8(gm, spec.shape)).grids == given_of(g1).grids
+
+    m, shape, _, _ = _resnet(None)
+    r = pt2e_int8(m, shape, np.random.default_rng(0).random((8, *shape), dtype=np.float32))
+    with pytest.raises(HwsimError) as e:
+        import_pt2e(r, shape)
+    msg = str(e.value)
+    assert "\n" not in msg and "target add.Tensor" in msg and "float tensor" in msg
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3)
+
+        def forward(self, x):
+            return self.b(torch.sigmoid(self.a(x)))
+
+    s = pt2e_int8(Net(), (1, 8, 8), np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32))
+    with pytest.raises(HwsimError) as e:
+        import_pt2e(s, (1, 8, 8))
+    msg = str(e.value)
+    assert "\n" not in msg and "pt2e node" in msg and ("sigmoid" in msg or "float tensor" in msg)
+    with pytest.raises(HwsimError, match="not a pt2e GraphModule"):
+        import_pt2e(Net(), (1, 8, 8))
+
+
+def _rewrite_zip(src, dst, edit):
+    """A copy of the zip archive ``src`` with ``edit(name, bytes) -> bytes`` applied to every member."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, edit(info.filename, zin.read(info.filename)))
+
+
+def test_hwsim_import_pt2(smallcnn, tmp_path):
+    """``hwsim import model.pt2`` (torch.export.save of a converted pt2e model) without unpickling: the same given
+    quantization and integers as the in-memory import, the input shape read from the program, the profile
+    int8-pytorch-inductor its default; a pickled weight, a truncated archive and a float-output model are one line,
+    nonzero exit."""
+    import json
+
+    from hwsim.graph import load_model
+    from tests.conftest import invoke
+    from tests.importers.test_cli_import import one_line_error
+
+    c, spec = smallcnn
+    qs = [n.name for n in c.graph.nodes if n.target == Q]
+    gm = cut(c, [qs[-1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(gm, (torch.zeros(2, *spec.shape),), dynamic_shapes=({0: torch.export.Dim("N")},))
+        torch.export.save(ep, tmp_path / "m.pt2")
+    res = invoke("import", tmp_path / "m.pt2", "-o", tmp_path / "m.hwsim", "--mean", spec.mean[0], "--std",
+                 spec.std[0])
+    assert res.exit_code == 0, res.output
+    assert "torch.pt2e quantization kept" in res.output and "int8-pytorch-inductor" in res.output, res.output
+    g = load_model(tmp_path / "m.hwsim")
+    ref = import_pt2e(gm, spec.shape, spec.mean, spec.std)
+    assert tuple(g.inputs[0].shape) == tuple(spec.shape)
+    assert given_of(g).grids == given_of(ref).grids
+    x = _images("smallcnn_baseline", 16, 1)
+    outs = []
+    for model in (g, ref):
+        qg = compile_model(model, load_profile("int8-pytorch-inductor"), None)
+        outs.append(run_integer(qg, x)[qg.output_name])
+    assert np.array_equal(*outs)
+
+    # bad inputs: a weight marked pickled (hwsim never unpickles), a truncated archive, float logits
+    def pickled(name, data):
+        if name.endswith("model_weights_config.json"):
+            cfg = json.loads(data)
+            first = next(iter(cfg["config"]))
+            cfg["config"][first]["use_pickle"] = True
+            return json.dumps(cfg).encode()
+        return data
+
+    _rewrite_zip(tmp_path / "m.pt2", tmp_path / "p.pt2", pickled)
+    one_line_error(invoke("import", tmp_path / "p.pt2", "-o", tmp_path / "p.hwsim"), "stored pickled",
+                   "does not unpickle")
+    data = (tmp_path / "m.pt2").read_bytes()
+    (tmp_path / "t.pt2").write_bytes(data[: len(data) // 2])
+    one_line_error(invoke("import", tmp_path / "t.pt2", "-o", tmp_path / "t.hwsim"), "t.pt2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(c, (torch.zeros(2, *spec.shape),),
+                                              dynamic_shapes=({0: torch.export.Dim("N")},)), tmp_path / "f.pt2")
+    one_line_error(invoke("import", tmp_path / "f.pt2", "-o", tmp_path / "f.hwsim"), "pt2e node 'output'",
+                   "float tensor")
+
+
+@AMX
+def test_float_moves_before_quantize():
+    """conv -> relu -> max_pool -> flatten -> linear: X86InductorQuantizer quantizes only the flatten's output (the
+    linear's input), so the conv's output is moved in float; the quantize commutes with max pool and flatten, and
+    the importer gives the conv + relu output that grid (zero point 0: inductor's standalone quantize and the fused
+    requant agree). The flattened features and the hidden linear layer's output == torch.compile's on 128 inputs."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.MaxPool2d(2)
+            self.fc1, self.fc2 = torch.nn.Linear(16 * 8 * 8, 64), torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = self.pool(torch.relu(self.conv(x)))
+            return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    c = pt2e_int8(Net(), (3, 16, 16), rng.random((32, 3, 16, 16), dtype=np.float32))
+    qs = [n.name for n in c.graph.nodes if n.target == Q]
+    assert len(qs) == 3  # the input, the flatten's output, fc1's output: the conv's output is never quantized
+    x = rng.random((128, 3, 16, 16), dtype=np.float32)
+    ys = inductor(cut(c, qs[1:]), x)
+    for k, y in zip(qs[1:], ys):
+        g = import_pt2e(cut(c, [k]), (3, 16, 16))
+        assert given_of(g).grids["relu"] == given_of(g).grids["flatten"] == given_of(g).grids[g.pt2e_tensors[qs[1]]]
+        qg = compile_model(g, load_profile("int8-pytorch-inductor"), None)
+        h = run_integer(qg, x)[qg.output_name].astype(np.int64).reshape(y.shape)
+        assert np.array_equal(h, y) and np.unique(y).size > 50
