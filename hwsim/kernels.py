@@ -28,6 +28,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from hwsim import accumulate as _acc
 from hwsim.errors import HwsimError
 
 try:  # optional: pins BLAS to one thread inside hwsim calls (installed with scikit-learn, which mlxtend needs)
@@ -639,6 +640,11 @@ def _plan(wd: np.ndarray, bias: np.ndarray | None, xmax: int, acc) -> _Plan:
               and cmax < EXACT_F32 and gsum + bmax < EXACT_F64 and (p_cfg is None or p_cfg + cmax < EXACT_F32)
               and (a_hi + 1 + cmax < EXACT_F32 if a_hi is not None else gsum + bmax < EXACT_F32))
     small_acc = (a_hi is not None and a_hi < (1 << 31)) or gsum + bmax < (1 << 31)
+    if a_hi is not None and max(bound, default=0) <= a_hi:
+        # the accumulator stage is certified (no value can leave it; the bounds above stay valid): the
+        # kernels skip its checks and the screens look at the partial-sum stage only
+        a_hi = None
+        spec[1] = MODE_NONE
     return _Plan(w_kernel=np.ascontiguousarray(wd.T).astype(np.int32 if cmax < (1 << 31) else np.int64),
                  acc_dtype=np.int32 if small_acc else np.int64,
                  w_f32=np.ascontiguousarray(wd.T).astype(np.float32) if f32_ok else None,
@@ -1019,39 +1025,58 @@ CHUNK_BYTES = 24 << 20  # budget of one block of chunk sums (float32)
 
 
 def _chunked_ok(plans: list[_Plan]) -> bool:
-    """One group whose float32 model is exact, chunks of >= CHUNK_MIN_R products, more than one chunk."""
-    if len(plans) != 1 or plans[0].w_f32 is None:
+    """One group, chunks of >= CHUNK_MIN_R products, more than one chunk, and an exact form of the chunked
+    model: int8 operands for the int8 chunk GEMMs (:func:`hwsim.accumulate.run_int8_chunks`) or a float32
+    model proven exact (:func:`hwsim.accumulate.chunk_model_f32`)."""
+    if len(plans) != 1:
         return False
-    R, K = int(plans[0].spec[4]), plans[0].w_f32.shape[0]
-    return CHUNK_MIN_R <= R < K
+    p = plans[0]
+    R, K = int(p.spec[4]), p.w_kernel.shape[0]
+    if not CHUNK_MIN_R <= R < K:
+        return False
+    return p.w_f32 is not None or (int_mm() is not None and _acc.int8_chunk_weights(p) is not None)
 
 
 def _run_chunked(plan: _Plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
-    """Every position through the MAC-array model, its chunk sums from one batched float32 matmul.
+    """Every position of one group through the MAC-array model, chunk sums computed exactly and fused.
 
-    Each chunk sum is an integer below 2^24 in magnitude at every partial sum (plan: f32 exact), so the
-    matmul is exact in any order; :func:`accumulate_chunks_f32` then runs the P/A stages chunk by chunk.
+    int8 chunk GEMMs where operands fit (:func:`hwsim.accumulate.run_int8_chunks`), else the float32
+    fused kernel where the plan proved it exact (:func:`hwsim.accumulate.chunk_model_f32`: blocks of
+    samples laid out position-major, K padded with zero columns to whole chunks), else the integer
+    model kernel on every position.
     """
+    res = _acc.run_int8_chunks(plan, xp, geom, N, L, K, out)
+    if res is not None:
+        return res
     R = int(plan.spec[4])
-    M = plan.w_f32.shape[1]
-    C = -(-K // R)
-    if "chunks" not in plan.cache:
-        w3 = np.zeros((C * R, M), np.float32)
-        w3[:K] = plan.w_f32
-        plan.cache["chunks"] = w3.reshape(C, R, M)
-    w3 = plan.cache["chunks"]
-    nb = int(max(1, min(N, CHUNK_BYTES // max(1, C * L * M * 4))))
-    cols_buf = np.zeros((nb, L, C * R), np.float32)  # columns K.. stay 0: the last chunk's missing products
-    pe = ae = 0
-    with _blas_one_thread():
+    if plan.w_f32 is None:
+        nb = int(max(1, min(N, BLOCK_BYTES // max(1, L * K * 4))))
+        cols_buf = np.empty((nb, L, K), xp.dtype if xp.dtype != np.float64 else np.int64)
+        pe = ae = 0
         for n0 in range(0, N, nb):
             b = min(nb, N - n0)
-            cols = cols_buf[:b]
-            im2col_positions(xp, n0, geom, cols)  # exact: integers below 2^24 (xp may be float64)
-            S = np.matmul(cols.reshape(b * L, C, R).transpose(1, 0, 2), w3)  # [C, b*L, M] exact chunk sums
-            ev = np.zeros((b * L, 2), np.int64)
-            accumulate_chunks_f32(S, plan.bias, plan.spec, L, out[n0:n0 + b], ev)
-            pe, ae = pe + int(ev[:, 0].sum()), ae + int(ev[:, 1].sum())
+            im2col_positions(xp, n0, geom, cols_buf[:b])
+            p1, a1 = _run_kernel([plan], cols_buf[:b].transpose(0, 2, 1), 0, np.arange(b * L, dtype=np.int64),
+                                 out[n0:n0 + b])
+            pe, ae = pe + p1, ae + a1
+        return pe, ae
+    M = plan.w_f32.shape[1]
+    Kp = -(-K // R) * R
+    if "fused_w" not in plan.cache:
+        w = np.zeros((Kp, M), np.float32)
+        w[:K] = plan.w_f32
+        plan.cache["fused_w"] = w
+    w = plan.cache["fused_w"]
+    nb = int(max(1, min(N, BLOCK_BYTES // max(1, L * Kp * 4))))
+    buf = np.zeros((nb * L + _acc.TP, Kp), np.float32)  # columns K.. and the rows past the block stay 0
+    ev = np.zeros((-(-nb * L // _acc.TP), 2), np.int64)
+    pe = ae = 0
+    for n0 in range(0, N, nb):
+        b = min(nb, N - n0)
+        im2col_positions(xp, n0, geom, buf[:b * L].reshape(b, L, Kp))  # exact: integers below 2^24
+        t = -(-b * L // _acc.TP)
+        _acc.chunk_model_f32(buf, w, plan.bias, plan.spec, L, out[n0:n0 + b], ev[:t])
+        pe, ae = pe + int(ev[:t, 0].sum()), ae + int(ev[:t, 1].sum())
     return pe, ae
 
 
