@@ -1,196 +1,36 @@
-"""The order-dependent MAC-array model fused with its products (docs/semantics.md, section 10).
+"""Order-dependent accumulators at int8 GEMM speed (docs/semantics.md, section 10; issue 18).
 
 Where the accumulator (or the partial-sum register) saturates or wraps, the result depends on the
-order of the chunk adds and every output element goes through the sequential model. For int8
-networks under a 16-bit saturating accumulator nearly every element does (measured on ResNet-18 @
-32x32, int8-acc16-sat: 19-99% of the elements of every conv saturate, 100% of the positions), so
-screening cannot skip work there: the model itself has to run at GEMM-like speed.
+order of the chunk adds. How often that matters was measured on ResNet-18 @ 3x32x32 (random weights,
+calibrated int8 grids): under int8-acc16-sat 19-99% of the output elements of every conv saturate
+and every position has one, so no screen can skip work there; under w4a4-acc12 (a 12-bit accumulator
+saturating after every MAC) most layers have 0-4% of their elements near the limits, two have ~50%.
 
-:func:`chunk_model_f32` is that model as a register-tiled kernel: a tile of TP positions (rows of
-a position-major column matrix) times a block of MB output channels; per chunk of R products the
-chunk sums of the TP x MB outputs are formed in float32 (4 products per pass; every value below
-2^24, so every float add and multiply is exact integer arithmetic and the order inside a chunk is
-free), then the P-bit partial register and the A-bit accumulator are applied chunk by chunk, in k
-order, exactly as :func:`hwsim.kernels.accumulate_rows` (the contract) does. R = 1 (saturation after
-every MAC) runs the same tile with the clamp after each product. No chunk sums are written to memory
-(the batched-matmul form wrote K/R x M floats per position and read them back: memory-bound).
+- chunks of R >= 8 products (:func:`run_int8_chunks`): every chunk sum of a block of positions by one
+  ``torch._int_mm`` (int8 x int8 -> int32, exact) into a reused buffer, then one vectorized pass
+  (:func:`chunk_stage_f32` / :func:`chunk_stage_i64`) applies the P-bit register and the A-bit
+  accumulator to all elements, chunk after chunk in k order: exactly the sequential model of
+  :func:`hwsim.kernels.accumulate_rows` (the contract), without its per-position product loops.
+- short chunks (R = 1: saturation after every MAC; :func:`run_int8_blocks`): blocks of 64 products
+  are summed exactly (int8 GEMM) and bounded (sum |w||x|, a second int8 GEMM); :func:`block_stage`
+  adds the exact block sum wherever the bound shows no stage can act on this element and runs the
+  sequential model on the block elsewhere. A layer where most positions need it falls back to the
+  caller's model kernel (decided on the first sample).
 
-``fastmath={"contract"}`` only lets LLVM fuse a multiply and an add into an FMA: both operands are
-integers below 2^24 and the exact result is below 2^24, so the fused and the separate forms give the
-same (exact) float.
+Blocks of samples run on hwsim's worker threads (torch single-threaded, the numba kernels serial and
+releasing the GIL: no OpenMP pools spinning against each other). Without torch the callers keep the
+float BLAS chunk sums / model kernels of hwsim.kernels.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 MODE_NONE, MODE_WRAP, MODE_SAT = 0, 1, 2  # = hwsim.kernels' codes
-TP = 4  # positions per tile (x values held in registers, each weight load used TP times)
-MB = 128  # output channels per block (the tile's chunk sums, accumulators and counts stay in L1)
 
 
-@njit(cache=True, inline="always")
-def _stage(v, lo, hi, mod, inv, mode):
-    """One P- or A-stage on an exact float32 integer v: wrap (v - mod * floor((v - lo) / mod)) or saturate."""
-    if mode == MODE_WRAP:
-        return v - mod * np.floor((v - lo) * inv)
-    if mode == MODE_SAT:
-        return min(max(v, lo), hi)
-    return v
-
-
-@njit(parallel=True, cache=True, fastmath={"contract"})
-def chunk_model_f32(cols, w, bias, spec, L, out, events):
-    """MAC-array model of every position p < out.shape[0] * L of cols [P', Kp] (float32 integers,
-    position-major, P' >= P rounded up to TP, columns past K zero) with weights w [Kp, M] (float32
-    integers, rows past K zero; Kp a multiple of R): out[p // L, m, p % L] and, per tile t of TP
-    positions, events[t] = (partial events, acc events).
-
-    spec = (a_bits, a_mode, p_bits, p_mode, R) as in :func:`hwsim.kernels.accumulate_rows`.
-    Preconditions (the caller's plan): every product, chunk sum, partial register value, accumulator
-    value plus one chunk sum, and wrap intermediate is an integer below 2^24 in magnitude.
-    """
-    Kp, M = w.shape
-    P = out.shape[0] * L
-    a_bits, a_mode, p_bits, p_mode, R = spec[0], spec[1], spec[2], spec[3], spec[4]
-    if a_mode == MODE_NONE:
-        a_bits = 30
-    if p_mode == MODE_NONE:
-        p_bits = 30
-    a_lo_i = -(np.int64(1) << (a_bits - 1))
-    a_hi_i = -a_lo_i - 1
-    a_lo = np.float32(a_lo_i)
-    a_hi = np.float32(a_hi_i)
-    a_mod = np.float32(2.0) ** np.float32(a_bits)
-    a_inv = np.float32(1.0) / a_mod
-    p_lo = np.float32(-(np.int64(1) << (p_bits - 1)))
-    p_hi = np.float32((np.int64(1) << (p_bits - 1)) - 1)
-    p_mod = np.float32(2.0) ** np.float32(p_bits)
-    p_inv = np.float32(1.0) / p_mod
-    # the bias enters the accumulator first (one event per output element when it is outside A bits)
-    b0 = np.empty(M, np.float32)
-    bev = np.int64(0)
-    for m in range(M):
-        b = bias[m]
-        if a_mode != MODE_NONE and (b < a_lo_i or b > a_hi_i):
-            bev += 1
-            if a_mode == MODE_WRAP:
-                b = ((b - a_lo_i) & ((np.int64(1) << a_bits) - 1)) + a_lo_i
-            else:
-                b = min(max(b, a_lo_i), a_hi_i)
-        b0[m] = np.float32(b)
-    ntile = (P + TP - 1) // TP
-    per_mac = R == 1 and p_mode == MODE_NONE
-    for t in prange(ntile):
-        p0 = t * TP
-        np_ = min(TP, P - p0)
-        acc = np.empty((TP, MB), np.float32)
-        s = np.empty((TP, MB), np.float32)
-        pc = np.zeros((TP, MB), np.float32)  # event counts <= Kp < 2^24: exact in float32
-        ac = np.zeros((TP, MB), np.float32)
-        for m0 in range(0, M, MB):
-            mb = min(MB, M - m0)
-            for i in range(TP):
-                for j in range(mb):
-                    acc[i, j] = b0[m0 + j]
-            if per_mac:
-                # saturation (or wrap) after every MAC, in k order; two MACs per pass
-                K2 = Kp - Kp % 2
-                for k in range(0, K2, 2):
-                    for i in range(TP):
-                        x0 = cols[p0 + i, k]
-                        x1 = cols[p0 + i, k + 1]
-                        for j in range(mb):
-                            v = acc[i, j] + x0 * w[k, m0 + j]
-                            c = _stage(v, a_lo, a_hi, a_mod, a_inv, a_mode)
-                            e = np.float32(1.0) if c != v else np.float32(0.0)
-                            v = c + x1 * w[k + 1, m0 + j]
-                            c = _stage(v, a_lo, a_hi, a_mod, a_inv, a_mode)
-                            e += np.float32(1.0) if c != v else np.float32(0.0)
-                            acc[i, j] = c
-                            ac[i, j] += e
-                for k in range(K2, Kp):
-                    for i in range(TP):
-                        x0 = cols[p0 + i, k]
-                        for j in range(mb):
-                            v = acc[i, j] + x0 * w[k, m0 + j]
-                            c = _stage(v, a_lo, a_hi, a_mod, a_inv, a_mode)
-                            ac[i, j] += np.float32(1.0) if c != v else np.float32(0.0)
-                            acc[i, j] = c
-            else:
-                for c0 in range(0, Kp, R):
-                    c1 = c0 + R
-                    c4 = c1 - R % 4
-                    for i in range(TP):
-                        for j in range(mb):
-                            s[i, j] = 0
-                    for k in range(c0, c4, 4):
-                        for i in range(TP):
-                            x0 = cols[p0 + i, k]
-                            x1 = cols[p0 + i, k + 1]
-                            x2 = cols[p0 + i, k + 2]
-                            x3 = cols[p0 + i, k + 3]
-                            for j in range(mb):
-                                s[i, j] += ((x0 * w[k, m0 + j] + x1 * w[k + 1, m0 + j])
-                                            + (x2 * w[k + 2, m0 + j] + x3 * w[k + 3, m0 + j]))
-                    for k in range(c4, c1):
-                        for i in range(TP):
-                            x0 = cols[p0 + i, k]
-                            for j in range(mb):
-                                s[i, j] += x0 * w[k, m0 + j]
-                    for i in range(TP):
-                        for j in range(mb):
-                            v = s[i, j]
-                            c = _stage(v, p_lo, p_hi, p_mod, p_inv, p_mode)
-                            pc[i, j] += np.float32(1.0) if c != v else np.float32(0.0)
-                            v = acc[i, j] + c
-                            c = _stage(v, a_lo, a_hi, a_mod, a_inv, a_mode)
-                            ac[i, j] += np.float32(1.0) if c != v else np.float32(0.0)
-                            acc[i, j] = c
-            for i in range(np_):
-                p = p0 + i
-                n = p // L
-                l = p - n * L
-                for j in range(mb):
-                    out[n, m0 + j, l] = np.int64(acc[i, j])
-        pe = np.int64(0)
-        ae = bev * np_
-        for i in range(np_):
-            for j in range(MB):
-                pe += np.int64(pc[i, j])
-                ae += np.int64(ac[i, j])
-        events[t, 0] = pe
-        events[t, 1] = ae
-
-
-# ----------------------------------------------------------------------------- int8 chunk sums (torch._int_mm)
-@njit(cache=True, nogil=True)
-def im2col_chunks_i8(xp, n0, geom, off, R, out):
-    """Chunk-major int8 columns: out[c, i*L + l, r] = xp[n0 + i, ...k...] - off for k = c*R + r < K
-    (canonical k order: input channel, kernel row, kernel column), 0 for k >= K; the caller proved
-    every xp - off (padding pixels included) lies in [-128, 127]. Serial, releasing the GIL."""
-    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
-    Cin = xp.shape[1]
-    C = out.shape[0]
-    nb = out.shape[1] // (Ho * Wo)
-    K = Cin * kh * kw
-    for i in range(nb):
-        for oh in range(Ho):
-            for ow in range(Wo):
-                p = (i * Ho + oh) * Wo + ow
-                for ci in range(Cin):
-                    for a in range(kh):
-                        ih = oh * sh + a * dh
-                        for b in range(kw):
-                            k = (ci * kh + a) * kw + b
-                            c = k // R
-                            out[c, p, k - c * R] = np.int8(np.int64(xp[n0 + i, ci, ih, ow * sw + b * dw]) - off)
-                for k in range(K, C * R):
-                    c = k // R
-                    out[c, p, k - c * R] = 0
-
-
+# ----------------------------------------------------------------------------- chunks of R >= 8: int8 chunk GEMMs
 @njit(cache=True, nogil=True)
 def chunk_stage_i64(S, corr, spec, acc):
     """One chunk of the MAC-array model on a block of positions: v = S[p, m] + corr[m] (the exact chunk
@@ -394,3 +234,212 @@ def _bias_in_acc(bias: np.ndarray, spec: np.ndarray) -> tuple[np.ndarray, int]:
     else:
         b = np.clip(b, lo, hi)
     return b, int(out_of.sum())
+
+
+# ----------------------------------------------------------------------------- short chunks: exact blocks, model where needed
+BLOCK_MACS = 64  # products per screened block (a multiple of R)
+BLOCK_SWITCH = 0.2  # above this fraction of (position, block) pairs needing the model on most channels
+# (measured on the first sample), the screen does not pay: the caller's model kernel runs instead
+
+
+@njit(cache=True, nogil=True)
+def block_stage(E, A, corr, cols, off, k0, w, wT, spec, acc, s):
+    """One block of Bk = cols.shape[1] products (chunks of R = spec[4]) for a block of positions.
+
+    Element (p, m) with running accumulator a: the block's products sum to e = E[p, m] + corr[m]
+    exactly and every partial sum inside the block (so every chunk sum, and every running value
+    minus a) lies within +-d, d = A[p, m] = sum |w| |x| over the block. When a +- d fits the A-bit
+    range and d fits the P-bit register, no stage can change a value: acc = a + e, no event, the same
+    as the sequential model. Otherwise the sequential model runs on the block, chunk by chunk (chunk
+    sums from x = cols[p, k] + off and the int64 weights), P then A stage, in k order: element by
+    element (wT [M, Kp]) when few channels of the position need it, else for every channel of the
+    position at once, vectorized over channels (w [Kp, M]; for a safe channel it gives a + e too).
+    s: int64 scratch [M]. Returns (partial events, acc events, positions that ran the vectorized
+    model). Serial, releasing the GIL.
+    """
+    Pb, M = E.shape
+    heavy = 0
+    Bk = cols.shape[1]
+    a_bits, a_mode, p_bits, p_mode, R = spec[0], spec[1], spec[2], spec[3], spec[4]
+    big = np.int64(1) << 62
+    a_lo = -(np.int64(1) << (a_bits - 1)) if a_mode != MODE_NONE else -big
+    a_hi = -a_lo - 1 if a_mode != MODE_NONE else big
+    a_mask = (np.int64(1) << a_bits) - 1 if a_mode != MODE_NONE else np.int64(0)
+    p_lo = -(np.int64(1) << (p_bits - 1)) if p_mode != MODE_NONE else -big
+    p_hi = -p_lo - 1 if p_mode != MODE_NONE else big
+    p_mask = (np.int64(1) << p_bits) - 1 if p_mode != MODE_NONE else np.int64(0)
+    pe = np.int64(0)
+    ae = np.int64(0)
+    for p in range(Pb):
+        nr = 0
+        for m in range(M):
+            a = acc[p, m]
+            d = np.int64(A[p, m])
+            nr += not (a + d <= a_hi and a - d >= a_lo and d <= p_hi)
+        if nr == 0:
+            for m in range(M):
+                acc[p, m] += np.int64(E[p, m]) + corr[m]
+            continue
+        if nr * 8 > M:  # many channels: the model on the whole position, vectorized over channels
+            heavy += 1
+            for c0 in range(0, Bk, R):
+                for m in range(M):
+                    s[m] = 0
+                for k in range(c0, c0 + R):
+                    xv = np.int64(cols[p, k]) + off
+                    if xv != 0:
+                        for m in range(M):
+                            s[m] += xv * w[k0 + k, m]
+                if p_mode == MODE_SAT:
+                    for m in range(M):
+                        c = min(max(s[m], p_lo), p_hi)
+                        pe += np.int64(c != s[m])
+                        s[m] = c
+                elif p_mode == MODE_WRAP:
+                    for m in range(M):
+                        c = ((s[m] - p_lo) & p_mask) + p_lo
+                        pe += np.int64(c != s[m])
+                        s[m] = c
+                if a_mode == MODE_SAT:
+                    for m in range(M):
+                        v = acc[p, m] + s[m]
+                        c = min(max(v, a_lo), a_hi)
+                        ae += np.int64(c != v)
+                        acc[p, m] = c
+                elif a_mode == MODE_WRAP:
+                    for m in range(M):
+                        v = acc[p, m] + s[m]
+                        c = ((v - a_lo) & a_mask) + a_lo
+                        ae += np.int64(c != v)
+                        acc[p, m] = c
+                else:
+                    for m in range(M):
+                        acc[p, m] += s[m]
+            continue
+        for m in range(M):  # few channels: element by element
+            a = acc[p, m]
+            d = np.int64(A[p, m])
+            if a + d <= a_hi and a - d >= a_lo and d <= p_hi:
+                acc[p, m] = a + (np.int64(E[p, m]) + corr[m])
+                continue
+            for c0 in range(0, Bk, R):
+                t = np.int64(0)
+                for k in range(c0, c0 + R):
+                    t += (np.int64(cols[p, k]) + off) * wT[m, k0 + k]
+                if p_mode == MODE_SAT:
+                    c = min(max(t, p_lo), p_hi)
+                    pe += np.int64(c != t)
+                    t = c
+                elif p_mode == MODE_WRAP:
+                    c = ((t - p_lo) & p_mask) + p_lo
+                    pe += np.int64(c != t)
+                    t = c
+                v = a + t
+                if a_mode == MODE_SAT:
+                    a = min(max(v, a_lo), a_hi)
+                elif a_mode == MODE_WRAP:
+                    a = ((v - a_lo) & a_mask) + a_lo
+                else:
+                    a = v
+                ae += np.int64(a != v)
+            acc[p, m] = a
+    return pe, ae, heavy
+
+
+def int8_block_weights(plan, Bk: int):
+    """(torch int8 w - z_w and |w - z_w| per block of Bk rows [Bk, M] (column-major views), per-block column
+    sums int64 [Cb, M], w - z_w int64 [Cb * Bk, M] and its transpose) for a one-group plan whose |w - z_w| <= 127; None
+    otherwise. Made once, kept in plan.cache."""
+    key = ("i8blocks", Bk)
+    if key not in plan.cache:
+        wk = plan.w_kernel
+        K, M = wk.shape
+        if K == 0 or M == 0 or int(np.abs(wk).max()) > 127:
+            plan.cache[key] = None
+        else:
+            import torch
+
+            Cb = -(-K // Bk)
+            wp = np.zeros((Cb * Bk, M), np.int64)
+            wp[:K] = wk
+            w3 = wp.reshape(Cb, Bk, M)
+
+            def t8(a):
+                return torch.from_numpy(np.ascontiguousarray(a.T).astype(np.int8)).t()
+
+            plan.cache[key] = ([t8(w3[c]) for c in range(Cb)], [t8(np.abs(w3[c])) for c in range(Cb)],
+                               w3.sum(axis=1), wp, np.ascontiguousarray(wp.T))
+    return plan.cache[key]
+
+
+def run_int8_blocks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
+    """The MAC-array model of one conv group with short chunks (R < Bk), screened per element and block;
+    (pe, ae) or None (without torch, or when x - z_x or w - z_w leaves [-127, 127]).
+
+    Per block of Bk products: exact sums E = sum w (x - off) by ``torch._int_mm`` plus off * sum w, and
+    bounds A = sum |w| |x - z_x| by a second int8 GEMM; :func:`block_stage` adds E where the bound shows
+    no stage can act and runs the sequential model on the element's block elsewhere. Exact: E and A are
+    integers below 2^31 (Bk * 127 * 128), the rest int64 under the plan's 2^62 bound.
+    """
+    from hwsim import kernels as _k
+
+    mm = _k.int_mm()
+    R = int(plan.spec[4])
+    if mm is None or R > BLOCK_MACS:
+        return None
+    Bk = R * max(1, BLOCK_MACS // R)
+    wts = int8_block_weights(plan, Bk)
+    if wts is None:
+        return None
+    w8, wa8, wsum, wp, wpT = wts
+    lo, hi = (min(0, int(xp.min())), max(0, int(xp.max()))) if xp.size else (0, 0)  # padding pixels are 0
+    if lo < -127 or hi > 127:
+        return None
+    import torch
+
+    off = 0
+    Cb, M = wsum.shape
+    Kp = Cb * Bk
+    corr = wsum * off
+    spec = plan.spec
+    b0, bev = _bias_in_acc(plan.bias, spec)
+    xp8 = np.empty(xp.shape, np.int8)
+    np.subtract(xp, off, out=xp8, casting="unsafe")  # exact: integers in [-127, 127] (checked above)
+    xa8 = np.abs(xp8)
+    nb = int(max(1, min(N, (STAGE_BYTES // (4 * M)) // max(1, L))))
+
+    def work(part):
+        cols = np.zeros((nb, L, Kp), np.int8)  # columns K.. stay 0 (their weights are 0 too)
+        cola = np.zeros((nb, L, Kp), np.int8)
+        ct, cat = torch.from_numpy(cols.reshape(nb * L, Kp)), torch.from_numpy(cola.reshape(nb * L, Kp))
+        E = torch.empty((nb * L, M), dtype=torch.int32)
+        A = torch.empty((nb * L, M), dtype=torch.int32)
+        En, An = E.numpy(), A.numpy()
+        acc = np.empty((nb * L, M), np.int64)
+        s = np.empty(M, np.int64)
+        cols2 = cols.reshape(nb * L, Kp)
+        pe = ae = heavy = 0
+        for n0, b in part:
+            Pb = b * L
+            _k.im2col_positions_serial(xp8, n0, geom, cols[:b])
+            _k.im2col_positions_serial(xa8, n0, geom, cola[:b])
+            a = acc[:Pb]
+            init_acc(b0, a)
+            for c in range(Cb):
+                mm(ct[:Pb, c * Bk:(c + 1) * Bk], w8[c], out=E[:Pb])
+                mm(cat[:Pb, c * Bk:(c + 1) * Bk], wa8[c], out=A[:Pb])
+                p1, a1, h1 = block_stage(En[:Pb], An[:Pb], corr[c], cols2[:Pb, c * Bk:(c + 1) * Bk], off, c * Bk, wp,
+                                         wpT, spec, a, s)
+                pe, ae, heavy = pe + p1, ae + a1, heavy + h1
+            finish_acc(a, L, out[n0:n0 + b])
+            ae += bev * Pb
+        return pe, ae, heavy
+
+    with _k._torch_one_thread():
+        pe, ae, heavy = work([(0, 1)])  # the first sample decides whether the screen pays
+        if heavy > BLOCK_SWITCH * L * Cb:
+            return None
+        blocks = [(n0, min(nb, N - n0)) for n0 in range(1, N, nb)]
+        workers = max(1, min(_k.numba.get_num_threads(), len(blocks)))
+        res = _k._in_workers(work, [blocks[i::workers] for i in range(workers)]) if blocks else []
+    return pe + sum(r[0] for r in res), ae + sum(r[1] for r in res)

@@ -1025,31 +1025,33 @@ CHUNK_BYTES = 24 << 20  # budget of one block of chunk sums (float32)
 
 
 def _chunked_ok(plans: list[_Plan]) -> bool:
-    """One group, chunks of >= CHUNK_MIN_R products, more than one chunk, and an exact form of the chunked
-    model: int8 operands for the int8 chunk GEMMs (:func:`hwsim.accumulate.run_int8_chunks`) or a float32
-    model proven exact (:func:`hwsim.accumulate.chunk_model_f32`)."""
+    """One group, more than one chunk, and an exact form of the chunked model: int8 operands for the
+    int8 GEMMs (:func:`hwsim.accumulate.run_int8_chunks` for chunks of >= CHUNK_MIN_R products,
+    :func:`hwsim.accumulate.run_int8_blocks` for shorter ones), or chunks of >= CHUNK_MIN_R products and a
+    float32 model proven exact (BLAS chunk sums, :func:`accumulate_chunks_f32`)."""
     if len(plans) != 1:
         return False
     p = plans[0]
     R, K = int(p.spec[4]), p.w_kernel.shape[0]
-    if not CHUNK_MIN_R <= R < K:
+    if R >= K:
         return False
+    if R < CHUNK_MIN_R:
+        return int_mm() is not None and _acc.int8_block_weights(p, R * max(1, _acc.BLOCK_MACS // R)) is not None
     return p.w_f32 is not None or (int_mm() is not None and _acc.int8_chunk_weights(p) is not None)
 
 
 def _run_chunked(plan: _Plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
-    """Every position of one group through the MAC-array model, chunk sums computed exactly and fused.
+    """Every position of one group through the MAC-array model, chunk sums computed exactly.
 
-    int8 chunk GEMMs where operands fit (:func:`hwsim.accumulate.run_int8_chunks`), else the float32
-    fused kernel where the plan proved it exact (:func:`hwsim.accumulate.chunk_model_f32`: blocks of
-    samples laid out position-major, K padded with zero columns to whole chunks), else the integer
-    model kernel on every position.
+    int8 GEMMs where operands fit (:func:`hwsim.accumulate.run_int8_chunks`; short chunks:
+    :func:`hwsim.accumulate.run_int8_blocks`), else float32 BLAS chunk sums and
+    :func:`accumulate_chunks_f32` where the plan proved float32 exact, else the model kernel on every position.
     """
-    res = _acc.run_int8_chunks(plan, xp, geom, N, L, K, out)
+    R = int(plan.spec[4])
+    res = (_acc.run_int8_blocks if R < CHUNK_MIN_R else _acc.run_int8_chunks)(plan, xp, geom, N, L, K, out)
     if res is not None:
         return res
-    R = int(plan.spec[4])
-    if plan.w_f32 is None:
+    if plan.w_f32 is None or R < CHUNK_MIN_R:
         nb = int(max(1, min(N, BLOCK_BYTES // max(1, L * K * 4))))
         cols_buf = np.empty((nb, L, K), xp.dtype if xp.dtype != np.float64 else np.int64)
         pe = ae = 0
@@ -1060,23 +1062,27 @@ def _run_chunked(plan: _Plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, 
                                  out[n0:n0 + b])
             pe, ae = pe + p1, ae + a1
         return pe, ae
+    # no torch: chunk sums of blocks of samples from one batched float32 matmul (exact: every partial sum
+    # of a chunk sum is below 2^24), then accumulate_chunks_f32 runs the P/A stages chunk by chunk
     M = plan.w_f32.shape[1]
-    Kp = -(-K // R) * R
-    if "fused_w" not in plan.cache:
-        w = np.zeros((Kp, M), np.float32)
-        w[:K] = plan.w_f32
-        plan.cache["fused_w"] = w
-    w = plan.cache["fused_w"]
-    nb = int(max(1, min(N, BLOCK_BYTES // max(1, L * Kp * 4))))
-    buf = np.zeros((nb * L + _acc.TP, Kp), np.float32)  # columns K.. and the rows past the block stay 0
-    ev = np.zeros((-(-nb * L // _acc.TP), 2), np.int64)
+    C = -(-K // R)
+    if "chunks" not in plan.cache:
+        w3 = np.zeros((C * R, M), np.float32)
+        w3[:K] = plan.w_f32
+        plan.cache["chunks"] = w3.reshape(C, R, M)
+    w3 = plan.cache["chunks"]
+    nb = int(max(1, min(N, CHUNK_BYTES // max(1, C * L * M * 4))))
+    cols_buf = np.zeros((nb, L, C * R), np.float32)  # columns K.. stay 0: the last chunk's missing products
     pe = ae = 0
-    for n0 in range(0, N, nb):
-        b = min(nb, N - n0)
-        im2col_positions(xp, n0, geom, buf[:b * L].reshape(b, L, Kp))  # exact: integers below 2^24
-        t = -(-b * L // _acc.TP)
-        _acc.chunk_model_f32(buf, w, plan.bias, plan.spec, L, out[n0:n0 + b], ev[:t])
-        pe, ae = pe + int(ev[:t, 0].sum()), ae + int(ev[:t, 1].sum())
+    with _blas_one_thread():
+        for n0 in range(0, N, nb):
+            b = min(nb, N - n0)
+            cols = cols_buf[:b]
+            im2col_positions(xp, n0, geom, cols)  # exact: integers below 2^24 (xp may be float64)
+            S = np.matmul(cols.reshape(b * L, C, R).transpose(1, 0, 2), w3)  # [C, b*L, M] exact chunk sums
+            ev = np.zeros((b * L, 2), np.int64)
+            accumulate_chunks_f32(S, plan.bias, plan.spec, L, out[n0:n0 + b], ev)
+            pe, ae = pe + int(ev[:, 0].sum()), ae + int(ev[:, 1].sum())
     return pe, ae
 
 
