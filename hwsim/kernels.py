@@ -661,6 +661,9 @@ def _merged_spec(plans: list[_Plan]) -> np.ndarray:
     bounded_p = [q.spec for q in plans if q.spec[3] != MODE_NONE]
     if bounded_p:  # same accumulator config for every group; only some may need the P checks
         spec[2], spec[3] = bounded_p[0][2], bounded_p[0][3]
+    bounded_a = [q.spec for q in plans if q.spec[1] != MODE_NONE]
+    if bounded_a:  # likewise the A checks (a group whose A stage is certified cannot trigger them)
+        spec[0], spec[1] = bounded_a[0][0], bounded_a[0][1]
     return spec
 
 

@@ -206,6 +206,23 @@ def test_groups_keep_their_own_paths(monkeypatch):
     assert calls["_run_chunked"] == 0
 
 
+@pytest.mark.parametrize("groups,cout", [(2, 16), (4, 4)])
+def test_groups_with_and_without_a_certified_accumulator(groups, cout):
+    """Group 0's weights are tiny (its accumulator stage is certified, planned unbounded), the other
+    groups saturate: the groups run in one model-kernel call and must keep the A checks."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (2, 8, 5, 5))
+    w = rng.integers(-128, 128, (cout, 8 // groups, 3, 3))
+    w[: cout // groups] = rng.integers(-1, 2, (cout // groups, 8 // groups, 3, 3))
+    acc = ops.Accumulator(bits=16, overflow="saturate", rows=4)
+    plan = kernels.conv_plan(w, None, 0, np.zeros(cout, np.int64), (1, 1), (1, 1, 1, 1), (1, 1), groups, acc, 0, 255)
+    assert plan.groups[0].spec[1] == kernels.MODE_NONE and plan.groups[-1].spec[1] == kernels.MODE_SAT
+    kw = dict(x_zero_point=0, padding=1, groups=groups, acc=acc)
+    fast = ops.conv2d(x, w, None, **kw)
+    _same(fast, ops.conv2d(x, w, None, impl="reference", **kw))
+    assert fast[1].acc_events > 0
+
+
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(st.data())
 def test_chunked_model_property(data):
