@@ -387,6 +387,8 @@ def run_int8_blocks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: i
     R = int(plan.spec[4])
     if mm is None or R > BLOCK_MACS:
         return None
+    if N == 0:
+        return 0, 0
     Bk = R * max(1, BLOCK_MACS // R)
     wts = int8_block_weights(plan, Bk)
     if wts is None:
