@@ -28,6 +28,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from hwsim import accumulate as _acc
 from hwsim.errors import HwsimError
 
 try:  # optional: pins BLAS to one thread inside hwsim calls (installed with scikit-learn, which mlxtend needs)
@@ -639,6 +640,11 @@ def _plan(wd: np.ndarray, bias: np.ndarray | None, xmax: int, acc) -> _Plan:
               and cmax < EXACT_F32 and gsum + bmax < EXACT_F64 and (p_cfg is None or p_cfg + cmax < EXACT_F32)
               and (a_hi + 1 + cmax < EXACT_F32 if a_hi is not None else gsum + bmax < EXACT_F32))
     small_acc = (a_hi is not None and a_hi < (1 << 31)) or gsum + bmax < (1 << 31)
+    if a_hi is not None and max(bound, default=0) <= a_hi:
+        # the accumulator stage is certified (no value can leave it; the bounds above stay valid): the
+        # kernels skip its checks and the screens look at the partial-sum stage only
+        a_hi = None
+        spec[1] = MODE_NONE
     return _Plan(w_kernel=np.ascontiguousarray(wd.T).astype(np.int32 if cmax < (1 << 31) else np.int64),
                  acc_dtype=np.int32 if small_acc else np.int64,
                  w_f32=np.ascontiguousarray(wd.T).astype(np.float32) if f32_ok else None,
@@ -655,6 +661,9 @@ def _merged_spec(plans: list[_Plan]) -> np.ndarray:
     bounded_p = [q.spec for q in plans if q.spec[3] != MODE_NONE]
     if bounded_p:  # same accumulator config for every group; only some may need the P checks
         spec[2], spec[3] = bounded_p[0][2], bounded_p[0][3]
+    bounded_a = [q.spec for q in plans if q.spec[1] != MODE_NONE]
+    if bounded_a:  # likewise the A checks (a group whose A stage is certified cannot trigger them)
+        spec[0], spec[1] = bounded_a[0][0], bounded_a[0][1]
     return spec
 
 
@@ -1019,20 +1028,45 @@ CHUNK_BYTES = 24 << 20  # budget of one block of chunk sums (float32)
 
 
 def _chunked_ok(plans: list[_Plan]) -> bool:
-    """One group whose float32 model is exact, chunks of >= CHUNK_MIN_R products, more than one chunk."""
-    if len(plans) != 1 or plans[0].w_f32 is None:
+    """One group, more than one chunk, and an exact form of the chunked model: int8 operands for the
+    int8 GEMMs (:func:`hwsim.accumulate.run_int8_chunks` for chunks of >= CHUNK_MIN_R products,
+    :func:`hwsim.accumulate.run_int8_blocks` for shorter ones), or chunks of >= CHUNK_MIN_R products and a
+    float32 model proven exact (BLAS chunk sums, :func:`accumulate_chunks_f32`)."""
+    if len(plans) != 1:
         return False
-    R, K = int(plans[0].spec[4]), plans[0].w_f32.shape[0]
-    return CHUNK_MIN_R <= R < K
+    p = plans[0]
+    R, K = int(p.spec[4]), p.w_kernel.shape[0]
+    if R >= K:
+        return False
+    if R < CHUNK_MIN_R:
+        return int_mm() is not None and _acc.int8_block_weights(p, R * max(1, _acc.BLOCK_MACS // R)) is not None
+    return p.w_f32 is not None or (int_mm() is not None and _acc.int8_chunk_weights(p) is not None)
 
 
 def _run_chunked(plan: _Plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
-    """Every position through the MAC-array model, its chunk sums from one batched float32 matmul.
+    """Every position of one group through the MAC-array model, chunk sums computed exactly.
 
-    Each chunk sum is an integer below 2^24 in magnitude at every partial sum (plan: f32 exact), so the
-    matmul is exact in any order; :func:`accumulate_chunks_f32` then runs the P/A stages chunk by chunk.
+    int8 GEMMs where operands fit (:func:`hwsim.accumulate.run_int8_chunks`; short chunks:
+    :func:`hwsim.accumulate.run_int8_blocks`), else float32 BLAS chunk sums and
+    :func:`accumulate_chunks_f32` where the plan proved float32 exact, else the model kernel on every position.
     """
     R = int(plan.spec[4])
+    res = (_acc.run_int8_blocks if R < CHUNK_MIN_R else _acc.run_int8_chunks)(plan, xp, geom, N, L, K, out)
+    if res is not None:
+        return res
+    if plan.w_f32 is None or R < CHUNK_MIN_R:
+        nb = int(max(1, min(N, BLOCK_BYTES // max(1, L * K * 4))))
+        cols_buf = np.empty((nb, L, K), xp.dtype if xp.dtype != np.float64 else np.int64)
+        pe = ae = 0
+        for n0 in range(0, N, nb):
+            b = min(nb, N - n0)
+            im2col_positions(xp, n0, geom, cols_buf[:b])
+            p1, a1 = _run_kernel([plan], cols_buf[:b].transpose(0, 2, 1), 0, np.arange(b * L, dtype=np.int64),
+                                 out[n0:n0 + b])
+            pe, ae = pe + p1, ae + a1
+        return pe, ae
+    # no torch: chunk sums of blocks of samples from one batched float32 matmul (exact: every partial sum
+    # of a chunk sum is below 2^24), then accumulate_chunks_f32 runs the P/A stages chunk by chunk
     M = plan.w_f32.shape[1]
     C = -(-K // R)
     if "chunks" not in plan.cache:

@@ -274,29 +274,3 @@ def test_fma_kernel_equals_fma_f32_near_ties():
     out = np.empty(n, np.float32)
     fma_all(x, r, z, out)
     np.testing.assert_array_equal(out, expected)
-
-
-# ----------------------------------------------------------------------------- chunk sums by BLAS
-CHUNK_ACCS = [ops.Accumulator(bits=a, overflow=ao, rows=r, partial_bits=p, partial_overflow=po)
-              for a, ao in ((12, "saturate"), (13, "wrap"), (16, "saturate"), (None, "wrap"))
-              for r in (8, 16) for p, po in ((None, "saturate"), (10, "wrap"), (11, "saturate"))
-              if not (a is None and p is None)]
-
-
-@pytest.mark.parametrize("acc", CHUNK_ACCS, ids=lambda a: f"A{a.bits}{a.overflow[0]}-R{a.rows}-P{a.partial_bits}"
-                                                          f"{a.partial_overflow[0]}")
-def test_chunked_model_equals_reference(acc, monkeypatch):
-    """Every position through the model with BLAS chunk sums: same integers and events as the reference."""
-    calls = []
-    real = kernels.accumulate_chunks_f32
-    monkeypatch.setattr(kernels, "accumulate_chunks_f32", lambda *a: calls.append(1) or real(*a))
-    rng = np.random.default_rng(9)
-    x = rng.integers(0, 256, (2, 6, 7, 7))
-    x[0, :, :3] = 255  # boundary: the largest inputs
-    w = rng.integers(-128, 128, (16, 6, 3, 3))
-    w[1] = 127
-    b = rng.integers(-3000, 3000, 16)
-    b[0] = 5000  # a bias outside the 12/13-bit accumulator: bias events
-    kw = dict(x_zero_point=0, padding=(1, 0, 2, 1), stride=(1, 2), acc=acc)
-    _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
-    assert calls, "the chunked model path was not taken"

@@ -1,0 +1,268 @@
+"""The order-dependent accumulator paths (hwsim.accumulate): fast == reference bit for bit, events included.
+
+Every position of a conv group through the MAC-array model, its chunk sums from int8 GEMMs
+(torch._int_mm, int64 or float32 stage), exact int8 blocks screened per element for short chunks
+(R < 8, R = 1: saturation after every MAC), BLAS float32 chunk sums without torch, or the integer
+model kernel (operands too wide for either); each test checks the path it means was taken.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwsim import accumulate, kernels, ops
+
+
+def _same(a, b):
+    (va, sa), (vb, sb) = a, b
+    np.testing.assert_array_equal(va, vb)
+    assert (sa.partial_events, sa.acc_events) == (sb.partial_events, sb.acc_events)
+
+
+def _spy(monkeypatch, module, names):
+    calls = {n: 0 for n in names}
+    for n in names:
+        real = getattr(module, n)
+
+        def spy(*a, _real=real, _n=n, **k):
+            calls[_n] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(module, n, spy)
+    return calls
+
+
+@pytest.fixture
+def no_int_mm(monkeypatch):
+    monkeypatch.setattr(kernels, "_INT_MM", False)  # as without torch: the float32 fused kernel runs
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request):
+    prev = kernels.numba.get_num_threads()
+    kernels.set_threads(request.param)
+    yield request.param
+    kernels.set_threads(prev)
+
+
+def _conv_case(rng, n=2, cin=6, cout=16, k=3, xhi=256):
+    x = rng.integers(0, xhi, (n, cin, 7, 7))
+    x[0, :, :3] = xhi - 1  # the largest inputs
+    w = rng.integers(-128, 128, (cout, cin, k, k))
+    w[1] = 127
+    b = rng.integers(-3000, 3000, cout)
+    b[0] = 5000  # a bias outside a 12/13-bit accumulator: bias events
+    return x, w, b
+
+
+CHUNK_ACCS = [ops.Accumulator(bits=a, overflow=ao, rows=r, partial_bits=p, partial_overflow=po)
+              for a, ao in ((12, "saturate"), (13, "wrap"), (16, "saturate"), (None, "wrap"))
+              for r in (8, 16, 24) for p, po in ((None, "saturate"), (10, "wrap"), (11, "saturate"))
+              if not (a is None and p is None)]
+
+
+def _acc_id(a):
+    return f"A{a.bits}{a.overflow[0]}-R{a.rows}-P{a.partial_bits}{a.partial_overflow[0]}"
+
+
+@pytest.mark.parametrize("acc", CHUNK_ACCS, ids=_acc_id)
+def test_int8_chunk_gemms_equal_reference(acc, monkeypatch):
+    """K = 54 in chunks of 8 / 16 / 24 (none divides it), padding, stride, bias events: int8 chunk GEMMs."""
+    if kernels.int_mm() is None:
+        pytest.skip("torch._int_mm unavailable")
+    calls = _spy(monkeypatch, accumulate, ["chunk_stage_i64", "chunk_stage_f32"])
+    x, w, b = _conv_case(np.random.default_rng(9))
+    kw = dict(x_zero_point=0, padding=(1, 0, 2, 1), stride=(1, 2), acc=acc)
+    _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
+    assert calls["chunk_stage_i64"] + calls["chunk_stage_f32"] > 0
+    if acc.partial_bits is None and acc.overflow == "saturate":
+        assert calls["chunk_stage_f32"] > 0  # the float32 stage is exact for these widths
+    else:
+        assert calls["chunk_stage_f32"] == 0
+
+
+@pytest.mark.parametrize("acc", CHUNK_ACCS, ids=_acc_id)
+def test_float32_chunk_sums_without_int_mm_equal_reference(acc, no_int_mm, monkeypatch):
+    """Without torch._int_mm: BLAS chunk sums and the float32 chunk-level model."""
+    calls = _spy(monkeypatch, kernels, ["accumulate_chunks_f32"])
+    x, w, b = _conv_case(np.random.default_rng(9))
+    kw = dict(x_zero_point=0, padding=(1, 0, 2, 1), stride=(1, 2), acc=acc)
+    _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
+    assert calls["accumulate_chunks_f32"] > 0
+
+
+SHORT_ACCS = [ops.Accumulator(bits=a, overflow=ao, rows=r, partial_bits=p, partial_overflow=po)
+              for r in (1, 2, 3) for a, ao in ((10, "saturate"), (11, "wrap"), (None, "wrap"))
+              for p, po in ((None, "saturate"), (7, "saturate"), (8, "wrap"))
+              if not (a is None and p is None) and not (r == 1 and p is not None)]
+
+
+@pytest.mark.parametrize("acc", SHORT_ACCS, ids=_acc_id)
+@pytest.mark.parametrize("spread", ["few", "many"])
+def test_int8_blocks_equal_reference(acc, spread, monkeypatch):
+    """Short chunks (R = 1, 2, 3; K = 144, not a multiple of the 64-product block): the exact block sums
+    where the bound allows, the sequential model element by element ("few" channels near the limits)
+    or vectorized over the channels of a position ("many"); then the same layer with the first-sample
+    switch forced to the caller's model kernel."""
+    if kernels.int_mm() is None:
+        pytest.skip("torch._int_mm unavailable")
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 16, (3, 16, 5, 5))  # 4-bit activations, z_x = 8
+    w = rng.integers(-8, 8, (16, 16, 3, 3))
+    if spread == "many":
+        w[:12] = rng.integers(5, 8, (12, 16, 3, 3))
+        x[:, :, :2] = 15
+    else:
+        w[0] = 7  # one channel far out
+        x[1] = 8 + rng.integers(-1, 2, (16, 5, 5))  # a sample near the zero point: every block safe
+    b = rng.integers(-200, 200, 16)
+    b[3] = 600  # a bias outside a 10-bit accumulator
+    kw = dict(x_zero_point=8, padding=(1, 1, 0, 2), stride=(2, 1), acc=acc)
+    ref = ops.conv2d(x, w, b, impl="reference", **kw)
+    monkeypatch.setattr(accumulate, "BLOCK_SWITCH", 1.0)
+    calls = _spy(monkeypatch, accumulate, ["block_stage"])
+    _same(ops.conv2d(x, w, b, **kw), ref)
+    assert calls["block_stage"] > 0
+    monkeypatch.setattr(accumulate, "BLOCK_SWITCH", -1.0)
+    calls = _spy(monkeypatch, kernels, ["_run_kernel"])
+    _same(ops.conv2d(x, w, b, **kw), ref)
+    assert calls["_run_kernel"] > 0
+
+
+def test_wide_activations_fall_back_to_the_integer_model(monkeypatch):
+    """int8 weights but 12-bit activations (x - z_x leaves int8) in chunks of 64 (float32 not exact):
+    the chunked path hands over to the integer model kernel on every position."""
+    if kernels.int_mm() is None:
+        pytest.skip("torch._int_mm unavailable")
+    calls = _spy(monkeypatch, kernels, ["_run_kernel", "_run_chunked"])
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4096, (2, 16, 5, 5))
+    w = rng.integers(-128, 128, (9, 16, 3, 3))
+    b = rng.integers(-(2**20), 2**20, 9)
+    acc = ops.Accumulator(bits=24, overflow="saturate", rows=64, partial_bits=20, partial_overflow="saturate")
+    kw = dict(x_zero_point=2048, padding=1, acc=acc)
+    _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
+    assert calls["_run_chunked"] > 0 and calls["_run_kernel"] > 0
+
+
+@pytest.mark.parametrize("path", ["int8", "float32", "int8-R1"])
+@pytest.mark.parametrize("bits", [12, 16])
+def test_saturation_exactly_at_the_limits(path, bits, monkeypatch, threads):
+    """Running sums that land exactly on +-(2^(b-1)) - {0, 1} and one past: events only where the value
+    leaves the range; batch 1 and threads 1 / 2."""
+    if path == "float32":
+        monkeypatch.setattr(kernels, "_INT_MM", False)
+    elif kernels.int_mm() is None:
+        pytest.skip("torch._int_mm unavailable")
+    hi = (1 << (bits - 1)) - 1
+    K, M, R = 40, 12, 1 if path == "int8-R1" else 16  # chunks 16, 16, 8 (or every MAC)
+    w = np.zeros((M, K, 1, 1), np.int64)
+    w[:, :16] = 1  # first chunk: sum of x[0:16]
+    w[:, 16:32] = -1  # second chunk: minus the sum of x[16:32]
+    x = np.zeros((1, K, 1, 1), np.int64)
+    xhi = 127 if path == "int8-R1" else 255  # the short-chunk path takes |x - z_x| <= 127
+    first = min(xhi * 16, hi)
+    x[0, :16, 0, 0] = first // 16
+    x[0, :first % 16, 0, 0] += 1  # sum of the first 16 products = first
+    x[0, 16:32, 0, 0] = xhi
+    x[0, 32:, 0, 0] = 7
+    # bias so that channel m's first running value is hi - 1, hi, hi + 1, ... (events from m = 2 on)
+    b = np.array([hi - first - 1 + m for m in range(M)])
+    b[6:] = -b[6:] - 2 * first - 10  # negative side: low limit crossings after the second chunk
+    acc = ops.Accumulator(bits=bits, overflow="saturate", rows=R)
+    monkeypatch.setattr(accumulate, "BLOCK_SWITCH", 1.0)
+    fast = ops.conv2d(x, w, b, x_zero_point=0, acc=acc)
+    _same(fast, ops.conv2d(x, w, b, x_zero_point=0, acc=acc, impl="reference"))
+    assert fast[1].acc_events > 0
+    assert (fast[0] == hi).any() or (fast[0] == -hi - 1).any()
+
+
+def test_certified_accumulator_stage_is_skipped_partial_events_still_counted(monkeypatch):
+    """int8-psum16's shape of accumulator (P = 16 saturating, A = 32 saturating, R = 64): the A stage
+    is certified (no checks, no events), the partial-sum stage still saturates and counts."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(200, 256, (3, 16, 5, 5))
+    w = rng.integers(100, 128, (32, 16, 3, 3))
+    acc = ops.Accumulator(bits=32, overflow="saturate", rows=64, partial_bits=16, partial_overflow="saturate")
+    plan = kernels.conv_plan(w, None, 0, np.zeros(32, np.int64), (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, 0, 255)
+    assert plan.groups[0].spec[1] == kernels.MODE_NONE and plan.groups[0].a_hi is None
+    kw = dict(x_zero_point=0, padding=1, acc=acc)
+    fast = ops.conv2d(x, w, None, **kw)
+    _same(fast, ops.conv2d(x, w, None, impl="reference", **kw))
+    assert fast[1].partial_events > 0 and fast[1].acc_events == 0
+
+
+def test_groups_keep_their_own_paths(monkeypatch):
+    """Grouped and depthwise convs are not chunked (one group only): same integers as the reference."""
+    calls = _spy(monkeypatch, kernels, ["_run_chunked"])
+    rng = np.random.default_rng(2)
+    acc = ops.Accumulator(bits=14, overflow="saturate", rows=8)
+    for groups, cout in ((2, 16), (8, 8)):
+        x = rng.integers(0, 256, (2, 8, 6, 6))
+        w = rng.integers(-128, 128, (cout, 8 // groups, 3, 3))
+        kw = dict(x_zero_point=0, padding=1, groups=groups, acc=acc)
+        _same(ops.conv2d(x, w, None, **kw), ops.conv2d(x, w, None, impl="reference", **kw))
+    assert calls["_run_chunked"] == 0
+
+
+@pytest.mark.parametrize("groups,cout", [(2, 16), (4, 4)])
+def test_groups_with_and_without_a_certified_accumulator(groups, cout):
+    """Group 0's weights are tiny (its accumulator stage is certified, planned unbounded), the other
+    groups saturate: the groups run in one model-kernel call and must keep the A checks."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (2, 8, 5, 5))
+    w = rng.integers(-128, 128, (cout, 8 // groups, 3, 3))
+    w[: cout // groups] = rng.integers(-1, 2, (cout // groups, 8 // groups, 3, 3))
+    acc = ops.Accumulator(bits=16, overflow="saturate", rows=4)
+    plan = kernels.conv_plan(w, None, 0, np.zeros(cout, np.int64), (1, 1), (1, 1, 1, 1), (1, 1), groups, acc, 0, 255)
+    assert plan.groups[0].spec[1] == kernels.MODE_NONE and plan.groups[-1].spec[1] == kernels.MODE_SAT
+    kw = dict(x_zero_point=0, padding=1, groups=groups, acc=acc)
+    fast = ops.conv2d(x, w, None, **kw)
+    _same(fast, ops.conv2d(x, w, None, impl="reference", **kw))
+    assert fast[1].acc_events > 0
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.data())
+def test_chunked_model_property(data):
+    """Random shapes, chunk sizes, widths, policies, zero points and batch sizes: fast == reference."""
+    d = data.draw
+    acc = ops.Accumulator(bits=d(st.sampled_from([None, 11, 14, 16, 20])), overflow=d(st.sampled_from(["wrap", "saturate"])),
+                          rows=d(st.sampled_from([8, 12, 16, 32])), partial_bits=d(st.sampled_from([None, 9, 12, 16])),
+                          partial_overflow=d(st.sampled_from(["wrap", "saturate"])))
+    if acc.bits is None and acc.partial_bits is None:
+        return
+    seed = d(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    n, cin, cout, k = d(st.integers(1, 3)), d(st.integers(1, 8)), d(st.integers(8, 20)), d(st.sampled_from([1, 3]))
+    zx = d(st.sampled_from([0, 3, 128, 255]))
+    x = rng.integers(0, 256, (n, cin, 5, 4))
+    w = rng.integers(-128, 128, (cout, cin, k, k))
+    b = rng.integers(-(2**14), 2**14, cout) if d(st.booleans()) else None
+    kw = dict(x_zero_point=zx, w_zero_point=rng.integers(-2, 3, cout) if d(st.booleans()) else 0,
+              padding=d(st.sampled_from([0, 1, (0, 2, 1, 0)])), stride=d(st.sampled_from([1, 2])), acc=acc)
+    _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
+
+
+@pytest.mark.parametrize("R", [1, 4, 16])
+@pytest.mark.parametrize("bits", [10, 16])
+def test_running_sum_ending_exactly_on_the_limits(R, bits, monkeypatch):
+    """All products of a channel share one sign, so the screen's bound equals the final running value:
+    channels ending at 2^(b-1) - 1 (no event), 2^(b-1) (one event, on the last chunk), and the same on
+    the negative side; int8 blocks (R < 8) / int8 chunk GEMMs (R = 16) and the fallback without torch."""
+    monkeypatch.setattr(accumulate, "BLOCK_SWITCH", 1.0)
+    hi = (1 << (bits - 1)) - 1
+    K, M = 40, 64  # 8 channels at the limits, 56 far from them (the element-by-element model)
+    w = np.ones((M, K, 1, 1), np.int64)
+    w[6:12] = -1
+    x = np.full((2, K, 1, 1), 3, np.int64)  # every running value grows by 3 per product: sum 120
+    b = np.zeros(M, np.int64)
+    b[:12] = [hi - 120 - 1 + m for m in range(6)] + [-hi - 1 + 120 + 1 - m for m in range(6)]
+    acc = ops.Accumulator(bits=bits, overflow="saturate", rows=R)
+    ref = ops.conv2d(x, w, b, x_zero_point=0, acc=acc, impl="reference")
+    assert ref[1].acc_events > 0 and (ref[0] == hi).any() and (ref[0] == -hi - 1).any()
+    for torch_mm in (True, False):
+        if not torch_mm:
+            monkeypatch.setattr(kernels, "_INT_MM", False)
+        _same(ops.conv2d(x, w, b, x_zero_point=0, acc=acc), ref)
