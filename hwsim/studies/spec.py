@@ -120,9 +120,8 @@ def _ladder(labels: tuple | None = None) -> tuple:
 # largest"): frontends/pytorch/models.py's mobilenetv2-tiny, MobileNetV2 at width 0.5 with a stride-2
 # stem (14.8k parameters, six inverted-residual blocks, six depthwise layers). The full-width
 # `mobilenetv2` (stride-1 stem) took 11 s per epoch and > 4 min per LAPQ cell here; this one 2.4 s
-# per epoch and 10-55 s per LAPQ cell under load (docs/results.md, "Time budget"). Its LAPQ is the
-# small CNN's (60 Powell evaluations, 256 loss images): measured on it, 64 or 128 loss images saved
-# nothing (one evaluation's cost is mostly per-layer overhead, not images).
+# per epoch and 36-81 s per LAPQ cell (60 Powell evaluations, 256 loss images) at load 6-8.
+MOBILENET_LAPQ = (30, 64)  # LAPQ's Powell budget and loss images on it: a cut to fit 45 min (docs/results.md)
 MOBILENET = "mobilenetv2-tiny"
 # Its W/A columns: KURE Table 1's MobileNet-V2 columns (FP, 4/FP, 3/FP, 6/6, 4/4, 3/3; its 2/FP is
 # "–") without 5/5, which lies between 6/6 and 4/4 (SymReg Table 1 has FP, 4/FP, 6/6, 5/5, 4/4).
@@ -211,7 +210,7 @@ STUDIES: dict[str, Study] = {
     "bitwidth-mobilenet": Study(
         "bitwidth-mobilenet", "Bit-width robustness on a MobileNetV2-style net (KURE Table 1; SymReg Tables 1-2)",
         MOBILENET_VARIANTS, _ladder(MOBILENET_LADDER), recipes=("aciq", "lapq"), archs=(MOBILENET,),
-        x_label="W/A", quick_columns=("FP", "4/FP", "3/3")),
+        x_label="W/A", quick_columns=("FP", "4/FP", "3/3"), lapq=MOBILENET_LAPQ),
     "pow2-mobilenet": Study(
         "pow2-mobilenet", "Power-of-two scales on a MobileNetV2-style net (KURE Table A.5)", MOBILENET_VARIANTS,
         _pow2(), archs=(MOBILENET,), x_label="W/A", quick_columns=("4/FP Δ=opt", "4/FP Δ=2^N")),
