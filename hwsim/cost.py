@@ -12,7 +12,7 @@ nominal widths, so first/last-layer bits and per-layer overrides are what is cou
   b_w×b_a-bit multiplication (b_w·b_a BOPs) and one addition into the accumulator, counted as
   ``adder_bits`` BOPs (a b-bit ripple adder is b full adders). This is UNIQ's BOPs (Baskin et al.,
   "UNIQ: Uniform Noise Injection for Non-Uniform Quantization of Neural Networks", ACM TOCS 2021,
-  §4: BOPs ≈ m·n·k²·(b_a·b_w + b_a + b_w + log2(n·k²)) for a conv layer with n input and m output
+  arXiv:1804.10969, its complexity measure: BOPs ≈ m·n·k²·(b_a·b_w + b_a + b_w + log2(n·k²)) for a conv layer with n input and m output
   channels, whose last three terms are the width b_o = b_a + b_w + log2(n·k²) of an accumulator that
   cannot overflow), with the hardware's *configured* accumulator width in place of UNIQ's bound:
   ``adder_bits`` = ``acc_bits`` when the accumulator is bounded; UNIQ's b_w + b_a + ⌈log2 K⌉ when
@@ -20,7 +20,7 @@ nominal widths, so first/last-layer bits and per-layer overrides are what is cou
   as 32 bits, a convention like FLOAT_BITS, not an area model). With a partial-sum stage of
   ``partial_bits`` p per ``rows`` r, each MAC adds into the p-bit register and each chunk of r
   products once into the accumulator: per output K·p + ⌈K/r⌉·acc_bits adder bits. The plain
-  ``bops`` (b_w·b_a per MAC: QONNX/HGQ; van Baalen et al., "Bayesian Bits", NeurIPS 2020, §4)
+  ``bops`` (b_w·b_a per MAC: QONNX/HGQ; van Baalen et al., "Bayesian Bits", NeurIPS 2020)
   ignores the accumulator, which is what A2Q (Colbert et al., ICCV 2023) argues against: the
   accumulator is a large share of a low-precision MAC's area and energy. What the model is not: a
   gate-level area or energy model (multiplier BOPs are b_w·b_a "bit products", adder BOPs are full
@@ -70,7 +70,7 @@ def adder_bits(acc, k: int, w_bits: int, act_bits: int, weight_only: bool) -> tu
     length ``k`` on accumulator ``acc`` (module docstring, ``bops_acc``)."""
     if weight_only:
         width = FLOAT_BITS
-    elif acc.bits is None:  # an exact accumulator: UNIQ §4's b_o = b_a + b_w + log2(K)
+    elif acc.bits is None:  # an exact accumulator: UNIQ's b_o = b_a + b_w + log2(K)
         width = w_bits + act_bits + max(0, (k - 1).bit_length())
     else:
         width = int(acc.bits)
