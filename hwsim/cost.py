@@ -12,8 +12,8 @@ nominal widths, so first/last-layer bits and per-layer overrides are what is cou
   b_w×b_a-bit multiplication (b_w·b_a BOPs) and one addition into the accumulator, counted as
   ``adder_bits`` BOPs (a b-bit ripple adder is b full adders). This is UNIQ's BOPs (Baskin et al.,
   "UNIQ: Uniform Noise Injection for Non-Uniform Quantization of Neural Networks", ACM TOCS 2021,
-  arXiv:1804.10969, its complexity measure: BOPs ≈ m·n·k²·(b_a·b_w + b_a + b_w + log2(n·k²)) for a conv layer with n input and m output
-  channels, whose last three terms are the width b_o = b_a + b_w + log2(n·k²) of an accumulator that
+  arXiv:1804.10969, its complexity measure: BOPs ≈ m·n·k²·(b_a·b_w + b_a + b_w + log2(n·k²)) for a
+  conv layer with n input and m output channels, whose last three terms are the width b_o = b_a + b_w + log2(n·k²) of an accumulator that
   cannot overflow), with the hardware's *configured* accumulator width in place of UNIQ's bound:
   ``adder_bits`` = ``acc_bits`` when the accumulator is bounded; UNIQ's b_w + b_a + ⌈log2 K⌉ when
   it is unbounded (an exact accumulator); 32 for a weight-only profile (a float32 addition counted
