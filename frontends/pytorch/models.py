@@ -98,22 +98,33 @@ class MobileNetV2(nn.Module):
     """A small MobileNetV2 (Sandler et al. 2018) for 28/32-pixel inputs: stem 16, blocks (t, c, n, s) below, head 128."""
 
     CONFIG = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2), (4, 64, 1, 1))
+    STEM, HEAD, STEM_STRIDE = 16, 128, 1
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
-        layers: list[nn.Module] = [*_conv_bn(in_channels, 16), nn.ReLU6()]
-        cin = 16
+        layers: list[nn.Module] = [*_conv_bn(in_channels, self.STEM, 3, self.STEM_STRIDE), nn.ReLU6()]
+        cin = self.STEM
         for t, c, n, s in self.CONFIG:
             for j in range(n):
                 layers.append(InvertedResidual(cin, c, s if j == 0 else 1, t))
                 cin = c
-        layers += [*_conv_bn(cin, 128, 1), nn.ReLU6()]
+        layers += [*_conv_bn(cin, self.HEAD, 1), nn.ReLU6()]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(128, num_classes)
+        self.fc = nn.Linear(self.HEAD, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class MobileNetV2Tiny(MobileNetV2):
+    """``mobilenetv2`` at width multiplier 0.5 (Sandler et al. 2018 §6.1's width multiplier; every channel
+    count halved, no rounding to multiples of 8): the same six inverted-residual blocks, each with its
+    3x3 depthwise layer; stem 8, head 64, and the stem at stride 2 as in the paper (Table 2). Built for
+    the studies (issue 20), whose 45-minute budget the full-width net does not fit (docs/results.md)."""
+
+    CONFIG = ((1, 8, 1, 1), (4, 12, 2, 2), (4, 16, 2, 2), (4, 32, 1, 1))
+    STEM, HEAD, STEM_STRIDE = 8, 64, 2
 
 
 def _make_divisible(v: float, divisor: int = 8) -> int:
@@ -258,6 +269,8 @@ def build_model(arch: str, num_classes: int = 10, in_channels: int = 1) -> nn.Mo
         return ResNet(int(a[6:]), num_classes, in_channels)
     if a == "mobilenetv2":
         return MobileNetV2(num_classes, in_channels)
+    if a == "mobilenetv2-tiny":
+        return MobileNetV2Tiny(num_classes, in_channels)
     if a == "mobilenetv3":
         return MobileNetV3Small(num_classes, in_channels)
     if a == "efficientnet":

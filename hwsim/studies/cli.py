@@ -19,7 +19,7 @@ def study_command(name, out=None, seeds=None, epochs=None, limit=None, archs=(),
     arch_list = [a.strip() for item in archs for a in item.split(",") if a.strip()] or None
     run = run_study(name, out, seeds, epochs, limit, arch_list, quick, quiet, cache, data, command)
     outdir = out if out is not None else f"results/studies/{name}"
-    return run, write_outputs(run, outdir, STUDIES[name].x_label)
+    return run, write_outputs(run, outdir, STUDIES[name].x_label, STUDIES[name].pareto)
 
 
 def canonical_command(name, out=None, seeds=None, epochs=None, limit=None, archs=(), quick=False, cache=None,
@@ -51,7 +51,7 @@ def register(group: click.Group) -> None:
     @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
                   help="evaluate on the first N test images (default all; --quick: 200)")
     @click.option("--arch", "archs", multiple=True, metavar="A[,B]",
-                  help="architectures (smallcnn, mobilenetv2, resnet8, resnet20; default smallcnn)")
+                  help="architectures (smallcnn, mobilenetv2-tiny, mobilenetv2, resnet8, ...; default: the study's)")
     @click.option("--quick", is_flag=True, help="tiny run for tests/CI: 1 seed, 1 epoch on 1000 images, 200 test "
                                                  "images, a few columns — not a result")
     @click.option("--cache", default=None, metavar="DIR",
@@ -61,7 +61,8 @@ def register(group: click.Group) -> None:
     def study(name, out, seeds, epochs, limit, archs, quick, cache, data, quiet):
         """Run one of the papers' five studies (issue 20) as a resumable grid of cells.
 
-        NAME: bitwidth, stepsize, pow2, qat-bitwidth, accumulator (docs/results.md). Trainings are
+        NAME: bitwidth, stepsize, pow2, qat-bitwidth, accumulator, and bitwidth-mobilenet, pow2-mobilenet
+        (the first and third on mobilenetv2-tiny; docs/results.md). Trainings are
         cached by a hash of their configuration and shared between studies; each evaluation is a
         JSON cell; rerunning the same command skips finished cells."""
         command = canonical_command(name, out, seeds, epochs, limit, archs, quick, cache, data)

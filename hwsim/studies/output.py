@@ -13,7 +13,7 @@ from pathlib import Path
 from hwsim.safeio import atomic_write
 
 CSV_COLUMNS = ["study", "arch", "variant", "seed", "column", "group", "x", "profile", "settings", "recipe", "mode",
-               "correct", "total", "float_correct", "overflow_events", "bops", "train_key", "export", "eval_key"]
+               "correct", "total", "float_correct", "overflow_events", "bops", "bops_acc", "train_key", "export", "eval_key"]
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -69,11 +69,36 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def pareto_front(points: list[tuple]) -> list[tuple]:
+    """The (label, cost, accuracy, ...) points no other point dominates (at most the cost and more
+    accurate, or cheaper and at least as accurate), cheapest first."""
+    front = [p for p in points
+             if not any((q[1] <= p[1] and q[2] > p[2]) or (q[1] < p[1] and q[2] >= p[2]) for q in points)]
+    return sorted(front, key=lambda p: (p[1], p[2]))
+
+
+def cost_points(rows: list[dict]) -> list[dict]:
+    """Per (arch, variant): every column's (label, mean accumulator-aware BOPs per image, mean accuracy,
+    std, plain BOPs) over seeds, and its Pareto front (hwsim.cost ``bops_acc``; docs/results.md)."""
+    out = []
+    sel = [r for r in rows if r.get("bops_acc") not in ("", None)]
+    for arch in _ordered(r["arch"] for r in sel):
+        for v in _ordered(r["variant"] for r in sel if r["arch"] == arch):
+            pts = []
+            for c in _ordered(r["column"] for r in sel if r["arch"] == arch and r["variant"] == v):
+                cell = [r for r in sel if r["arch"] == arch and r["variant"] == v and r["column"] == c]
+                m, sd = mean_std([100.0 * int(r["correct"]) / int(r["total"]) for r in cell])
+                pts.append((c, sum(int(r["bops_acc"]) for r in cell) / len(cell), m, sd,
+                            sum(int(r["bops"]) for r in cell) / len(cell)))
+            out.append({"arch": arch, "variant": v, "points": pts, "front": pareto_front(pts)})
+    return out
+
+
 def fmt_cell(m: float, s: float | None) -> str:
     return f"{m:.1f}" if s is None else f"{m:.1f} ± {s:.1f}"
 
 
-def to_markdown(run, rows: list[dict]) -> str:
+def to_markdown(run, rows: list[dict], pareto: bool = False) -> str:
     lines = [f"# {run.title}", "", f"Command: `{run.command}`", "",
              f"Top-1 accuracy (%) on {rows[0]['total'] if rows else 0} test images, mean ± sample std (ddof 1) over "
              f"{run.seeds} training seed(s), {run.epochs} epoch(s)" + (" — QUICK MODE (tiny, not a result)" if run.quick else "")
@@ -91,17 +116,30 @@ def to_markdown(run, rows: list[dict]) -> str:
                 lines.append(f"| {v} | " + " | ".join(f"{t['events'][(v, c)]:.0f}" if (v, c) in t["events"] else "–"
                                                       for c in t["columns"]) + " |")
         lines.append("")
+    if pareto:
+        lines += ["## Accuracy vs accumulator-aware cost (Pareto front)", "",
+                  "Cost per image: `bops_acc` = Σ over MACs of (weight bits × activation bits + the accumulator's "
+                  "adder bits) (hwsim.cost; UNIQ's BOPs with the configured accumulator width; docs/results.md). "
+                  "Plain BOPs (weight × activation bits) do not see the accumulator. Rows: the settings no other "
+                  "setting beats at the same or lower cost, cheapest first.", ""]
+        for t in cost_points(rows):
+            lines += [f"### {t['arch']} · {t['variant']}", "", "| setting | bops_acc (M) | BOPs (M) | accuracy |",
+                      "|---|---|---|---|"]
+            for c, cost, m, sd, bops in t["front"]:
+                lines.append(f"| {c} | {cost / 1e6:.2f} | {bops / 1e6:.2f} | {fmt_cell(m, sd)} |")
+            lines.append("")
     return "\n".join(lines)
 
 
-def plot_png(run, rows: list[dict], path: Path, x_label: str = "") -> None:
+def plot_png(run, rows: list[dict], path: Path, x_label: str = "", pareto: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tables = aggregate(rows)
-    n = max(1, len(tables))
+    costs = cost_points(rows) if pareto else []
+    n = max(1, len(tables) + (1 if costs else 0))
     ncols = min(2, n)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 4.0 * nrows), squeeze=False)
@@ -123,7 +161,22 @@ def plot_png(run, rows: list[dict], path: Path, x_label: str = "") -> None:
         ax.grid(alpha=0.3)
         ax.set_title(" · ".join(s for s in (t["arch"], t["group"], t["recipe"]) if s), fontsize=9)
         ax.legend(fontsize=7)
-    for ax in axes.ravel()[len(tables):]:
+    if costs:  # accuracy vs accumulator-aware BOPs: every setting, the Pareto front as a line
+        ax = axes.ravel()[len(tables)]
+        for i, t in enumerate(costs):
+            col = f"C{i}"
+            ax.scatter([p[1] / 1e6 for p in t["points"]], [p[2] for p in t["points"]], s=10, alpha=0.35, color=col)
+            ax.errorbar([p[1] / 1e6 for p in t["front"]], [p[2] for p in t["front"]],
+                        yerr=[p[3] or 0.0 for p in t["front"]], marker="o", capsize=3, color=col,
+                        label=f"{t['arch']} · {t['variant']} (front)" if len(costs) > 2 else f"{t['variant']} (front)")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("accumulator-aware BOPs per image (M, log scale)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title("accuracy vs accumulator-aware cost (dots: every setting)", fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(tables) + (1 if costs else 0):]:
         ax.axis("off")
     fig.suptitle(run.title + (" (QUICK MODE)" if run.quick else "") + f" — mean ± std over {run.seeds} seed(s)",
                  fontsize=10)
@@ -134,10 +187,11 @@ def plot_png(run, rows: list[dict], path: Path, x_label: str = "") -> None:
     atomic_write(path, buf.getvalue())
 
 
-def write_outputs(run, out: Path, x_label: str = "") -> dict[str, Path]:
-    """NAME.csv, NAME.md, NAME.png in ``out`` (atomically); returns their paths."""
+def write_outputs(run, out: Path, x_label: str = "", pareto: bool = False) -> dict[str, Path]:
+    """NAME.csv, NAME.md, NAME.png in ``out`` (atomically); returns their paths. ``pareto``: add the
+    accuracy vs accumulator-aware cost table and panel."""
     paths = {ext: Path(out) / f"{run.study}.{ext}" for ext in ("csv", "md", "png")}
     atomic_write(paths["csv"], to_csv(run.rows))
-    atomic_write(paths["md"], to_markdown(run, run.rows))
-    plot_png(run, run.rows, paths["png"], x_label)
+    atomic_write(paths["md"], to_markdown(run, run.rows, pareto))
+    plot_png(run, run.rows, paths["png"], x_label, pareto)
     return paths

@@ -11,11 +11,10 @@ from typing import Callable
 
 from hwsim.errors import HwsimError
 from hwsim.studies import cells
-from hwsim.studies.spec import STUDIES, Column, Study, lapq_recipe
+from hwsim.studies.spec import FULL_LAPQ, STUDIES, Column, Study, lapq_recipe
 
 # --quick: tiny, for tests and CI (the issue's "reduced size"): 1 epoch, 200 test images, a few columns, LAPQ with 8 evaluations on 64 images
 QUICK = {"seeds": 1, "epochs": 1, "limit": 200, "lapq": (8, 64)}
-FULL_LAPQ = (60, 256)
 
 
 @dataclass
@@ -39,12 +38,12 @@ class StudyRun:
     eval_seconds: float = 0.0
 
 
-def resolve_recipe(spec, quick: bool):
+def resolve_recipe(spec, quick: bool, study: Study | None = None):
     """A column's recipe spec -> a hwsim.ptq Recipe ("lapq": LAPQ at the study's budget)."""
     from hwsim.ptq import load_recipe
 
     if spec == "lapq":
-        return lapq_recipe(*(QUICK["lapq"] if quick else FULL_LAPQ))
+        return lapq_recipe(*(QUICK["lapq"] if quick else (study.lapq if study is not None else FULL_LAPQ)))
     return load_recipe(spec)
 
 
@@ -60,7 +59,7 @@ def plan(study: Study, quick: bool) -> list[tuple[Column, object]]:
         for r in ((c.recipe,) if c.recipe is not None else study.recipes):
             if c.profile == "float" and r != study.recipes[0]:
                 continue  # the float model does not depend on the recipe: one cell
-            out.append((c, resolve_recipe(r, quick)))
+            out.append((c, resolve_recipe(r, quick, study)))
     return out
 
 
@@ -163,12 +162,13 @@ def run_study(name: str, out: str | Path | None = None, seeds: int | None = None
                 fl = int(round(ctx.float_accuracy * n))
                 if col.profile == "float":
                     res = {"correct": fl, "total": n, "float_correct": fl, "overflow_events": 0, "bops": None,
-                           "mode": "float"}
+                           "bops_acc": None, "mode": "float"}
                 else:
                     r = ex.run_profile(ctx, load_profile(col.profile, col.settings), recipe=rec)
                     res = {"correct": int(round(r.sim_accuracy * n)), "total": n, "float_correct": fl,
                            "overflow_events": int(r.overflow_events),
                            "bops": (r.cost or {}).get("totals", {}).get("bops"),
+                           "bops_acc": (r.cost or {}).get("totals", {}).get("bops_acc"),
                            "mode": "weight-only" if r.weight_only else "integer"}
                 res["key"] = ekey
                 res["seconds"] = round(time.perf_counter() - t2, 3)  # timing only: not in the CSV
@@ -188,6 +188,7 @@ def run_study(name: str, out: str | Path | None = None, seeds: int | None = None
                 "recipe": "" if col.profile == "float" else rec.name, "mode": res["mode"],
                 "correct": res["correct"], "total": res["total"], "float_correct": res["float_correct"],
                 "overflow_events": res["overflow_events"], "bops": "" if res["bops"] is None else res["bops"],
+                "bops_acc": "" if res.get("bops_acc") is None else res["bops_acc"],
                 "train_key": doc["key"], "export": variant.export, "eval_key": ekey})
     run.seconds = time.perf_counter() - t0
     say(f"[study {name}] {total}/{total} cells in {_fmt_time(run.seconds)}: trained {run.trained} "

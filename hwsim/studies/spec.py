@@ -57,6 +57,9 @@ LSQ_NT_REG = Variant("lsq+nt+reg", {**QAT_W4A4, **NT, **REG})
 # evaluations (the built-in: 512 images, 300 evaluations, 23 s per smallcnn cell; this one 5 s on a
 # quiet machine, 10.6 s on average on the shared 2-core one, docs/results.md).
 # The result keeps LAPQ's algorithm; only Powell stops earlier (measured in docs/results.md).
+FULL_LAPQ = (60, 256)  # (Powell evaluations, loss images) of the small-CNN studies
+
+
 def lapq_recipe(maxfev: int = 60, images: int = 256):
     """LAPQ (hwsim.ptq's built-in, simulator loss) with Powell's budget and the loss images set."""
     from hwsim.ptq import load_recipe
@@ -98,16 +101,34 @@ class Study:
     archs: tuple = ("smallcnn",)
     x_label: str = ""
     quick_columns: tuple | None = None  # --quick: this subset of labels (None: all)
+    lapq: tuple = FULL_LAPQ  # the "lapq" recipe's (Powell evaluations, loss images) at full size
+    pareto: bool = False  # outputs add accuracy vs accumulator-aware BOPs (hwsim.cost bops_acc), Pareto front
 
 
-def _ladder() -> tuple:
+def _ladder(labels: tuple | None = None) -> tuple:
+    """The papers' W/A ladder (all of it, or the columns ``labels``, in the ladder's order)."""
     cols = [Column("FP", "float", x="FP")]
     for lab, prof, st in [("4/FP", "w4-fp", {}), ("3/FP", "w3-fp", {}), ("2/FP", "w2-fp", {}),
                           ("8/8", "w6a6", {"weights.bits": "8", "activations.bits": "8"}),
                           ("6/6", "w6a6", {}), ("5/5", "w5a5", {}), ("4/4", "w4a4", {}), ("3/3", "w3a3", {}),
                           ("W2A8", "w2a8", {})]:
         cols.append(Column(lab, prof, st, x=lab))
-    return tuple(cols)
+    return tuple(c for c in cols if labels is None or c.label in labels)
+
+
+# The MobileNet-style net of the studies (issue 20: "depthwise layers are where the papers' effects are
+# largest"): frontends/pytorch/models.py's mobilenetv2-tiny, MobileNetV2 at width 0.5 with a stride-2
+# stem (14.8k parameters, six inverted-residual blocks, six depthwise layers). The full-width
+# `mobilenetv2` (stride-1 stem) took 11 s per epoch and > 4 min per LAPQ cell here; this one 2.4 s
+# per epoch and 36-81 s per LAPQ cell (60 Powell evaluations, 256 loss images) at load 6-8.
+MOBILENET_LAPQ = (30, 64)  # LAPQ's Powell budget and loss images on it: a cut to fit 45 min (docs/results.md)
+MOBILENET = "mobilenetv2-tiny"
+# Its W/A columns: KURE Table 1's MobileNet-V2 columns (FP, 4/FP, 3/FP, 6/6, 4/4, 3/3; its 2/FP is
+# "–") without 5/5, which lies between 6/6 and 4/4 (SymReg Table 1 has FP, 4/FP, 6/6, 5/5, 4/4).
+MOBILENET_LADDER = ("FP", "4/FP", "3/FP", "6/6", "4/4", "3/3")
+# Its variants: KURE Table 1's two rows (no regularization, KURE) and SymReg's full recipe ("all" =
+# KURE + SymReg + SatNL + ASAM); the two SymReg ablations are left out to fit the 45 minutes.
+MOBILENET_VARIANTS = (BASELINE, V_KURE, V_ALL)
 
 
 STEP_SCALES = (0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3)
@@ -186,10 +207,17 @@ STUDIES: dict[str, Study] = {
         "qat-bitwidth", "QAT bit-width robustness (KURE Fig. 5; SymReg Fig. 8)",
         tuple(dataclasses.replace(v, export="latent") for v in (LSQ, LSQ_NT, LSQ_REG, LSQ_NT_REG)),
         _qat_bitwidth(), x_label="evaluated at", quick_columns=("W4A4*", "W3A3")),
+    "bitwidth-mobilenet": Study(
+        "bitwidth-mobilenet", "Bit-width robustness on a MobileNetV2-style net (KURE Table 1; SymReg Tables 1-2)",
+        MOBILENET_VARIANTS, _ladder(MOBILENET_LADDER), recipes=("aciq", "lapq"), archs=(MOBILENET,),
+        x_label="W/A", quick_columns=("FP", "4/FP", "3/3"), lapq=MOBILENET_LAPQ),
+    "pow2-mobilenet": Study(
+        "pow2-mobilenet", "Power-of-two scales on a MobileNetV2-style net (KURE Table A.5)", MOBILENET_VARIANTS,
+        _pow2(), archs=(MOBILENET,), x_label="W/A", quick_columns=("4/FP Δ=opt", "4/FP Δ=2^N")),
     "accumulator": Study(
         "accumulator", "Accumulator width (A2Q's trade-off)", (BASELINE, V_ALL), _accumulator(),
         x_label="accumulator / partial-sum bits",
-        quick_columns=("w4a4 wrap 12", "w4a4 wrap 32", "int8 saturate 14", "int8 psum 12")),
+        quick_columns=("w4a4 wrap 12", "w4a4 wrap 32", "int8 saturate 14", "int8 psum 12"), pareto=True),
 }
 
 STUDY_NAMES = tuple(STUDIES)

@@ -21,7 +21,8 @@ from hwsim.studies.spec import STUDIES
 pytest.importorskip("torch")
 
 DATA = Path(__file__).parent / "data"
-INT_COLUMNS = ("variant", "seed", "column", "recipe", "mode", "correct", "total", "float_correct", "overflow_events", "bops")
+INT_COLUMNS = ("variant", "seed", "column", "recipe", "mode", "correct", "total", "float_correct", "overflow_events", "bops",
+               "bops_acc")
 
 
 def invoke(*args):
@@ -86,6 +87,7 @@ def test_md_table_equals_csv_aggregate(root):
         assert f"Command: `hwsim study {name} --out {d / name} --quick`" in md
         # independently of hwsim.studies.output: every (arch, group, recipe, variant, column) cell of the md
         # is the mean (and sample std where there are >1 seeds) of the CSV's accuracies
+        md = md.split("## Accuracy vs accumulator-aware cost")[0]  # the Pareto section: test_pareto_table_*
         tables = re.split(r"^## ", md, flags=re.M)[1:]
         seen = 0
         for t in tables:
@@ -109,6 +111,30 @@ def test_md_table_equals_csv_aggregate(root):
                     assert v == want, (name, head, variant, c)
                     seen += len(accs)
         assert seen == len(rows)
+
+
+def test_pareto_table_equals_csv(root):
+    """The accumulator study's cost section, recomputed from the CSV without hwsim.studies.output: each
+    variant's rows are exactly the columns no other column of that variant dominates (cost <= and
+    accuracy >, or cost < and accuracy >=), cheapest first; bops_acc grows with the accumulator width."""
+    d, _, _ = root
+    rows = _rows(d / "accumulator" / "accumulator.csv")
+    md = (d / "accumulator" / "accumulator.md").read_text()
+    assert "## Accuracy vs accumulator-aware cost (Pareto front)" in md
+    cost = {r["column"]: int(r["bops_acc"]) for r in rows}
+    assert all(int(r["bops_acc"]) > int(r["bops"]) > 0 for r in rows)
+    # smallcnn's MACs by hand (28x28x1 input; conv 3x3 1->16, pool, 16->32, pool, 32->32, linear 32->10):
+    # a 20-bit wider accumulator on every layer costs 20 adder bits per MAC, the BOPs do not change
+    macs = 28 * 28 * 16 * 9 + 14 * 14 * 32 * 16 * 9 + 7 * 7 * 32 * 32 * 9 + 32 * 10
+    assert cost["w4a4 wrap 32"] - cost["w4a4 wrap 12"] == 20 * macs
+    for v in ("baseline", "all"):
+        pts = {r["column"]: (int(r["bops_acc"]), int(r["correct"]) / int(r["total"])) for r in rows if r["variant"] == v}
+        front = sorted((c for c, (k, a) in pts.items()
+                        if not any((k2 <= k and a2 > a) or (k2 < k and a2 >= a) for k2, a2 in pts.values())),
+                       key=lambda c: pts[c])
+        section = md.split(f"### smallcnn · {v}")[1].split("###")[0]
+        got = [ln.split("|")[1].strip() for ln in section.strip().splitlines()[2:] if ln.startswith("|")]
+        assert got == front and front, (v, got, front)
 
 
 def test_regenerates_committed_quick_outputs(root):
