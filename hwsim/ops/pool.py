@@ -244,6 +244,10 @@ class MaxPool2dSpec(_WindowPoolSpec):
 
         return pool_float(ins[0], node.attrs, "max")
 
+    def thread_safe(self, qg, lay) -> bool:
+        """kernels.max_pool runs single-threaded inside execute's batch workers."""
+        return True
+
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x, gx = env[lay.inputs[0]], qg.grids[lay.inputs[0]]
         k, s, pad = _geometry(lay.attrs)
@@ -294,6 +298,10 @@ class _AvgPoolSpec(OpSpec):
     def onnxruntime_form(self, lay, input_hw) -> str:
         """The pool ``form`` that is ONNX Runtime's arithmetic for this layer (:func:`onnxruntime_pool_form`)."""
         return onnxruntime_pool_form(lay.op, lay.attrs.get("kernel"), lay.attrs.get("padding", (0, 0, 0, 0)), input_hw)
+
+    def thread_safe(self, qg, lay) -> bool:
+        """numpy only (and kernels.clamp_count, single-threaded inside execute's batch workers)."""
+        return True
 
     def golden_fields(self, lay, write_int):
         return {"rounding": lay.profile.requant.rounding, "pool_form": lay.profile.requant.pool_form}
