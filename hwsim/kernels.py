@@ -961,32 +961,70 @@ def epilogue_wide(ct, n0, add, out):
                 out[n0 + i, m, l] = np.int64(ct[m, i * L + l]) + a
 
 
+@njit(cache=True, inline="always")
+def _mbqm_small(x, qc, sc, single, tie0, tie1):
+    """:func:`_mbqm` where |x| <= 2^31 and sc <= 0 (no left shift): x * qc is exact in int64 (|x q| < 2^62), so the
+    high multiply is one product, and no int32 saturation can occur (|x q / 2^31| < 2^31): the same integers."""
+    p = x * qc
+    if single:
+        n = 31 - sc
+        fl = p >> n
+        rem = p - (fl << n)
+        if _round_up(fl, rem, n, tie1):
+            fl += 1
+        return fl
+    hi = p >> 31
+    rem = p - (hi << 31)
+    if _round_up(hi, rem, 31, tie0):
+        hi += 1
+    right = -sc
+    fl = hi >> right
+    rem = hi - (fl << right)
+    if _round_up(fl, rem, right, tie1):
+        fl += 1
+    return fl
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _epi_fixed_channel(ct, n0, m, a, qc, sc, single, tie0, tie1, zy, lo, hi, qmin, qmax, count_low, out):
-    """Channel m of :func:`epilogue_fixed` (inlined with a constant ``single``: no branch left in the loop)."""
+def _epi_fixed_channel(ct, n0, m, a, qc, sc, single, small, tie0, tie1, zy, lo, hi, qmin, qmax, count_low, out):
+    """Channel m of :func:`epilogue_fixed` (inlined with constant ``single`` and ``small``: no branch left in the
+    loop)."""
     nb, L = ct.shape[1] // out.shape[2], out.shape[2]
     c = np.int64(0)
     for i in range(nb):
         for l in range(L):
-            v = _mbqm(np.int64(ct[m, i * L + l]) + a, qc, sc, single, tie0, tie1) + zy
+            x = np.int64(ct[m, i * L + l]) + a
+            if small:
+                v = _mbqm_small(x, qc, sc, single, tie0, tie1) + zy
+            else:
+                v = _mbqm(x, qc, sc, single, tie0, tie1) + zy
             c += np.int64(v > qmax) + np.int64(count_low and v < qmin)
             out[n0 + i, m, l] = min(max(v, lo), hi)
     return c
 
 
 @njit(cache=True, nogil=True)
-def epilogue_fixed(ct, n0, add, q, shift, single, tie0, tie1, zy, lo, hi, qmin, qmax, count_low, out):
+def epilogue_fixed(ct, n0, add, q, shift, single, small, tie0, tie1, zy, lo, hi, qmin, qmax, count_low, out):
     """Fixed-point requant, zero point, clamp and clip count in one pass over the GEMM result ct [M, nb*L]:
     v = MBQM(ct[m, i*L + l] + add[m], q[m], shift[m]) + zy (:func:`_mbqm`, the arithmetic of requant_fixed);
     out[n0 + i, m, l] = clamp(v, lo, hi) in out's (narrow) dtype; returns #(v > qmax) + count_low * #(v < qmin)
-    (registry.clamp_counted's count). The caller keeps single rounding to |acc| <= 2^31."""
+    (registry.clamp_counted's count). The caller keeps single rounding to |acc| <= 2^31; ``small`` (every
+    |acc| <= 2^31 and shift <= 0, proven by the plan): :func:`_mbqm_small`."""
     c = np.int64(0)
     for m in range(ct.shape[0]):
         a, qc, sc = add[m], np.int64(q[m]), np.int64(shift[m])
-        if single:
-            c += _epi_fixed_channel(ct, n0, m, a, qc, sc, True, tie0, tie1, zy, lo, hi, qmin, qmax, count_low, out)
+        if small and single:
+            c += _epi_fixed_channel(ct, n0, m, a, qc, sc, True, True, tie0, tie1, zy, lo, hi, qmin, qmax, count_low,
+                                    out)
+        elif small:
+            c += _epi_fixed_channel(ct, n0, m, a, qc, sc, False, True, tie0, tie1, zy, lo, hi, qmin, qmax, count_low,
+                                    out)
+        elif single:
+            c += _epi_fixed_channel(ct, n0, m, a, qc, sc, True, False, tie0, tie1, zy, lo, hi, qmin, qmax, count_low,
+                                    out)
         else:
-            c += _epi_fixed_channel(ct, n0, m, a, qc, sc, False, tie0, tie1, zy, lo, hi, qmin, qmax, count_low, out)
+            c += _epi_fixed_channel(ct, n0, m, a, qc, sc, False, False, tie0, tie1, zy, lo, hi, qmin, qmax,
+                                    count_low, out)
     return c
 
 
@@ -1051,6 +1089,7 @@ class Epilogue:
     q: np.ndarray | None = None
     shift: np.ndarray | None = None
     single: bool = False
+    small: bool = False  # fixed: every |acc| <= 2^31 and every shift <= 0 (kernels._mbqm_small)
     tie0: int = 0
     tie1: int = 0
     mult: np.ndarray | None = None
@@ -1063,7 +1102,8 @@ class Epilogue:
 
     def run(self, ct, n0, add, out) -> int:
         if self.kind == "fixed":
-            return int(epilogue_fixed(ct, n0, add, self.q, self.shift, self.single, self.tie0, self.tie1, self.zy,
+            return int(epilogue_fixed(ct, n0, add, self.q, self.shift, self.single, self.small, self.tie0, self.tie1,
+                                      self.zy,
                                       self.lo, self.hi, self.qmin, self.qmax, self.count_low, out))
         return int(epilogue_float32(ct, n0, add, self.mult, self.bias, self.has_bias, self.pre, self.has_pre,
                                     self.z_before, self.zy, self.mode, self.lo, self.hi, self.qmin, self.qmax,
@@ -1137,6 +1177,7 @@ class GemmPlan:
     groups: list  # one _Plan per group
     gemm: _Int8Gemm | None
     geometry: tuple | None = None  # conv: (stride, pad, dilation, groups)
+    depthwise: "_Depthwise | None" = None  # an exact depthwise conv: the direct kernel (depthwise_run)
 
 
 def linear_plan(w, bias, zx, zw, acc, lo: int, hi: int) -> GemmPlan:
@@ -1155,7 +1196,88 @@ def conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, lo: int, hi: 
     plans = [_plan(wd[g * Mg:(g + 1) * Mg], None if bias is None else bias[g * Mg:(g + 1) * Mg], xmax, acc)
              for g in range(groups)]
     gemm = _int8_gemm(wd, bias, zx, lo, hi, any(pad), plans, tuple(w.shape[1:])) if groups == 1 else None
-    return GemmPlan(lo, hi, zx, plans, gemm, (tuple(stride), tuple(pad), tuple(dilation), int(groups)))
+    dw = None
+    if groups > 1 and groups == Cout and w.shape[1] == 1 and all(p.layer_exact for p in plans):
+        b = np.zeros(Cout, np.int64) if bias is None else bias.astype(np.int64)
+        rows = np.abs(wd).sum(axis=1)
+        dw = _Depthwise(np.ascontiguousarray(wd.astype(np.int64)), b,
+                        max(abs(int(v)) + int(r) * xmax for v, r in zip(b, rows)))
+    return GemmPlan(lo, hi, zx, plans, gemm, (tuple(stride), tuple(pad), tuple(dilation), int(groups)), dw)
+
+
+@dataclass
+class _Depthwise:
+    """An exact depthwise conv (one filter per channel, no event possible: every group's plan is layer_exact)."""
+
+    w: np.ndarray  # int64 [C, kh*kw]: w - z_w
+    add: np.ndarray  # int64 [C]: the bias
+    acc_max: int  # max |acc| over inputs in the plan range (exact Python int)
+
+
+@njit(cache=True, nogil=True)
+def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, ct):
+    """ct[c, i*L + oh*Wo + ow] = sum_(a, b) w[c, a*kw + b] * (x[n0 + i, c, ih, iw] - zx), ih = oh*sh + a*dh - pt,
+    iw = ow*sw + b*dw - pl; padding pixels hold z_x and add 0; exact in int64 (an exact plan: no event, so the
+    order of the sum is free: tap by tap over a zero-padded plane). Returns False when an input lies outside
+    [lo, hi] (ct then incomplete)."""
+    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    H, W = x.shape[2], x.shape[3]
+    C, L = ct.shape[0], Ho * Wo
+    nb = ct.shape[1] // L
+    Hp, Wp = (Ho - 1) * sh + (kh - 1) * dh + 1, (Wo - 1) * sw + (kw - 1) * dw + 1
+    buf = np.zeros((max(Hp, pt + H), max(Wp, pl + W)), np.int64)
+    for i in range(nb):
+        for c in range(C):
+            for r in range(H):
+                for s in range(W):
+                    v = np.int64(x[n0 + i, c, r, s])
+                    if v < lo or v > hi:
+                        return False
+                    buf[pt + r, pl + s] = v - zx
+            base = i * L
+            for t in range(L):
+                ct[c, base + t] = 0
+            for a in range(kh):
+                for b in range(kw):
+                    wv = w[c, a * kw + b]
+                    for oh in range(Ho):
+                        row = base + oh * Wo
+                        ih = oh * sh + a * dh
+                        for ow in range(Wo):
+                            ct[c, row + ow] += wv * buf[ih, ow * sw + b * dw]
+    return True
+
+
+DW_BLOCK_BYTES = 1 << 20  # int64 accumulators per depthwise block
+
+
+def depthwise_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue | None" = None) -> int | None:
+    """The exact depthwise conv of ``plan.depthwise`` on x [N, C, H, W] into out [N, C, L], by blocks of images in
+    :func:`workers` threads: :func:`depthwise_acc` then ``epi`` (fused requant + clamp + count, narrow out) or,
+    without one, the int64 accumulators. Returns the clipped count (0 without ``epi``), or None when x leaves
+    the plan's range."""
+    d = plan.depthwise
+    N, C = x.shape[0], x.shape[1]
+    L = int(geom[6] * geom[7])
+    n_workers = min(workers(), N)
+    nb = int(max(1, min(-(-N // n_workers), DW_BLOCK_BYTES // max(1, C * L * 8))))
+    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
+    x = np.ascontiguousarray(x)
+
+    def work(part):
+        clipped = 0
+        for n0, b in part:
+            ct = np.empty((C, b * L), np.int64)
+            if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, d.w, geom, pad[0], pad[2], ct):
+                return None
+            if epi is None:
+                epilogue_wide(ct, n0, d.add, out)
+            else:
+                clipped += epi.run(ct, n0, d.add, out)
+        return clipped
+
+    res = _in_workers(work, [blocks[i::n_workers] for i in range(n_workers)])
+    return None if any(r is None for r in res) else sum(res)
 
 
 def _fits(plan: GemmPlan, x: np.ndarray) -> bool:
@@ -1270,9 +1392,13 @@ def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, pl
     out = np.empty((N, Cout, L), np.int64)
     if plan is not None and plan.gemm is not None and N and gemm_int8(x, plan, geom, pad, out) is not None:
         return out.reshape(N, Cout, Ho, Wo), 0, 0
+    if plan is not None and plan.depthwise is not None and N and depthwise_run(x, plan, geom, pad, out) is not None:
+        return out.reshape(N, Cout, Ho, Wo), 0, 0
     if plan is None or not _fits(plan, x):
         plan = conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, *_range(x, zx))
         if plan.gemm is not None and N and gemm_int8(x, plan, geom, pad, out) is not None:
+            return out.reshape(N, Cout, Ho, Wo), 0, 0
+        if plan.depthwise is not None and N and depthwise_run(x, plan, geom, pad, out) is not None:
             return out.reshape(N, Cout, Ho, Wo), 0, 0
     plans = plan.groups
     blas_types = [p.blas for p in plans if not p.kernel_only]

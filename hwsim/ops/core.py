@@ -413,6 +413,7 @@ def fused_epilogue(params: RequantParams, cfg: Requant, z_y: int, lo: int, hi: i
         if q.min() < 0 or q.max() > fp.INT32_MAX or sh.max() > 31 or sh.min() < -31 or (single and acc_max > 1 << 31):
             return None
         return kernels.Epilogue("fixed", q=per(q, np.int64), shift=per(sh, np.int64), single=single,
+                                small=acc_max <= 1 << 31 and int(sh.max()) <= 0,
                                 tie0=kernels.TIE_CODE[cfg.fixed_ties[0]], tie1=kernels.TIE_CODE[cfg.fixed_ties[1]],
                                 **common)
     if cfg.mode == "float32" and cfg.rounding != "stochastic":

@@ -84,15 +84,16 @@ class MacSpec(OpSpec):
         return cached[2]
 
     def epilogue(self, lay, gy, plan):
-        """The fused requant + clamp + count behind the int8 GEMM (core.fused_epilogue), made once per layer
+        """The fused requant + clamp + count behind the int8 GEMM or the exact depthwise kernel (core.fused_epilogue), made once per layer
         (attribute ``fast_epilogue``, renewed when the plan, requant or output grid/clamp change), or None."""
-        if plan.gemm is None or lay.requant_params is None:
+        src = plan.gemm if plan.gemm is not None else getattr(plan, "depthwise", None)
+        if src is None or lay.requant_params is None:
             return None
         key = (lay.requant, int(gy.zero_point), int(gy.qmin), int(gy.qmax), tuple(lay.clamp), lay.activation is None)
         cached = getattr(lay, "fast_epilogue", None)
         if cached is None or cached[0] is not plan or cached[1] is not lay.requant_params or cached[2] != key:
             epi = core.fused_epilogue(lay.requant_params, lay.requant, gy.zero_point, *lay.clamp, gy.qmin, gy.qmax,
-                                      lay.activation is None, int(plan.gemm.add.size), plan.gemm.acc_max)
+                                      lay.activation is None, int(src.add.size), src.acc_max)
             cached = (plan, lay.requant_params, key, epi)
             lay.fast_epilogue = cached
         return cached[3]
@@ -106,7 +107,7 @@ class MacSpec(OpSpec):
 
     def thread_safe(self, qg, lay) -> bool:
         """The fast path of this layer runs in several threads at once (execute's batch workers): the int8
-        GEMM with its fused epilogue (serial kernels, no pools inside a worker)."""
+        GEMM or the exact depthwise kernel with its fused epilogue (serial kernels, no pools inside a worker)."""
         plan = self.planned(lay, qg.grids[lay.inputs[0]])[3]
         return self.epilogue(lay, qg.grids[lay.output], plan) is not None
 
@@ -122,7 +123,8 @@ class MacSpec(OpSpec):
         x4, geom, pad, shape = self.gemm_shape(lay, x, plan)
         dt = kernels.narrow_dtype(*lay.clamp) if narrow else np.int64
         out = np.empty((shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))), dt)
-        clipped = kernels.gemm_int8(x4, plan, geom, pad, out, epi)
+        run = kernels.gemm_int8 if plan.gemm is not None else kernels.depthwise_run
+        clipped = run(x4, plan, geom, pad, out, epi)
         return None if clipped is None else (out.reshape(shape), clipped)
 
     def fast(self, lay, x: np.ndarray, gx) -> tuple[np.ndarray, int, int]:

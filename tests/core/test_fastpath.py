@@ -348,15 +348,19 @@ def test_fused_epilogue_equals_reference_requant_and_clamp(cfg, scales):
                                                           (3, (3, 127), (-128, 127), False, np.int8),  # fused ReLU
                                                           (0, (0, 255), (0, 255), True, np.uint8),
                                                           (255, (0, 255), (0, 255), True, np.int64)):
-            epi = ops.core.fused_epilogue(p, cfg, zy, lo, hi, qmin, qmax, count_low, M, acc_max)
-            assert epi is not None
             y, _ = ops.requantize(acc, p, cfg, zy, -(2**62), 2**62, channel_axis=1, impl="reference")
             want = np.clip(y, lo, hi)
             count = int(np.count_nonzero(y > qmax)) + (int(np.count_nonzero(y < qmin)) if count_low else 0)
-            out = np.empty((nb, M, L), dt)
-            got = epi.run(ct, 0, add, out)
-            np.testing.assert_array_equal(out, want)
-            assert got == count
+            for bound in (acc_max, 2**40):  # the proven bound; a larger one (double rounding's general kernel)
+                epi = ops.core.fused_epilogue(p, cfg, zy, lo, hi, qmin, qmax, count_low, M, bound)
+                if bound > 2**31 and cfg.fixed_rounding == "single" and cfg.mode == "fixed":
+                    assert epi is None
+                    continue
+                assert epi is not None
+                out = np.empty((nb, M, L), dt)
+                got = epi.run(ct, 0, add, out)
+                np.testing.assert_array_equal(out, want)
+                assert got == count
 
 
 def test_fused_epilogue_not_made_outside_its_domain():
@@ -484,3 +488,49 @@ def test_serial_mode_kernels_equal_parallel():
         np.testing.assert_array_equal(u, v)
     assert res[0][2] == int(np.count_nonzero((y > 127) | (y < -128)))
     assert not kernels.serial()
+
+
+@pytest.mark.parametrize("case", [dict(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), k=3),
+                                  dict(stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1), k=3),
+                                  dict(stride=(2, 1), padding=(0, 2, 1, 0), dilation=(2, 1), k=3),
+                                  dict(stride=(1, 1), padding=(2, 2, 2, 2), dilation=(1, 1), k=5)],
+                         ids=lambda c: f"s{c['stride']}p{c['padding']}d{c['dilation']}k{c['k']}")
+@pytest.mark.parametrize("grid", GRIDS)
+def test_exact_depthwise_kernel_equals_reference(grid, case):
+    """An exact depthwise conv runs the direct kernel (kernels.depthwise_run) == the reference, batch 1 and 3,
+    workers 1 and 2; a batch outside the planned range is replanned."""
+    rng = np.random.default_rng(11)
+    (xlo, xhi), zx, (wlo, whi), zw = grid
+    C = 6
+    x = rng.integers(xlo, xhi + 1, (3, C, 9, 8))
+    x[0, :, :2], x[-1, :, -2:] = xlo, xhi
+    w = rng.integers(wlo, whi + 1, (C, 1, case["k"], case["k"]))
+    b = rng.integers(-(2**20), 2**20, C)
+    kw = dict(x_zero_point=zx, w_zero_point=zw, stride=case["stride"], padding=case["padding"],
+              dilation=case["dilation"], groups=C, acc=ops.Accumulator(bits=32))
+    plan = kernels.conv_plan(w, b, zx, np.full(C, zw), case["stride"], case["padding"], case["dilation"], C,
+                             ops.Accumulator(bits=32), xlo, xhi)
+    assert plan.depthwise is not None
+    prev = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            kernels.set_threads(threads)
+            for xs in (x[:1], x):
+                _same(ops.conv2d(xs, w, b, **kw), ops.conv2d(xs, w, b, impl="reference", **kw))
+                out, pe, ae = kernels.conv2d_accumulate(xs, w, b, zx, np.full(C, zw), case["stride"], case["padding"],
+                                                        case["dilation"], C, ops.Accumulator(bits=32), plan=plan)
+                np.testing.assert_array_equal(out, ops.conv2d(xs, w, b, impl="reference", **kw)[0])
+        wide = x.copy()
+        wide[1, 0, 0, 0] = xhi + 1000  # outside the plan's range: planned again from the batch
+        out, _, _ = kernels.conv2d_accumulate(wide, w, b, zx, np.full(C, zw), case["stride"], case["padding"],
+                                              case["dilation"], C, ops.Accumulator(bits=32), plan=plan)
+        np.testing.assert_array_equal(out, ops.conv2d(wide, w, b, impl="reference", **kw)[0])
+    finally:
+        kernels.set_threads(prev)
+
+
+def test_depthwise_kernel_not_taken_where_events_are_possible():
+    w = np.full((4, 1, 3, 3), 127)
+    plan = kernels.conv_plan(w, None, 0, np.zeros(4, np.int64), (1, 1), (1, 1, 1, 1), (1, 1), 4,
+                             ops.Accumulator(bits=12, overflow="saturate"), -128, 127)
+    assert plan.depthwise is None  # 9 * 127 * 128 > 2^11: the MAC-array model runs
