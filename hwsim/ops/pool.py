@@ -299,10 +299,6 @@ class _AvgPoolSpec(OpSpec):
         """The pool ``form`` that is ONNX Runtime's arithmetic for this layer (:func:`onnxruntime_pool_form`)."""
         return onnxruntime_pool_form(lay.op, lay.attrs.get("kernel"), lay.attrs.get("padding", (0, 0, 0, 0)), input_hw)
 
-    def thread_safe(self, qg, lay) -> bool:
-        """numpy only (and kernels.clamp_count, single-threaded inside execute's batch workers)."""
-        return True
-
     def golden_fields(self, lay, write_int):
         return {"rounding": lay.profile.requant.rounding, "pool_form": lay.profile.requant.pool_form}
 
@@ -404,6 +400,11 @@ class GlobalAvgPoolSpec(_AvgPoolSpec):
 
     def float_forward(self, node, graph, ins):
         return ins[0].mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+
+    def thread_safe(self, qg, lay) -> bool:
+        """numpy only (and kernels.clamp_count, single-threaded inside execute's batch workers); avgpool2d is
+        not (reduce.window_sums is a parallel numba kernel)."""
+        return True
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x, gx, gy = env[lay.inputs[0]], qg.grids[lay.inputs[0]], qg.grids[lay.output]
