@@ -326,7 +326,8 @@ class AddSpec(OpSpec):
         t = self.table(qg, lay)
         if t is None or xa.shape != xb.shape or xa.size == 0:
             return None
-        if lay.requant.mode == "float32" and lay.requant.add_form == "ratio_fma" and ratio_fma_swaps(xa.shape, xb.shape):
+        r = lay.requant
+        if r.mode == "float32" and r.add_form == "ratio_fma" and ratio_fma_swaps(xa.shape, xb.shape):
             return None  # the table was made without the exchange
         gy = qg.grids[lay.output]
         lo, hi = lay.clamp

@@ -84,7 +84,8 @@ class MacSpec(OpSpec):
         return cached[2]
 
     def epilogue(self, lay, gy, plan):
-        """The fused requant + clamp + count behind the int8 GEMM or the exact depthwise kernel (core.fused_epilogue), made once per layer
+        """The fused requant + clamp + count behind the int8 GEMM or the exact depthwise kernel
+        (core.fused_epilogue), made once per layer
         (attribute ``fast_epilogue``, renewed when the plan, requant or output grid/clamp change), or None."""
         src = plan.gemm if plan.gemm is not None else getattr(plan, "depthwise", None)
         if src is None or lay.requant_params is None:

@@ -420,7 +420,8 @@ def test_add_table_equals_reference_on_every_pair(cfg):
         for narrow in (True, False):
             stf, str_ = _new_stats(qg)[0], _new_stats(qg)[0]
             y, c = spec.execute(qg, lay, dict(env), stf, "fast", 0, narrow)
-            yr, cr = spec.execute(qg, lay, {k: v.astype(np.int64) for k, v in env.items()}, str_, "reference", 0, narrow)
+            wide = {k: v.astype(np.int64) for k, v in env.items()}
+            yr, cr = spec.execute(qg, lay, wide, str_, "reference", 0, narrow)
             np.testing.assert_array_equal(y, yr)
             assert c == cr and (y.dtype.itemsize == 1) == narrow
 
