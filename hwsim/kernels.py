@@ -1201,7 +1201,7 @@ def conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, lo: int, hi: 
         b = np.zeros(Cout, np.int64) if bias is None else bias.astype(np.int64)
         rows = np.abs(wd).sum(axis=1)
         dw = _Depthwise(np.ascontiguousarray(wd.astype(np.int64)), b,
-                        max(abs(int(v)) + int(r) * xmax for v, r in zip(b, rows)))
+                        max(abs(int(v)) + int(r) * xmax for v, r in zip(b, rows)), int(rows.max()) * xmax)
     return GemmPlan(lo, hi, zx, plans, gemm, (tuple(stride), tuple(pad), tuple(dilation), int(groups)), dw)
 
 
@@ -1212,20 +1212,21 @@ class _Depthwise:
     w: np.ndarray  # int64 [C, kh*kw]: w - z_w
     add: np.ndarray  # int64 [C]: the bias
     acc_max: int  # max |acc| over inputs in the plan range (exact Python int)
+    sum_max: int  # max over channels of sum |w - z_w| * max |x - z_x|: bounds every partial sum of the taps
 
 
 @njit(cache=True, nogil=True)
-def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, ct):
+def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, buf, ct):
     """ct[c, i*L + oh*Wo + ow] = sum_(a, b) w[c, a*kw + b] * (x[n0 + i, c, ih, iw] - zx), ih = oh*sh + a*dh - pt,
-    iw = ow*sw + b*dw - pl; padding pixels hold z_x and add 0; exact in int64 (an exact plan: no event, so the
-    order of the sum is free: tap by tap over a zero-padded plane). Returns False when an input lies outside
-    [lo, hi] (ct then incomplete)."""
+    iw = ow*sw + b*dw - pl; padding pixels hold z_x and add 0. An exact plan (no event), so the order of the sum
+    is free: tap by tap over a zero-padded plane ``buf`` (zeroed by the caller, ct's dtype). int32 ct/buf/w only
+    where the plan proves every partial sum < 2^31 (the products and sums are then exact in int32), else int64.
+    Returns False when an input lies outside [lo, hi] (ct then incomplete)."""
     kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
     H, W = x.shape[2], x.shape[3]
     C, L = ct.shape[0], Ho * Wo
     nb = ct.shape[1] // L
-    Hp, Wp = (Ho - 1) * sh + (kh - 1) * dh + 1, (Wo - 1) * sw + (kw - 1) * dw + 1
-    buf = np.zeros((max(Hp, pt + H), max(Wp, pl + W)), np.int64)
+    z = ct[0, 0] * 0  # zero of ct's dtype
     for i in range(nb):
         for c in range(C):
             for r in range(H):
@@ -1236,7 +1237,7 @@ def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, ct):
                     buf[pt + r, pl + s] = v - zx
             base = i * L
             for t in range(L):
-                ct[c, base + t] = 0
+                ct[c, base + t] = z
             for a in range(kh):
                 for b in range(kw):
                     wv = w[c, a * kw + b]
@@ -1264,11 +1265,18 @@ def depthwise_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue 
     blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     x = np.ascontiguousarray(x)
 
+    H, W = x.shape[2], x.shape[3]
+    Hp = max(int(geom[6] - 1) * int(geom[2]) + int(geom[0] - 1) * int(geom[4]) + 1, pad[0] + H)
+    Wp = max(int(geom[7] - 1) * int(geom[3]) + int(geom[1] - 1) * int(geom[5]) + 1, pad[2] + W)
+    dt = np.int32 if d.sum_max < 1 << 31 else np.int64  # every partial sum of the taps < 2^31: int32 is exact
+    wk = d.w.astype(dt)
+
     def work(part):
         clipped = 0
+        buf = np.zeros((Hp, Wp), dt)
         for n0, b in part:
-            ct = np.empty((C, b * L), np.int64)
-            if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, d.w, geom, pad[0], pad[2], ct):
+            ct = np.empty((C, b * L), dt)
+            if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], buf, ct):
                 return None
             if epi is None:
                 epilogue_wide(ct, n0, d.add, out)
@@ -1517,29 +1525,28 @@ def add_ratio_fma(p, q, rp, rq, k, mode, out):
 # ----------------------------------------------------------------------------- pools
 @njit(cache=True, nogil=True, inline="always")
 def _max_pool_plane(x, n, c, kh, kw, sh, sw, pt, pl, pad_value, out):
-    """Plane (n, c) of :func:`max_pool`."""
+    """Plane (n, c) of :func:`max_pool`: the max over the window's pixels inside the input, then pad_value
+    if the window reaches into the padding and pad_value is larger (a window wholly in the padding: pad_value).
+    The window's rows and columns are clipped to the input once per output, so the inner loops do not branch."""
     H, W = x.shape[2], x.shape[3]
     Ho, Wo = out.shape[2], out.shape[3]
+    pv = np.int64(pad_value)
     for i in range(Ho):
         h0 = i * sh - pt
+        ha, hb = max(h0, 0), min(h0 + kh, H)
         for j in range(Wo):
             w0 = j * sw - pl
-            m = np.int64(pad_value)
-            inside = True
-            first = True
-            for a in range(kh):
-                h = h0 + a
-                for b in range(kw):
-                    v = w0 + b
-                    if h < 0 or h >= H or v < 0 or v >= W:
-                        inside = False
-                        continue
+            wa, wb = max(w0, 0), min(w0 + kw, W)
+            if ha >= hb or wa >= wb:
+                out[n, c, i, j] = pv
+                continue
+            m = np.int64(x[n, c, ha, wa])
+            for h in range(ha, hb):
+                for v in range(wa, wb):
                     e = np.int64(x[n, c, h, v])
-                    if first or e > m:
-                        m = e
-                        first = False
-            if not inside and np.int64(pad_value) > m:
-                m = np.int64(pad_value)
+                    m = e if e > m else m
+            if (hb - ha < kh or wb - wa < kw) and pv > m:
+                m = pv
             out[n, c, i, j] = m
 
 

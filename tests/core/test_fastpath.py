@@ -535,3 +535,17 @@ def test_depthwise_kernel_not_taken_where_events_are_possible():
     plan = kernels.conv_plan(w, None, 0, np.zeros(4, np.int64), (1, 1), (1, 1, 1, 1), (1, 1), 4,
                              ops.Accumulator(bits=12, overflow="saturate"), -128, 127)
     assert plan.depthwise is None  # 9 * 127 * 128 > 2^11: the MAC-array model runs
+
+
+@pytest.mark.parametrize("pad_value", [-128, 0, 100])
+def test_max_pool_kernel_equals_reference_at_the_padding(pad_value):
+    """kernels.max_pool (clipped windows) == the reference where the padding value exceeds the pixels, at
+    asymmetric padding, stride > kernel and odd sizes, parallel and serial."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 50, (2, 3, 7, 6))
+    for kernel, stride, padding in (((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 3), (3, 1), (1, 0, 2, 1)),
+                                    ((1, 1), (2, 2), (0, 0, 0, 0)), ((3, 2), (1, 2), (2, 2, 1, 1))):
+        want = ops.max_pool2d(x, kernel, stride, padding, pad_value, impl="reference")
+        for on in (False, True):
+            with kernels.serial_mode(on):
+                np.testing.assert_array_equal(ops.max_pool2d(x, kernel, stride, padding, pad_value), want)
