@@ -12,7 +12,9 @@ integer weights in float32 — labelled weight-only everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,13 +121,58 @@ def run_layer(qg: QuantizedGraph, lay: QLayer, env: dict[str, np.ndarray], st: L
     env[lay.output] = y
 
 
+def prepare(qg: QuantizedGraph) -> list[bool]:
+    """Make every layer's fast-path plan now (bounds, packed weights, fused epilogues, tables: cached on the
+    layers, so once per compiled graph, not per batch); returns per layer whether its fast path may run in
+    several threads at once (the op spec's ``thread_safe(qg, layer)`` hook; False without one)."""
+    safe = []
+    for lay in qg.layers:
+        f = getattr(ops.get(lay.op), "thread_safe", None)
+        safe.append(bool(f(qg, lay)) if f is not None else False)
+    return safe
+
+
+def _run_part(qg: QuantizedGraph, x: np.ndarray, safe: list[bool], offset: int):
+    """One batch worker: every layer on its contiguous part of the batch (stochastic rounding indices run-wide
+    from ``offset``); kernels run single-threaded here (kernels.serial_mode), a layer that is not thread-safe
+    runs under kernels.exclusive() (one lock, the usual parallel kernels); a thread-safe layer whose
+    fast path does not apply to a batch does the same inside its op. Returns (output tensor, its own stats)."""
+    from hwsim import kernels
+
+    stats = _new_stats(qg)
+    with kernels.serial_mode():
+        env = {qg.input_name: qg.grids[qg.input_name].quantize(x)}
+        for lay, st, ok in zip(qg.layers, stats, safe):
+            if ok:
+                run_layer(qg, lay, env, st, "fast", offset=offset, narrow=True)
+            else:
+                with kernels.exclusive():  # one layer at a time, with the parallel kernels
+                    run_layer(qg, lay, env, st, "fast", offset=offset, narrow=True)
+    return env[qg.output_name], stats
+
+
+def _merge(into: list[LayerStats], parts: list[list[LayerStats]]) -> None:
+    """Add the integer counters of the workers' stats (exact: integers)."""
+    for stats in parts:
+        for a, b in zip(into, stats):
+            a.outputs += b.outputs
+            a.acc_events += b.acc_events
+            a.partial_events += b.partial_events
+            a.clipped += b.clipped
+
+
 def run_quantized(qg: QuantizedGraph, x_norm: np.ndarray, batch_size: int = 256, impl: str = "fast",
-                  progress=None, keep_tensors: bool = False, offset: int = 0) -> RunOutput:
+                  progress=None, keep_tensors: bool = False, offset: int = 0, threads: int | None = None) -> RunOutput:
     """Integer execution of normalised float32 NCHW images; returns dequantized logits + stats.
 
     ``progress`` is an optional callable ``progress(n_images_done)``. ``offset``: the run-wide number
     of ``x_norm[0]`` (a sweep shard's first image), so stochastic rounding draws what the whole run draws.
+    ``threads`` (default: numba's thread count, kernels.set_threads): the fast path splits each batch into
+    that many contiguous parts and runs every layer of each part in its own thread (the kernels release the
+    GIL); results and counters are those of one thread, bit for bit (counters are integer sums).
     """
+    from hwsim import kernels
+
     t0 = time.perf_counter()
     stats = _new_stats(qg)
     if qg.weight_only:
@@ -137,14 +184,33 @@ def run_quantized(qg: QuantizedGraph, x_norm: np.ndarray, batch_size: int = 256,
                 progress(min(i + batch_size, len(x_norm)))
         return RunOutput(np.concatenate(logits).astype(np.float32), stats, time.perf_counter() - t0)
     out_grid = qg.grids[qg.output_name]
+    T = kernels.workers() if threads is None else max(1, int(threads))
+    split = impl == "fast" and T > 1 and not keep_tensors and len(x_norm) > 1
+    safe = prepare(qg) if impl == "fast" else None
     logits, env = [], {}
-    for i in range(0, len(x_norm), batch_size):
-        env = {qg.input_name: qg.grids[qg.input_name].quantize(x_norm[i:i + batch_size])}
-        for lay, st in zip(qg.layers, stats):
-            run_layer(qg, lay, env, st, impl, offset=offset + i, narrow=True)
-        logits.append(out_grid.dequantize(env[qg.output_name].astype(np.int64)).reshape(len(env[qg.input_name]), -1))
-        if progress:
-            progress(min(i + batch_size, len(x_norm)))
+    pool = ThreadPoolExecutor(T) if split else None
+    try:
+        with kernels._torch_one_thread() if split else contextlib.nullcontext():
+            for i in range(0, len(x_norm), batch_size):
+                xb = x_norm[i:i + batch_size]
+                if split and len(xb) > 1:
+                    bounds = np.linspace(0, len(xb), min(T, len(xb)) + 1).astype(int)
+                    futs = [pool.submit(_run_part, qg, xb[s:e], safe, offset + i + s)
+                            for s, e in zip(bounds[:-1], bounds[1:])]
+                    res = [f.result() for f in futs]
+                    _merge(stats, [r[1] for r in res])
+                    y = np.concatenate([r[0] for r in res])
+                else:
+                    env = {qg.input_name: qg.grids[qg.input_name].quantize(xb)}
+                    for lay, st in zip(qg.layers, stats):
+                        run_layer(qg, lay, env, st, impl, offset=offset + i, narrow=True)
+                    y = env[qg.output_name]
+                logits.append(out_grid.dequantize(y.astype(np.int64)).reshape(len(xb), -1))
+                if progress:
+                    progress(min(i + batch_size, len(x_norm)))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return RunOutput(np.concatenate(logits), stats, time.perf_counter() - t0, _wide(env) if keep_tensors else None)
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -804,18 +806,23 @@ class _Int8Gemm:
 
     sum_k (w - z_w)(x - z_x) = sum_k (w - z_w)(x - o) + (o - z_x) sum_k (w - z_w); ``add`` = bias +
     (o - z_x) * rowsum, exact in int64; every partial sum of the int32 part is at most
-    max_m sum_k |w - z_w| * max|x - o| < 2^31.
+    max_m sum_k |w - z_w| * max|x - o| < 2^31. The plan is made only where no event is possible, so the
+    exact sum is independent of the order of k: conv weights are stored in the order of
+    :func:`im2col_hwc` (kernel row, kernel column, input channel), which reads contiguous channel runs.
     """
 
-    w8: object  # torch int8 [K, M], the column-major view of [M, K] (what _int_mm runs fastest)
+    w8: object  # torch int8 [M, K] row-major (conv: k = (kernel row, kernel column, input channel))
     offset: int  # o: the GEMM reads x - o as int8
     pad_value: int  # z_x - o: the padding pixels
     add: np.ndarray  # int64 [M]
+    acc_max: int  # max over channels and inputs in the plan range of |acc| (exact Python int)
 
 
 def _int8_gemm(wd: np.ndarray, bias: np.ndarray | None, zx: int, lo: int, hi: int, padded: bool,
-               plans: list) -> _Int8Gemm | None:
-    """The int8 GEMM form of a problem whose every group is exact (no event possible), or None."""
+               plans: list, chw: tuple | None = None) -> _Int8Gemm | None:
+    """The int8 GEMM form of a problem whose every group is exact (no event possible), or None.
+
+    ``chw`` = (C, KH, KW) of a conv's weights [M, C*KH*KW]: stored in (KH, KW, C) order (im2col_hwc)."""
     if not plans or not all(p.layer_exact for p in plans) or int_mm() is None:
         return None
     if wd.shape[1] < 2 or wd.min() < -128 or wd.max() > 127 or hi - lo > 255:
@@ -832,16 +839,23 @@ def _int8_gemm(wd: np.ndarray, bias: np.ndarray | None, zx: int, lo: int, hi: in
 
     b = np.zeros(wd.shape[0], np.int64) if bias is None else bias.astype(np.int64)
     add = b + (o - zx) * wd.sum(axis=1)
-    return _Int8Gemm(torch.from_numpy(np.ascontiguousarray(wd.astype(np.int8))).t(), o, pad_value, add)
+    acc_max = max(abs(int(a)) + int(r) * max(abs(lo - zx), abs(hi - zx)) for a, r in zip(b, rows))
+    w8 = wd.astype(np.int8)
+    if chw is not None:
+        w8 = w8.reshape(wd.shape[0], *chw).transpose(0, 2, 3, 1).reshape(wd.shape[0], -1)
+    return _Int8Gemm(torch.from_numpy(np.ascontiguousarray(w8)), o, pad_value, add, acc_max)
 
 
 @contextlib.contextmanager
 def _torch_one_thread():
     """torch runs single-threaded inside hwsim's int8 GEMMs, which hwsim spreads over its own worker
     threads: torch's OpenMP threads spinning beside numba's (another OpenMP runtime) on the same cores
-    made whole networks 5-7x slower on 2 cores. The caller's setting is restored afterwards."""
-    import torch
-
+    made whole networks 5-7x slower on 2 cores. The caller's setting is restored afterwards. No-op while
+    torch is not imported (no torch GEMM can run then)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
     prev = torch.get_num_threads()
     if prev != 1:
         torch.set_num_threads(1)
@@ -852,47 +866,309 @@ def _torch_one_thread():
             torch.set_num_threads(prev)
 
 
+_LOCAL = threading.local()
+
+
+def serial() -> bool:
+    """True inside :func:`serial_mode`: this thread is one of hwsim's batch workers (execute.run_quantized),
+    so kernels run single-threaded here (numba's parallel kernels may not be entered from two threads at once)."""
+    return getattr(_LOCAL, "serial", False)
+
+
+@contextlib.contextmanager
+def serial_mode(on: bool = True):
+    """Context: kernels called from this thread run single-threaded (serial nogil numba twins, no pools);
+    ``on = False``: the usual parallel kernels again (one thread at a time: execute's lock)."""
+    prev = serial()
+    _LOCAL.serial = on
+    try:
+        yield
+    finally:
+        _LOCAL.serial = prev
+
+
+PARALLEL_LOCK = threading.Lock()  # held by a batch worker while it runs the parallel kernels (execute)
+
+
+@contextlib.contextmanager
+def exclusive():
+    """Context for code that may use the parallel kernels: inside :func:`serial_mode` (a batch worker) it takes
+    PARALLEL_LOCK and leaves serial mode (numba's parallel kernels may not be entered from two threads at once);
+    elsewhere a no-op."""
+    if not serial():
+        yield
+        return
+    with PARALLEL_LOCK, serial_mode(False):
+        yield
+
+
+def workers() -> int:
+    """Worker threads a kernel may use here: numba.get_num_threads(), 1 inside :func:`serial_mode`."""
+    return 1 if serial() else max(1, numba.get_num_threads())
+
+
 def _in_workers(fn, parts: list) -> list:
-    """fn over ``parts`` on numba.get_num_threads() worker threads (the work must release the GIL)."""
-    workers = min(numba.get_num_threads(), len(parts))
-    if workers <= 1:
+    """fn over ``parts`` on :func:`workers` threads (the work must release the GIL)."""
+    n = min(workers(), len(parts))
+    if n <= 1:
         return [fn(p) for p in parts]
-    with ThreadPoolExecutor(workers) as ex:
+    with ThreadPoolExecutor(n) as ex:
         return list(ex.map(fn, parts))
 
 
-@njit(parallel=True, cache=True)
-def pad_offset_int8(x, o, lo, hi, pt, pl, out, bad):
-    """out[n, c, pt + i, pl + j] = x[n, c, i, j] - o as int8 (the caller fills padding with z_x - o);
-    bad[n*C + c] = 1 when a value of that plane lies outside [lo, hi] (the range the plan assumed)."""
-    N, C, H, W = x.shape
-    for t in prange(N * C):
-        n = t // C
-        c = t - n * C
-        b = 0
-        for i in range(H):
-            for j in range(W):
-                v = np.int64(x[n, c, i, j])
-                if v < lo or v > hi:
-                    b = 1
-                out[n, c, pt + i, pl + j] = np.int8(v - o)
-        bad[t] = b
+@njit(cache=True, nogil=True)
+def pad_hwc(x, n0, o, lo, hi, pt, pl, pad_value, out):
+    """out[i, pt + r, pl + s, c] = x[n0 + i, c, r, s] - o as int8, padding pixels = pad_value (channels last);
+    returns False when a value lies outside [lo, hi] (the range the plan assumed; out is then incomplete)."""
+    nb, Hp, Wp, C = out.shape
+    H, W = x.shape[2], x.shape[3]
+    pv = np.int8(pad_value)
+    for i in range(nb):
+        for r in range(Hp):
+            h = r - pt
+            for s in range(Wp):
+                w = s - pl
+                if h < 0 or h >= H or w < 0 or w >= W:
+                    for c in range(C):
+                        out[i, r, s, c] = pv
+                    continue
+                for c in range(C):
+                    v = np.int64(x[n0 + i, c, h, w])
+                    if v < lo or v > hi:
+                        return False
+                    out[i, r, s, c] = np.int8(v - o)
+    return True
 
 
 @njit(cache=True, nogil=True)
-def gemm_finish(c, add, L, out):
-    """out[i, m, l] = c[i*L + l, m] + add[m]: the int32 GEMM result widened to int64, channel-major
-    (single-threaded, releasing the GIL: run in hwsim's worker threads; tiles of 64 positions keep
-    the reads of c and the writes of out in cache)."""
-    nb = out.shape[0]
-    M = c.shape[1]
+def im2col_hwc(xp, geom, out):
+    """out[i, oh*Wo + ow, (a*kw + b)*C + c] = xp[i, oh*sh + a*dh, ow*sw + b*dw, c]: contiguous channel runs of
+    a channels-last padded input; geom = (kh, kw, sh, sw, dh, dw, Ho, Wo)."""
+    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    C = xp.shape[3]
+    for i in range(out.shape[0]):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                row = oh * Wo + ow
+                for a in range(kh):
+                    ih = oh * sh + a * dh
+                    for b in range(kw):
+                        iw = ow * sw + b * dw
+                        k0 = (a * kw + b) * C
+                        for c in range(C):
+                            out[i, row, k0 + c] = xp[i, ih, iw, c]
+
+
+@njit(cache=True, nogil=True)
+def epilogue_wide(ct, n0, add, out):
+    """out[n0 + i, m, l] = ct[m, i*L + l] + add[m] (int64): the GEMM's accumulators, channel-major."""
+    nb, L = ct.shape[1] // out.shape[2], out.shape[2]
+    for m in range(ct.shape[0]):
+        a = add[m]
+        for i in range(nb):
+            for l in range(L):
+                out[n0 + i, m, l] = np.int64(ct[m, i * L + l]) + a
+
+
+@njit(cache=True, inline="always")
+def _mbqm_small(x, qc, sc, single, tie0, tie1):
+    """:func:`_mbqm` where |x| <= 2^31 and sc <= 0 (no left shift): x * qc is exact in int64 (|x q| < 2^62), so the
+    high multiply is one product, and no int32 saturation can occur (|x q / 2^31| < 2^31): the same integers."""
+    p = x * qc
+    if single:
+        n = 31 - sc
+        fl = p >> n
+        rem = p - (fl << n)
+        if _round_up(fl, rem, n, tie1):
+            fl += 1
+        return fl
+    hi = p >> 31
+    rem = p - (hi << 31)
+    if _round_up(hi, rem, 31, tie0):
+        hi += 1
+    right = -sc
+    fl = hi >> right
+    rem = hi - (fl << right)
+    if _round_up(fl, rem, right, tie1):
+        fl += 1
+    return fl
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _epi_fixed_channel(ct, n0, m, a, qc, sc, single, small, tie0, tie1, zy, lo, hi, qmin, qmax, count_low, out):
+    """Channel m of :func:`epilogue_fixed` (inlined with constant ``single`` and ``small``: no branch left in the
+    loop)."""
+    nb, L = ct.shape[1] // out.shape[2], out.shape[2]
+    c = np.int64(0)
     for i in range(nb):
-        for l0 in range(0, L, 64):
-            l1 = min(L, l0 + 64)
-            for m in range(M):
-                a = add[m]
-                for l in range(l0, l1):
-                    out[i, m, l] = np.int64(c[i * L + l, m]) + a
+        for l in range(L):
+            x = np.int64(ct[m, i * L + l]) + a
+            if small:
+                v = _mbqm_small(x, qc, sc, single, tie0, tie1) + zy
+            else:
+                v = _mbqm(x, qc, sc, single, tie0, tie1) + zy
+            c += np.int64(v > qmax) + np.int64(count_low and v < qmin)
+            out[n0 + i, m, l] = min(max(v, lo), hi)
+    return c
+
+
+@njit(cache=True, nogil=True)
+def epilogue_fixed(ct, n0, add, q, shift, single, small, tie0, tie1, zy, lo, hi, qmin, qmax, count_low, out):
+    """Fixed-point requant, zero point, clamp and clip count in one pass over the GEMM result ct [M, nb*L]:
+    v = MBQM(ct[m, i*L + l] + add[m], q[m], shift[m]) + zy (:func:`_mbqm`, the arithmetic of requant_fixed);
+    out[n0 + i, m, l] = clamp(v, lo, hi) in out's (narrow) dtype; returns #(v > qmax) + count_low * #(v < qmin)
+    (registry.clamp_counted's count). The caller keeps single rounding to |acc| <= 2^31; ``small`` (every
+    |acc| <= 2^31 and shift <= 0, proven by the plan): :func:`_mbqm_small`."""
+    c = np.int64(0)
+    for m in range(ct.shape[0]):
+        a, qc, sc = add[m], np.int64(q[m]), np.int64(shift[m])
+        if small and single:
+            c += _epi_fixed_channel(ct, n0, m, a, qc, sc, True, True, tie0, tie1, zy, lo, hi, qmin, qmax, count_low,
+                                    out)
+        elif small:
+            c += _epi_fixed_channel(ct, n0, m, a, qc, sc, False, True, tie0, tie1, zy, lo, hi, qmin, qmax, count_low,
+                                    out)
+        elif single:
+            c += _epi_fixed_channel(ct, n0, m, a, qc, sc, True, False, tie0, tie1, zy, lo, hi, qmin, qmax, count_low,
+                                    out)
+        else:
+            c += _epi_fixed_channel(ct, n0, m, a, qc, sc, False, False, tie0, tie1, zy, lo, hi, qmin, qmax,
+                                    count_low, out)
+    return c
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, mode, lo, hi, qmin, qmax, count_low, out):
+    """Channel m of :func:`epilogue_float32` (inlined with a constant rounding ``mode``)."""
+    nb, L = ct.shape[1] // out.shape[2], out.shape[2]
+    c = np.int64(0)
+    for i in range(nb):
+        for l in range(L):
+            fa = np.float32(np.float32(np.float32(np.int64(ct[m, i * L + l]) + a) * p) + b)
+            v = np.float32(np.float32(fa * mm) + zb)
+            y = _round_f64(np.float64(v), mode) + z_after
+            c += np.int64(y > qmax) + np.int64(count_low and y < qmin)
+            out[n0 + i, m, l] = min(max(y, lo), hi)
+    return c
+
+
+@njit(cache=True, nogil=True)
+def epilogue_float32(ct, n0, add, mult, bias, has_bias, pre, has_pre, z_before, zy, mode, lo, hi, qmin, qmax,
+                     count_low, out):
+    """float32 requant (the arithmetic of :func:`requant_float32`), zero point, clamp and clip count in one pass
+    over the GEMM result ct [M, nb*L]; see :func:`epilogue_fixed` for out and the count.
+
+    Branch-free form of the optional steps: without a pre-scale fa * 1 == fa, without a bias fa + 0 == fa,
+    without z_before v + 0 == v (float32 operations exact on these operands, up to the sign of a zero, which
+    no rounding mode turns into a different integer).
+    """
+    zb = np.float32(zy) if z_before else np.float32(0)
+    z_after = 0 if z_before else zy
+    c = np.int64(0)
+    for m in range(ct.shape[0]):
+        a, mm = add[m], mult[m]
+        b = bias[m] if has_bias else np.float32(0)
+        p = pre[m] if has_pre else np.float32(1)
+        if mode == 0:
+            c += _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, 0, lo, hi, qmin, qmax, count_low, out)
+        elif mode == 1:
+            c += _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, 1, lo, hi, qmin, qmax, count_low, out)
+        elif mode == 2:
+            c += _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, 2, lo, hi, qmin, qmax, count_low, out)
+        elif mode == 3:
+            c += _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, 3, lo, hi, qmin, qmax, count_low, out)
+        else:
+            c += _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, 4, lo, hi, qmin, qmax, count_low, out)
+    return c
+
+
+@dataclass
+class Epilogue:
+    """Requantization + zero point + clamp + clip count fused behind the int8 GEMM (made once per layer by
+    ops.core.fused_epilogue). kind "fixed": q, shift (int64 [M]), single, tie0, tie1; "float32": mult, bias,
+    pre (float32 [M]), has_bias, has_pre, z_before, mode (ROUND_CODE)."""
+
+    kind: str
+    zy: int
+    lo: int
+    hi: int
+    qmin: int
+    qmax: int
+    count_low: bool
+    q: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    single: bool = False
+    small: bool = False  # fixed: every |acc| <= 2^31 and every shift <= 0 (kernels._mbqm_small)
+    tie0: int = 0
+    tie1: int = 0
+    mult: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    pre: np.ndarray | None = None
+    has_bias: bool = False
+    has_pre: bool = False
+    z_before: bool = False
+    mode: int = 0
+
+    def run(self, ct, n0, add, out) -> int:
+        if self.kind == "fixed":
+            return int(epilogue_fixed(ct, n0, add, self.q, self.shift, self.single, self.small, self.tie0, self.tie1,
+                                      self.zy,
+                                      self.lo, self.hi, self.qmin, self.qmax, self.count_low, out))
+        return int(epilogue_float32(ct, n0, add, self.mult, self.bias, self.has_bias, self.pre, self.has_pre,
+                                    self.z_before, self.zy, self.mode, self.lo, self.hi, self.qmin, self.qmax,
+                                    self.count_low, out))
+
+
+GEMM_BLOCK_BYTES = 1 << 20  # int8 im2col block per worker (cache-sized; the GEMM is as fast from 1k rows on)
+
+
+def gemm_int8(x, plan, geom: np.ndarray, pad, out, epi: Epilogue | None = None) -> int | None:
+    """The int8 GEMM layer (groups = 1, exact) on x [N, C, H, W] (linear: [N, K, 1, 1]) into out [N, M, L].
+
+    Per block of images, in :func:`workers` threads (each step releases the GIL): :func:`pad_hwc` (x - o,
+    channels last, padded), :func:`im2col_hwc` (skipped for 1x1 kernels at stride 1 without padding),
+    ``int_mm(w8 [M, K], cols^T)`` -> int32 [M, nb*L], then ``epi`` (requant + clamp + count into a narrow
+    out) or, without one, the int64 accumulators (:func:`epilogue_wide`). Returns the clipped count (0
+    without ``epi``), or None when x leaves the plan's range (out is then incomplete).
+    """
+    import torch
+
+    g = plan.gemm
+    N, C, H, W = x.shape
+    KH, KW, sh, sw, dh, dw, Ho, Wo = (int(v) for v in geom)
+    L, M, K = Ho * Wo, g.w8.shape[0], g.w8.shape[1]
+    Hp, Wp = H + pad[0] + pad[1], W + pad[2] + pad[3]
+    direct = KH == 1 and KW == 1 and sh == 1 and sw == 1 and not any(pad)
+    n_workers = min(workers(), N)
+    nb = int(max(1, min(-(-N // n_workers), GEMM_BLOCK_BYTES // max(1, L * K))))
+    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
+    mm = int_mm()
+    x = np.ascontiguousarray(x)
+
+    def work(part):
+        xp_buf = np.empty((nb, Hp, Wp, C), np.int8)
+        cols_buf = None if direct else np.empty((nb, L, K), np.int8)
+        clipped = 0
+        for n0, b in part:
+            xp = xp_buf[:b]
+            if not pad_hwc(x, n0, g.offset, plan.lo, plan.hi, pad[0], pad[2], g.pad_value, xp):
+                return None
+            if direct:
+                cols = xp.reshape(b * L, K)
+            else:
+                cols = cols_buf[:b]
+                im2col_hwc(xp, geom, cols)
+                cols = cols.reshape(b * L, K)
+            ct = mm(g.w8, torch.from_numpy(cols).t()).numpy()  # [M, b*L] int32, exact (plan bound)
+            if epi is None:
+                epilogue_wide(ct, n0, g.add, out)
+            else:
+                clipped += epi.run(ct, n0, g.add, out)
+        return clipped
+
+    with _torch_one_thread():
+        res = _in_workers(work, [blocks[i::n_workers] for i in range(n_workers)])
+    return None if any(r is None for r in res) else sum(res)
 
 
 @dataclass
@@ -910,6 +1186,7 @@ class GemmPlan:
     groups: list  # one _Plan per group
     gemm: _Int8Gemm | None
     geometry: tuple | None = None  # conv: (stride, pad, dilation, groups)
+    depthwise: "_Depthwise | None" = None  # an exact depthwise conv: the direct kernel (depthwise_run)
 
 
 def linear_plan(w, bias, zx, zw, acc, lo: int, hi: int) -> GemmPlan:
@@ -927,8 +1204,97 @@ def conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, lo: int, hi: 
     xmax = _xmax(lo, hi, zx)
     plans = [_plan(wd[g * Mg:(g + 1) * Mg], None if bias is None else bias[g * Mg:(g + 1) * Mg], xmax, acc)
              for g in range(groups)]
-    gemm = _int8_gemm(wd, bias, zx, lo, hi, any(pad), plans) if groups == 1 else None
-    return GemmPlan(lo, hi, zx, plans, gemm, (tuple(stride), tuple(pad), tuple(dilation), int(groups)))
+    gemm = _int8_gemm(wd, bias, zx, lo, hi, any(pad), plans, tuple(w.shape[1:])) if groups == 1 else None
+    dw = None
+    if groups > 1 and groups == Cout and w.shape[1] == 1 and all(p.layer_exact for p in plans):
+        b = np.zeros(Cout, np.int64) if bias is None else bias.astype(np.int64)
+        rows = np.abs(wd).sum(axis=1)
+        dw = _Depthwise(np.ascontiguousarray(wd.astype(np.int64)), b,
+                        max(abs(int(v)) + int(r) * xmax for v, r in zip(b, rows)), int(rows.max()) * xmax)
+    return GemmPlan(lo, hi, zx, plans, gemm, (tuple(stride), tuple(pad), tuple(dilation), int(groups)), dw)
+
+
+@dataclass
+class _Depthwise:
+    """An exact depthwise conv (one filter per channel, no event possible: every group's plan is layer_exact)."""
+
+    w: np.ndarray  # int64 [C, kh*kw]: w - z_w
+    add: np.ndarray  # int64 [C]: the bias
+    acc_max: int  # max |acc| over inputs in the plan range (exact Python int)
+    sum_max: int  # max over channels of sum |w - z_w| * max |x - z_x|: bounds every partial sum of the taps
+
+
+@njit(cache=True, nogil=True)
+def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, buf, ct):
+    """ct[c, i*L + oh*Wo + ow] = sum_(a, b) w[c, a*kw + b] * (x[n0 + i, c, ih, iw] - zx), ih = oh*sh + a*dh - pt,
+    iw = ow*sw + b*dw - pl; padding pixels hold z_x and add 0. An exact plan (no event), so the order of the sum
+    is free: tap by tap over a zero-padded plane ``buf`` (zeroed by the caller, ct's dtype). int32 ct/buf/w only
+    where the plan proves every partial sum < 2^31 (the products and sums are then exact in int32), else int64.
+    Returns False when an input lies outside [lo, hi] (ct then incomplete)."""
+    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    H, W = x.shape[2], x.shape[3]
+    C, L = ct.shape[0], Ho * Wo
+    nb = ct.shape[1] // L
+    z = ct[0, 0] * 0  # zero of ct's dtype
+    for i in range(nb):
+        for c in range(C):
+            for r in range(H):
+                for s in range(W):
+                    v = np.int64(x[n0 + i, c, r, s])
+                    if v < lo or v > hi:
+                        return False
+                    buf[pt + r, pl + s] = v - zx
+            base = i * L
+            for t in range(L):
+                ct[c, base + t] = z
+            for a in range(kh):
+                for b in range(kw):
+                    wv = w[c, a * kw + b]
+                    for oh in range(Ho):
+                        row = base + oh * Wo
+                        ih = oh * sh + a * dh
+                        for ow in range(Wo):
+                            ct[c, row + ow] += wv * buf[ih, ow * sw + b * dw]
+    return True
+
+
+DW_BLOCK_BYTES = 1 << 20  # int64 accumulators per depthwise block
+
+
+def depthwise_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue | None" = None) -> int | None:
+    """The exact depthwise conv of ``plan.depthwise`` on x [N, C, H, W] into out [N, C, L], by blocks of images in
+    :func:`workers` threads: :func:`depthwise_acc` then ``epi`` (fused requant + clamp + count, narrow out) or,
+    without one, the int64 accumulators. Returns the clipped count (0 without ``epi``), or None when x leaves
+    the plan's range."""
+    d = plan.depthwise
+    N, C = x.shape[0], x.shape[1]
+    L = int(geom[6] * geom[7])
+    n_workers = min(workers(), N)
+    nb = int(max(1, min(-(-N // n_workers), DW_BLOCK_BYTES // max(1, C * L * 8))))
+    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
+    x = np.ascontiguousarray(x)
+
+    H, W = x.shape[2], x.shape[3]
+    Hp = max(int(geom[6] - 1) * int(geom[2]) + int(geom[0] - 1) * int(geom[4]) + 1, pad[0] + H)
+    Wp = max(int(geom[7] - 1) * int(geom[3]) + int(geom[1] - 1) * int(geom[5]) + 1, pad[2] + W)
+    dt = np.int32 if d.sum_max < 1 << 31 else np.int64  # every partial sum of the taps < 2^31: int32 is exact
+    wk = d.w.astype(dt)
+
+    def work(part):
+        clipped = 0
+        buf = np.zeros((Hp, Wp), dt)
+        for n0, b in part:
+            ct = np.empty((C, b * L), dt)
+            if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], buf, ct):
+                return None
+            if epi is None:
+                epilogue_wide(ct, n0, d.add, out)
+            else:
+                clipped += epi.run(ct, n0, d.add, out)
+        return clipped
+
+    res = _in_workers(work, [blocks[i::n_workers] for i in range(n_workers)])
+    return None if any(r is None for r in res) else sum(res)
 
 
 def _fits(plan: GemmPlan, x: np.ndarray) -> bool:
@@ -940,6 +1306,9 @@ def _fits(plan: GemmPlan, x: np.ndarray) -> bool:
 RISKY_SWITCH = 0.25  # above this fraction of positions needing the model kernel, skip BLAS screening
 
 
+_LINEAR_GEOM = np.array([1, 1, 1, 1, 1, 1, 1, 1], np.int64)  # a linear layer is a 1x1 conv on [N, K, 1, 1]
+
+
 def linear_accumulate(x, w, bias, zx, zw, acc, plan: GemmPlan | None = None):
     """Fast linear: (out int64 [N, M], partial events, acc events). ``plan``: from :func:`linear_plan`."""
     N, K = x.shape
@@ -947,21 +1316,9 @@ def linear_accumulate(x, w, bias, zx, zw, acc, plan: GemmPlan | None = None):
     if plan is None or not _fits(plan, x):
         plan = linear_plan(w, bias, zx, zw, acc, *_range(x, zx))
     if plan.gemm is not None and N:
-        g = plan.gemm
-        x8 = np.empty((N, K), np.int8)
-        np.subtract(x, g.offset, out=x8, casting="unsafe")  # exact: x - o in [-128, 127] (plan range)
-        out = np.empty((N, M), np.int64)
-        per = -(-N // max(1, numba.get_num_threads()))
-        mm = int_mm()
-
-        def rows(r0):
-            import torch
-
-            np.add(mm(torch.from_numpy(x8[r0:r0 + per]), g.w8).numpy(), g.add, out=out[r0:r0 + per])
-
-        with _torch_one_thread():
-            _in_workers(rows, list(range(0, N, per)))
-        return out, 0, 0
+        out = np.empty((N, M, 1), np.int64)
+        if gemm_int8(x.reshape(N, K, 1, 1), plan, _LINEAR_GEOM, (0, 0, 0, 0), out) is not None:
+            return out.reshape(N, M), 0, 0
     plan = plan.groups[0]
     dt = plan.blas if not plan.kernel_only else (np.float32 if plan.w_f32 is not None else np.int32)
     cols = np.ascontiguousarray((x - zx).T.astype(dt))[None]  # [1, K, N]
@@ -988,39 +1345,6 @@ def _blas_one_thread():
     if _TPC is None:
         _TPC = ThreadpoolController()
     return _TPC.limit(limits=1, user_api="blas")
-
-
-def _conv_int8(x, plan: GemmPlan, geom: np.ndarray, pad, out) -> bool:
-    """The int8 GEMM conv (groups = 1, exact layer) into out [N, Cout, L]; False when x leaves the plan's range."""
-    import torch
-
-    g = plan.gemm
-    N, C, H, W = x.shape
-    L = int(geom[6] * geom[7])
-    Ktot = g.w8.shape[0]
-    xp = np.full((N, C, H + pad[0] + pad[1], W + pad[2] + pad[3]), g.pad_value, np.int8)
-    bad = np.zeros(N * C, np.uint8)
-    pad_offset_int8(np.ascontiguousarray(x), g.offset, plan.lo, plan.hi, pad[0], pad[2], xp, bad)
-    if bad.any():
-        return False
-    workers = max(1, numba.get_num_threads())
-    nb = int(max(1, min(-(-N // workers), INT8_BLOCK // max(1, L * Ktot))))
-    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
-    mm = int_mm()
-
-    def work(part):
-        # each worker: im2col, GEMM (torch single-threaded), widening, all releasing the GIL; no numba
-        # parallel region in between (its spinning OpenMP threads would take the cores of these)
-        cols_buf = np.empty((nb, L, Ktot), np.int8)
-        for n0, b in part:
-            cols = cols_buf[:b]
-            im2col_positions_serial(xp, n0, geom, cols)
-            c = mm(torch.from_numpy(cols.reshape(b * L, Ktot)), g.w8).numpy()
-            gemm_finish(c, g.add, L, out[n0:n0 + b])
-
-    with _torch_one_thread():
-        _in_workers(work, [blocks[i::workers] for i in range(workers)])
-    return True
 
 
 CHUNK_MIN_R = 8  # chunks of at least this many products: chunk sums by BLAS, then the chunk-level model
@@ -1108,11 +1432,15 @@ def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, pl
     L, Kg, Mg, Ktot = Ho * Wo, Cin_g * KH * KW, Cout // groups, Cin * KH * KW
     geom = np.array([KH, KW, stride[0], stride[1], dilation[0], dilation[1], Ho, Wo], np.int64)
     out = np.empty((N, Cout, L), np.int64)
-    if plan is not None and plan.gemm is not None and N and _conv_int8(x, plan, geom, pad, out):
+    if plan is not None and plan.gemm is not None and N and gemm_int8(x, plan, geom, pad, out) is not None:
+        return out.reshape(N, Cout, Ho, Wo), 0, 0
+    if plan is not None and plan.depthwise is not None and N and depthwise_run(x, plan, geom, pad, out) is not None:
         return out.reshape(N, Cout, Ho, Wo), 0, 0
     if plan is None or not _fits(plan, x):
         plan = conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, *_range(x, zx))
-        if plan.gemm is not None and N and _conv_int8(x, plan, geom, pad, out):
+        if plan.gemm is not None and N and gemm_int8(x, plan, geom, pad, out) is not None:
+            return out.reshape(N, Cout, Ho, Wo), 0, 0
+        if plan.depthwise is not None and N and depthwise_run(x, plan, geom, pad, out) is not None:
             return out.reshape(N, Cout, Ho, Wo), 0, 0
     plans = plan.groups
     blas_types = [p.blas for p in plans if not p.kernel_only]
@@ -1229,36 +1557,53 @@ def add_ratio_fma(p, q, rp, rq, k, mode, out):
 
 
 # ----------------------------------------------------------------------------- pools
-@njit(parallel=True, cache=True)
-def max_pool(x, kh, kw, sh, sw, pt, pl, pad_value, out):
-    """out[n, c, i, j] = max over the window at (i*sh - pt, j*sw - pl) of x, padding pixels = pad_value
-    (docs/semantics.md section 6; ops.max_pool2d). out may have x's dtype (pad_value must fit it)."""
-    N, C, H, W = x.shape
+@njit(cache=True, nogil=True, inline="always")
+def _max_pool_plane(x, n, c, kh, kw, sh, sw, pt, pl, pad_value, out):
+    """Plane (n, c) of :func:`max_pool`: the max over the window's pixels inside the input, then pad_value
+    if the window reaches into the padding and pad_value is larger (a window wholly in the padding: pad_value).
+    The window's rows and columns are clipped to the input once per output, so the inner loops do not branch."""
+    H, W = x.shape[2], x.shape[3]
     Ho, Wo = out.shape[2], out.shape[3]
+    pv = np.int64(pad_value)
+    for i in range(Ho):
+        h0 = i * sh - pt
+        ha, hb = max(h0, 0), min(h0 + kh, H)
+        for j in range(Wo):
+            w0 = j * sw - pl
+            wa, wb = max(w0, 0), min(w0 + kw, W)
+            if ha >= hb or wa >= wb:
+                out[n, c, i, j] = pv
+                continue
+            m = np.int64(x[n, c, ha, wa])
+            for h in range(ha, hb):
+                for v in range(wa, wb):
+                    e = np.int64(x[n, c, h, v])
+                    m = e if e > m else m
+            if (hb - ha < kh or wb - wa < kw) and pv > m:
+                m = pv
+            out[n, c, i, j] = m
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_par(x, kh, kw, sh, sw, pt, pl, pad_value, out):
+    N, C = x.shape[0], x.shape[1]
     for t in prange(N * C):
         n = t // C
-        c = t - n * C
-        for i in range(Ho):
-            h0 = i * sh - pt
-            for j in range(Wo):
-                w0 = j * sw - pl
-                m = np.int64(pad_value)
-                inside = True
-                first = True
-                for a in range(kh):
-                    h = h0 + a
-                    for b in range(kw):
-                        v = w0 + b
-                        if h < 0 or h >= H or v < 0 or v >= W:
-                            inside = False
-                            continue
-                        e = np.int64(x[n, c, h, v])
-                        if first or e > m:
-                            m = e
-                            first = False
-                if not inside and np.int64(pad_value) > m:
-                    m = np.int64(pad_value)
-                out[n, c, i, j] = m
+        _max_pool_plane(x, n, t - n * C, kh, kw, sh, sw, pt, pl, pad_value, out)
+
+
+@njit(cache=True, nogil=True)
+def _max_pool_ser(x, kh, kw, sh, sw, pt, pl, pad_value, out):
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            _max_pool_plane(x, n, c, kh, kw, sh, sw, pt, pl, pad_value, out)
+
+
+def max_pool(x, kh, kw, sh, sw, pt, pl, pad_value, out) -> None:
+    """out[n, c, i, j] = max over the window at (i*sh - pt, j*sw - pl) of x, padding pixels = pad_value
+    (docs/semantics.md section 6; ops.max_pool2d). out may have x's dtype (pad_value must fit it).
+    Parallel over planes, single-threaded inside :func:`serial_mode`."""
+    (_max_pool_ser if serial() else _max_pool_par)(x, kh, kw, sh, sw, pt, pl, pad_value, out)
 
 
 # ----------------------------------------------------------------------------- output clamp
@@ -1274,21 +1619,36 @@ def narrow_dtype(lo: int, hi: int):
     return np.int64
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _clamp_count_range(y, lo, hi, qmin, qmax, count_low, out, i0, i1):
+    c = np.int64(0)
+    for i in range(i0, i1):
+        v = y[i]
+        c += np.int64(v > qmax) + np.int64(count_low and v < qmin)
+        out[i] = min(max(v, lo), hi)
+    return c
+
+
 @njit(parallel=True, cache=True)
-def clamp_count(y, lo, hi, qmin, qmax, count_low, out):
-    """out = clamp(y, lo, hi) (out may be a narrower dtype holding [lo, hi]); returns the number of
-    values above qmax plus, when count_low, below qmin (flat arrays; one pass)."""
+def _clamp_count_par(y, lo, hi, qmin, qmax, count_low, out):
     n = y.shape[0]
     nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
     cnt = np.zeros(nt, np.int64)
     for t in prange(nt):
-        c = np.int64(0)
-        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
-            v = y[i]
-            c += np.int64(v > qmax) + np.int64(count_low and v < qmin)
-            out[i] = min(max(v, lo), hi)
-        cnt[t] = c
+        cnt[t] = _clamp_count_range(y, lo, hi, qmin, qmax, count_low, out, t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK))
     return cnt.sum()
+
+
+@njit(cache=True, nogil=True)
+def _clamp_count_ser(y, lo, hi, qmin, qmax, count_low, out):
+    return _clamp_count_range(y, lo, hi, qmin, qmax, count_low, out, 0, y.shape[0])
+
+
+def clamp_count(y, lo, hi, qmin, qmax, count_low, out) -> int:
+    """out = clamp(y, lo, hi) (out may be a narrower dtype holding [lo, hi]); returns the number of
+    values above qmax plus, when count_low, below qmin (flat arrays; one pass; single-threaded inside
+    :func:`serial_mode`)."""
+    return int((_clamp_count_ser if serial() else _clamp_count_par)(y, lo, hi, qmin, qmax, count_low, out))
 
 
 # ----------------------------------------------------------------------------- fixed-point requantization
@@ -1411,6 +1771,51 @@ def add_fixed(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1
         ok[t] = _add_fixed_block(a, b, za, zb, zy, left, qa, sa, qb, sb, qy, sy, single, tie0, tie1, out,
                                  t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK))
     return ok.all()
+
+
+ADD_TABLE_MAX = 1 << 17  # entries of an element-wise table: two 8-bit (or 8 x 9-bit) grids
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _table2_range(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out, i0, i1):
+    """Elements i0..i1 of :func:`table2`; -1 when an input lies outside the table (out then incomplete)."""
+    c = np.int64(0)
+    for i in range(i0, i1):
+        ia = np.int64(a[i]) - amin
+        ib = np.int64(b[i]) - bmin
+        if ia < 0 or ia >= na or ib < 0 or ib >= nbv:
+            return np.int64(-1)
+        v = np.int64(table[ia * nbv + ib])
+        c += np.int64(v > qmax) + np.int64(count_low and v < qmin)
+        out[i] = min(max(v, lo), hi)
+    return c
+
+
+@njit(parallel=True, cache=True)
+def _table2_par(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out):
+    n = a.shape[0]
+    nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
+    cnt = np.zeros(nt, np.int64)
+    for t in prange(nt):
+        cnt[t] = _table2_range(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out,
+                               t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK))
+    return np.int64(-1) if cnt.min() < 0 else cnt.sum()
+
+
+@njit(cache=True, nogil=True)
+def _table2_ser(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out):
+    return _table2_range(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out, 0, a.shape[0])
+
+
+def table2(a, b, amin: int, bmin: int, na: int, nbv: int, table, lo: int, hi: int, qmin: int, qmax: int,
+           count_low: bool, out) -> int | None:
+    """An element-wise op of two integer inputs by its table (flat arrays): v = table[(a - amin) * nbv + (b - bmin)],
+    out = clamp(v, lo, hi) (out's dtype may be narrow), returns #(v > qmax) + count_low * #(v < qmin)
+    (registry.clamp_counted's count), or None when an input lies outside the table. ops.add builds the table
+    from its own kernels over every pair of grid values (exact by construction)."""
+    f = _table2_ser if serial() else _table2_par
+    c = int(f(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out))
+    return None if c < 0 else c
 
 
 @njit(cache=True, inline="always")

@@ -314,14 +314,86 @@ class AddSpec(OpSpec):
     def compile(self, lay, node, cx):
         lay.requant = cx.requant()
 
+    def table(self, qg, lay):
+        """The layer's add as a table over every pair of input grid values, made once (attribute ``fast_table``):
+        (a_min, b_min, n_a, n_b, int32 table of the unclamped output), or None where the output depends on
+        more than the two values (stochastic rounding) or the table would be large (> kernels.ADD_TABLE_MAX).
+        Its entries are :func:`add` itself on those pairs, so the table is exact by construction; ONNX
+        Runtime's operand exchange (:func:`ratio_fma_swaps`) is checked per call (:meth:`fused`)."""
+        from hwsim import kernels
+
+        g = qg.grids
+        ga, gb, gy, r = g[lay.inputs[0]], g[lay.inputs[1]], g[lay.output], lay.requant
+        key = (r, ga.qmin, ga.qmax, ga.zero_point, ga.scale, gb.qmin, gb.qmax, gb.zero_point, gb.scale,
+               gy.zero_point, gy.scale)
+        cached = getattr(lay, "fast_table", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        na, nb = int(ga.qmax) - int(ga.qmin) + 1, int(gb.qmax) - int(gb.qmin) + 1
+        t = None
+        if na * nb <= kernels.ADD_TABLE_MAX and (r.rounding != "stochastic" or r.mode == "fixed"):
+            av = np.repeat(np.arange(ga.qmin, ga.qmax + 1, dtype=np.int64), nb)
+            bv = np.tile(np.arange(gb.qmin, gb.qmax + 1, dtype=np.int64), na)
+            y, _ = add(av, bv, a_scale=ga.scale, a_zero_point=ga.zero_point, b_scale=gb.scale,
+                       b_zero_point=gb.zero_point, y_scale=gy.scale, y_zero_point=gy.zero_point, qmin=WIDE[0],
+                       qmax=WIDE[1], cfg=r)  # 1-D inputs of equal shape: no operand exchange (ratio_fma_swaps)
+            if y.size and -(1 << 31) <= int(y.min()) and int(y.max()) < 1 << 31:
+                t = (int(ga.qmin), int(gb.qmin), na, nb, y.astype(np.int32))
+        lay.fast_table = (key, t)
+        return t
+
+    def thread_safe(self, qg, lay) -> bool:
+        """Runs in several threads at once (execute's batch workers) when the table applies."""
+        return self.table(qg, lay) is not None
+
+    def prepare(self, qg, lay) -> None:
+        """Make the table now (compile time)."""
+        self.table(qg, lay)
+
+    def fused(self, qg, lay, xa, xb, narrow):
+        """(y, clipped) by the table (kernels.table2: lookup, clamp and count in one pass), or None."""
+        from hwsim import kernels
+
+        t = self.table(qg, lay)
+        if t is None or xa.shape != xb.shape or xa.size == 0:
+            return None
+        r = lay.requant
+        if r.mode == "float32" and r.add_form == "ratio_fma" and ratio_fma_swaps(xa.shape, xb.shape):
+            return None  # the table was made without the exchange
+        gy = qg.grids[lay.output]
+        lo, hi = lay.clamp
+        out = np.empty(xa.shape, kernels.narrow_dtype(lo, hi) if narrow else np.int64)
+        c = kernels.table2(np.ascontiguousarray(xa).reshape(-1), np.ascontiguousarray(xb).reshape(-1), t[0], t[1],
+                           t[2], t[3], t[4], lo, hi, gy.qmin, gy.qmax, lay.activation is None, out.reshape(-1))
+        return None if c is None else (out, c)
+
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         g = qg.grids
         ga, gb, gy = g[lay.inputs[0]], g[lay.inputs[1]], g[lay.output]
         xa, xb = env[lay.inputs[0]], env[lay.inputs[1]]
+        vector = self._vector_width(lay)
+        if impl == "fast":
+            res = None if vector is not None else self.fused(qg, lay, xa, xb, narrow)  # the table is per element
+            if res is not None:
+                return res
+            from hwsim import kernels
+
+            with kernels.exclusive():  # a batch worker: the kernels below are parallel, one thread at a time
+                return self._execute(qg, lay, xa, xb, ga, gb, gy, impl, offset, narrow)
+        return self._execute(qg, lay, xa, xb, ga, gb, gy, impl, offset, narrow)
+
+    @staticmethod
+    def _vector_width(lay):
+        """requant.add_vector_width (LiteRT's optimized ADD: a vector loop over the first n - n mod V values in
+        NHWC order rounds otherwise than the scalar tail), in fixed mode only; else None."""
+        v = getattr(lay.profile.requant, "add_vector_width", None) if lay.profile is not None else None
+        return v if v is not None and lay.requant.mode == "fixed" else None
+
+    def _execute(self, qg, lay, xa, xb, ga, gb, gy, impl, offset, narrow):
         kw = dict(a_scale=ga.scale, a_zero_point=ga.zero_point, b_scale=gb.scale, b_zero_point=gb.zero_point,
                   y_scale=gy.scale, y_zero_point=gy.zero_point, qmin=WIDE[0], qmax=WIDE[1], cfg=lay.requant)
-        v = getattr(lay.profile.requant, "add_vector_width", None) if lay.profile is not None else None
-        if v is not None and lay.requant.mode == "fixed":
+        v = self._vector_width(lay)
+        if v is not None:
             return clamp_counted(_nhwc_vector_add(xa, xb, v, impl, kw), lay, gy, narrow)
         y, _ = add(xa, xb, **kw, index_offset=offset * per_image(np.broadcast_shapes(xa.shape, xb.shape)))
         return clamp_counted(y, lay, gy, narrow)

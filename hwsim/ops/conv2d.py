@@ -124,6 +124,14 @@ class Conv2dSpec(MacSpec):
                _pair(a.get("dilation", 1), "dilation"), int(a.get("groups", 1)))
         return kernels.conv_plan(w, b, gx.zero_point, zw, *geo, lay.accumulator, gx.qmin, gx.qmax)
 
+    def gemm_shape(self, lay, x, plan):
+        stride, pad, dilation, _ = plan.geometry
+        KH, KW = lay.w_q.shape[2], lay.w_q.shape[3]
+        Ho = conv_output_size(x.shape[2], KH, stride[0], pad[0], pad[1], dilation[0])
+        Wo = conv_output_size(x.shape[3], KW, stride[1], pad[2], pad[3], dilation[1])
+        geom = np.array([KH, KW, stride[0], stride[1], dilation[0], dilation[1], Ho, Wo], np.int64)
+        return x, geom, pad, (x.shape[0], lay.w_q.shape[0], Ho, Wo)
+
     def accumulate_planned(self, lay, x, w, b, zw, gx, plan):
         from hwsim import kernels
 

@@ -409,6 +409,43 @@ def _requantize_fast(acc, params: RequantParams, cfg: Requant, z_y: int, channel
     return y + z_y
 
 
+def fused_epilogue(params: RequantParams, cfg: Requant, z_y: int, lo: int, hi: int, qmin: int, qmax: int,
+                   count_low: bool, channels: int, acc_max: int):
+    """The requantization of :func:`_requantize_fast` + zero point + the executor's clamp and clip count
+    (registry.clamp_counted) as one kernels.Epilogue behind the int8 GEMM, or None where it does not apply.
+
+    Applies to "fixed" with the 31-bit multiplier in the Q31 kernel's domain (:func:`_fixed_q31_fast`; single
+    rounding needs every accumulator |acc| <= ``acc_max`` <= 2^31, proven by the plan) and to "float32"
+    without stochastic rounding (:func:`_float32_requant_kernel`). Made once per layer (ops.mac caches it).
+    """
+    from hwsim import kernels
+
+    if params.channels not in (1, channels):
+        return None
+    common = dict(zy=int(z_y), lo=int(lo), hi=int(hi), qmin=int(qmin), qmax=int(qmax), count_low=bool(count_low))
+
+    def per(v, dt):
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(v, dt).reshape(-1), (channels,)))
+
+    if cfg.mode == "fixed" and cfg.multiplier_bits == 31:
+        q, sh = np.asarray(params.q, np.int64), np.asarray(params.shift, np.int64)
+        single = cfg.fixed_rounding == "single"
+        if q.min() < 0 or q.max() > fp.INT32_MAX or sh.max() > 31 or sh.min() < -31 or (single and acc_max > 1 << 31):
+            return None
+        return kernels.Epilogue("fixed", q=per(q, np.int64), shift=per(sh, np.int64), single=single,
+                                small=acc_max <= 1 << 31 and int(sh.max()) <= 0,
+                                tie0=kernels.TIE_CODE[cfg.fixed_ties[0]], tie1=kernels.TIE_CODE[cfg.fixed_ties[1]],
+                                **common)
+    if cfg.mode == "float32" and cfg.rounding != "stochastic" and params.src_scale is None:  # oneDNN's sequential
+        has_bias, has_pre = params.bias_term is not None, params.pre_scale is not None  # scales: numpy's path
+        return kernels.Epilogue("float32", mult=per(params.multiplier, np.float32),
+                                bias=per(params.bias_term if has_bias else 0, np.float32),
+                                pre=per(params.pre_scale if has_pre else 1, np.float32), has_bias=has_bias,
+                                has_pre=has_pre, z_before=cfg.zero_point == "before",
+                                mode=kernels.ROUND_CODE[cfg.rounding], **common)
+    return None
+
+
 def requantize(acc, params: RequantParams, cfg: Requant, z_y: int, qmin: int, qmax: int, channel_axis: int = 1,
                impl: str = "fast", index=None) -> tuple[np.ndarray, int]:
     """y = clamp(round(acc * M[c]) + z_y, qmin, qmax) in ``cfg.mode``; returns (y int64, number of clamped outputs).

@@ -72,6 +72,11 @@ class LinearSpec(MacSpec):
 
         return kernels.linear_plan(w, b, gx.zero_point, zw, lay.accumulator, gx.qmin, gx.qmax)
 
+    def gemm_shape(self, lay, x, plan):
+        from hwsim import kernels
+
+        return x.reshape(x.shape[0], -1, 1, 1), kernels._LINEAR_GEOM, (0, 0, 0, 0), (x.shape[0], lay.w_q.shape[0])
+
     def accumulate_planned(self, lay, x, w, b, zw, gx, plan):
         from hwsim import kernels
 

@@ -60,13 +60,18 @@ class MacSpec(OpSpec):
         quantize_mac(lay, node, cx)
 
     # --- execute
-    def fast(self, lay, x: np.ndarray, gx) -> tuple[np.ndarray, int, int]:
-        """The layer by the fast kernels with its plan (bounds, packed weights) made once.
+    def gemm_shape(self, lay, x, plan):
+        """(x as [N, C, H, W], geom, padding, output shape) of the int8 GEMM path (kernels.gemm_int8)."""
+        raise NotImplementedError
+
+    def planned(self, lay, gx):
+        """(w, zw, b, plan): the fast kernels' plan (bounds, packed weights) for inputs on grid ``gx``, made once.
 
         The plan assumes inputs on the input grid [qmin, qmax] and is kept on the layer (attribute
         ``fast_plan``) together with the arrays it was made from: code that replaces ``w_q``, ``bias_q``,
         ``w_zero_point`` or ``accumulator`` gets a new plan (arrays are compared by identity, so weights
-        must be replaced, not written in place). Returns (acc int64, acc events, partial events).
+        must be replaced, not written in place). compile makes it (:meth:`prepare`); a layer changed
+        afterwards is planned again on its next call.
         """
         arrays = (lay.w_q, lay.bias_q, lay.w_zero_point)
         key = (lay.accumulator, int(gx.qmin), int(gx.qmax), int(gx.zero_point))
@@ -77,7 +82,59 @@ class MacSpec(OpSpec):
             b = core._bias(lay.bias_q, w.shape[0])
             cached = (arrays, key, (w, zw, b, self.plan(lay, w, b, zw, gx)))
             lay.fast_plan = cached
-        w, zw, b, plan = cached[2]
+        return cached[2]
+
+    def epilogue(self, lay, gy, plan):
+        """The fused requant + clamp + count behind the int8 GEMM or the exact depthwise kernel
+        (core.fused_epilogue), made once per layer
+        (attribute ``fast_epilogue``, renewed when the plan, requant or output grid/clamp change), or None."""
+        src = plan.gemm if plan.gemm is not None else getattr(plan, "depthwise", None)
+        if src is None or lay.requant_params is None or self._needs_blocks(lay):
+            return None
+        key = (lay.requant, int(gy.zero_point), int(gy.qmin), int(gy.qmax), tuple(lay.clamp), lay.activation is None)
+        cached = getattr(lay, "fast_epilogue", None)
+        if cached is None or cached[0] is not plan or cached[1] is not lay.requant_params or cached[2] != key:
+            epi = core.fused_epilogue(lay.requant_params, lay.requant, gy.zero_point, *lay.clamp, gy.qmin, gy.qmax,
+                                      lay.activation is None, int(src.add.size), src.acc_max)
+            cached = (plan, lay.requant_params, key, epi)
+            lay.fast_epilogue = cached
+        return cached[3]
+
+    def prepare(self, qg, lay) -> None:
+        """Make the layer's plan and fused epilogue now (compile time), not on the first batch."""
+        if lay.w_q is None:
+            return
+        plan = self.planned(lay, qg.grids[lay.inputs[0]])[3]
+        self.epilogue(lay, qg.grids[lay.output], plan)
+
+    def thread_safe(self, qg, lay) -> bool:
+        """The fast path of this layer runs in several threads at once (execute's batch workers): the int8
+        GEMM or the exact depthwise kernel with its fused epilogue (serial kernels, no pools inside a worker)."""
+        plan = self.planned(lay, qg.grids[lay.inputs[0]])[3]
+        return self.epilogue(lay, qg.grids[lay.output], plan) is not None
+
+    def fused(self, lay, x: np.ndarray, gx, gy, narrow: bool):
+        """(y, clipped) by the int8 GEMM with the fused epilogue (one pass from the int32 products to the
+        clamped output in its narrow dtype), or None where it does not apply (the caller runs :meth:`fast`)."""
+        from hwsim import kernels
+
+        plan = self.planned(lay, gx)[3]
+        epi = self.epilogue(lay, gy, plan)
+        if epi is None or x.shape[0] == 0:
+            return None
+        x4, geom, pad, shape = self.gemm_shape(lay, x, plan)
+        dt = kernels.narrow_dtype(*lay.clamp) if narrow else np.int64
+        out = np.empty((shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))), dt)
+        run = kernels.gemm_int8 if plan.gemm is not None else kernels.depthwise_run
+        clipped = run(x4, plan, geom, pad, out, epi)
+        return None if clipped is None else (out.reshape(shape), clipped)
+
+    def fast(self, lay, x: np.ndarray, gx) -> tuple[np.ndarray, int, int]:
+        """The layer's accumulators by the fast kernels with its plan (:meth:`planned`).
+
+        Returns (acc int64, acc events, partial events).
+        """
+        w, zw, b, plan = self.planned(lay, gx)
         acc, pe, ae = self.accumulate_planned(lay, x, w, b, zw, gx, plan)
         return acc, int(ae), int(pe)
 
@@ -85,19 +142,33 @@ class MacSpec(OpSpec):
         g = qg.grids
         x, gx, gy = env[lay.inputs[0]], g[lay.inputs[0]], g[lay.output]
         if impl == "fast":
-            acc, ae, pe = self.fast(lay, x, gx)
-            st.acc_events += ae
-            st.partial_events += pe
-            # ops.requantize without its clamp to WIDE (a no-op count and copy): the clamp is counted below
-            y = core._requantize_fast(acc, lay.requant_params, lay.requant, gy.zero_point, 1,
-                                      stochastic_index(lay, acc.shape, offset))
-            return clamp_counted(self._blocks(lay, acc, y, gy, impl), lay, gy, narrow)
+            res = self.fused(lay, x, gx, gy, narrow)
+            if res is not None:
+                return res  # no event possible: the int8 GEMM runs only where the plan proves it
+            from hwsim import kernels
+
+            with kernels.exclusive():  # a batch worker: the general path's parallel kernels, one thread at a time
+                acc, ae, pe = self.fast(lay, x, gx)
+                st.acc_events += ae
+                st.partial_events += pe
+                # ops.requantize without its clamp to WIDE (a no-op count and copy): the clamp is counted below
+                y = core._requantize_fast(acc, lay.requant_params, lay.requant, gy.zero_point, 1,
+                                          stochastic_index(lay, acc.shape, offset))
+                return clamp_counted(self._blocks(lay, acc, y, gy, impl), lay, gy, narrow)
         acc, ast = self.accumulate(lay, x, gx, impl)
         st.acc_events += int(ast.acc_events)
         st.partial_events += int(ast.partial_events)
         y, _ = core.requantize(acc, lay.requant_params, lay.requant, gy.zero_point, WIDE[0], WIDE[1], channel_axis=1,
                                index=stochastic_index(lay, acc.shape, offset))
         return clamp_counted(self._blocks(lay, acc, y, gy, impl), lay, gy, narrow)
+
+    @staticmethod
+    def _needs_blocks(lay) -> bool:
+        """:meth:`_blocks` changes this layer's requantized values (LiteRT's float64 FULLY_CONNECTED or its
+        per-channel-block ties): the fused epilogue does not model them, the general path runs."""
+        r = lay.profile.requant if lay.profile is not None else None
+        return (lay.requant is not None and lay.requant.mode == "fixed" and r is not None
+                and (getattr(r, "fixed_form", "multiplier") == "float64" or getattr(r, "block_channels", None) is not None))
 
     @staticmethod
     def _blocks(lay, acc, y, gy, impl):

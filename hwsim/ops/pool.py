@@ -244,6 +244,10 @@ class MaxPool2dSpec(_WindowPoolSpec):
 
         return pool_float(ins[0], node.attrs, "max")
 
+    def thread_safe(self, qg, lay) -> bool:
+        """kernels.max_pool runs single-threaded inside execute's batch workers."""
+        return True
+
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x, gx = env[lay.inputs[0]], qg.grids[lay.inputs[0]]
         k, s, pad = _geometry(lay.attrs)
@@ -396,6 +400,11 @@ class GlobalAvgPoolSpec(_AvgPoolSpec):
 
     def float_forward(self, node, graph, ins):
         return ins[0].mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+
+    def thread_safe(self, qg, lay) -> bool:
+        """numpy only (and kernels.clamp_count, single-threaded inside execute's batch workers); avgpool2d is
+        not (reduce.window_sums is a parallel numba kernel)."""
+        return True
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x, gx, gy = env[lay.inputs[0]], qg.grids[lay.inputs[0]], qg.grids[lay.output]

@@ -51,6 +51,10 @@ class ReluSpec(OpSpec):
         m = relu_mean(beta, gamma)
         return m if self.upper is None else m - relu_mean(beta - self.upper, gamma)
 
+    def thread_safe(self, qg, lay) -> bool:
+        """np.clip only."""
+        return True
+
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x = env[lay.inputs[0]]
         info = np.iinfo(x.dtype)  # bounds inside the dtype (a narrow x holds its whole grid)

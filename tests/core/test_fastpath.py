@@ -2,6 +2,7 @@
 (torch._int_mm), per-layer plans made once, the numba element-wise add kernels — each bit-identical
 to the reference, zero tolerance, and each shown to be the path actually taken."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -274,3 +275,251 @@ def test_fma_kernel_equals_fma_f32_near_ties():
     out = np.empty(n, np.float32)
     fma_all(x, r, z, out)
     np.testing.assert_array_equal(out, expected)
+
+
+# ----------------------------------------------------------------------------- fused epilogue (int8 GEMM)
+EPI_CFGS = ([ops.Requant(mode="fixed", fixed_rounding=r, fixed_ties=t) for r in ("double", "single")
+             for t in (("half_up", "half_away"), ("half_even", "half_even"), ("half_away", "half_up"))]
+            + [ops.Requant(mode="float32", rounding=m, zero_point=z, multiplier_order=o)
+               for m in ("half_even", "half_away", "half_up", "floor", "trunc") for z in ("after", "before")
+               for o in ("sequential", "fused")])
+
+
+def _epilogue_case(rng, M=5, nb=3, L=7):
+    """int32 GEMM results at the extremes and around ties (accumulators of every parity), per-channel adds."""
+    ct = rng.integers(-(2**31), 2**31, (M, nb * L), dtype=np.int64)
+    ct[:, :L] = rng.integers(-300, 300, (M, L))  # small values: exact halves under the power-of-two multipliers
+    ct[0, -2:] = (-(2**31), 2**31 - 1)
+    add = np.array([0, -1, 1, 2**20, -(2**20)], np.int64)[:M]
+    ct = np.clip(ct, -(2**31) - add[:, None], 2**31 - 1 - add[:, None])  # |acc| <= 2^31 (single rounding's domain)
+    ct[1, 0], ct[2, 0] = -(2**31) + 1, 2**31 - 1  # acc = -2^31, 2^31: the ends of single rounding's domain
+    return ct.astype(np.int32), add
+
+
+@pytest.mark.parametrize("cfg", EPI_CFGS, ids=lambda c: f"{c.mode}-{c.fixed_rounding}-{c.fixed_ties}-{c.rounding}-"
+                                                            f"{c.zero_point}-{c.multiplier_order}")
+@pytest.mark.parametrize("scales", [(0.5, [1.0], 1.0), (0.02, [0.25, 0.5, 0.125, 1.0, 0.75], 0.01),
+                                    (0.0173, [0.0031, 0.012, 0.0007, 0.02, 0.0099], 0.211),
+                                    (2.0, [3.0, 1.5, 4.0, 1.25, 2.5], 0.5)])  # multipliers > 1: left shifts
+def test_fused_epilogue_equals_reference_requant_and_clamp(cfg, scales):
+    """kernels.Epilogue (requant + zero point + clamp + clip count in one pass from the int32 products, narrow
+    output) == ops.requantize(reference) then the executor's clamp and count, every value, every channel."""
+    rng = np.random.default_rng(7)
+    ct, add = _epilogue_case(rng)
+    M, nb, L = ct.shape[0], 3, 7
+    acc = (ct.astype(np.int64) + add[:, None]).reshape(M, nb, L).transpose(1, 0, 2)  # [nb, M, L]
+    sx, sw, sy = scales
+    params = ops.make_requant_params(sx, np.array(sw * (M if len(sw) == 1 else 1))[:M], sy, cfg)
+    variants = [params]
+    if cfg.mode == "float32":  # fbgemm's float bias and oneDNN's pre-scale + bias
+        variants += [ops.make_requant_params(sx, np.array(sw * (M if len(sw) == 1 else 1))[:M], sy, cfg,
+                                             bias=rng.normal(0, 3, M)),
+                     ops.core.make_onednn_requant_params(sx, np.array(sw * (M if len(sw) == 1 else 1))[:M], sy,
+                                                         bias=rng.normal(0, 3, M))]
+    acc_max = int(np.abs(acc).max())
+    for p in variants:
+        for zy, (lo, hi), (qmin, qmax), count_low, dt in ((-128, (-128, 127), (-128, 127), True, np.int8),
+                                                          (3, (3, 127), (-128, 127), False, np.int8),  # fused ReLU
+                                                          (0, (0, 255), (0, 255), True, np.uint8),
+                                                          (255, (0, 255), (0, 255), True, np.int64)):
+            y, _ = ops.requantize(acc, p, cfg, zy, -(2**62), 2**62, channel_axis=1, impl="reference")
+            want = np.clip(y, lo, hi)
+            count = int(np.count_nonzero(y > qmax)) + (int(np.count_nonzero(y < qmin)) if count_low else 0)
+            for bound in (acc_max, 2**40):  # the proven bound; a larger one (double rounding's general kernel)
+                epi = ops.core.fused_epilogue(p, cfg, zy, lo, hi, qmin, qmax, count_low, M, bound)
+                if bound > 2**31 and cfg.fixed_rounding == "single" and cfg.mode == "fixed":
+                    assert epi is None
+                    continue
+                assert epi is not None
+                out = np.empty((nb, M, L), dt)
+                got = epi.run(ct, 0, add, out)
+                np.testing.assert_array_equal(out, want)
+                assert got == count
+
+
+def test_fused_epilogue_not_made_outside_its_domain():
+    cfg = ops.Requant(mode="fixed", fixed_rounding="single")
+    p = ops.make_requant_params(0.02, [0.5], 0.01, cfg)
+    assert ops.core.fused_epilogue(p, cfg, 0, -128, 127, -128, 127, True, 4, 2**31) is not None
+    assert ops.core.fused_epilogue(p, cfg, 0, -128, 127, -128, 127, True, 4, 2**31 + 1) is None  # single: |acc| > 2^31
+    for cfg in (ops.Requant(mode="float32", rounding="stochastic"), ops.Requant(mode="pow2"),
+                ops.Requant(mode="fixed", fixed_rounding="single", multiplier_bits=15)):
+        p = ops.make_requant_params(0.5, [0.25], 1.0, cfg)
+        assert ops.core.fused_epilogue(p, cfg, 0, -128, 127, -128, 127, True, 4, 100) is None
+
+
+@needs_int_mm
+@pytest.mark.parametrize("name", ["int8-tflite", "int8-onnxruntime", "int8-pytorch"])
+def test_fused_layers_taken_and_equal_reference(name, mm_calls):
+    """In a network the conv/linear layers whose plan is the int8 GEMM run the fused epilogue (no int64
+    accumulator tensor), the adds run their table; every tensor and counter == reference."""
+    g = tiny_cnn(seed=3)
+    qg = compile_model(g, load_profile(name), images(32, seed=5))
+    x = images(5, seed=4)
+    ref = run_integer(qg, x, "reference")
+    env, stats = {qg.input_name: qg.grids[qg.input_name].quantize(x)}, _new_stats(qg)
+    fused = []
+    for lay, st in zip(qg.layers, stats):
+        spec = ops.get(lay.op)
+        if lay.op in ("conv2d", "linear"):
+            fused.append(spec.fused(lay, env[lay.inputs[0]], qg.grids[lay.inputs[0]], qg.grids[lay.output], True)
+                         is not None)
+        if lay.op == "add":
+            assert spec.table(qg, lay) is not None
+        run_layer(qg, lay, env, st, "fast", narrow=True)
+        np.testing.assert_array_equal(env[lay.output], ref[lay.output], err_msg=lay.name)
+    assert any(fused) and mm_calls
+
+
+# ----------------------------------------------------------------------------- add by table
+@pytest.mark.parametrize("cfg", ADD_CFGS + [ops.Requant(mode="pow2", rounding=m) for m in ("half_even", "floor")],
+                         ids=lambda c: f"{c.mode}-{c.fixed_rounding}-{c.fixed_ties}-{c.rounding}-{c.zero_point}-"
+                                       f"{c.add_form}")
+def test_add_table_equals_reference_on_every_pair(cfg):
+    """The add layer's table (every pair of its input grids' values, fused clamp and count) == the reference
+    add on all 65,536 pairs, with the layer's ReLU clamp and with narrow/int64 outputs."""
+    qg = compile_model(tiny_cnn(seed=3), load_profile("int8-pow2" if cfg.mode == "pow2" else "int8-tflite"),
+                       images(32, seed=5))
+    lay = next(lay for lay in qg.layers if lay.op == "add")
+    ga, gb = qg.grids[lay.inputs[0]], qg.grids[lay.inputs[1]]
+    lay.requant = cfg
+    a = np.repeat(np.arange(ga.qmin, ga.qmax + 1), gb.qmax - gb.qmin + 1).reshape(1, 1, -1, 4)
+    b = np.tile(np.arange(gb.qmin, gb.qmax + 1), ga.qmax - ga.qmin + 1).reshape(1, 1, -1, 4)
+    env = {lay.inputs[0]: a.astype(kernels.narrow_dtype(ga.qmin, ga.qmax)),
+           lay.inputs[1]: b.astype(kernels.narrow_dtype(gb.qmin, gb.qmax))}
+    spec = ops.get("add")
+    assert spec.table(qg, lay) is not None
+    for clamp in (lay.clamp, (qg.grids[lay.output].zero_point, lay.clamp[1])):
+        lay.clamp = clamp
+        for narrow in (True, False):
+            stf, str_ = _new_stats(qg)[0], _new_stats(qg)[0]
+            y, c = spec.execute(qg, lay, dict(env), stf, "fast", 0, narrow)
+            wide = {k: v.astype(np.int64) for k, v in env.items()}
+            yr, cr = spec.execute(qg, lay, wide, str_, "reference", 0, narrow)
+            np.testing.assert_array_equal(y, yr)
+            assert c == cr and (y.dtype.itemsize == 1) == narrow
+
+
+def test_add_table_out_of_range_input_falls_back():
+    """A value outside the table (not on the input grid) is not looked up: the kernel path, == reference."""
+    qg = compile_model(tiny_cnn(seed=3), load_profile("int8-tflite"), images(32, seed=5))
+    lay = next(lay for lay in qg.layers if lay.op == "add")
+    spec = ops.get("add")
+    a = np.full((1, 4, 2, 2), 5, np.int64)
+    a[0, 0, 0, 0] = 1000  # beyond int8
+    env = {lay.inputs[0]: a, lay.inputs[1]: np.zeros((1, 4, 2, 2), np.int64)}
+    assert spec.fused(qg, lay, env[lay.inputs[0]], env[lay.inputs[1]], False) is None
+    st = _new_stats(qg)[0]
+    y, c = spec.execute(qg, lay, dict(env), st, "fast", 0, False)
+    yr, cr = spec.execute(qg, lay, dict(env), st, "reference", 0, False)
+    np.testing.assert_array_equal(y, yr)
+    assert c == cr
+
+
+# ----------------------------------------------------------------------------- threads across the network
+@pytest.mark.parametrize("name", builtin_names())
+def test_batch_split_over_threads_equals_one_thread_and_reference(name):
+    """run_quantized with 2 threads (each batch split into contiguous parts, every layer of a part in its own
+    thread; non-thread-safe layers under the lock) == 1 thread == reference: logits and every counter, for
+    batches of 1, 2 and odd sizes (stochastic rounding keeps run-wide indices)."""
+    from hwsim.execute import run_quantized
+
+    qg = compile_model(tiny_cnn(seed=3), load_profile(name), images(32, seed=5))
+    if qg.weight_only:
+        pytest.skip("weight-only: float path")
+    x = images(7, seed=4)
+    prev = numba.get_num_threads()
+    try:
+        kernels.set_threads(2)
+        ref = run_quantized(qg, x, batch_size=7, impl="reference")
+        for bs in (1, 2, 5):
+            for threads in (1, 2):
+                got = run_quantized(qg, x, batch_size=bs, threads=threads)
+                np.testing.assert_array_equal(got.logits, ref.logits, err_msg=f"{name} batch {bs} threads {threads}")
+                assert [s.to_json() for s in got.layers] == [s.to_json() for s in ref.layers]
+    finally:
+        kernels.set_threads(prev)
+
+
+def test_serial_mode_kernels_equal_parallel():
+    """The serial twins (batch workers) of max_pool, clamp_count and the table kernel == the parallel ones."""
+    rng = np.random.default_rng(2)
+    x = rng.integers(-128, 128, (3, 5, 9, 7)).astype(np.int8)
+    y = rng.integers(-300, 300, 10001)
+    table = rng.integers(-500, 500, 256 * 256).astype(np.int32)
+    a, b = rng.integers(-128, 128, 10001).astype(np.int8), rng.integers(-128, 128, 10001).astype(np.int8)
+    res = []
+    for on in (False, True):
+        with kernels.serial_mode(on):
+            assert kernels.serial() == on
+            mp = np.empty((3, 5, 4, 4), np.int8)
+            kernels.max_pool(x, 3, 3, 2, 2, 1, 1, -128, mp)
+            cl = np.empty(y.size, np.int8)
+            c1 = kernels.clamp_count(y, -128, 127, -128, 127, True, cl)
+            tb = np.empty(a.size, np.int16)
+            c2 = kernels.table2(a, b, -128, -128, 256, 256, table, -200, 200, -128, 127, False, tb)
+            res.append((mp, cl, c1, tb, c2))
+    for u, v in zip(*res):
+        np.testing.assert_array_equal(u, v)
+    assert res[0][2] == int(np.count_nonzero((y > 127) | (y < -128)))
+    assert not kernels.serial()
+
+
+@pytest.mark.parametrize("case", [dict(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), k=3),
+                                  dict(stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1), k=3),
+                                  dict(stride=(2, 1), padding=(0, 2, 1, 0), dilation=(2, 1), k=3),
+                                  dict(stride=(1, 1), padding=(2, 2, 2, 2), dilation=(1, 1), k=5)],
+                         ids=lambda c: f"s{c['stride']}p{c['padding']}d{c['dilation']}k{c['k']}")
+@pytest.mark.parametrize("grid", GRIDS)
+def test_exact_depthwise_kernel_equals_reference(grid, case):
+    """An exact depthwise conv runs the direct kernel (kernels.depthwise_run) == the reference, batch 1 and 3,
+    workers 1 and 2; a batch outside the planned range is replanned."""
+    rng = np.random.default_rng(11)
+    (xlo, xhi), zx, (wlo, whi), zw = grid
+    C = 6
+    x = rng.integers(xlo, xhi + 1, (3, C, 9, 8))
+    x[0, :, :2], x[-1, :, -2:] = xlo, xhi
+    w = rng.integers(wlo, whi + 1, (C, 1, case["k"], case["k"]))
+    b = rng.integers(-(2**20), 2**20, C)
+    kw = dict(x_zero_point=zx, w_zero_point=zw, stride=case["stride"], padding=case["padding"],
+              dilation=case["dilation"], groups=C, acc=ops.Accumulator(bits=32))
+    plan = kernels.conv_plan(w, b, zx, np.full(C, zw), case["stride"], case["padding"], case["dilation"], C,
+                             ops.Accumulator(bits=32), xlo, xhi)
+    assert plan.depthwise is not None
+    prev = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            kernels.set_threads(threads)
+            for xs in (x[:1], x):
+                _same(ops.conv2d(xs, w, b, **kw), ops.conv2d(xs, w, b, impl="reference", **kw))
+                out, pe, ae = kernels.conv2d_accumulate(xs, w, b, zx, np.full(C, zw), case["stride"], case["padding"],
+                                                        case["dilation"], C, ops.Accumulator(bits=32), plan=plan)
+                np.testing.assert_array_equal(out, ops.conv2d(xs, w, b, impl="reference", **kw)[0])
+        wide = x.copy()
+        wide[1, 0, 0, 0] = xhi + 1000  # outside the plan's range: planned again from the batch
+        out, _, _ = kernels.conv2d_accumulate(wide, w, b, zx, np.full(C, zw), case["stride"], case["padding"],
+                                              case["dilation"], C, ops.Accumulator(bits=32), plan=plan)
+        np.testing.assert_array_equal(out, ops.conv2d(wide, w, b, impl="reference", **kw)[0])
+    finally:
+        kernels.set_threads(prev)
+
+
+def test_depthwise_kernel_not_taken_where_events_are_possible():
+    w = np.full((4, 1, 3, 3), 127)
+    plan = kernels.conv_plan(w, None, 0, np.zeros(4, np.int64), (1, 1), (1, 1, 1, 1), (1, 1), 4,
+                             ops.Accumulator(bits=12, overflow="saturate"), -128, 127)
+    assert plan.depthwise is None  # 9 * 127 * 128 > 2^11: the MAC-array model runs
+
+
+@pytest.mark.parametrize("pad_value", [-128, 0, 100])
+def test_max_pool_kernel_equals_reference_at_the_padding(pad_value):
+    """kernels.max_pool (clipped windows) == the reference where the padding value exceeds the pixels, at
+    asymmetric padding, stride > kernel and odd sizes, parallel and serial."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 50, (2, 3, 7, 6))
+    for kernel, stride, padding in (((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 3), (3, 1), (1, 0, 2, 1)),
+                                    ((1, 1), (2, 2), (0, 0, 0, 0)), ((3, 2), (1, 2), (2, 2, 1, 1))):
+        want = ops.max_pool2d(x, kernel, stride, padding, pad_value, impl="reference")
+        for on in (False, True):
+            with kernels.serial_mode(on):
+                np.testing.assert_array_equal(ops.max_pool2d(x, kernel, stride, padding, pad_value), want)
