@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwsim.compile import compile_model  # noqa: E402
 from hwsim.data import load_dataset  # noqa: E402
-from hwsim.execute import accuracy, run_integer, run_quantized  # noqa: E402
+from hwsim.execute import run_quantized  # noqa: E402
 from hwsim.importers import import_model  # noqa: E402
 from hwsim.profile import load_profile  # noqa: E402
+from scripts.rerun_table import rerun_rows  # noqa: E402
 from tests.importers.onnxnets import ort_float_path  # noqa: E402
 from tests.importers.test_given_network import (LEVELS, RANDOM_NETS, _images, ort_outputs,  # noqa: E402
                                                 quantizer)
@@ -80,24 +81,8 @@ def table(q) -> None:
         path, mean, std = q(net, "QOperator", False)
         g = import_model(path, mean, std)
         x = _test_images(net, len(ds.y_test))
-        base = None
-        for name, settings in TABLE:
-            qg = compile_model(g, load_profile(name, settings), None)
-            r = run_quantized(qg, x)
-            ev = sum(s.overflow_events for s in r.layers)
-            ints = run_integer(qg, x[:64])
-            if base is None:
-                base, first = ints, "—"
-            else:
-                first = "none"
-                for t, label in [(qg.input_name, "the input's QuantizeLinear")] + [(la.output, la.name)
-                                                                                   for la in qg.layers]:
-                    d = np.count_nonzero(ints[t] != base[t])
-                    if d:
-                        first = f"{label} ({d} of {ints[t].size} values)"
-                        break
-            label = name + ("" if not settings else " + " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-            print(f"| {net} | {label} | {accuracy(r.logits, ds.y_test):.2%} | {ev} | {first} |")
+        for label, acc, ev, first in rerun_rows(g, x, ds.y_test, TABLE, "the input's QuantizeLinear"):
+            print(f"| {net} | {label} | {acc:.2%} | {ev} | {first} |")
 
 
 if __name__ == "__main__":

@@ -293,11 +293,9 @@ TABLE = [("int8-litert-xnnpack", {}), ("int8-litert-reference", {}), ("int8-lite
 def table(nets=NETS) -> None:
     """Accuracy (bundled test set), overflow events and the first layer whose integers differ from the engine
     default's (int8-litert-xnnpack) on the first 64 test images, for each committed fixture."""
-    from hwsim.compile import compile_model
     from hwsim.data import load_dataset
-    from hwsim.execute import accuracy, run_integer, run_quantized
     from hwsim.importers import import_model
-    from hwsim.profile import load_profile
+    from scripts.rerun_table import rerun_rows
 
     ds = load_dataset("default")
     print("| network | profile | accuracy | overflow events | first layer differing from int8-litert-xnnpack (64 images) |")
@@ -306,23 +304,8 @@ def table(nets=NETS) -> None:
         z = np.load(OUT / f"{net}_int8.npz", allow_pickle=False)
         g = import_model(OUT / f"{net}_int8.tflite")
         x = ((np.asarray(ds.x_test, np.float32) - z["mean"][0]) / z["std"][0]).astype(np.float32)
-        base = None
-        for name, settings in TABLE:
-            qg = compile_model(g, load_profile(name, settings), None)
-            r = run_quantized(qg, x)
-            ev = sum(s.overflow_events for s in r.layers)
-            ints = run_integer(qg, x[:64])
-            if base is None:
-                base, first = ints, "—"
-            else:
-                first = "none"
-                for t, label in [(qg.input_name, "the input's QUANTIZE")] + [(la.output, la.name) for la in qg.layers]:
-                    d = np.count_nonzero(ints[t] != base[t])
-                    if d:
-                        first = f"{label} ({d} of {ints[t].size} values)"
-                        break
-            label = name + ("" if not settings else " + " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-            print(f"| {net} | {label} | {accuracy(r.logits, ds.y_test):.2%} | {ev} | {first} |", flush=True)
+        for label, acc, ev, first in rerun_rows(g, x, ds.y_test, TABLE, "the input's QUANTIZE"):
+            print(f"| {net} | {label} | {acc:.2%} | {ev} | {first} |", flush=True)
 
 
 def main(argv: list[str]) -> None:
