@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from hwsim.errors import HwsimError  # noqa: E402
 from hwsim.importers.given import QuantParams, parse_given  # noqa: E402
 from hwsim.importers.onnx import import_onnx  # noqa: E402
+from tests.engines import ort_session  # noqa: E402
 from tests.importers.onnxnets import mlas_conv_f32, mlas_strides, model, ort_float_path, rand, save  # noqa: E402
 
 MAC = ("conv2d", "linear")
@@ -380,8 +381,6 @@ def test_onnxruntime_qdq_float_conv_is_mlas_order(ci, co, k, hw, pad, stride, gr
     output equals :func:`mlas_conv_f32` bit for bit (depthwise: the M1 kernel's unfused 4-row groups; dense: FMA
     chains in MLAS's K blocks; the bias last), and neither a plain sequential sum nor one FMA chain over all K
     does where they differ from it (the orders tried before). docs/semantics.md section 11."""
-    import onnxruntime as ort
-
     from hwsim.ops.add import fma_f32
 
     f32 = np.float32
@@ -404,10 +403,7 @@ def test_onnxruntime_qdq_float_conv_is_mlas_order(ci, co, k, hw, pad, stride, gr
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    want = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"xq": xq})[0]
+    want = ort_session(m, optimize=False).run(None, {"xq": xq})[0]  # ORT's float path (optimizations off)
     x = ((xq.astype(np.int64) - zx).astype(f32) * sx).astype(f32)
     w = (wq.astype(f32) * sw.reshape(-1, 1, 1, 1)).astype(f32)
     b = (bq.astype(f32) * sb).astype(f32)
@@ -439,8 +435,6 @@ def test_onnxruntime_qdq_float_gemm_depends_on_the_batch(batch):
     beta = 1 (gemm.cc ComputeGemm) on the prepacked B. With two or more rows that is one FMA chain over K (here
     K = 400) onto the bias; with one row MLAS takes another kernel and the chain differs
     on most outputs — ORT's float path depends on how the inputs are batched (docs/semantics.md section 11)."""
-    import onnxruntime as ort
-
     from hwsim.ops.add import fma_f32
 
     f32 = np.float32
@@ -462,10 +456,7 @@ def test_onnxruntime_qdq_float_gemm_depends_on_the_batch(batch):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    want = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"xq": xq})[0]
+    want = ort_session(m, optimize=False).run(None, {"xq": xq})[0]  # ORT's float path (optimizations off)
     x = ((xq.astype(np.int64) - zx).astype(f32) * sx).astype(f32)
     w = (wq.astype(f32) * sw[:, None]).astype(f32)
     acc = np.zeros((batch, o), f32)
