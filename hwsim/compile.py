@@ -544,6 +544,19 @@ def _accumulator(p: Profile) -> ops.Accumulator:
                            partial_bits=a.partial_bits, partial_overflow=a.partial_overflow)
 
 
+def new_layer(n: Node, folded: Graph, profile: Profile, first: str | None, last: str | None, ordinal: int) -> QLayer:
+    """The QLayer of folded node ``n`` before its op's compile hook: kind, the profile for this layer
+    (per-layer overrides by name, kind, first/last position, groups) and its stochastic-rounding seed.
+    Shared by calibrated compiles and given quantization (hwsim.given.compile_given)."""
+    kind = _op_kind(n, folded)
+    position = "first" if n.name == first else "last" if n.name == last else None
+    prof = profile.for_layer(n.name, kind, position, int(n.attrs.get("groups", 1)))
+    return QLayer(name=n.name, op=n.op, kind=kind, inputs=list(n.inputs), output=n.outputs[0],
+                  attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},
+                  activation=n.attrs.get("activation"), profile=prof,
+                  rounding_seed=layer_seed(prof.requant.seed, ordinal))
+
+
 def layer_seed(seed: int, ordinal: int) -> int:
     """Stochastic-rounding seed of the layer at position ``ordinal``: splitmix64(seed ^ ordinal*golden) mod 2^31.
 
@@ -674,13 +687,8 @@ def quantize_folded(model: Graph, folded: Graph, dead: list[dict], calib: dict[s
         reach[input_name] = (grids[input_name].qmin, grids[input_name].qmax)
     layers: list[QLayer] = []
     for n in folded.nodes:
-        kind = _op_kind(n, folded)
-        prof = profile.for_layer(n.name, kind, "first" if n.name == first else "last" if n.name == last else None, int(n.attrs.get("groups", 1)))
-        out = n.outputs[0]
-        lay = QLayer(name=n.name, op=n.op, kind=kind, inputs=list(n.inputs), output=out,
-                     attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},
-                     activation=n.attrs.get("activation"), profile=prof,
-                     rounding_seed=layer_seed(prof.requant.seed, len(layers)))
+        lay = new_layer(n, folded, profile, first, last, len(layers))
+        prof, out = lay.profile, lay.output
         spec = ops.get(n.op)
         if spec.output_grid == "input":
             if not weight_only:

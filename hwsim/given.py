@@ -272,8 +272,7 @@ def _check_weights(name: str, ld: dict, w: np.ndarray, fmt, qmin: int, qmax: int
 def compile_given(model, profile, given: Given | None = None):
     """The QuantizedGraph of ``model`` with its given quantization kept (module docstring); the profile
     supplies the arithmetic. Raises one-line HwsimErrors where the profile cannot hold the given numbers."""
-    from hwsim.compile import (LayerContext, QLayer, QuantHooks, QuantizedGraph, _op_kind, fold_graph, input_grid,
-                               layer_plan, layer_seed)
+    from hwsim.compile import LayerContext, QuantHooks, QuantizedGraph, fold_graph, input_grid, layer_plan, new_layer
 
     given = given or given_of(model)
     pname = profile.name
@@ -305,14 +304,9 @@ def compile_given(model, profile, given: Given | None = None):
     reach = {input_name: (grids[input_name].qmin, grids[input_name].qmax)}
     layers = []
     for n in folded.nodes:
-        kind = _op_kind(n, folded)
+        lay = new_layer(n, folded, profile, first, last, len(layers))
+        prof, out = lay.profile, lay.output
         position = "first" if n.name == first else "last" if n.name == last else None
-        prof = profile.for_layer(n.name, kind, position, int(n.attrs.get("groups", 1)))
-        out = n.outputs[0]
-        lay = QLayer(name=n.name, op=n.op, kind=kind, inputs=list(n.inputs), output=out,
-                     attrs={k: v for k, v in n.attrs.items() if k != "bn_scale"},
-                     activation=n.attrs.get("activation"), profile=prof,
-                     rounding_seed=layer_seed(prof.requant.seed, len(layers)))
         spec = ops.get(n.op)
         src = grids[grid_source(n.inputs[0])] if spec.output_grid == "input" else None
         if src is not None and (out not in given.grids or _same_grid(_grid(given.grids[out]), src)):
