@@ -189,3 +189,46 @@ def test_resnet18_equals_torch_fx(net, engine, profile, other):
         torch.backends.quantized.engine = old
         torch.set_num_threads(threads)
 
+
+# ----------------------------------------------------------------------------- LiteRT
+def _litert_cases():
+    from tests.importers.test_litert_import import RESOLVERS
+
+    return RESOLVERS
+
+
+@pytest.fixture(scope="module")
+def litert_runs():
+    """The committed fixture imported once and run by hwsim under each resolver's profile on 256 test images:
+    (path, inputs, committed outputs {resolver: int8}, hwsim's outputs {resolver: int8})."""
+    pytest.importorskip("tflite")
+    pytest.importorskip("ai_edge_litert.interpreter")
+    from tests.importers.test_litert_import import PROFILES
+
+    z = np.load(FIX / "resnet18_narrow_int8.npz", allow_pickle=False)
+    path = FIX / "resnet18_narrow_int8.tflite"
+    x = images(z["mean"], z["std"])
+    g = import_model(path)
+    assert sum(n.op == "conv2d" for n in g.nodes) == 20 and sum(n.op == "add" for n in g.nodes) == 8
+    ours = {}
+    for r, prof in PROFILES.items():
+        qg = compile_model(g, load_profile(prof), None)
+        ours[r] = run_integer(qg, x)[qg.output_name].reshape(N, -1).astype(np.int64)
+    return path, x, {r: z[r].astype(np.int64) for r in PROFILES}, ours
+
+
+@pytest.mark.parametrize("resolver", _litert_cases())
+def test_resnet18_equals_litert(litert_runs, resolver):
+    """The committed LiteRT int8 ResNet-18 (scripts/litert_fixtures.py: the same architecture trained the same way,
+    converted by TensorFlow with full-integer quantization; 20 CONV_2D, 8 ADD, MAX_POOL_2D, MEAN, FULLY_CONNECTED)
+    under ``resolver``'s profile == the committed outputs and ai-edge-litert re-run now, on 256 test images; the
+    other two resolvers' profiles differ."""
+    from tests.importers.test_litert_import import litert_int8
+
+    path, x, expected, ours = litert_runs
+    assert expected[resolver].shape == (N, 10) and np.unique(expected[resolver]).size > 50
+    assert np.count_nonzero(ours[resolver] != expected[resolver]) == 0  # the committed outputs
+    assert np.count_nonzero(ours[resolver] != litert_int8(path.read_bytes(), x, resolver)) == 0  # LiteRT now
+    for other in ours:
+        if other != resolver:
+            assert np.count_nonzero(ours[other] != expected[resolver]) > 0, other
