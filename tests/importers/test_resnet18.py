@@ -87,12 +87,10 @@ def test_the_network_is_resnet18_shaped(net):
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
-@pytest.fixture(scope="module")
-def onnx_int8(net, tmp_path_factory):
-    """(format, per_channel) -> int8 ONNX path: the net exported (opset 13) and quantized by quantize_static (uint8
-    activations, int8 weights, 16 calibration images), each on first use."""
+def onnx_quantizer(net, tmp: Path):
+    """(format, per_channel) -> int8 ONNX path: ``net`` (trained_resnet18's tuple) exported (opset 13) to ``tmp`` and
+    quantized by quantize_static (uint8 activations, int8 weights, 16 calibration training images), on first use."""
     m, shape, mean, std = net
-    tmp = tmp_path_factory.mktemp("resnet18_onnx")
     src = _export(m, shape, tmp / "resnet18.onnx")
     cache = {}
 
@@ -109,6 +107,11 @@ def onnx_int8(net, tmp_path_factory):
         return cache[(fmt, per_channel)]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def onnx_int8(net, tmp_path_factory):
+    return onnx_quantizer(net, tmp_path_factory.mktemp("resnet18_onnx"))
 
 
 ORT_CASES = [(fmt, pc, lv) for fmt in ("QOperator", "QDQ") for pc in (False, True)
