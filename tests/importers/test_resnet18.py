@@ -47,12 +47,15 @@ def trained_resnet18(out_dir: Path):
     statistics, activation ranges and logits are a working network's."""
     from frontends.pytorch.train import model_from_checkpoint, train
 
-    threads = torch.get_num_threads()
+    # train() sets the thread count and torch's deterministic-algorithms flag process-wide: put them back
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
         train(ARCH, epochs=EPOCHS, seed=SEED, out=str(out_dir / "resnet18.pt"), threads=1, quiet=True)
         m, ck = model_from_checkpoint(str(out_dir / "resnet18.pt"))
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=warn_only)
     cfg = ck["config"]
     return m.eval(), tuple(cfg["input_shape"]), tuple(cfg["mean"]), tuple(cfg["std"])
 
