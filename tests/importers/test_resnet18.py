@@ -198,8 +198,10 @@ def test_resnet18_equals_torch_fx(net, engine, profile, other):
 
 # ----------------------------------------------------------------------------- LiteRT
 def _litert_cases():
-    from tests.importers.test_litert_import import RESOLVERS
-
+    try:
+        from tests.importers.test_litert_import import RESOLVERS
+    except pytest.skip.Exception:  # tflite / ai-edge-litert missing: the cases skip in litert_runs, not the module
+        return ["reference", "optimized", "xnnpack"]
     return RESOLVERS
 
 
