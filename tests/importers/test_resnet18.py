@@ -12,7 +12,8 @@ by hwsim under that engine's profile on the first 256 bundled test images: every
   scripts/litert_fixtures.py) under its reference kernels, optimized built-ins and XNNPACK, against the committed
   outputs and ai-edge-litert re-run here.
 
-Each test also shows that a neighbouring profile (another engine's rounding on the same integers) differs.
+A pt2e (torchao X86InductorQuantizer) model of it is refused in one line (residual adds fused by oneDNN, not
+modelled). Each test also shows that a neighbouring profile (another engine's rounding on the same integers) differs.
 The helpers are the ResNet-8 tests' (test_given_network, test_torch_int8, test_litert_import), imported.
 """
 
