@@ -13,7 +13,11 @@ onnxruntime.quantization.quantize_static (QOperator and QDQ, per tensor and per 
    pools exact): accuracy on the test images, overflow events, and the first layer whose integers differ
    from the engine profile's on the first 64 images (a direct per-layer diff of run_integer tensors).
 
-Usage: PYTHONPATH=. python scripts/given_networks.py [verify|table|both] [N]
+3. ``resnet18``: both for the ResNet-18-shaped network (width 8, trained 3 epochs with seed 0 as
+   tests/importers/test_resnet18.py trains it), plus the neighbouring profile's differing elements in verify and
+   the re-run table on all 1,000 test images.
+
+Usage: PYTHONPATH=. python scripts/given_networks.py [verify|table|both|resnet18] [N]
 """
 
 from __future__ import annotations
@@ -85,10 +89,49 @@ def table(q) -> None:
             print(f"| {net} | {label} | {acc:.2%} | {ev} | {first} |")
 
 
+def resnet18(tmp: Path, n: int) -> None:
+    """verify (each quantize_static form at each ORT level, and the neighbouring profile ORT_NEIGHBOUR of the test)
+    and the re-run table for the ResNet-18-shaped network."""
+    from tests.importers.test_resnet18 import ORT_CASES, ORT_NEIGHBOUR, images, onnx_quantizer, trained_resnet18
+
+    net = trained_resnet18(tmp)
+    _, _, mean, std = net
+    q = onnx_quantizer(net, tmp)
+    x = images(mean, std, "test", n)
+    neighbour = "int8-onnxruntime + " + ", ".join(f"{k}={v}" for k, v in ORT_NEIGHBOUR[1].items())
+    print(f"| network | format | weights | ORT level | output elements | identical | differing under {neighbour} |")
+    print("|---|---|---|---|---|---|---|")
+    for fmt, pc, level in ORT_CASES:
+        path = q(fmt, pc)
+        g = import_model(path, mean, std)
+        ours = run_quantized(compile_model(g, load_profile("int8-onnxruntime"), None), x).logits
+        other = run_quantized(compile_model(g, load_profile(*ORT_NEIGHBOUR), None), x).logits
+        ref = ort_outputs(path, x, level)
+        print(f"| resnet18-narrow | {fmt} | {'per-channel' if pc else 'per-tensor'} | {level} | {ref.size} | "
+              f"{np.count_nonzero(ours == ref)} | {np.count_nonzero(other != ref)} |")
+    for pc in (False, True):
+        path = q("QDQ", pc)
+        unfused, fused = ort_outputs(path, x, "ORT_DISABLE_ALL"), ort_outputs(path, x, "ORT_ENABLE_ALL")
+        oracle = np.concatenate([ort_float_path(path, x[i:i + 32]) for i in range(0, len(x), 32)])
+        print(f"QDQ {'per-channel' if pc else 'per-tensor'} at ORT_DISABLE_ALL: vs the MLAS float oracle "
+              f"{np.count_nonzero(oracle != unfused)} differing, vs ORT's fused integers (= hwsim) "
+              f"{np.count_nonzero(fused != unfused)} of {unfused.size}")
+    ds = load_dataset("default")
+    xa = images(mean, std, "test", len(ds.y_test))
+    print("| network | profile | accuracy | overflow events | first layer differing from int8-onnxruntime (64 images) |")
+    print("|---|---|---|---|---|")
+    g = import_model(q("QOperator", False), mean, std)
+    for label, acc, ev, first in rerun_rows(g, xa, ds.y_test, TABLE, "the input's QuantizeLinear"):
+        print(f"| resnet18-narrow (QOperator, per-tensor) | {label} | {acc:.2%} | {ev} | {first} |", flush=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "both"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 256
     with tempfile.TemporaryDirectory() as tmp:
+        if what == "resnet18":
+            resnet18(Path(tmp), n)
+            sys.exit(0)
         q = quantizer(Path(tmp))
         if what in ("verify", "both"):
             verify(q, n)

@@ -3,7 +3,9 @@
 Three steps, two Python environments:
 
 1. ``export`` (hwsim's environment): the float graphs of the bundled SmallCNN and MobileNetV2 (their trained
-   weights, read from hwsim/models/*.hwsim) and the bundled MNIST images (training images as the converter's
+   weights, read from hwsim/models/*.hwsim), of a ResNet-18-shaped network (frontends.pytorch.models.ResNet18,
+   width 8, trained here for 3 epochs with seed 0 exactly as tests/importers/test_resnet18.py trains it; ~5 s)
+   and the bundled MNIST images (training images as the converter's
    representative dataset, test images as the fixtures' inputs) into a work directory;
 2. ``convert`` (an environment with TensorFlow, e.g. ``/work/tfvenv``, never a test dependency): each graph
    rebuilt as a Keras model (NHWC; BatchNorm kept, the converter folds it), plus a ResNet-8-shaped network
@@ -17,7 +19,7 @@ Three steps, two Python environments:
 
 4. ``table`` (hwsim's environment): the committed fixtures' integers re-run under other hardware profiles.
 
-Usage (from the repository root):
+Usage (from the repository root; ``--nets a,b`` limits export / convert / expect / table to those networks):
     PYTHONPATH=. python scripts/litert_fixtures.py all --tf-python /work/tfvenv/bin/python
     PYTHONPATH=. python scripts/litert_fixtures.py table
 """
@@ -36,13 +38,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "litert"
 BUNDLED = ("smallcnn_robust", "mobilenetv2")
-NETS = BUNDLED + ("resnet8", "mobilenetv3_style")
+TRAINED = ("resnet18_narrow",)  # trained by ``export`` (tests.importers.test_resnet18.trained_resnet18)
+NETS = BUNDLED + ("resnet8", "mobilenetv3_style") + TRAINED
 N_CALIB, N_TEST = 200, 256
 RESOLVERS = ("reference", "optimized", "xnnpack")
 
 
 # ----------------------------------------------------------------------------- 1. export (hwsim env)
-def export(work: Path) -> None:
+def export(work: Path, nets=NETS) -> None:
     from hwsim.data import load_dataset
 
     ds = load_dataset("default")
@@ -53,6 +56,15 @@ def export(work: Path) -> None:
     np.save(work / "test_labels.npy", np.asarray(ds.y_test[:N_TEST], np.int64))
     for net in BUNDLED:
         with zipfile.ZipFile(ROOT / "hwsim" / "models" / f"{net}.hwsim") as z:
+            (work / f"{net}.json").write_bytes(z.read("graph.json"))
+            (work / f"{net}.npz").write_bytes(z.read("tensors.npz"))
+    for net in set(TRAINED) & set(nets):
+        from frontends.pytorch.export import export_model
+        from tests.importers.test_resnet18 import trained_resnet18
+
+        m, shape, mean, std = trained_resnet18(work)
+        export_model(m, str(work / f"{net}.hwsim"), shape, mean, std)
+        with zipfile.ZipFile(work / f"{net}.hwsim") as z:
             (work / f"{net}.json").write_bytes(z.read("graph.json"))
             (work / f"{net}.npz").write_bytes(z.read("tensors.npz"))
 
@@ -311,22 +323,22 @@ def table(nets=NETS) -> None:
 def main(argv: list[str]) -> None:
     step = argv[0] if argv else "all"
     args = dict(zip(argv[1::2], argv[2::2]))
+    nets = tuple(args["--nets"].split(",")) if "--nets" in args else NETS
     if step == "table":
-        table(tuple(args["--nets"].split(",")) if "--nets" in args else NETS)
+        table(nets)
         return
     work = Path(args.get("--work") or tempfile.mkdtemp(prefix="litert_fixtures_"))
     work.mkdir(parents=True, exist_ok=True)
     if step in ("export", "all"):
-        export(work)
+        export(work, nets)
     if step == "convert":
-        convert(work, tuple(args["--nets"].split(",")) if "--nets" in args else NETS)
+        convert(work, nets)
     if step == "all":
-        subprocess.run([args.get("--tf-python", "/work/tfvenv/bin/python"), __file__, "convert", "--work", str(work)],
-                       check=True)
+        subprocess.run([args.get("--tf-python", "/work/tfvenv/bin/python"), __file__, "convert", "--work", str(work),
+                        "--nets", ",".join(nets)], check=True)
     if step in ("expect", "all"):
-        expect(work, tuple(args["--nets"].split(",")) if "--nets" in args else NETS)
+        expect(work, nets)
     print(f"work directory: {work}")
-
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -1,5 +1,5 @@
 """Small CNNs for 1x28x28 and 3x32x32 inputs: SmallCNN, CIFAR-style ResNet-8/20, a small MobileNetV2,
-a MobileNetV3-small-style and an EfficientNet-B0-style network.
+a MobileNetV3-small-style, an EfficientNet-B0-style network and a narrow ResNet-18.
 
 Every model takes *normalised* NCHW input and returns logits; every layer is a module or an
 op that :mod:`frontends.pytorch.export` can trace (conv, BN, ReLU/ReLU6, hard-swish, hard-sigmoid,
@@ -257,6 +257,32 @@ class EfficientNetB0(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class ResNet18(nn.Module):
+    """ResNet-18's topology (He et al. 2016, Table 1, the 18-layer column) at a reduced width for 28/32-pixel
+    inputs: stem conv-BN-ReLU and a max pool, four stages of two BasicBlocks (``width`` x 1, 2, 4, 8 channels;
+    the first block of stages 2-4 at stride 2 with a 1x1 stride-2 conv + BN on the shortcut), global average
+    pool, linear: 17 convs + 3 shortcut convs + 1 linear. The paper's 7x7 stride-2 stem and 3x3 stride-2 pool
+    are for 224-pixel images; here the stem is 3x3 at stride 1 and the pool 2x2 (28 -> 14 -> 7 -> 4 -> 2
+    pixels through the stages). ``resnet18-narrow`` = width 8 (8/16/32/64 channels, 175k weights: its int8
+    LiteRT file stays small, tests/fixtures/litert/resnet18_narrow_int8.tflite)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 8):
+        super().__init__()
+        layers: list[nn.Module] = [*_conv_bn(in_channels, width), nn.ReLU(), nn.MaxPool2d(2)]
+        cin = width
+        for i in range(4):
+            cout = width << i
+            for j in range(2):
+                layers.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1))
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
 from frontends.pytorch import ARCHS  # noqa: E402  (one list, torch-free for the CLI help)
 
 
@@ -275,4 +301,7 @@ def build_model(arch: str, num_classes: int = 10, in_channels: int = 1) -> nn.Mo
         return MobileNetV3Small(num_classes, in_channels)
     if a == "efficientnet":
         return EfficientNetB0(num_classes, in_channels)
+    if a == "resnet18-narrow":
+        return ResNet18(num_classes, in_channels, width=8)
     raise HwsimError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHS)}")
+
