@@ -388,6 +388,8 @@ class _Pt2eImporter(_FxImporter):
 
         self.chain: dict[str, list[str]] = {}
         self.pending = None
+        self.conv_out: set[str] = set()  # float conv2d outputs with one user (an add may fuse them)
+        self.sum_of: dict[str, tuple] = {}  # add (+ relu) output -> (the fused conv's output, the add node)
         self.q = torch.ops.quantized_decomposed
         aten = torch.ops.aten
         Q = (self.q.quantize_per_tensor.default, self.q.quantize_per_tensor.tensor)
@@ -432,6 +434,10 @@ class _Pt2eImporter(_FxImporter):
                 else:
                     self.fail(node, "quantizes a tensor hwsim did not produce")
                 self.set_grid(node, t, s, z, dt)
+                if t in self.sum_of:
+                    # the fused conv's output is never quantized by the engine: hwsim gives it the add's output
+                    # grid (the onednn_sum add recognises it by that; other profiles requantize it there)
+                    self.set_grid(node, self.sum_of[t][0], s, z, dt)
                 self.env[node.name] = ("q", t)
             elif f in DQ:
                 src = self.env.get(a[0].name) if isinstance(a[0], fx.Node) else None
@@ -448,6 +454,8 @@ class _Pt2eImporter(_FxImporter):
                 self.env[node.name] = ("w", None)
             elif f in (aten.conv2d.default, aten.linear.default):
                 self.env[node.name] = ("float", self.mac(node, self.quantized_in(node, a[0])))
+                if f == aten.conv2d.default and len(node.users) == 1:
+                    self.conv_out.add(self.env[node.name][1])
             elif f in (aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default):
                 six = f in (aten.hardtanh.default, aten.hardtanh_.default)
                 if six and tuple(float(v) for v in a[1:3]) != (0.0, 6.0):
@@ -456,14 +464,28 @@ class _Pt2eImporter(_FxImporter):
                 v = self.env.get(a[0].name) if isinstance(a[0], fx.Node) else None
                 if isinstance(v, tuple) and v[0] == "float":  # on a conv / linear / add output: fused into it
                     self.env[node.name] = ("float", act(node.name, v[1]))
+                    if v[1] in self.sum_of:
+                        self.sum_of[self.env[node.name][1]] = self.sum_of[v[1]]
                 else:
                     x = self.quantized_in(node, a[0])
                     self.env[node.name] = ("float", self.keep(node, act(node.name, x), x))
             elif f in (aten.add.Tensor, aten.add_.Tensor):
                 if len(a) != 2 or node.kwargs:
                     self.fail(node, "has an alpha or a scalar operand")
-                self.env[node.name] = ("float", self.b.add(node.name, self.quantized_in(node, a[0]),
-                                                             self.quantized_in(node, a[1])))
+                # a conv's float output (X86InductorQuantizer leaves it unquantized; inductor fuses the add into
+                # that conv as oneDNN's sum post-op, profile key requant.add_form = "onednn_sum") or quantized ones
+                ins, fused = [], None
+                for x in a:
+                    v = self.env.get(x.name) if isinstance(x, fx.Node) else None
+                    if fused is None and isinstance(v, tuple) and v[0] == "float" and v[1] in self.conv_out:
+                        fused = v[1]
+                        ins.append(v[1])
+                    else:
+                        ins.append(self.quantized_in(node, x))
+                y = self.b.add(node.name, *ins)
+                if fused is not None:
+                    self.sum_of[y] = (fused, node)
+                self.env[node.name] = ("float", y)
             elif f in (aten.max_pool2d.default, aten.max_pool2d_with_indices.default):
                 if node.kwargs:
                     self.fail(node, f"has keyword arguments {sorted(node.kwargs)} (hwsim reads positional ones)")
@@ -499,6 +521,10 @@ class _Pt2eImporter(_FxImporter):
                 self.fail(node, "is not supported by hwsim's pt2e import")
         if "input" not in self.grids:
             raise HwsimError(f"{self.where}: no quantize_per_tensor of the input (not a pt2e-converted int8 model)")
+        for conv_t, add in self.sum_of.values():
+            if conv_t not in self.grids:
+                self.fail(add, "adds a conv's float output but its result is not quantized (hwsim models the "
+                               "conv + add fusion with an int8 / uint8 output)")
         g = self.b.build(outputs=outputs, metadata={})
         g.metadata.update({"quantized": SOURCE_PT2E, "torch_engine": self.engine, "default_profile": self.profile,
                            "given": Given(ENGINE, SOURCE_PT2E, self.profile, self.grids, self.layers, self.arrays)})
