@@ -56,11 +56,13 @@ def engine_profile(engine: str | None = None) -> str:
     return ENGINE_PROFILES[engine]
 
 _DTYPES = {torch.quint8: "uint8", torch.qint8: "int8"}
+_TORCH_DTYPES = {v: k for k, v in _DTYPES.items()}
 
 
 def _supported() -> str:
     return ("quantize_per_tensor, nnq.Conv2d, nniq.ConvReLU2d, nnq.Linear, nniq.LinearReLU, quantized add / add_relu, "
-            "MaxPool2d, AdaptiveAvgPool2d(1), flatten, ReLU, ReLU6, Identity, dequantize")
+            "quantized mul, nnq.Hardswish, Hardsigmoid, Sigmoid, Tanh, MaxPool2d, AdaptiveAvgPool2d(1), flatten, ReLU, "
+            "ReLU6, Identity, dequantize")
 
 
 class _FxImporter:
@@ -156,6 +158,20 @@ class _FxImporter:
             return self.keep(node, self.b.relu6(node.name, x), x)
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x
+        if isinstance(m, nnq.Hardswish):  # quantized::hardswish (qhardswish.cpp): the module's own output grid
+            y = self.b._add(node.name, "hardswish", [x])
+            self.grid(y, m.scale, m.zero_point, _TORCH_DTYPES[self.grids[x]["dtype"]])
+            return y
+        if isinstance(m, (nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)):
+            # the float module on a quantized tensor runs PyTorch's quantized kernel (qhardsigmoid.cpp, qsigmoid.cpp,
+            # qtanh.cpp), whose output grid is fixed (hwsim.ops.activation.torch_output_grid)
+            from hwsim.ops.activation import torch_output_grid
+
+            fn = {nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}[type(m)]
+            y = self.b._add(node.name, fn, [x])
+            dt = _TORCH_DTYPES[self.grids[x]["dtype"]]
+            self.grid(y, *torch_output_grid(fn, "quint8" if dt == torch.quint8 else "qint8"), dt)
+            return y
         self.fail(node, f"is a module {type(m).__name__} hwsim does not import")
 
     def keep(self, node, y: str, x: str) -> str:
@@ -178,6 +194,12 @@ class _FxImporter:
             y = self.b.add(node.name, x0, x1)
             if f is torch.ops.quantized.add_relu:
                 y = self.b.relu(f"{node.name}::relu", y)
+            self.grid(y, self.const(node, a[2]), self.const(node, a[3]), torch.quint8)
+            return y
+        if f is torch.ops.quantized.mul:  # quantized::mul (qmul.cpp; profile key requant.mul_form = "torch")
+            if node.kwargs:
+                self.fail(node, "has keyword arguments")
+            y = self.b._add(node.name, "mul", [self.t(node, a[0]), self.t(node, a[1])])
             self.grid(y, self.const(node, a[2]), self.const(node, a[3]), torch.quint8)
             return y
         if f is torch.flatten or (node.op == "call_method" and f == "flatten"):
