@@ -276,7 +276,8 @@ SOURCE_PT2E = "torch.pt2e"
 
 def _pt2e_supported() -> str:
     return ("quantize_per_tensor / dequantize_per_tensor (uint8 / int8), dequantize_per_channel / per_tensor of "
-            "constant int8 weights, aten conv2d, linear, relu, relu6 / hardtanh(0, 6), add of two quantized tensors, "
+            "constant int8 weights, aten conv2d, linear, relu, relu6 / hardtanh(0, 6), add of two quantized tensors or of "
+            "a conv2d's float output and a quantized tensor (oneDNN's sum post-op), "
             "max_pool2d, adaptive_avg_pool2d / mean to 1x1, flatten, view / reshape to [N, -1], dropout / clone")
 
 
@@ -286,8 +287,10 @@ class _Pt2eImporter(_FxImporter):
     weights; the float ops between them (conv2d, linear, relu, add, pools, flatten) become hwsim nodes. Every tensor a
     MAC layer, add or pool writes must be quantized before its next use (that is what the engine runs on integers):
     a float tensor used by anything but a relu, a max pool / flatten (moves the quantize commutes with, zero point
-    0) or a quantize_per_tensor is refused in one line naming the node (the x86 quantizer's conv + add fusion and
-    float-output last layer, which inductor turns into oneDNN post-ops, are such float sections)."""
+    0), an add (a conv2d output: the x86 quantizer leaves it unquantized and inductor fuses the add into the conv as
+    oneDNN's sum post-op, profile key requant.add_form = "onednn_sum"; the conv's output gets the add's grid, what
+    an engine without the fusion would requantize it to) or a quantize_per_tensor is refused in one line naming the
+    node (the float-output last layer, and MobileNetV3's hard-swish / squeeze-excite, are such float sections)."""
 
     def fail(self, node: fx.Node, why: str) -> None:
         tgt = getattr(node.target, "__name__", None) or str(node.target)
@@ -382,9 +385,9 @@ class _Pt2eImporter(_FxImporter):
         v = self.env.get(a.name) if isinstance(a, fx.Node) else None
         if not (isinstance(v, tuple) and v[0] == "dq"):
             self.fail(node, f"reads {getattr(a, 'name', a)!r}, a float tensor (not dequantize_per_tensor's output): a "
-                            "float section (the x86 inductor quantizer leaves a conv output feeding an add, and the "
-                            "last layer's output, unquantized: the engine fuses them into oneDNN post-ops, which hwsim "
-                            "does not model)")
+                            "float section (the x86 inductor quantizer leaves the last layer's output, a "
+                            "hard-swish's input and the squeeze-excite mul's operands unquantized: inductor computes "
+                            "them in float32 and oneDNN post-ops, which hwsim does not model)")
         return v[1]
 
     def moved_in(self, node: fx.Node, a) -> str:
@@ -539,6 +542,12 @@ class _Pt2eImporter(_FxImporter):
                 self.env[node.name] = ("float", self.keep(node, self.b.flatten(node.name, x), x))
             elif f in (aten.dropout.default, aten.clone.default, aten.contiguous.default):
                 self.env[node.name] = self.env[a[0].name]
+            elif f in (aten.hardswish.default, aten.hardswish_.default, aten.hardsigmoid.default,
+                       aten.hardsigmoid_.default, aten.mul.Tensor, aten.sigmoid.default, aten.silu.default):
+                self.fail(node, "is in a float section: X86InductorQuantizer leaves a hard-swish's / hard-sigmoid's "
+                                "input and the squeeze-excite mul's operands unquantized (inductor fuses hard-swish "
+                                "into the conv as a oneDNN eltwise post-op and multiplies float32 tensors), not "
+                                "modelled by hwsim's pt2e import (the FX import reads MobileNetV3)")
             else:
                 self.fail(node, "is not supported by hwsim's pt2e import")
         if "input" not in self.grids:

@@ -435,6 +435,19 @@ def test_exported_program_and_float_sections(smallcnn):
         import_pt2e(Net(), (1, 8, 8))
 
 
+def test_mobilenetv3_float_sections_one_line():
+    """pt2e MobileNetV3 (not modelled): X86InductorQuantizer leaves each hard-swish's input (a conv output inductor
+    fuses as a oneDNN eltwise post-op) and the squeeze-excite mul's operands (the float conv + relu output times the
+    float hard-sigmoid) unquantized: one line naming the first such node."""
+    m, spec = _bundled_torch("mobilenetv3")
+    c = pt2e_int8(m, spec.shape, _images("mobilenetv3", 8, 9))
+    qs = [n.name for n in c.graph.nodes if n.target == Q]
+    with pytest.raises(HwsimError) as e:
+        import_pt2e(cut(c, [qs[-1]]), spec.shape)
+    msg = str(e.value)
+    assert "\n" not in msg and "pt2e node 'hardswish'" in msg and "float section" in msg
+
+
 def _rewrite_zip(src, dst, edit):
     """A copy of the zip archive ``src`` with ``edit(name, bytes) -> bytes`` applied to every member."""
     import zipfile
