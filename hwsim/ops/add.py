@@ -456,7 +456,13 @@ class AddSpec(OpSpec):
         r = lay.inputs[1 - i]
         gr, gy = qg.grids[r], qg.grids[lay.output]
         spec, x, gx = ops.get(conv.op), env[conv.inputs[0]], qg.grids[conv.inputs[0]]
-        acc = spec.fast(conv, x, gx)[0] if impl == "fast" else spec.accumulate(conv, x, gx, impl)[0]
+        if impl == "fast":
+            from hwsim import kernels
+
+            with kernels.exclusive():  # a batch worker: the conv's parallel kernels, one thread at a time
+                acc = spec.fast(conv, x, gx)[0]
+        else:
+            acc = spec.accumulate(conv, x, gx, impl)[0]
         y = onednn_sum(acc, conv.requant_params, env[r], r_scale=gr.scale, r_zero_point=gr.zero_point,
                        y_scale=gy.scale, y_zero_point=gy.zero_point, rounding=lay.requant.rounding)
         return clamp_counted(y, lay, gy, narrow)

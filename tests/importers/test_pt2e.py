@@ -308,7 +308,7 @@ def test_inductor_pool_form_fast_equals_reference(rounding):
 
 
 @AMX
-def test_small_residual_fast_reference_and_inductor():
+def test_small_residual_fast_reference_and_inductor(tmp_path):
     """A conv + add + relu block and a conv + add block (pt2e, compiled by inductor): hwsim's fast path == its
     reference path == torch.compile's integers on every quantized tensor; pool_form "inductor" on an avgpool2d
     (not measured) is one line naming the key."""
@@ -338,6 +338,17 @@ def test_small_residual_fast_reference_and_inductor():
         t = g.pt2e_tensors[k]
         assert np.array_equal(envs[0][t].astype(np.int64).reshape(y.shape), y), k
         assert np.array_equal(envs[1][t].astype(np.int64), envs[0][t].astype(np.int64)), k
+    from hwsim.execute import run_quantized
+
+    for threads in (1, 2):  # 2: the batch split across threads
+        out = run_quantized(qg, x, batch_size=8, keep_tensors=True, threads=threads).tensors[qg.output_name]
+        assert np.array_equal(out.astype(np.int64).reshape(ys[-1].shape), ys[-1])
+    from hwsim.graph import load_model, save_model
+
+    save_model(g, tmp_path / "r.hwsim")  # the fused conv's grid travels in given.json
+    qg2 = compile_model(load_model(tmp_path / "r.hwsim"), load_profile("int8-pytorch-inductor"), None)
+    out = run_integer(qg2, x)[qg2.output_name]
+    assert np.array_equal(out.astype(np.int64).reshape(ys[-1].shape), ys[-1])
     from hwsim.graph import GraphBuilder
 
     b = GraphBuilder((3, 8, 8))
