@@ -2,8 +2,9 @@
 their own numbers (frontends.pytorch.importers.import_pt2e) and run by hwsim under int8-pytorch-inductor: the
 integers torch.compile's x86 lowering (freezing on: oneDNN qconv / qlinear_pointwise, generated C++ quantize and
 mean kernels) computes, bit for bit; the arithmetic forms measured op by op against torch.ops.onednn, the
-neighbouring forms shown to differ; a float section (what the x86 quantizer leaves to oneDNN post-ops) or an op
-outside the supported set is one line naming the pt2e node."""
+neighbouring forms shown to differ; residual networks (a conv + add fused as oneDNN's sum post-op) whole-network;
+a float section (float logits, MobileNetV3's hard-swish / squeeze-excite) or an op outside the supported set is one
+line naming the pt2e node."""
 from __future__ import annotations
 
 import copy
@@ -396,8 +397,8 @@ def test_inductor_input_quantizer_compiled():
 
 def test_exported_program_and_float_sections(smallcnn):
     """import_pt2e takes the ExportedProgram of a converted model too; the default x86 quantization of the whole
-    SmallCNN (float logits) and of ResNet-8 (conv output fused into the add) are float sections: one line naming the
-    node; an op outside the supported set: one line naming it."""
+    SmallCNN (float logits) and a conv + add whose sum is the model's float output are float sections: one line naming
+    the node; an op outside the supported set: one line naming it."""
     c, spec = smallcnn
     with pytest.raises(HwsimError) as e:
         import_pt2e(c, spec.shape, spec.mean, spec.std)
