@@ -467,6 +467,12 @@ class AddSpec(OpSpec):
                        y_scale=gy.scale, y_zero_point=gy.zero_point, rounding=lay.requant.rounding)
         return clamp_counted(y, lay, gy, narrow)
 
+    def golden_fields(self, lay, write_int) -> dict:
+        """add_form = "onednn_sum" with a fused conv: which operand is that conv's accumulator (onednn_sum reads the
+        conv's accumulators, scales and bias: its golden fields), else nothing extra."""
+        fused = getattr(lay, "fused_sum", None)
+        return {} if fused is None else {"onednn_sum": {"conv": fused[1], "operand": int(fused[0])}}
+
     @staticmethod
     def _vector_width(lay):
         """requant.add_vector_width (LiteRT's optimized ADD: a vector loop over the first n - n mod V values in

@@ -344,7 +344,15 @@ def test_small_residual_fast_reference_and_inductor(tmp_path):
     for threads in (1, 2):  # 2: the batch split across threads
         out = run_quantized(qg, x, batch_size=8, keep_tensors=True, threads=threads).tensors[qg.output_name]
         assert np.array_equal(out.astype(np.int64).reshape(ys[-1].shape), ys[-1])
+    import json
+
+    from hwsim.golden import write_golden
     from hwsim.graph import load_model, save_model
+
+    write_golden(qg, x[:2], tmp_path / "golden")  # a testbench learns which operand is the fused conv's
+    manifest = json.loads((tmp_path / "golden" / "manifest.json").read_text())
+    sums = [lay["onednn_sum"] for lay in manifest["layers"] if "onednn_sum" in lay]
+    assert [s["conv"] for s in sums] == [lay.fused_sum[1] for lay in qg.layers if getattr(lay, "fused_sum", None)]
 
     save_model(g, tmp_path / "r.hwsim")  # the fused conv's grid travels in given.json
     qg2 = compile_model(load_model(tmp_path / "r.hwsim"), load_profile("int8-pytorch-inductor"), None)
