@@ -320,6 +320,10 @@ def avg_pool2d_float(x_q, kernel, stride, padding, zero_point, rounding, seed, f
         if form == "float32_multiplier":
             v = round_to_f32(Fraction(float(round_to_f32(Fraction(total)))) * m)
             out[pos] = zy + round_float_int(float(v), rounding, seed, flat)
+        elif form == "inductor":  # times the float32 value of the double 1/s_y; z_y after rounding
+            avg = Fraction(float(round_to_f32(acc / count)))
+            v = round_to_f32(avg * Fraction(float(np.float32(1.0 / float(sy)))))
+            out[pos] = zy + round_float_int(float(v), rounding, seed, flat)
         else:
             avg = Fraction(float(round_to_f32(acc / count)))
             v = round_to_f32(Fraction(float(round_to_f32(avg / sy))) + zy)

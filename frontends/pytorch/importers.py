@@ -56,11 +56,13 @@ def engine_profile(engine: str | None = None) -> str:
     return ENGINE_PROFILES[engine]
 
 _DTYPES = {torch.quint8: "uint8", torch.qint8: "int8"}
+_TORCH_DTYPES = {v: k for k, v in _DTYPES.items()}
 
 
 def _supported() -> str:
     return ("quantize_per_tensor, nnq.Conv2d, nniq.ConvReLU2d, nnq.Linear, nniq.LinearReLU, quantized add / add_relu, "
-            "MaxPool2d, AdaptiveAvgPool2d(1), flatten, ReLU, ReLU6, Identity, dequantize")
+            "quantized mul, nnq.Hardswish, Hardsigmoid, Sigmoid, Tanh, MaxPool2d, AdaptiveAvgPool2d(1), flatten, ReLU, "
+            "ReLU6, Identity, dequantize")
 
 
 class _FxImporter:
@@ -156,6 +158,20 @@ class _FxImporter:
             return self.keep(node, self.b.relu6(node.name, x), x)
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x
+        if isinstance(m, nnq.Hardswish):  # quantized::hardswish (qhardswish.cpp): the module's own output grid
+            y = self.b._add(node.name, "hardswish", [x])
+            self.grid(y, m.scale, m.zero_point, _TORCH_DTYPES[self.grids[x]["dtype"]])
+            return y
+        if isinstance(m, (nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)):
+            # the float module on a quantized tensor runs PyTorch's quantized kernel (qhardsigmoid.cpp, qsigmoid.cpp,
+            # qtanh.cpp), whose output grid is fixed (hwsim.ops.activation.torch_output_grid)
+            from hwsim.ops.activation import torch_output_grid
+
+            fn = {nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}[type(m)]
+            y = self.b._add(node.name, fn, [x])
+            dt = _TORCH_DTYPES[self.grids[x]["dtype"]]
+            self.grid(y, *torch_output_grid(fn, "quint8" if dt == torch.quint8 else "qint8"), dt)
+            return y
         self.fail(node, f"is a module {type(m).__name__} hwsim does not import")
 
     def keep(self, node, y: str, x: str) -> str:
@@ -178,6 +194,12 @@ class _FxImporter:
             y = self.b.add(node.name, x0, x1)
             if f is torch.ops.quantized.add_relu:
                 y = self.b.relu(f"{node.name}::relu", y)
+            self.grid(y, self.const(node, a[2]), self.const(node, a[3]), torch.quint8)
+            return y
+        if f is torch.ops.quantized.mul:  # quantized::mul (qmul.cpp; profile key requant.mul_form = "torch")
+            if node.kwargs:
+                self.fail(node, "has keyword arguments")
+            y = self.b._add(node.name, "mul", [self.t(node, a[0]), self.t(node, a[1])])
             self.grid(y, self.const(node, a[2]), self.const(node, a[3]), torch.quint8)
             return y
         if f is torch.flatten or (node.op == "call_method" and f == "flatten"):
@@ -254,7 +276,8 @@ SOURCE_PT2E = "torch.pt2e"
 
 def _pt2e_supported() -> str:
     return ("quantize_per_tensor / dequantize_per_tensor (uint8 / int8), dequantize_per_channel / per_tensor of "
-            "constant int8 weights, aten conv2d, linear, relu, relu6 / hardtanh(0, 6), add of two quantized tensors, "
+            "constant int8 weights, aten conv2d, linear, relu, relu6 / hardtanh(0, 6), add of two quantized tensors or of "
+            "a conv2d's float output and a quantized tensor (oneDNN's sum post-op), "
             "max_pool2d, adaptive_avg_pool2d / mean to 1x1, flatten, view / reshape to [N, -1], dropout / clone")
 
 
@@ -264,8 +287,10 @@ class _Pt2eImporter(_FxImporter):
     weights; the float ops between them (conv2d, linear, relu, add, pools, flatten) become hwsim nodes. Every tensor a
     MAC layer, add or pool writes must be quantized before its next use (that is what the engine runs on integers):
     a float tensor used by anything but a relu, a max pool / flatten (moves the quantize commutes with, zero point
-    0) or a quantize_per_tensor is refused in one line naming the node (the x86 quantizer's conv + add fusion and
-    float-output last layer, which inductor turns into oneDNN post-ops, are such float sections)."""
+    0), an add (a conv2d output: the x86 quantizer leaves it unquantized and inductor fuses the add into the conv as
+    oneDNN's sum post-op, profile key requant.add_form = "onednn_sum"; the conv's output gets the add's grid, what
+    an engine without the fusion would requantize it to) or a quantize_per_tensor is refused in one line naming the
+    node (the float-output last layer, and MobileNetV3's hard-swish / squeeze-excite, are such float sections)."""
 
     def fail(self, node: fx.Node, why: str) -> None:
         tgt = getattr(node.target, "__name__", None) or str(node.target)
@@ -360,9 +385,9 @@ class _Pt2eImporter(_FxImporter):
         v = self.env.get(a.name) if isinstance(a, fx.Node) else None
         if not (isinstance(v, tuple) and v[0] == "dq"):
             self.fail(node, f"reads {getattr(a, 'name', a)!r}, a float tensor (not dequantize_per_tensor's output): a "
-                            "float section (the x86 inductor quantizer leaves a conv output feeding an add, and the "
-                            "last layer's output, unquantized: the engine fuses them into oneDNN post-ops, which hwsim "
-                            "does not model)")
+                            "float section (the x86 inductor quantizer leaves the last layer's output, a "
+                            "hard-swish's input and the squeeze-excite mul's operands unquantized: inductor computes "
+                            "them in float32 and oneDNN post-ops, which hwsim does not model)")
         return v[1]
 
     def moved_in(self, node: fx.Node, a) -> str:
@@ -388,6 +413,8 @@ class _Pt2eImporter(_FxImporter):
 
         self.chain: dict[str, list[str]] = {}
         self.pending = None
+        self.conv_out: set[str] = set()  # float conv2d outputs with one user (an add may fuse them)
+        self.sum_of: dict[str, tuple] = {}  # add (+ relu) output -> (the fused conv's output, the add node)
         self.q = torch.ops.quantized_decomposed
         aten = torch.ops.aten
         Q = (self.q.quantize_per_tensor.default, self.q.quantize_per_tensor.tensor)
@@ -432,6 +459,10 @@ class _Pt2eImporter(_FxImporter):
                 else:
                     self.fail(node, "quantizes a tensor hwsim did not produce")
                 self.set_grid(node, t, s, z, dt)
+                if t in self.sum_of:
+                    # the fused conv's output is never quantized by the engine: hwsim gives it the add's output
+                    # grid (the onednn_sum add recognises it by that; other profiles requantize it there)
+                    self.set_grid(node, self.sum_of[t][0], s, z, dt)
                 self.env[node.name] = ("q", t)
             elif f in DQ:
                 src = self.env.get(a[0].name) if isinstance(a[0], fx.Node) else None
@@ -448,6 +479,8 @@ class _Pt2eImporter(_FxImporter):
                 self.env[node.name] = ("w", None)
             elif f in (aten.conv2d.default, aten.linear.default):
                 self.env[node.name] = ("float", self.mac(node, self.quantized_in(node, a[0])))
+                if f == aten.conv2d.default and len(node.users) == 1:
+                    self.conv_out.add(self.env[node.name][1])
             elif f in (aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default):
                 six = f in (aten.hardtanh.default, aten.hardtanh_.default)
                 if six and tuple(float(v) for v in a[1:3]) != (0.0, 6.0):
@@ -456,14 +489,28 @@ class _Pt2eImporter(_FxImporter):
                 v = self.env.get(a[0].name) if isinstance(a[0], fx.Node) else None
                 if isinstance(v, tuple) and v[0] == "float":  # on a conv / linear / add output: fused into it
                     self.env[node.name] = ("float", act(node.name, v[1]))
+                    if v[1] in self.sum_of:
+                        self.sum_of[self.env[node.name][1]] = self.sum_of[v[1]]
                 else:
                     x = self.quantized_in(node, a[0])
                     self.env[node.name] = ("float", self.keep(node, act(node.name, x), x))
             elif f in (aten.add.Tensor, aten.add_.Tensor):
                 if len(a) != 2 or node.kwargs:
                     self.fail(node, "has an alpha or a scalar operand")
-                self.env[node.name] = ("float", self.b.add(node.name, self.quantized_in(node, a[0]),
-                                                             self.quantized_in(node, a[1])))
+                # a conv's float output (X86InductorQuantizer leaves it unquantized; inductor fuses the add into
+                # that conv as oneDNN's sum post-op, profile key requant.add_form = "onednn_sum") or quantized ones
+                ins, fused = [], None
+                for x in a:
+                    v = self.env.get(x.name) if isinstance(x, fx.Node) else None
+                    if fused is None and isinstance(v, tuple) and v[0] == "float" and v[1] in self.conv_out:
+                        fused = v[1]
+                        ins.append(v[1])
+                    else:
+                        ins.append(self.quantized_in(node, x))
+                y = self.b.add(node.name, *ins)
+                if fused is not None:
+                    self.sum_of[y] = (fused, node)
+                self.env[node.name] = ("float", y)
             elif f in (aten.max_pool2d.default, aten.max_pool2d_with_indices.default):
                 if node.kwargs:
                     self.fail(node, f"has keyword arguments {sorted(node.kwargs)} (hwsim reads positional ones)")
@@ -495,10 +542,20 @@ class _Pt2eImporter(_FxImporter):
                 self.env[node.name] = ("float", self.keep(node, self.b.flatten(node.name, x), x))
             elif f in (aten.dropout.default, aten.clone.default, aten.contiguous.default):
                 self.env[node.name] = self.env[a[0].name]
+            elif f in (aten.hardswish.default, aten.hardswish_.default, aten.hardsigmoid.default,
+                       aten.hardsigmoid_.default, aten.mul.Tensor, aten.sigmoid.default, aten.silu.default):
+                self.fail(node, "is in a float section: X86InductorQuantizer leaves a hard-swish's / hard-sigmoid's "
+                                "input and the squeeze-excite mul's operands unquantized (inductor fuses hard-swish "
+                                "into the conv as a oneDNN eltwise post-op and multiplies float32 tensors), not "
+                                "modelled by hwsim's pt2e import (the FX import reads MobileNetV3)")
             else:
                 self.fail(node, "is not supported by hwsim's pt2e import")
         if "input" not in self.grids:
             raise HwsimError(f"{self.where}: no quantize_per_tensor of the input (not a pt2e-converted int8 model)")
+        for conv_t, add in self.sum_of.values():
+            if conv_t not in self.grids:
+                self.fail(add, "adds a conv's float output but its result is not quantized (hwsim models the "
+                               "conv + add fusion with an int8 / uint8 output)")
         g = self.b.build(outputs=outputs, metadata={})
         g.metadata.update({"quantized": SOURCE_PT2E, "torch_engine": self.engine, "default_profile": self.profile,
                            "given": Given(ENGINE, SOURCE_PT2E, self.profile, self.grids, self.layers, self.arrays)})

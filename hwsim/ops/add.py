@@ -295,6 +295,41 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
 
 
 
+def onednn_sum(acc, params, r_q, *, r_scale, r_zero_point, y_scale, y_zero_point, rounding: str = "half_even"):
+    """A conv whose float output feeds an add, as torch.compile's x86 lowering of a pt2e model runs it
+    (requant.add_form = "onednn_sum"), unclamped int64. Inductor fuses the add into the conv as oneDNN's sum
+    post-op (torch/_inductor/fx_passes/quantization.py, _register_qconv_binary_fusion: the float-output pattern,
+    the one it takes when the other operand's integers are read elsewhere too, which in a residual block they
+    are): a generated C++ kernel dequantizes the other operand r, oneDNN's convolution (dst f32, no dst scale)
+    adds it in its epilogue (src/cpu/x64/brgemm/jit_brgemm_kernel.cpp, store_accumulators_apply_post_ops and the
+    sum_injector: sum scale 1, vaddps), and a generated kernel quantizes the float result:
+
+        d = fl32(fl32(r - z_r) * s_r)                     (cpp_fused_dequantize_per_tensor)
+        v = fl32(fl32(fl32(acc) * S[c]) + b[c]) + d       (the conv's scales and float bias, ``params``:
+                                                           :func:`hwsim.ops.core.make_onednn_requant_params`)
+        y = round_half_even(fl32(v * fl32(1/s_y))) + z_y  (cpp_fused_quantize_per_tensor; 1/s_y in double)
+
+    ``acc``: the conv's int accumulators [N, C, ...]; a following ReLU (post-ops "sum" + "relu") is max(v, 0),
+    the same integers as a clamp at z_y (what the caller applies). Measured against torch 2.13 (oneDNN 3.12)
+    op by op, bit for bit on the float output (scripts/pt2e_conv_add_probe.py, tests/importers/test_pt2e.py)."""
+    f32 = np.float32
+    if params.mode != "float32" or params.pre_scale is None:
+        raise HwsimError("add: add_form = 'onednn_sum' needs the conv's oneDNN requant (bias.form = 'onednn', "
+                         "'onednn_combined' or 'onednn_sequential')")
+    acc = np.asarray(acc)
+    shp = (1, -1) + (1,) * (acc.ndim - 2)
+    with np.errstate(over="ignore"):
+        v = acc.astype(f32)
+        if params.src_scale is not None:
+            v = v * f32(params.src_scale)
+        v = (v * np.asarray(params.pre_scale, f32).reshape(shp)).astype(f32)
+        v = (v + np.asarray(params.bias_term, f32).reshape(shp)).astype(f32)
+        d = ((np.asarray(r_q).astype(f32) - f32(r_zero_point)) * f32(r_scale)).astype(f32)
+        v = (v + d).astype(f32)
+        t = (v * f32(1.0 / np.float64(f32(y_scale)))).astype(f32)
+    return fp.round_float(t, rounding, 0, None) + int(y_zero_point)
+
+
 @register
 class AddSpec(OpSpec):
     name = "add"
@@ -313,6 +348,33 @@ class AddSpec(OpSpec):
 
     def compile(self, lay, node, cx):
         lay.requant = cx.requant()
+        lay.fused_sum = None
+        if lay.requant.add_form == "onednn_sum":
+            lay.fused_sum = self._fused_conv(lay, node, cx)
+
+    @staticmethod
+    def _fused_conv(lay, node, cx):
+        """add_form = "onednn_sum": (operand index, conv layer name) of the operand that is a conv output the engine
+        never quantized (oneDNN's sum post-op adds the other operand inside that conv's epilogue), or None (the add
+        then computes as add_form "dequantize"). Such an operand is an imported pt2e graph's convention
+        (frontends/pytorch/importers.py): a conv2d node whose only consumer is this add and whose output carries
+        the add's own output grid."""
+        prod = {o: n for n in cx.folded.nodes for o in n.outputs}
+        gy = cx.grids[lay.output]
+        found = []
+        for i, t in enumerate(node.inputs[:2]):
+            n = prod.get(t)
+            users = [m for m in cx.folded.nodes if t in m.inputs]
+            if (n is not None and n.op == "conv2d" and len(users) == 1 and t in cx.grids
+                    and cx.grids[t] == gy):
+                found.append((i, n.name))
+        if len(found) > 1:
+            raise HwsimError(f"layer {lay.name!r}: add_form = 'onednn_sum': both operands are conv outputs on the "
+                             "add's grid (oneDNN fuses one of them; hwsim cannot tell which)")
+        if found and lay.requant.rounding == "stochastic":
+            raise HwsimError(f"layer {lay.name!r}: add_form = 'onednn_sum' with requant.rounding = 'stochastic' "
+                             "(oneDNN rounds half even; allowed: a deterministic rounding)")
+        return found[0] if found else None
 
     def table(self, qg, lay):
         """The layer's add as a table over every pair of input grid values, made once (attribute ``fast_table``):
@@ -344,7 +406,7 @@ class AddSpec(OpSpec):
 
     def thread_safe(self, qg, lay) -> bool:
         """Runs in several threads at once (execute's batch workers) when the table applies."""
-        return self.table(qg, lay) is not None
+        return getattr(lay, "fused_sum", None) is None and self.table(qg, lay) is not None
 
     def prepare(self, qg, lay) -> None:
         """Make the table now (compile time)."""
@@ -369,6 +431,8 @@ class AddSpec(OpSpec):
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         g = qg.grids
+        if getattr(lay, "fused_sum", None) is not None:
+            return self._execute_sum(qg, lay, env, impl, narrow)
         ga, gb, gy = g[lay.inputs[0]], g[lay.inputs[1]], g[lay.output]
         xa, xb = env[lay.inputs[0]], env[lay.inputs[1]]
         vector = self._vector_width(lay)
@@ -381,6 +445,33 @@ class AddSpec(OpSpec):
             with kernels.exclusive():  # a batch worker: the kernels below are parallel, one thread at a time
                 return self._execute(qg, lay, xa, xb, ga, gb, gy, impl, offset, narrow)
         return self._execute(qg, lay, xa, xb, ga, gb, gy, impl, offset, narrow)
+
+    def _execute_sum(self, qg, lay, env, impl, narrow):
+        """add_form = "onednn_sum" with a fused conv operand: that conv's accumulators (its own op's
+        ``accumulate``; its events were counted when it ran) through :func:`onednn_sum` with the other operand."""
+        from hwsim import ops
+
+        i, name = lay.fused_sum
+        conv = qg.layer(name)
+        r = lay.inputs[1 - i]
+        gr, gy = qg.grids[r], qg.grids[lay.output]
+        spec, x, gx = ops.get(conv.op), env[conv.inputs[0]], qg.grids[conv.inputs[0]]
+        if impl == "fast":
+            from hwsim import kernels
+
+            with kernels.exclusive():  # a batch worker: the conv's parallel kernels, one thread at a time
+                acc = spec.fast(conv, x, gx)[0]
+        else:
+            acc = spec.accumulate(conv, x, gx, impl)[0]
+        y = onednn_sum(acc, conv.requant_params, env[r], r_scale=gr.scale, r_zero_point=gr.zero_point,
+                       y_scale=gy.scale, y_zero_point=gy.zero_point, rounding=lay.requant.rounding)
+        return clamp_counted(y, lay, gy, narrow)
+
+    def golden_fields(self, lay, write_int) -> dict:
+        """add_form = "onednn_sum" with a fused conv: which operand is that conv's accumulator (onednn_sum reads the
+        conv's accumulators, scales and bias: its golden fields), else nothing extra."""
+        fused = getattr(lay, "fused_sum", None)
+        return {} if fused is None else {"onednn_sum": {"conv": fused[1], "operand": int(fused[0])}}
 
     @staticmethod
     def _vector_width(lay):

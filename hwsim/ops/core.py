@@ -123,7 +123,7 @@ def conv_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, d
 
 # ----------------------------------------------------------------------------- requantization
 REQUANT_MODES = ("float32", "fixed", "pow2")
-ADD_FORMS = ("dequantize", "ratio_fma", "xnnpack")
+ADD_FORMS = ("dequantize", "ratio_fma", "xnnpack", "onednn_sum")
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,8 @@ class Requant:
     (and ONNX Runtime's QLinearConv / QLinearMatMul). ``add_form`` (float32 :func:`add` only):
     "dequantize" = PyTorch's x86 ``quantized::add``, "ratio_fma" = ONNX Runtime's QLinearAdd (MLAS
     AVX2 kernel; ``zero_point`` does not apply to it: z_y is inside the rounded sum); "xnnpack" = XNNPACK's
-    qs8 add (20-bit fixed-point multipliers, in any ``mode``: :func:`hwsim.ops.add.xnnpack_add_params`).
+    qs8 add (20-bit fixed-point multipliers, in any ``mode``: :func:`hwsim.ops.add.xnnpack_add_params`);
+    "onednn_sum" = oneDNN's convolution with a sum post-op (torch.compile x86 int8, :func:`hwsim.ops.add.onednn_sum`).
     ``fixed_product`` (fixed mode, :func:`make_requant_params`): "float64" forms M = s_x*s_w/s_y in
     float64 (TFLite CONV_2D, DEPTHWISE_CONV_2D, per-channel FULLY_CONNECTED); "float32" rounds s_x*s_w
     to float32 first, M = fl32(s_x*s_w) / s_y in float64 (TFLite per-tensor FULLY_CONNECTED).

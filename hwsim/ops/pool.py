@@ -54,7 +54,7 @@ def max_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), pad_value: int = 0, im
     return out
 
 
-POOL_FORMS = ("exact", "float32_multiplier", "float32_dequantize")
+POOL_FORMS = ("exact", "float32_multiplier", "float32_dequantize", "inductor")
 
 
 def onnxruntime_pool_form(op: str, kernel=None, padding=(0, 0, 0, 0), input_hw=None) -> str:
@@ -110,6 +110,8 @@ def _pool_float_forms(s, d_windows, count: int, form: str, s32, z: int, rounding
     for i in range(win.shape[-2]):  # window order, one float32 rounding per addition
         for j in range(win.shape[-1]):
             acc += win[..., i, j]
+    if form == "inductor":  # torch.compile's x86 kernel: times the float32 literal of 1/s_y, z_y after rounding
+        return fp.round_float((acc / f32(count)) * f32(1.0 / np.float64(sy)), rounding, seed, index) + zy
     return fp.round_float((acc / f32(count)) / sy + f32(zy), rounding, seed, index)
 
 
@@ -125,6 +127,8 @@ def avg_pool2d(x_q, kernel, stride, padding=(0, 0, 0, 0), zero_point: int = 0, r
     "float32_multiplier": out = z + round(fl32(fl32(sum(x - z)) * M)), M = :func:`pool_multiplier`;
     "float32_dequantize" (ONNX Runtime QLinearAveragePool): d = fl32(s (x - z)), summed in float32 in
     window order (row by row), out = round(fl32(fl32(fl32(sum / fl32(kh*kw)) / s) + z)).
+    "inductor" (torch.compile's x86 C++ kernel of pt2e's dequantize -> mean -> quantize, global pool only): the
+    same float32 sum, out = round(fl32(fl32(sum / fl32(H*W)) * fl32(1/s))) + z (1/s in double, then float32).
     ``out_scale`` / ``out_zero_point`` (float forms only): an output grid other than the input's (s, z above
     become s_y, z_y where they divide / offset the result), as an imported model's QLinearAveragePool has.
     """
@@ -291,6 +295,11 @@ class _AvgPoolSpec(OpSpec):
         kw = dict(zero_point=gx.zero_point, rounding=r.rounding, seed=lay.rounding_seed, impl=impl)
         if r.pool_form == "onnxruntime":
             kw.update(form=self.onnxruntime_form(lay, x.shape[2:]), scale=gx.scale)
+        elif r.pool_form == "inductor":
+            if lay.op != "global_avgpool":
+                raise HwsimError(f"layer {lay.name!r}: requant.pool_form = 'inductor' is measured on global average "
+                                 f"pools only, not {lay.op}; allowed here: 'exact', 'onnxruntime'")
+            kw.update(form="inductor", scale=gx.scale)
         if own_output_grid(gx, gy):  # an imported model's own output grid (hwsim.given)
             kw.update(scale=gx.scale, out_scale=gy.scale, out_zero_point=gy.zero_point)
         return kw

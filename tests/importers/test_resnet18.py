@@ -12,8 +12,8 @@ by hwsim under that engine's profile on the first 256 bundled test images: every
   scripts/litert_fixtures.py) under its reference kernels, optimized built-ins and XNNPACK, against the committed
   outputs and ai-edge-litert re-run here.
 
-A pt2e (torchao X86InductorQuantizer) model of it is refused in one line (residual adds fused by oneDNN, not
-modelled). Each test also shows that a neighbouring profile (another engine's rounding on the same integers) differs.
+- pt2e (torchao X86InductorQuantizer) compiled by torch.compile: every quantized tensor == int8-pytorch-inductor
+  (the residual adds fused into the convs as oneDNN's sum post-op). Each test also shows that a neighbouring profile (another engine's rounding on the same integers) differs.
 The helpers are the ResNet-8 tests' (test_given_network, test_torch_int8, test_litert_import), imported.
 """
 
@@ -244,25 +244,39 @@ def test_resnet18_equals_litert(litert_runs, resolver):
 
 
 # ----------------------------------------------------------------------------- pt2e (torchao, x86 inductor quantizer)
-def test_resnet18_pt2e_is_refused_in_one_line(net):
-    """pt2e with X86InductorQuantizer leaves each block's second conv output unquantized for inductor to fuse into
-    the residual add as a oneDNN post-op, which hwsim does not model (docs/import.md): the ResNet-18-shaped model is
-    refused in one line naming the add node, as ResNet-8 is (tests/importers/test_pt2e.py)."""
-    from frontends.pytorch.importers import import_pt2e
-    from hwsim.errors import HwsimError
-
+def test_resnet18_pt2e_equals_torch_compile(net):
+    """pt2e with X86InductorQuantizer, compiled by inductor (oneDNN qconv, each residual add fused into the block's
+    second conv as oneDNN's sum post-op): every quantized tensor of the ResNet-18-shaped model == hwsim's under
+    int8-pytorch-inductor on 256 inputs; the same integers with PyTorch's quantized add in place of the fused sum
+    (requant.add_form = "dequantize") and under int8-pytorch-onednn differ. Skips without torchao or AMX + VNNI."""
     try:
-        from tests.importers.test_pt2e import pt2e_int8
+        from tests.importers.test_pt2e import FLAGS, Q, cut, inductor, pt2e_int8
     except pytest.skip.Exception as e:  # torchao not installed
         pytest.skip(str(e))
+    if not {"amx_int8", "avx512_vnni"} <= FLAGS:
+        pytest.skip("torch.compile's int8 lowering needs an AMX + VNNI CPU")
+    from frontends.pytorch.importers import import_pt2e
+
     m, shape, mean, std = net
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        r = pt2e_int8(m, shape, images(mean, std, "train", 8))
+        c = pt2e_int8(m, shape, images(mean, std, "train", 32))
+        qs = [n.name for n in c.graph.nodes if n.target == Q]
+        x = images(mean, std)
+        ys = inductor(cut(c, qs[1:]), x)
     finally:
         torch.set_num_threads(threads)
-    with pytest.raises(HwsimError) as e:
-        import_pt2e(r, shape, mean, std)
-    msg = str(e.value)
-    assert "\n" not in msg and "pt2e node 'add'" in msg and "target add.Tensor" in msg and "float tensor" in msg
+    g = import_pt2e(cut(c, [qs[-1]]), shape, mean, std)  # the last layer's float logits are not an integer section
+    fused = [lay for lay in compile_model(g, load_profile("int8-pytorch-inductor"), None).layers
+             if getattr(lay, "fused_sum", None)]
+    assert len(fused) == 8  # every BasicBlock's add is a fused conv + add
+    diff = {}
+    for name, prof in (("inductor", load_profile("int8-pytorch-inductor")),
+                       ("add dequantize", load_profile("int8-pytorch-inductor", {"requant.add_form": "dequantize"})),
+                       ("onednn", load_profile("int8-pytorch-onednn"))):
+        env = run_integer(compile_model(g, prof, None), x)
+        diff[name] = sum(int((env[g.pt2e_tensors[k]].astype(np.int64).reshape(y.shape) != y).sum())
+                         for k, y in zip(qs[1:], ys))
+    assert sum(y.size for y in ys) > 10 ** 6
+    assert diff["inductor"] == 0 and diff["add dequantize"] > 0 and diff["onednn"] > 0, diff

@@ -76,7 +76,7 @@ def every_tensor(q, g, x, profile):
     seen = {}
     with torch.no_grad():
         Rec(q).run(torch.from_numpy(x))
-    qg = compile_model(g, load_profile(profile), None)
+    qg = compile_model(g, load_profile(profile) if isinstance(profile, str) else profile, None)
     env = run_integer(qg, x)
     out = {}
     for name, t in seen.items():
@@ -114,9 +114,11 @@ def converted():
     return get
 
 
-# the bundled MobileNetV2 has ReLU6 and depthwise convs of 16..128 groups (x86: <= 100 to oneDNN, 128 to fbgemm)
+# the bundled MobileNetV2 has ReLU6 and depthwise convs of 16..128 groups (x86: <= 100 to oneDNN, 128 to fbgemm);
+# the bundled MobileNetV3 hard-swish (nnq.Hardswish), squeeze-excite (adaptive average pool, hard-sigmoid gate on its
+# fixed 1/256 grid, quantized::mul by the per-channel gate) and residual adds
 NETS = [pytest.param(net, *e.values, marks=e.marks) if hasattr(e, "values") else (net, *e)
-        for net in ("smallcnn_baseline", "resnet8", "mobilenetv2") for e in ENGINES]
+        for net in ("smallcnn_baseline", "resnet8", "mobilenetv2", "mobilenetv3") for e in ENGINES]
 
 
 @pytest.mark.parametrize("net,engine,profile,other", NETS)
@@ -142,6 +144,37 @@ def test_fx_network_identical(net, engine, profile, other, converted, tmp_path):
     # a float32 bias is what the model gives: a profile with an int32 bias cannot hold it (one line)
     with pytest.raises(HwsimError, match=r"bias.form = 'int32' cannot hold layer .* given float32 bias"):
         compile_model(g, load_profile("int8-fbgemm"), None)
+
+
+@pytest.mark.parametrize("engine,profile,other", ENGINES)
+def test_mobilenetv3_activation_tables_equal_pytorch_kernels(engine, profile, other, converted):
+    """MobileNetV3's hard-swish / hard-sigmoid layers in PyTorch's form (requant.activation_form = "torch"): each
+    layer's table == the converted module's quantized kernel on every input code (on these grids the exact form's
+    tables happen to be the same); the profile agrees with the engine on every tensor of 16 inputs, the other
+    engine's profile does not."""
+    q, shape, mean, std, images = converted("mobilenetv3", engine)
+    g = import_torch_int8(q, shape, mean, std)
+    assert {n.op for n in g.nodes} >= {"hardswish", "hardsigmoid", "mul", "add", "global_avgpool"}
+    x = images(16, 1)
+    assert all(np.array_equal(t, h) for t, h in every_tensor(q, g, x, profile).values())
+    qgs = {"torch": compile_model(g, load_profile(profile), None)}
+    targets = {n.name: n.target for n in q.graph.nodes if n.op == "call_module"}
+    n_tables = 0
+    for lay in qgs["torch"].layers:
+        if lay.op not in ("hardswish", "hardsigmoid"):
+            continue
+        gi, go = qgs["torch"].grids[lay.inputs[0]], qgs["torch"].grids[lay.output]
+        codes = np.arange(gi.qmin, gi.qmax + 1)
+        xq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(codes.astype(np.uint8)), gi.scale,
+                                                     gi.zero_point)
+        mod = q.get_submodule(targets[lay.name])
+        yt = (mod(xq) if lay.op == "hardswish" else torch.nn.functional.hardsigmoid(xq)).int_repr().numpy()
+        assert np.array_equal(np.clip(lay.table, go.qmin, go.qmax), yt.astype(np.int64)), lay.name
+        n_tables += 1
+    assert n_tables >= 10  # (the exact form's tables coincide with PyTorch's on these grids: exact_differs == 0)
+    # the other engine's profile is another function (the activation and mul forms alone change nothing here:
+    # activation_form "exact" and mul_form "requant" give the same integers on these 16 inputs)
+    assert sum(int((t != h).sum()) for t, h in every_tensor(q, g, x, other).values()) > 0
 
 
 @pytest.mark.parametrize("engine,profile,other", ENGINES)
@@ -216,7 +249,7 @@ def test_unsupported_op_one_line():
         def __init__(self):
             super().__init__()
             self.conv = torch.nn.Conv2d(1, 4, 3)
-            self.act = torch.nn.Hardswish()
+            self.act = torch.nn.LeakyReLU(0.1)
 
         def forward(self, x):
             return self.act(self.conv(x))
@@ -225,7 +258,7 @@ def test_unsupported_op_one_line():
     with pytest.raises(HwsimError) as e:
         import_torch_int8(q, (1, 8, 8))
     msg = str(e.value)
-    assert "\n" not in msg and "fx node 'act'" in msg and "Hardswish" in msg
+    assert "\n" not in msg and "fx node 'act'" in msg and "LeakyReLU" in msg
     with pytest.raises(HwsimError, match="not a torch.fx GraphModule"):
         import_torch_int8(Net(), (1, 8, 8))
 
