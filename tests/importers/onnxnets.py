@@ -121,8 +121,9 @@ def mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
     """ONNX Runtime's float Conv on x86-64 (MlasConvPrepare / MlasConv, one thread): per group, GemmDirect for a
     pointwise conv (stride 1, no padding), else im2col in (channel, row, column) order and MlasConvOperation's K
     blocks (ExpandThenGemmSegmented; ExpandThenGemm when the filters outnumber the output positions: one
-    MlasSgemmOperation over all K; a pointwise conv on a 1x1 output: the transposed M1 kernel); the bias is added
-    last (MlasActivation)."""
+    MlasSgemmOperation over all K; a 1x1 output: the transposed M1 kernel, except one filter over several input
+    channels: the M1 kernel (measured against ORT 1.32, tests/core/test_mlas.py)); the bias is added last
+    (MlasActivation)."""
     n, c, h, wd = x.shape
     co, ci, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
@@ -134,7 +135,7 @@ def mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
                          for cc in range(ci) for ky in range(kh) for kx in range(kw)], 0)  # [K, N, Ho, Wo]
         a = w[gi * fc:(gi + 1) * fc].reshape(fc, -1)
         k, size = a.shape[1], ho * wo
-        if size == 1 and stride == 1 and pad == 0 and kh * kw == 1:  # GemmDirect with N = 1
+        if size == 1 and not (fc == 1 and ci > 1):  # N = 1 (measured: one filter over several channels is M1)
             y = mlas_m1_transpose_b(a, cols.reshape(k, -1))[:, :, None, None]
         elif (stride == 1 and pad == 0 and kh * kw == 1) or fc > size:
             y = mlas_sgemm(a, cols, None)
