@@ -80,19 +80,20 @@ def _fma(a, b, c):
     """fl32(a * b + c) rounded once, for float32 values a, b, c held as float64 (module docstring)."""
     p = a * b  # exact: 24 + 24 significant bits
     s = p + c
-    y = np.float32(s)
-    yd = np.float64(y)
-    if yd == s:
+    yd = np.float64(np.float32(s))
+    d = s - yd  # exact (|d| <= half a float32 ulp of s)
+    if d == 0.0:
+        return yd
+    # s is halfway between two float32 values iff o = yd + 2d (exact) is the other one: the only case where the
+    # rounding of s to float32 may differ from that of the exact p + c
+    o = yd + 2.0 * d
+    if np.float64(np.float32(o)) != o:
         return yd
     t = s - p
     e = (p - (s - t)) + (c - t)  # TwoSum: s + e == p + c exactly
     if e == 0.0:
-        return yd
-    other = np.nextafter(y, np.float32(np.inf) if s > yd else np.float32(-np.inf))
-    od = np.float64(other)
-    if (yd + od) * 0.5 != s:  # not halfway: fl32(s) is the correctly rounded result
-        return yd
-    return max(yd, od) if e > 0 else min(yd, od)
+        return yd  # a true tie: float32(s) rounded it half even
+    return max(yd, o) if e > 0 else min(yd, o)
 
 
 @njit(cache=True)
