@@ -1,7 +1,7 @@
 """ONNX Runtime's QDQ float path: what ORT (CPU EP, x86-64 with AVX2/FMA, one intra-op thread) computes for a
 QDQ model with graph optimizations off (ORT_DISABLE_ALL): every node as written, DequantizeLinear -> float32 op
 (MLAS) -> QuantizeLinear. The profile ``int8-onnxruntime-qdq-float`` runs it (profile keys requant.mac_form =
-"float32_mlas", add_form / mul_form = "float32", pool_form = "float32_mlas"; docs/semantics.md section 15).
+"float32_mlas", add_form / mul_form = "float32", pool_form = "float32_mlas"; docs/semantics.md section 17).
 
 Per node (onnxruntime/core/mlas/lib, onnxruntime/core/providers/cpu; read, not copied):
 
@@ -338,10 +338,11 @@ def mac(lay, x, gx, gy) -> np.ndarray:
     if lay.op == "linear":
         y = gemm(xd.reshape(xd.shape[0], -1), w, b)
     else:
+        from hwsim.ops.core import _padding, _pair
+
         a = lay.attrs
-        pair = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else (int(v), int(v)))
-        y = conv2d(xd, w, b, pair(a.get("stride", 1)), tuple(a.get("padding", (0, 0, 0, 0))),
-                   pair(a.get("dilation", 1)), int(a.get("groups", 1)))
+        y = conv2d(xd, w, b, _pair(a.get("stride", 1), "stride"), _padding(a.get("padding", (0, 0, 0, 0))),
+                   _pair(a.get("dilation", 1), "dilation"), int(a.get("groups", 1)))
     return quantize(y, gy.scale, gy.zero_point)
 
 

@@ -85,6 +85,26 @@ def test_conv_equals_onnxruntime(c, h, m, k, stride, pad, groups):
 
 
 @X86_FMA
+@pytest.mark.parametrize("c,h,m,k,stride,pads,dil,groups", [
+    (6, 9, 5, 3, 1, (1, 0, 2, 1), 2, 1), (8, 10, 8, 3, 2, (0, 1, 1, 0), 2, 8), (20, 7, 12, 3, 1, (2, 2, 2, 2), 3, 2),
+    (5, 6, 3, 2, 1, (0, 1, 0, 1), 1, 1)])
+def test_conv_with_dilation_and_asymmetric_pads_equals_onnxruntime(c, h, m, k, stride, pads, dil, groups):
+    """im2col with dilation and asymmetric padding (hwsim pads are (top, bottom, left, right), ONNX's
+    (top, left, bottom, right)): every element == ORT."""
+    from onnx import helper
+
+    rng = np.random.default_rng(c + h)
+    x = rng.standard_normal((2, c, h, h)).astype(f32)
+    w = (rng.standard_normal((m, c // groups, k, k)) * 0.1).astype(f32)
+    b = rng.standard_normal(m).astype(f32)
+    pt, pb, pl, pr = pads
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride] * 2, pads=[pt, pl, pb, pr],
+                            dilations=[dil] * 2, group=groups)
+    want = _ort([node], {"w": w, "b": b}, x, ("N", c, h, h))
+    assert np.array_equal(mlas.conv2d(x, w, b, (stride, stride), pads, (dil, dil), groups), want)
+
+
+@X86_FMA
 def test_other_summation_orders_disagree_with_onnxruntime():
     """The neighbouring orders are wrong somewhere on the same cases: a float64 sum rounded once, numpy's float32
     conv (hwsim.floatref), one FMA chain over all K, and the 1x1-output route swapped (8 lanes <-> four at a
