@@ -150,14 +150,15 @@ def mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
 
 
 def mlas_gemm_f32(x, w, b, trans_b: bool):
-    """ORT Gemm (gemm.cc ComputeGemm) with two or more rows: the bias broadcast into Y, MlasGemm with beta = 1 on the
-    B that ORT prepacked: one FMA chain over all K onto the bias (measured for K up to 400; the packed path's K
-    blocking beyond that is not pinned down). A batch of one row takes another MLAS kernel: not modelled."""
+    """ORT Gemm (gemm.cc ComputeGemm) with two or more rows: the bias broadcast into Y, MlasGemm with beta = 1 (B a
+    DequantizeLinear output in a QDQ model: not prepacked): one FMA chain over all K onto the bias, for K within
+    one StrideK block (beyond it MLAS adds one chain per block: hwsim.mlas, measured in tests/core/test_mlas.py).
+    A batch of one row takes another MLAS kernel: not modelled here."""
     from hwsim.ops.add import fma_f32
 
     assert x.shape[0] > 1, "a batch of one row takes another MLAS kernel (not modelled)"
     w = w if trans_b else w.T  # [out, in]
-    assert w.shape[1] <= 400, "K > 400: the prepacked path's K blocks are not pinned down"
+    assert w.shape[1] <= mlas_strides(w.shape[0], w.shape[1])[1], "K beyond one StrideK block: not modelled here"
     acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
     for i in range(x.shape[1]):
         acc = fma_f32(x[:, i:i + 1], w[:, i][None], acc).astype(np.float32)
