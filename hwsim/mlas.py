@@ -52,6 +52,7 @@ FORM = "float32_mlas"  # requant.mac_form / requant.pool_form value
 ELTWISE = "float32"  # requant.add_form / requant.mul_form value
 # reduction trees of the M1 transposed-B kernel (by a filter's place among the filters of its group)
 TREE_FOUR, TREE_TWO, TREE_ONE = 0, 1, 2
+_MAGIC = 1.5 * 2.0**52  # (v + M) - M rounds a float64 |v| < 2^51 to an integer, half even
 
 
 @njit(cache=True)
@@ -82,18 +83,14 @@ def _fma(a, b, c):
     s = p + c
     yd = np.float64(np.float32(s))
     d = s - yd  # exact (|d| <= half a float32 ulp of s)
-    if d == 0.0:
-        return yd
-    # s is halfway between two float32 values iff o = yd + 2d (exact) is the other one: the only case where the
-    # rounding of s to float32 may differ from that of the exact p + c
+    # s is halfway between two float32 values iff d != 0 and o = yd + 2d (exact) is the other one: the only case
+    # where the rounding of s to float32 may differ from that of the exact p + c
     o = yd + 2.0 * d
-    if np.float64(np.float32(o)) != o:
-        return yd
     t = s - p
-    e = (p - (s - t)) + (c - t)  # TwoSum: s + e == p + c exactly
-    if e == 0.0:
-        return yd  # a true tie: float32(s) rounded it half even
-    return max(yd, o) if e > 0 else min(yd, o)
+    e = (p - (s - t)) + (c - t)  # TwoSum: s + e == p + c exactly (e = 0: a true tie, float32(s) rounded it)
+    mid = (d != 0.0) & (np.float64(np.float32(o)) == o) & (e != 0.0)
+    r = max(yd, o) if e > 0.0 else min(yd, o)
+    return r if mid else yd  # selects, no branches: the filters' loop of _chain_blocks vectorizes
 
 
 @njit(cache=True)
@@ -286,10 +283,29 @@ def global_avgpool(x) -> np.ndarray:
     return out.reshape(x.shape[0], x.shape[1], 1, 1)
 
 
+@njit(cache=True, parallel=True)
+def _dequantize_kernel(q, z, s, out):
+    for i in prange(q.size):
+        out[i] = np.float64(np.float32(q[i] - z)) * s  # rounded to float32 by the store
+
+
+@njit(cache=True, parallel=True)
+def _quantize_kernel(y, s, z, out):
+    for i in prange(y.size):
+        v = np.float64(np.float32(np.float64(y[i]) / s))  # fl32(y / s): one rounding (float64 quotient)
+        v = min(max(v, -(2.0**40)), 2.0**40)
+        out[i] = np.int64((v + _MAGIC) - _MAGIC) + z  # round half even (|v| <= 2^40 < 2^51)
+
+
 def dequantize(q, scale, zero_point=0, axis: int | None = None) -> np.ndarray:
     """DequantizeLinear: fl32(fl32(q - z) * s); per-channel scale / zero point along ``axis``."""
-    q = np.asarray(q, np.int64)
+    q = np.asarray(q)
     s, z = np.asarray(scale, np.float32), np.asarray(zero_point, np.int64)
+    if s.ndim == 0 and z.ndim == 0 and q.dtype.kind in "iu" and q.itemsize < 8:  # activations: one pass
+        out = np.empty(q.shape, np.float32)
+        _dequantize_kernel(np.ascontiguousarray(q).reshape(-1), int(z), np.float64(s), out.reshape(-1))
+        return out
+    q = q.astype(np.int64)
     if axis is not None and s.ndim == 1:
         shape = [1] * q.ndim
         shape[axis] = -1
@@ -301,9 +317,10 @@ def dequantize(q, scale, zero_point=0, axis: int | None = None) -> np.ndarray:
 def quantize(y, scale, zero_point) -> np.ndarray:
     """QuantizeLinear before its saturation: round_half_even(fl32(y / s)) + z as int64 (values far outside any
     grid held at +-2^40; the caller clamps to the grid and counts)."""
-    v = np.asarray(y, np.float32) / np.float32(scale)
-    v = np.clip(v, np.float32(-2.0**40), np.float32(2.0**40))
-    return np.rint(v).astype(np.int64) + int(zero_point)
+    y = np.ascontiguousarray(y, np.float32)
+    out = np.empty(y.shape, np.int64)
+    _quantize_kernel(y.reshape(-1), np.float64(np.float32(scale)), int(zero_point), out.reshape(-1))
+    return out
 
 
 # ----------------------------------------------------------------------------- hwsim layers (the op hooks)
