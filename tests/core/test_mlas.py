@@ -156,13 +156,11 @@ def test_gemm_equals_onnxruntime_for_one_row_and_for_many(k):
     assert np.array_equal(mlas.gemm(x, w, b), many)
     assert np.array_equal(np.concatenate([mlas.gemm(x[i:i + 1], w, b) for i in range(len(x))]), one)
     assert not np.array_equal(one, many)
-    if k <= mlas.strides(m, k)[1]:  # the oracle: one chain onto the bias (K within one StrideK block)
-        from tests.importers.onnxnets import mlas_gemm_f32
+    from hwsim.ops.add import fma_f32
+    from tests.importers.onnxnets import mlas_gemm_f32
 
-        assert np.array_equal(mlas_gemm_f32(x, w, b, True), many)
-    else:  # more blocks: one chain over all K is another order
-        from hwsim.ops.add import fma_f32
-
+    assert np.array_equal(mlas_gemm_f32(x, w, b, True), many)
+    if k > mlas.strides(m, k)[1]:  # several K blocks: one chain over all K is another order
         chain = np.zeros((len(x), m), f32)
         for i in range(k):
             chain = fma_f32(x[:, i:i + 1], w[:, i][None], chain)

@@ -151,18 +151,21 @@ def mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
 
 def mlas_gemm_f32(x, w, b, trans_b: bool):
     """ORT Gemm (gemm.cc ComputeGemm) with two or more rows: the bias broadcast into Y, MlasGemm with beta = 1 (B a
-    DequantizeLinear output in a QDQ model: not prepacked): one FMA chain over all K onto the bias, for K within
-    one StrideK block (beyond it MLAS adds one chain per block: hwsim.mlas, measured in tests/core/test_mlas.py).
+    DequantizeLinear output in a QDQ model: not prepacked): per StrideK block of K (N = output features) an FMA
+    chain from 0 added onto Y, which starts as the bias (measured for K up to 2,100: tests/core/test_mlas.py).
     A batch of one row takes another MLAS kernel: not modelled here."""
     from hwsim.ops.add import fma_f32
 
     assert x.shape[0] > 1, "a batch of one row takes another MLAS kernel (not modelled)"
     w = w if trans_b else w.T  # [out, in]
-    assert w.shape[1] <= mlas_strides(w.shape[0], w.shape[1])[1], "K beyond one StrideK block: not modelled here"
-    acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
-    for i in range(x.shape[1]):
-        acc = fma_f32(x[:, i:i + 1], w[:, i][None], acc).astype(np.float32)
-    return (acc + b).astype(np.float32)
+    _, sk = mlas_strides(w.shape[0], w.shape[1])
+    y = np.broadcast_to(b, (x.shape[0], w.shape[0])).astype(np.float32)
+    for s in range(0, x.shape[1], sk):
+        acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
+        for i in range(s, min(x.shape[1], s + sk)):
+            acc = fma_f32(x[:, i:i + 1], w[:, i][None], acc).astype(np.float32)
+        y = (acc + y).astype(np.float32)
+    return y
 
 
 def mlas_global_avgpool_f32(x):
