@@ -3,7 +3,8 @@ QDQ model with graph optimizations off (ORT_DISABLE_ALL): every node as written,
 (MLAS) -> QuantizeLinear. The profile ``int8-onnxruntime-qdq-float`` runs it (profile keys requant.mac_form =
 "float32_mlas", add_form / mul_form = "float32", pool_form = "float32_mlas"; docs/semantics.md section 17).
 
-Per node (onnxruntime/core/mlas/lib, onnxruntime/core/providers/cpu; read, not copied):
+Per node (kernel and file names of onnxruntime/core/mlas/lib and core/providers/cpu; every order below is checked
+against ORT 1.32 op by op in tests/core/test_mlas.py, and the 1x1-output routes were found by measurement):
 
 - DequantizeLinear: fl32(fl32(q - z) * s) (quantize_linear.cc: static_cast<float>(q - zp) * scale), the int32
   bias included (its scale fl32(s_x * s_w), as onnxruntime.quantization writes it);
@@ -12,8 +13,8 @@ Per node (onnxruntime/core/mlas/lib, onnxruntime/core/providers/cpu; read, not c
   (MlasActivation's bias add, fl32(y + b)):
 
   * a 1x1 output (N = 1), except one filter per group over two or more input channels: the GEMM with N = 1,
-    which MLAS hands to MlasSgemmKernelM1TransposeBAvx (x86_64/SgemmKernelM1TransposeBAvx.S): products rounded (vmulps) and added
-    into 8 lanes (lane k mod 8, the K tail zero-padded); filters four at a time reduce the lanes as
+    which MLAS hands to MlasSgemmKernelM1TransposeBAvx (x86_64/SgemmKernelM1TransposeBAvx.S): products rounded
+    (vmulps) and added into 8 lanes (lane k mod 8, the K tail zero-padded); filters four at a time reduce the lanes as
     (((l0 + l1) + l2) + l3) + (((l4 + l5) + l6) + l7), a remaining pair as ((l2 + l0) + (l6 + l4)) + ((l3 + l1)
     + (l7 + l5)), a last single filter as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7));
   * else (GemmDirect for other pointwise convs, ExpandThenGemm / ExpandThenGemmSegmented with im2col in
