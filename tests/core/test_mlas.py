@@ -183,6 +183,69 @@ def test_global_average_pool_equals_onnxruntime_and_the_oracle():
             assert not np.array_equal(x.mean(axis=(2, 3), keepdims=True, dtype=np.float64).astype(f32), want)
 
 
+def _qdq_binary(op: str, sa, za, sb, zb, sy, zy):
+    """ORT at ORT_DISABLE_ALL on DequantizeLinear(a), DequantizeLinear(b) -> Add / Mul -> QuantizeLinear, uint8,
+    on every pair of codes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.engines import ort_session
+
+    inits = [numpy_helper.from_array(np.asarray(v, d), n) for n, v, d in
+             (("sa", sa, f32), ("za", za, np.uint8), ("sb", sb, f32), ("zb", zb, np.uint8), ("sy", sy, f32),
+              ("zy", zy, np.uint8))]
+    nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["da"]),
+             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["db"]),
+             helper.make_node(op, ["da", "db"], ["f"]), helper.make_node("QuantizeLinear", ["f", "sy", "zy"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.UINT8, [256 * 256]) for n in "ab"],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [256 * 256])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    a = np.repeat(np.arange(256, dtype=np.uint8), 256)
+    b = np.tile(np.arange(256, dtype=np.uint8), 256)
+    return a, b, ort_session(m, False).run(None, {"a": a, "b": b})[0].astype(np.int64)
+
+
+def _kw(sa, za, sb, zb, sy, zy) -> dict:
+    return dict(a_scale=f32(sa), a_zero_point=za, b_scale=f32(sb), b_zero_point=zb, y_scale=f32(sy),
+                y_zero_point=zy, qmin=0, qmax=255)
+
+
+@X86_FMA
+@pytest.mark.parametrize("scales", [  # float32 scales where the forms part (a random search: 1 draw in 10)
+    (0.08937124162912369, 199, 0.026457596570253372, 73, 0.01683269627392292, 205),
+    (0.09817935526371002, 215, 0.0701264888048172, 176, 0.06679362803697586, 180),
+    (0.08957606554031372, 12, 0.026579970493912697, 21, 0.06420277804136276, 96)])
+def test_qdq_add_on_every_code_pair_equals_onnxruntime(scales):
+    """The float Add (add_form "float32") on every pair of uint8 codes, saturation at 0 and 255 included, ==
+    ORT's QDQ float path; QLinearAdd's ratio-FMA form (ORT with optimizations on) differs."""
+    from hwsim import ops
+
+    a, b, want = _qdq_binary("Add", *scales)
+    y, _ = ops.add(a, b, cfg=ops.Requant(add_form="float32"), **_kw(*scales))
+    assert np.array_equal(y, want) and (want.min() == 0 or want.max() == 255)  # saturating pairs included
+    y, _ = ops.add(a, b, cfg=ops.Requant(add_form="ratio_fma"), **_kw(*scales))
+    assert not np.array_equal(y, want)
+
+
+@X86_FMA
+@pytest.mark.parametrize("scales", [
+    (0.006781679578125477, 94, 0.0041143568232655525, 1, 0.025670114904642105, 117),
+    (0.04336847737431526, 164, 0.00437176413834095, 10, 0.016704384237527847, 215)])
+def test_qdq_mul_on_every_code_pair_equals_onnxruntime(scales):
+    """The float Mul (mul_form "float32") on every pair of uint8 codes == ORT's QDQ float path; QLinearMul's
+    multiplier form (mul_form "onnxruntime") differs."""
+    from hwsim import ops
+    from hwsim.ops.mul import mul
+
+    a, b, want = _qdq_binary("Mul", *scales)
+    assert np.array_equal(np.clip(mlas.eltwise("mul", a, b, *scales), 0, 255), want)
+    y, _ = mul(a, b, cfg=ops.Requant(multiplier_order="sequential", zero_point="before"), multiplier="requant",
+               **_kw(*scales))
+    assert not np.array_equal(y, want)
+
+
 def _fma_exact(a, b, c) -> f32:
     """fl32(a * b + c) from the exact rational value (round half even)."""
     v = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
