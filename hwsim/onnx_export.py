@@ -137,6 +137,10 @@ class _Writer:
     @staticmethod
     def check_requant(lay: QLayer) -> None:
         r = lay.requant
+        mac_form = lay.profile.requant.mac_form if lay.profile is not None else "integer"
+        if mac_form != "integer":  # ORT runs it from a QDQ model with graph optimizations off, not from QLinear ops
+            raise HwsimError(f"layer '{lay.name}': requant.mac_form = {mac_form!r} (ONNX Runtime's QDQ float path, "
+                             "optimizations off); the export writes ORT's integer kernels: allowed 'integer'")
         want = dict(mode="float32", rounding="half_even", zero_point="after", multiplier_order="sequential")
         for k, v in want.items():
             if getattr(r, k) != v:

@@ -147,11 +147,12 @@ SCHEMA: dict[str, _Key] = {
     "requant.zero_point": _Key("choice", ("after", "before"), doc="float32 requant: output zero point added after or before rounding"),
     "requant.multiplier_order": _Key("choice", ("sequential", "fused"), doc="float32 M = fl32(fl32(sx*sw)/sy) or fl32(sx*sw/sy)"),
     "requant.fixed_product": _Key("choice", ("float64", "float32"), doc="fixed: real multiplier s_x*s_w/s_y in float64, or fl32(s_x*s_w)/s_y (TFLite per-tensor FULLY_CONNECTED)"),
-    "requant.pool_form": _Key("choice", ("exact", "onnxruntime", "inductor"), doc="average pools: exact integer mean rounded, or ONNX Runtime's float32 QLinear(Global)AveragePool arithmetic, or torch.compile's x86 kernel (global pools: float32 sum of fl32(s (x - z)), / H*W, times fl32(1/s_y), rounded, + z_y)"),
-    "requant.add_form": _Key("choice", ("dequantize", "ratio_fma", "xnnpack", "onednn_sum"), doc="float32 add: PyTorch's dequantize-add-requantize or ONNX Runtime QLinearAdd's ratio + FMA form; xnnpack (any mode): XNNPACK's qs8 add, 20-bit fixed-point multipliers of fl32(s_a/s_y), fl32(s_b/s_y), sum rounded half up; onednn_sum: oneDNN's conv with a sum post-op (torch.compile x86 int8): an operand that is a conv output on the add's own grid is that conv's accumulator, y = round(fl32(fma(fl32(r - z_r), s_r, fl32(fl32(acc) * S) + b) * D) + z_y); other adds as dequantize"),
+    "requant.pool_form": _Key("choice", ("exact", "onnxruntime", "inductor", "float32_mlas"), doc="average pools: exact integer mean rounded, or ONNX Runtime's float32 QLinear(Global)AveragePool arithmetic, or torch.compile's x86 kernel (global pools: float32 sum of fl32(s (x - z)), / H*W, times fl32(1/s_y), rounded, + z_y); float32_mlas: ONNX Runtime's QDQ float path (optimizations off) for global_avgpool, DequantizeLinear -> MLAS float32 GlobalAveragePool (4 lanes) -> QuantizeLinear (hwsim.mlas)"),
+    "requant.add_form": _Key("choice", ("dequantize", "ratio_fma", "xnnpack", "onednn_sum", "float32"), doc="float32 add: PyTorch's dequantize-add-requantize or ONNX Runtime QLinearAdd's ratio + FMA form; xnnpack (any mode): XNNPACK's qs8 add, 20-bit fixed-point multipliers of fl32(s_a/s_y), fl32(s_b/s_y), sum rounded half up; onednn_sum: oneDNN's conv with a sum post-op (torch.compile x86 int8): an operand that is a conv output on the add's own grid is that conv's accumulator, y = round(fl32(fma(fl32(r - z_r), s_r, fl32(fl32(acc) * S) + b) * D) + z_y); other adds as dequantize; float32 (any mode): ONNX Runtime's QDQ float path, QuantizeLinear(fl32(DequantizeLinear(a) + DequantizeLinear(b))) (hwsim.mlas)"),
+    "requant.mac_form": _Key("choice", ("integer", "float32_mlas"), doc="conv2d / linear: integer accumulator + requant (the accumulator and requant keys), or float32_mlas = ONNX Runtime's QDQ float path (graph optimizations off): DequantizeLinear of inputs, weights and int32 bias, MLAS's float32 Conv / Gemm in their summation orders (FMA chains in K blocks, four-at-a-time and 8-lane kernels; a Gemm of one row takes another kernel), QuantizeLinear (hwsim.mlas; docs/semantics.md 17)"),
     "requant.activation_form": _Key("choice", ("exact", "torch", "tflite", "onnxruntime"), doc="sigmoid, hardsigmoid, hardswish, silu, tanh tables: exact (correctly rounded f(d)/s), or the engine's arithmetic where it has a kernel for f (torch: PyTorch quantized CPU kernels; tflite: LOGISTIC / TANH tables, int8 HARD_SWISH fixed point; onnxruntime: QLinearSigmoid, QDQ HardSigmoid / HardSwish); exact elsewhere (docs/semantics.md 12)"),
     "requant.activation_rounding": _Key("choice", ("requant", "half_even", "half_away", "half_up", "floor", "trunc"), doc="rounding of the exact activation tables (requant = requant.rounding; stochastic gives half_even: a table holds one value per input)"),
-    "requant.mul_form": _Key("choice", ("requant", "torch", "onnxruntime"), doc="mul's multiplier s_a*s_b/s_y: as the profile forms requant multipliers, PyTorch quantized::mul's fl32(fl32(s_a*s_b)*fl32(1/s_y)), or ONNX Runtime QLinearMul's (sequential, zero point before rounding)"),
+    "requant.mul_form": _Key("choice", ("requant", "torch", "onnxruntime", "float32"), doc="mul's multiplier s_a*s_b/s_y: as the profile forms requant multipliers, PyTorch quantized::mul's fl32(fl32(s_a*s_b)*fl32(1/s_y)), or ONNX Runtime QLinearMul's (sequential, zero point before rounding); float32: ONNX Runtime's QDQ float path, QuantizeLinear(fl32(DequantizeLinear(a) * DequantizeLinear(b))) (hwsim.mlas)"),
     "requant.mean_form": _Key("choice", ("exact", "torch", "onnxruntime", "tflite_reference", "tflite_optimized", "xnnpack"), doc="mean over H, W: exact integer mean rounded, PyTorch's raw-sum mean, ONNX Runtime's QLinearGlobalAveragePool, TFLite MEAN reference / optimized kernel, XNNPACK's qs8 mean (float32 scale and zero point)"),
     "requant.avgpool_form": _Key("choice", ("exact", "torch", "tflite", "onnxruntime"), doc="avgpool2d with count_include_pad = false: exact mean over the taps inside the image, PyTorch's / TFLite's raw-sum division (half even / half away), ONNX Runtime's QLinearAveragePool float32 arithmetic"),
     "requant.add_vector_width": _Key("int", lo=1, hi=1024, unbounded_ok=True, none_word="none",
@@ -236,6 +237,7 @@ class RequantSpec:
     block_channels: int | None = None
     block_ties: tuple = ("half_up", "half_up")  # NEON VQRDMULH + VRSHL (NEON_2_SSE on x86-64)
     fixed_form: str = "multiplier"
+    mac_form: str = "integer"
     seed: int = 0
 
 
@@ -341,6 +343,8 @@ class Profile:
         if acc.rows is not None:
             accs += f", R={acc.rows}"
         r = self.requant
+        if r.mac_form != "integer":  # conv / linear in float32 (ORT's QDQ float path), no integer accumulator
+            accs = r.mac_form
         req = requant_summary(r) + ("" if r.mode == "fixed" or r.add_form == "dequantize" else f", add:{r.add_form}")
         extra = "" if self.bias.form == "int32" else f" bias:{self.bias.form}"
         for pos in ("first", "last"):

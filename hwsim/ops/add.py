@@ -202,6 +202,14 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
     _check_impl(impl)
     a = a_in = _int_array(a_q, "a_q")
     b = b_in = _int_array(b_q, "b_q")
+    if cfg.add_form == "float32":  # ONNX Runtime's QDQ float path, any requant mode (hwsim.mlas; one form)
+        from hwsim import mlas
+
+        try:
+            y = mlas.eltwise("add", a, b, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point)
+        except ValueError:
+            raise HwsimError(f"add: shapes {a.shape} and {b.shape} do not broadcast") from None
+        return np.clip(y, int(qmin), int(qmax)), int(np.count_nonzero((y < qmin) | (y > qmax)))
     if cfg.add_form == "xnnpack":  # its own integer arithmetic, in any requant mode (numpy int64: exact)
         if vector_width is not None:
             raise HwsimError("add: vector_width does not apply to add_form = 'xnnpack'")

@@ -123,7 +123,7 @@ def conv_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, d
 
 # ----------------------------------------------------------------------------- requantization
 REQUANT_MODES = ("float32", "fixed", "pow2")
-ADD_FORMS = ("dequantize", "ratio_fma", "xnnpack", "onednn_sum")
+ADD_FORMS = ("dequantize", "ratio_fma", "xnnpack", "onednn_sum", "float32")  # float32: ORT's QDQ float path (hwsim.mlas)
 
 
 @dataclass(frozen=True)

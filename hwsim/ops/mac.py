@@ -110,6 +110,10 @@ class MacSpec(OpSpec):
     def thread_safe(self, qg, lay) -> bool:
         """The fast path of this layer runs in several threads at once (execute's batch workers): the int8
         GEMM or the exact depthwise kernel with its fused epilogue (serial kernels, no pools inside a worker)."""
+        from hwsim import mlas
+
+        if mlas.wants(lay, "mac_form"):  # ORT's float path: parallel kernels, and a Gemm's rows are the batch
+            return False
         plan = self.planned(lay, qg.grids[lay.inputs[0]])[3]
         return self.epilogue(lay, qg.grids[lay.output], plan) is not None
 
@@ -139,8 +143,12 @@ class MacSpec(OpSpec):
         return acc, int(ae), int(pe)
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
+        from hwsim import mlas
+
         g = qg.grids
         x, gx, gy = env[lay.inputs[0]], g[lay.inputs[0]], g[lay.output]
+        if mlas.wants(lay, "mac_form"):  # requant.mac_form = "float32_mlas": ORT's QDQ float path (one form)
+            return clamp_counted(mlas.mac(lay, x, gx, gy), lay, gy, narrow)
         if impl == "fast":
             res = self.fused(lay, x, gx, gy, narrow)
             if res is not None:

@@ -209,6 +209,11 @@ class MulSpec(OpSpec):
         g = qg.grids
         ga, gb, gy = g[lay.inputs[0]], g[lay.inputs[1]], g[lay.output]
         xa, xb = env[lay.inputs[0]], env[lay.inputs[1]]
+        if lay.form == "float32":  # requant.mul_form: ONNX Runtime's QDQ float path (hwsim.mlas)
+            from hwsim import mlas
+
+            y = mlas.eltwise("mul", xa, xb, ga.scale, ga.zero_point, gb.scale, gb.zero_point, gy.scale, gy.zero_point)
+            return clamp_counted(y, lay, gy, narrow)
         y, _ = mul(xa, xb, a_scale=ga.scale, a_zero_point=ga.zero_point, b_scale=gb.scale, b_zero_point=gb.zero_point,
                    y_scale=gy.scale, y_zero_point=gy.zero_point, qmin=WIDE[0], qmax=WIDE[1], cfg=lay.requant,
                    multiplier="inverse" if lay.form == "torch" else "requant", impl=impl,

@@ -359,6 +359,10 @@ class AvgPool2dSpec(_WindowPoolSpec, _AvgPoolSpec):
         return profile_form(AVGPOOL_PROFILE_FORMS, lay.profile.requant.avgpool_form, lay.profile.requant)
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
+        if lay.profile is not None and lay.profile.requant.pool_form == "float32_mlas":
+            raise HwsimError(f"layer {lay.name!r}: requant.pool_form = 'float32_mlas' models ONNX Runtime's float "
+                             "GlobalAveragePool only (MLAS's float AveragePool is not modelled); allowed for avgpool2d: "
+                             "'exact', 'onnxruntime'")
         x, gx, gy = env[lay.inputs[0]], qg.grids[lay.inputs[0]], qg.grids[lay.output]
         k, s, pad = _geometry(lay.attrs)
         out_hw = conv_output_size(x.shape[2], k[0], s[0], pad[0], pad[1]) * conv_output_size(
@@ -416,7 +420,12 @@ class GlobalAvgPoolSpec(_AvgPoolSpec):
         return True
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
+        from hwsim import mlas
+
         x, gx, gy = env[lay.inputs[0]], qg.grids[lay.inputs[0]], qg.grids[lay.output]
+        if mlas.wants(lay, "pool_form"):  # requant.pool_form = "float32_mlas": ORT's QDQ float path
+            y = mlas.pool(x, gx, gy)
+            return clamp_counted(y, lay, gy, narrow) if lay.clamp is not None else (np.clip(y, gy.qmin, gy.qmax), 0)
         y = global_avg_pool(x, index_offset=offset * x.shape[1], **self.pool_kwargs(lay, x, gx, impl, gy))
         y = y.reshape(x.shape[0], x.shape[1], 1, 1)
         return clamp_counted(y, lay, gy, narrow) if own_output_grid(gx, gy) else (y, 0)

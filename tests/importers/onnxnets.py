@@ -121,8 +121,9 @@ def mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
     """ONNX Runtime's float Conv on x86-64 (MlasConvPrepare / MlasConv, one thread): per group, GemmDirect for a
     pointwise conv (stride 1, no padding), else im2col in (channel, row, column) order and MlasConvOperation's K
     blocks (ExpandThenGemmSegmented; ExpandThenGemm when the filters outnumber the output positions: one
-    MlasSgemmOperation over all K; a pointwise conv on a 1x1 output: the transposed M1 kernel); the bias is added
-    last (MlasActivation)."""
+    MlasSgemmOperation over all K; a 1x1 output: the transposed M1 kernel, except one filter over several input
+    channels: the M1 kernel (measured against ORT 1.32, tests/core/test_mlas.py)); the bias is added last
+    (MlasActivation)."""
     n, c, h, wd = x.shape
     co, ci, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
@@ -134,7 +135,7 @@ def mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
                          for cc in range(ci) for ky in range(kh) for kx in range(kw)], 0)  # [K, N, Ho, Wo]
         a = w[gi * fc:(gi + 1) * fc].reshape(fc, -1)
         k, size = a.shape[1], ho * wo
-        if size == 1 and stride == 1 and pad == 0 and kh * kw == 1:  # GemmDirect with N = 1
+        if size == 1 and not (fc == 1 and ci > 1):  # N = 1 (measured: one filter over several channels is M1)
             y = mlas_m1_transpose_b(a, cols.reshape(k, -1))[:, :, None, None]
         elif (stride == 1 and pad == 0 and kh * kw == 1) or fc > size:
             y = mlas_sgemm(a, cols, None)
@@ -149,18 +150,22 @@ def mlas_conv_f32(x, w, b, pad: int, stride: int, groups: int):
 
 
 def mlas_gemm_f32(x, w, b, trans_b: bool):
-    """ORT Gemm (gemm.cc ComputeGemm) with two or more rows: the bias broadcast into Y, MlasGemm with beta = 1 on the
-    B that ORT prepacked: one FMA chain over all K onto the bias (measured for K up to 400; the packed path's K
-    blocking beyond that is not pinned down). A batch of one row takes another MLAS kernel: not modelled."""
+    """ORT Gemm (gemm.cc ComputeGemm) with two or more rows: the bias broadcast into Y, MlasGemm with beta = 1 (B a
+    DequantizeLinear output in a QDQ model: not prepacked): per StrideK block of K (N = output features) an FMA
+    chain from 0 added onto Y, which starts as the bias (measured for K up to 2,100: tests/core/test_mlas.py).
+    A batch of one row takes another MLAS kernel: not modelled here."""
     from hwsim.ops.add import fma_f32
 
     assert x.shape[0] > 1, "a batch of one row takes another MLAS kernel (not modelled)"
     w = w if trans_b else w.T  # [out, in]
-    assert w.shape[1] <= 400, "K > 400: the prepacked path's K blocks are not pinned down"
-    acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
-    for i in range(x.shape[1]):
-        acc = fma_f32(x[:, i:i + 1], w[:, i][None], acc).astype(np.float32)
-    return (acc + b).astype(np.float32)
+    _, sk = mlas_strides(w.shape[0], w.shape[1])
+    y = np.broadcast_to(b, (x.shape[0], w.shape[0])).astype(np.float32)
+    for s in range(0, x.shape[1], sk):
+        acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
+        for i in range(s, min(x.shape[1], s + sk)):
+            acc = fma_f32(x[:, i:i + 1], w[:, i][None], acc).astype(np.float32)
+        y = (acc + y).astype(np.float32)
+    return y
 
 
 def mlas_global_avgpool_f32(x):

@@ -194,36 +194,59 @@ def test_int8_activations_take_the_s8_engine_profile(quantized, level):
         hwsim_outputs(path, mean, std, x, "int8-onnxruntime")
 
 
-@ENGINE
-def test_qdq_without_optimizations_is_the_float_path_not_modelled(quantized):
-    """QDQ under ORT_DISABLE_ALL runs the model as written: DequantizeLinear -> float Conv / Gemm (MLAS
-    sgemm, float32 sums in its own blocking order) -> QuantizeLinear. That is not integer arithmetic and
-    hwsim does not model it: on ResNet-8 it differs from the fused integers (which hwsim reproduces) on a
-    few outputs. Recorded here so a change on either side is seen (docs/import.md); the next test pins the float
-    path down with a test oracle."""
-    path, mean, std = quantized("resnet8", "QDQ", False)
-    x = _images("resnet8", 48, 1)
-    ours, _ = hwsim_outputs(path, mean, std, x)
-    fused, unfused = ort_outputs(path, x, "ORT_ENABLE_ALL"), ort_outputs(path, x, "ORT_DISABLE_ALL")
-    assert np.array_equal(ours, fused)
-    assert 0 < np.count_nonzero(unfused != fused) < fused.size // 10
+QDQ_OFF = [(net, pc) for net in ("smallcnn_robust", "resnet8", "mobilenetv2", "mobilenetv3", "efficientnet")
+           for pc in (False, True)]
 
 
 @ENGINE
-@pytest.mark.parametrize("net", ["resnet8", "mobilenetv2", "mobilenetv3", "efficientnet"])
-def test_qdq_without_optimizations_equals_the_mlas_float_oracle(quantized, net):
-    """The float path ORT runs for a QDQ model with optimizations off is pinned down: the test oracle
-    tests/importers/onnxnets.ort_float_path (MLAS's conv algorithms and orders, Gemm's FMA chain onto the bias, the
-    global pool's four lanes, float32 element-wise ops, QuantizeLinear's float32 division) gives every output
-    element of ORT's own run, whole network, in ORT's batches of 32 (a batch of one row would take another Gemm
-    kernel). No hwsim profile computes it yet (docs/semantics.md section 11)."""
+@pytest.mark.parametrize("net,per_channel", QDQ_OFF)
+def test_qdq_without_optimizations_equals_the_float_path_profile(quantized, net, per_channel):
+    """QDQ under ORT_DISABLE_ALL runs the model as written: DequantizeLinear -> float32 op (MLAS) ->
+    QuantizeLinear. The profile int8-onnxruntime-qdq-float (hwsim/mlas.py) gives every output element of ORT's own
+    run on 256 inputs (ORT fed batches of 32; Gemm rows >= 2 on both sides), and of the independent test oracle
+    tests/importers/onnxnets.ort_float_path on the first 16 (the oracle is slow: numpy loops). The imported
+    model's default stays int8-onnxruntime (optimizations on: the fused integers)."""
     from tests.importers.onnxnets import ort_float_path
 
-    path, mean, std = quantized(net, "QDQ", True)
-    x = _images(net, 64, 1)
+    path, mean, std = quantized(net, "QDQ", per_channel)
+    x = _images(net, 256, 1)
+    ours, qg = hwsim_outputs(path, mean, std, x, "int8-onnxruntime-qdq-float")
+    assert qg.recipe == "given" and given_of(qg.model).profile == "int8-onnxruntime"
     unfused = ort_outputs(path, x, "ORT_DISABLE_ALL")
-    oracle = np.concatenate([ort_float_path(path, x[i:i + 32]) for i in range(0, len(x), 32)])
-    assert np.array_equal(oracle, unfused)
+    assert np.array_equal(ours, unfused)
+    assert np.array_equal(ort_float_path(path, x[:16]), ours[:16])
+
+
+@ENGINE
+def test_qdq_fused_and_unfused_differ_and_each_profile_gives_its_own(quantized):
+    """On ResNet-8 (per-channel) the two ORT settings differ on a few outputs; int8-onnxruntime (the import's
+    default) gives the fused integers (optimizations on), int8-onnxruntime-qdq-float the float path (off), each
+    not the other's."""
+    path, mean, std = quantized("resnet8", "QDQ", True)
+    x = _images("resnet8", 256, 1)
+    fused, unfused = ort_outputs(path, x, "ORT_ENABLE_ALL"), ort_outputs(path, x, "ORT_DISABLE_ALL")
+    assert 0 < np.count_nonzero(unfused != fused) < fused.size // 10
+    default, _ = hwsim_outputs(path, mean, std, x)
+    floatpath, _ = hwsim_outputs(path, mean, std, x, "int8-onnxruntime-qdq-float")
+    assert np.array_equal(default, fused) and np.array_equal(floatpath, unfused)
+
+
+@ENGINE
+def test_qdq_float_path_of_a_batch_of_one_is_the_batch_of_one(quantized):
+    """ORT's float Gemm takes another MLAS kernel for one row (8 lanes, not the FMA chain): ORT's float path
+    depends on the batches it is fed. hwsim's linear sees the executor's batch as its rows, so hwsim with
+    batch_size = 1 equals ORT fed one image at a time, and batch_size = 32 equals ORT fed batches of 32."""
+    path, mean, std = quantized("resnet8", "QDQ", True)
+    x = _images("resnet8", 48, 2)
+    g = import_model(path, mean, std)
+    qg = compile_model(g, load_profile("int8-onnxruntime-qdq-float"), None)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    ones = np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+    assert np.array_equal(run_quantized(qg, x, batch_size=1).logits, ones)
+    assert np.array_equal(run_quantized(qg, x, batch_size=32).logits, ort_outputs(path, x, "ORT_DISABLE_ALL"))
 
 
 # ----------------------------------------------------------------------------- the stored form
