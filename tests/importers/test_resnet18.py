@@ -4,8 +4,8 @@ linear; briefly trained on the bundled MNIST images) quantized by each engine wi
 by hwsim under that engine's profile on the first 256 bundled test images: every output element identical to
 
 - ONNX Runtime (quantize_static; QOperator at ORT_ENABLE_ALL and ORT_DISABLE_ALL, QDQ at ORT_ENABLE_ALL; weights
-  per tensor and per channel), and ORT's QDQ float path (ORT_DISABLE_ALL) == the test oracle
-  tests/importers/onnxnets.ort_float_path;
+  per tensor and per channel), and ORT's QDQ float path (ORT_DISABLE_ALL) == int8-onnxruntime-qdq-float and the
+  test oracle tests/importers/onnxnets.ort_float_path;
 - PyTorch torch.ao FX (x86 qconfig mapping) on the fbgemm and x86 engines (int8-pytorch / int8-pytorch-onednn),
   every quantized intermediate tensor too;
 - LiteRT (tests/fixtures/litert/resnet18_narrow_int8.tflite, TensorFlow's converter, made by
@@ -142,19 +142,23 @@ def test_resnet18_equals_onnxruntime(net, onnx_int8, fmt, per_channel, level):
 
 
 @ENGINE
-def test_resnet18_qdq_float_path_equals_the_mlas_oracle(net, onnx_int8):
-    """QDQ at ORT_DISABLE_ALL runs DequantizeLinear -> MLAS float ops -> QuantizeLinear (no hwsim profile yet,
-    docs/semantics.md section 11): the test oracle onnxnets.ort_float_path gives every output element of ORT's
-    run on 256 inputs in ORT's batches of 32; hwsim's fused integers are a different function here."""
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_resnet18_qdq_float_path_equals_onnxruntime(net, onnx_int8, per_channel):
+    """QDQ at ORT_DISABLE_ALL runs DequantizeLinear -> MLAS float ops -> QuantizeLinear: hwsim under
+    int8-onnxruntime-qdq-float (hwsim/mlas.py) gives every output element of ORT's run on 256 inputs (ORT fed batches
+    of 32), and of the independent test oracle onnxnets.ort_float_path on the first 32; the fused integers (the
+    import's default int8-onnxruntime, = ORT_ENABLE_ALL) are a different function here."""
     from tests.importers.onnxnets import ort_float_path
 
     _, _, mean, std = net
-    path = onnx_int8("QDQ", True)
+    path = onnx_int8("QDQ", per_channel)
     x = images(mean, std)
     unfused = ort_outputs(path, x, "ORT_DISABLE_ALL")
-    oracle = np.concatenate([ort_float_path(path, x[i:i + 32]) for i in range(0, len(x), 32)])
-    assert np.count_nonzero(oracle != unfused) == 0
-    assert np.count_nonzero(ort_outputs(path, x, "ORT_ENABLE_ALL") != unfused) > 0
+    ours, _ = hwsim_outputs(path, mean, std, x, "int8-onnxruntime-qdq-float")
+    assert np.count_nonzero(ours != unfused) == 0
+    assert np.count_nonzero(ort_float_path(path, x[:32]) != unfused[:32]) == 0
+    fused, _ = hwsim_outputs(path, mean, std, x)
+    assert np.count_nonzero(fused != unfused) > 0
 
 
 # ----------------------------------------------------------------------------- PyTorch torch.ao FX
