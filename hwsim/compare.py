@@ -121,6 +121,9 @@ def _cause(qg, lay, codes, iso_diff: int, st: LayerStats, fq_rounding: str = "ha
     if own is not None:
         return own
     reasons = []
+    if spec.mac and lay.profile is not None and lay.profile.requant.mac_form != "integer":
+        return (f"float32 accumulation ({lay.profile.requant.mac_form}: dequantized products summed in float32 in "
+                "the engine's order, then quantized; no integer accumulator)")
     if spec.mac:
         unbounded = ops.Accumulator(bits=None, overflow="wrap", rows=None, partial_bits=None)
         y, _ = _isolated(qg, lay, codes, accumulator=unbounded)

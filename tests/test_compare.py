@@ -141,3 +141,17 @@ def test_float_bias_form_is_mirrored(net):
     assert r.prediction_agreement == 1.0 and max(d.max_lsb for d in r.layers) <= 1
     with pytest.raises(HwsimError, match="bias.form = 'float32' needs requant.mode = 'float32'"):
         compile_model(net, load_profile("int8-tflite", {"bias.form": "float32"}), images(16))
+
+
+def test_a_float_path_mac_layer_is_explained_as_float_accumulation(net):
+    """Under ORT's QDQ float path (requant.mac_form = float32_mlas) a conv has no integer accumulator or requant
+    multiplier: a difference it makes on its own is named as float32 accumulation, not as acc*M rounding."""
+    from hwsim.compare import _cause
+    from hwsim.execute import LayerStats
+
+    qg = compile_model(net, load_profile("int8-onnxruntime-qdq-float"), images(64, seed=2))
+    lay = next(lay for lay in qg.layers if lay.op == "conv2d")
+    cause = _cause(qg, lay, {}, 1, LayerStats(lay.name, lay.op, "mac"))
+    assert cause.startswith("float32 accumulation (float32_mlas") and "acc·M" not in cause
+    qg = compile_model(net, load_profile("int8-onnxruntime"), images(64, seed=2))
+    assert not _cause(qg, next(lay for lay in qg.layers if lay.op == "conv2d"), None, 0, None).startswith("float32 acc")
