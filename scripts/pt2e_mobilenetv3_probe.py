@@ -4,8 +4,9 @@
 
 What inductor generates for the float sections X86InductorQuantizer leaves (torch 2.13, torchao 0.18):
 - conv -> hardswish -> quantize, the conv output used once: ``onednn.qconv_pointwise(..., "hardswish")`` with a
-  uint8 output: oneDNN eltwise_hardswish (alpha 1/6, beta 1/2) on the float conv output v, then x D, z_y before
-  rounding (scripts/pt2e_conv_hardswish_probe.py);
+  uint8 output: oneDNN eltwise_hardswish (alpha 1/6, beta 1/2) on the float conv output v,
+  h = fl32(v * clip(fl32(fl32(v * fl32(1/6)) + 0.5), 0, 1)) (a multiply then an add: an FMA differs), then x D, z_y
+  before rounding (scripts/pt2e_conv_hardswish_probe.py);
 - a conv (+ relu / hardswish) whose float output has two users (the squeeze-excite input: the quantize feeding the
   pool, and the SE mul): ``qconv_pointwise`` with a float32 output (output scale 1.0, the post-op applied in oneDNN),
   then a C++ kernel quantizes it round(fl32(v * c)) + z_y (c the float32 literal of 1/s_y, zero point after
@@ -163,30 +164,37 @@ def simulate(gm, q0, forms):
     return out
 
 
-CANDIDATES = {
-    "found": {"hs_gate": "fma", "hsig": "div", "cpp_quant": "recip"},
-    "gate fl32(v/6) + 1/2": {"hs_gate": "mul_add", "hsig": "div", "cpp_quant": "recip"},
-    "gate fl32(v + 3) / 6 (the C++ form)": {"hs_gate": "table", "hsig": "div", "cpp_quant": "recip"},
-    "hard-sigmoid x fl32(1/6)": {"hs_gate": "fma", "hsig": "mul", "cpp_quant": "recip"},
-    "C++ quantize / s": {"hs_gate": "fma", "hsig": "div", "cpp_quant": "div"},
+def check(n=256):
+    """{candidate: {quantize node: integers differing from torch.compile}} on n bundled test images, and the
+    number of integers compared."""
+    torch.set_num_threads(1)
+    m, spec = _bundled_torch("mobilenetv3")
+    c = pt2e_int8(m, spec.shape, _images("mobilenetv3", 8, 9))
+    qs = [nd.name for nd in c.graph.nodes if nd.target == Q]
+    ys = dict(zip(qs, inductor(cut(c, qs), _images("mobilenetv3", n, 0))))
+    res = {}
+    for name, forms in CANDIDATES.items():
+        out = simulate(c, ys[qs[0]], forms)
+        res[name] = {k: int((out[k].reshape(ys[k].shape) != ys[k]).sum()) for k in qs[1:]}
+    return res, sum(ys[k].size for k in qs[1:])
+
+
+CANDIDATES = {  # the first is the arithmetic found (0 differ); each other changes one step of it
+    "found": {"hs_gate": "mul_add", "hsig": "div", "cpp_quant": "recip"},
+    "oneDNN gate fma(v, 1/6, 1/2)": {"hs_gate": "fma", "hsig": "div", "cpp_quant": "recip"},
+    "oneDNN gate fl32(v + 3) / 6 (the C++ kernel's form)": {"hs_gate": "table", "hsig": "div", "cpp_quant": "recip"},
+    "SE hard-sigmoid x fl32(1/6)": {"hs_gate": "mul_add", "hsig": "mul", "cpp_quant": "recip"},
+    "C++ quantize fl32(v / s)": {"hs_gate": "mul_add", "hsig": "div", "cpp_quant": "div"},
 }
 
 
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("-")]
     n = int(args[0]) if args else 256
-    torch.set_num_threads(1)
-    m, spec = _bundled_torch("mobilenetv3")
-    c = pt2e_int8(m, spec.shape, _images("mobilenetv3", 8, 9))
-    qs = [nd.name for nd in c.graph.nodes if nd.target == Q]
-    x = _images("mobilenetv3", n, 0)
-    ys = dict(zip(qs, inductor(cut(c, qs), x)))
-    total = sum(y.size for k, y in ys.items() if k != qs[0])
-    print(f"{n} images, {len(qs) - 1} quantized tensors, {total} integers")
-    for name, forms in CANDIDATES.items():
-        out = simulate(c, ys[qs[0]], forms)
-        bad = {k: int((out[k].reshape(ys[k].shape) != ys[k]).sum()) for k in qs[1:]}
-        first = next((k for k in qs[1:] if bad[k]), None)
+    res, total = check(n)
+    print(f"{n} images, {len(next(iter(res.values())))} quantized tensors, {total} integers")
+    for name, bad in res.items():
+        first = next((k for k, v in bad.items() if v), None)
         print(f"  {sum(bad.values()):9d} differ  {name}" + (f"  (first: {first}, {bad[first]})" if first else ""))
         if "-v" in sys.argv:
             print("     ", {k: v for k, v in bad.items() if v})
