@@ -547,7 +547,8 @@ class _Pt2eImporter(_FxImporter):
                 self.fail(node, "is in a float section: X86InductorQuantizer leaves a hard-swish's / hard-sigmoid's "
                                 "input and the squeeze-excite mul's operands unquantized (inductor fuses hard-swish "
                                 "into the conv as a oneDNN eltwise post-op and multiplies float32 tensors), not "
-                                "modelled by hwsim's pt2e import (the FX import reads MobileNetV3)")
+                                "modelled by hwsim's pt2e import yet (the arithmetic is found: docs/semantics.md section 11; the FX "
+                                "import reads MobileNetV3)")
             else:
                 self.fail(node, "is not supported by hwsim's pt2e import")
         if "input" not in self.grids:

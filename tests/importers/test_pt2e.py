@@ -468,6 +468,28 @@ def test_mobilenetv3_float_sections_one_line():
     assert "\n" not in msg and "pt2e node 'hardswish'" in msg and "float section" in msg
 
 
+@AMX
+def test_mobilenetv3_float_sections_found():
+    """The arithmetic of pt2e MobileNetV3's float sections under torch.compile, read from inductor's generated code
+    (scripts/pt2e_mobilenetv3_probe.py: oneDNN's conv + hard-swish post-op h = fl32(v * clip(fl32(fl32(v * fl32(1/6))
+    + 1/2), 0, 1)); float-output convs quantized by a C++ kernel, round(fl32(v * fl32(1/s))) + z; the SE gate
+    fl32(v * fl32(min(max(fl32(g + 3), 0), 6) / 6)); linear + hard-swish in C++), run whole-network in numpy from
+    the input codes: every quantized tensor == torch.compile's on 256 inputs; changing any one step differs (the
+    finding an hwsim form must implement; import_pt2e still refuses the network, the test above)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "pt2e_mobilenetv3_probe.py"
+    spec = importlib.util.spec_from_file_location("hwsim_pt2e_mobilenetv3_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    res, total = probe.check(256)
+    bad = {name: sum(v.values()) for name, v in res.items()}
+    print(total, "integers:", bad)
+    assert total > 10 ** 7 and len(res["found"]) == 34 and bad.pop("found") == 0, bad
+    assert all(v > 0 for v in bad.values()), bad
+
+
 def _rewrite_zip(src, dst, edit):
     """A copy of the zip archive ``src`` with ``edit(name, bytes) -> bytes`` applied to every member."""
     import zipfile
