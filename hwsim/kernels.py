@@ -1364,8 +1364,7 @@ def _chunked_ok(plans: list[_Plan]) -> bool:
         return False
     if R < CHUNK_MIN_R:
         return int_mm() is not None and _acc.int8_block_weights(p, R * max(1, _acc.BLOCK_MACS // R)) is not None
-    # the fused float32 kernel decides exactness per batch (hwsim.accumulate.run_fused_f32), else the model kernel
-    return p.w_f32 is not None or _acc.FUSED or (int_mm() is not None and _acc.int8_chunk_weights(p) is not None)
+    return p.w_f32 is not None or (int_mm() is not None and _acc.int8_chunk_weights(p) is not None)
 
 
 def _run_chunked(plan: _Plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):

@@ -85,8 +85,9 @@ def test_int8_chunk_gemms_equal_reference(acc, monkeypatch):
 @pytest.mark.parametrize("acc", CHUNK_ACCS, ids=_acc_id)
 @pytest.mark.parametrize("path", ["fused", "blas"])
 def test_float32_chunk_sums_without_int_mm_equal_reference(acc, path, no_int_mm, monkeypatch):
-    """Without torch._int_mm: the fused float32 kernel (chunks of 8 / 16 / 24: one, one and two 16-product
-    sub-blocks per chunk), or with it switched off the BLAS chunk sums and the float32 chunk-level model."""
+    """Without torch._int_mm: the fused float32 kernel for chunks of <= 16 into a saturating accumulator
+    without a P stage, the BLAS chunk sums and the float32 chunk-level model for the rest, or for all with
+    the fused kernel switched off."""
     if path == "blas":
         monkeypatch.setattr(accumulate, "FUSED", False)
     blas = _spy(monkeypatch, kernels, ["accumulate_chunks_f32"])
@@ -94,7 +95,8 @@ def test_float32_chunk_sums_without_int_mm_equal_reference(acc, path, no_int_mm,
     x, w, b = _conv_case(np.random.default_rng(9))
     kw = dict(x_zero_point=0, padding=(1, 0, 2, 1), stride=(1, 2), acc=acc)
     _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
-    assert (fused["fused_chunks_f32"] > 0, blas["accumulate_chunks_f32"] > 0) == (path == "fused", path == "blas")
+    takes = path == "fused" and acc.overflow == "saturate" and acc.partial_bits is None and acc.rows <= 16
+    assert (fused["fused_chunks_f32"] > 0, blas["accumulate_chunks_f32"] > 0) == (takes, not takes)
 
 
 SHORT_ACCS = [ops.Accumulator(bits=a, overflow=ao, rows=r, partial_bits=p, partial_overflow=po)
@@ -325,7 +327,8 @@ def test_built_in_profiles_chunked_equal_reference(acc, torch_mm, shape, monkeyp
     fast, ref = ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw)
     _same(fast, ref)
     chunked = cin * k * k > acc.rows
-    assert (calls["fused_chunks_f32"] > 0) == (chunked and not torch_mm)
+    fused_shape = acc.partial_bits is None and acc.rows <= 16  # int8-acc16-sat's, not int8-psum16's
+    assert (calls["fused_chunks_f32"] > 0) == (chunked and not torch_mm and fused_shape)
     assert (calls["chunk_stage_f32"] + calls["chunk_stage_i64"] > 0) == (chunked and torch_mm)
     if chunked:
         assert ref[1].acc_events + ref[1].partial_events > 0
@@ -348,13 +351,14 @@ def test_fused_blocks_of_odd_and_even_sizes(tile, no_int_mm, monkeypatch, thread
 
 
 def test_fused_kernel_not_exact_in_float32_hands_over(no_int_mm, monkeypatch):
-    """16-bit activations in chunks of 16: a chunk sum can reach 16 * 2^15 * 127 > 2^24, so float32 is not
-    proven exact; the fused kernel must not run and the integer model gives the reference's integers."""
+    """16-bit activations in chunks of 16 into a 16-bit saturating accumulator: a chunk sum can reach
+    16 * 2^15 * 128 = 2^26, so float32 is not proven exact; the fused kernel must not run and the integer
+    model gives the reference's integers."""
     calls = _spy(monkeypatch, accumulate, ["fused_chunks_f32"])
     rng = np.random.default_rng(8)
     x = rng.integers(0, 1 << 16, (2, 8, 4, 4))
     w = rng.integers(-128, 128, (9, 8, 3, 3))
-    acc = ops.Accumulator(bits=24, overflow="saturate", rows=16)
+    acc = ops.Accumulator(bits=16, overflow="saturate", rows=16)
     kw = dict(x_zero_point=1 << 15, padding=1, acc=acc)
     _same(ops.conv2d(x, w, None, **kw), ops.conv2d(x, w, None, impl="reference", **kw))
     assert calls["fused_chunks_f32"] == 0
@@ -379,14 +383,11 @@ def test_im2col_offsets_equal_im2col_positions():
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(st.data())
 def test_fused_model_property(data):
-    """Random shapes, chunk sizes (sub-blocks of 16 and chunks not dividing K), widths, policies, zero points,
-    batch sizes, strides and dilations through the fused float32 kernel: fast == reference."""
+    """Random shapes, chunk sizes (8..16, chunks not dividing K), accumulator widths up to 23 bits, zero points,
+    batch sizes, strides and dilations through the fused float32 kernel (no torch): fast == reference."""
     d = data.draw
-    acc = ops.Accumulator(bits=d(st.sampled_from([None, 11, 14, 16, 20])), overflow=d(st.sampled_from(["wrap", "saturate"])),
-                          rows=d(st.sampled_from([2, 5, 8, 16, 17, 33])), partial_bits=d(st.sampled_from([None, 9, 12, 16])),
-                          partial_overflow=d(st.sampled_from(["wrap", "saturate"])))
-    if acc.bits is None and acc.partial_bits is None:
-        return
+    acc = ops.Accumulator(bits=d(st.sampled_from([9, 11, 14, 16, 20, 23])), overflow="saturate",
+                          rows=d(st.sampled_from([8, 11, 16])))
     rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
     n, cin, cout, k = d(st.integers(1, 3)), d(st.integers(1, 8)), d(st.integers(1, 20)), d(st.sampled_from([1, 2, 3]))
     x = rng.integers(0, 256, (n, cin, 6, 5))
@@ -396,7 +397,17 @@ def test_fused_model_property(data):
               w_zero_point=rng.integers(-2, 3, cout) if d(st.booleans()) else 0,
               padding=d(st.sampled_from([0, 1, (0, 2, 1, 0)])), stride=d(st.sampled_from([1, 2])),
               dilation=d(st.sampled_from([1, (2, 1)])))
+    calls = [0]
+    real = accumulate.fused_chunks_f32
+
+    def spy(*a):
+        calls[0] += 1
+        return real(*a)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(kernels, "_INT_MM", False)
+        mp.setattr(accumulate, "fused_chunks_f32", spy)
         fast = ops.conv2d(x, w, b, **kw)
     _same(fast, ops.conv2d(x, w, b, impl="reference", **kw))
+    if fast[1].acc_events and cin * k * k > acc.rows and cout >= kernels.PLANE_MAX_M:
+        assert calls[0] > 0  # a chunked layer whose accumulator acts went through the fused kernel
