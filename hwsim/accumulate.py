@@ -11,8 +11,9 @@ saturating after every MAC) most layers have 0-4% of their elements near the lim
   (:func:`chunk_stage_f32` / :func:`chunk_stage_i64`) applies the P-bit register and the A-bit
   accumulator to all elements, chunk after chunk in k order: exactly the sequential model of
   :func:`hwsim.kernels.accumulate_rows` (the contract), without its per-position product loops. The
-  columns come from an offset table (:func:`im2col_offsets`), blocks of positions are at least one per
-  worker thread. Without torch, or where the operands leave int8, chunks of <= 16 products into a
+  columns come from an offset table (:func:`im2col_offsets`). (Splitting a batch that fits one block
+  so that each worker thread gets one cost 25-33% more CPU time on the loaded 2-core machine, ResNet-18
+  int8-acc16-sat at 2 threads: not done.) Without torch, or where the operands leave int8, chunks of <= 16 products into a
   saturating accumulator without a P stage (int8-acc16-sat's) run :func:`fused_chunks_f32`: one numba
   pass per block of positions, products read straight from the padded input, chunk sums in registers,
   float32 where this batch's bounds prove every value an integer below 2^24 (see :func:`run_fused_f32`
@@ -24,8 +25,8 @@ saturating after every MAC) most layers have 0-4% of their elements near the lim
   caller's model kernel (decided on the first sample).
 
 Blocks of samples run on hwsim's worker threads (torch single-threaded, the numba kernels serial and
-releasing the GIL: no OpenMP pools spinning against each other). Without torch the callers keep the
-float BLAS chunk sums / model kernels of hwsim.kernels.
+releasing the GIL: no OpenMP pools spinning against each other). Without torch, apart from the fused
+kernel's shape, the callers keep the float BLAS chunk sums / model kernels of hwsim.kernels.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def run_fused_f32(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int
     bases = position_bases(N, xp.shape, geom)
     lo, hi = np.float32(-(1 << (a_bits - 1))), np.float32((1 << (a_bits - 1)) - 1)
     b0f = b0.astype(np.float32)  # exact: inside the A range
-    PB = int(max(2, min(-(-N * L // _k.workers()), FUSED_TILE // (4 * M), (EXACT_F32 - 1) // C - 1)))  # < 2^24 events
+    PB = int(max(2, min(N * L, FUSED_TILE // (4 * M), (EXACT_F32 - 1) // C - 1)))  # events per channel < 2^24
     blocks = [(q0, min(N * L, q0 + PB)) for q0 in range(0, N * L, PB)]
     workers = max(1, min(_k.workers(), len(blocks)))
 
@@ -359,7 +360,7 @@ def run_int8_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: i
     b0, bev = _bias_in_acc(plan.bias, spec)
     xp8 = np.empty(xp.shape, np.int8)
     np.subtract(xp, off, out=xp8, casting="unsafe")  # exact: integers in [-128, 127] (checked above)
-    nb = int(max(1, min(-(-N // _k.workers()), (STAGE_BYTES // (4 * M)) // max(1, L))))  # every worker gets a block
+    nb = int(max(1, min(N, (STAGE_BYTES // (4 * M)) // max(1, L))))
     blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     workers = max(1, min(_k.workers(), len(blocks)))
 
