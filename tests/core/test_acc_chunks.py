@@ -83,13 +83,20 @@ def test_int8_chunk_gemms_equal_reference(acc, monkeypatch):
 
 
 @pytest.mark.parametrize("acc", CHUNK_ACCS, ids=_acc_id)
-def test_float32_chunk_sums_without_int_mm_equal_reference(acc, no_int_mm, monkeypatch):
-    """Without torch._int_mm: BLAS chunk sums and the float32 chunk-level model."""
-    calls = _spy(monkeypatch, kernels, ["accumulate_chunks_f32"])
+@pytest.mark.parametrize("path", ["fused", "blas"])
+def test_float32_chunk_sums_without_int_mm_equal_reference(acc, path, no_int_mm, monkeypatch):
+    """Without torch._int_mm: the fused float32 kernel for chunks of <= 16 into a saturating accumulator
+    without a P stage, the BLAS chunk sums and the float32 chunk-level model for the rest, or for all with
+    the fused kernel switched off."""
+    if path == "blas":
+        monkeypatch.setattr(accumulate, "FUSED", False)
+    blas = _spy(monkeypatch, kernels, ["accumulate_chunks_f32"])
+    fused = _spy(monkeypatch, accumulate, ["fused_chunks_f32"])
     x, w, b = _conv_case(np.random.default_rng(9))
     kw = dict(x_zero_point=0, padding=(1, 0, 2, 1), stride=(1, 2), acc=acc)
     _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
-    assert calls["accumulate_chunks_f32"] > 0
+    takes = path == "fused" and acc.overflow == "saturate" and acc.partial_bits is None and acc.rows <= 16
+    assert (fused["fused_chunks_f32"] > 0, blas["accumulate_chunks_f32"] > 0) == (takes, not takes)
 
 
 SHORT_ACCS = [ops.Accumulator(bits=a, overflow=ao, rows=r, partial_bits=p, partial_overflow=po)
@@ -146,13 +153,15 @@ def test_wide_activations_fall_back_to_the_integer_model(monkeypatch):
     assert calls["_run_chunked"] > 0 and calls["_run_kernel"] > 0
 
 
-@pytest.mark.parametrize("path", ["int8", "float32", "int8-R1"])
+@pytest.mark.parametrize("path", ["int8", "fused", "float32", "int8-R1"])
 @pytest.mark.parametrize("bits", [12, 16])
 def test_saturation_exactly_at_the_limits(path, bits, monkeypatch, threads):
     """Running sums that land exactly on +-(2^(b-1)) - {0, 1} and one past: events only where the value
-    leaves the range; batch 1 and threads 1 / 2."""
-    if path == "float32":
+    leaves the range; batch 1 and threads 1 / 2; the int8 chunk GEMMs, the fused float32 kernel, the BLAS
+    float32 chunk sums, the int8 blocks of R = 1."""
+    if path in ("fused", "float32"):
         monkeypatch.setattr(kernels, "_INT_MM", False)
+        monkeypatch.setattr(accumulate, "FUSED", path == "fused")
     elif kernels.int_mm() is None:
         pytest.skip("torch._int_mm unavailable")
     hi = (1 << (bits - 1)) - 1
@@ -262,7 +271,143 @@ def test_running_sum_ending_exactly_on_the_limits(R, bits, monkeypatch):
     acc = ops.Accumulator(bits=bits, overflow="saturate", rows=R)
     ref = ops.conv2d(x, w, b, x_zero_point=0, acc=acc, impl="reference")
     assert ref[1].acc_events > 0 and (ref[0] == hi).any() and (ref[0] == -hi - 1).any()
-    for torch_mm in (True, False):
-        if not torch_mm:
-            monkeypatch.setattr(kernels, "_INT_MM", False)
+    real = kernels._INT_MM
+    for torch_mm, fused in ((True, True), (False, True), (False, False)):
+        monkeypatch.setattr(kernels, "_INT_MM", real if torch_mm else False)
+        monkeypatch.setattr(accumulate, "FUSED", fused)
         _same(ops.conv2d(x, w, b, x_zero_point=0, acc=acc), ref)
+
+
+# ----------------------------------------------------------------------------- the fused float32 kernel
+def _profile_chunk_accs():
+    """The chunked accumulator settings of the built-in profiles (R >= 2 products per chunk)."""
+    from hwsim.profile import builtin_names, load_profile
+
+    seen = {}
+    for name in builtin_names():
+        a = load_profile(name).accumulator
+        if a.rows is not None and a.rows >= 2:
+            seen[(a.bits, a.overflow, a.rows, a.partial_bits, a.partial_overflow)] = name
+    return [pytest.param(ops.Accumulator(bits=k[0], overflow=k[1], rows=k[2], partial_bits=k[3], partial_overflow=k[4]),
+                         id=n) for k, n in sorted(seen.items(), key=lambda kv: kv[1])]
+
+
+PROFILE_CHUNK_ACCS = _profile_chunk_accs()
+
+
+def test_the_built_in_chunked_profiles_are_covered():
+    """int8-acc16-sat (A16 saturating, R 16) and int8-psum16 (P16 saturating per 64, A32) are among them."""
+    ids = {p.id for p in PROFILE_CHUNK_ACCS}
+    assert {"int8-acc16-sat", "int8-psum16"} <= ids
+
+
+@pytest.mark.parametrize("acc", PROFILE_CHUNK_ACCS)
+@pytest.mark.parametrize("torch_mm", [True, False], ids=["int8", "fused"])
+@pytest.mark.parametrize("shape", [(3, 16, 7, 5, 3, 2), (2, 40, 6, 6, 3, 1), (1, 7, 5, 5, 1, 1)],
+                         ids=["K144", "K360", "K7"])
+def test_built_in_profiles_chunked_equal_reference(acc, torch_mm, shape, monkeypatch, threads):
+    """Every built-in chunked accumulator, int8 chunk GEMMs and the fused kernel, threads 1 / 2: K = 144 (9
+    chunks of 16, 2.25 of 64), K = 360 (22.5 chunks of 16, 5.6 of 64), an odd number of positions (the
+    scratch row of the last pair) and K = 7 < R (not chunked: the other kernels); strong inputs so that
+    both stages act."""
+    if torch_mm and kernels.int_mm() is None:
+        pytest.skip("torch._int_mm unavailable")
+    if not torch_mm:
+        monkeypatch.setattr(kernels, "_INT_MM", False)
+    calls = _spy(monkeypatch, accumulate, ["fused_chunks_f32", "chunk_stage_f32", "chunk_stage_i64"])
+    n, cin, h, w_, k, s = shape
+    rng = np.random.default_rng(cin)
+    x = rng.integers(0, 256, (n, cin, h, w_))
+    x[0, :, :2] = 255
+    w = rng.integers(-128, 128, (24, cin, k, k))
+    w[:6] = rng.integers(90, 128, (6, cin, k, k))  # channels that run into the upper limits
+    w[6:10] = -rng.integers(90, 129, (4, cin, k, k))  # ... and the lower ones
+    b = rng.integers(-20000, 20000, 24)
+    kw = dict(x_zero_point=3, padding=(1, 0, 2, 1), stride=s, acc=acc)
+    fast, ref = ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw)
+    _same(fast, ref)
+    chunked = cin * k * k > acc.rows
+    fused_shape = acc.partial_bits is None and acc.rows <= 16  # int8-acc16-sat's, not int8-psum16's
+    assert (calls["fused_chunks_f32"] > 0) == (chunked and not torch_mm and fused_shape)
+    assert (calls["chunk_stage_f32"] + calls["chunk_stage_i64"] > 0) == (chunked and torch_mm)
+    if chunked:
+        assert ref[1].acc_events + ref[1].partial_events > 0
+
+
+@pytest.mark.parametrize("tile", [8, 40, 1 << 20])
+def test_fused_blocks_of_odd_and_even_sizes(tile, no_int_mm, monkeypatch, threads):
+    """Blocks of 1, 3, ... positions (the tile in bytes / 4M channels, at least 2; 35 positions in all): the
+    pairs, the odd block's scratch row, the block edges and the split over threads change nothing."""
+    monkeypatch.setattr(accumulate, "FUSED_TILE", tile * 4 * 9)
+    calls = _spy(monkeypatch, accumulate, ["fused_chunks_f32"])
+    rng = np.random.default_rng(tile)
+    x = rng.integers(0, 256, (5, 6, 7, 1))  # 7 positions per sample
+    w = rng.integers(-128, 128, (9, 6, 3, 1))
+    b = rng.integers(-30000, 30000, 9)
+    acc = ops.Accumulator(bits=16, overflow="saturate", rows=16)
+    kw = dict(x_zero_point=0, padding=(1, 1, 0, 0), acc=acc)
+    _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
+    assert calls["fused_chunks_f32"] > 0
+
+
+def test_fused_kernel_not_exact_in_float32_hands_over(no_int_mm, monkeypatch):
+    """16-bit activations in chunks of 16 into a 16-bit saturating accumulator: a chunk sum can reach
+    16 * 2^15 * 128 = 2^26, so float32 is not proven exact; the fused kernel must not run and the integer
+    model gives the reference's integers."""
+    calls = _spy(monkeypatch, accumulate, ["fused_chunks_f32"])
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 1 << 16, (2, 8, 4, 4))
+    w = rng.integers(-128, 128, (9, 8, 3, 3))
+    acc = ops.Accumulator(bits=16, overflow="saturate", rows=16)
+    kw = dict(x_zero_point=1 << 15, padding=1, acc=acc)
+    _same(ops.conv2d(x, w, None, **kw), ops.conv2d(x, w, None, impl="reference", **kw))
+    assert calls["fused_chunks_f32"] == 0
+
+
+def test_im2col_offsets_equal_im2col_positions():
+    """The offset-table im2col gives kernels.im2col_positions' columns: stride, dilation, padding, 7x7."""
+    rng = np.random.default_rng(1)
+    for cin, H, W, kh, kw, sh, sw, dh, dw in [(3, 12, 11, 7, 7, 2, 2, 1, 1), (5, 9, 8, 3, 2, 1, 2, 2, 1)]:
+        xp = rng.integers(-128, 128, (3, cin, H, W)).astype(np.int8)
+        Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+        geom = np.array([kh, kw, sh, sw, dh, dw, Ho, Wo], np.int64)
+        K = cin * kh * kw
+        want = np.empty((3, Ho * Wo, K), np.int8)
+        kernels.im2col_positions(xp, 0, geom, want)
+        got = np.empty((3 * Ho * Wo, K), np.int8)
+        accumulate.im2col_offsets(xp.reshape(-1), accumulate.position_bases(3, xp.shape, geom), 0,
+                                  accumulate.input_offsets(xp.shape, geom, K), got)
+        np.testing.assert_array_equal(got, want.reshape(-1, K))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.data())
+def test_fused_model_property(data):
+    """Random shapes, chunk sizes (8..16, chunks not dividing K), accumulator widths up to 23 bits, zero points,
+    batch sizes, strides and dilations through the fused float32 kernel (no torch): fast == reference."""
+    d = data.draw
+    acc = ops.Accumulator(bits=d(st.sampled_from([9, 11, 14, 16, 20, 23])), overflow="saturate",
+                          rows=d(st.sampled_from([8, 11, 16])))
+    rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
+    n, cin, cout, k = d(st.integers(1, 3)), d(st.integers(1, 8)), d(st.integers(1, 20)), d(st.sampled_from([1, 2, 3]))
+    x = rng.integers(0, 256, (n, cin, 6, 5))
+    w = rng.integers(-128, 128, (cout, cin, k, k))
+    b = rng.integers(-(2**14), 2**14, cout) if d(st.booleans()) else None
+    kw = dict(x_zero_point=d(st.sampled_from([0, 3, 128, 255])), acc=acc,
+              w_zero_point=rng.integers(-2, 3, cout) if d(st.booleans()) else 0,
+              padding=d(st.sampled_from([0, 1, (0, 2, 1, 0)])), stride=d(st.sampled_from([1, 2])),
+              dilation=d(st.sampled_from([1, (2, 1)])))
+    calls = [0]
+    real = accumulate.fused_chunks_f32
+
+    def spy(*a):
+        calls[0] += 1
+        return real(*a)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "_INT_MM", False)
+        mp.setattr(accumulate, "fused_chunks_f32", spy)
+        fast = ops.conv2d(x, w, b, **kw)
+    _same(fast, ops.conv2d(x, w, b, impl="reference", **kw))
+    if fast[1].acc_events and cin * k * k > acc.rows and cout >= kernels.PLANE_MAX_M:
+        assert calls[0] > 0  # a chunked layer whose accumulator acts went through the fused kernel
