@@ -71,7 +71,7 @@ def im2col_offsets(xf, bases, q0, offs, out):
 
 
 # ----------------------------------------------------------------------------- chunks: one fused float32 kernel
-@njit(cache=True, nogil=True, fastmath={"contract"})
+@njit(cache=True, nogil=True)
 def fused_chunks_f32(xf, offs, wc, bias0, lo, hi, bases, q0, q1, L, acc, cnt, out):
     """The MAC-array model of :func:`hwsim.kernels.accumulate_rows` for positions q0..q1-1 of one conv group with
     chunks of R <= 16 products, no P stage and a saturating A stage (int8-acc16-sat's accumulator), chunk
@@ -82,8 +82,8 @@ def fused_chunks_f32(xf, offs, wc, bias0, lo, hi, bases, q0, q1, L, acc, cnt, ou
     after chunk in k order, acc = clamp(acc + chunk sum, lo, hi), starting from bias0 (the bias after the
     A stage). Exact: the caller proved every product, every partial sum of a chunk and acc + chunk sum to be
     integers below 2^24 in magnitude, so every float32 multiply and add here -- in any order, fused into an
-    FMA (fastmath "contract", the only flag: an FMA rounds once, and there is nothing to round) or not --
-    gives the exact integer. Two positions at a time share each weight load; each sums its 16 products in
+    FMA or not -- gives the exact integer (compiled without fastmath, the project's rule for integer code). Two
+    positions at a time share each weight load; each sums its 16 products in
     two chains of 8 FMAs in registers (no chunk-sum buffer); the channel loop m is vectorized (8 lanes).
     acc: scratch [q1 - q0 + 1, M] (the last row takes an odd block's missing partner); cnt: scratch [3, M],
     events per channel of the first / second position / scratch row (float32 keeps the loop at 8 lanes;
