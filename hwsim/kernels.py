@@ -919,55 +919,79 @@ def _in_workers(fn, parts: list) -> list:
 @njit(cache=True, nogil=True)
 def pad_hwc(x, n0, o, lo, hi, pt, pl, pad_value, out):
     """out[i, pt + r, pl + s, c] = x[n0 + i, c, r, s] - o as int8, padding pixels = pad_value (channels last);
-    returns False when a value lies outside [lo, hi] (the range the plan assumed; out is then incomplete)."""
+    returns False when a value lies outside [lo, hi] (the range the plan assumed; out is then not to be used).
+
+    Row by row: the C x W input row is read contiguously (range check and offset, branch-free: vectorized)
+    into a small staging block, then transposed into the channels-last row (2-3x faster than scattering each
+    input element to its channels-last place)."""
     nb, Hp, Wp, C = out.shape
     H, W = x.shape[2], x.shape[3]
     pv = np.int8(pad_value)
+    tmp = np.empty((C, W), np.int8)
+    bad = False
     for i in range(nb):
         for r in range(Hp):
-            h = r - pt
+            inside = pt <= r < pt + H
             for s in range(Wp):
-                w = s - pl
-                if h < 0 or h >= H or w < 0 or w >= W:
+                if not inside or s < pl or s >= pl + W:
                     for c in range(C):
                         out[i, r, s, c] = pv
-                    continue
+        for h in range(H):
+            for c in range(C):
+                for w in range(W):
+                    v = x[n0 + i, c, h, w]
+                    bad |= (v < lo) | (v > hi)
+                    tmp[c, w] = np.int8(v - o)
+            for w in range(W):
                 for c in range(C):
-                    v = np.int64(x[n0 + i, c, h, w])
-                    if v < lo or v > hi:
-                        return False
-                    out[i, r, s, c] = np.int8(v - o)
-    return True
+                    out[i, pt + h, pl + w, c] = tmp[c, w]
+    return not bad
 
 
 @njit(cache=True, nogil=True)
-def im2col_hwc(xp, geom, out):
-    """out[i, oh*Wo + ow, (a*kw + b)*C + c] = xp[i, oh*sh + a*dh, ow*sw + b*dw, c]: contiguous channel runs of
-    a channels-last padded input; geom = (kh, kw, sh, sw, dh, dw, Ho, Wo)."""
+def _im2col_rows(x2, Hp, geom, C, out2):
+    """:func:`im2col_hwc` on flat views x2 = xp [nb*Hp, Wp*C], out2 = out [nb*L, K]: at dilation 1 in width one
+    kernel row's kw*C values are one contiguous run of the input row (one long copy, vectorized), else kw runs
+    of C."""
     kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
-    C = xp.shape[3]
-    for i in range(out.shape[0]):
+    nb = out2.shape[0] // (Ho * Wo)
+    run = kw * C if dw == 1 else C
+    nrun = 1 if dw == 1 else kw
+    for i in range(nb):
         for oh in range(Ho):
             for ow in range(Wo):
-                row = oh * Wo + ow
+                row = (i * Ho + oh) * Wo + ow
                 for a in range(kh):
-                    ih = oh * sh + a * dh
-                    for b in range(kw):
-                        iw = ow * sw + b * dw
-                        k0 = (a * kw + b) * C
-                        for c in range(C):
-                            out[i, row, k0 + c] = xp[i, ih, iw, c]
+                    r = i * Hp + oh * sh + a * dh
+                    for b in range(nrun):
+                        s0 = (ow * sw + b * dw) * C
+                        d0 = (a * kw + b) * C
+                        src = x2[r, s0:s0 + run]  # slices: the copy loop indexes from 0 (no negative-index
+                        dst = out2[row, d0:d0 + run]  # wraparound check left in it: vectorized)
+                        for j in range(run):
+                            dst[j] = src[j]
+
+
+def im2col_hwc(xp, geom, out):
+    """out[i, oh*Wo + ow, (a*kw + b)*C + c] = xp[i, oh*sh + a*dh, ow*sw + b*dw, c]: contiguous channel runs of
+    a channels-last padded input (C-contiguous xp [nb, Hp, Wp, C] and out [nb, L, K]); geom = (kh, kw, sh, sw,
+    dh, dw, Ho, Wo). Releases the GIL."""
+    nb, Hp, Wp, C = xp.shape
+    _im2col_rows(xp.reshape(nb * Hp, Wp * C), Hp, geom, C, out.reshape(nb * out.shape[1], out.shape[2]))
 
 
 @njit(cache=True, nogil=True)
 def epilogue_wide(ct, n0, add, out):
-    """out[n0 + i, m, l] = ct[m, i*L + l] + add[m] (int64): the GEMM's accumulators, channel-major."""
+    """out[n0 + i, m, l] = ct[m, i*L + l] + add[m]: the GEMM's accumulators, channel-major. out int64, or int32
+    where the plan proves |acc| < 2^31 (acc_dtype): the int64 sum stored modulo 2^32 is then the exact value."""
     nb, L = ct.shape[1] // out.shape[2], out.shape[2]
     for m in range(ct.shape[0]):
         a = add[m]
         for i in range(nb):
+            src = ct[m, i * L:(i + 1) * L]  # slices indexed from 0: no negative-index check, vectorized
+            dst = out[n0 + i, m]
             for l in range(L):
-                out[n0 + i, m, l] = np.int64(ct[m, i * L + l]) + a
+                dst[l] = np.int64(src[l]) + a
 
 
 @njit(cache=True, inline="always")
@@ -1001,14 +1025,16 @@ def _epi_fixed_channel(ct, n0, m, a, qc, sc, single, small, tie0, tie1, zy, lo, 
     nb, L = ct.shape[1] // out.shape[2], out.shape[2]
     c = np.int64(0)
     for i in range(nb):
+        src = ct[m, i * L:(i + 1) * L]  # slices indexed from 0: no negative-index check, vectorized
+        dst = out[n0 + i, m]
         for l in range(L):
-            x = np.int64(ct[m, i * L + l]) + a
+            x = np.int64(src[l]) + a
             if small:
                 v = _mbqm_small(x, qc, sc, single, tie0, tie1) + zy
             else:
                 v = _mbqm(x, qc, sc, single, tie0, tie1) + zy
             c += np.int64(v > qmax) + np.int64(count_low and v < qmin)
-            out[n0 + i, m, l] = min(max(v, lo), hi)
+            dst[l] = min(max(v, lo), hi)
     return c
 
 
@@ -1043,12 +1069,14 @@ def _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, mode, lo, hi, qmin, qm
     nb, L = ct.shape[1] // out.shape[2], out.shape[2]
     c = np.int64(0)
     for i in range(nb):
+        src = ct[m, i * L:(i + 1) * L]  # slices indexed from 0: no negative-index check, vectorized
+        dst = out[n0 + i, m]
         for l in range(L):
-            fa = np.float32(np.float32(np.float32(np.int64(ct[m, i * L + l]) + a) * p) + b)
+            fa = np.float32(np.float32(np.float32(np.int64(src[l]) + a) * p) + b)
             v = np.float32(np.float32(fa * mm) + zb)
             y = _round_f64(np.float64(v), mode) + z_after
             c += np.int64(y > qmax) + np.int64(count_low and y < qmin)
-            out[n0 + i, m, l] = min(max(y, lo), hi)
+            dst[l] = min(max(y, lo), hi)
     return c
 
 
@@ -1297,6 +1325,12 @@ def depthwise_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue 
     return None if any(r is None for r in res) else sum(res)
 
 
+def _wide(x: np.ndarray) -> np.ndarray:
+    """x as int64 for the general (model-kernel / BLAS) paths, which compute x - z_x in x's dtype: the exact
+    paths read narrow codes (ops.core._int_codes) as they are."""
+    return x if x.dtype == np.int64 else x.astype(np.int64)
+
+
 def _fits(plan: GemmPlan, x: np.ndarray) -> bool:
     lo, hi = _range(x, plan.zx)
     return plan.lo <= lo and hi <= plan.hi
@@ -1310,15 +1344,17 @@ _LINEAR_GEOM = np.array([1, 1, 1, 1, 1, 1, 1, 1], np.int64)  # a linear layer is
 
 
 def linear_accumulate(x, w, bias, zx, zw, acc, plan: GemmPlan | None = None):
-    """Fast linear: (out int64 [N, M], partial events, acc events). ``plan``: from :func:`linear_plan`."""
+    """Fast linear: (out [N, M], partial events, acc events), int32 where the int8 GEMM's plan proves every
+    |acc| < 2^31 (:func:`acc_dtype`), else int64. ``plan``: from :func:`linear_plan`."""
     N, K = x.shape
     M = w.shape[0]
     if plan is None or not _fits(plan, x):
         plan = linear_plan(w, bias, zx, zw, acc, *_range(x, zx))
     if plan.gemm is not None and N:
-        out = np.empty((N, M, 1), np.int64)
-        if gemm_int8(x.reshape(N, K, 1, 1), plan, _LINEAR_GEOM, (0, 0, 0, 0), out) is not None:
+        out = _exact_accumulators(x.reshape(N, K, 1, 1), plan, _LINEAR_GEOM, (0, 0, 0, 0), (N, M, 1))
+        if out is not None:
             return out.reshape(N, M), 0, 0
+    x = _wide(x)
     plan = plan.groups[0]
     dt = plan.blas if not plan.kernel_only else (np.float32 if plan.w_f32 is not None else np.int32)
     cols = np.ascontiguousarray((x - zx).T.astype(dt))[None]  # [1, K, N]
@@ -1413,8 +1449,28 @@ def _run_chunked(plan: _Plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, 
     return pe, ae
 
 
+def acc_dtype(acc_max: int):
+    """The accumulator dtype of an exact plan: int32 where the plan proves every |acc| <= acc_max < 2^31
+    (ratio (a) of benchmarks/kernels.py: writing int64 accumulators cost more than the int8 GEMM), else int64."""
+    return np.int32 if acc_max < 1 << 31 else np.int64
+
+
+def _exact_accumulators(x, plan: GemmPlan, geom: np.ndarray, pad, shape):
+    """The accumulators [N, M, L] of an exact plan (int8 GEMM or depthwise kernel) in :func:`acc_dtype`, or None
+    where the plan has neither or x leaves its range."""
+    src = plan.gemm if plan.gemm is not None else plan.depthwise
+    if src is None:
+        return None
+    out = np.empty(shape, acc_dtype(src.acc_max))
+    run = gemm_int8 if plan.gemm is not None else depthwise_run
+    return out if run(x, plan, geom, pad, out) is not None else None
+
+
 def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, plan: GemmPlan | None = None):
-    """Fast conv2d: (out int64 [N, Cout, Ho, Wo], partial events, acc events). ``plan``: from :func:`conv_plan`.
+    """Fast conv2d: (out [N, Cout, Ho, Wo], partial events, acc events). ``plan``: from :func:`conv_plan`.
+
+    out is int32 where an exact plan (int8 GEMM, depthwise kernel) proves every |acc| < 2^31
+    (:func:`acc_dtype`), else int64: the same integers either way.
 
     A layer that cannot overflow, with int8-sized operands, is one int8 GEMM with int32
     accumulation (:func:`int_mm`) plus exact int64 correction terms.
@@ -1431,17 +1487,17 @@ def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, pl
     Wo = (W + pad[2] + pad[3] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
     L, Kg, Mg, Ktot = Ho * Wo, Cin_g * KH * KW, Cout // groups, Cin * KH * KW
     geom = np.array([KH, KW, stride[0], stride[1], dilation[0], dilation[1], Ho, Wo], np.int64)
-    out = np.empty((N, Cout, L), np.int64)
-    if plan is not None and plan.gemm is not None and N and gemm_int8(x, plan, geom, pad, out) is not None:
-        return out.reshape(N, Cout, Ho, Wo), 0, 0
-    if plan is not None and plan.depthwise is not None and N and depthwise_run(x, plan, geom, pad, out) is not None:
-        return out.reshape(N, Cout, Ho, Wo), 0, 0
+    if plan is not None and N:
+        out = _exact_accumulators(x, plan, geom, pad, (N, Cout, L))
+        if out is not None:
+            return out.reshape(N, Cout, Ho, Wo), 0, 0
     if plan is None or not _fits(plan, x):
         plan = conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, *_range(x, zx))
-        if plan.gemm is not None and N and gemm_int8(x, plan, geom, pad, out) is not None:
+        out = _exact_accumulators(x, plan, geom, pad, (N, Cout, L)) if N else None
+        if out is not None:
             return out.reshape(N, Cout, Ho, Wo), 0, 0
-        if plan.depthwise is not None and N and depthwise_run(x, plan, geom, pad, out) is not None:
-            return out.reshape(N, Cout, Ho, Wo), 0, 0
+    x = _wide(x)
+    out = np.empty((N, Cout, L), np.int64)
     plans = plan.groups
     blas_types = [p.blas for p in plans if not p.kernel_only]
     if blas_types:

@@ -78,6 +78,16 @@ def _int_array(a, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+_CODE_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
+
+
+def _int_codes(a, name: str) -> np.ndarray:
+    """:func:`_int_array` except that integer arrays of at most 32 bits keep their dtype (no int64 copy): the
+    fast kernels read int8/uint8 activation codes as they are (the values are the same)."""
+    arr = np.asarray(a)
+    return arr if arr.dtype in _CODE_DTYPES else _int_array(arr, name)
+
+
 def _pair(v, name: str) -> tuple[int, int]:
     t = tuple(int(a) for a in v) if isinstance(v, (tuple, list, np.ndarray)) else (int(v), int(v))
     if len(t) != 2 or min(t) < 1:
@@ -362,6 +372,8 @@ def _float32_requant_kernel(acc, params: RequantParams, cfg: Requant, z_y: int, 
 
 
 def _requantize_fast(acc, params: RequantParams, cfg: Requant, z_y: int, channel_axis: int, index):
+    if acc.dtype != np.int64:  # int32 accumulators of an exact plan (kernels.acc_dtype): the same integers
+        acc = acc.astype(np.int64)
     nd = acc.ndim
     if params.channels > 1 and (nd == 0 or acc.shape[channel_axis] != params.channels):
         raise HwsimError(f"requantize: {params.channels} per-channel multipliers but accumulator shape {acc.shape} "
