@@ -1080,9 +1080,59 @@ def _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, mode, lo, hi, qmin, qm
     return c
 
 
+@njit(cache=True, inline="always")
+def _round_f32(v, mode):
+    """_round_f64(float64(v), mode) for a float32 v, in float32 (exact: v - trunc(v) and v - floor(v) are exact,
+    so the ties are decided on the true fraction); an integer-valued float32 (inf stays inf, no 2^62 clip: the
+    callers compare and clamp against small integer bounds before converting)."""
+    if mode == 0:
+        return np.rint(v)
+    if mode == 1:
+        t = np.trunc(v)
+        f = v - t
+        if f >= np.float32(0.5):
+            t += np.float32(1)
+        elif f <= np.float32(-0.5):
+            t -= np.float32(1)
+        return t
+    if mode == 2:
+        fl = np.floor(v)
+        return fl + np.float32(1) if v - fl >= np.float32(0.5) else fl
+    if mode == 3:
+        return np.floor(v)
+    return np.trunc(v)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, mode, lo, hi, qmin, qmax, count_low, out):
+    """Channel m of :func:`epilogue_float32` in 32-bit lanes (twice the vector width of int64/float64), for a plan
+    proving |acc| < 2^31 (Epilogue.lanes32): int32(ct + a) wraps to the exact accumulator (|acc| < 2^31), whose
+    float32 value is that of the int64; the rounding in float32 (:func:`_round_f32`); y = r + z_after compared
+    and clamped as r against the bounds minus z_after (small integers, exact in float32), converted after the
+    clamp. The same integers as :func:`_epi_f32_channel`."""
+    nb, L = ct.shape[1] // out.shape[2], out.shape[2]
+    qh, ql = np.float32(qmax - z_after), np.float32(qmin - z_after)
+    fh, fl = np.float32(hi - z_after), np.float32(lo - z_after)
+    za = np.int32(z_after)
+    c = np.int64(0)
+    for i in range(nb):
+        src = ct[m, i * L:(i + 1) * L]
+        dst = out[n0 + i, m]
+        ci = np.int32(0)
+        for l in range(L):
+            x = np.int32(np.int64(src[l]) + a)
+            fa = np.float32(np.float32(np.float32(x) * p) + b)
+            v = np.float32(np.float32(fa * mm) + zb)
+            r = _round_f32(v, mode)
+            ci += np.int32(r > qh) + np.int32(count_low and r < ql)
+            dst[l] = np.int32(min(max(r, fl), fh)) + za
+        c += ci
+    return c
+
+
 @njit(cache=True, nogil=True)
 def epilogue_float32(ct, n0, add, mult, bias, has_bias, pre, has_pre, z_before, zy, mode, lo, hi, qmin, qmax,
-                     count_low, out):
+                     count_low, out, lanes32=False):
     """float32 requant (the arithmetic of :func:`requant_float32`), zero point, clamp and clip count in one pass
     over the GEMM result ct [M, nb*L]; see :func:`epilogue_fixed` for out and the count.
 
@@ -1097,7 +1147,18 @@ def epilogue_float32(ct, n0, add, mult, bias, has_bias, pre, has_pre, z_before, 
         a, mm = add[m], mult[m]
         b = bias[m] if has_bias else np.float32(0)
         p = pre[m] if has_pre else np.float32(1)
-        if mode == 0:
+        if lanes32:
+            if mode == 0:
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 0, lo, hi, qmin, qmax, count_low, out)
+            elif mode == 1:
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 1, lo, hi, qmin, qmax, count_low, out)
+            elif mode == 2:
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 2, lo, hi, qmin, qmax, count_low, out)
+            elif mode == 3:
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 3, lo, hi, qmin, qmax, count_low, out)
+            else:
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 4, lo, hi, qmin, qmax, count_low, out)
+        elif mode == 0:
             c += _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, 0, lo, hi, qmin, qmax, count_low, out)
         elif mode == 1:
             c += _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, 1, lo, hi, qmin, qmax, count_low, out)
@@ -1136,6 +1197,7 @@ class Epilogue:
     has_pre: bool = False
     z_before: bool = False
     mode: int = 0
+    lanes32: bool = False  # float32: 32-bit lanes (kernels._epi_f32_lanes), where ops.core.fused_epilogue proves it
 
     def run(self, ct, n0, add, out) -> int:
         if self.kind == "fixed":
@@ -1144,7 +1206,7 @@ class Epilogue:
                                       self.lo, self.hi, self.qmin, self.qmax, self.count_low, out))
         return int(epilogue_float32(ct, n0, add, self.mult, self.bias, self.has_bias, self.pre, self.has_pre,
                                     self.z_before, self.zy, self.mode, self.lo, self.hi, self.qmin, self.qmax,
-                                    self.count_low, out))
+                                    self.count_low, out, self.lanes32))
 
 
 GEMM_BLOCK_BYTES = 1 << 20  # int8 im2col block per worker (cache-sized; the GEMM is as fast from 1k rows on)
@@ -1253,67 +1315,105 @@ class _Depthwise:
 
 
 @njit(cache=True, nogil=True)
-def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, buf, ct):
+def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, phases, acc, ct):
     """ct[c, i*L + oh*Wo + ow] = sum_(a, b) w[c, a*kw + b] * (x[n0 + i, c, ih, iw] - zx), ih = oh*sh + a*dh - pt,
     iw = ow*sw + b*dw - pl; padding pixels hold z_x and add 0. An exact plan (no event), so the order of the sum
-    is free: tap by tap over a zero-padded plane ``buf`` (zeroed by the caller, ct's dtype). int32 ct/buf/w only
-    where the plan proves every partial sum < 2^31 (the products and sums are then exact in int32), else int64.
-    Returns False when an input lies outside [lo, hi] (ct then incomplete)."""
+    is free. int32 phases/acc/w/ct only where the plan proves every partial sum < 2^31 (the products and sums
+    are then exact in int32), else int64. Returns False when an input lies outside [lo, hi] (ct then not to be
+    used).
+
+    Per (image, channel): the zero-padded plane x - z_x is split into sh*sw stride phases (flat ``phases``,
+    each plane Hq x Wq, one spare row), phase (p, q) holding padded pixels (r*sh + p, s*sw + q): every tap then
+    reads one phase plane at stride 1, so each tap is one long contiguous multiply-add over the Ho x Wq output
+    rows (``acc``, flat: vectorized), of which the first Wo columns of each row are the outputs."""
     kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
     H, W = x.shape[2], x.shape[3]
     C, L = ct.shape[0], Ho * Wo
     nb = ct.shape[1] // L
-    z = ct[0, 0] * 0  # zero of ct's dtype
+    S = sh * sw
+    plane = phases.shape[0] // S
+    Wq = acc.shape[0] // Ho
+    n = Ho * Wq
+    zero = phases[0] * 0
+    bad = False
     for i in range(nb):
         for c in range(C):
+            for t in range(phases.shape[0]):
+                phases[t] = zero
             for r in range(H):
-                for s in range(W):
-                    v = np.int64(x[n0 + i, c, r, s])
-                    if v < lo or v > hi:
-                        return False
-                    buf[pt + r, pl + s] = v - zx
-            base = i * L
-            for t in range(L):
-                ct[c, base + t] = z
+                pr = r + pt
+                row0 = ((pr % sh) * sw * plane) + (pr // sh) * Wq
+                if sw == 1:
+                    dst = phases[row0 + pl:row0 + pl + W]
+                    src = x[n0 + i, c, r]
+                    for s in range(W):
+                        v = src[s]
+                        bad |= (v < lo) | (v > hi)
+                        dst[s] = v - zx
+                else:
+                    for q in range(sw):  # column phase q: input columns s0, s0 + sw, ... (contiguous in the plane)
+                        s0 = (q - pl) % sw
+                        if s0 >= W:
+                            continue
+                        cnt = (W - s0 + sw - 1) // sw
+                        d0 = row0 + q * plane + (s0 + pl) // sw
+                        dst = phases[d0:d0 + cnt]
+                        src = x[n0 + i, c, r, s0::sw]
+                        for s in range(cnt):
+                            v = src[s]
+                            bad |= (v < lo) | (v > hi)
+                            dst[s] = v - zx
+            for t in range(n):
+                acc[t] = zero
             for a in range(kh):
+                ra = a * dh
                 for b in range(kw):
+                    cb = b * dw
                     wv = w[c, a * kw + b]
-                    for oh in range(Ho):
-                        row = base + oh * Wo
-                        ih = oh * sh + a * dh
-                        for ow in range(Wo):
-                            ct[c, row + ow] += wv * buf[ih, ow * sw + b * dw]
-    return True
+                    off = ((ra % sh) * sw + cb % sw) * plane + (ra // sh) * Wq + cb // sw
+                    src = phases[off:off + n]
+                    for t in range(n):
+                        acc[t] += wv * src[t]
+            base = i * L
+            for oh in range(Ho):
+                d = ct[c, base + oh * Wo:base + (oh + 1) * Wo]
+                a_row = acc[oh * Wq:oh * Wq + Wo]
+                for ow in range(Wo):
+                    d[ow] = a_row[ow]
+    return not bad
 
 
-DW_BLOCK_BYTES = 1 << 20  # int64 accumulators per depthwise block
+DW_BLOCK_BYTES = 1 << 20  # accumulators per depthwise block
 
 
 def depthwise_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue | None" = None) -> int | None:
     """The exact depthwise conv of ``plan.depthwise`` on x [N, C, H, W] into out [N, C, L], by blocks of images in
     :func:`workers` threads: :func:`depthwise_acc` then ``epi`` (fused requant + clamp + count, narrow out) or,
-    without one, the int64 accumulators. Returns the clipped count (0 without ``epi``), or None when x leaves
-    the plan's range."""
+    without one, the accumulators (out's dtype). Returns the clipped count (0 without ``epi``), or None when x
+    leaves the plan's range."""
     d = plan.depthwise
     N, C = x.shape[0], x.shape[1]
-    L = int(geom[6] * geom[7])
+    KH, KW, sh, sw, dh, dw, Ho, Wo = (int(v) for v in geom)
+    L = Ho * Wo
     n_workers = min(workers(), N)
-    nb = int(max(1, min(-(-N // n_workers), DW_BLOCK_BYTES // max(1, C * L * 8))))
+    nb = int(max(1, min(-(-N // n_workers), DW_BLOCK_BYTES // max(1, C * L * 4))))
     blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     x = np.ascontiguousarray(x)
 
     H, W = x.shape[2], x.shape[3]
-    Hp = max(int(geom[6] - 1) * int(geom[2]) + int(geom[0] - 1) * int(geom[4]) + 1, pad[0] + H)
-    Wp = max(int(geom[7] - 1) * int(geom[3]) + int(geom[1] - 1) * int(geom[5]) + 1, pad[2] + W)
+    Hp = max((Ho - 1) * sh + (KH - 1) * dh + 1, pad[0] + H)
+    Wp = max((Wo - 1) * sw + (KW - 1) * dw + 1, pad[2] + W)
+    Hq, Wq = -(-Hp // sh) + 1, -(-Wp // sw)  # a spare row: the tap loops also fill the Wq - Wo unused columns
     dt = np.int32 if d.sum_max < 1 << 31 else np.int64  # every partial sum of the taps < 2^31: int32 is exact
     wk = d.w.astype(dt)
 
     def work(part):
         clipped = 0
-        buf = np.zeros((Hp, Wp), dt)
+        phases = np.empty(sh * sw * Hq * Wq, dt)
+        acc = np.empty(Ho * Wq, dt)
         for n0, b in part:
             ct = np.empty((C, b * L), dt)
-            if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], buf, ct):
+            if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], phases, acc, ct):
                 return None
             if epi is None:
                 epilogue_wide(ct, n0, d.add, out)
@@ -1598,6 +1698,44 @@ def _fma_f32(x, r, z):
         if (yd + np.float64(other)) * 0.5 == s:
             y = max(y, other) if e > 0 else min(y, other)
     return y
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _quantize_fma_range(x, inv, z, qmin, qmax, out, i0, i1):
+    """out[i] = clip(int64(rint(fl32(x[i] * inv + z))), qmin, qmax) for i in [i0, i1): the float32 FMA exactly
+    (:func:`_fma_f32`: x * inv is exact in float64 for any float32 x, inv). int64(r) as numpy's astype on x86
+    (compile.TorchQuantizeGrid): NaN and |r| >= 2^63 give INT64_MIN, so qmin after the clip."""
+    for i in range(i0, i1):
+        r = np.rint(_fma_f32(x[i], inv, z))
+        if not (abs(r) < 9.223372036854775808e18):  # NaN, +-inf, out of int64 range: cvttsd2si's INT64_MIN
+            out[i] = qmin
+        else:
+            out[i] = min(max(np.int64(r), qmin), qmax)
+
+
+@njit(parallel=True, cache=True)
+def _quantize_fma_par(x, inv, z, qmin, qmax, out):
+    n = x.shape[0]
+    step = 1 << 14
+    for b in prange((n + step - 1) // step):
+        _quantize_fma_range(x, inv, z, qmin, qmax, out, b * step, min(n, (b + 1) * step))
+
+
+@njit(cache=True, nogil=True)
+def _quantize_fma_ser(x, inv, z, qmin, qmax, out):
+    _quantize_fma_range(x, inv, z, qmin, qmax, out, 0, x.shape[0])
+
+
+def quantize_fma(x, inv, z, qmin: int, qmax: int) -> np.ndarray:
+    """PyTorch's x86 input quantizer in one numba pass (compile.TorchQuantizeGrid): int64
+    clip(rint(fl32(fma(x, inv, z))), qmin, qmax) for float32 x (any shape), float32 inv = fl32(1 / scale) and
+    z = float32 zero point; bit for bit the numpy form rint(compile.fma_f32(x, inv, z)).astype(int64) clipped
+    (tests/core/test_fastpath2.py). Parallel, single-threaded inside :func:`serial_mode`."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty(x.shape, np.int64)
+    (_quantize_fma_ser if serial() else _quantize_fma_par)(x.reshape(-1), np.float32(inv), np.float32(z), int(qmin),
+                                                            int(qmax), out.reshape(-1))
+    return out
 
 
 @njit(parallel=True, cache=True)

@@ -450,11 +450,18 @@ def fused_epilogue(params: RequantParams, cfg: Requant, z_y: int, lo: int, hi: i
                                 **common)
     if cfg.mode == "float32" and cfg.rounding != "stochastic" and params.src_scale is None:  # oneDNN's sequential
         has_bias, has_pre = params.bias_term is not None, params.pre_scale is not None  # scales: numpy's path
-        return kernels.Epilogue("float32", mult=per(params.multiplier, np.float32),
-                                bias=per(params.bias_term if has_bias else 0, np.float32),
-                                pre=per(params.pre_scale if has_pre else 1, np.float32), has_bias=has_bias,
+        mult = per(params.multiplier, np.float32)
+        bias = per(params.bias_term if has_bias else 0, np.float32)
+        pre = per(params.pre_scale if has_pre else 1, np.float32)
+        # 32-bit lanes (kernels._epi_f32_lanes): |acc| < 2^31 (int32 holds it), the integer bounds small enough to
+        # be exact in float32 (|.| < 2^24), and no NaN possible (finite constants; |acc * pre| < 2^31 * 1e29 cannot
+        # overflow to inf, so fa is finite and fa * M + z is a finite number or +-inf, never NaN)
+        bounds = (int(z_y), int(lo), int(hi), int(qmin), int(qmax))
+        lanes32 = bool(acc_max < 1 << 31 and max(abs(v) for v in bounds) < 1 << 23
+                       and all(np.isfinite(a).all() for a in (mult, bias, pre)) and float(np.abs(pre).max()) < 1e29)
+        return kernels.Epilogue("float32", mult=mult, bias=bias, pre=pre, has_bias=has_bias,
                                 has_pre=has_pre, z_before=cfg.zero_point == "before",
-                                mode=kernels.ROUND_CODE[cfg.rounding], **common)
+                                mode=kernels.ROUND_CODE[cfg.rounding], lanes32=lanes32, **common)
     return None
 
 

@@ -97,3 +97,91 @@ def test_requantize_accepts_int32_accumulators():
         assert got[1] == want[1]
         y = ops.core._requantize_fast(acc.astype(np.int32), params, cfg, 3, 1, None)
         np.testing.assert_array_equal(y, ops.core._requantize_fast(acc, params, cfg, 3, 1, None))
+
+
+# ----------------------------------------------------------------------------- float32 epilogue in 32-bit lanes
+F32_CFGS = [ops.Requant(mode="float32", rounding=m, zero_point=z, multiplier_order=o)
+            for m in ("half_even", "half_away", "half_up", "floor", "trunc") for z in ("after", "before")
+            for o in ("sequential", "fused")]
+
+
+@pytest.mark.parametrize("cfg", F32_CFGS, ids=lambda c: f"{c.rounding}-{c.zero_point}-{c.multiplier_order}")
+@pytest.mark.parametrize("scales", [(0.5, [1.0], 1.0), (0.02, [0.25, 0.5, 0.125, 1.0, 0.75], 0.01),
+                                    (0.0173, [0.0031, 0.012, 0.0007, 0.02, 0.0099], 0.211),
+                                    (2.0, [3.0, 1.5, 4.0, 1.25, 2.5], 0.5)])
+def test_float32_epilogue_lanes32_equals_reference(cfg, scales):
+    """The float32 epilogue in 32-bit lanes (taken where |acc| < 2^31 is proven) == the reference requant + clamp +
+    count: accumulators at +-(2^31 - 1), exact halves, adds beyond int32 (int32(ct + add) wraps to acc)."""
+    rng = np.random.default_rng(9)
+    M, nb, L = 5, 3, 37
+    add = np.array([0, -1, 2**31 + 5, -(2**31) - 7, 2**20], np.int64)
+    acc = rng.integers(-(2**31) + 1, 2**31, (M, nb * L), dtype=np.int64)
+    acc[:, :L] = rng.integers(-300, 300, (M, L))  # exact halves under the power-of-two multipliers
+    acc[:, L:L + 40 // 2] = rng.integers(-(2**25), 2**25, (M, 20))
+    acc[:, -2:] = (-(2**31) + 1, 2**31 - 1)
+    ct = np.empty((M, nb * L), np.int32)
+    for m in range(M):  # int32 GEMM results whose sum with add[m] is acc (each |ct| < 2^31)
+        ct[m] = np.clip(acc[m] - add[m], -(2**31), 2**31 - 1)
+    acc = ct.astype(np.int64) + add[:, None]
+    assert np.abs(acc).max() < 2**31
+    acc3 = acc.reshape(M, nb, L).transpose(1, 0, 2)
+    sx, sw, sy = scales
+    swv = np.array(sw * (M if len(sw) == 1 else 1))[:M]
+    variants = [ops.make_requant_params(sx, swv, sy, cfg),
+                ops.make_requant_params(sx, swv, sy, cfg, bias=rng.normal(0, 3, M)),
+                ops.core.make_onednn_requant_params(sx, swv, sy, bias=rng.normal(0, 3, M))]
+    for p in variants:
+        for zy, (lo, hi), (qmin, qmax), count_low, dt in ((-128, (-128, 127), (-128, 127), True, np.int8),
+                                                          (3, (3, 127), (-128, 127), False, np.int8),
+                                                          (0, (0, 255), (0, 255), True, np.uint8),
+                                                          (255, (0, 255), (0, 255), True, np.int32)):
+            y, _ = ops.requantize(acc3, p, cfg, zy, -(2**62), 2**62, channel_axis=1, impl="reference")
+            want = np.clip(y, lo, hi)
+            count = int(np.count_nonzero(y > qmax)) + (int(np.count_nonzero(y < qmin)) if count_low else 0)
+            epi = ops.core.fused_epilogue(p, cfg, zy, lo, hi, qmin, qmax, count_low, M, int(np.abs(acc).max()))
+            assert epi.lanes32
+            out = np.empty((nb, M, L), dt)
+            got = epi.run(ct, 0, add, out)
+            np.testing.assert_array_equal(out, want)
+            assert got == count
+    assert not ops.core.fused_epilogue(variants[0], cfg, 0, 0, 255, 0, 255, True, M, 2**31).lanes32
+
+
+# ----------------------------------------------------------------------------- PyTorch's input quantizer
+def _torch_quantize_numpy(x, scale, zp, qmin, qmax):
+    """compile.TorchQuantizeGrid.quantize's numpy form (before the kernel): the reference."""
+    from hwsim.compile import fma_f32
+
+    x = np.asarray(x, np.float32)
+    inv = np.float32(1.0) / np.float32(scale)
+    q = np.rint(fma_f32(x, inv, np.float32(zp))).astype(np.int64)
+    return np.clip(q, qmin, qmax)
+
+
+@pytest.mark.parametrize("scale, zp, qmin, qmax", [(0.0173, 128, 0, 255), (0.1, -3, -128, 127),
+                                                   (2.0**-7, 0, -128, 127), (3.1e-5, 77, 0, 255)])
+def test_torch_input_quantizer_kernel_equals_numpy(scale, zp, qmin, qmax):
+    """kernels.quantize_fma (one numba pass) == the numpy FMA emulation on random inputs, on the halfway points
+    of x * fl32(1/s) + z (where fl32(fl64(.)) double-rounds), at the clip ends and on non-finite / huge inputs;
+    parallel and serial. The FMA's single rounding matters here: the two-rounding form differs."""
+    from hwsim import kernels
+    from hwsim.compile import TorchQuantizeGrid
+
+    rng = np.random.default_rng(12)
+    inv = np.float32(1.0) / np.float32(scale)
+    k = rng.integers(-400, 400, 20000)
+    halves = ((k + 0.5 - zp) / np.float64(inv)).astype(np.float32)  # near exact .5 after the FMA
+    nb = np.concatenate([np.nextafter(halves, np.float32(np.inf)), np.nextafter(halves, np.float32(-np.inf))])
+    x = np.concatenate([rng.normal(0, 3, 50000).astype(np.float32) * np.float32(scale * 60), halves, nb,
+                        np.array([np.inf, -np.inf, np.nan, 3e38, -3e38, 1e-45, -0.0, 0.0], np.float32)])
+    want = _torch_quantize_numpy(x, scale, zp, qmin, qmax)
+    two_roundings = np.clip(np.rint((x * inv).astype(np.float32) + np.float32(zp)).astype(np.int64), qmin, qmax)
+    if scale != 2.0**-7:  # (a power-of-two scale multiplies exactly: one rounding either way)
+        assert (two_roundings != want).sum() > 0  # the neighbouring form (multiply, round, add) is not it
+    grid = TorchQuantizeGrid(scale, zp, qmin, qmax, 8, qmin < 0)
+    for on in (False, True):
+        with kernels.serial_mode(on):
+            got = grid.quantize(x.reshape(2, -1) if x.size % 2 == 0 else x)
+            np.testing.assert_array_equal(got.reshape(-1), want)
+            assert got.dtype == np.int64
+    np.testing.assert_array_equal(grid.quantize(x.astype(np.float64)), want)  # float64 in: rounded to float32 first
