@@ -1209,7 +1209,7 @@ class Epilogue:
                                     self.count_low, out, self.lanes32))
 
 
-GEMM_BLOCK_BYTES = 1 << 20  # int8 im2col block per worker (cache-sized; the GEMM is as fast from 1k rows on)
+GEMM_BLOCK_BYTES = 1 << 19  # int8 im2col / int32 result per block and worker (cache-sized; GEMM as fast from 1k rows)
 
 
 def gemm_int8(x, plan, geom: np.ndarray, pad, out, epi: Epilogue | None = None) -> int | None:
@@ -1230,7 +1230,9 @@ def gemm_int8(x, plan, geom: np.ndarray, pad, out, epi: Epilogue | None = None) 
     Hp, Wp = H + pad[0] + pad[1], W + pad[2] + pad[3]
     direct = KH == 1 and KW == 1 and sh == 1 and sw == 1 and not any(pad)
     n_workers = min(workers(), N)
-    nb = int(max(1, min(-(-N // n_workers), GEMM_BLOCK_BYTES // max(1, L * K))))
+    # a block's int8 im2col (L*K bytes per image) and its int32 GEMM result (4*L*M, read again by the epilogue)
+    # both cache-sized: a 1x1 expansion conv (K 16, M 64, L 1024) ran 6x slower with 64 images' 16 MB result
+    nb = int(max(1, min(-(-N // n_workers), GEMM_BLOCK_BYTES // max(1, L * max(K, 4 * M)))))
     blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     mm = int_mm()
     x = np.ascontiguousarray(x)
@@ -1383,7 +1385,7 @@ def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, phases, acc, ct):
     return not bad
 
 
-DW_BLOCK_BYTES = 1 << 20  # accumulators per depthwise block
+DW_BLOCK_BYTES = 1 << 18  # accumulators per depthwise block (cache-sized: the epilogue reads them again)
 
 
 def depthwise_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue | None" = None) -> int | None:
