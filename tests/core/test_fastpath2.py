@@ -185,3 +185,19 @@ def test_torch_input_quantizer_kernel_equals_numpy(scale, zp, qmin, qmax):
             np.testing.assert_array_equal(got.reshape(-1), want)
             assert got.dtype == np.int64
     np.testing.assert_array_equal(grid.quantize(x.astype(np.float64)), want)  # float64 in: rounded to float32 first
+
+
+def test_depthwise_int64_taps_where_int32_cannot_hold_them():
+    """Weights so large that a partial sum of the taps may pass 2^31: the depthwise kernel runs in int64 (exact
+    plan, unbounded accumulator) and returns int64 accumulators, equal to the reference."""
+    rng = np.random.default_rng(13)
+    x = rng.integers(0, 256, (2, 3, 7, 6)).astype(np.uint8)
+    w = rng.integers(-(2**22), 2**22, (3, 1, 3, 3))
+    w[0] = 2**22  # 9 * 2^22 * 255 > 2^31
+    kw = dict(x_zero_point=0, padding=(1, 0, 2, 1), stride=(2, 1), groups=3, acc=ops.Accumulator(bits=None))
+    plan = kernels.conv_plan(w, None, 0, np.zeros(3, np.int64), (2, 1), (1, 0, 2, 1), (1, 1), 3,
+                             ops.Accumulator(bits=None), 0, 255)
+    assert plan.depthwise is not None and plan.depthwise.sum_max >= 2**31
+    fast = ops.conv2d(x, w, None, **kw)
+    assert fast[0].dtype == np.int64 and np.abs(fast[0]).max() >= 2**31
+    _same_values(fast, ops.conv2d(x, w, None, impl="reference", **kw))
