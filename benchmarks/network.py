@@ -105,6 +105,96 @@ def hwsim_rate(net: str, profile: str, batch: int, repeat: int) -> float:
     return batch / _best(lambda: run_quantized(qg, x, batch_size=batch), repeat)
 
 
+def kernel_profile(net: str, profile: str, batch: int, repeat: int) -> dict:
+    """Exclusive time per kernel of one hwsim batch (ms, the minimum over ``repeat`` batches of each timer):
+    every hwsim kernel a batch calls (input quantizer, pad / im2col, int8 GEMM, depthwise taps, fused epilogue)
+    is wrapped with a timer that measures its own time in its own thread (batch workers summed: CPU time, not
+    thread-pool waits); per layer kind (conv kxk, depthwise, linear, add, ...) the rest of its layers' time is
+    "<kind> other". Timers add a few microseconds per call."""
+    import threading
+    from collections import defaultdict
+
+    import numpy as np
+
+    from frontends.pytorch.export import to_graph
+    from hwsim import execute, kernels, ops
+    from hwsim.compile import compile_model
+    from hwsim.profile import load_profile
+
+    model, shape = build(net)
+    qg = compile_model(to_graph(model, shape), load_profile(profile), _images(32, shape, 1))
+    x = _images(batch, shape, 2)
+    lock = threading.Lock()
+    acc = defaultdict(float)
+    local = threading.local()
+
+    def add(key, dt):
+        with lock:
+            acc[key] += dt
+
+    def timed(key, fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            inner0 = getattr(local, "inner", 0.0)
+            try:
+                return fn(*a, **k)
+            finally:
+                dt = time.perf_counter() - t
+                local.inner = inner0 + dt  # the enclosing layer subtracts its kernels' time
+                add(key, dt)
+        return wrapper
+
+    def kind(lay):
+        if lay.op == "conv2d":
+            w = lay.w_q
+            g = lay.attrs.get("groups", 1)
+            if g > 1 and g == w.shape[0] and w.shape[1] == 1:
+                return "depthwise"
+            return f"conv {w.shape[2]}x{w.shape[3]}"
+        return lay.op
+
+    real_layer = execute.run_layer
+
+    def run_layer(qg_, lay, *a, **k):
+        t = time.perf_counter()
+        local.inner = 0.0
+        try:
+            return real_layer(qg_, lay, *a, **k)
+        finally:
+            add(f"{kind(lay)} other", time.perf_counter() - t - local.inner)
+            local.inner = 0.0
+
+    patches = [(execute, "run_layer", run_layer)]
+    for name, key in (("pad_hwc", "pad_hwc (channels-last copy)"), ("im2col_hwc", "im2col_hwc"),
+                      ("depthwise_acc", "depthwise taps"), ("_INT_MM", "int8 GEMM (torch._int_mm)")):
+        real = kernels.int_mm() if name == "_INT_MM" else getattr(kernels, name)
+        patches.append((kernels, name, timed(key, real)))
+    patches.append((kernels.Epilogue, "run", timed("fused epilogue", kernels.Epilogue.run)))
+    grid = qg.grids[qg.input_name]
+    patches.append((grid, "quantize", timed("input quantizer", grid.quantize)))
+    saved = [(o, n, o.__dict__.get(n, None) if isinstance(o, type) else getattr(o, n, None)) for o, n, _ in patches]
+    execute.run_quantized(qg, x, batch_size=batch)  # warm-up
+    best = {}
+    try:
+        for o, n, f in patches:
+            setattr(o, n, f)
+        for _ in range(repeat):
+            acc.clear()
+            t = time.perf_counter()
+            execute.run_quantized(qg, x, batch_size=batch)
+            acc["wall"] = time.perf_counter() - t
+            for k, v in acc.items():
+                best[k] = min(best.get(k, np.inf), v)
+    finally:
+        for o, n, f in saved:
+            if o is grid and f is not None and "quantize" not in grid.__dict__:
+                del grid.quantize
+            else:
+                setattr(o, n, f)
+    del ops
+    return {k: round(v * 1e3, 2) for k, v in sorted(best.items(), key=lambda kv: -kv[1])}
+
+
 def ort_rate(net: str, batch: int, threads: int, repeat: int) -> float:
     import onnxruntime as ort
 
@@ -166,6 +256,8 @@ def main(argv=None) -> None:
     ap.add_argument("--hwsim-only", action="store_true", help="time hwsim alone (e.g. another checkout)")
     ap.add_argument("--memory", action="store_true", help="also the peak RSS of one hwsim run per net/profile")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--kernels", action="store_true",
+                    help="instead: exclusive time per kernel of one hwsim batch (ms) per net and profile")
     args = ap.parse_args(argv)
     profiles = args.profile or ["int8-onnxruntime", "int8-tflite", "int8-acc16-sat"]
     nets = [n for n in args.nets.split(",") if n]
@@ -181,6 +273,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     import hwsim
 
+    if args.kernels:
+        for net in nets:
+            for p in profiles:
+                print(net, p, json.dumps(kernel_profile(net, p, args.batch, args.repeat)), flush=True)
+        return
     rows = []
     for net in nets:
         row = dict(net=net, batch=args.batch, threads=args.threads, hwsim=hwsim.__file__)

@@ -919,55 +919,79 @@ def _in_workers(fn, parts: list) -> list:
 @njit(cache=True, nogil=True)
 def pad_hwc(x, n0, o, lo, hi, pt, pl, pad_value, out):
     """out[i, pt + r, pl + s, c] = x[n0 + i, c, r, s] - o as int8, padding pixels = pad_value (channels last);
-    returns False when a value lies outside [lo, hi] (the range the plan assumed; out is then incomplete)."""
+    returns False when a value lies outside [lo, hi] (the range the plan assumed; out is then not to be used).
+
+    Row by row: the C x W input row is read contiguously (range check and offset, branch-free: vectorized)
+    into a small staging block, then transposed into the channels-last row (2-3x faster than scattering each
+    input element to its channels-last place)."""
     nb, Hp, Wp, C = out.shape
     H, W = x.shape[2], x.shape[3]
     pv = np.int8(pad_value)
+    tmp = np.empty((C, W), np.int8)
+    bad = False
     for i in range(nb):
         for r in range(Hp):
-            h = r - pt
+            inside = pt <= r < pt + H
             for s in range(Wp):
-                w = s - pl
-                if h < 0 or h >= H or w < 0 or w >= W:
+                if not inside or s < pl or s >= pl + W:
                     for c in range(C):
                         out[i, r, s, c] = pv
-                    continue
+        for h in range(H):
+            for c in range(C):
+                for w in range(W):
+                    v = x[n0 + i, c, h, w]
+                    bad |= (v < lo) | (v > hi)
+                    tmp[c, w] = np.int8(v - o)
+            for w in range(W):
                 for c in range(C):
-                    v = np.int64(x[n0 + i, c, h, w])
-                    if v < lo or v > hi:
-                        return False
-                    out[i, r, s, c] = np.int8(v - o)
-    return True
+                    out[i, pt + h, pl + w, c] = tmp[c, w]
+    return not bad
 
 
 @njit(cache=True, nogil=True)
-def im2col_hwc(xp, geom, out):
-    """out[i, oh*Wo + ow, (a*kw + b)*C + c] = xp[i, oh*sh + a*dh, ow*sw + b*dw, c]: contiguous channel runs of
-    a channels-last padded input; geom = (kh, kw, sh, sw, dh, dw, Ho, Wo)."""
+def _im2col_rows(x2, Hp, geom, C, out2):
+    """:func:`im2col_hwc` on flat views x2 = xp [nb*Hp, Wp*C], out2 = out [nb*L, K]: at dilation 1 in width one
+    kernel row's kw*C values are one contiguous run of the input row (one long copy, vectorized), else kw runs
+    of C."""
     kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
-    C = xp.shape[3]
-    for i in range(out.shape[0]):
+    nb = out2.shape[0] // (Ho * Wo)
+    run = kw * C if dw == 1 else C
+    nrun = 1 if dw == 1 else kw
+    for i in range(nb):
         for oh in range(Ho):
             for ow in range(Wo):
-                row = oh * Wo + ow
+                row = (i * Ho + oh) * Wo + ow
                 for a in range(kh):
-                    ih = oh * sh + a * dh
-                    for b in range(kw):
-                        iw = ow * sw + b * dw
-                        k0 = (a * kw + b) * C
-                        for c in range(C):
-                            out[i, row, k0 + c] = xp[i, ih, iw, c]
+                    r = i * Hp + oh * sh + a * dh
+                    for b in range(nrun):
+                        s0 = (ow * sw + b * dw) * C
+                        d0 = (a * kw + b) * C
+                        src = x2[r, s0:s0 + run]  # slices: the copy loop indexes from 0 (no negative-index
+                        dst = out2[row, d0:d0 + run]  # wraparound check left in it: vectorized)
+                        for j in range(run):
+                            dst[j] = src[j]
+
+
+def im2col_hwc(xp, geom, out):
+    """out[i, oh*Wo + ow, (a*kw + b)*C + c] = xp[i, oh*sh + a*dh, ow*sw + b*dw, c]: contiguous channel runs of
+    a channels-last padded input (C-contiguous xp [nb, Hp, Wp, C] and out [nb, L, K]); geom = (kh, kw, sh, sw,
+    dh, dw, Ho, Wo). Releases the GIL."""
+    nb, Hp, Wp, C = xp.shape
+    _im2col_rows(xp.reshape(nb * Hp, Wp * C), Hp, geom, C, out.reshape(nb * out.shape[1], out.shape[2]))
 
 
 @njit(cache=True, nogil=True)
 def epilogue_wide(ct, n0, add, out):
-    """out[n0 + i, m, l] = ct[m, i*L + l] + add[m] (int64): the GEMM's accumulators, channel-major."""
+    """out[n0 + i, m, l] = ct[m, i*L + l] + add[m]: the GEMM's accumulators, channel-major. out int64, or int32
+    where the plan proves |acc| < 2^31 (acc_dtype): the int64 sum stored modulo 2^32 is then the exact value."""
     nb, L = ct.shape[1] // out.shape[2], out.shape[2]
     for m in range(ct.shape[0]):
         a = add[m]
         for i in range(nb):
+            src = ct[m, i * L:(i + 1) * L]  # slices indexed from 0: no negative-index check, vectorized
+            dst = out[n0 + i, m]
             for l in range(L):
-                out[n0 + i, m, l] = np.int64(ct[m, i * L + l]) + a
+                dst[l] = np.int64(src[l]) + a
 
 
 @njit(cache=True, inline="always")
@@ -1001,14 +1025,16 @@ def _epi_fixed_channel(ct, n0, m, a, qc, sc, single, small, tie0, tie1, zy, lo, 
     nb, L = ct.shape[1] // out.shape[2], out.shape[2]
     c = np.int64(0)
     for i in range(nb):
+        src = ct[m, i * L:(i + 1) * L]  # slices indexed from 0: no negative-index check, vectorized
+        dst = out[n0 + i, m]
         for l in range(L):
-            x = np.int64(ct[m, i * L + l]) + a
+            x = np.int64(src[l]) + a
             if small:
                 v = _mbqm_small(x, qc, sc, single, tie0, tie1) + zy
             else:
                 v = _mbqm(x, qc, sc, single, tie0, tie1) + zy
             c += np.int64(v > qmax) + np.int64(count_low and v < qmin)
-            out[n0 + i, m, l] = min(max(v, lo), hi)
+            dst[l] = min(max(v, lo), hi)
     return c
 
 
@@ -1043,18 +1069,70 @@ def _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, mode, lo, hi, qmin, qm
     nb, L = ct.shape[1] // out.shape[2], out.shape[2]
     c = np.int64(0)
     for i in range(nb):
+        src = ct[m, i * L:(i + 1) * L]  # slices indexed from 0: no negative-index check, vectorized
+        dst = out[n0 + i, m]
         for l in range(L):
-            fa = np.float32(np.float32(np.float32(np.int64(ct[m, i * L + l]) + a) * p) + b)
+            fa = np.float32(np.float32(np.float32(np.int64(src[l]) + a) * p) + b)
             v = np.float32(np.float32(fa * mm) + zb)
             y = _round_f64(np.float64(v), mode) + z_after
             c += np.int64(y > qmax) + np.int64(count_low and y < qmin)
-            out[n0 + i, m, l] = min(max(y, lo), hi)
+            dst[l] = min(max(y, lo), hi)
+    return c
+
+
+@njit(cache=True, inline="always")
+def _round_f32(v, mode):
+    """_round_f64(float64(v), mode) for a float32 v, in float32 (exact: v - trunc(v) and v - floor(v) are exact,
+    so the ties are decided on the true fraction); an integer-valued float32 (inf stays inf, no 2^62 clip: the
+    callers compare and clamp against small integer bounds before converting)."""
+    if mode == 0:
+        return np.rint(v)
+    if mode == 1:
+        t = np.trunc(v)
+        f = v - t
+        if f >= np.float32(0.5):
+            t += np.float32(1)
+        elif f <= np.float32(-0.5):
+            t -= np.float32(1)
+        return t
+    if mode == 2:
+        fl = np.floor(v)
+        return fl + np.float32(1) if v - fl >= np.float32(0.5) else fl
+    if mode == 3:
+        return np.floor(v)
+    return np.trunc(v)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, mode, lo, hi, qmin, qmax, count_low, out):
+    """Channel m of :func:`epilogue_float32` in 32-bit lanes (twice the vector width of int64/float64), for a plan
+    proving |acc| < 2^31 (Epilogue.lanes32): int32(ct + a) wraps to the exact accumulator (|acc| < 2^31), whose
+    float32 value is that of the int64; the rounding in float32 (:func:`_round_f32`); y = r + z_after compared
+    and clamped as r against the bounds minus z_after (small integers, exact in float32), converted after the
+    clamp. The same integers as :func:`_epi_f32_channel`."""
+    nb, L = ct.shape[1] // out.shape[2], out.shape[2]
+    qh, ql = np.float32(qmax - z_after), np.float32(qmin - z_after)
+    fh, fl = np.float32(hi - z_after), np.float32(lo - z_after)
+    za = np.int32(z_after)
+    c = np.int64(0)
+    for i in range(nb):
+        src = ct[m, i * L:(i + 1) * L]
+        dst = out[n0 + i, m]
+        ci = np.int32(0)
+        for l in range(L):
+            x = np.int32(np.int64(src[l]) + a)
+            fa = np.float32(np.float32(np.float32(x) * p) + b)
+            v = np.float32(np.float32(fa * mm) + zb)
+            r = _round_f32(v, mode)
+            ci += np.int32(r > qh) + np.int32(count_low and r < ql)
+            dst[l] = np.int32(min(max(r, fl), fh)) + za
+        c += ci
     return c
 
 
 @njit(cache=True, nogil=True)
 def epilogue_float32(ct, n0, add, mult, bias, has_bias, pre, has_pre, z_before, zy, mode, lo, hi, qmin, qmax,
-                     count_low, out):
+                     count_low, out, lanes32=False):
     """float32 requant (the arithmetic of :func:`requant_float32`), zero point, clamp and clip count in one pass
     over the GEMM result ct [M, nb*L]; see :func:`epilogue_fixed` for out and the count.
 
@@ -1069,7 +1147,18 @@ def epilogue_float32(ct, n0, add, mult, bias, has_bias, pre, has_pre, z_before, 
         a, mm = add[m], mult[m]
         b = bias[m] if has_bias else np.float32(0)
         p = pre[m] if has_pre else np.float32(1)
-        if mode == 0:
+        if lanes32:
+            if mode == 0:
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 0, lo, hi, qmin, qmax, count_low, out)
+            elif mode == 1:
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 1, lo, hi, qmin, qmax, count_low, out)
+            elif mode == 2:
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 2, lo, hi, qmin, qmax, count_low, out)
+            elif mode == 3:
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 3, lo, hi, qmin, qmax, count_low, out)
+            else:
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 4, lo, hi, qmin, qmax, count_low, out)
+        elif mode == 0:
             c += _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, 0, lo, hi, qmin, qmax, count_low, out)
         elif mode == 1:
             c += _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, 1, lo, hi, qmin, qmax, count_low, out)
@@ -1108,6 +1197,7 @@ class Epilogue:
     has_pre: bool = False
     z_before: bool = False
     mode: int = 0
+    lanes32: bool = False  # float32: 32-bit lanes (kernels._epi_f32_lanes), where ops.core.fused_epilogue proves it
 
     def run(self, ct, n0, add, out) -> int:
         if self.kind == "fixed":
@@ -1116,10 +1206,10 @@ class Epilogue:
                                       self.lo, self.hi, self.qmin, self.qmax, self.count_low, out))
         return int(epilogue_float32(ct, n0, add, self.mult, self.bias, self.has_bias, self.pre, self.has_pre,
                                     self.z_before, self.zy, self.mode, self.lo, self.hi, self.qmin, self.qmax,
-                                    self.count_low, out))
+                                    self.count_low, out, self.lanes32))
 
 
-GEMM_BLOCK_BYTES = 1 << 20  # int8 im2col block per worker (cache-sized; the GEMM is as fast from 1k rows on)
+GEMM_BLOCK_BYTES = 1 << 19  # int8 im2col / int32 result per block and worker (cache-sized; GEMM as fast from 1k rows)
 
 
 def gemm_int8(x, plan, geom: np.ndarray, pad, out, epi: Epilogue | None = None) -> int | None:
@@ -1140,7 +1230,9 @@ def gemm_int8(x, plan, geom: np.ndarray, pad, out, epi: Epilogue | None = None) 
     Hp, Wp = H + pad[0] + pad[1], W + pad[2] + pad[3]
     direct = KH == 1 and KW == 1 and sh == 1 and sw == 1 and not any(pad)
     n_workers = min(workers(), N)
-    nb = int(max(1, min(-(-N // n_workers), GEMM_BLOCK_BYTES // max(1, L * K))))
+    # a block's int8 im2col (L*K bytes per image) and its int32 GEMM result (4*L*M, read again by the epilogue)
+    # both cache-sized: a 1x1 expansion conv (K 16, M 64, L 1024) ran 6x slower with 64 images' 16 MB result
+    nb = int(max(1, min(-(-N // n_workers), GEMM_BLOCK_BYTES // max(1, L * max(K, 4 * M)))))
     blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     mm = int_mm()
     x = np.ascontiguousarray(x)
@@ -1225,67 +1317,105 @@ class _Depthwise:
 
 
 @njit(cache=True, nogil=True)
-def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, buf, ct):
+def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, phases, acc, ct):
     """ct[c, i*L + oh*Wo + ow] = sum_(a, b) w[c, a*kw + b] * (x[n0 + i, c, ih, iw] - zx), ih = oh*sh + a*dh - pt,
     iw = ow*sw + b*dw - pl; padding pixels hold z_x and add 0. An exact plan (no event), so the order of the sum
-    is free: tap by tap over a zero-padded plane ``buf`` (zeroed by the caller, ct's dtype). int32 ct/buf/w only
-    where the plan proves every partial sum < 2^31 (the products and sums are then exact in int32), else int64.
-    Returns False when an input lies outside [lo, hi] (ct then incomplete)."""
+    is free. int32 phases/acc/w/ct only where the plan proves every partial sum < 2^31 (the products and sums
+    are then exact in int32), else int64. Returns False when an input lies outside [lo, hi] (ct then not to be
+    used).
+
+    Per (image, channel): the zero-padded plane x - z_x is split into sh*sw stride phases (flat ``phases``,
+    each plane Hq x Wq, one spare row), phase (p, q) holding padded pixels (r*sh + p, s*sw + q): every tap then
+    reads one phase plane at stride 1, so each tap is one long contiguous multiply-add over the Ho x Wq output
+    rows (``acc``, flat: vectorized), of which the first Wo columns of each row are the outputs."""
     kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
     H, W = x.shape[2], x.shape[3]
     C, L = ct.shape[0], Ho * Wo
     nb = ct.shape[1] // L
-    z = ct[0, 0] * 0  # zero of ct's dtype
+    S = sh * sw
+    plane = phases.shape[0] // S
+    Wq = acc.shape[0] // Ho
+    n = Ho * Wq
+    zero = phases[0] * 0
+    bad = False
     for i in range(nb):
         for c in range(C):
+            for t in range(phases.shape[0]):
+                phases[t] = zero
             for r in range(H):
-                for s in range(W):
-                    v = np.int64(x[n0 + i, c, r, s])
-                    if v < lo or v > hi:
-                        return False
-                    buf[pt + r, pl + s] = v - zx
-            base = i * L
-            for t in range(L):
-                ct[c, base + t] = z
+                pr = r + pt
+                row0 = ((pr % sh) * sw * plane) + (pr // sh) * Wq
+                if sw == 1:
+                    dst = phases[row0 + pl:row0 + pl + W]
+                    src = x[n0 + i, c, r]
+                    for s in range(W):
+                        v = src[s]
+                        bad |= (v < lo) | (v > hi)
+                        dst[s] = v - zx
+                else:
+                    for q in range(sw):  # column phase q: input columns s0, s0 + sw, ... (contiguous in the plane)
+                        s0 = (q - pl) % sw
+                        if s0 >= W:
+                            continue
+                        cnt = (W - s0 + sw - 1) // sw
+                        d0 = row0 + q * plane + (s0 + pl) // sw
+                        dst = phases[d0:d0 + cnt]
+                        src = x[n0 + i, c, r, s0::sw]
+                        for s in range(cnt):
+                            v = src[s]
+                            bad |= (v < lo) | (v > hi)
+                            dst[s] = v - zx
+            for t in range(n):
+                acc[t] = zero
             for a in range(kh):
+                ra = a * dh
                 for b in range(kw):
+                    cb = b * dw
                     wv = w[c, a * kw + b]
-                    for oh in range(Ho):
-                        row = base + oh * Wo
-                        ih = oh * sh + a * dh
-                        for ow in range(Wo):
-                            ct[c, row + ow] += wv * buf[ih, ow * sw + b * dw]
-    return True
+                    off = ((ra % sh) * sw + cb % sw) * plane + (ra // sh) * Wq + cb // sw
+                    src = phases[off:off + n]
+                    for t in range(n):
+                        acc[t] += wv * src[t]
+            base = i * L
+            for oh in range(Ho):
+                d = ct[c, base + oh * Wo:base + (oh + 1) * Wo]
+                a_row = acc[oh * Wq:oh * Wq + Wo]
+                for ow in range(Wo):
+                    d[ow] = a_row[ow]
+    return not bad
 
 
-DW_BLOCK_BYTES = 1 << 20  # int64 accumulators per depthwise block
+DW_BLOCK_BYTES = 1 << 18  # accumulators per depthwise block (cache-sized: the epilogue reads them again)
 
 
 def depthwise_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue | None" = None) -> int | None:
     """The exact depthwise conv of ``plan.depthwise`` on x [N, C, H, W] into out [N, C, L], by blocks of images in
     :func:`workers` threads: :func:`depthwise_acc` then ``epi`` (fused requant + clamp + count, narrow out) or,
-    without one, the int64 accumulators. Returns the clipped count (0 without ``epi``), or None when x leaves
-    the plan's range."""
+    without one, the accumulators (out's dtype). Returns the clipped count (0 without ``epi``), or None when x
+    leaves the plan's range."""
     d = plan.depthwise
     N, C = x.shape[0], x.shape[1]
-    L = int(geom[6] * geom[7])
+    KH, KW, sh, sw, dh, dw, Ho, Wo = (int(v) for v in geom)
+    L = Ho * Wo
     n_workers = min(workers(), N)
-    nb = int(max(1, min(-(-N // n_workers), DW_BLOCK_BYTES // max(1, C * L * 8))))
+    nb = int(max(1, min(-(-N // n_workers), DW_BLOCK_BYTES // max(1, C * L * 4))))
     blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     x = np.ascontiguousarray(x)
 
     H, W = x.shape[2], x.shape[3]
-    Hp = max(int(geom[6] - 1) * int(geom[2]) + int(geom[0] - 1) * int(geom[4]) + 1, pad[0] + H)
-    Wp = max(int(geom[7] - 1) * int(geom[3]) + int(geom[1] - 1) * int(geom[5]) + 1, pad[2] + W)
+    Hp = max((Ho - 1) * sh + (KH - 1) * dh + 1, pad[0] + H)
+    Wp = max((Wo - 1) * sw + (KW - 1) * dw + 1, pad[2] + W)
+    Hq, Wq = -(-Hp // sh) + 1, -(-Wp // sw)  # a spare row: the tap loops also fill the Wq - Wo unused columns
     dt = np.int32 if d.sum_max < 1 << 31 else np.int64  # every partial sum of the taps < 2^31: int32 is exact
     wk = d.w.astype(dt)
 
     def work(part):
         clipped = 0
-        buf = np.zeros((Hp, Wp), dt)
+        phases = np.empty(sh * sw * Hq * Wq, dt)
+        acc = np.empty(Ho * Wq, dt)
         for n0, b in part:
             ct = np.empty((C, b * L), dt)
-            if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], buf, ct):
+            if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], phases, acc, ct):
                 return None
             if epi is None:
                 epilogue_wide(ct, n0, d.add, out)
@@ -1295,6 +1425,12 @@ def depthwise_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue 
 
     res = _in_workers(work, [blocks[i::n_workers] for i in range(n_workers)])
     return None if any(r is None for r in res) else sum(res)
+
+
+def _wide(x: np.ndarray) -> np.ndarray:
+    """x as int64 for the general (model-kernel / BLAS) paths, which compute x - z_x in x's dtype: the exact
+    paths read narrow codes (ops.core._int_codes) as they are."""
+    return x if x.dtype == np.int64 else x.astype(np.int64)
 
 
 def _fits(plan: GemmPlan, x: np.ndarray) -> bool:
@@ -1310,15 +1446,17 @@ _LINEAR_GEOM = np.array([1, 1, 1, 1, 1, 1, 1, 1], np.int64)  # a linear layer is
 
 
 def linear_accumulate(x, w, bias, zx, zw, acc, plan: GemmPlan | None = None):
-    """Fast linear: (out int64 [N, M], partial events, acc events). ``plan``: from :func:`linear_plan`."""
+    """Fast linear: (out [N, M], partial events, acc events), int32 where the int8 GEMM's plan proves every
+    |acc| < 2^31 (:func:`acc_dtype`), else int64. ``plan``: from :func:`linear_plan`."""
     N, K = x.shape
     M = w.shape[0]
     if plan is None or not _fits(plan, x):
         plan = linear_plan(w, bias, zx, zw, acc, *_range(x, zx))
     if plan.gemm is not None and N:
-        out = np.empty((N, M, 1), np.int64)
-        if gemm_int8(x.reshape(N, K, 1, 1), plan, _LINEAR_GEOM, (0, 0, 0, 0), out) is not None:
+        out = _exact_accumulators(x.reshape(N, K, 1, 1), plan, _LINEAR_GEOM, (0, 0, 0, 0), (N, M, 1))
+        if out is not None:
             return out.reshape(N, M), 0, 0
+    x = _wide(x)
     plan = plan.groups[0]
     dt = plan.blas if not plan.kernel_only else (np.float32 if plan.w_f32 is not None else np.int32)
     cols = np.ascontiguousarray((x - zx).T.astype(dt))[None]  # [1, K, N]
@@ -1413,8 +1551,28 @@ def _run_chunked(plan: _Plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, 
     return pe, ae
 
 
+def acc_dtype(acc_max: int):
+    """The accumulator dtype of an exact plan: int32 where the plan proves every |acc| <= acc_max < 2^31
+    (ratio (a) of benchmarks/kernels.py: writing int64 accumulators cost more than the int8 GEMM), else int64."""
+    return np.int32 if acc_max < 1 << 31 else np.int64
+
+
+def _exact_accumulators(x, plan: GemmPlan, geom: np.ndarray, pad, shape):
+    """The accumulators [N, M, L] of an exact plan (int8 GEMM or depthwise kernel) in :func:`acc_dtype`, or None
+    where the plan has neither or x leaves its range."""
+    src = plan.gemm if plan.gemm is not None else plan.depthwise
+    if src is None:
+        return None
+    out = np.empty(shape, acc_dtype(src.acc_max))
+    run = gemm_int8 if plan.gemm is not None else depthwise_run
+    return out if run(x, plan, geom, pad, out) is not None else None
+
+
 def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, plan: GemmPlan | None = None):
-    """Fast conv2d: (out int64 [N, Cout, Ho, Wo], partial events, acc events). ``plan``: from :func:`conv_plan`.
+    """Fast conv2d: (out [N, Cout, Ho, Wo], partial events, acc events). ``plan``: from :func:`conv_plan`.
+
+    out is int32 where an exact plan (int8 GEMM, depthwise kernel) proves every |acc| < 2^31
+    (:func:`acc_dtype`), else int64: the same integers either way.
 
     A layer that cannot overflow, with int8-sized operands, is one int8 GEMM with int32
     accumulation (:func:`int_mm`) plus exact int64 correction terms.
@@ -1431,17 +1589,17 @@ def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, pl
     Wo = (W + pad[2] + pad[3] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
     L, Kg, Mg, Ktot = Ho * Wo, Cin_g * KH * KW, Cout // groups, Cin * KH * KW
     geom = np.array([KH, KW, stride[0], stride[1], dilation[0], dilation[1], Ho, Wo], np.int64)
-    out = np.empty((N, Cout, L), np.int64)
-    if plan is not None and plan.gemm is not None and N and gemm_int8(x, plan, geom, pad, out) is not None:
-        return out.reshape(N, Cout, Ho, Wo), 0, 0
-    if plan is not None and plan.depthwise is not None and N and depthwise_run(x, plan, geom, pad, out) is not None:
-        return out.reshape(N, Cout, Ho, Wo), 0, 0
+    if plan is not None and N:
+        out = _exact_accumulators(x, plan, geom, pad, (N, Cout, L))
+        if out is not None:
+            return out.reshape(N, Cout, Ho, Wo), 0, 0
     if plan is None or not _fits(plan, x):
         plan = conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, *_range(x, zx))
-        if plan.gemm is not None and N and gemm_int8(x, plan, geom, pad, out) is not None:
+        out = _exact_accumulators(x, plan, geom, pad, (N, Cout, L)) if N else None
+        if out is not None:
             return out.reshape(N, Cout, Ho, Wo), 0, 0
-        if plan.depthwise is not None and N and depthwise_run(x, plan, geom, pad, out) is not None:
-            return out.reshape(N, Cout, Ho, Wo), 0, 0
+    x = _wide(x)
+    out = np.empty((N, Cout, L), np.int64)
     plans = plan.groups
     blas_types = [p.blas for p in plans if not p.kernel_only]
     if blas_types:
@@ -1542,6 +1700,44 @@ def _fma_f32(x, r, z):
         if (yd + np.float64(other)) * 0.5 == s:
             y = max(y, other) if e > 0 else min(y, other)
     return y
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _quantize_fma_range(x, inv, z, qmin, qmax, out, i0, i1):
+    """out[i] = clip(int64(rint(fl32(x[i] * inv + z))), qmin, qmax) for i in [i0, i1): the float32 FMA exactly
+    (:func:`_fma_f32`: x * inv is exact in float64 for any float32 x, inv). int64(r) as numpy's astype on x86
+    (compile.TorchQuantizeGrid): NaN and |r| >= 2^63 give INT64_MIN, so qmin after the clip."""
+    for i in range(i0, i1):
+        r = np.rint(_fma_f32(x[i], inv, z))
+        if not (abs(r) < 9.223372036854775808e18):  # NaN, +-inf, out of int64 range: cvttsd2si's INT64_MIN
+            out[i] = qmin
+        else:
+            out[i] = min(max(np.int64(r), qmin), qmax)
+
+
+@njit(parallel=True, cache=True)
+def _quantize_fma_par(x, inv, z, qmin, qmax, out):
+    n = x.shape[0]
+    step = 1 << 14
+    for b in prange((n + step - 1) // step):
+        _quantize_fma_range(x, inv, z, qmin, qmax, out, b * step, min(n, (b + 1) * step))
+
+
+@njit(cache=True, nogil=True)
+def _quantize_fma_ser(x, inv, z, qmin, qmax, out):
+    _quantize_fma_range(x, inv, z, qmin, qmax, out, 0, x.shape[0])
+
+
+def quantize_fma(x, inv, z, qmin: int, qmax: int) -> np.ndarray:
+    """PyTorch's x86 input quantizer in one numba pass (compile.TorchQuantizeGrid): int64
+    clip(rint(fl32(fma(x, inv, z))), qmin, qmax) for float32 x (any shape), float32 inv = fl32(1 / scale) and
+    z = float32 zero point; bit for bit the numpy form rint(compile.fma_f32(x, inv, z)).astype(int64) clipped
+    (tests/core/test_fastpath2.py). Parallel, single-threaded inside :func:`serial_mode`."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty(x.shape, np.int64)
+    (_quantize_fma_ser if serial() else _quantize_fma_par)(x.reshape(-1), np.float32(inv), np.float32(z), int(qmin),
+                                                            int(qmax), out.reshape(-1))
+    return out
 
 
 @njit(parallel=True, cache=True)

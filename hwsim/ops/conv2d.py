@@ -10,8 +10,8 @@ import numpy as np
 
 from hwsim import reference as ref
 from hwsim.errors import HwsimError
-from hwsim.ops.core import (Accumulator, AccStats, _bias, _check_impl, _int_array, _padding, _pair, _w_zero_point,
-                            conv_output_size)
+from hwsim.ops.core import (Accumulator, AccStats, _bias, _check_impl, _int_array, _int_codes, _padding, _pair,
+                            _w_zero_point, conv_output_size)
 from hwsim.ops.mac import MacSpec
 from hwsim.ops.registry import need_chw, pair, register, window_out
 
@@ -19,12 +19,15 @@ from hwsim.ops.registry import need_chw, pair, register, window_out
 def conv2d(x_q, w_q, bias_q=None, *, x_zero_point=0, w_zero_point=0, stride=(1, 1), padding=(0, 0, 0, 0),
            dilation=(1, 1), groups: int = 1, acc: Accumulator = Accumulator(),
            impl: str = "fast") -> tuple[np.ndarray, AccStats]:
-    """2-D convolution (NCHW, weights [Cout, Cin/groups, kh, kw]) under the accumulator model; int64 [N, Cout, Ho, Wo].
+    """2-D convolution (NCHW, weights [Cout, Cin/groups, kh, kw]) under the accumulator model; [N, Cout, Ho, Wo].
+
+    The fast path returns int32 where its plan proves every |acc| < 2^31 (kernels.acc_dtype), else int64; the
+    reference returns int64: the same integers.
 
     k runs over (input channel of the group, kernel row, kernel column); padding pixels hold x_zero_point.
     """
     _check_impl(impl)
-    x = _int_array(x_q, "x_q")
+    x = _int_codes(x_q, "x_q")
     w = _int_array(w_q, "w_q")
     stride, dilation, pad = _pair(stride, "stride"), _pair(dilation, "dilation"), _padding(padding)
     if x.ndim != 4 or w.ndim != 4:
@@ -39,6 +42,7 @@ def conv2d(x_q, w_q, bias_q=None, *, x_zero_point=0, w_zero_point=0, stride=(1, 
     zw = _w_zero_point(w_zero_point, w.shape[0])
     b = _bias(bias_q, w.shape[0])
     if impl == "reference":
+        x = _int_array(x, "x_q")
         out, pe, ae = ref.conv2d(x, w, b, int(x_zero_point), zw, stride, pad, dilation, groups, acc)
         return out, AccStats(pe, ae)
     from hwsim import kernels

@@ -78,6 +78,16 @@ def _int_array(a, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+_CODE_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
+
+
+def _int_codes(a, name: str) -> np.ndarray:
+    """:func:`_int_array` except that integer arrays of at most 32 bits keep their dtype (no int64 copy): the
+    fast kernels read int8/uint8 activation codes as they are (the values are the same)."""
+    arr = np.asarray(a)
+    return arr if arr.dtype in _CODE_DTYPES else _int_array(arr, name)
+
+
 def _pair(v, name: str) -> tuple[int, int]:
     t = tuple(int(a) for a in v) if isinstance(v, (tuple, list, np.ndarray)) else (int(v), int(v))
     if len(t) != 2 or min(t) < 1:
@@ -363,6 +373,8 @@ def _float32_requant_kernel(acc, params: RequantParams, cfg: Requant, z_y: int, 
 
 
 def _requantize_fast(acc, params: RequantParams, cfg: Requant, z_y: int, channel_axis: int, index):
+    if acc.dtype != np.int64:  # int32 accumulators of an exact plan (kernels.acc_dtype): the same integers
+        acc = acc.astype(np.int64)
     nd = acc.ndim
     if params.channels > 1 and (nd == 0 or acc.shape[channel_axis] != params.channels):
         raise HwsimError(f"requantize: {params.channels} per-channel multipliers but accumulator shape {acc.shape} "
@@ -439,11 +451,18 @@ def fused_epilogue(params: RequantParams, cfg: Requant, z_y: int, lo: int, hi: i
                                 **common)
     if cfg.mode == "float32" and cfg.rounding != "stochastic" and params.src_scale is None:  # oneDNN's sequential
         has_bias, has_pre = params.bias_term is not None, params.pre_scale is not None  # scales: numpy's path
-        return kernels.Epilogue("float32", mult=per(params.multiplier, np.float32),
-                                bias=per(params.bias_term if has_bias else 0, np.float32),
-                                pre=per(params.pre_scale if has_pre else 1, np.float32), has_bias=has_bias,
+        mult = per(params.multiplier, np.float32)
+        bias = per(params.bias_term if has_bias else 0, np.float32)
+        pre = per(params.pre_scale if has_pre else 1, np.float32)
+        # 32-bit lanes (kernels._epi_f32_lanes): |acc| < 2^31 (int32 holds it), the integer bounds small enough to
+        # be exact in float32 (|.| < 2^24), and no NaN possible (finite constants; |acc * pre| < 2^31 * 1e29 cannot
+        # overflow to inf, so fa is finite and fa * M + z is a finite number or +-inf, never NaN)
+        bounds = (int(z_y), int(lo), int(hi), int(qmin), int(qmax))
+        lanes32 = bool(acc_max < 1 << 31 and max(abs(v) for v in bounds) < 1 << 23
+                       and all(np.isfinite(a).all() for a in (mult, bias, pre)) and float(np.abs(pre).max()) < 1e29)
+        return kernels.Epilogue("float32", mult=mult, bias=bias, pre=pre, has_bias=has_bias,
                                 has_pre=has_pre, z_before=cfg.zero_point == "before",
-                                mode=kernels.ROUND_CODE[cfg.rounding], **common)
+                                mode=kernels.ROUND_CODE[cfg.rounding], lanes32=lanes32, **common)
     return None
 
 

@@ -10,22 +10,26 @@ import numpy as np
 
 from hwsim import reference as ref
 from hwsim.errors import HwsimError
-from hwsim.ops.core import Accumulator, AccStats, _bias, _check_impl, _int_array, _w_zero_point
+from hwsim.ops.core import Accumulator, AccStats, _bias, _check_impl, _int_array, _int_codes, _w_zero_point
 from hwsim.ops.mac import MacSpec
 from hwsim.ops.registry import register
 
 
 def linear(x_q, w_q, bias_q=None, *, x_zero_point=0, w_zero_point=0, acc: Accumulator = Accumulator(),
            impl: str = "fast") -> tuple[np.ndarray, AccStats]:
-    """acc[n, m] = bias[m] + sum_k (w[m,k] - zw[m]) * (x[n,k] - zx) under the accumulator model; int64 [N, M]."""
+    """acc[n, m] = bias[m] + sum_k (w[m,k] - zw[m]) * (x[n,k] - zx) under the accumulator model; [N, M].
+
+    The fast path returns int32 where its plan proves every |acc| < 2^31 (kernels.acc_dtype), else int64; the
+    reference returns int64: the same integers."""
     _check_impl(impl)
-    x = _int_array(x_q, "x_q")
+    x = _int_codes(x_q, "x_q")
     w = _int_array(w_q, "w_q")
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
         raise HwsimError(f"linear: x_q {x.shape} and w_q {w.shape}: allowed x [N, K] and w [M, K]")
     zw = _w_zero_point(w_zero_point, w.shape[0])
     b = _bias(bias_q, w.shape[0])
     if impl == "reference":
+        x = _int_array(x, "x_q")
         out, pe, ae = ref.linear(x, w, b, int(x_zero_point), zw, acc)
         return out, AccStats(pe, ae)
     from hwsim import kernels

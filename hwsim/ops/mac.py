@@ -29,7 +29,8 @@ class MacSpec(OpSpec):
 
     # --- what a subclass supplies
     def accumulate(self, lay, x, gx, impl: str):
-        """int64 accumulators and :class:`~hwsim.ops.AccStats` by the public op (``impl`` fast/reference)."""
+        """Integer accumulators (int64, or int32 where the fast plan proves |acc| < 2^31) and
+        :class:`~hwsim.ops.AccStats` by the public op (``impl`` fast/reference)."""
         raise NotImplementedError
 
     def plan(self, lay, w, b, zw, gx):
@@ -136,7 +137,7 @@ class MacSpec(OpSpec):
     def fast(self, lay, x: np.ndarray, gx) -> tuple[np.ndarray, int, int]:
         """The layer's accumulators by the fast kernels with its plan (:meth:`planned`).
 
-        Returns (acc int64, acc events, partial events).
+        Returns (acc, acc events, partial events): acc int64, or int32 where the plan proves |acc| < 2^31.
         """
         w, zw, b, plan = self.planned(lay, gx)
         acc, pe, ae = self.accumulate_planned(lay, x, w, b, zw, gx, plan)

@@ -468,7 +468,11 @@ def test_serial_mode_kernels_equal_parallel():
 @pytest.mark.parametrize("case", [dict(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), k=3),
                                   dict(stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1), k=3),
                                   dict(stride=(2, 1), padding=(0, 2, 1, 0), dilation=(2, 1), k=3),
-                                  dict(stride=(1, 1), padding=(2, 2, 2, 2), dilation=(1, 1), k=5)],
+                                  dict(stride=(1, 1), padding=(2, 2, 2, 2), dilation=(1, 1), k=5),
+                                  # the stride-phase planes (kernels.depthwise_acc): strides 2-3, width dilation
+                                  dict(stride=(2, 2), padding=(2, 2, 2, 2), dilation=(1, 1), k=5),
+                                  dict(stride=(1, 3), padding=(0, 1, 2, 0), dilation=(1, 2), k=3),
+                                  dict(stride=(3, 2), padding=(2, 0, 0, 3), dilation=(2, 3), k=3)],
                          ids=lambda c: f"s{c['stride']}p{c['padding']}d{c['dilation']}k{c['k']}")
 @pytest.mark.parametrize("grid", GRIDS)
 def test_exact_depthwise_kernel_equals_reference(grid, case):
