@@ -1,11 +1,12 @@
 """Public functional API: single-layer integer ops with explicit quantization parameters.
 
 Every op has ``impl="fast"`` (default: numba kernels / exact BLAS / vectorized numpy) and
-``impl="reference"`` (``hwsim.reference``, the spec); both give identical integers. Integer
-arrays are int64 at the API. The arithmetic contract is in ``docs/semantics.md``.
+``impl="reference"`` (``hwsim.reference``, the spec); both give identical integer values. Integer
+arrays are int64 at the API, except the fast path's accumulators: int32 where the layer's plan proves
+|acc| < 2^31 (``hwsim.kernels.acc_dtype``), the same values. The arithmetic contract is in ``docs/semantics.md``.
 
 - :class:`Accumulator` — the MAC-array accumulator model (A bits, chunk rows R, partial-sum P bits).
-- :func:`conv2d`, :func:`linear` -> (int64 accumulators, :class:`AccStats`).
+- :func:`conv2d`, :func:`linear` -> (accumulators: int64, or int32 where proven, :class:`AccStats`).
 - :class:`Requant`, :func:`make_requant_params`, :func:`requantize` -> (y, clipped).
 - :func:`max_pool2d`, :func:`avg_pool2d`, :func:`global_avg_pool`, :func:`add`, :func:`concat`.
 
