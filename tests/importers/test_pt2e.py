@@ -455,17 +455,78 @@ def test_exported_program_and_float_sections(smallcnn):
         import_pt2e(Net(), (1, 8, 8))
 
 
-def test_mobilenetv3_float_sections_one_line():
-    """pt2e MobileNetV3 (not modelled): X86InductorQuantizer leaves each hard-swish's input (a conv output inductor
-    fuses as a oneDNN eltwise post-op) and the squeeze-excite mul's operands (the float conv + relu output times the
-    float hard-sigmoid) unquantized: one line naming the first such node."""
+@pytest.fixture(scope="module")
+def mobilenetv3():
     m, spec = _bundled_torch("mobilenetv3")
     c = pt2e_int8(m, spec.shape, _images("mobilenetv3", 8, 9))
+    return c, spec
+
+
+def test_mobilenetv3_float_sections_imported(mobilenetv3):
+    """pt2e MobileNetV3's float sections import as fused forms (no refusal): every hard-swish on a conv / linear
+    output, every squeeze-excite mul; the tensors the engine never quantizes get the grids import_pt2e documents
+    (a hard-swish's input: uint8 over [-3, top]; the SE conv's output: uint8 3/127 over [-3, 3]; the hard-sigmoid: 1/256, 0);
+    under int8-pytorch-inductor the hard-swish layers carry their fused MAC layer (oneDNN's post-op, or the C++
+    kernels after a linear or where the SE mul reads them in float), the muls their two sections, and the
+    depthwise conv + relu read by an SE mul quantizes with the zero point after rounding; under int8-pytorch none."""
+    c, spec = mobilenetv3
     qs = [n.name for n in c.graph.nodes if n.target == Q]
+    g = import_pt2e(cut(c, [qs[-1]]), spec.shape)
+    grids = given_of(g).grids
+    assert grids["conv2d_3"] == {"scale": float(np.float32(3 / 127)), "zero_point": 127, "dtype": "uint8"}
+    assert grids["hardsigmoid"] == {"scale": 1 / 256, "zero_point": 0, "dtype": "uint8"}
+    lo = -grids["conv2d"]["zero_point"] * grids["conv2d"]["scale"]
+    assert abs(lo + 3) < grids["conv2d"]["scale"] and grids["conv2d"]["dtype"] == "uint8"
+    layers = {lay.name: lay for lay in compile_model(g, load_profile("int8-pytorch-inductor"), None).layers}
+    hs = {k: lay.fused_mac for k, lay in layers.items() if lay.op == "hardswish"}
+    assert hs["hardswish"] == ("conv2d", "onednn") and hs["hardswish_2"] == ("conv2d_12", "cpp"), hs
+    assert hs["hardswish_8"] == ("linear", "cpp") and all(v is not None for v in hs.values()), hs
+    se = {k: lay.se for k, lay in layers.items() if lay.op == "mul"}
+    assert len(se) == 4 and se["mul"] == (0, ("mac", "conv2d_1"), "conv2d_3"), se
+    assert se["mul_1"] == (0, ("hardswish", "hardswish_2"), "conv2d_14"), se
+    assert layers["conv2d_1"].requant.zero_point == "after" and layers["conv2d_4"].requant.zero_point == "before"
+    plain = compile_model(g, load_profile("int8-pytorch"), None).layers
+    assert not any(getattr(lay, "fused_mac", None) or getattr(lay, "se", None) for lay in plain)
     with pytest.raises(HwsimError) as e:
-        import_pt2e(cut(c, [qs[-1]]), spec.shape)
-    msg = str(e.value)
-    assert "\n" not in msg and "pt2e node 'hardswish'" in msg and "float section" in msg
+        load_profile("int8-pytorch-inductor", {"requant.mul_form": "inductr"})
+    assert "\n" not in str(e.value) and "mul_form" in str(e.value) and "inductor" in str(e.value)
+
+
+@AMX
+def test_mobilenetv3_identical(mobilenetv3):
+    """pt2e MobileNetV3 compiled by inductor: every quantized tensor == hwsim's under int8-pytorch-inductor on 256
+    inputs (the float sections as fused forms: hard-swish post-op, C++ quantize of float-output convs, the SE
+    kernel); each neighbour differs: PyTorch's integer tables and quantized mul (activation_form / mul_form
+    "torch"), the SE gate times fl32(1/6) instead of / 6, int8-pytorch-onednn. (oneDNN's hard-swish gate as an FMA,
+    fma(v, 1/6, 1/2), gives the same integers here on these 256 inputs: not a separating neighbour.)"""
+    from hwsim.ops import activation as act
+
+    c, spec = mobilenetv3
+    qs = [n.name for n in c.graph.nodes if n.target == Q]
+    x = _images("mobilenetv3", 256, 0)
+    ys = inductor(cut(c, qs[1:]), x)
+    g = import_pt2e(cut(c, [qs[-1]]), spec.shape)
+    ind = "int8-pytorch-inductor"
+
+    def count(prof):
+        env = run_integer(compile_model(g, prof, None), x)
+        return sum(int((env[g.pt2e_tensors[k]].astype(np.int64).reshape(y.shape) != y).sum()) for k, y in zip(qs[1:], ys))
+
+    diff = {"inductor": count(load_profile(ind)),
+            "tables": count(load_profile(ind, {"requant.activation_form": "torch", "requant.mul_form": "torch"})),
+            "onednn": count(load_profile("int8-pytorch-onednn"))}
+    f32 = np.float32
+    saved = act.cpp_hardsigmoid
+    try:  # one step of the arithmetic changed (the probe's neighbour, now through hwsim's layers)
+        act.cpp_hardsigmoid = lambda g: (np.minimum(np.maximum((np.asarray(g, f32) + f32(3)).astype(f32), f32(0)),
+                                                    f32(6)) * (f32(1) / f32(6))).astype(f32)
+        diff["sigmoid x 1/6"] = count(load_profile(ind))
+    finally:
+        act.cpp_hardsigmoid = saved
+    total = sum(y.size for y in ys)
+    print("mobilenetv3", total, "integers:", diff)
+    assert total > 10 ** 7 and diff.pop("inductor") == 0, diff
+    assert all(v > 0 for v in diff.values()), diff
 
 
 @AMX
