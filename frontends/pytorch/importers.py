@@ -290,8 +290,12 @@ class _Pt2eImporter(_FxImporter):
     a float tensor used by anything but a relu, a max pool / flatten (moves the quantize commutes with, zero point
     0), an add (a conv2d output: the x86 quantizer leaves it unquantized and inductor fuses the add into the conv as
     oneDNN's sum post-op, profile key requant.add_form = "onednn_sum"; the conv's output gets the add's grid, what
-    an engine without the fusion would requantize it to) or a quantize_per_tensor is refused in one line naming the
-    node (the float-output last layer, and MobileNetV3's hard-swish / squeeze-excite, are such float sections)."""
+    an engine without the fusion would requantize it to), a hard-swish / hard-sigmoid (MobileNetV3: inductor fuses
+    them with the conv / linear; the squeeze-excite mul of a conv (+ relu / hard-swish) output and a hard-sigmoid of a
+    conv output, one C++ kernel; profile keys requant.activation_form / mul_form = "inductor", which recompute the
+    float values from the MAC layers' accumulators; the never-quantized tensors get the grids set below) or a
+    quantize_per_tensor is refused in one line naming the node (the float-output last layer is such a float
+    section)."""
 
     def fail(self, node: fx.Node, why: str) -> None:
         tgt = getattr(node.target, "__name__", None) or str(node.target)
@@ -386,9 +390,9 @@ class _Pt2eImporter(_FxImporter):
         v = self.env.get(a.name) if isinstance(a, fx.Node) else None
         if not (isinstance(v, tuple) and v[0] == "dq"):
             self.fail(node, f"reads {getattr(a, 'name', a)!r}, a float tensor (not dequantize_per_tensor's output): a "
-                            "float section (the x86 inductor quantizer leaves the last layer's output, a "
-                            "hard-swish's input and the squeeze-excite mul's operands unquantized: inductor computes "
-                            "them in float32 and oneDNN post-ops, which hwsim does not model)")
+                            "float section (the x86 inductor quantizer leaves the last layer's output unquantized: inductor "
+                            "computes it in float32, which hwsim does not model; hwsim runs a hard-swish, hard-sigmoid or "
+                            "squeeze-excite mul on a conv's float output fused with it)")
         return v[1]
 
     def moved_in(self, node: fx.Node, a) -> str:

@@ -669,6 +669,13 @@ class HardswishSpec(_TableSpec):
             h, gy.scale, gy.zero_point, r)
         return clamp_counted(y, lay, gy, narrow)
 
+    def onnx_export(self, ex, lay):
+        if getattr(lay, "fused_mac", None) is not None:
+            raise HwsimError(f"layer '{lay.name}': hardswish fused with MAC layer {lay.fused_mac[0]!r} "
+                             "(activation_form 'inductor') has no ONNX form: allowed activation_form 'exact', 'torch', "
+                             "'tflite' or 'onnxruntime'")
+        return super().onnx_export(ex, lay)
+
     def golden_fields(self, lay, write_int):
         out = super().golden_fields(lay, write_int)
         if getattr(lay, "fused_mac", None) is not None:

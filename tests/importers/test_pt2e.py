@@ -3,8 +3,9 @@ their own numbers (frontends.pytorch.importers.import_pt2e) and run by hwsim und
 integers torch.compile's x86 lowering (freezing on: oneDNN qconv / qlinear_pointwise, generated C++ quantize and
 mean kernels) computes, bit for bit; the arithmetic forms measured op by op against torch.ops.onednn, the
 neighbouring forms shown to differ; residual networks (a conv + add fused as oneDNN's sum post-op) whole-network;
-a float section (float logits, MobileNetV3's hard-swish / squeeze-excite) or an op outside the supported set is one
-line naming the pt2e node."""
+MobileNetV3's float sections (hard-swish, squeeze-excite) as fused forms whole-network; a float section hwsim does not
+model (float logits, a hard-swish on a shared conv output) or an op outside the supported set is one line naming the
+pt2e node."""
 from __future__ import annotations
 
 import copy
@@ -454,6 +455,21 @@ def test_exported_program_and_float_sections(smallcnn):
     with pytest.raises(HwsimError, match="not a pt2e GraphModule"):
         import_pt2e(Net(), (1, 8, 8))
 
+    class Shared(torch.nn.Module):  # a hard-swish on a conv output that something else reads too: not a fused form
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(torch.nn.functional.hardswish(y) * torch.sigmoid(y))
+
+    s = pt2e_int8(Shared(), (1, 8, 8), np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32))
+    with pytest.raises(HwsimError) as e:
+        import_pt2e(s, (1, 8, 8))
+    msg = str(e.value)
+    assert "\n" not in msg and "pt2e node 'hardswish'" in msg and "float section hwsim does not model" in msg, msg
+
 
 @pytest.fixture(scope="module")
 def mobilenetv3():
@@ -468,7 +484,8 @@ def test_mobilenetv3_float_sections_imported(mobilenetv3):
     (a hard-swish's input: uint8 over [-3, top]; the SE conv's output: uint8 3/127 over [-3, 3]; the hard-sigmoid: 1/256, 0);
     under int8-pytorch-inductor the hard-swish layers carry their fused MAC layer (oneDNN's post-op, or the C++
     kernels after a linear or where the SE mul reads them in float), the muls their two sections, and the
-    depthwise conv + relu read by an SE mul quantizes with the zero point after rounding; under int8-pytorch none."""
+    depthwise conv + relu read by an SE mul quantizes with the zero point after rounding (fast == reference on
+    every tensor); under int8-pytorch none; a misspelt form is one line."""
     c, spec = mobilenetv3
     qs = [n.name for n in c.graph.nodes if n.target == Q]
     g = import_pt2e(cut(c, [qs[-1]]), spec.shape)
@@ -487,6 +504,10 @@ def test_mobilenetv3_float_sections_imported(mobilenetv3):
     assert layers["conv2d_1"].requant.zero_point == "after" and layers["conv2d_4"].requant.zero_point == "before"
     plain = compile_model(g, load_profile("int8-pytorch"), None).layers
     assert not any(getattr(lay, "fused_mac", None) or getattr(lay, "se", None) for lay in plain)
+    qg = compile_model(g, load_profile("int8-pytorch-inductor"), None)
+    x = _images("mobilenetv3", 2, 0)
+    fast, slow = (run_integer(qg, x, impl=impl) for impl in ("fast", "reference"))
+    assert all(np.array_equal(fast[k], slow[k]) for k in fast)  # the fused forms: fast == reference, bit for bit
     with pytest.raises(HwsimError) as e:
         load_profile("int8-pytorch-inductor", {"requant.mul_form": "inductr"})
     assert "\n" not in str(e.value) and "mul_form" in str(e.value) and "inductor" in str(e.value)
@@ -536,7 +557,7 @@ def test_mobilenetv3_float_sections_found():
     + 1/2), 0, 1)); float-output convs quantized by a C++ kernel, round(fl32(v * fl32(1/s))) + z; the SE gate
     fl32(v * fl32(min(max(fl32(g + 3), 0), 6) / 6)); linear + hard-swish in C++), run whole-network in numpy from
     the input codes: every quantized tensor == torch.compile's on 256 inputs; changing any one step differs (the
-    finding an hwsim form must implement; import_pt2e still refuses the network, the test above)."""
+    finding hwsim's forms implement: test_mobilenetv3_identical)."""
     import importlib.util
     from pathlib import Path
 
