@@ -330,6 +330,10 @@ def compile_given(model, profile, given: Given | None = None):
         reach[out] = (lo, hi)
         if spec.mac:
             _given_mac(lay, n, folded, given, prof, profile, position, grids, reach, pname)
+            from hwsim.ops.mul import inductor_float_output  # issue 17: a float-output conv's C++ quantize
+
+            inductor_float_output(lay, n, LayerContext(folded, profile, prof, grids, reach, False, QuantHooks(), True,
+                                                       position))
         else:
             spec.compile(lay, n, LayerContext(folded, profile, prof, grids, reach, False, QuantHooks(), True, position))
         if lay.requant is not None and lay.requant.rounding == "stochastic":

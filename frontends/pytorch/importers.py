@@ -277,7 +277,8 @@ SOURCE_PT2E = "torch.pt2e"
 def _pt2e_supported() -> str:
     return ("quantize_per_tensor / dequantize_per_tensor (uint8 / int8), dequantize_per_channel / per_tensor of "
             "constant int8 weights, aten conv2d, linear, relu, relu6 / hardtanh(0, 6), add of two quantized tensors or of "
-            "a conv2d's float output and a quantized tensor (oneDNN's sum post-op), "
+            "a conv2d's float output and a quantized tensor (oneDNN's sum post-op), hardswish of a conv2d / linear "
+            "output, the squeeze-excite mul of a conv (+ relu / hardswish) output and hardsigmoid of a conv output, "
             "max_pool2d, adaptive_avg_pool2d / mean to 1x1, flatten, view / reshape to [N, -1], dropout / clone")
 
 
@@ -289,8 +290,12 @@ class _Pt2eImporter(_FxImporter):
     a float tensor used by anything but a relu, a max pool / flatten (moves the quantize commutes with, zero point
     0), an add (a conv2d output: the x86 quantizer leaves it unquantized and inductor fuses the add into the conv as
     oneDNN's sum post-op, profile key requant.add_form = "onednn_sum"; the conv's output gets the add's grid, what
-    an engine without the fusion would requantize it to) or a quantize_per_tensor is refused in one line naming the
-    node (the float-output last layer, and MobileNetV3's hard-swish / squeeze-excite, are such float sections)."""
+    an engine without the fusion would requantize it to), a hard-swish / hard-sigmoid (MobileNetV3: inductor fuses
+    them with the conv / linear; the squeeze-excite mul of a conv (+ relu / hard-swish) output and a hard-sigmoid of a
+    conv output, one C++ kernel; profile keys requant.activation_form / mul_form = "inductor", which recompute the
+    float values from the MAC layers' accumulators; the never-quantized tensors get the grids set below) or a
+    quantize_per_tensor is refused in one line naming the node (the float-output last layer is such a float
+    section)."""
 
     def fail(self, node: fx.Node, why: str) -> None:
         tgt = getattr(node.target, "__name__", None) or str(node.target)
@@ -385,9 +390,9 @@ class _Pt2eImporter(_FxImporter):
         v = self.env.get(a.name) if isinstance(a, fx.Node) else None
         if not (isinstance(v, tuple) and v[0] == "dq"):
             self.fail(node, f"reads {getattr(a, 'name', a)!r}, a float tensor (not dequantize_per_tensor's output): a "
-                            "float section (the x86 inductor quantizer leaves the last layer's output, a "
-                            "hard-swish's input and the squeeze-excite mul's operands unquantized: inductor computes "
-                            "them in float32 and oneDNN post-ops, which hwsim does not model)")
+                            "float section (the x86 inductor quantizer leaves the last layer's output unquantized: inductor "
+                            "computes it in float32, which hwsim does not model; hwsim runs a hard-swish, hard-sigmoid or "
+                            "squeeze-excite mul on a conv's float output fused with it)")
         return v[1]
 
     def moved_in(self, node: fx.Node, a) -> str:
@@ -415,6 +420,10 @@ class _Pt2eImporter(_FxImporter):
         self.pending = None
         self.conv_out: set[str] = set()  # float conv2d outputs with one user (an add may fuse them)
         self.sum_of: dict[str, tuple] = {}  # add (+ relu) output -> (the fused conv's output, the add node)
+        self.mac_out: set[str] = set()  # every conv2d / linear output
+        self.relu_of_mac: set[str] = set()  # a conv2d / linear + relu / relu6 output
+        self.hs_of: dict[str, tuple] = {}  # hard-swish output -> (its conv / linear's float output, the node)
+        self.gates: set[str] = set()  # hard-sigmoid outputs (the squeeze-excite gate)
         self.q = torch.ops.quantized_decomposed
         aten = torch.ops.aten
         Q = (self.q.quantize_per_tensor.default, self.q.quantize_per_tensor.tensor)
@@ -459,6 +468,12 @@ class _Pt2eImporter(_FxImporter):
                 else:
                     self.fail(node, "quantizes a tensor hwsim did not produce")
                 self.set_grid(node, t, s, z, dt)
+                if t in self.hs_of:
+                    # the MAC output under a hard-swish is never quantized by the engine (fused): hwsim gives it the
+                    # range on which hard-swish is not constant, [-3, max(3, the hard-swish grid's top)], in uint8
+                    top = max(3.0, float(np.float32(s)) * ((255 if dt == "uint8" else 127) - z))
+                    sc = float(np.float32((top + 3.0) / 255.0))
+                    self.set_grid(node, self.hs_of[t][0], sc, int(round(3.0 / sc)), "uint8")
                 if t in self.sum_of:
                     # the fused conv's output is never quantized by the engine: hwsim gives it the add's output
                     # grid (the onednn_sum add recognises it by that; other profiles requantize it there)
@@ -479,6 +494,7 @@ class _Pt2eImporter(_FxImporter):
                 self.env[node.name] = ("w", None)
             elif f in (aten.conv2d.default, aten.linear.default):
                 self.env[node.name] = ("float", self.mac(node, self.quantized_in(node, a[0])))
+                self.mac_out.add(self.env[node.name][1])
                 if f == aten.conv2d.default and len(node.users) == 1:
                     self.conv_out.add(self.env[node.name][1])
             elif f in (aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default):
@@ -489,6 +505,8 @@ class _Pt2eImporter(_FxImporter):
                 v = self.env.get(a[0].name) if isinstance(a[0], fx.Node) else None
                 if isinstance(v, tuple) and v[0] == "float":  # on a conv / linear / add output: fused into it
                     self.env[node.name] = ("float", act(node.name, v[1]))
+                    if v[1] in self.mac_out:
+                        self.relu_of_mac.add(self.env[node.name][1])
                     if v[1] in self.sum_of:
                         self.sum_of[self.env[node.name][1]] = self.sum_of[v[1]]
                 else:
@@ -543,16 +561,52 @@ class _Pt2eImporter(_FxImporter):
             elif f in (aten.dropout.default, aten.clone.default, aten.contiguous.default):
                 self.env[node.name] = self.env[a[0].name]
             elif f in (aten.hardswish.default, aten.hardswish_.default, aten.hardsigmoid.default,
-                       aten.hardsigmoid_.default, aten.mul.Tensor, aten.sigmoid.default, aten.silu.default):
-                self.fail(node, "is in a float section: X86InductorQuantizer leaves a hard-swish's / hard-sigmoid's "
-                                "input and the squeeze-excite mul's operands unquantized (inductor fuses hard-swish "
-                                "into the conv as a oneDNN eltwise post-op and multiplies float32 tensors), not "
-                                "modelled by hwsim's pt2e import yet (the arithmetic is found: docs/semantics.md section 11; the FX "
-                                "import reads MobileNetV3)")
+                       aten.hardsigmoid_.default):
+                # X86InductorQuantizer leaves a hard-swish's / hard-sigmoid's input (a conv / linear output)
+                # unquantized: torch.compile fuses them with the MAC layer (profile keys requant.activation_form /
+                # mul_form = "inductor", hwsim.ops.activation.HardswishSpec, hwsim.ops.mul.se_operands)
+                v = self.env.get(a[0].name) if isinstance(a[0], fx.Node) else None
+                if not (isinstance(v, tuple) and v[0] == "float" and v[1] in self.mac_out and len(a[0].users) == 1):
+                    self.fail(node, "is in a float section hwsim does not model: a hard-swish / hard-sigmoid reads "
+                                    "the float output of a conv2d / linear read by nothing else (docs/semantics.md "
+                                    "section 11)")
+                hs = f in (aten.hardswish.default, aten.hardswish_.default)
+                y = self.b._add(node.name, "hardswish" if hs else "hardsigmoid", [v[1]])
+                if hs:
+                    self.hs_of[y] = (v[1], node)  # the MAC output's grid follows the hard-swish's (its quantize)
+                else:
+                    # the SE gate: neither tensor is quantized by the engine; hwsim gives the conv output the range
+                    # on which hard-sigmoid is not constant, [-3, 3] (uint8, scale 3/127, zero point 127: nothing is
+                    # lost), and the hard-sigmoid PyTorch's fixed quantized hardsigmoid grid (1/256, 0;
+                    # activation.torch_output_grid)
+                    from hwsim.ops.activation import torch_output_grid
+
+                    self.set_grid(node, v[1], 3.0 / 127.0, 127, "uint8")
+                    self.set_grid(node, y, *torch_output_grid("hardsigmoid", "quint8"), "uint8")
+                    self.gates.add(y)
+                self.env[node.name] = ("float", y)
+            elif f in (aten.mul.Tensor,):
+                vs = [self.env.get(x.name) if isinstance(x, fx.Node) else None for x in a[:2]]
+                if len(a) != 2 or node.kwargs or not all(isinstance(v, tuple) and v[0] == "float" for v in vs) or (
+                        sum(v[1] in self.gates for v in vs) != 1):
+                    self.fail(node, "is a mul hwsim does not model (the squeeze-excite mul: the float output of a conv "
+                                    "(+ relu) or hard-swish times a hard-sigmoid of a conv output)")
+                x = next(v[1] for v in vs if v[1] not in self.gates)
+                if not (x in self.mac_out or x in self.hs_of or x in self.relu_of_mac):
+                    self.fail(node, f"multiplies {x!r}, which is not a conv's (+ relu / hard-swish) float output")
+                y = self.b._add(node.name, "mul", [vs[0][1], vs[1][1]])
+                self.env[node.name] = ("float", y)
+            elif f in (aten.sigmoid.default, aten.silu.default):
+                self.fail(node, "is in a float section hwsim does not model (X86InductorQuantizer leaves a sigmoid's / "
+                                "silu's input unquantized)")
             else:
                 self.fail(node, "is not supported by hwsim's pt2e import")
         if "input" not in self.grids:
             raise HwsimError(f"{self.where}: no quantize_per_tensor of the input (not a pt2e-converted int8 model)")
+        for y, (t, hs) in self.hs_of.items():
+            if y not in self.grids:
+                self.fail(hs, "is a hard-swish whose output is never quantized (hwsim models it with an int8 / uint8 "
+                              "output)")
         for conv_t, add in self.sum_of.values():
             if conv_t not in self.grids:
                 self.fail(add, "adds a conv's float output but its result is not quantized (hwsim models the "

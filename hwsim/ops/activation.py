@@ -437,6 +437,9 @@ ENGINE_FORMS = {
     "torch": {"sigmoid": "torch", "hardsigmoid": "torch", "hardswish": "torch", "tanh": "torch"},
     "tflite": {"sigmoid": "tflite_lut", "tanh": "tflite_lut", "hardswish": "tflite_hardswish"},
     "onnxruntime": {"sigmoid": "onnxruntime", "hardsigmoid": "onnxruntime", "hardswish": "onnxruntime"},
+    # torch.compile's x86 int8 lowering: PyTorch's tables, and a hard-swish on a conv / linear output fused with it
+    # (HardswishSpec, :func:`inductor_hardswish`)
+    "inductor": {"sigmoid": "torch", "hardsigmoid": "torch", "hardswish": "torch", "tanh": "torch"},
 }
 # engines that fix the output grid of f (range [0, 1) or (-1, 1)): torch_output_grid, TFLite activations.cc
 # (LOGISTIC int8: 1/256, -128; TANH int8: 1/128, 0); ONNX Runtime takes the output grid it is given
@@ -582,9 +585,102 @@ class HardsigmoidSpec(_TableSpec):
         return (None, None) if (float(a), float(b)) == HARDSIGMOID_TORCH else (float(a), float(b))
 
 
+# ----------------------------------------------------------------------------- torch.compile's fused float sections
+# pt2e MobileNetV3 under torch.compile (x86, freezing): the arithmetic read from inductor's generated code and
+# checked whole-network (scripts/pt2e_mobilenetv3_probe.py, 0 of 15,970,304 integers differ; docs/semantics.md 11)
+def onednn_hardswish(v) -> np.ndarray:
+    """oneDNN's eltwise_hardswish post-op (alpha 1/6, beta 1/2) on a conv's float32 output v (src/cpu/x64/
+    jit_uni_eltwise_injector.cpp, hardswish_compute_vector_fwd: a multiply then an add, no FMA):
+    h = fl32(v * clip(fl32(fl32(v * fl32(1/6)) + 1/2), 0, 1))."""
+    v = np.asarray(v, f32)
+    with np.errstate(over="ignore"):
+        t = ((v * (f32(1) / f32(6))).astype(f32) + f32(0.5)).astype(f32)
+        return (v * np.clip(t, f32(0), f32(1))).astype(f32)
+
+
+def cpp_hardswish(v) -> np.ndarray:
+    """Inductor's generated C++ hard-swish (cpp_fused_hardswish_quantize_per_tensor, on qlinear_pointwise's float32
+    output): fl32(fl32(v * min(max(fl32(v + 3), 0), 6)) / 6)."""
+    v = np.asarray(v, f32)
+    with np.errstate(over="ignore"):
+        r = np.minimum(np.maximum((v + f32(3)).astype(f32), f32(0)), f32(6))
+        return ((v * r).astype(f32) / f32(6)).astype(f32)
+
+
+def cpp_hardsigmoid(g) -> np.ndarray:
+    """Inductor's generated hard-sigmoid (cpp_fused_hardsigmoid_mul_quantize_per_tensor): fl32(min(max(fl32(g + 3),
+    0), 6) / 6) (a division: x fl32(1/6) differs, the probe's neighbour)."""
+    g = np.asarray(g, f32)
+    with np.errstate(over="ignore"):
+        return (np.minimum(np.maximum((g + f32(3)).astype(f32), f32(0)), f32(6)) / f32(6)).astype(f32)
+
+
+def onednn_uint8(h, y_scale, y_zero_point, rounding: str = "half_even") -> np.ndarray:
+    """oneDNN's int8 destination on a float32 value: round(fl32(fl32(h * D) + z_y)), D = fl32(1/fl32(1/fl32(1/s_y)))
+    (the destination multiplier of hwsim.ops.core.make_onednn_requant_params), zero point before rounding."""
+    one = f32(1)
+    d = one / (one / (one / f32(y_scale)))
+    with np.errstate(over="ignore"):
+        t = ((np.asarray(h, f32) * d).astype(f32) + f32(y_zero_point)).astype(f32)
+    return fp.round_float(t, rounding, 0, None)
+
+
 @register
 class HardswishSpec(_TableSpec):
+    """hardswish: the table (requant.activation_form). Under activation_form = "inductor", a hard-swish whose input
+    is a conv2d / linear output read by nothing else is the fused float section torch.compile runs (``lay.fused_mac``
+    = (MAC layer, "onednn" | "cpp")): the MAC layer's float output v recomputed from its accumulators
+    (hwsim.ops.add.onednn_float), then a conv: oneDNN's hard-swish post-op (:func:`onednn_hardswish`) and its
+    uint8 destination (:func:`onednn_uint8`), or, when a squeeze-excite mul reads the hard-swish in float
+    (hwsim.ops.mul.float_read; inductor then asks oneDNN for a float output), the C++ quantize
+    (hwsim.ops.add.cpp_quantize); a linear: the C++ hard-swish (:func:`cpp_hardswish`) and the C++ quantize."""
+
     name = fn = "hardswish"
+
+    def compile(self, lay, node, cx):
+        super().compile(lay, node, cx)
+        lay.fused_mac = None
+        if cx.prof.requant.activation_form == "inductor" and not cx.weight_only:
+            from hwsim.ops.mul import float_read, sole_mac
+
+            mac = sole_mac(node.inputs[0], cx)
+            if mac is not None:
+                cpp = mac.op == "linear" or float_read(lay.output, cx)
+                lay.fused_mac = (mac.name, "cpp" if cpp else "onednn")
+
+    def fused_value(self, qg, lay, env, impl) -> np.ndarray:
+        """The float32 hard-swish torch.compile computes for this layer (``lay.fused_mac`` set)."""
+        from hwsim.ops.add import mac_accumulators, onednn_float
+
+        name, quant = lay.fused_mac
+        mac = qg.layer(name)
+        v = onednn_float(mac_accumulators(qg, name, env, impl), mac.requant_params,
+                         f"layer {lay.name!r}: activation_form = 'inductor'")
+        return cpp_hardswish(v) if mac.op == "linear" else onednn_hardswish(v)
+
+    def execute(self, qg, lay, env, st, impl, offset, narrow):
+        if getattr(lay, "fused_mac", None) is None:
+            return super().execute(qg, lay, env, st, impl, offset, narrow)
+        from hwsim.ops.add import cpp_quantize
+
+        gy, r = qg.grids[lay.output], layer_rounding(lay.profile.requant)
+        h = self.fused_value(qg, lay, env, impl)
+        y = cpp_quantize(h, gy.scale, gy.zero_point, r) if lay.fused_mac[1] == "cpp" else onednn_uint8(
+            h, gy.scale, gy.zero_point, r)
+        return clamp_counted(y, lay, gy, narrow)
+
+    def onnx_export(self, ex, lay):
+        if getattr(lay, "fused_mac", None) is not None:
+            raise HwsimError(f"layer '{lay.name}': hardswish fused with MAC layer {lay.fused_mac[0]!r} "
+                             "(activation_form 'inductor') has no ONNX form: allowed activation_form 'exact', 'torch', "
+                             "'tflite' or 'onnxruntime'")
+        return super().onnx_export(ex, lay)
+
+    def golden_fields(self, lay, write_int):
+        out = super().golden_fields(lay, write_int)
+        if getattr(lay, "fused_mac", None) is not None:
+            out["inductor_fused"] = {"mac": lay.fused_mac[0], "quantize": lay.fused_mac[1]}
+        return out
 
 
 @register

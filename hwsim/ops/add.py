@@ -321,9 +321,24 @@ def onednn_sum(acc, params, r_q, *, r_scale, r_zero_point, y_scale, y_zero_point
     the same integers as a clamp at z_y (what the caller applies). Measured against torch 2.13 (oneDNN 3.12)
     op by op, bit for bit on the float output (scripts/pt2e_conv_add_probe.py, tests/importers/test_pt2e.py)."""
     f32 = np.float32
-    if params.mode != "float32" or params.pre_scale is None:
-        raise HwsimError("add: add_form = 'onednn_sum' needs the conv's oneDNN requant (bias.form = 'onednn', "
-                         "'onednn_combined' or 'onednn_sequential')")
+    v = onednn_float(acc, params, "add: add_form = 'onednn_sum'")
+    with np.errstate(over="ignore"):
+        d = ((np.asarray(r_q).astype(f32) - f32(r_zero_point)) * f32(r_scale)).astype(f32)
+        v = (v + d).astype(f32)
+    return cpp_quantize(v, y_scale, y_zero_point, rounding)
+
+
+def onednn_float(acc, params, what: str) -> np.ndarray:
+    """The float32 output of a oneDNN conv / matmul with a float destination (torch.compile's x86 int8 lowering:
+    ``qconv_pointwise`` / ``qlinear_pointwise`` with output scale 1.0, no post-op), v = fl32(fl32(fl32(acc) * S[c])
+    + b[c]) (or the sequential scales, fl32(fl32(fl32(acc) * s_x) * s_w[c]) + b[c]): ``params`` the layer's oneDNN
+    requant params (:func:`hwsim.ops.core.make_onednn_requant_params`), ``acc`` its accumulators [N, C, ...]. A
+    consumer that needs a MAC layer's float value (the sum post-op here, the fused hard-swish and squeeze-excite
+    forms of hwsim.ops.activation / hwsim.ops.mul) recomputes it from that layer's integers with this."""
+    f32 = np.float32
+    if params is None or params.mode != "float32" or params.pre_scale is None:
+        raise HwsimError(f"{what} needs the MAC layer's oneDNN requant (bias.form = 'onednn', 'onednn_combined' or "
+                         "'onednn_sequential')")
     acc = np.asarray(acc)
     shp = (1, -1) + (1,) * (acc.ndim - 2)
     with np.errstate(over="ignore"):
@@ -331,11 +346,31 @@ def onednn_sum(acc, params, r_q, *, r_scale, r_zero_point, y_scale, y_zero_point
         if params.src_scale is not None:
             v = v * f32(params.src_scale)
         v = (v * np.asarray(params.pre_scale, f32).reshape(shp)).astype(f32)
-        v = (v + np.asarray(params.bias_term, f32).reshape(shp)).astype(f32)
-        d = ((np.asarray(r_q).astype(f32) - f32(r_zero_point)) * f32(r_scale)).astype(f32)
-        v = (v + d).astype(f32)
-        t = (v * f32(1.0 / np.float64(f32(y_scale)))).astype(f32)
+        return (v + np.asarray(params.bias_term, f32).reshape(shp)).astype(f32)
+
+
+def cpp_quantize(v, y_scale, y_zero_point, rounding: str = "half_even") -> np.ndarray:
+    """Inductor's generated quantize_per_tensor kernel on a float32 tensor (cpp_fused_quantize_per_tensor): the
+    float32 literal of 1/s_y (1/s_y in double), y = round(fl32(v * fl32(1/s_y))) + z_y, zero point after rounding;
+    unclamped int64."""
+    with np.errstate(over="ignore"):
+        t = (np.asarray(v, np.float32) * np.float32(1.0 / np.float64(np.float32(y_scale)))).astype(np.float32)
     return fp.round_float(t, rounding, 0, None) + int(y_zero_point)
+
+
+def mac_accumulators(qg, name: str, env, impl: str) -> np.ndarray:
+    """The accumulators of MAC layer ``name`` on its input in ``env`` (its own op's ``accumulate``, or the fast
+    kernels under impl "fast"; the layer's events were counted when it ran)."""
+    from hwsim import ops
+
+    conv = qg.layer(name)
+    spec, x, gx = ops.get(conv.op), env[conv.inputs[0]], qg.grids[conv.inputs[0]]
+    if impl == "fast":
+        from hwsim import kernels
+
+        with kernels.exclusive():  # a batch worker: the layer's parallel kernels, one thread at a time
+            return spec.fast(conv, x, gx)[0]
+    return spec.accumulate(conv, x, gx, impl)[0]
 
 
 @register
@@ -457,20 +492,11 @@ class AddSpec(OpSpec):
     def _execute_sum(self, qg, lay, env, impl, narrow):
         """add_form = "onednn_sum" with a fused conv operand: that conv's accumulators (its own op's
         ``accumulate``; its events were counted when it ran) through :func:`onednn_sum` with the other operand."""
-        from hwsim import ops
-
         i, name = lay.fused_sum
         conv = qg.layer(name)
         r = lay.inputs[1 - i]
         gr, gy = qg.grids[r], qg.grids[lay.output]
-        spec, x, gx = ops.get(conv.op), env[conv.inputs[0]], qg.grids[conv.inputs[0]]
-        if impl == "fast":
-            from hwsim import kernels
-
-            with kernels.exclusive():  # a batch worker: the conv's parallel kernels, one thread at a time
-                acc = spec.fast(conv, x, gx)[0]
-        else:
-            acc = spec.accumulate(conv, x, gx, impl)[0]
+        acc = mac_accumulators(qg, name, env, impl)
         y = onednn_sum(acc, conv.requant_params, env[r], r_scale=gr.scale, r_zero_point=gr.zero_point,
                        y_scale=gy.scale, y_zero_point=gy.zero_point, rounding=lay.requant.rounding)
         return clamp_counted(y, lay, gy, narrow)

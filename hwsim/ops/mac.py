@@ -59,6 +59,10 @@ class MacSpec(OpSpec):
         from hwsim.compile import quantize_mac
 
         quantize_mac(lay, node, cx)
+        # issue 17 (torch3): a float-output conv whose output a squeeze-excite mul reads in float (mul_form "inductor")
+        from hwsim.ops.mul import inductor_float_output
+
+        inductor_float_output(lay, node, cx)
 
     # --- execute
     def gemm_shape(self, lay, x, plan):

@@ -202,12 +202,15 @@ class MulSpec(OpSpec):
     def compile(self, lay, node, cx):
         lay.form = cx.prof.requant.mul_form
         lay.requant = cx.requant()
+        lay.se = se_operands(node, cx) if not cx.weight_only else None
         if lay.form == "onnxruntime":  # MLAS QLinearMul: R = fl32(fl32(s_a*s_b) / s_y), fl32(p*R + z_y) rounded
             lay.requant = dataclasses.replace(lay.requant, multiplier_order="sequential", zero_point="before")
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         g = qg.grids
         ga, gb, gy = g[lay.inputs[0]], g[lay.inputs[1]], g[lay.output]
+        if getattr(lay, "se", None) is not None:
+            return clamp_counted(self._execute_se(qg, lay, env, impl), lay, gy, narrow)
         xa, xb = env[lay.inputs[0]], env[lay.inputs[1]]
         if lay.form == "float32":  # requant.mul_form: ONNX Runtime's QDQ float path (hwsim.mlas)
             from hwsim import mlas
@@ -220,7 +223,38 @@ class MulSpec(OpSpec):
                    index_offset=offset * per_image(np.broadcast_shapes(xa.shape, xb.shape)))
         return clamp_counted(y, lay, gy, narrow)
 
+    @staticmethod
+    def _execute_se(qg, lay, env, impl) -> np.ndarray:
+        """mul_form = "inductor" on a squeeze-excite mul (``lay.se``, :func:`se_operands`): inductor's
+        cpp_fused_hardsigmoid_mul_quantize_per_tensor on the two float sections, each recomputed from its MAC
+        layer's accumulators (hwsim.ops.add.onednn_float): x = the conv's float output (its fused relu / relu6
+        applied) or the fused hard-swish's float value, g = the SE conv's float output,
+        y = round(fl32(fl32(x * fl32(min(max(fl32(g + 3), 0), 6) / 6)) * fl32(1/s_y))) + z_y (unclamped)."""
+        from hwsim.ops.activation import cpp_hardsigmoid, layer_rounding
+        from hwsim.ops.add import cpp_quantize, mac_accumulators, onednn_float
+
+        i, (kind, name), gate = lay.se
+        what = f"layer {lay.name!r}: mul_form = 'inductor'"
+        if kind == "hardswish":
+            x = ops.get("hardswish").fused_value(qg, qg.layer(name), env, impl)
+        else:
+            mac = qg.layer(name)
+            x = onednn_float(mac_accumulators(qg, name, env, impl), mac.requant_params, what)
+            if mac.activation in ("relu", "relu6"):
+                x = np.maximum(x, np.float32(0))
+                if mac.activation == "relu6":
+                    x = np.minimum(x, np.float32(6))
+        g = onednn_float(mac_accumulators(qg, gate, env, impl), qg.layer(gate).requant_params, what)
+        with np.errstate(over="ignore"):
+            y = (x * cpp_hardsigmoid(g)).astype(np.float32)
+        gy = qg.grids[lay.output]
+        return cpp_quantize(y, gy.scale, gy.zero_point, layer_rounding(lay.profile.requant))
+
     def golden_fields(self, lay, write_int):
+        se = getattr(lay, "se", None)
+        if se is not None:
+            return {"mul_form": lay.form, "inductor_se": {"x": se[1][1], "x_kind": se[1][0], "gate_mac": se[2],
+                                                          "x_operand": int(se[0])}}
         # the constants follow from the grids and the requant config in the manifest (mul_requant_params)
         return {"mul_form": lay.form, "multiplier": "inverse" if lay.form == "torch" else "requant"}
 
@@ -235,3 +269,76 @@ class MulSpec(OpSpec):
         sb, zb = ex.grid(lay.inputs[1], n)
         sy, zy = ex.grid(lay.output, n)
         ex.node("QLinearMul", [lay.inputs[0], sa, za, lay.inputs[1], sb, zb, sy, zy], [lay.output], n, ms=True)
+
+
+# ----------------------------------------------------------------------------- torch.compile's squeeze-excite (issue 17)
+def _producer(t: str, cx):
+    return next((n for n in cx.folded.nodes if t in n.outputs), None)
+
+
+def _consumers(t: str, cx) -> list:
+    return [n for n in cx.folded.nodes if t in n.inputs]
+
+
+def sole_mac(t: str, cx):
+    """The conv2d / linear node (no fused activation) producing ``t`` when ``t`` has one consumer, else None: a MAC
+    output the engine never quantizes (its consumer is fused with it, hwsim recomputes its float value)."""
+    n = _producer(t, cx)
+    if n is None or n.op not in ("conv2d", "linear") or n.attrs.get("activation") or len(_consumers(t, cx)) != 1:
+        return None
+    return n
+
+
+def se_operands(node, cx):
+    """requant.mul_form = "inductor": a mul torch.compile runs as one C++ kernel on two float sections
+    (cpp_fused_hardsigmoid_mul_quantize_per_tensor; pt2e MobileNetV3's squeeze-excite, X86InductorQuantizer leaves
+    both operands unquantized): (i, (kind, layer), gate MAC layer) with operand i the x section, ("mac", a conv2d /
+    linear layer with no activation, relu or relu6) or ("hardswish", a hard-swish layer fused with its conv under
+    activation_form = "inductor"), and operand 1 - i a hardsigmoid (PyTorch's alpha, beta) of a conv2d / linear
+    output read by nothing else. None where the mul is not that (it then runs as mul_form "torch")."""
+    if cx.prof.requant.mul_form != "inductor" or node.op != "mul":
+        return None
+    from hwsim.ops.activation import HARDSIGMOID_TORCH
+
+    for i in (0, 1):
+        hs = _producer(node.inputs[1 - i], cx)
+        if hs is None or hs.op != "hardsigmoid" or len(_consumers(node.inputs[1 - i], cx)) != 1 or (
+                float(hs.attrs.get("alpha", HARDSIGMOID_TORCH[0])), float(hs.attrs.get("beta", HARDSIGMOID_TORCH[1]))
+        ) != HARDSIGMOID_TORCH:
+            continue
+        gate = sole_mac(hs.inputs[0], cx)
+        xp = _producer(node.inputs[i], cx)
+        if gate is None or xp is None:
+            continue
+        if xp.op in ("conv2d", "linear") and xp.attrs.get("activation") in (None, "relu", "relu6"):
+            return i, ("mac", xp.name), gate.name
+        if (xp.op == "hardswish" and cx.prof.requant.activation_form == "inductor"
+                and sole_mac(xp.inputs[0], cx) is not None and sole_mac(xp.inputs[0], cx).op == "conv2d"):
+            return i, ("hardswish", xp.name), gate.name
+    return None
+
+
+def float_read(t: str, cx) -> bool:
+    """Tensor ``t`` is the x section of a squeeze-excite mul torch.compile runs in float (:func:`se_operands`): its
+    producer then has a float32 output that a C++ kernel quantizes (zero point after rounding)."""
+    for m in _consumers(t, cx):
+        se = se_operands(m, cx) if m.op == "mul" else None
+        if se is not None and m.inputs[se[0]] == t:
+            return True
+    return False
+
+
+def inductor_float_output(lay, node, cx) -> None:
+    """A MAC layer whose (relu / relu6) output a squeeze-excite mul reads in float (:func:`float_read`, mul_form
+    "inductor"): inductor asks oneDNN for a float32 output (post-op relu applied) and quantizes it in a generated
+    C++ kernel, round(fl32(v * fl32(1/s_y))) + z_y (hwsim.ops.add.cpp_quantize): the layer's own integers in that
+    form (requant.zero_point "after", multiplier the float32 literal of 1/s_y in double). Called by the MAC
+    layer's compile; a no-op elsewhere."""
+    p = getattr(lay, "requant_params", None)
+    if (cx.weight_only or p is None or p.mode != "float32" or p.pre_scale is None
+            or not float_read(lay.output, cx)):
+        return
+    gy = cx.grids[lay.output]
+    c = np.float32(1.0 / np.float64(np.float32(gy.scale)))
+    lay.requant = dataclasses.replace(lay.requant, zero_point="after")
+    lay.requant_params = dataclasses.replace(p, multiplier=np.full(np.asarray(p.multiplier).shape, c, np.float32))

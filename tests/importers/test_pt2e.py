@@ -3,8 +3,9 @@ their own numbers (frontends.pytorch.importers.import_pt2e) and run by hwsim und
 integers torch.compile's x86 lowering (freezing on: oneDNN qconv / qlinear_pointwise, generated C++ quantize and
 mean kernels) computes, bit for bit; the arithmetic forms measured op by op against torch.ops.onednn, the
 neighbouring forms shown to differ; residual networks (a conv + add fused as oneDNN's sum post-op) whole-network;
-a float section (float logits, MobileNetV3's hard-swish / squeeze-excite) or an op outside the supported set is one
-line naming the pt2e node."""
+MobileNetV3's float sections (hard-swish, squeeze-excite) as fused forms whole-network; a float section hwsim does not
+model (float logits, a hard-swish on a shared conv output) or an op outside the supported set is one line naming the
+pt2e node."""
 from __future__ import annotations
 
 import copy
@@ -454,18 +455,112 @@ def test_exported_program_and_float_sections(smallcnn):
     with pytest.raises(HwsimError, match="not a pt2e GraphModule"):
         import_pt2e(Net(), (1, 8, 8))
 
+    class Shared(torch.nn.Module):  # a hard-swish on a conv output that something else reads too: not a fused form
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3)
 
-def test_mobilenetv3_float_sections_one_line():
-    """pt2e MobileNetV3 (not modelled): X86InductorQuantizer leaves each hard-swish's input (a conv output inductor
-    fuses as a oneDNN eltwise post-op) and the squeeze-excite mul's operands (the float conv + relu output times the
-    float hard-sigmoid) unquantized: one line naming the first such node."""
-    m, spec = _bundled_torch("mobilenetv3")
-    c = pt2e_int8(m, spec.shape, _images("mobilenetv3", 8, 9))
-    qs = [n.name for n in c.graph.nodes if n.target == Q]
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(torch.nn.functional.hardswish(y) * torch.sigmoid(y))
+
+    s = pt2e_int8(Shared(), (1, 8, 8), np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32))
     with pytest.raises(HwsimError) as e:
-        import_pt2e(cut(c, [qs[-1]]), spec.shape)
+        import_pt2e(s, (1, 8, 8))
     msg = str(e.value)
-    assert "\n" not in msg and "pt2e node 'hardswish'" in msg and "float section" in msg
+    assert "\n" not in msg and "pt2e node 'hardswish'" in msg and "float section hwsim does not model" in msg, msg
+
+
+@pytest.fixture(scope="module")
+def mobilenetv3():
+    """The model the probe quantizes (test_mobilenetv3_float_sections_found): calibrated with one thread (a module
+    fixture runs before the autouse one; the observers' float ranges depend on the thread count in the last bit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m, spec = _bundled_torch("mobilenetv3")
+        c = pt2e_int8(m, spec.shape, _images("mobilenetv3", 8, 9))
+    finally:
+        torch.set_num_threads(threads)
+    return c, spec
+
+
+def test_mobilenetv3_float_sections_imported(mobilenetv3):
+    """pt2e MobileNetV3's float sections import as fused forms (no refusal): every hard-swish on a conv / linear
+    output, every squeeze-excite mul; the tensors the engine never quantizes get the grids import_pt2e documents
+    (a hard-swish's input: uint8 over [-3, top]; the SE conv's output: uint8 3/127 over [-3, 3]; the hard-sigmoid: 1/256, 0);
+    under int8-pytorch-inductor the hard-swish layers carry their fused MAC layer (oneDNN's post-op, or the C++
+    kernels after a linear or where the SE mul reads them in float), the muls their two sections, and the
+    depthwise conv + relu read by an SE mul quantizes with the zero point after rounding (fast == reference on
+    every tensor); under int8-pytorch none; a misspelt form is one line."""
+    c, spec = mobilenetv3
+    qs = [n.name for n in c.graph.nodes if n.target == Q]
+    g = import_pt2e(cut(c, [qs[-1]]), spec.shape)
+    grids = given_of(g).grids
+    assert grids["conv2d_3"] == {"scale": float(np.float32(3 / 127)), "zero_point": 127, "dtype": "uint8"}
+    assert grids["hardsigmoid"] == {"scale": 1 / 256, "zero_point": 0, "dtype": "uint8"}
+    lo = -grids["conv2d"]["zero_point"] * grids["conv2d"]["scale"]
+    assert abs(lo + 3) < grids["conv2d"]["scale"] and grids["conv2d"]["dtype"] == "uint8"
+    layers = {lay.name: lay for lay in compile_model(g, load_profile("int8-pytorch-inductor"), None).layers}
+    hs = {k: lay.fused_mac for k, lay in layers.items() if lay.op == "hardswish"}
+    assert hs["hardswish"] == ("conv2d", "onednn") and hs["hardswish_2"] == ("conv2d_12", "cpp"), hs
+    assert hs["hardswish_8"] == ("linear", "cpp") and all(v is not None for v in hs.values()), hs
+    se = {k: lay.se for k, lay in layers.items() if lay.op == "mul"}
+    assert len(se) == 4 and se["mul"] == (0, ("mac", "conv2d_1"), "conv2d_3"), se
+    assert se["mul_1"] == (0, ("hardswish", "hardswish_2"), "conv2d_14"), se
+    assert layers["conv2d_1"].requant.zero_point == "after" and layers["conv2d_4"].requant.zero_point == "before"
+    plain = compile_model(g, load_profile("int8-pytorch"), None).layers
+    assert not any(getattr(lay, "fused_mac", None) or getattr(lay, "se", None) for lay in plain)
+    qg = compile_model(g, load_profile("int8-pytorch-inductor"), None)
+    x = _images("mobilenetv3", 2, 0)
+    fast, slow = (run_integer(qg, x, impl=impl) for impl in ("fast", "reference"))
+    assert all(np.array_equal(fast[k], slow[k]) for k in fast)  # the fused forms: fast == reference, bit for bit
+    with pytest.raises(HwsimError) as e:
+        load_profile("int8-pytorch-inductor", {"requant.mul_form": "inductr"})
+    assert "\n" not in str(e.value) and "mul_form" in str(e.value) and "inductor" in str(e.value)
+
+
+@AMX
+def test_mobilenetv3_identical(mobilenetv3):
+    """pt2e MobileNetV3 compiled by inductor: every quantized tensor == hwsim's under int8-pytorch-inductor on 256
+    inputs (the float sections as fused forms: hard-swish post-op, C++ quantize of float-output convs, the SE
+    kernel); each neighbour differs: PyTorch's integer tables and quantized mul (activation_form / mul_form
+    "torch"), oneDNN's hard-swish gate as an FMA fma(v, 1/6, 1/2), the SE gate times fl32(1/6) instead of / 6,
+    int8-pytorch-onednn."""
+    from hwsim.ops import activation as act
+
+    c, spec = mobilenetv3
+    qs = [n.name for n in c.graph.nodes if n.target == Q]
+    x = _images("mobilenetv3", 256, 0)
+    ys = inductor(cut(c, qs[1:]), x)
+    g = import_pt2e(cut(c, [qs[-1]]), spec.shape)
+    ind = "int8-pytorch-inductor"
+
+    def count(prof):
+        env = run_integer(compile_model(g, prof, None), x)
+        return sum(int((env[g.pt2e_tensors[k]].astype(np.int64).reshape(y.shape) != y).sum()) for k, y in zip(qs[1:], ys))
+
+    diff = {"inductor": count(load_profile(ind)),
+            "tables": count(load_profile(ind, {"requant.activation_form": "torch", "requant.mul_form": "torch"})),
+            "onednn": count(load_profile("int8-pytorch-onednn"))}
+    from hwsim.ops.add import fma_f32
+
+    f32 = np.float32
+    saved = act.onednn_hardswish, act.cpp_hardsigmoid
+    try:  # one step of the arithmetic changed at a time (the probe's neighbours, now through hwsim's layers)
+        act.onednn_hardswish = lambda v: (np.asarray(v, f32) * np.clip(fma_f32(v, f32(1) / f32(6), f32(0.5)), f32(0),
+                                                                         f32(1))).astype(f32)
+        diff["fma gate"] = count(load_profile(ind))
+        act.onednn_hardswish = saved[0]
+        act.cpp_hardsigmoid = lambda g: (np.minimum(np.maximum((np.asarray(g, f32) + f32(3)).astype(f32), f32(0)),
+                                                    f32(6)) * (f32(1) / f32(6))).astype(f32)
+        diff["sigmoid x 1/6"] = count(load_profile(ind))
+    finally:
+        act.onednn_hardswish, act.cpp_hardsigmoid = saved
+    total = sum(y.size for y in ys)
+    print("mobilenetv3", total, "integers:", diff)
+    assert total > 10 ** 7 and diff.pop("inductor") == 0, diff
+    assert all(v > 0 for v in diff.values()), diff
 
 
 @AMX
@@ -475,7 +570,7 @@ def test_mobilenetv3_float_sections_found():
     + 1/2), 0, 1)); float-output convs quantized by a C++ kernel, round(fl32(v * fl32(1/s))) + z; the SE gate
     fl32(v * fl32(min(max(fl32(g + 3), 0), 6) / 6)); linear + hard-swish in C++), run whole-network in numpy from
     the input codes: every quantized tensor == torch.compile's on 256 inputs; changing any one step differs (the
-    finding an hwsim form must implement; import_pt2e still refuses the network, the test above)."""
+    finding hwsim's forms implement: test_mobilenetv3_identical)."""
     import importlib.util
     from pathlib import Path
 
