@@ -77,6 +77,12 @@ def test_resume_recomputes_nothing(root):
     assert (d / "accumulator" / "accumulator.csv").read_text() == csv_before
     # progress on stderr (CliRunner mixes it into output) unless -q
     assert "[study accumulator] 10/10 cells" in r.output
+    # every cell and training records its wall and CPU seconds (timing only: not in the keys or the CSV)
+    for p in cell_files:
+        if p.suffix == ".json":
+            doc = cells.read_cell(p)
+            assert doc["seconds"] > 0 and doc["cpu_seconds"] > 0, p
+    assert "cpu_seconds" not in (d / "accumulator" / "accumulator.csv").read_text().splitlines()[0]
 
 
 def test_md_table_equals_csv_aggregate(root):
