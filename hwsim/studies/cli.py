@@ -10,14 +10,14 @@ from hwsim.studies.spec import STUDY_NAMES
 
 
 def study_command(name, out=None, seeds=None, epochs=None, limit=None, archs=(), quick=False, quiet=False,
-                  cache=None, data="default", command=""):
+                  cache=None, data="default", command="", jobs=1):
     """Run (or resume) a study, write NAME.csv / NAME.md / NAME.png; return (StudyRun, paths)."""
     from hwsim.studies.output import write_outputs
     from hwsim.studies.runner import run_study
     from hwsim.studies.spec import STUDIES
 
     arch_list = [a.strip() for item in archs for a in item.split(",") if a.strip()] or None
-    run = run_study(name, out, seeds, epochs, limit, arch_list, quick, quiet, cache, data, command)
+    run = run_study(name, out, seeds, epochs, limit, arch_list, quick, quiet, cache, data, command, jobs=jobs)
     outdir = out if out is not None else f"results/studies/{name}"
     return run, write_outputs(run, outdir, STUDIES[name].x_label, STUDIES[name].pareto)
 
@@ -57,8 +57,11 @@ def register(group: click.Group) -> None:
     @click.option("--cache", default=None, metavar="DIR",
                   help="shared training cache (default: OUT/../_train, shared by the studies)")
     @click.option("--data", "-d", default="default", show_default="default = MNIST 5k", metavar="SPEC", help=DATA_HELP)
+    @click.option("--jobs", "-j", type=click.IntRange(min=1), default=2, show_default=True, metavar="N",
+                  help="worker processes, one model (its training, then its cells) each, one thread each; "
+                       "1 = in this process. The results do not depend on it")
     @quiet_option
-    def study(name, out, seeds, epochs, limit, archs, quick, cache, data, quiet):
+    def study(name, out, seeds, epochs, limit, archs, quick, cache, data, jobs, quiet):
         """Run one of the papers' five studies (issue 20) as a resumable grid of cells.
 
         NAME: bitwidth, stepsize, pow2, qat-bitwidth, accumulator, and bitwidth-mobilenet, pow2-mobilenet
@@ -66,7 +69,7 @@ def register(group: click.Group) -> None:
         cached by a hash of their configuration and shared between studies; each evaluation is a
         JSON cell; rerunning the same command skips finished cells."""
         command = canonical_command(name, out, seeds, epochs, limit, archs, quick, cache, data)
-        run, paths = study_command(name, out, seeds, epochs, limit, archs, quick, quiet, cache, data, command)
+        run, paths = study_command(name, out, seeds, epochs, limit, archs, quick, quiet, cache, data, command, jobs)
         click.echo(f"study {name}: {len(run.rows)} cells ({run.evaluated} evaluated now, {run.evaluations_reused} "
                    f"reused; {run.trained} trainings now, {run.trainings_reused} reused) in {run.seconds:.0f} s; wrote "
                    + ", ".join(str(p) for p in paths.values()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -88,10 +89,13 @@ def _fmt_time(s: float) -> str:
 def run_study(name: str, out: str | Path | None = None, seeds: int | None = None, epochs: int | None = None,
               limit: int | None = None, archs: list[str] | None = None, quick: bool = False, quiet: bool = False,
               cache: str | Path | None = None, data: str = "default", command: str = "",
-              log: Callable[[str], None] | None = None) -> StudyRun:
-    """Run (or resume) study ``name``; return its rows. Outputs are written by :mod:`hwsim.studies.output`."""
-    from hwsim import experiments as ex
-    from hwsim.profile import load_profile
+              log: Callable[[str], None] | None = None, jobs: int = 1) -> StudyRun:
+    """Run (or resume) study ``name``; return its rows. Outputs are written by :mod:`hwsim.studies.output`.
+
+    ``jobs`` > 1: the models (training, then its evaluation cells) run in that many worker processes
+    (spawned; one torch and one numba thread each), rows still in the models' order. Trainings are
+    seeded on one thread and the simulator is exact, so the cells do not depend on ``jobs``.
+    """
 
     if name not in STUDIES:
         raise HwsimError(f"study {name!r}: unknown; allowed: {', '.join(STUDIES)}")
@@ -100,8 +104,9 @@ def run_study(name: str, out: str | Path | None = None, seeds: int | None = None
     epochs = epochs if epochs is not None else (QUICK["epochs"] if quick else study.epochs)
     limit = limit if limit is not None else (QUICK["limit"] if quick else None)
     subset = None  # the training split is ordered by class: a prefix would drop classes
-    if seeds < 1 or epochs < 1 or (limit is not None and limit < 1):
-        raise HwsimError(f"study {name}: --seeds ({seeds}), --epochs ({epochs}) and --limit ({limit}) must be positive")
+    if seeds < 1 or epochs < 1 or (limit is not None and limit < 1) or jobs < 1:
+        raise HwsimError(f"study {name}: --seeds ({seeds}), --epochs ({epochs}), --limit ({limit}) and --jobs "
+                         f"({jobs}) must be positive")
     archs = list(archs or study.archs)
     try:
         import torch  # noqa: F401 - a study trains its models
@@ -129,58 +134,23 @@ def run_study(name: str, out: str | Path | None = None, seeds: int | None = None
     run = StudyRun(name, study.title, command, seeds, epochs, limit, quick)
     t0 = time.perf_counter()
     say = log if log is not None else (lambda m: None if quiet else print(m, file=sys.stderr, flush=True))
-    done = 0
+    job = {"name": name, "quick": quick, "epochs": epochs, "data": data, "limit": limit, "subset": subset,
+           "cache": str(cache), "out": str(out)}
+    done = [0, 0]  # cells counted (models collected), cells reported since (the model running here)
 
-    def progress(what: str) -> None:
-        say(f"[study {name}] {done}/{total} cells, {_fmt_time(time.perf_counter() - t0)} elapsed: {what}")
-
-    for arch, variant, seed in models:
-        tcfg = cells.train_config(arch, data, epochs, seed, variant.options, subset)
-        t1 = time.perf_counter()
-        doc, ran = cells.ensure_trained(cache, tcfg, (variant.export,))
-        done += 1
-        if ran:
-            run.trained += 1
-            run.train_seconds += time.perf_counter() - t1
-            progress(f"trained {arch} {variant.name} seed {seed} ({time.perf_counter() - t1:.1f} s, "
-                     f"test {100 * doc['test_acc'][-1]:.1f} %)")
-        else:
-            run.trainings_reused += 1
-        model_path = cache / doc["exports"][variant.export]
-        ctx = None
-        for col, rec in grid:
-            if not col.applies(variant):
-                continue
-            ekey = cells.config_key(cells.eval_config(doc["key"], variant.export, col, rec.to_json(), data, limit))
-            path = out / "cells" / f"{ekey}.json"
-            res = cells.read_cell(path)
-            if res is None:
-                t2 = time.perf_counter()
-                if ctx is None:
-                    ctx = test_subset(ex.load_context(str(model_path), data), limit)
-                n = len(ctx.y_test)
-                fl = int(round(ctx.float_accuracy * n))
-                if col.profile == "float":
-                    res = {"correct": fl, "total": n, "float_correct": fl, "overflow_events": 0, "bops": None,
-                           "bops_acc": None, "mode": "float"}
-                else:
-                    r = ex.run_profile(ctx, load_profile(col.profile, col.settings), recipe=rec)
-                    res = {"correct": int(round(r.sim_accuracy * n)), "total": n, "float_correct": fl,
-                           "overflow_events": int(r.overflow_events),
-                           "bops": (r.cost or {}).get("totals", {}).get("bops"),
-                           "bops_acc": (r.cost or {}).get("totals", {}).get("bops_acc"),
-                           "mode": "weight-only" if r.weight_only else "integer"}
-                res["key"] = ekey
-                res["seconds"] = round(time.perf_counter() - t2, 3)  # timing only: not in the CSV
-                cells.write_cell(path, res)
-                run.evaluated += 1
-                run.eval_seconds += time.perf_counter() - t2
-                done += 1
-                progress(f"{arch} {variant.name} seed {seed} · {col.label} · {rec.name}: "
-                         f"{100 * res['correct'] / res['total']:.1f} %")
-            else:
-                run.evaluations_reused += 1
-                done += 1
+    def collect(idx: int, doc: dict, ran: bool, train_s: float, evals: list[dict]) -> None:
+        """Count one model's work (in the models' order: the rows do not depend on --jobs)."""
+        arch, variant, seed = models[idx]
+        run.trained += ran
+        run.trainings_reused += not ran
+        run.train_seconds += train_s if ran else 0.0
+        for e in evals:
+            run.evaluated += e["now"]
+            run.evaluations_reused += not e["now"]
+            run.eval_seconds += e["seconds"] if e["now"] else 0.0
+        done[0], done[1] = done[0] + 1 + len(evals), 0
+        for (col, rec), e in zip([g for g in grid if g[0].applies(variant)], evals):
+            res = e["res"]
             run.rows.append({
                 "study": name, "arch": arch, "variant": variant.name, "seed": seed, "column": col.label,
                 "group": col.group, "x": col.x if col.x is not None else col.label, "profile": col.profile,
@@ -189,8 +159,105 @@ def run_study(name: str, out: str | Path | None = None, seeds: int | None = None
                 "correct": res["correct"], "total": res["total"], "float_correct": res["float_correct"],
                 "overflow_events": res["overflow_events"], "bops": "" if res["bops"] is None else res["bops"],
                 "bops_acc": "" if res.get("bops_acc") is None else res["bops_acc"],
-                "train_key": doc["key"], "export": variant.export, "eval_key": ekey})
+                "train_key": doc["key"], "export": variant.export, "eval_key": e["key"]})
+
+    def tell(m: str) -> None:
+        say(f"[study {name}] {m}")
+
+    work = [(i, arch, study.variants.index(v), seed) for i, (arch, v, seed) in enumerate(models)]
+    if jobs == 1 or len(models) == 1:
+        def here(m: str) -> None:
+            done[1] += 1
+            tell(f"{done[0] + done[1]}/{total} cells, {_fmt_time(time.perf_counter() - t0)} elapsed: {m}")
+
+        for i, arch, vi, seed in work:
+            collect(i, *model_work(job, arch, vi, seed, here))
+    else:
+        _run_parallel(job, work, jobs, collect, lambda: f"{done[0]}/{total} cells, "
+                      f"{_fmt_time(time.perf_counter() - t0)} elapsed", tell)
     run.seconds = time.perf_counter() - t0
     say(f"[study {name}] {total}/{total} cells in {_fmt_time(run.seconds)}: trained {run.trained} "
         f"(reused {run.trainings_reused}), evaluated {run.evaluated} (reused {run.evaluations_reused})")
     return run
+
+
+def model_work(job: dict, arch: str, vi: int, seed: int, say: Callable[[str], None]) -> tuple:
+    """Train (or reuse) one model and evaluate (or reuse) its cells -> (doc, trained now?, training
+    seconds, [{"key", "res", "now", "seconds"}] in the grid's order of the columns that apply)."""
+    from hwsim import experiments as ex
+    from hwsim.profile import load_profile
+
+    study = STUDIES[job["name"]]
+    variant = study.variants[vi]
+    cache, out, data, limit = Path(job["cache"]), Path(job["out"]), job["data"], job["limit"]
+    tcfg = cells.train_config(arch, data, job["epochs"], seed, variant.options, job["subset"])
+    t1 = time.perf_counter()
+    doc, ran = cells.ensure_trained(cache, tcfg, (variant.export,))
+    train_s = time.perf_counter() - t1
+    if ran:
+        say(f"trained {arch} {variant.name} seed {seed} ({train_s:.1f} s, test {100 * doc['test_acc'][-1]:.1f} %)")
+    model_path = cache / doc["exports"][variant.export]
+    ctx = None
+    evals = []
+    for col, rec in plan(study, job["quick"]):
+        if not col.applies(variant):
+            continue
+        ekey = cells.config_key(cells.eval_config(doc["key"], variant.export, col, rec.to_json(), data, limit))
+        path = out / "cells" / f"{ekey}.json"
+        res = cells.read_cell(path)
+        if res is not None:
+            evals.append({"key": ekey, "res": res, "now": False, "seconds": 0.0})
+            continue
+        t2, c2 = time.perf_counter(), time.process_time()
+        if ctx is None:
+            ctx = test_subset(ex.load_context(str(model_path), data), limit)
+        n = len(ctx.y_test)
+        fl = int(round(ctx.float_accuracy * n))
+        if col.profile == "float":
+            res = {"correct": fl, "total": n, "float_correct": fl, "overflow_events": 0, "bops": None,
+                   "bops_acc": None, "mode": "float"}
+        else:
+            r = ex.run_profile(ctx, load_profile(col.profile, col.settings), recipe=rec)
+            res = {"correct": int(round(r.sim_accuracy * n)), "total": n, "float_correct": fl,
+                   "overflow_events": int(r.overflow_events),
+                   "bops": (r.cost or {}).get("totals", {}).get("bops"),
+                   "bops_acc": (r.cost or {}).get("totals", {}).get("bops_acc"),
+                   "mode": "weight-only" if r.weight_only else "integer"}
+        res["key"] = ekey
+        res["seconds"] = round(time.perf_counter() - t2, 3)  # timing only (wall, CPU): not in the CSV
+        res["cpu_seconds"] = round(time.process_time() - c2, 3)
+        cells.write_cell(path, res)
+        evals.append({"key": ekey, "res": res, "now": True, "seconds": res["seconds"]})
+        say(f"{arch} {variant.name} seed {seed} · {col.label} · {rec.name}: "
+            f"{100 * res['correct'] / res['total']:.1f} % ({res['seconds']:.1f} s)")
+    return doc, ran, train_s, evals
+
+
+def _worker_init() -> None:
+    """A worker process: one torch thread (the trainings' setting) and one numba thread (jobs share the cores)."""
+    from hwsim.kernels import set_threads
+
+    set_threads(1)
+
+
+def _worker(job: dict, arch: str, vi: int, seed: int) -> str:
+    """model_work in a worker: progress lines on its stderr, the result back as JSON text."""
+    import json
+
+    tag = f"[study {job['name']}] worker {os.getpid()}:"
+    return json.dumps(model_work(job, arch, vi, seed, lambda m: print(f"{tag} {m}", file=sys.stderr, flush=True)))
+
+
+def _run_parallel(job: dict, work: list, jobs: int, collect: Callable, where: Callable[[], str],
+                  tell: Callable[[str], None]) -> None:
+    """Run the models on ``jobs`` spawned processes; hand each result to ``collect`` in the models' order."""
+    import json
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        futures = [pool.submit(_worker, job, arch, vi, seed) for _i, arch, vi, seed in work]
+        for (i, arch, vi, seed), fut in zip(work, futures):
+            doc, ran, train_s, evals = json.loads(fut.result())
+            collect(i, doc, ran, train_s, evals)
+            tell(f"{where()}: {arch} {STUDIES[job['name']].variants[vi].name} seed {seed} done")

@@ -60,13 +60,18 @@ LSQ_NT_REG = Variant("lsq+nt+reg", {**QAT_W4A4, **NT, **REG})
 FULL_LAPQ = (60, 256)  # (Powell evaluations, loss images) of the small-CNN studies
 
 
-def lapq_recipe(maxfev: int = 60, images: int = 256):
-    """LAPQ (hwsim.ptq's built-in, simulator loss) with Powell's budget and the loss images set."""
+def lapq_recipe(maxfev: int = 60, images: int = 256, p_grid: tuple | None = None):
+    """LAPQ (hwsim.ptq's built-in, simulator loss) with Powell's budget, the loss images and (if given) a
+    p grid other than LAPQ §3.2's 2, 2.5, ..., 4 set; the name says what differs from the built-in."""
     from hwsim.ptq import load_recipe
 
     base = load_recipe("lapq")
-    return dataclasses.replace(base, name=f"lapq(maxfev={maxfev},images={images})",
-                               lapq=dataclasses.replace(base.lapq, maxfev=maxfev, images=images))
+    lq = dataclasses.replace(base.lapq, maxfev=maxfev, images=images)
+    name = f"lapq(maxfev={maxfev},images={images}"
+    if p_grid is not None:
+        lq = dataclasses.replace(lq, p_grid=tuple(float(p) for p in p_grid))
+        name += ",p=" + "/".join(f"{p:g}" for p in p_grid)
+    return dataclasses.replace(base, name=name + ")", lapq=lq)
 
 
 LSQ_SETTINGS = {"weights.range": "lsq", "activations.range": "lsq", "batchnorm": "scale"}  # docs/frontend.md
@@ -101,7 +106,7 @@ class Study:
     archs: tuple = ("smallcnn",)
     x_label: str = ""
     quick_columns: tuple | None = None  # --quick: this subset of labels (None: all)
-    lapq: tuple = FULL_LAPQ  # the "lapq" recipe's (Powell evaluations, loss images) at full size
+    lapq: tuple = FULL_LAPQ  # the "lapq" recipe's (Powell evaluations, loss images[, p grid]) at full size
     pareto: bool = False  # outputs add accuracy vs accumulator-aware BOPs (hwsim.cost bops_acc), Pareto front
 
 
@@ -119,15 +124,16 @@ def _ladder(labels: tuple | None = None) -> tuple:
 # The MobileNet-style net of the studies (issue 20: "depthwise layers are where the papers' effects are
 # largest"): frontends/pytorch/models.py's mobilenetv2-tiny, MobileNetV2 at width 0.5 with a stride-2
 # stem (14.8k parameters, six inverted-residual blocks, six depthwise layers). The full-width
-# `mobilenetv2` (stride-1 stem) took 11 s per epoch and > 4 min per LAPQ cell here; this one 2.4 s
-# per epoch and 36-81 s per LAPQ cell (60 Powell evaluations, 256 loss images) at load 6-8.
-MOBILENET_LAPQ = (30, 64)  # LAPQ's Powell budget and loss images on it: a cut to fit 45 min (docs/results.md)
+# `mobilenetv2` (stride-1 stem) took 11 s per epoch and > 4 min per LAPQ cell here.
 MOBILENET = "mobilenetv2-tiny"
-# Its W/A columns: KURE Table 1's MobileNet-V2 columns (FP, 4/FP, 3/FP, 6/6, 4/4, 3/3; its 2/FP is
-# "–") without 5/5, which lies between 6/6 and 4/4 (SymReg Table 1 has FP, 4/FP, 6/6, 5/5, 4/4).
-MOBILENET_LADDER = ("FP", "4/FP", "3/FP", "6/6", "4/4", "3/3")
-# Its variants: KURE Table 1's two rows (no regularization, KURE) and SymReg's full recipe ("all" =
-# KURE + SymReg + SatNL + ASAM); the two SymReg ablations are left out to fit the 45 minutes.
+# LAPQ on it: Powell stopped after 30 loss evaluations on 64 images, and the p grid 2, 3, 4 (LAPQ §3.2's
+# quadratic fit over p needs three points; its grid has five). On the int8 kernels of session 6 a
+# LAPQ cell's CPU time is the Lp range searches of the p grid (one per p and one at p*: 28 of 36 s in
+# a profile), not Powell: the three-point grid takes 3.8 instead of 5.7 CPU s per 4/4 cell; its measured
+# cost in points is in docs/results.md. A cut to fit 45 minutes on 2 cores.
+MOBILENET_LAPQ = (30, 64, (2.0, 3.0, 4.0))
+# bitwidth-mobilenet: the small CNN's study unchanged on it (five variants, the whole W/A ladder, ACIQ and
+# LAPQ); pow2-mobilenet trains KURE Table 1's two rows (no regularization, KURE) and SymReg's full recipe
 MOBILENET_VARIANTS = (BASELINE, V_KURE, V_ALL)
 
 
@@ -209,7 +215,7 @@ STUDIES: dict[str, Study] = {
         _qat_bitwidth(), x_label="evaluated at", quick_columns=("W4A4*", "W3A3")),
     "bitwidth-mobilenet": Study(
         "bitwidth-mobilenet", "Bit-width robustness on a MobileNetV2-style net (KURE Table 1; SymReg Tables 1-2)",
-        MOBILENET_VARIANTS, _ladder(MOBILENET_LADDER), recipes=("aciq", "lapq"), archs=(MOBILENET,),
+        (BASELINE, V_KURE, V_SYM_SAT, V_SYM_SAT_ASAM, V_ALL), _ladder(), recipes=("aciq", "lapq"), archs=(MOBILENET,),
         x_label="W/A", quick_columns=("FP", "4/FP", "3/3"), lapq=MOBILENET_LAPQ),
     "pow2-mobilenet": Study(
         "pow2-mobilenet", "Power-of-two scales on a MobileNetV2-style net (KURE Table A.5)", MOBILENET_VARIANTS,

@@ -32,4 +32,7 @@ def test_tiny_is_mobilenetv2_at_half_width_with_a_stride_2_stem():
 def test_mobilenet_studies_use_it():
     for name in ("bitwidth-mobilenet", "pow2-mobilenet"):
         assert STUDIES[name].archs == (MOBILENET,) == ("mobilenetv2-tiny",)
-    assert [v.name for v in STUDIES["bitwidth-mobilenet"].variants] == ["baseline", "kure", "all"]
+    # bitwidth-mobilenet: the small CNN's study (all five variants, the whole ladder) on the MobileNet
+    assert STUDIES["bitwidth-mobilenet"].variants == STUDIES["bitwidth"].variants
+    assert STUDIES["bitwidth-mobilenet"].columns == STUDIES["bitwidth"].columns
+    assert [v.name for v in STUDIES["pow2-mobilenet"].variants] == ["baseline", "kure", "all"]

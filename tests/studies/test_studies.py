@@ -77,6 +77,12 @@ def test_resume_recomputes_nothing(root):
     assert (d / "accumulator" / "accumulator.csv").read_text() == csv_before
     # progress on stderr (CliRunner mixes it into output) unless -q
     assert "[study accumulator] 10/10 cells" in r.output
+    # every cell and training records its wall and CPU seconds (timing only: not in the keys or the CSV)
+    for p in cell_files:
+        if p.suffix == ".json":
+            doc = cells.read_cell(p)
+            assert doc["seconds"] > 0 and doc["cpu_seconds"] > 0, p
+    assert "cpu_seconds" not in (d / "accumulator" / "accumulator.csv").read_text().splitlines()[0]
 
 
 def test_md_table_equals_csv_aggregate(root):
@@ -146,6 +152,28 @@ def test_regenerates_committed_quick_outputs(root):
     assert got == want
 
 
+def test_jobs_do_not_change_the_cells(root, tmp_path):
+    """The fixture ran with the CLI's default --jobs 2 (spawned workers, one thread each) and regenerated
+    the committed in-process CSV above; --jobs 1 in this process on the same trainings writes the same
+    CSV byte for byte (every cell evaluated again here: a fresh output directory)."""
+    d, _, _ = root
+    r = invoke("study", "pow2", "--quick", "--out", str(tmp_path / "pow2"), "--cache", str(d / "_train"), "--jobs", "1", "-q")
+    assert r.exit_code == 0, r.output
+    assert "(6 evaluated now, 0 reused; 0 trainings now, 3 reused)" in r.output
+    assert (tmp_path / "pow2" / "pow2.csv").read_bytes() == (d / "pow2" / "pow2.csv").read_bytes()
+
+
+def test_lapq_budget_names_what_it_cuts():
+    from hwsim.ptq.recipe import LAPQ_P_GRID
+    from hwsim.studies.spec import FULL_LAPQ, MOBILENET_LAPQ, lapq_recipe
+
+    full, mob = lapq_recipe(*FULL_LAPQ), lapq_recipe(*MOBILENET_LAPQ)
+    assert full.name == "lapq(maxfev=60,images=256)" and full.lapq.p_grid == LAPQ_P_GRID  # the small CNN's, unchanged
+    assert mob.name == "lapq(maxfev=30,images=64,p=2/3/4)"
+    assert (mob.lapq.maxfev, mob.lapq.images, mob.lapq.p_grid) == (30, 64, (2.0, 3.0, 4.0))
+    assert cells.config_key({"r": full.to_json()}) != cells.config_key({"r": mob.to_json()})
+
+
 def test_changed_config_is_a_different_key():
     import torch  # noqa: F401
 
@@ -162,6 +190,7 @@ def test_changed_config_is_a_different_key():
     (("study", "nosuch"), "'nosuch' is not one of 'bitwidth'"),
     (("study", "pow2", "--quick", "--arch", "nosucharch"), "--arch 'nosucharch'"),
     (("study", "pow2", "--seeds", "0"), "--seeds"),
+    (("study", "pow2", "--jobs", "0"), "--jobs"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, fragment):
     r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "o")])
