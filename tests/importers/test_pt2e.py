@@ -117,8 +117,10 @@ def test_smallcnn_float_logits_identical(smallcnn, tmp_path):
     (ref,) = inductor(c, x, raw=True)
     assert ref.dtype == np.float32 and ref.shape == (256, 10)
     prof = load_profile("int8-pytorch-inductor")
-    out = run_quantized(compile_model(g, prof, None), x).logits
-    assert out.dtype == np.float32 and np.array_equal(out, ref), int((out != ref).sum())
+    qg = compile_model(g, prof, None)
+    for impl in ("fast", "reference"):
+        out = run_quantized(qg, x, impl=impl).logits
+        assert out.dtype == np.float32 and np.array_equal(out, ref), (impl, int((out != ref).sum()))
     # the neighbour: the linear layers' other scale form (the profile's last override, "linear": combined)
     from importlib import resources
 
