@@ -21,7 +21,7 @@ import numpy as np
 from hwsim import ops
 from hwsim.compile import QuantizedGraph
 from hwsim.errors import HwsimError
-from hwsim.execute import LayerStats, _new_stats, accuracy, run_layer
+from hwsim.execute import LayerStats, _logits, _new_stats, accuracy, run_layer
 from hwsim.floatref import run_float
 
 FQ_ROUNDINGS = ("half_even", "profile")
@@ -192,7 +192,7 @@ def compare(ctx, qg: QuantizedGraph, batch_size: int = 256, impl: str = "fast",
             run_layer(qg, lay, env, st, impl, offset=i)
         floats = run_float(fg, xb, return_all=True)
         fq_logits.append(logits_fq)
-        sim_logits.append(grids[qg.output_name].dequantize(env[qg.output_name]).reshape(len(xb), -1))
+        sim_logits.append(_logits(qg, env, impl).reshape(len(xb), -1))  # issue 17: a float-output last layer
         for lay in compared:
             a, b = codes[lay.output].reshape(len(xb), -1), env[lay.output].reshape(len(xb), -1)
             d = np.abs(a - b)

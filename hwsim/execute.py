@@ -136,7 +136,8 @@ def _run_part(qg: QuantizedGraph, x: np.ndarray, safe: list[bool], offset: int):
     """One batch worker: every layer on its contiguous part of the batch (stochastic rounding indices run-wide
     from ``offset``); kernels run single-threaded here (kernels.serial_mode), a layer that is not thread-safe
     runs under kernels.exclusive() (one lock, the usual parallel kernels); a thread-safe layer whose
-    fast path does not apply to a batch does the same inside its op. Returns (output tensor, its own stats)."""
+    fast path does not apply to a batch does the same inside its op. Returns (its float32 output (_logits), its
+    own stats)."""
     from hwsim import kernels
 
     stats = _new_stats(qg)
@@ -148,7 +149,17 @@ def _run_part(qg: QuantizedGraph, x: np.ndarray, safe: list[bool], offset: int):
             else:
                 with kernels.exclusive():  # one layer at a time, with the parallel kernels
                     run_layer(qg, lay, env, st, "fast", offset=offset, narrow=True)
-    return env[qg.output_name], stats
+    return _logits(qg, env, "fast"), stats
+
+
+def _logits(qg: QuantizedGraph, env: dict, impl: str) -> np.ndarray:
+    """The graph output of one batch as float32 [N, -1]: the output tensor dequantized, or (issue 17, torch4) a
+    float-output last layer's float values (hwsim.ops.mac.float_output)."""
+    from hwsim.ops.mac import float_output
+
+    v = float_output(qg, env, impl)
+    y = env[qg.output_name]
+    return v if v is not None else qg.grids[qg.output_name].dequantize(y.astype(np.int64)).reshape(len(y), -1)
 
 
 def _merge(into: list[LayerStats], parts: list[list[LayerStats]]) -> None:
@@ -183,7 +194,6 @@ def run_quantized(qg: QuantizedGraph, x_norm: np.ndarray, batch_size: int = 256,
             if progress:
                 progress(min(i + batch_size, len(x_norm)))
         return RunOutput(np.concatenate(logits).astype(np.float32), stats, time.perf_counter() - t0)
-    out_grid = qg.grids[qg.output_name]
     T = kernels.workers() if threads is None else max(1, int(threads))
     safe = prepare(qg) if impl == "fast" else None
     # split the batch only where the MAC layers (most of the work) may run in the workers at once: a MAC layer
@@ -209,8 +219,8 @@ def run_quantized(qg: QuantizedGraph, x_norm: np.ndarray, batch_size: int = 256,
                     env = {qg.input_name: qg.grids[qg.input_name].quantize(xb)}
                     for lay, st in zip(qg.layers, stats):
                         run_layer(qg, lay, env, st, impl, offset=offset + i, narrow=True)
-                    y = env[qg.output_name]
-                logits.append(out_grid.dequantize(y.astype(np.int64)).reshape(len(xb), -1))
+                    y = _logits(qg, env, impl)
+                logits.append(y.reshape(len(xb), -1))
                 if progress:
                     progress(min(i + batch_size, len(x_norm)))
     finally:

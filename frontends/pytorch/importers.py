@@ -294,8 +294,8 @@ class _Pt2eImporter(_FxImporter):
     them with the conv / linear; the squeeze-excite mul of a conv (+ relu / hard-swish) output and a hard-sigmoid of a
     conv output, one C++ kernel; profile keys requant.activation_form / mul_form = "inductor", which recompute the
     float values from the MAC layers' accumulators; the never-quantized tensors get the grids set below) or a
-    quantize_per_tensor is refused in one line naming the node (the float-output last layer is such a float
-    section)."""
+    quantize_per_tensor is refused in one line naming the node; the graph output may be a conv2d / linear output
+    never quantized, the float-output last layer (:meth:`float_output`)."""
 
     def fail(self, node: fx.Node, why: str) -> None:
         tgt = getattr(node.target, "__name__", None) or str(node.target)
@@ -379,20 +379,50 @@ class _Pt2eImporter(_FxImporter):
             y = self.b.conv2d(name, x, wf, bf, stride, padding, dilation, groups)
         else:
             y = self.b.linear(name, x, wf, bf)
+        self.mac_in[y], self.mac_name[y] = x, name
         self.layers[name] = {"w_scale": [float(v) for v in s], "w_zero_point": [int(v) for v in z], "w_dtype": "int8"}
         self.arrays[f"{name}.weight"] = np.ascontiguousarray(wq.astype(np.int8))
         if bf is not None:
             self.arrays[f"{name}.bias"] = bf
         return y
 
+    def float_output(self, node: fx.Node, t: str) -> str:
+        """The graph output is a conv2d / linear output never quantized (X86InductorQuantizer leaves the last
+        layer's output unquantized: torch.compile runs it as oneDNN's qlinear_pointwise with a float32 output, the
+        float logits). hwsim marks it (metadata "float_output", read by hwsim.execute: the logits are the layer's
+        float value from its accumulators, hwsim.ops.mac.float_output) and gives its integer tensor (what golden
+        vectors and per-layer comparisons see) a coarse grid of its input's 8-bit type, symmetric about 0 (scale
+        top / 127, zero point 128 for uint8, 0 for int8), covering the layer's whole range: top = the bound
+        max_c sum_k |w[c, k] - z_w[c]| * max|x - z_x| * s_x * s_w[c] + |b[c]| from its weights and input grid."""
+        x = self.mac_in[t]
+        gx = self.grids.get(x)
+        if gx is None:
+            self.fail(node, f"reads {t!r}, the float output of a layer whose input is not quantized")
+        from hwsim.given import INT_TYPES
+
+        lo, hi = INT_TYPES[gx["dtype"]]
+        xr = max(hi - gx["zero_point"], gx["zero_point"] - lo)
+        name = self.mac_name[t]
+        wq = self.arrays[f"{name}.weight"].astype(np.int64)
+        zw = np.asarray(self.layers[name]["w_zero_point"], np.int64).reshape((-1,) + (1,) * (wq.ndim - 1))
+        sw = np.asarray(self.layers[name]["w_scale"], np.float64)
+        b = self.arrays.get(f"{name}.bias")
+        top = np.abs(wq - zw).reshape(wq.shape[0], -1).sum(axis=1) * xr * gx["scale"] * sw
+        top = float(np.max(top + (0.0 if b is None else np.abs(b.astype(np.float64)))))
+        # the input's 8-bit type (the profile's activation format), symmetric about 0: [-top, top] in 255 steps
+        self.set_grid(node, t, float(np.float32(top / 127.0)) if top > 0 else 1.0,
+                      128 if gx["dtype"] == "uint8" else 0, gx["dtype"])
+        self.float_out = t
+        return t
+
     def quantized_in(self, node: fx.Node, a) -> str:
         """The hwsim tensor a dequantize_per_tensor node reads (the op's input must be one)."""
         v = self.env.get(a.name) if isinstance(a, fx.Node) else None
         if not (isinstance(v, tuple) and v[0] == "dq"):
             self.fail(node, f"reads {getattr(a, 'name', a)!r}, a float tensor (not dequantize_per_tensor's output): a "
-                            "float section (the x86 inductor quantizer leaves the last layer's output unquantized: inductor "
-                            "computes it in float32, which hwsim does not model; hwsim runs a hard-swish, hard-sigmoid or "
-                            "squeeze-excite mul on a conv's float output fused with it)")
+                            "float section (hwsim models a conv / linear float output as the graph output, the "
+                            "float-output last layer, and a hard-swish, hard-sigmoid or squeeze-excite mul on a "
+                            "conv's float output fused with it)")
         return v[1]
 
     def moved_in(self, node: fx.Node, a) -> str:
@@ -418,6 +448,9 @@ class _Pt2eImporter(_FxImporter):
 
         self.chain: dict[str, list[str]] = {}
         self.pending = None
+        self.mac_in: dict[str, str] = {}  # conv2d / linear output -> its input tensor
+        self.mac_name: dict[str, str] = {}  # conv2d / linear output -> its layer
+        self.float_out = None  # the float-output last layer's output tensor (float_output)
         self.conv_out: set[str] = set()  # float conv2d outputs with one user (an add may fuse them)
         self.sum_of: dict[str, tuple] = {}  # add (+ relu) output -> (the fused conv's output, the add node)
         self.mac_out: set[str] = set()  # every conv2d / linear output
@@ -440,8 +473,16 @@ class _Pt2eImporter(_FxImporter):
                 continue  # constants (read where used); torch.export's _guards_fn
             elif node.op == "output":
                 outs = node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]]
-                outputs = [self.env[o.name][1] if isinstance(o, fx.Node) and isinstance(self.env.get(o.name), tuple)
-                           and self.env[o.name][0] == "q" else self.quantized_in(node, o) for o in outs]
+                outputs = []
+                for o in outs:
+                    v = self.env.get(o.name) if isinstance(o, fx.Node) else None
+                    if isinstance(v, tuple) and v[0] == "q":
+                        outputs.append(v[1])
+                    elif (isinstance(v, tuple) and v[0] == "float" and v[1] in self.mac_out and len(outs) == 1
+                          and len(o.users) == 1 and v[1] not in self.grids):
+                        outputs.append(self.float_output(node, v[1]))
+                    else:
+                        outputs.append(self.quantized_in(node, o))
             elif node.op != "call_function":
                 self.fail(node, "is not a call_function")
             elif f in Q:
@@ -612,6 +653,8 @@ class _Pt2eImporter(_FxImporter):
                 self.fail(add, "adds a conv's float output but its result is not quantized (hwsim models the "
                                "conv + add fusion with an int8 / uint8 output)")
         g = self.b.build(outputs=outputs, metadata={})
+        if self.float_out is not None:
+            g.metadata["float_output"] = self.float_out  # issue 17 (torch4): hwsim.execute reads the float logits
         g.metadata.update({"quantized": SOURCE_PT2E, "torch_engine": self.engine, "default_profile": self.profile,
                            "given": Given(ENGINE, SOURCE_PT2E, self.profile, self.grids, self.layers, self.arrays)})
         validate(g, where=f"{self.where} (imported)")

@@ -222,3 +222,35 @@ def _channels(params, n: int):
     cut = {f: (None if getattr(params, f) is None else np.asarray(getattr(params, f))[:n])
            for f in ("real", "multiplier", "q", "shift", "bias_term", "pre_scale")}
     return dataclasses.replace(params, **cut)
+
+
+# --- issue 17 (torch4): a float-output last layer (begin) ---
+def float_output(qg, env, impl: str):
+    """The float32 graph output of a model whose last conv / linear output is never quantized (graph metadata
+    "float_output": a pt2e classifier's logits, frontends/pytorch/importers.py), or None for an ordinary model.
+    Recomputed from the layer's accumulators (hwsim.ops.add.mac_accumulators) on its input in ``env``: under a
+    profile with oneDNN's float requant (int8-pytorch-inductor: qlinear_pointwise with a float32 output, output
+    scale 1, no post-op) oneDNN's float value, hwsim.ops.add.onednn_float (its combined or sequential scale form,
+    bias.form); under every other profile the dequantized accumulators fl32((acc + b[c]) * s_x * s_w[c]) in float64
+    (acc holds the int32 bias where the profile quantizes it; b is fbgemm's float bias term, fl32(bias / fl32(s_x *
+    s_w)), under bias.form "float32", else 0)."""
+    t = qg.model.metadata.get("float_output")
+    if t is None or t != qg.output_name:
+        return None
+    from hwsim.ops.add import mac_accumulators, onednn_float
+
+    lay = next(lay for lay in qg.layers if lay.output == t)
+    acc = np.asarray(mac_accumulators(qg, lay.name, env, impl))
+    p = lay.requant_params
+    if p is not None and getattr(p, "mode", None) == "float32" and getattr(p, "pre_scale", None) is not None:
+        v = onednn_float(acc, p, f"layer {lay.name!r}: float output")
+    else:
+        shp = (1, -1) + (1,) * (acc.ndim - 2)
+        s = (float(qg.grids[lay.inputs[0]].scale) * np.asarray(lay.w_scale, np.float64)).reshape(shp)
+        v = acc.astype(np.float64)
+        bt = getattr(p, "bias_term", None)
+        if bt is not None:  # fbgemm's float bias, in accumulator units (hwsim.ops.core.RequantParams)
+            v = v + np.asarray(bt, np.float64).reshape(shp)
+        v = (v * s).astype(np.float32)
+    return v.reshape(len(acc), -1)
+# --- issue 17 (torch4): a float-output last layer (end) ---

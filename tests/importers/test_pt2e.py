@@ -75,8 +75,9 @@ def cut(gm, names):
     return gm
 
 
-def inductor(gm, x):
-    """torch.compile(gm) with freezing (the x86 int8 lowering) on x: its outputs as int64 arrays."""
+def inductor(gm, x, raw: bool = False):
+    """torch.compile(gm) with freezing (the x86 int8 lowering) on x: its outputs as int64 arrays (``raw``: as
+    torch.compile returns them, numpy)."""
     import torch._inductor.config as ic
 
     old = ic.freezing
@@ -90,7 +91,7 @@ def inductor(gm, x):
         ic.freezing = old
         torch._dynamo.reset()
     ys = ys if isinstance(ys, (tuple, list)) else (ys,)
-    return [y.numpy().astype(np.int64) for y in ys]
+    return [y.numpy() if raw else y.numpy().astype(np.int64) for y in ys]
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,39 @@ def smallcnn():
     m, spec = _bundled_torch("smallcnn_baseline")
     c = pt2e_int8(m, spec.shape, _images("smallcnn_baseline", 32, 9))
     return c, spec
+
+
+@AMX
+def test_smallcnn_float_logits_identical(smallcnn, tmp_path):
+    """The bundled SmallCNN whole (issue 17): X86InductorQuantizer leaves the last linear's output unquantized and
+    torch.compile runs it as oneDNN's qlinear_pointwise with a float32 output. hwsim's logits under
+    int8-pytorch-inductor (hwsim.ops.mac.float_output: oneDNN's float value from the layer's accumulators) ==
+    torch.compile's float32 logits on 256 real test images, every float bit; the other scale form (combined vs
+    sequential, bias.form) differs; int8-pytorch (fbgemm, dequantized accumulators) runs and classifies alike."""
+    from hwsim.execute import run_quantized
+
+    c, spec = smallcnn
+    g = import_pt2e(c, spec.shape, spec.mean, spec.std)
+    assert g.metadata["float_output"] == g.outputs[0]
+    x = _images("smallcnn_baseline", 256, 2)
+    (ref,) = inductor(c, x, raw=True)
+    assert ref.dtype == np.float32 and ref.shape == (256, 10)
+    prof = load_profile("int8-pytorch-inductor")
+    qg = compile_model(g, prof, None)
+    for impl in ("fast", "reference"):
+        out = run_quantized(qg, x, impl=impl).logits
+        assert out.dtype == np.float32 and np.array_equal(out, ref), (impl, int((out != ref).sum()))
+    # the neighbour: the linear layers' other scale form (the profile's last override, "linear": combined)
+    from importlib import resources
+
+    text = (resources.files("hwsim") / "profiles" / "int8-pytorch-inductor.toml").read_text(encoding="utf-8")
+    head, tail = text.rsplit('"bias.form" = "onednn_combined"', 1)
+    assert 'op = "linear"' in head.rsplit("[[overrides]]", 1)[1]
+    (tmp_path / "seq.toml").write_text(head + '"bias.form" = "onednn_sequential"' + tail)
+    near = run_quantized(compile_model(g, load_profile(str(tmp_path / "seq.toml")), None), x).logits
+    assert int((near != ref).sum()) > 0, "the sequential scale form is another function"
+    fb = run_quantized(compile_model(g, load_profile("int8-pytorch"), None), x).logits
+    assert fb.dtype == np.float32 and np.mean(fb.argmax(1) == ref.argmax(1)) > 0.95
 
 
 @AMX
@@ -406,13 +440,12 @@ def test_inductor_input_quantizer_compiled():
 
 def test_exported_program_and_float_sections(smallcnn):
     """import_pt2e takes the ExportedProgram of a converted model too; the default x86 quantization of the whole
-    SmallCNN (float logits) and a conv + add whose sum is the model's float output are float sections: one line naming
-    the node; an op outside the supported set: one line naming it."""
+    SmallCNN imports (its float logits: the float-output last layer, test_smallcnn_float_logits_identical); a conv
+    + add whose sum is the model's float output is a float section: one line naming the node; an op outside the
+    supported set: one line naming it."""
     c, spec = smallcnn
-    with pytest.raises(HwsimError) as e:
-        import_pt2e(c, spec.shape, spec.mean, spec.std)
-    msg = str(e.value)
-    assert "\n" not in msg and "pt2e node 'output'" in msg and "float tensor" in msg
+    whole = import_pt2e(c, spec.shape, spec.mean, spec.std)
+    assert whole.metadata["float_output"] == whole.outputs[0] == "linear"
     qs = [n.name for n in c.graph.nodes if n.target == Q]
     gm = cut(c, [qs[-1]])
     with warnings.catch_warnings():
@@ -597,8 +630,8 @@ def _rewrite_zip(src, dst, edit):
 def test_hwsim_import_pt2(smallcnn, tmp_path):
     """``hwsim import model.pt2`` (torch.export.save of a converted pt2e model) without unpickling: the same given
     quantization and integers as the in-memory import, the input shape read from the program, the profile
-    int8-pytorch-inductor its default; a pickled weight, a truncated archive and a float-output model are one line,
-    nonzero exit."""
+    int8-pytorch-inductor its default; a pickled weight and a truncated archive are one line, nonzero exit; the whole
+    classifier (float logits) imports and ``hwsim run`` prints its accuracy."""
     import json
 
     from hwsim.graph import load_model
@@ -642,12 +675,21 @@ def test_hwsim_import_pt2(smallcnn, tmp_path):
     data = (tmp_path / "m.pt2").read_bytes()
     (tmp_path / "t.pt2").write_bytes(data[: len(data) // 2])
     one_line_error(invoke("import", tmp_path / "t.pt2", "-o", tmp_path / "t.hwsim"), "t.pt2")
+
+    # the whole classifier (its last linear's float logits, issue 17): imported, and `hwsim run` prints an accuracy
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.export.save(torch.export.export(c, (torch.zeros(2, *spec.shape),),
                                               dynamic_shapes=({0: torch.export.Dim("N")},)), tmp_path / "f.pt2")
-    one_line_error(invoke("import", tmp_path / "f.pt2", "-o", tmp_path / "f.hwsim"), "pt2e node 'output'",
-                   "float tensor")
+    res = invoke("import", tmp_path / "f.pt2", "-o", tmp_path / "f.hwsim", "--mean", spec.mean[0], "--std",
+                 spec.std[0])
+    assert res.exit_code == 0, res.output
+    g = load_model(tmp_path / "f.hwsim")
+    assert g.metadata["float_output"] == g.outputs[0]
+    res = invoke("run", "-m", tmp_path / "f.hwsim", "--limit", "40", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["images"] == 40 and d["sim_accuracy"] >= 0.8, d
 
 
 @AMX
