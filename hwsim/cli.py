@@ -23,8 +23,13 @@ class HwsimGroup(click.Group):
     """A click group that turns HwsimError into a one-line message and a nonzero exit."""
 
     def invoke(self, ctx):
+        from hwsim.scaleout import sigterm_as_interrupt
+
         try:
-            return super().invoke(ctx)
+            # SIGTERM unwinds like Ctrl-C: sweeps and studies stop their worker processes, results
+            # already written stay (--resume), nothing is left running
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except HwsimError as e:
             raise click.ClickException(str(e)) from None
 
@@ -365,12 +370,14 @@ def sweep(profiles_, all_profiles, vary, model, data, set_, limit, batch_size, q
     ctx = ex.load_context(model, data, limit, batch_size, stream=True, float_baseline=False)  # float: per-shard tasks
     pool = scaleout.make_executor(executor, workers, ray_address)
     show = _SweepProgress(quiet or as_json)
+    finished = False
     try:
         done = scaleout.run_sweep(ctx, plan, batch_size, with_fakequant=with_fq, executor=pool, shard_size=shard_size,
                                   work_dir=work_dir, on_progress=show)
+        finished = True
     finally:
         show.close()
-        pool.shutdown()
+        pool.shutdown(kill=not finished)  # interrupted or failed: stop the workers' running tasks too
     if work_dir is not None and not (quiet or as_json):
         click.echo(f"sweep: {len(done.ran)} task(s) run, {len(done.reused)} of {done.tasks} found in {work_dir}", err=True)
     results = done.results

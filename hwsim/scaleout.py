@@ -40,8 +40,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,8 +376,39 @@ class SerialExecutor:
     def poll(self) -> list[tuple[str, int]]:
         return []
 
-    def shutdown(self) -> None:
+    def shutdown(self, kill: bool = False) -> None:
         pass
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (as Ctrl-C does), so that
+    ``finally`` clauses stop worker processes (:func:`kill_pool`) instead of the interpreter exiting at once and
+    leaving spawned workers running their tasks to the end. Outside the main thread: nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def kill_pool(pool) -> None:
+    """Stop a :class:`~concurrent.futures.ProcessPoolExecutor` now: queued tasks cancelled, running ones
+    terminated (their results were never written: a resumed run redoes them), the processes reaped."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # the standard library keeps them here
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(10)
 
 
 class ProcessExecutor:
@@ -408,8 +442,11 @@ class ProcessExecutor:
             except (q.Empty, OSError, ValueError):
                 return out
 
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, kill: bool = False) -> None:
+        if kill:
+            kill_pool(self.pool)
+        else:
+            self.pool.shutdown(wait=True, cancel_futures=True)
         for k, v in self._saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -457,7 +494,7 @@ class RayExecutor:
     def poll(self) -> list[tuple[str, int]]:
         return []
 
-    def shutdown(self) -> None:
+    def shutdown(self, kill: bool = False) -> None:  # a local Ray stopped here takes its running tasks with it
         if self.started:
             self.ray.shutdown()
 
@@ -684,6 +721,11 @@ def run_sweep(ctx, plan: list[tuple], batch_size: int = 256, *, with_fakequant: 
                     finish(e)
             if on_progress:
                 on_progress(prog)
+    except BaseException:
+        if executor is None:
+            ex.shutdown(kill=True)
+            executor = ex  # shut down already
+        raise
     finally:
         _SINK = saved_sink
         for fut in pending:

@@ -255,9 +255,16 @@ def _run_parallel(job: dict, work: list, jobs: int, collect: Callable, where: Ca
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+    from hwsim.scaleout import kill_pool
+
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    try:
         futures = [pool.submit(_worker, job, arch, vi, seed) for _i, arch, vi, seed in work]
         for (i, arch, vi, seed), fut in zip(work, futures):
             doc, ran, train_s, evals = json.loads(fut.result())
             collect(i, doc, ran, train_s, evals)
             tell(f"{where()}: {arch} {STUDIES[job['name']].variants[vi].name} seed {seed} done")
+    except BaseException:  # Ctrl-C, SIGTERM (hwsim's CLI makes it an interrupt) or a failed model: stop the workers
+        kill_pool(pool)
+        raise
+    pool.shutdown(wait=True)

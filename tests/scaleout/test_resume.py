@@ -152,3 +152,62 @@ def test_the_float_baseline_runs_as_shard_tasks_and_resumes(data_npz, tmp_path):
     assert strip(again.results) == ref
     third = run_sweep(lazy, plan, 16, shard_size=32, work_dir=tmp_path)
     assert third.ran == [] and strip(third.results) == ref
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux /proc)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"  # a zombie has exited
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from Linux's /proc")
+def test_sigterm_stops_the_workers_too(tmp_path, data_npz):
+    """SIGTERM to a ``sweep --workers 2`` (the process only, as a scheduler or ``kill`` sends it): it exits
+    nonzero within seconds, its worker processes with it (before, the workers ran on without their parent),
+    no CSV is written, and --resume finishes the run from the task files it left."""
+    work, out = tmp_path / "work", tmp_path / "out.csv"
+    args = ["sweep", "-m", MODEL, "-d", data_npz, "--limit", "256", "--batch-size", "16", "--shard-size", "16",
+            "--workers", "2", "--all"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "hwsim.cli", *args, "-q", "--resume", str(work), "-o", str(out)],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while not list(work.glob("shard-*.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        assert len(workers) >= 2  # two workers (and multiprocessing's resource tracker)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1].decode()
+        stopped = time.monotonic() - t0
+        gone = time.monotonic() + 20
+        while any(_alive(p) for p in workers) and time.monotonic() < gone:
+            time.sleep(0.05)
+        left = [p for p in workers if _alive(p)]
+    finally:
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode not in (0, -signal.SIGTERM), err  # unwound (click: "Aborted!"), not killed outright
+    assert stopped < 30 and not left, (stopped, left)
+    assert not out.exists() and not list(work.glob(".*.tmp"))
+    done = len(list(work.glob("shard-*.json")))
+    res = invoke(*args, "--resume", work, "-o", out)
+    assert res.exit_code == 0, res.output
+    assert f"found in {work}" in res.output and done >= 1
