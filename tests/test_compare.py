@@ -91,6 +91,7 @@ def test_mirror_equals_simulator_logits_for_weight_path(net):
     assert np.max(np.abs(fq - sim)) <= 2 * qg.grids[qg.output_name].scale + 1e-6
 
 
+@pytest.mark.slow
 def test_bundled_mobilenetv2_tie_rule_is_the_whole_fake_quant_gap():
     """int4-pow2 shifts round half up; QAT fake-quant (torch.round) rounds half to even. On the bundled
     MobileNetV2 that tie rule alone separates fake-quant from the integers; the mirror with the

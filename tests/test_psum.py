@@ -49,6 +49,7 @@ def _reference_events(qg, lay, x):
     return int(st.partial_events), int(st.acc_events)
 
 
+@pytest.mark.slow
 def test_partial_sum_events_on_the_right_layers(psum_run):
     qg, stats, inputs = psum_run
     macs = [(lay, st) for lay, st in zip(qg.layers, stats) if lay.op in ("conv2d", "linear")]

@@ -223,8 +223,13 @@ def test_add_kernels_equal_reference(cfg):
     ramp = np.arange(-128, 128)
     a = np.stack(np.meshgrid(ramp, ramp)).reshape(2, 1, 256, 256)[0]  # every pair of int8 values
     b = np.stack(np.meshgrid(ramp, ramp)).reshape(2, 1, 256, 256)[1]
-    for sa, sb, sy, za, zb, zy in ((0.02, 0.03, 0.05, 3, -7, 1), (0.5, 0.25, 0.5, 0, 0, 0),
-                                   (0.0171, 0.0093, 0.0311, -128, 127, -5), (2.0**-4, 2.0**-5, 2.0**-3, 1, 2, 3)):
+    scale_sets = ((0.02, 0.03, 0.05, 3, -7, 1), (0.5, 0.25, 0.5, 0, 0, 0),
+                  (0.0171, 0.0093, 0.0311, -128, 127, -5), (2.0**-4, 2.0**-5, 2.0**-3, 1, 2, 3))
+    if cfg.add_form == "ratio_fma" and cfg.rounding != "half_even":
+        # its reference is plain Python (140 us a pair): every pair on all four scale sets for half_even, and for
+        # the other roundings the two sets whose binary scales make halfway cases (where roundings differ)
+        scale_sets = scale_sets[1::2]
+    for sa, sb, sy, za, zb, zy in scale_sets:
         kw = dict(a_scale=sa, a_zero_point=za, b_scale=sb, b_zero_point=zb, y_scale=sy, y_zero_point=zy,
                   qmin=-128, qmax=127, cfg=cfg)
         y, c = ops.add(a, b, **kw)

@@ -248,6 +248,7 @@ def test_resnet18_equals_litert(litert_runs, resolver):
 
 
 # ----------------------------------------------------------------------------- pt2e (torchao, x86 inductor quantizer)
+@pytest.mark.slow
 def test_resnet18_pt2e_equals_torch_compile(net):
     """pt2e with X86InductorQuantizer, compiled by inductor (oneDNN qconv, each residual add fused into the block's
     second conv as oneDNN's sum post-op): every quantized tensor of the ResNet-18-shaped model == hwsim's under

@@ -25,6 +25,7 @@ def test_shard_bounds_follow_the_batches():
     assert scaleout.shard_bounds(100, 32, 1000) == [(0, 100)]
 
 
+@pytest.mark.slow
 def test_all_profiles_on_two_workers_in_shards_equal_the_serial_csv(tmp_path, data_npz):
     """Every built-in profile (stochastic rounding, weight-only, narrow accumulators included):
     2 worker processes x 3 shards per profile == one process, one task per profile."""
@@ -83,6 +84,7 @@ def test_merge_is_the_run_profile_result(ctx):
     assert sum(lay["outputs"] for lay in one["layers"]) > 0
 
 
+@pytest.mark.slow
 def test_ray_equals_serial(tmp_path, data_npz):
     """--executor ray starts a local Ray (2 CPUs) for the sweep and stops it after."""
     ray = pytest.importorskip("ray")

@@ -169,6 +169,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from Linux's /proc")
 def test_sigterm_stops_the_workers_too(tmp_path, data_npz):
     """SIGTERM to a ``sweep --workers 2`` (the process only, as a scheduler or ``kill`` sends it): it exits
