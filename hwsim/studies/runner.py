@@ -234,10 +234,13 @@ def model_work(job: dict, arch: str, vi: int, seed: int, say: Callable[[str], No
 
 
 def _worker_init() -> None:
-    """A worker process: one torch thread (the trainings' setting) and one numba thread (jobs share the cores)."""
-    from hwsim.kernels import set_threads
+    """A worker process: one numba, BLAS and torch thread (the jobs share the cores; the trainings set torch's
+    one thread themselves). The BLAS libraries also read THREAD_ENV, set to 1 by :func:`_run_parallel` before
+    the spawn: numpy's OpenBLAS had started a second thread in each worker, two workers spinning four threads
+    on two cores."""
+    from hwsim.scaleout import limit_threads
 
-    set_threads(1)
+    limit_threads(1)
 
 
 def _worker(job: dict, arch: str, vi: int, seed: int) -> str:
@@ -255,8 +258,10 @@ def _run_parallel(job: dict, work: list, jobs: int, collect: Callable, where: Ca
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from hwsim.scaleout import kill_pool
+    from hwsim.scaleout import THREAD_ENV, kill_pool
 
+    saved = {k: os.environ.get(k) for k in THREAD_ENV}
+    os.environ.update({k: "1" for k in THREAD_ENV})  # read by BLAS when a worker imports numpy (spawned on submit)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
     try:
         futures = [pool.submit(_worker, job, arch, vi, seed) for _i, arch, vi, seed in work]
@@ -267,4 +272,10 @@ def _run_parallel(job: dict, work: list, jobs: int, collect: Callable, where: Ca
     except BaseException:  # Ctrl-C, SIGTERM (hwsim's CLI makes it an interrupt) or a failed model: stop the workers
         kill_pool(pool)
         raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     pool.shutdown(wait=True)
