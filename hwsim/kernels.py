@@ -912,8 +912,22 @@ def _in_workers(fn, parts: list) -> list:
     n = min(workers(), len(parts))
     if n <= 1:
         return [fn(p) for p in parts]
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() == 1:  # inside _torch_one_thread (or the user's 1)
+        # OpenMP's thread count is per thread: a fresh worker starts at the core count, and torch._int_mm
+        # (oneDNN) ran an OpenMP team from each worker: 2-100x slower on the 2-core machine (issue 18)
+        return _in_workers_one_torch_thread(torch, fn, parts, n)
     with ThreadPoolExecutor(n) as ex:
         return list(ex.map(fn, parts))
+
+
+def _in_workers_one_torch_thread(torch, fn, parts: list, n: int) -> list:
+    def one(p):
+        torch.set_num_threads(1)
+        return fn(p)
+
+    with ThreadPoolExecutor(n) as ex:
+        return list(ex.map(one, parts))
 
 
 @njit(cache=True, nogil=True)
@@ -1464,6 +1478,10 @@ def linear_accumulate(x, w, bias, zx, zw, acc, plan: GemmPlan | None = None):
     if M < PLANE_MAX_M and (plan.kernel_only or not plan.layer_exact):
         pe, ae = _run_planes([plan], cols, 0, out)  # few outputs: vectorize over the batch
     elif plan.kernel_only or (not plan.layer_exact and _screen(plan, cols, 0, N).mean() > RISKY_SWITCH):
+        if _chunked_ok([plan]):  # as a 1x1 conv of one position per sample: the chunked paths of conv2d
+            out = np.empty((N, M, 1), np.int64)
+            pe, ae = _run_chunked(plan, (x - zx).reshape(N, K, 1, 1), _LINEAR_GEOM, N, 1, K, out)
+            return out.reshape(N, M), pe, ae
         pe, ae = _run_kernel([plan], cols, 0, np.arange(N, dtype=np.int64), out)
     else:
         with _blas_one_thread():
