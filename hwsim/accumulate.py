@@ -360,16 +360,19 @@ def _part_weights(plan, w8, m0: int, m1: int):
 
 
 @njit(cache=True, nogil=True)
-def int_range(xf):
-    """(min, max) of a flat integer array in one pass (0, 0 when empty)."""
-    if xf.size == 0:
-        return 0, 0
-    lo = xf[0]
-    hi = xf[0]
+def int8_and_range(xf, out):
+    """out[i] = xf[i] as int8 (wrapping: valid only where the returned range lies in [-128, 127]) and (min, max)
+    of the flat integer-valued array xf, in one pass (int64 compares: vectorized where xf is float64)."""
+    lo = np.int64(0)
+    hi = np.int64(0)
+    if xf.size:
+        lo = np.int64(xf[0])
+        hi = lo
     for i in range(xf.size):
-        v = xf[i]
+        v = np.int64(xf[i])
         lo = min(lo, v)
         hi = max(hi, v)
+        out[i] = np.int8(v & 255)
     return lo, hi
 
 
@@ -403,11 +406,17 @@ def run_int8_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: i
     mm = _k.int_mm()
     R = int(plan.spec[4])
     wts = int8_chunk_weights(plan) if mm is not None and R >= 2 else None
-    lo, hi = (int(v) for v in int_range(xp.reshape(-1))) if xp.size else (0, 0)
+    if wts is None or N == 0:
+        return run_fused_f32(plan, xp, geom, N, L, K, out)
+    xp = np.ascontiguousarray(xp)
+    xp8 = np.empty(xp.shape, np.int8)
+    lo, hi = (int(v) for v in int8_and_range(xp.reshape(-1), xp8.reshape(-1)))
     lo, hi = min(0, lo), max(0, hi)  # padding pixels are 0
     off = 0 if (lo >= -128 and hi <= 127) else lo + 128
-    if wts is None or hi - off > 127 or N == 0:
+    if hi - off > 127:
         return run_fused_f32(plan, xp, geom, N, L, K, out)
+    if off:
+        np.subtract(xp, off, out=xp8, casting="unsafe")  # exact: integers in [-128, 127] (checked above)
     w8, wsum = wts
     import torch
 
@@ -416,11 +425,6 @@ def run_int8_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: i
     corr = wsum * off  # [C, M] int64, exact: |off| < 2^31, |sum w| < 2^31 * K
     spec = plan.spec
     b0, bev = _bias_in_acc(plan.bias, spec)
-    if off == 0 and xp.dtype == np.int8:
-        xp8 = np.ascontiguousarray(xp)
-    else:
-        xp8 = np.empty(xp.shape, np.int8)
-        np.subtract(xp, off, out=xp8, casting="unsafe")  # exact: integers in [-128, 127] (checked above)
     nb = int(max(1, min(N, (STAGE_BYTES // (4 * M)) // max(1, L))))
     blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     nw = _k.workers()

@@ -912,22 +912,23 @@ def _in_workers(fn, parts: list) -> list:
     n = min(workers(), len(parts))
     if n <= 1:
         return [fn(p) for p in parts]
+    global _POOL
+    if _POOL is None or _POOL[0] != (os.getpid(), n):  # one pool per process and size (threads started per
+        _POOL = ((os.getpid(), n), ThreadPoolExecutor(n, initializer=torch_one_thread_init))  # call: ms a layer)
+    return list(_POOL[1].map(fn, parts))
+
+
+_POOL = None  # ((pid, threads), the worker threads of _in_workers): kept, as hwsim kernels run on every layer
+
+
+def torch_one_thread_init():
+    """Initializer of hwsim's worker threads: torch single-threaded there (their work runs inside
+    :func:`_torch_one_thread`, or without torch). OpenMP's thread count is per thread: a fresh thread starts
+    at the core count, so every torch._int_mm (oneDNN) in a worker ran an OpenMP team of all cores: 2-100x
+    slower on the 2-core machine (issue 18)."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() == 1:  # inside _torch_one_thread (or the user's 1)
-        # OpenMP's thread count is per thread: a fresh worker starts at the core count, and torch._int_mm
-        # (oneDNN) ran an OpenMP team from each worker: 2-100x slower on the 2-core machine (issue 18)
-        return _in_workers_one_torch_thread(torch, fn, parts, n)
-    with ThreadPoolExecutor(n) as ex:
-        return list(ex.map(fn, parts))
-
-
-def _in_workers_one_torch_thread(torch, fn, parts: list, n: int) -> list:
-    def one(p):
+    if torch is not None:
         torch.set_num_threads(1)
-        return fn(p)
-
-    with ThreadPoolExecutor(n) as ex:
-        return list(ex.map(one, parts))
 
 
 @njit(cache=True, nogil=True)
