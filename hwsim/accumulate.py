@@ -11,22 +11,24 @@ saturating after every MAC) most layers have 0-4% of their elements near the lim
   (:func:`chunk_stage_f32` / :func:`chunk_stage_i64`) applies the P-bit register and the A-bit
   accumulator to all elements, chunk after chunk in k order: exactly the sequential model of
   :func:`hwsim.kernels.accumulate_rows` (the contract), without its per-position product loops. The
-  columns come from an offset table (:func:`im2col_offsets`). (Splitting a batch that fits one block
-  so that each worker thread gets one cost 25-33% more CPU time on the loaded 2-core machine, ResNet-18
-  int8-acc16-sat at 2 threads: not done.) Without torch, or where the operands leave int8, chunks of <= 16 products into a
-  saturating accumulator without a P stage (int8-acc16-sat's) run :func:`fused_chunks_f32`: one numba
-  pass per block of positions, products read straight from the padded input, chunk sums in registers,
-  float32 where this batch's bounds prove every value an integer below 2^24 (see :func:`run_fused_f32`
-  for what it measured against the int8 chunk GEMMs).
+  columns come from an offset table (:func:`im2col_offsets`). Blocks are whole images; where they are
+  fewer than the worker threads (ResNet-18 @ 32's layer3 / layer4 at batch 128: one block), each worker
+  takes its own part of the output channels (:func:`channel_parts`). Without torch, or where the
+  operands leave int8, chunks of <= 16 products into a saturating accumulator without a P stage
+  (int8-acc16-sat's) run :func:`fused_chunks_f32`: one numba pass per block of positions, products
+  read straight from the padded input, chunk sums in registers, float32 where this batch's bounds prove
+  every value an integer below 2^24 (see :func:`run_fused_f32` for what it measured against the int8
+  chunk GEMMs).
 - short chunks (R = 1: saturation after every MAC; :func:`run_int8_blocks`): blocks of 64 products
   are summed exactly (int8 GEMM) and bounded (sum |w||x|, a second int8 GEMM); :func:`block_stage`
   adds the exact block sum wherever the bound shows no stage can act on this element and runs the
   sequential model on the block elsewhere. A layer where most positions need it falls back to the
   caller's model kernel (decided on the first sample).
 
-Blocks of samples run on hwsim's worker threads (torch single-threaded, the numba kernels serial and
-releasing the GIL: no OpenMP pools spinning against each other). Without torch, apart from the fused
-kernel's shape, the callers keep the float BLAS chunk sums / model kernels of hwsim.kernels.
+Blocks of samples run on hwsim's worker threads (torch single-threaded in each: OpenMP's thread count is
+per thread, see :func:`hwsim.kernels.torch_one_thread_init`; the numba kernels serial and releasing the
+GIL: no OpenMP pools spinning against each other). Without torch, apart from the fused kernel's shape,
+the callers keep the float BLAS chunk sums / model kernels of hwsim.kernels.
 """
 
 from __future__ import annotations

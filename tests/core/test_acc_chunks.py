@@ -564,3 +564,53 @@ def test_workers_run_torch_single_threaded(threads):
     with kernels._torch_one_thread():
         got = kernels._in_workers(omp, [0, 1])
     assert got == [1, 1]
+
+
+def test_risky_decision_kept_per_plan(monkeypatch):
+    """A plan whose first batch screened risky (most positions may saturate) keeps that decision: the next
+    batches skip the screen and run the chunked model, even a batch the screen would pass to BLAS + rerun;
+    every batch == reference (both paths are exact)."""
+    screens = _spy(monkeypatch, kernels, ["_screen"])
+    chunked = _spy(monkeypatch, kernels, ["_run_chunked"])
+    acc = ops.Accumulator(bits=16, overflow="saturate", rows=16)
+    rng = np.random.default_rng(5)
+    w = rng.integers(-128, 128, (16, 8, 3, 3))
+    w[:8] = 127
+    zw = np.zeros(16, np.int64)
+    loud = rng.integers(0, 256, (2, 8, 6, 6))
+    quiet = rng.integers(0, 3, (2, 8, 6, 6))  # bounds far below 2^15: the screen alone would say BLAS
+    plan = kernels.conv_plan(w, None, 0, zw, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, 0, 255)
+    for x in (loud, quiet, loud):
+        fast = kernels.conv2d_accumulate(x, w, None, 0, zw, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, plan)
+        ref = ops.conv2d(x, w, None, padding=1, acc=acc, impl="reference")
+        np.testing.assert_array_equal(fast[0], ref[0])
+        assert (fast[1], fast[2]) == (ref[1].partial_events, ref[1].acc_events)
+    assert screens["_screen"] == 1 and chunked["_run_chunked"] == 3
+    fresh = kernels.conv_plan(w, None, 0, zw, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, 0, 255)
+    kernels.conv2d_accumulate(quiet, w, None, 0, zw, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, fresh)
+    assert screens["_screen"] == 2 and chunked["_run_chunked"] == 3  # a fresh plan screens: BLAS + rerun
+
+
+def test_worker_threads_kept_and_resized(threads):
+    """_in_workers keeps its threads between calls (starting them per layer cost milliseconds) and makes a new
+    pool when the thread count changes; results in order."""
+    import threading
+
+    def who(p):
+        return p, threading.get_ident()
+
+    a = kernels._in_workers(who, list(range(6)))
+    b = kernels._in_workers(who, list(range(6)))
+    assert [p for p, _ in a] == [p for p, _ in b] == list(range(6))
+    if threads == 1:
+        assert {t for _, t in a + b} == {threading.get_ident()}
+        return
+    pool = kernels._POOL[1]
+    assert {t for _, t in a + b} <= {th.ident for th in pool._threads}
+    kernels.set_threads(1)
+    try:
+        assert kernels._in_workers(who, [0, 1]) == [(0, threading.get_ident()), (1, threading.get_ident())]
+    finally:
+        kernels.set_threads(threads)
+    kernels._in_workers(who, [0, 1])
+    assert kernels._POOL[1] is pool  # the same size again: the same threads
