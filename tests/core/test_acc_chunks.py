@@ -528,12 +528,18 @@ def test_int8_chunks_split_property(data):
 
 @pytest.mark.parametrize("acc", PROFILE_CHUNK_ACCS)
 @pytest.mark.parametrize("n,k,m", [(7, 300, 40), (1, 70, 9), (33, 512, 100)])
-def test_linear_runs_the_int8_chunks(acc, n, k, m, monkeypatch, threads):
+@pytest.mark.parametrize("torch_mm", [True, False], ids=["int8", "no-torch"])
+def test_linear_runs_the_int8_chunks(acc, n, k, m, torch_mm, monkeypatch, threads):
     """A linear layer with a chunked order-dependent accumulator goes through the conv's chunked paths as a 1x1
-    conv (one position per sample; before: the sequential model kernel): fast == reference, events too."""
-    if kernels.int_mm() is None:
+    conv (one position per sample; before: the sequential model kernel): fast == reference, events too; without
+    torch._int_mm the same route ends in the fused float32 kernel (int8-acc16-sat)."""
+    if torch_mm and kernels.int_mm() is None:
         pytest.skip("torch._int_mm unavailable")
-    calls = _spy(monkeypatch, accumulate, ["run_int8_chunks"])
+    if not torch_mm:
+        monkeypatch.setattr(kernels, "_INT_MM", False)
+    calls = _spy(monkeypatch, accumulate, ["run_int8_chunks", "fused_chunks_f32", "chunk_stage_f32",
+                                           "chunk_stage_i64"])
+    blas = _spy(monkeypatch, kernels, ["accumulate_chunks_f32"])
     monkeypatch.setattr(accumulate, "PART_MIN_M", 4)
     rng = np.random.default_rng(n * k)
     x = rng.integers(0, 256, (n, k))
@@ -544,7 +550,12 @@ def test_linear_runs_the_int8_chunks(acc, n, k, m, monkeypatch, threads):
     fast, ref = ops.linear(x, w, b, **kw), ops.linear(x, w, b, impl="reference", **kw)
     _same(fast, ref)
     assert ref[1].acc_events + ref[1].partial_events > 0
-    assert calls["run_int8_chunks"] == 1
+    gemm = calls["chunk_stage_f32"] + calls["chunk_stage_i64"] > 0
+    fused_shape = acc.partial_bits is None and acc.rows <= 16
+    # without torch, int8-psum16's 32-bit accumulator has no float32 chunk model: the model kernel, as for conv2d
+    assert calls["run_int8_chunks"] == int(torch_mm or fused_shape)
+    assert (gemm, calls["fused_chunks_f32"] > 0, blas["accumulate_chunks_f32"]) == (
+        torch_mm, not torch_mm and fused_shape, 0)
 
 
 def test_workers_run_torch_single_threaded(threads):
