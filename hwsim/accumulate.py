@@ -11,22 +11,24 @@ saturating after every MAC) most layers have 0-4% of their elements near the lim
   (:func:`chunk_stage_f32` / :func:`chunk_stage_i64`) applies the P-bit register and the A-bit
   accumulator to all elements, chunk after chunk in k order: exactly the sequential model of
   :func:`hwsim.kernels.accumulate_rows` (the contract), without its per-position product loops. The
-  columns come from an offset table (:func:`im2col_offsets`). (Splitting a batch that fits one block
-  so that each worker thread gets one cost 25-33% more CPU time on the loaded 2-core machine, ResNet-18
-  int8-acc16-sat at 2 threads: not done.) Without torch, or where the operands leave int8, chunks of <= 16 products into a
-  saturating accumulator without a P stage (int8-acc16-sat's) run :func:`fused_chunks_f32`: one numba
-  pass per block of positions, products read straight from the padded input, chunk sums in registers,
-  float32 where this batch's bounds prove every value an integer below 2^24 (see :func:`run_fused_f32`
-  for what it measured against the int8 chunk GEMMs).
+  columns come from an offset table (:func:`im2col_offsets`). Blocks are whole images; where they are
+  fewer than the worker threads (ResNet-18 @ 32's layer3 / layer4 at batch 128: one block), each worker
+  takes its own part of the output channels (:func:`channel_parts`). Without torch, or where the
+  operands leave int8, chunks of <= 16 products into a saturating accumulator without a P stage
+  (int8-acc16-sat's) run :func:`fused_chunks_f32`: one numba pass per block of positions, products
+  read straight from the padded input, chunk sums in registers, float32 where this batch's bounds prove
+  every value an integer below 2^24 (see :func:`run_fused_f32` for what it measured against the int8
+  chunk GEMMs).
 - short chunks (R = 1: saturation after every MAC; :func:`run_int8_blocks`): blocks of 64 products
   are summed exactly (int8 GEMM) and bounded (sum |w||x|, a second int8 GEMM); :func:`block_stage`
   adds the exact block sum wherever the bound shows no stage can act on this element and runs the
   sequential model on the block elsewhere. A layer where most positions need it falls back to the
   caller's model kernel (decided on the first sample).
 
-Blocks of samples run on hwsim's worker threads (torch single-threaded, the numba kernels serial and
-releasing the GIL: no OpenMP pools spinning against each other). Without torch, apart from the fused
-kernel's shape, the callers keep the float BLAS chunk sums / model kernels of hwsim.kernels.
+Blocks of samples run on hwsim's worker threads (torch single-threaded in each: OpenMP's thread count is
+per thread, see :func:`hwsim.kernels.torch_one_thread_init`; the numba kernels serial and releasing the
+GIL: no OpenMP pools spinning against each other). Without torch, apart from the fused kernel's shape,
+the callers keep the float BLAS chunk sums / model kernels of hwsim.kernels.
 """
 
 from __future__ import annotations
@@ -217,12 +219,13 @@ def run_fused_f32(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int
 
 # ----------------------------------------------------------------------------- chunks of R >= 8: int8 chunk GEMMs
 @njit(cache=True, nogil=True)
-def chunk_stage_i64(S, corr, spec, acc):
-    """One chunk of the MAC-array model on a block of positions: v = S[p, m] + corr[m] (the exact chunk
+def chunk_stage_i64(S, corr, ci, spec, acc):
+    """One chunk (ci) of the MAC-array model on a block of positions: v = S[p, m] + corr[ci, m] (the exact chunk
     sum), the P-bit partial register on v, then acc[p, m] += v under the A-bit policy (spec as in
     :func:`hwsim.kernels.accumulate_rows`; int64 arithmetic, |values| < 2^62 by the plan). Returns
     (partial events, acc events). Serial, releasing the GIL; each stage is one vectorizable loop."""
     Pb, M = S.shape
+    corr = corr[ci]
     a_bits, a_mode, p_bits, p_mode = spec[0], spec[1], spec[2], spec[3]
     pe = np.int64(0)
     ae = np.int64(0)
@@ -276,12 +279,13 @@ def chunk_stage_i64(S, corr, spec, acc):
 
 
 @njit(cache=True, nogil=True)
-def chunk_stage_f32(S, corr, lo, hi, acc, cnt):
+def chunk_stage_f32(S, corr, ci, lo, hi, acc, cnt):
     """:func:`chunk_stage_i64` for the common case of no P stage and a saturating A stage, in float32:
-    acc[p, m] = clamp(acc[p, m] + (S[p, m] + corr[m]), lo, hi); cnt[m] += 1 where the clamp changed the
+    acc[p, m] = clamp(acc[p, m] + (S[p, m] + corr[ci, m]), lo, hi); cnt[m] += 1 where the clamp changed the
     value. Exact where the plan proved every value below 2^24 (chunk sums, accumulator plus one chunk;
     the caller keeps cnt below 2^24). Serial, releasing the GIL."""
     Pb, M = S.shape
+    corr = corr[ci]
     for p in range(Pb):
         for m in range(M):
             v = acc[p, m] + (np.float32(S[p, m]) + corr[m])
@@ -300,7 +304,14 @@ def init_acc(b0, acc):
 
 @njit(cache=True, nogil=True)
 def finish_acc(acc, L, out):
-    """out[i, m, l] = acc[i*L + l, m] (position-major block to the channel-major output)."""
+    """out[i, m, l] = acc[i*L + l, m] (position-major block to the channel-major output); few positions per
+    image (L < 8): row by row (contiguous reads; 2-9x faster at L = 4 / 1), else channel by channel."""
+    if L < 8:
+        for i in range(out.shape[0]):
+            for l in range(L):
+                for m in range(acc.shape[1]):
+                    out[i, m, l] = np.int64(acc[i * L + l, m])
+        return
     for i in range(out.shape[0]):
         for m in range(acc.shape[1]):
             for l in range(L):
@@ -308,6 +319,8 @@ def finish_acc(acc, L, out):
 
 
 STAGE_BYTES = 512 << 10  # one chunk's int32 sums of a block of positions (kept in L2 for the stage pass)
+PART_MIN_M = 32  # channels of one worker's part at least when a layer's channels are split over the workers
+PART_ALIGN = 16  # part boundaries on multiples of this many channels where the parts stay that large
 
 
 def int8_chunk_weights(plan):
@@ -333,6 +346,55 @@ def int8_chunk_weights(plan):
     return plan.cache["i8"]
 
 
+def channel_parts(M: int, parts: int) -> list[tuple[int, int]]:
+    """[m0, m1) of ``parts`` near-equal consecutive channel ranges covering 0..M (none empty: at most M parts),
+    their boundaries on multiples of PART_ALIGN where every part keeps at least PART_ALIGN channels."""
+    parts = max(1, min(parts, M))
+    unit = PART_ALIGN if M >= parts * PART_ALIGN else 1
+    units = -(-M // unit)
+    cuts = [min(M, (units * i // parts) * unit) for i in range(parts + 1)]
+    cuts[-1] = M
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def _part_weights(plan, w8, m0: int, m1: int):
+    """The chunk weights of channels m0..m1-1 (column slices of the column-major [R, M] views: no copy), once
+    per plan and part."""
+    if (m0, m1) == (0, w8[0].shape[1]):
+        return w8
+    key = ("i8part", m0, m1)
+    if key not in plan.cache:
+        plan.cache[key] = [w[:, m0:m1] for w in w8]
+    return plan.cache[key]
+
+
+@njit(cache=True, nogil=True)
+def int8_and_range(xf, out):
+    """out[i] = xf[i] as int8 (wrapping: valid only where the returned range lies in [-128, 127]) and (min, max)
+    of the flat integer-valued array xf, in one pass (int64 compares: vectorized where xf is float64)."""
+    lo = np.int64(0)
+    hi = np.int64(0)
+    if xf.size:
+        lo = np.int64(xf[0])
+        hi = lo
+    for i in range(xf.size):
+        v = np.int64(xf[i])
+        lo = min(lo, v)
+        hi = max(hi, v)
+        out[i] = np.int8(v & 255)
+    return lo, hi
+
+
+def _positions(plan, xshape: tuple, geom: np.ndarray, N: int, K: int):
+    """(input offsets [K], position bases [N * L]) of this input shape, kept in plan.cache (one entry)."""
+    key = (tuple(int(v) for v in xshape), N, tuple(int(v) for v in geom))
+    got = plan.cache.get("i8pos")
+    if got is None or got[0] != key:
+        got = (key, input_offsets(xshape, geom, K), position_bases(N, xshape, geom))
+        plan.cache["i8pos"] = got
+    return got[1], got[2]
+
+
 def run_int8_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
     """The MAC-array model of one conv group with its exact chunk sums from int8 GEMMs; (pe, ae) or None.
 
@@ -340,16 +402,30 @@ def run_int8_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: i
     sums: |S| <= R * 128 * 128 < 2^31), plus off * sum_{k in c} w_k (exact int64) = sum_{k in c} w_k xp_k,
     the chunk sum of the contract; then :func:`chunk_stage_i64` applies the P and A stages in k order.
     None (the caller falls back) without torch, when w - z_w or xp - off (padding included) leaves int8.
+
+    Work: blocks of whole images (one chunk's int32 sums of a block fit STAGE_BYTES). Where the blocks are
+    fewer than the worker threads (deep layers: few positions per image, many channels; ResNet-18 @ 32's
+    layer3 / layer4 are one block of 128 images), each block's channels are split in parts of at least
+    PART_MIN_M: the block's columns are made once, and each worker runs the chunk GEMMs and stages of its
+    own channels (column slices of the weights, its own sums and accumulators). Channels are independent in
+    the model, so every split gives the same integers and events.
     """
     from hwsim import kernels as _k
 
     mm = _k.int_mm()
     R = int(plan.spec[4])
     wts = int8_chunk_weights(plan) if mm is not None and R >= 2 else None
-    lo, hi = (min(0, int(xp.min())), max(0, int(xp.max()))) if xp.size else (0, 0)  # padding pixels are 0
-    off = 0 if (lo >= -128 and hi <= 127) else lo + 128
-    if wts is None or hi - off > 127 or N == 0:
+    if wts is None or N == 0:
         return run_fused_f32(plan, xp, geom, N, L, K, out)
+    xp = np.ascontiguousarray(xp)
+    xp8 = np.empty(xp.shape, np.int8)
+    lo, hi = (int(v) for v in int8_and_range(xp.reshape(-1), xp8.reshape(-1)))
+    lo, hi = min(0, lo), max(0, hi)  # padding pixels are 0
+    off = 0 if (lo >= -128 and hi <= 127) else lo + 128
+    if hi - off > 127:
+        return run_fused_f32(plan, xp, geom, N, L, K, out)
+    if off:
+        np.subtract(xp, off, out=xp8, casting="unsafe")  # exact: integers in [-128, 127] (checked above)
     w8, wsum = wts
     import torch
 
@@ -358,50 +434,74 @@ def run_int8_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: i
     corr = wsum * off  # [C, M] int64, exact: |off| < 2^31, |sum w| < 2^31 * K
     spec = plan.spec
     b0, bev = _bias_in_acc(plan.bias, spec)
-    xp8 = np.empty(xp.shape, np.int8)
-    np.subtract(xp, off, out=xp8, casting="unsafe")  # exact: integers in [-128, 127] (checked above)
     nb = int(max(1, min(N, (STAGE_BYTES // (4 * M)) // max(1, L))))
     blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
-    workers = max(1, min(_k.workers(), len(blocks)))
+    nw = _k.workers()
+    parts = channel_parts(M, min(nw // len(blocks), M // PART_MIN_M)) if len(blocks) < nw else [(0, M)]
 
     # float32 stage: no P stage, saturating A stage, every value below 2^24 (the plan's float32 proof;
     # corr = off * chunk column sum is the difference of two such chunk sums)
     f32 = (plan.w_f32 is not None and spec[3] == MODE_NONE and spec[1] == MODE_SAT
            and int(np.abs(corr).max(initial=0)) < 1 << 24 and nb * L * C < 1 << 24)
-    corr_f = corr.astype(np.float32)
     a_bits = int(spec[0]) if spec[1] != MODE_NONE else 2
     lo_f, hi_f = np.float32(-(1 << (a_bits - 1))), np.float32((1 << (a_bits - 1)) - 1)
 
-    offs, bases, xf8 = input_offsets(xp.shape, geom, K), position_bases(N, xp.shape, geom), xp8.reshape(-1)
+    offs, bases = _positions(plan, xp.shape, geom, N, K)
+    xf8 = xp8.reshape(-1)
 
-    def work(part):
-        cols = np.zeros((nb * L, Kp), np.int8)  # columns K.. stay 0 (their weights are 0 too)
-        ct = torch.from_numpy(cols)
-        S = torch.empty((nb * L, M), dtype=torch.int32)  # reused: a fresh output per GEMM costs as much as the GEMM
-        Sn = S.numpy()
-        acc = np.empty((nb * L, M), np.float32 if f32 else np.int64)
-        cnt = np.zeros(M, np.float32)
+    def columns(n0, b, buf=None):
+        cols = np.zeros((nb * L, Kp), np.int8) if buf is None else buf  # columns K.. stay 0 (weights 0 too)
+        im2col_offsets(xf8, bases, n0 * L, offs, cols[:b * L, :K])
+        return cols
+
+    shared = None
+    if len(parts) > 1:  # every part of a block reads the same columns: made once, here
+        shared = [torch.from_numpy(columns(n0, b)) for n0, b in blocks]
+    tasks = [(i, j) for i in range(len(blocks)) for j in range(len(parts))]
+
+    def work(mine):
+        Mw = max(parts[j][1] - parts[j][0] for _, j in mine)
+        S = torch.empty(nb * L * Mw, dtype=torch.int32)  # reused: a fresh output per GEMM costs as much as the GEMM
+        acc = np.empty(nb * L * Mw, np.float32 if f32 else np.int64)
+        cnt = np.zeros(Mw, np.float32)
+        own = None
         pe = ae = 0
-        for n0, b in part:
-            Pb = b * L
-            im2col_offsets(xf8, bases, n0 * L, offs, cols[:Pb, :K])
-            a = acc[:Pb]
-            init_acc(b0, a)
-            cnt[:] = 0  # at most Pb * C < 2^24 events per channel and block: exact in float32
-            for c in range(C):
-                mm(ct[:Pb, c * R:(c + 1) * R], w8[c], out=S[:Pb])
-                if f32:
-                    chunk_stage_f32(Sn[:Pb], corr_f[c], lo_f, hi_f, a, cnt)
-                else:
-                    p1, a1 = chunk_stage_i64(Sn[:Pb], corr[c], spec, a)
+        for i, j in mine:
+            n0, b = blocks[i]
+            m0, m1 = parts[j]
+            Pb, Mj = b * L, m1 - m0
+            if shared is None:
+                own = columns(n0, b, own)
+                ct = torch.from_numpy(own)
+            else:
+                ct = shared[i]
+            xs = ct[:Pb].split(R, dim=1)  # the C chunks' columns (views)
+            ws = _part_weights(plan, w8, m0, m1)
+            Sj = S[:Pb * Mj].view(Pb, Mj)
+            Sn = Sj.numpy()
+            a = acc[:Pb * Mj].reshape(Pb, Mj)
+            init_acc(b0[m0:m1], a)
+            if f32:
+                cf = np.ascontiguousarray(corr[:, m0:m1], dtype=np.float32)
+                cj = cnt[:Mj]
+                cj[:] = 0  # at most Pb * C < 2^24 events per channel and block: exact in float32
+                for c in range(C):
+                    mm(xs[c], ws[c], out=Sj)
+                    chunk_stage_f32(Sn, cf, c, lo_f, hi_f, a, cj)
+                ae += int(cj.astype(np.int64).sum())
+            else:
+                cc = np.ascontiguousarray(corr[:, m0:m1])
+                for c in range(C):
+                    mm(xs[c], ws[c], out=Sj)
+                    p1, a1 = chunk_stage_i64(Sn, cc, c, spec, a)
                     pe, ae = pe + p1, ae + a1
-            finish_acc(a, L, out[n0:n0 + b])
-            ae += bev * Pb + int(cnt.astype(np.int64).sum())
+            finish_acc(a, L, out[n0:n0 + b, m0:m1])
         return pe, ae
 
+    nt = max(1, min(nw, len(tasks)))
     with _k._torch_one_thread():
-        res = _k._in_workers(work, [blocks[i::workers] for i in range(workers)])
-    return sum(r[0] for r in res), sum(r[1] for r in res)
+        res = _k._in_workers(work, [tasks[i::nt] for i in range(nt)])
+    return sum(r[0] for r in res), sum(r[1] for r in res) + bev * N * L
 
 
 def _bias_in_acc(bias: np.ndarray, spec: np.ndarray) -> tuple[np.ndarray, int]:

@@ -203,7 +203,7 @@ def run_quantized(qg: QuantizedGraph, x_norm: np.ndarray, batch_size: int = 256,
     split = (impl == "fast" and T > 1 and not keep_tensors and len(x_norm) > 1
              and all(ok for lay, ok in zip(qg.layers, safe) if id(lay) in macs))
     logits, env = [], {}
-    pool = ThreadPoolExecutor(T) if split else None
+    pool = ThreadPoolExecutor(T, initializer=kernels.torch_one_thread_init) if split else None  # torch: 1 thread
     try:
         with kernels._torch_one_thread() if split else contextlib.nullcontext():
             for i in range(0, len(x_norm), batch_size):

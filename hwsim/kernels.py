@@ -736,6 +736,16 @@ def _run_blas(plan: _Plan, cols: np.ndarray, k0: int, out: np.ndarray, scratch: 
     return _run_kernel([plan], cols, k0, rows, out)
 
 
+def _risky(plan: _Plan, cols: np.ndarray, k0: int, npos: int) -> bool:
+    """More than RISKY_SWITCH of the first ``npos`` positions might overflow (:func:`_screen`): the model kernel
+    (or the chunked paths) beats BLAS + rerun. Once true for a plan, kept (plan.cache): a layer whose
+    accumulators act on most positions of one batch does on the next (every path is exact; the screen cost
+    26 ms of 450 per batch on ResNet-18 @ 32 under int8-acc16-sat)."""
+    if not plan.cache.get("risky") and _screen(plan, cols, k0, npos).mean() > RISKY_SWITCH:
+        plan.cache["risky"] = True
+    return bool(plan.cache.get("risky"))
+
+
 def _screen(plan: _Plan, cols: np.ndarray, k0: int, npos: int) -> np.ndarray:
     """Boolean mask of the first ``npos`` positions whose data bound might overflow (numba, no BLAS)."""
     mask = np.zeros(npos, dtype=bool)
@@ -912,8 +922,23 @@ def _in_workers(fn, parts: list) -> list:
     n = min(workers(), len(parts))
     if n <= 1:
         return [fn(p) for p in parts]
-    with ThreadPoolExecutor(n) as ex:
-        return list(ex.map(fn, parts))
+    global _POOL
+    if _POOL is None or _POOL[0] != (os.getpid(), n):  # one pool per process and size (threads started per
+        _POOL = ((os.getpid(), n), ThreadPoolExecutor(n, initializer=torch_one_thread_init))  # call: ms a layer)
+    return list(_POOL[1].map(fn, parts))
+
+
+_POOL = None  # ((pid, threads), the worker threads of _in_workers): kept, as hwsim kernels run on every layer
+
+
+def torch_one_thread_init():
+    """Initializer of hwsim's worker threads: torch single-threaded there (their work runs inside
+    :func:`_torch_one_thread`, or without torch). OpenMP's thread count is per thread: a fresh thread starts
+    at the core count, so every torch._int_mm (oneDNN) in a worker ran an OpenMP team of all cores: 2-100x
+    slower on the 2-core machine (issue 18)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 @njit(cache=True, nogil=True)
@@ -1463,7 +1488,11 @@ def linear_accumulate(x, w, bias, zx, zw, acc, plan: GemmPlan | None = None):
     out = np.empty((1, M, N), np.int64)
     if M < PLANE_MAX_M and (plan.kernel_only or not plan.layer_exact):
         pe, ae = _run_planes([plan], cols, 0, out)  # few outputs: vectorize over the batch
-    elif plan.kernel_only or (not plan.layer_exact and _screen(plan, cols, 0, N).mean() > RISKY_SWITCH):
+    elif plan.kernel_only or (not plan.layer_exact and _risky(plan, cols, 0, N)):
+        if _chunked_ok([plan]):  # as a 1x1 conv of one position per sample: the chunked paths of conv2d
+            out = np.empty((N, M, 1), np.int64)
+            pe, ae = _run_chunked(plan, (x - zx).reshape(N, K, 1, 1), _LINEAR_GEOM, N, 1, K, out)
+            return out.reshape(N, M), pe, ae
         pe, ae = _run_kernel([plan], cols, 0, np.arange(N, dtype=np.int64), out)
     else:
         with _blas_one_thread():
@@ -1611,12 +1640,12 @@ def conv2d_accumulate(x, w, bias, zx, zw, stride, pad, dilation, groups, acc, pl
     nb = int(max(1, min(N, BLOCK_BYTES // max(1, L * Ktot * np.dtype(dt).itemsize))))
     blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
 
-    use_blas = [not p.kernel_only for p in plans]
+    use_blas = [not p.kernel_only and not p.cache.get("risky") for p in plans]
     if any(u and not p.layer_exact for u, p in zip(use_blas, plans)):
         first = np.empty((1, Ktot, L), dt)
         im2col(xp, 0, geom, first)
         for g, plan in enumerate(plans):  # screen the first sample: is BLAS + rerun worth it?
-            if use_blas[g] and not plan.layer_exact and _screen(plan, first, g * Kg, L).mean() > RISKY_SWITCH:
+            if use_blas[g] and not plan.layer_exact and _risky(plan, first, g * Kg, L):
                 use_blas[g] = False
     blas_g = [g for g in range(groups) if use_blas[g]]
     kern_g = [g for g in range(groups) if not use_blas[g]]

@@ -411,3 +411,217 @@ def test_fused_model_property(data):
     _same(fast, ops.conv2d(x, w, b, impl="reference", **kw))
     if fast[1].acc_events and cin * k * k > acc.rows and cout >= kernels.PLANE_MAX_M:
         assert calls[0] > 0  # a chunked layer whose accumulator acts went through the fused kernel
+
+
+# ----------------------------------------------------------------------------- int8 chunk GEMMs: channel parts per worker
+@pytest.mark.parametrize("M", [1, 2, 15, 16, 17, 31, 32, 33, 64, 100, 512])
+@pytest.mark.parametrize("parts", [1, 2, 3, 4, 7])
+def test_channel_parts_cover_every_channel_once(M, parts):
+    """Consecutive, non-empty ranges covering 0..M exactly once; min(parts, M) of them; near-equal; on
+    multiples of PART_ALIGN wherever every part keeps at least PART_ALIGN channels."""
+    got = accumulate.channel_parts(M, parts)
+    assert len(got) == min(parts, M)
+    assert got[0][0] == 0 and got[-1][1] == M
+    assert all(a < b for a, b in got) and all(got[i][1] == got[i + 1][0] for i in range(len(got) - 1))
+    sizes = [b - a for a, b in got]
+    if M >= len(got) * accumulate.PART_ALIGN:
+        assert all(a % accumulate.PART_ALIGN == 0 for a, _ in got)
+        assert max(sizes) - min(sizes) <= accumulate.PART_ALIGN
+    else:
+        assert max(sizes) - min(sizes) <= 1
+
+
+def _spy_parts(monkeypatch):
+    """The channel counts of the output slices run_int8_chunks finishes (one per block and part)."""
+    seen = []
+    real = accumulate.finish_acc
+
+    def spy(acc, L, out):
+        seen.append(out.shape[1])
+        return real(acc, L, out)
+
+    monkeypatch.setattr(accumulate, "finish_acc", spy)
+    return seen
+
+
+@pytest.mark.parametrize("acc", PROFILE_CHUNK_ACCS + [pytest.param(a, id=_acc_id(a)) for a in CHUNK_ACCS[::5]])
+@pytest.mark.parametrize("cout", [8, 9, 24, 37])
+@pytest.mark.parametrize("part_min", [1, 5])
+def test_int8_chunks_split_by_channels_equal_reference(acc, cout, part_min, monkeypatch, threads):
+    """One block of images (STAGE_BYTES large) and 2 workers: the block's channels split in parts (M odd, parts
+    not multiples of 16, M below two parts of PART_MIN_M: none), columns made once, each part its own sums and
+    accumulators: the same integers and events as the reference; at 1 thread no split. (Fewer channels than
+    workers never reach this path: M < PLANE_MAX_M runs the position-vectorized kernel; channel_parts itself
+    is tested for M < parts above.)"""
+    if kernels.int_mm() is None:
+        pytest.skip("torch._int_mm unavailable")
+    monkeypatch.setattr(accumulate, "PART_MIN_M", part_min)
+    widths = _spy_parts(monkeypatch)
+    rng = np.random.default_rng(cout)
+    x = rng.integers(0, 256, (3, 9, 5, 6))
+    x[0, :, :2] = 255
+    w = rng.integers(-128, 128, (cout, 9, 3, 3))
+    w[: (cout + 3) // 4] = rng.integers(90, 128, ((cout + 3) // 4, 9, 3, 3))  # channels that hit the upper limit
+    b = rng.integers(-20000, 20000, cout)
+    kw = dict(x_zero_point=3, padding=(1, 0, 2, 1), stride=(1, 2), acc=acc)
+    fast, ref = ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw)
+    _same(fast, ref)
+    assert ref[1].acc_events + ref[1].partial_events > 0
+    split = threads == 2 and cout >= 2 * part_min
+    assert widths and (max(widths) < cout) == split
+    assert sum(widths) == cout  # one block: every channel finished once
+
+
+@pytest.mark.parametrize("stage_kb", [1, 4, 1 << 10])
+def test_int8_chunks_blocks_and_parts_equal_reference(stage_kb, monkeypatch, threads):
+    """Block sizes from one image (many blocks: no split) to the whole batch (one block: split over the
+    workers), int8-acc16-sat's accumulator, 5 images of odd size."""
+    if kernels.int_mm() is None:
+        pytest.skip("torch._int_mm unavailable")
+    monkeypatch.setattr(accumulate, "STAGE_BYTES", stage_kb << 10)
+    monkeypatch.setattr(accumulate, "PART_MIN_M", 8)
+    widths = _spy_parts(monkeypatch)
+    acc = ops.Accumulator(bits=16, overflow="saturate", rows=16)
+    rng = np.random.default_rng(stage_kb)
+    x = rng.integers(0, 256, (5, 16, 5, 3))
+    w = rng.integers(-128, 128, (40, 16, 3, 3))
+    w[:8] = 127
+    kw = dict(x_zero_point=0, padding=1, acc=acc)
+    fast, ref = ops.conv2d(x, w, None, **kw), ops.conv2d(x, w, None, impl="reference", **kw)
+    _same(fast, ref)
+    assert ref[1].acc_events > 0
+    assert (max(widths) < 40) == (threads == 2 and stage_kb == 1 << 10)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.data())
+def test_int8_chunks_split_property(data):
+    """Random shapes, chunk sizes, accumulators (P and A stages, wrap and saturate), zero points, block sizes and
+    part sizes at 2 threads: fast == reference, events included."""
+    if kernels.int_mm() is None:
+        return
+    d = data.draw
+    acc = ops.Accumulator(bits=d(st.sampled_from([None, 11, 16, 20])), overflow=d(st.sampled_from(["wrap", "saturate"])),
+                          rows=d(st.sampled_from([8, 16, 24])), partial_bits=d(st.sampled_from([None, 10, 16])),
+                          partial_overflow=d(st.sampled_from(["wrap", "saturate"])))
+    if acc.bits is None and acc.partial_bits is None:
+        return
+    rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
+    n, cin, cout, k = d(st.integers(1, 4)), d(st.integers(2, 8)), d(st.integers(8, 40)), d(st.sampled_from([1, 3]))
+    x = rng.integers(0, 256, (n, cin, 5, 4))
+    w = rng.integers(-128, 128, (cout, cin, k, k))
+    b = rng.integers(-(2**14), 2**14, cout) if d(st.booleans()) else None
+    kw = dict(x_zero_point=d(st.sampled_from([0, 3, 128, 255])), acc=acc,
+              w_zero_point=rng.integers(-2, 3, cout) if d(st.booleans()) else 0,
+              padding=d(st.sampled_from([0, 1, (0, 2, 1, 0)])), stride=d(st.sampled_from([1, 2])))
+    prev = kernels.numba.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(accumulate, "STAGE_BYTES", d(st.sampled_from([1 << 10, 8 << 10, 1 << 20])))
+        mp.setattr(accumulate, "PART_MIN_M", d(st.sampled_from([1, 3, 8, 32])))
+        kernels.set_threads(2)
+        try:
+            fast = ops.conv2d(x, w, b, **kw)
+        finally:
+            kernels.set_threads(prev)
+    _same(fast, ops.conv2d(x, w, b, impl="reference", **kw))
+
+
+@pytest.mark.parametrize("acc", PROFILE_CHUNK_ACCS)
+@pytest.mark.parametrize("n,k,m", [(7, 300, 40), (1, 70, 9), (33, 512, 100)])
+@pytest.mark.parametrize("torch_mm", [True, False], ids=["int8", "no-torch"])
+def test_linear_runs_the_int8_chunks(acc, n, k, m, torch_mm, monkeypatch, threads):
+    """A linear layer with a chunked order-dependent accumulator goes through the conv's chunked paths as a 1x1
+    conv (one position per sample; before: the sequential model kernel): fast == reference, events too; without
+    torch._int_mm the same route ends in the fused float32 kernel (int8-acc16-sat)."""
+    if torch_mm and kernels.int_mm() is None:
+        pytest.skip("torch._int_mm unavailable")
+    if not torch_mm:
+        monkeypatch.setattr(kernels, "_INT_MM", False)
+    calls = _spy(monkeypatch, accumulate, ["run_int8_chunks", "fused_chunks_f32", "chunk_stage_f32",
+                                           "chunk_stage_i64"])
+    blas = _spy(monkeypatch, kernels, ["accumulate_chunks_f32"])
+    monkeypatch.setattr(accumulate, "PART_MIN_M", 4)
+    rng = np.random.default_rng(n * k)
+    x = rng.integers(0, 256, (n, k))
+    w = rng.integers(-128, 128, (m, k))
+    w[:3] = 127
+    b = rng.integers(-20000, 20000, m)
+    kw = dict(x_zero_point=3, acc=acc)
+    fast, ref = ops.linear(x, w, b, **kw), ops.linear(x, w, b, impl="reference", **kw)
+    _same(fast, ref)
+    assert ref[1].acc_events + ref[1].partial_events > 0
+    gemm = calls["chunk_stage_f32"] + calls["chunk_stage_i64"] > 0
+    fused_shape = acc.partial_bits is None and acc.rows <= 16
+    # without torch, int8-psum16's 32-bit accumulator has no float32 chunk model: the model kernel, as for conv2d
+    assert calls["run_int8_chunks"] == int(torch_mm or fused_shape)
+    assert (gemm, calls["fused_chunks_f32"] > 0, blas["accumulate_chunks_f32"]) == (
+        torch_mm, not torch_mm and fused_shape, 0)
+
+
+def test_workers_run_torch_single_threaded(threads):
+    """OpenMP's thread count is per thread: hwsim's worker threads (inside _torch_one_thread) must set theirs to
+    1, or every torch._int_mm in a worker runs an OpenMP team of all cores (2-100x slower on 2 cores)."""
+    torch = pytest.importorskip("torch")
+    import os
+    import re
+
+    if (os.cpu_count() or 1) < 2 or "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("needs OpenMP torch and 2 cores")
+
+    def omp(_):
+        info = torch.__config__.parallel_info()
+        return int(re.search(r"omp_get_max_threads\(\) : (\d+)", info).group(1))
+
+    with kernels._torch_one_thread():
+        got = kernels._in_workers(omp, [0, 1])
+    assert got == [1, 1]
+
+
+def test_risky_decision_kept_per_plan(monkeypatch):
+    """A plan whose first batch screened risky (most positions may saturate) keeps that decision: the next
+    batches skip the screen and run the chunked model, even a batch the screen would pass to BLAS + rerun;
+    every batch == reference (both paths are exact)."""
+    screens = _spy(monkeypatch, kernels, ["_screen"])
+    chunked = _spy(monkeypatch, kernels, ["_run_chunked"])
+    acc = ops.Accumulator(bits=16, overflow="saturate", rows=16)
+    rng = np.random.default_rng(5)
+    w = rng.integers(-128, 128, (16, 8, 3, 3))
+    w[:8] = 127
+    zw = np.zeros(16, np.int64)
+    loud = rng.integers(0, 256, (2, 8, 6, 6))
+    quiet = rng.integers(0, 3, (2, 8, 6, 6))  # bounds far below 2^15: the screen alone would say BLAS
+    plan = kernels.conv_plan(w, None, 0, zw, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, 0, 255)
+    for x in (loud, quiet, loud):
+        fast = kernels.conv2d_accumulate(x, w, None, 0, zw, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, plan)
+        ref = ops.conv2d(x, w, None, padding=1, acc=acc, impl="reference")
+        np.testing.assert_array_equal(fast[0], ref[0])
+        assert (fast[1], fast[2]) == (ref[1].partial_events, ref[1].acc_events)
+    assert screens["_screen"] == 1 and chunked["_run_chunked"] == 3
+    fresh = kernels.conv_plan(w, None, 0, zw, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, 0, 255)
+    kernels.conv2d_accumulate(quiet, w, None, 0, zw, (1, 1), (1, 1, 1, 1), (1, 1), 1, acc, fresh)
+    assert screens["_screen"] == 2 and chunked["_run_chunked"] == 3  # a fresh plan screens: BLAS + rerun
+
+
+def test_worker_threads_kept_and_resized(threads):
+    """_in_workers keeps its threads between calls (starting them per layer cost milliseconds) and makes a new
+    pool when the thread count changes; results in order."""
+    import threading
+
+    def who(p):
+        return p, threading.get_ident()
+
+    a = kernels._in_workers(who, list(range(6)))
+    b = kernels._in_workers(who, list(range(6)))
+    assert [p for p, _ in a] == [p for p, _ in b] == list(range(6))
+    if threads == 1:
+        assert {t for _, t in a + b} == {threading.get_ident()}
+        return
+    pool = kernels._POOL[1]
+    assert {t for _, t in a + b} <= {th.ident for th in pool._threads}
+    kernels.set_threads(1)
+    try:
+        assert kernels._in_workers(who, [0, 1]) == [(0, threading.get_ident()), (1, threading.get_ident())]
+    finally:
+        kernels.set_threads(threads)
+    kernels._in_workers(who, [0, 1])
+    assert kernels._POOL[1] is pool  # the same size again: the same threads
