@@ -64,7 +64,7 @@ class Grid:
 
 
 # bias.form values for oneDNN's convolution / matmul arithmetic (ops.make_onednn_requant_params)
-ONEDNN_FORMS = ("onednn", "onednn_combined", "onednn_sequential")
+ONEDNN_FORMS = ("onednn", "onednn_vnni", "onednn_combined", "onednn_sequential")
 
 class Float32DivisionGrid(Grid):
     """A grid whose quantizer is ONNX QuantizeLinear's: saturate(round_half_even(fl32(x / scale)) + zero_point),

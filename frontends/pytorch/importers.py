@@ -35,14 +35,17 @@ from hwsim.errors import HwsimError
 ENGINE = "pytorch"
 SOURCE_FX = "torch.ao.fx"
 # the profile that reproduces a converted model's integers, by the quantized engine that packed its weights:
-# fbgemm (conv and linear) or x86 on a VNNI CPU (conv through oneDNN, linear through fbgemm)
-ENGINE_PROFILES = {"fbgemm": "int8-pytorch", "x86": "int8-pytorch-onednn", "x86-novnni": "int8-pytorch"}
+# fbgemm (conv and linear) or x86 on a VNNI CPU (conv through oneDNN, linear through fbgemm), whose oneDNN kernels
+# apply the scales as their product on an AMX CPU and one after the other without AMX
+ENGINE_PROFILES = {"fbgemm": "int8-pytorch", "x86": "int8-pytorch-onednn", "x86-noamx": "int8-pytorch-onednn-vnni",
+                   "x86-novnni": "int8-pytorch"}
 
 
 def engine_profile(engine: str | None = None) -> str:
     """The default profile for models packed by ``engine`` (default: torch.backends.quantized.engine now): PyTorch's
     x86 engine sends convolutions to oneDNN when the CPU has AVX512-VNNI (aten/src/ATen/native/quantized/cpu/
-    OnednnUtils.h, should_use_onednn_quant), else to fbgemm; one-line error for other engines."""
+    OnednnUtils.h, should_use_onednn_quant), else to fbgemm; oneDNN's kernels there differ with AMX (``amx_tile``:
+    int8-pytorch-onednn) and without (int8-pytorch-onednn-vnni); one-line error for other engines."""
     engine = engine or torch.backends.quantized.engine
     if engine == "x86":
         try:
@@ -50,7 +53,7 @@ def engine_profile(engine: str | None = None) -> str:
                 flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
         except OSError:
             flags = []
-        engine = "x86" if "avx512_vnni" in flags else "x86-novnni"
+        engine = ("x86-novnni" if "avx512_vnni" not in flags else "x86" if "amx_tile" in flags else "x86-noamx")
     if engine not in ENGINE_PROFILES:
         raise HwsimError(f"torch int8 import: quantized engine {engine!r} (hwsim reproduces fbgemm and x86)")
     return ENGINE_PROFILES[engine]

@@ -337,7 +337,7 @@ def onednn_float(acc, params, what: str) -> np.ndarray:
     forms of hwsim.ops.activation / hwsim.ops.mul) recomputes it from that layer's integers with this."""
     f32 = np.float32
     if params is None or params.mode != "float32" or params.pre_scale is None:
-        raise HwsimError(f"{what} needs the MAC layer's oneDNN requant (bias.form = 'onednn', 'onednn_combined' or "
+        raise HwsimError(f"{what} needs the MAC layer's oneDNN requant (bias.form = 'onednn', 'onednn_vnni', 'onednn_combined' or "
                          "'onednn_sequential')")
     acc = np.asarray(acc)
     shp = (1, -1) + (1,) * (acc.ndim - 2)
