@@ -59,6 +59,7 @@ def main(argv=None):
     import torch
 
     from hwsim import kernels, ops
+    from hwsim.cpu import cpu_summary
 
     try:
         from threadpoolctl import threadpool_limits
@@ -122,8 +123,10 @@ def main(argv=None):
                          dtype="uint8"))
     if args.json:
         import json
-        print(json.dumps(dict(batch=N, threads=args.threads, engine=args.engine, macs=macs, results=rows), indent=1))
+        print(json.dumps(dict(batch=N, threads=args.threads, engine=args.engine, macs=macs, cpu=cpu_summary(),
+                              results=rows), indent=1))
         return
+    print(f"cpu: {cpu_summary()}")  # the ratios depend on it (AMX / VNNI kernels)
     print(f"conv 64->64, 32x32, 3x3, pad 1, batch {N}, int8; threads {args.threads}; torch engine {args.engine}")
     for r in rows:
         print(f"{r['case']:<28s} {r['gmacs']:8.2f} GMAC/s ({r['seconds'] * 1e3:8.1f} ms, {r['dtype']} out)  torch "

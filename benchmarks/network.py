@@ -278,9 +278,15 @@ def main(argv=None) -> None:
             for p in profiles:
                 print(net, p, json.dumps(kernel_profile(net, p, args.batch, args.repeat)), flush=True)
         return
+    from hwsim.cpu import cpu_summary
+
+    if not args.json:
+        print(f"cpu: {cpu_summary()}", flush=True)  # the ratios depend on it (AMX / VNNI kernels)
     rows = []
     for net in nets:
         row = dict(net=net, batch=args.batch, threads=args.threads, hwsim=hwsim.__file__)
+        if args.json:
+            row["cpu"] = cpu_summary()
         if not args.hwsim_only:
             row["torch_x86_int8"] = torch_rate(net, args.batch, args.repeat)
             row["onnxruntime"] = None if net in NO_ORT else ort_rate(net, args.batch, args.threads, args.repeat)

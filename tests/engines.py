@@ -3,19 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from hwsim.cpu import cpu_flags  # noqa: F401  (the tests' engine checks import it from here)
+
 f32 = np.float32
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of /proc/cpuinfo (empty where unreadable): which engine kernels run here."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def multiplier_order_targets(rng, draws: int = 2000):

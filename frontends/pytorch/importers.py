@@ -48,11 +48,9 @@ def engine_profile(engine: str | None = None) -> str:
     int8-pytorch-onednn) and without (int8-pytorch-onednn-vnni); one-line error for other engines."""
     engine = engine or torch.backends.quantized.engine
     if engine == "x86":
-        try:
-            with open("/proc/cpuinfo") as fh:
-                flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
-        except OSError:
-            flags = []
+        from hwsim.cpu import cpu_flags
+
+        flags = cpu_flags()
         engine = ("x86-novnni" if "avx512_vnni" not in flags else "x86" if "amx_tile" in flags else "x86-noamx")
     if engine not in ENGINE_PROFILES:
         raise HwsimError(f"torch int8 import: quantized engine {engine!r} (hwsim reproduces fbgemm and x86)")
