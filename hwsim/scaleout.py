@@ -64,6 +64,23 @@ LAYER_COUNTS = ("outputs", "acc_events", "partial_events", "clipped")  # per lay
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def set_thread_env(n: int) -> dict:
+    """THREAD_ENV set to ``n`` (read by BLAS / OpenMP when a spawned worker starts); returns the values it replaced
+    for :func:`restore_env`."""
+    saved = {k: os.environ.get(k) for k in THREAD_ENV}
+    os.environ.update({k: str(n) for k in THREAD_ENV})
+    return saved
+
+
+def restore_env(saved: dict) -> None:
+    """Put back the environment values :func:`set_thread_env` replaced (None: the variable was unset)."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 # ----------------------------------------------------------------------------- shards
 def shard_bounds(n: int, batch_size: int, shard_size: int | None = None) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges covering ``n`` images; every start is a multiple of ``batch_size``.
@@ -424,8 +441,7 @@ class ProcessExecutor:
         self.queue = ctx.Queue()
         # BLAS libraries read their thread count when the worker imports them: set it in the
         # environment the workers inherit (numba and torch are limited again in _init_worker)
-        self._saved = {k: os.environ.get(k) for k in THREAD_ENV}
-        os.environ.update({k: str(self.threads) for k in THREAD_ENV})
+        self._saved = set_thread_env(self.threads)
         self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                         initargs=(self.threads, self.queue))
 
@@ -447,11 +463,7 @@ class ProcessExecutor:
             kill_pool(self.pool)
         else:
             self.pool.shutdown(wait=True, cancel_futures=True)
-        for k, v in self._saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_env(self._saved)
         self.queue.close()
 
 

@@ -258,10 +258,9 @@ def _run_parallel(job: dict, work: list, jobs: int, collect: Callable, where: Ca
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from hwsim.scaleout import THREAD_ENV, kill_pool
+    from hwsim.scaleout import kill_pool, restore_env, set_thread_env
 
-    saved = {k: os.environ.get(k) for k in THREAD_ENV}
-    os.environ.update({k: "1" for k in THREAD_ENV})  # read by BLAS when a worker imports numpy (spawned on submit)
+    saved = set_thread_env(1)  # read by BLAS when a worker imports numpy (spawned on submit)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
     try:
         futures = [pool.submit(_worker, job, arch, vi, seed) for _i, arch, vi, seed in work]
@@ -273,9 +272,5 @@ def _run_parallel(job: dict, work: list, jobs: int, collect: Callable, where: Ca
         kill_pool(pool)
         raise
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_env(saved)
     pool.shutdown(wait=True)
