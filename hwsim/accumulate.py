@@ -6,6 +6,11 @@ calibrated int8 grids): under int8-acc16-sat 19-99% of the output elements of ev
 and every position has one, so no screen can skip work there; under w4a4-acc12 (a 12-bit accumulator
 saturating after every MAC) most layers have 0-4% of their elements near the limits, two have ~50%.
 
+- on a CPU with AVX-512 VNNI (:func:`hwsim.simd.vnni`), chunks of R >= 2 products into an A-bit accumulator
+  (<= 30 bits, saturating or wrapping, no P stage) with int8 weights (:func:`run_vnni_chunks`,
+  :func:`run_vnni_fused`): :func:`vnni_chunks` makes every chunk sum in registers with VPDPBUSD and applies
+  the A stage right behind it, 8 positions x 16 channels at a time, 70-130 GMAC/s on one core (the int8
+  chunk GEMMs below: about 10). The fused route continues into the layer's requant epilogue.
 - chunks of R >= 8 products (:func:`run_int8_chunks`): every chunk sum of a block of positions by one
   ``torch._int_mm`` (int8 x int8 -> int32, exact) into a reused buffer, then one vectorized pass
   (:func:`chunk_stage_f32` / :func:`chunk_stage_i64`) applies the P-bit register and the A-bit
@@ -35,6 +40,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from hwsim.simd import vadd, vbcast, vclamp, vcount_ne, vdp, vload, vsplat, vstore, vwrap
 
 MODE_NONE, MODE_WRAP, MODE_SAT = 0, 1, 2  # = hwsim.kernels' codes
 
@@ -215,6 +222,348 @@ def run_fused_f32(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int
 
     res = _k._in_workers(work, [blocks[i::workers] for i in range(workers)])
     return 0, sum(res) + bev * N * L
+
+
+# ----------------------------------------------------------------------------- chunks on VNNI: one fused int8 kernel
+VNNI_TILE = 8  # positions per register tile of vnni_chunks (8 x 2 accumulators, weights, bounds: 20 of 32 zmm)
+VNNI_COLS_BYTES = 256 << 10  # columns of one block of positions (uint8; stay in L2 while every channel runs)
+
+
+@njit(cache=True, nogil=True)
+def vnni_chunks(cols, nq, KQ, wq, MB, corr, b0, C, G, a_mode, a_lo, a_hi, a_mask, mb0, mb1, res, Mp):
+    """The MAC-array model of :func:`hwsim.kernels.accumulate_rows` for chunks of R products, no P stage and an
+    A-bit accumulator that saturates (a_mode MODE_SAT) or wraps (MODE_WRAP), on nq positions and the channels of
+    16-channel blocks mb0..mb1-1, with every chunk sum made by VPDPBUSD (:mod:`hwsim.simd`); returns the acc
+    events (elements x chunks where the A stage changed the value).
+
+    cols: int32 view of uint8 columns [nq, C, 4G]: chunk c of position q in bytes 4G c .. 4G c + 4G - 1, slot j
+    holding x_k - o (0..255; slots past R hold anything: their weights are 0) for k = c R + j; KQ = C * G int32
+    words per position. wq: int32 view of int8 weights [C, G, MB, 16, 4]: wq[c, g, mb, l] holds the four
+    weights w[c R + 4g + t, 16 mb + l], t < 4 (0 past R or K, and for channels >= M). corr [C, Mp]: o * (sum of
+    chunk c's weights) per channel, so that the chunk sum of the contract is S = dp + corr; b0 [Mp]: the bias
+    after the A stage. Per chunk, in k order (equation of the contract, docs/semantics.md section 10):
+    v = acc + S, acc = clamp(v, a_lo, a_hi) or ((v - a_lo) & a_mask) + a_lo, events += (acc != v). Exact: the
+    caller proves |acc| + |corr| + 255 * (max chunk sum of |w|) < 2^31, so no lane of any partial sum wraps.
+    res [nq, Mp] (flat) receives the accumulators. Positions in register tiles of VNNI_TILE = 8 (each weight load
+    feeds eight positions; 1.2-1.45x the tile of four on ResNet-18 @ 32's conv shapes), the rest one at a time.
+    Serial, releasing the GIL."""
+    vlo = vsplat(a_lo)
+    vhi = vsplat(a_hi)
+    vmask = vsplat(a_mask)
+    sat = a_mode == MODE_SAT
+    ev = np.int64(0)
+    q = 0
+    while q + 8 <= nq:
+        x0 = q * KQ
+        for mb in range(mb0, mb1):
+            a0 = vload(b0, mb * 16)
+            a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
+            for c in range(C):
+                cv = vload(corr, c * Mp + mb * 16)
+                s0, s1, s2, s3 = vadd(a0, cv), vadd(a1, cv), vadd(a2, cv), vadd(a3, cv)
+                s4, s5, s6, s7 = vadd(a4, cv), vadd(a5, cv), vadd(a6, cv), vadd(a7, cv)
+                wb = (c * G * MB + mb) * 16
+                xb = x0 + c * G
+                for g in range(G):
+                    w = vload(wq, wb + g * MB * 16)
+                    s0 = vdp(s0, vbcast(cols, xb + g), w)
+                    s1 = vdp(s1, vbcast(cols, xb + g + KQ), w)
+                    s2 = vdp(s2, vbcast(cols, xb + g + 2 * KQ), w)
+                    s3 = vdp(s3, vbcast(cols, xb + g + 3 * KQ), w)
+                    s4 = vdp(s4, vbcast(cols, xb + g + 4 * KQ), w)
+                    s5 = vdp(s5, vbcast(cols, xb + g + 5 * KQ), w)
+                    s6 = vdp(s6, vbcast(cols, xb + g + 6 * KQ), w)
+                    s7 = vdp(s7, vbcast(cols, xb + g + 7 * KQ), w)
+                if sat:
+                    a0, a1, a2, a3 = vclamp(s0, vlo, vhi), vclamp(s1, vlo, vhi), vclamp(s2, vlo, vhi), vclamp(s3, vlo, vhi)
+                    a4, a5, a6, a7 = vclamp(s4, vlo, vhi), vclamp(s5, vlo, vhi), vclamp(s6, vlo, vhi), vclamp(s7, vlo, vhi)
+                else:
+                    a0, a1, a2, a3 = vwrap(s0, vlo, vmask), vwrap(s1, vlo, vmask), vwrap(s2, vlo, vmask), vwrap(s3, vlo, vmask)
+                    a4, a5, a6, a7 = vwrap(s4, vlo, vmask), vwrap(s5, vlo, vmask), vwrap(s6, vlo, vmask), vwrap(s7, vlo, vmask)
+                ev += (vcount_ne(a0, s0) + vcount_ne(a1, s1) + vcount_ne(a2, s2) + vcount_ne(a3, s3)
+                       + vcount_ne(a4, s4) + vcount_ne(a5, s5) + vcount_ne(a6, s6) + vcount_ne(a7, s7))
+            r = q * Mp + mb * 16
+            vstore(res, r, a0)
+            vstore(res, r + Mp, a1)
+            vstore(res, r + 2 * Mp, a2)
+            vstore(res, r + 3 * Mp, a3)
+            vstore(res, r + 4 * Mp, a4)
+            vstore(res, r + 5 * Mp, a5)
+            vstore(res, r + 6 * Mp, a6)
+            vstore(res, r + 7 * Mp, a7)
+        q += 8
+    while q < nq:
+        x0 = q * KQ
+        for mb in range(mb0, mb1):
+            a0 = vload(b0, mb * 16)
+            for c in range(C):
+                s0 = vadd(a0, vload(corr, c * Mp + mb * 16))
+                wb = (c * G * MB + mb) * 16
+                for g in range(G):
+                    s0 = vdp(s0, vbcast(cols, x0 + c * G + g), vload(wq, wb + g * MB * 16))
+                a0 = vclamp(s0, vlo, vhi) if sat else vwrap(s0, vlo, vmask)
+                ev += vcount_ne(a0, s0)
+            vstore(res, q * Mp + mb * 16, a0)
+        q += 1
+    return ev
+
+
+@njit(cache=True, nogil=True)
+def value_range(xf):
+    """(min, max) of a flat integer array, 0 included (padding pixels)."""
+    lo = np.int64(0)
+    hi = np.int64(0)
+    for i in range(xf.size):
+        v = np.int64(xf[i])
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def shift_u8(xf, o, out):
+    """out[i] = xf[i] - o as uint8 (the caller checked 0 <= xf - o <= 255)."""
+    for i in range(xf.size):
+        out[i] = np.uint8(np.int64(xf[i]) - o)
+
+
+@njit(cache=True, nogil=True)
+def finish_positions(res, Mp, q0, nq, L, m0, m1, out):
+    """out[n, m, l] = res[q - q0, m] for positions q0..q0+nq-1 (n, l = divmod(q, L)) and channels m0..m1-1."""
+    for i in range(nq):
+        n = (q0 + i) // L
+        l = q0 + i - n * L
+        r = i * Mp
+        for m in range(m0, m1):
+            out[n, m, l] = np.int64(res[r + m])
+
+
+def vnni_chunk_weights(plan, xshape: tuple, geom: np.ndarray):
+    """(wq int32 [C * G * MB * 16], wsum int64 [C, Mp], max over chunks and channels of the chunk's sum |w|,
+    slot offsets int64 [C * 4G], C, G, MB) of a one-group plan whose w - z_w fits int8, for :func:`vnni_chunks`
+    on a padded input of shape xshape; None when the weights leave int8. Made once per input shape, kept in
+    plan.cache."""
+    key = ("vnni",) + tuple(int(v) for v in xshape[1:])
+    if key not in plan.cache:
+        wk = plan.w_kernel  # [K, M] w - z_w
+        K, M = wk.shape
+        R = int(plan.spec[4])
+        got = None
+        if K > 0 and M > 0 and R >= 2 and int(wk.min()) >= -128 and int(wk.max()) <= 127:
+            C, G, MB = -(-K // R), -(-R // 4), -(-M // 16)
+            Mp = MB * 16
+            k = np.arange(K, dtype=np.int64)
+            wp = np.zeros((C, 4 * G, Mp), np.int64)
+            wp[k // R, k % R, :M] = wk
+            wq = np.ascontiguousarray(wp.reshape(C, G, 4, MB, 16).transpose(0, 1, 3, 4, 2)).astype(np.int8)
+            wchunk = int(np.abs(wp).sum(axis=1).max(initial=0))
+            offs = np.zeros((C, 4 * G), np.int64)  # empty slots read offset 0 (a valid pixel; weight 0)
+            offs[k // R, k % R] = input_offsets(xshape, geom, K)
+            got = (wq.reshape(-1).view(np.int32), wp.sum(axis=1), wchunk, offs.reshape(-1), C, G, MB)
+        plan.cache[key] = got
+    return plan.cache[key]
+
+
+def vnni_ok(plan) -> bool:
+    """:func:`run_vnni_chunks` may take this plan's layer (the CPU, the accumulator, int8 weights; the input's
+    range is checked per batch)."""
+    from hwsim import simd
+
+    a_bits, a_mode, _, p_mode, R = (int(v) for v in plan.spec[:5])
+    if not (simd.vnni() and p_mode == MODE_NONE and a_mode in (MODE_SAT, MODE_WRAP) and a_bits <= 30 and R >= 2):
+        return False
+    if "w_int8" not in plan.cache:
+        wk = plan.w_kernel
+        plan.cache["w_int8"] = wk.size > 0 and -128 <= int(wk.min()) and int(wk.max()) <= 127
+    return plan.cache["w_int8"]
+
+
+def run_vnni_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
+    """The MAC-array model of one conv group by :func:`vnni_chunks` (chunk sums by VPDPBUSD in registers, no
+    chunk-sum buffer); (pe, ae), or None (the caller's paths run) unless: the CPU has AVX-512 VNNI
+    (:func:`hwsim.simd.vnni`), chunks of >= 2 products, no P stage, a saturating or wrapping A stage of at most
+    30 bits, w - z_w in int8, the batch's padded input within 256 consecutive integers (x - o in 0..255, o its
+    minimum with 0), and every lane provably inside int32 (:func:`vnni_chunks`).
+
+    Work: blocks of consecutive positions whose uint8 columns fit VNNI_COLS_BYTES, each block's channels split
+    in 16-channel blocks over the worker threads where the blocks alone are too few to share out (deep layers).
+    Measured (this CPU, one thread, the kernel alone, chunks of 16, ResNet-18 @ 32 conv shapes at batch 128):
+    75-90 GMAC/s, 40-45 on layer4 (P = 128 positions, K = 4608, M = 512); the int8 chunk GEMMs
+    (torch._int_mm at K = 16) with the stage pass ran the whole network at about 10.
+    """
+    from hwsim import kernels as _k
+
+    spec = plan.spec
+    a_bits, a_mode = int(spec[0]), int(spec[1])
+    if N == 0 or xp.ndim != 4 or xp.shape[1] * int(geom[0]) * int(geom[1]) != K or not vnni_ok(plan):
+        return None
+    got = vnni_chunk_weights(plan, xp.shape, geom)
+    if got is None:
+        return None
+    wq, wsum, wchunk, offs, C, G, MB = got
+    xp = np.ascontiguousarray(xp)
+    xf = xp.reshape(-1)
+    lo, hi = (int(v) for v in value_range(xf))
+    o = lo  # x - o in 0..hi - lo
+    if hi - o > 255 or (1 << (a_bits - 1)) + abs(o) * wchunk + 255 * wchunk >= 1 << 31:
+        return None
+    xu = np.empty(xf.size, np.uint8)
+    shift_u8(xf, o, xu)
+    M = plan.w_kernel.shape[1]
+    Mp = MB * 16
+    corr = np.ascontiguousarray((wsum * o).astype(np.int32).reshape(-1))  # exact: |o| * wchunk < 2^31
+    b0, bev = _bias_in_acc(plan.bias, spec)
+    b0p = np.zeros(Mp, np.int32)
+    b0p[:M] = b0  # inside the A range (<= 30 bits)
+    a_lo = -(1 << (a_bits - 1))
+    a_hi, a_mask = -a_lo - 1, (1 << a_bits) - 1
+    KQ = C * G
+    bases = _positions(plan, xp.shape, geom, N, K)[1]
+    Q = N * L
+    PB = max(VNNI_TILE, (VNNI_COLS_BYTES // (4 * KQ)) // VNNI_TILE * VNNI_TILE)
+    blocks = [(q0, min(PB, Q - q0)) for q0 in range(0, Q, PB)]
+    nw = _k.workers()
+    nparts = max(1, min(MB, -(-2 * nw // len(blocks)))) if len(blocks) < 2 * nw else 1
+    parts = [(MB * i // nparts, MB * (i + 1) // nparts) for i in range(nparts)]
+    tasks = [(b, p) for b in blocks for p in parts if p[1] > p[0]]
+
+    def work(mine):
+        cols = np.empty(PB * KQ, np.int32)
+        res = np.empty(PB * Mp, np.int32)
+        ev = 0
+        for (q0, nq), (mb0, mb1) in mine:
+            c8 = cols[:nq * KQ].view(np.uint8).reshape(nq, 4 * KQ)
+            im2col_offsets(xu, bases, q0, offs, c8)
+            ev += int(vnni_chunks(cols, nq, KQ, wq, MB, corr, b0p, C, G, a_mode, a_lo, a_hi, a_mask, mb0, mb1, res,
+                                  Mp))
+            finish_positions(res, Mp, q0, nq, L, mb0 * 16, min(M, mb1 * 16), out)
+        return ev
+
+    nt = max(1, min(nw, len(tasks)))
+    res = _k._in_workers(work, [tasks[i::nt] for i in range(nt)])
+    return 0, sum(res) + bev * N * L
+
+
+@njit(cache=True, nogil=True)
+def pad_u8(x, shift, fill, pt, pl, n0, n1, out):
+    """out[n, c, pt + i, pl + j] = x[n, c, i, j] - shift as uint8, every other pixel ``fill``, images n0..n1-1 (the
+    caller checked 0 <= x - shift <= 255 and 0 <= fill <= 255)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Hp, Wp = out.shape[2], out.shape[3]
+    f = np.uint8(fill)
+    for n in range(n0, n1):
+        for c in range(C):
+            for i in range(Hp):
+                dst = out[n, c, i]
+                r = i - pt
+                if r < 0 or r >= H:
+                    for j in range(Wp):
+                        dst[j] = f
+                    continue
+                src = x[n, c, r]
+                for j in range(pl):
+                    dst[j] = f
+                for j in range(W):  # vectorized
+                    dst[pl + j] = np.uint8((np.int64(src[j]) - shift) & 255)
+                for j in range(pl + W, Wp):
+                    dst[j] = f
+
+
+@njit(cache=True, nogil=True)
+def res_to_ct(res, Mp, nq, c0, m0, m1, ct):
+    """ct[m - m0, c0 + i] = res[i * Mp + m] (position-major accumulators to the epilogue's channel-major block)."""
+    for m in range(m0, m1):
+        r = ct[m - m0]
+        for i in range(nq):
+            r[c0 + i] = res[i * Mp + m]
+
+
+def _epilogue_part(epi, m0: int, m1: int):
+    """The epilogue of channels m0..m1-1 (its per-channel arrays sliced)."""
+    import dataclasses
+
+    cut = {f: getattr(epi, f)[m0:m1] for f in ("q", "shift", "mult", "bias", "pre") if getattr(epi, f) is not None}
+    return dataclasses.replace(epi, **cut)
+
+
+def run_vnni_fused(plan, x: np.ndarray, zx: int, geom: np.ndarray, pad, epi, out: np.ndarray):
+    """A one-group conv (or linear as a 1x1 conv) under a chunked accumulator straight from its input codes x
+    [N, C, H, W] to its requantized, clamped output ``out`` [N, M, L] (narrow dtype): :func:`vnni_chunks` with the
+    layer's fused epilogue (:class:`hwsim.kernels.Epilogue`, the requant of the general path bit for bit) behind
+    it, no int64 accumulators between. Returns (clipped, acc events), or None where :func:`run_vnni_chunks`'s
+    conditions fail for this batch (the caller runs the general path).
+
+    Per block of whole images (and, where the blocks are fewer than the workers, per 16-channel part): the input
+    padded as uint8 x - z_x - o (padding -o), columns of position sub-blocks of VNNI_COLS_BYTES, the kernel, its
+    accumulators into an int32 [channels, positions] block, the epilogue on the block."""
+    from hwsim import kernels as _k
+
+    N = x.shape[0]
+    KH, KW, Ho, Wo = int(geom[0]), int(geom[1]), int(geom[6]), int(geom[7])
+    L, K = Ho * Wo, x.shape[1] * KH * KW
+    if N == 0 or not vnni_ok(plan) or plan.w_kernel.shape[0] != K:
+        return None
+    spec = plan.spec
+    a_bits, a_mode = int(spec[0]), int(spec[1])
+    x = np.ascontiguousarray(x)
+    xmin, xmax = (int(v) for v in value_range(x.reshape(-1)))  # 0 included
+    lo, hi = min(xmin - zx, 0), max(xmax - zx, 0)  # of x - z_x, padding (0) included
+    o = lo
+    Hp, Wp = x.shape[2] + pad[0] + pad[1], x.shape[3] + pad[2] + pad[3]
+    pshape = (N, x.shape[1], Hp, Wp)
+    got = vnni_chunk_weights(plan, pshape, geom)
+    if got is None:
+        return None
+    wq, wsum, wchunk, offs, C, G, MB = got
+    if hi - o > 255 or (1 << (a_bits - 1)) + abs(o) * wchunk + 255 * wchunk >= 1 << 31:
+        return None
+    M = plan.w_kernel.shape[1]
+    Mp = MB * 16
+    corr = np.ascontiguousarray((wsum * o).astype(np.int32).reshape(-1))
+    b0, bev = _bias_in_acc(plan.bias, spec)
+    b0p = np.zeros(Mp, np.int32)
+    b0p[:M] = b0
+    a_lo = -(1 << (a_bits - 1))
+    a_hi, a_mask = -a_lo - 1, (1 << a_bits) - 1
+    KQ = C * G
+    bases = _positions(plan, pshape, geom, N, K)[1]
+    nw = _k.workers()
+    xu = np.empty(pshape, np.uint8)
+    step = -(-N // nw)
+    _k._in_workers(lambda r: pad_u8(x, zx + o, -o, int(pad[0]), int(pad[2]), r[0], r[1], xu),
+                   [(n0, min(N, n0 + step)) for n0 in range(0, N, step)])
+    xf = xu.reshape(-1)
+    nb = int(max(1, min(-(-N // nw), _k.GEMM_BLOCK_BYTES // max(1, 4 * L * M))))
+    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
+    nparts = max(1, min(MB, nw // len(blocks))) if len(blocks) < nw else 1
+    parts = [(MB * i // nparts, MB * (i + 1) // nparts) for i in range(nparts)]
+    tasks = [(b, p) for b in blocks for p in parts if p[1] > p[0]]
+    PB = max(VNNI_TILE, (VNNI_COLS_BYTES // (4 * KQ)) // VNNI_TILE * VNNI_TILE)
+    zero = np.zeros(M, np.int64)
+    epis = {p: (epi if p == (0, MB) else _epilogue_part(epi, p[0] * 16, min(M, p[1] * 16))) for p in parts}
+
+    def work(mine):
+        cols = np.empty(PB * KQ, np.int32)
+        res = np.empty(PB * Mp, np.int32)
+        ct = None
+        ev = clipped = 0
+        for (n0, b), (mb0, mb1) in mine:
+            m0, m1 = mb0 * 16, min(M, mb1 * 16)
+            if ct is None or ct.shape[0] < m1 - m0:
+                ct = np.empty((m1 - m0, nb * L), np.int32)
+            for q0 in range(n0 * L, (n0 + b) * L, PB):
+                nq = min(PB, (n0 + b) * L - q0)
+                im2col_offsets(xf, bases, q0, offs, cols[:nq * KQ].view(np.uint8).reshape(nq, 4 * KQ))
+                ev += int(vnni_chunks(cols, nq, KQ, wq, MB, corr, b0p, C, G, a_mode, a_lo, a_hi, a_mask, mb0, mb1,
+                                      res, Mp))
+                res_to_ct(res, Mp, nq, q0 - n0 * L, m0, m1, ct)
+            dst = out if (m0, m1) == (0, M) else out[:, m0:m1]
+            clipped += epis[(mb0, mb1)].run(ct[:m1 - m0, :b * L], n0, zero[m0:m1], dst)
+        return clipped, ev
+
+    nt = max(1, min(nw, len(tasks)))
+    res = _k._in_workers(work, [tasks[i::nt] for i in range(nt)])
+    return sum(r[0] for r in res), sum(r[1] for r in res) + bev * N * L
 
 
 # ----------------------------------------------------------------------------- chunks of R >= 8: int8 chunk GEMMs

@@ -1529,6 +1529,8 @@ def _chunked_ok(plans: list[_Plan]) -> bool:
     R, K = int(p.spec[4]), p.w_kernel.shape[0]
     if R >= K:
         return False
+    if _acc.vnni_ok(p):
+        return True
     if R < CHUNK_MIN_R:
         return int_mm() is not None and _acc.int8_block_weights(p, R * max(1, _acc.BLOCK_MACS // R)) is not None
     return p.w_f32 is not None or (int_mm() is not None and _acc.int8_chunk_weights(p) is not None)
@@ -1537,12 +1539,15 @@ def _chunked_ok(plans: list[_Plan]) -> bool:
 def _run_chunked(plan: _Plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
     """Every position of one group through the MAC-array model, chunk sums computed exactly.
 
-    int8 GEMMs where operands fit (:func:`hwsim.accumulate.run_int8_chunks`; short chunks:
+    The VNNI kernel where the CPU, the accumulator and the operands allow (:func:`hwsim.accumulate.run_vnni_chunks`),
+    else int8 GEMMs where operands fit (:func:`hwsim.accumulate.run_int8_chunks`; short chunks:
     :func:`hwsim.accumulate.run_int8_blocks`), else float32 BLAS chunk sums and
     :func:`accumulate_chunks_f32` where the plan proved float32 exact, else the model kernel on every position.
     """
     R = int(plan.spec[4])
-    res = (_acc.run_int8_blocks if R < CHUNK_MIN_R else _acc.run_int8_chunks)(plan, xp, geom, N, L, K, out)
+    res = _acc.run_vnni_chunks(plan, xp, geom, N, L, K, out)
+    if res is None:
+        res = (_acc.run_int8_blocks if R < CHUNK_MIN_R else _acc.run_int8_chunks)(plan, xp, geom, N, L, K, out)
     if res is not None:
         return res
     if plan.w_f32 is None or R < CHUNK_MIN_R:

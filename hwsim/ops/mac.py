@@ -120,7 +120,8 @@ class MacSpec(OpSpec):
         if mlas.wants(lay, "mac_form"):  # ORT's float path: parallel kernels, and a Gemm's rows are the batch
             return False
         plan = self.planned(lay, qg.grids[lay.inputs[0]])[3]
-        return self.epilogue(lay, qg.grids[lay.output], plan) is not None
+        gy = qg.grids[lay.output]
+        return self.epilogue(lay, gy, plan) is not None or self.chunk_epilogue(lay, gy, plan) is not None
 
     def fused(self, lay, x: np.ndarray, gx, gy, narrow: bool):
         """(y, clipped) by the int8 GEMM with the fused epilogue (one pass from the int32 products to the
@@ -137,6 +138,40 @@ class MacSpec(OpSpec):
         run = kernels.gemm_int8 if plan.gemm is not None else kernels.depthwise_run
         clipped = run(x4, plan, geom, pad, out, epi)
         return None if clipped is None else (out.reshape(shape), clipped)
+
+    def chunk_epilogue(self, lay, gy, plan):
+        """The fused epilogue behind :func:`hwsim.accumulate.run_vnni_fused` (an order-dependent accumulator of at
+        most 30 bits on the VNNI kernel: |acc| <= 2^(A-1)), made once per layer (attribute ``fast_chunk_epilogue``),
+        or None where that route does not apply (several groups, an exact layer, the CPU, the accumulator)."""
+        from hwsim import accumulate
+
+        if (plan.gemm is not None or len(plan.groups) != 1 or plan.groups[0].layer_exact or lay.requant_params is None
+                or self._needs_blocks(lay) or not accumulate.vnni_ok(plan.groups[0])):
+            return None
+        p = plan.groups[0]
+        key = (lay.requant, int(gy.zero_point), int(gy.qmin), int(gy.qmax), tuple(lay.clamp), lay.activation is None)
+        cached = getattr(lay, "fast_chunk_epilogue", None)
+        if cached is None or cached[0] is not p or cached[1] is not lay.requant_params or cached[2] != key:
+            epi = core.fused_epilogue(lay.requant_params, lay.requant, gy.zero_point, *lay.clamp, gy.qmin, gy.qmax,
+                                      lay.activation is None, int(p.w_kernel.shape[1]), 1 << (int(p.spec[0]) - 1))
+            cached = (p, lay.requant_params, key, epi)
+            lay.fast_chunk_epilogue = cached
+        return cached[3]
+
+    def fused_chunked(self, lay, x: np.ndarray, gx, gy, narrow: bool):
+        """(y, clipped, acc events) by the VNNI chunk kernel with the fused epilogue (int8 / uint8 codes in, the
+        clamped output in its narrow dtype out, no int64 accumulators between), or None where it does not apply."""
+        from hwsim import accumulate, kernels
+
+        plan = self.planned(lay, gx)[3]
+        epi = self.chunk_epilogue(lay, gy, plan)
+        if epi is None or x.shape[0] == 0:
+            return None
+        x4, geom, pad, shape = self.gemm_shape(lay, x, plan)
+        dt = kernels.narrow_dtype(*lay.clamp) if narrow else np.int64
+        out = np.empty((shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))), dt)
+        got = accumulate.run_vnni_fused(plan.groups[0], x4, int(plan.zx), geom, pad, epi, out)
+        return None if got is None else (out.reshape(shape), got[0], got[1])
 
     def fast(self, lay, x: np.ndarray, gx) -> tuple[np.ndarray, int, int]:
         """The layer's accumulators by the fast kernels with its plan (:meth:`planned`).
@@ -158,6 +193,10 @@ class MacSpec(OpSpec):
             res = self.fused(lay, x, gx, gy, narrow)
             if res is not None:
                 return res  # no event possible: the int8 GEMM runs only where the plan proves it
+            res = self.fused_chunked(lay, x, gx, gy, narrow)
+            if res is not None:
+                st.acc_events += res[2]
+                return res[0], res[1]
             from hwsim import kernels
 
             with kernels.exclusive():  # a batch worker: the general path's parallel kernels, one thread at a time

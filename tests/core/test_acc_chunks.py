@@ -33,6 +33,12 @@ def _spy(monkeypatch, module, names):
     return calls
 
 
+@pytest.fixture(autouse=True)
+def no_vnni(monkeypatch):
+    """The paths of this file, as on a CPU without AVX-512 VNNI: tests/core/test_vnni.py covers that kernel."""
+    monkeypatch.setenv("HWSIM_VNNI", "0")
+
+
 @pytest.fixture
 def no_int_mm(monkeypatch):
     monkeypatch.setattr(kernels, "_INT_MM", False)  # as without torch: the float32 fused kernel runs
