@@ -1304,6 +1304,7 @@ class GemmPlan:
     gemm: _Int8Gemm | None
     geometry: tuple | None = None  # conv: (stride, pad, dilation, groups)
     depthwise: "_Depthwise | None" = None  # an exact depthwise conv: the direct kernel (depthwise_run)
+    dw_stage: "_DepthwiseStage | None" = None  # a depthwise conv of one chunk per channel (depthwise_staged_run)
 
 
 def linear_plan(w, bias, zx, zw, acc, lo: int, hi: int) -> GemmPlan:
@@ -1328,7 +1329,128 @@ def conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, lo: int, hi: 
         rows = np.abs(wd).sum(axis=1)
         dw = _Depthwise(np.ascontiguousarray(wd.astype(np.int64)), b,
                         max(abs(int(v)) + int(r) * xmax for v, r in zip(b, rows)), int(rows.max()) * xmax)
-    return GemmPlan(lo, hi, zx, plans, gemm, (tuple(stride), tuple(pad), tuple(dilation), int(groups)), dw)
+    plan = GemmPlan(lo, hi, zx, plans, gemm, (tuple(stride), tuple(pad), tuple(dilation), int(groups)), dw)
+    if groups > 1 and groups == Cout and w.shape[1] == 1 and dw is None:
+        plan.dw_stage = _depthwise_stage_plan(wd, plans, xmax)
+    return plan
+
+
+@dataclass
+class _DepthwiseStage:
+    """A depthwise conv whose accumulator is order-dependent but sees one chunk per channel (rows >= kernel
+    taps): acc = A(A(b) + P(S)), S the exact tap sum (depthwise_acc), so the chunk model is one stage pass over
+    the exact sums (:func:`depthwise_stage`). Every value fits int32 (checked when planned)."""
+
+    w: np.ndarray  # int64 [C, kh*kw]: w - z_w
+    b0: np.ndarray  # int64 [C]: the bias after the A stage
+    bias_events: int  # channels whose bias leaves the A stage (events at every position)
+    spec: np.ndarray  # int64 [C, 4]: a_bits, a_mode, p_bits, p_mode of each channel's plan
+    sum_max: int  # max over channels of sum |w - z_w| * max |x - z_x|
+
+
+def _depthwise_stage_plan(wd: np.ndarray, plans: list, xmax: int) -> "_DepthwiseStage | None":
+    """The :class:`_DepthwiseStage` of a depthwise conv (one plan per channel), or None where a channel has more
+    than one chunk or a value could leave int32."""
+    K = wd.shape[1]
+    rows = np.abs(wd).sum(axis=1)
+    sum_max = int(rows.max(initial=0)) * xmax
+    if sum_max >= 1 << 31:
+        return None
+    b0 = np.zeros(len(plans), np.int64)
+    spec = np.zeros((len(plans), 4), np.int64)
+    bev = 0
+    for c, p in enumerate(plans):
+        a_bits, a_mode, p_bits, p_mode, R = (int(v) for v in p.spec[:5])
+        if R < K or (a_mode != MODE_NONE and a_bits > 32):
+            return None
+        b = int(p.bias[0])
+        if a_mode == MODE_NONE and abs(b) + int(rows[c]) * xmax >= 1 << 31:
+            return None
+        bb, ev = _acc._bias_in_acc(p.bias, p.spec)
+        b0[c], bev = int(bb[0]), bev + ev
+        spec[c] = (a_bits, a_mode, p_bits, p_mode)
+    return _DepthwiseStage(np.ascontiguousarray(wd.astype(np.int64)), b0, bev, spec, sum_max)
+
+
+@njit(cache=True, nogil=True)
+def depthwise_stage(ct, b0, spec):
+    """ct[c, j] = A(b0[c] + P(ct[c, j])) in place (ct holds exact one-chunk sums; spec[c] = a_bits, a_mode,
+    p_bits, p_mode as accumulate_rows' codes): the MAC-array model of one chunk (docs/semantics.md section 10).
+    Returns (partial events, acc events). int64 arithmetic; the results fit ct's dtype (the plan's check)."""
+    pe = np.int64(0)
+    ae = np.int64(0)
+    for c in range(ct.shape[0]):
+        a_bits, a_mode, p_bits, p_mode = spec[c, 0], spec[c, 1], spec[c, 2], spec[c, 3]
+        row = ct[c]
+        b = b0[c]
+        a_lo = -(np.int64(1) << (a_bits - 1)) if a_mode != MODE_NONE else np.int64(0)
+        a_hi = -a_lo - 1
+        if p_mode == MODE_NONE and a_mode == MODE_SAT:  # int8-acc16-sat's: one vectorized loop
+            for j in range(row.shape[0]):
+                v = b + np.int64(row[j])
+                r = min(max(v, a_lo), a_hi)
+                ae += np.int64(r != v)
+                row[j] = r
+            continue
+        p_lo = -(np.int64(1) << (p_bits - 1)) if p_mode != MODE_NONE else np.int64(0)
+        p_hi = -p_lo - 1
+        for j in range(row.shape[0]):
+            v = np.int64(row[j])
+            if p_mode == MODE_SAT:
+                t = min(max(v, p_lo), p_hi)
+            elif p_mode == MODE_WRAP:
+                t = ((v - p_lo) & ((np.int64(1) << p_bits) - 1)) + p_lo
+            else:
+                t = v
+            pe += np.int64(t != v)
+            v = b + t
+            if a_mode == MODE_SAT:
+                r = min(max(v, a_lo), a_hi)
+            elif a_mode == MODE_WRAP:
+                r = ((v - a_lo) & ((np.int64(1) << a_bits) - 1)) + a_lo
+            else:
+                r = v
+            ae += np.int64(r != v)
+            row[j] = r
+    return pe, ae
+
+
+def depthwise_staged_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue"):
+    """:func:`depthwise_run` for ``plan.dw_stage``: per block of images the exact tap sums (depthwise_acc, int32),
+    the one-chunk accumulator model (:func:`depthwise_stage`), then ``epi`` (bias already in the accumulator).
+    Returns (clipped, partial events, acc events), or None when x leaves the plan's range."""
+    d = plan.dw_stage
+    N, C = x.shape[0], x.shape[1]
+    KH, KW, sh, sw, dh, dw, Ho, Wo = (int(v) for v in geom)
+    L = Ho * Wo
+    n_workers = min(workers(), N)
+    nb = int(max(1, min(-(-N // n_workers), DW_BLOCK_BYTES // max(1, C * L * 4))))
+    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
+    x = np.ascontiguousarray(x)
+    H, W = x.shape[2], x.shape[3]
+    Hp = max((Ho - 1) * sh + (KH - 1) * dh + 1, pad[0] + H)
+    Wp = max((Wo - 1) * sw + (KW - 1) * dw + 1, pad[2] + W)
+    Hq, Wq = -(-Hp // sh) + 1, -(-Wp // sw)
+    wk = d.w.astype(np.int32)  # every partial sum of the taps < 2^31 (the plan's check)
+    zero = np.zeros(C, np.int64)
+
+    def work(part):
+        clipped = pe = ae = 0
+        phases = np.empty(sh * sw * Hq * Wq, np.int32)
+        acc = np.empty(Ho * Wq, np.int32)
+        for n0, b in part:
+            ct = np.empty((C, b * L), np.int32)
+            if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], phases, acc, ct):
+                return None
+            p1, a1 = depthwise_stage(ct, d.b0, d.spec)
+            pe, ae = pe + int(p1), ae + int(a1)
+            clipped += epi.run(ct, n0, zero, out)
+        return clipped, pe, ae
+
+    res = _in_workers(work, [blocks[i::n_workers] for i in range(n_workers)])
+    if any(r is None for r in res):
+        return None
+    return sum(r[0] for r in res), sum(r[1] for r in res), sum(r[2] for r in res) + d.bias_events * N * L
 
 
 @dataclass

@@ -140,27 +140,38 @@ class MacSpec(OpSpec):
         return None if clipped is None else (out.reshape(shape), clipped)
 
     def chunk_epilogue(self, lay, gy, plan):
-        """The fused epilogue behind :func:`hwsim.accumulate.run_vnni_fused` (an order-dependent accumulator of at
-        most 30 bits on the VNNI kernel: |acc| <= 2^(A-1)), made once per layer (attribute ``fast_chunk_epilogue``),
-        or None where that route does not apply (several groups, an exact layer, the CPU, the accumulator)."""
+        """The fused epilogue behind an order-dependent accumulator's fused route: :func:`hwsim.accumulate.run_vnni_fused`
+        (one group, at most 30 bits, the VNNI kernel: |acc| <= 2^(A-1)) or :func:`hwsim.kernels.depthwise_staged_run`
+        (a depthwise conv of one chunk per channel), made once per layer (attribute ``fast_chunk_epilogue``), or None
+        where neither applies (several groups, an exact layer, the CPU, the accumulator)."""
+        from hwsim import kernels
         from hwsim import accumulate
 
-        if (plan.gemm is not None or len(plan.groups) != 1 or plan.groups[0].layer_exact or lay.requant_params is None
-                or self._needs_blocks(lay) or not accumulate.vnni_ok(plan.groups[0])):
+        if plan.gemm is not None or lay.requant_params is None or self._needs_blocks(lay):
             return None
-        p = plan.groups[0]
+        dws = getattr(plan, "dw_stage", None)
+        if dws is not None:  # a depthwise conv of one chunk per channel (kernels.depthwise_staged_run)
+            p, channels = dws, len(dws.b0)
+            acc_max = max((1 << (int(a) - 1)) if m != kernels.MODE_NONE else (1 << 31) - 1  # the plan's int32 check
+                          for a, m in zip(dws.spec[:, 0], dws.spec[:, 1]))
+        elif len(plan.groups) == 1 and not plan.groups[0].layer_exact and accumulate.vnni_ok(plan.groups[0]):
+            p = plan.groups[0]
+            channels, acc_max = int(p.w_kernel.shape[1]), 1 << (int(p.spec[0]) - 1)
+        else:
+            return None
         key = (lay.requant, int(gy.zero_point), int(gy.qmin), int(gy.qmax), tuple(lay.clamp), lay.activation is None)
         cached = getattr(lay, "fast_chunk_epilogue", None)
         if cached is None or cached[0] is not p or cached[1] is not lay.requant_params or cached[2] != key:
             epi = core.fused_epilogue(lay.requant_params, lay.requant, gy.zero_point, *lay.clamp, gy.qmin, gy.qmax,
-                                      lay.activation is None, int(p.w_kernel.shape[1]), 1 << (int(p.spec[0]) - 1))
+                                      lay.activation is None, channels, acc_max)
             cached = (p, lay.requant_params, key, epi)
             lay.fast_chunk_epilogue = cached
         return cached[3]
 
     def fused_chunked(self, lay, x: np.ndarray, gx, gy, narrow: bool):
-        """(y, clipped, acc events) by the VNNI chunk kernel with the fused epilogue (int8 / uint8 codes in, the
-        clamped output in its narrow dtype out, no int64 accumulators between), or None where it does not apply."""
+        """(y, clipped, acc events, partial events) by the VNNI chunk kernel or the one-chunk depthwise stage with the
+        fused epilogue (int8 / uint8 codes in, the clamped output in its narrow dtype out, no int64 accumulators
+        between), or None where neither applies."""
         from hwsim import accumulate, kernels
 
         plan = self.planned(lay, gx)[3]
@@ -170,8 +181,11 @@ class MacSpec(OpSpec):
         x4, geom, pad, shape = self.gemm_shape(lay, x, plan)
         dt = kernels.narrow_dtype(*lay.clamp) if narrow else np.int64
         out = np.empty((shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))), dt)
+        if getattr(plan, "dw_stage", None) is not None:
+            got = kernels.depthwise_staged_run(x4, plan, geom, pad, out, epi)
+            return None if got is None else (out.reshape(shape), got[0], got[2], got[1])
         got = accumulate.run_vnni_fused(plan.groups[0], x4, int(plan.zx), geom, pad, epi, out)
-        return None if got is None else (out.reshape(shape), got[0], got[1])
+        return None if got is None else (out.reshape(shape), got[0], got[1], 0)
 
     def fast(self, lay, x: np.ndarray, gx) -> tuple[np.ndarray, int, int]:
         """The layer's accumulators by the fast kernels with its plan (:meth:`planned`).
@@ -196,6 +210,7 @@ class MacSpec(OpSpec):
             res = self.fused_chunked(lay, x, gx, gy, narrow)
             if res is not None:
                 st.acc_events += res[2]
+                st.partial_events += res[3]
                 return res[0], res[1]
             from hwsim import kernels
 

@@ -631,3 +631,46 @@ def test_worker_threads_kept_and_resized(threads):
         kernels.set_threads(threads)
     kernels._in_workers(who, [0, 1])
     assert kernels._POOL[1] is pool  # the same size again: the same threads
+
+
+# ----------------------------------------------------------------------------- depthwise convs of one chunk
+@pytest.mark.parametrize("profile", ["int8-acc16-sat", "int8-psum16", "w4a4-acc12"])
+@pytest.mark.parametrize("bs,threads_", [(5, 1), (5, 2), (1, 2)])
+def test_depthwise_one_chunk_route_equals_reference(profile, bs, threads_, monkeypatch):
+    """A depthwise conv whose accumulator sees one chunk per channel (3x3 taps, rows 16 / 64): ops.mac's fused
+    route (kernels.depthwise_staged_run: exact tap sums, the one-chunk model A(A(b) + P(S)), the fused epilogue)
+    == the reference executor, logits and every counter (saturating A stage; P stage of int8-psum16); w4a4-acc12
+    (a chunk per MAC) keeps the general path."""
+    from hwsim.compile import compile_model
+    from hwsim.execute import run_quantized
+    from hwsim.profile import load_profile
+    from tests.nets import images, tiny_cnn
+
+    qg = compile_model(tiny_cnn(seed=3, channels=20), load_profile(profile), images(32, seed=5))
+    x = images(5, seed=4)
+    x[0] *= 6
+    ref = run_quantized(qg, x, batch_size=5, impl="reference")
+    calls = {"n": 0}
+    real = kernels.depthwise_staged_run
+
+    def counted(*a):
+        got = real(*a)
+        calls["n"] += got is not None
+        return got
+
+    monkeypatch.setattr(kernels, "depthwise_staged_run", counted)
+    prev = kernels.numba.get_num_threads()
+    try:
+        kernels.set_threads(threads_)
+        got = run_quantized(qg, x, batch_size=bs, threads=threads_)
+    finally:
+        kernels.set_threads(prev)
+    np.testing.assert_array_equal(got.logits, ref.logits)
+    assert [s.to_json() for s in got.layers] == [s.to_json() for s in ref.layers]
+    dw = next(s for s, lay in zip(ref.layers, qg.layers) if lay.name == "dw")
+    if profile == "w4a4-acc12":
+        assert calls["n"] == 0
+    else:
+        assert calls["n"] == -(-5 // bs)
+        if profile == "int8-acc16-sat":
+            assert dw.acc_events > 0  # the stage acts on this layer
