@@ -6,11 +6,12 @@ calibrated int8 grids): under int8-acc16-sat 19-99% of the output elements of ev
 and every position has one, so no screen can skip work there; under w4a4-acc12 (a 12-bit accumulator
 saturating after every MAC) most layers have 0-4% of their elements near the limits, two have ~50%.
 
-- on a CPU with AVX-512 VNNI (:func:`hwsim.simd.vnni`), chunks of R >= 2 products into an A-bit accumulator
-  (<= 30 bits, saturating or wrapping, no P stage) with int8 weights (:func:`run_vnni_chunks`,
-  :func:`run_vnni_fused`): :func:`vnni_chunks` makes every chunk sum in registers with VPDPBUSD and applies
-  the A stage right behind it, 8 positions x 16 channels at a time, 70-130 GMAC/s on one core (the int8
-  chunk GEMMs below: about 10). The fused route continues into the layer's requant epilogue.
+- on a CPU with AVX-512 VNNI (:func:`hwsim.simd.vnni`), chunks of R >= 2 products whose bounded stages (P
+  register, A accumulator; saturating or wrapping) have at most 30 bits, with int8 weights
+  (:func:`run_vnni_chunks`, :func:`run_vnni_fused`): :func:`vnni_chunks` makes every chunk sum in registers
+  with VPDPBUSD and applies the stages right behind it, 8 positions x 16 channels at a time, 70-130 GMAC/s on
+  one core (the int8 chunk GEMMs below ran whole networks at about 10). The fused route continues into the
+  layer's requant epilogue.
 - chunks of R >= 8 products (:func:`run_int8_chunks`): every chunk sum of a block of positions by one
   ``torch._int_mm`` (int8 x int8 -> int32, exact) into a reused buffer, then one vectorized pass
   (:func:`chunk_stage_f32` / :func:`chunk_stage_i64`) applies the P-bit register and the A-bit
@@ -229,29 +230,38 @@ VNNI_TILE = 8  # positions per register tile of vnni_chunks (8 x 2 accumulators,
 VNNI_COLS_BYTES = 256 << 10  # columns of one block of positions (uint8; stay in L2 while every channel runs)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _vstage(v, mode, lo, hi, mask):
+    """A register stage on 16 lanes: saturate into [lo, hi], wrap (lo = -2^(b-1), mask = 2^b - 1), or nothing."""
+    if mode == MODE_SAT:
+        return vclamp(v, lo, hi)
+    if mode == MODE_WRAP:
+        return vwrap(v, lo, mask)
+    return v
+
+
 @njit(cache=True, nogil=True)
-def vnni_chunks(cols, nq, KQ, wq, MB, corr, b0, C, G, a_mode, a_lo, a_hi, a_mask, mb0, mb1, res, Mp):
-    """The MAC-array model of :func:`hwsim.kernels.accumulate_rows` for chunks of R products, no P stage and an
-    A-bit accumulator that saturates (a_mode MODE_SAT) or wraps (MODE_WRAP), on nq positions and the channels of
-    16-channel blocks mb0..mb1-1, with every chunk sum made by VPDPBUSD (:mod:`hwsim.simd`); returns the acc
-    events (elements x chunks where the A stage changed the value).
+def vnni_chunks(cols, nq, KQ, wq, MB, corr, b0, C, G, stages, mb0, mb1, res, Mp):
+    """The MAC-array model of :func:`hwsim.kernels.accumulate_rows` for chunks of R products on nq positions and the
+    channels of 16-channel blocks mb0..mb1-1, every chunk sum made by VPDPBUSD (:mod:`hwsim.simd`); returns
+    (partial events, acc events) (elements x chunks where a stage changed the value).
 
     cols: int32 view of uint8 columns [nq, C, 4G]: chunk c of position q in bytes 4G c .. 4G c + 4G - 1, slot j
     holding x_k - o (0..255; slots past R hold anything: their weights are 0) for k = c R + j; KQ = C * G int32
     words per position. wq: int32 view of int8 weights [C, G, MB, 16, 4]: wq[c, g, mb, l] holds the four
     weights w[c R + 4g + t, 16 mb + l], t < 4 (0 past R or K, and for channels >= M). corr [C, Mp]: o * (sum of
     chunk c's weights) per channel, so that the chunk sum of the contract is S = dp + corr; b0 [Mp]: the bias
-    after the A stage. Per chunk, in k order (equation of the contract, docs/semantics.md section 10):
-    v = acc + S, acc = clamp(v, a_lo, a_hi) or ((v - a_lo) & a_mask) + a_lo, events += (acc != v). Exact: the
-    caller proves |acc| + |corr| + 255 * (max chunk sum of |w|) < 2^31, so no lane of any partial sum wraps.
-    res [nq, Mp] (flat) receives the accumulators. Positions in register tiles of VNNI_TILE = 8 (each weight load
-    feeds eight positions; 1.2-1.45x the tile of four on ResNet-18 @ 32's conv shapes), the rest one at a time.
-    Serial, releasing the GIL."""
-    vlo = vsplat(a_lo)
-    vhi = vsplat(a_hi)
-    vmask = vsplat(a_mask)
-    sat = a_mode == MODE_SAT
-    ev = np.int64(0)
+    after the A stage. stages int64 [8]: A mode, lo, hi, mask, P mode, lo, hi, mask (MODE_* codes; lo = -2^(b-1),
+    hi = -lo - 1, mask = 2^b - 1). Per chunk, in k order (the contract, docs/semantics.md section 10):
+    t = P(S), v = acc + t, acc = A(v); events where P(S) != S, A(v) != v. Without a P stage, acc + corr + the
+    products are summed in one register (S is never needed alone). Exact: the caller proves every partial sum
+    of every lane inside int32 (:func:`_vnni_bounds`). res [nq, Mp] (flat) receives the accumulators.
+    Positions in register tiles of VNNI_TILE = 8 (each weight load feeds eight positions; 1.2-1.45x the tile of
+    four on ResNet-18 @ 32's conv shapes), the rest one at a time. Serial, releasing the GIL."""
+    am, alo, ahi, amask = stages[0], vsplat(stages[1]), vsplat(stages[2]), vsplat(stages[3])
+    pm, plo, phi, pmask = stages[4], vsplat(stages[5]), vsplat(stages[6]), vsplat(stages[7])
+    pe = np.int64(0)
+    ae = np.int64(0)
     q = 0
     while q + 8 <= nq:
         x0 = q * KQ
@@ -260,8 +270,11 @@ def vnni_chunks(cols, nq, KQ, wq, MB, corr, b0, C, G, a_mode, a_lo, a_hi, a_mask
             a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
             for c in range(C):
                 cv = vload(corr, c * Mp + mb * 16)
-                s0, s1, s2, s3 = vadd(a0, cv), vadd(a1, cv), vadd(a2, cv), vadd(a3, cv)
-                s4, s5, s6, s7 = vadd(a4, cv), vadd(a5, cv), vadd(a6, cv), vadd(a7, cv)
+                if pm == MODE_NONE:  # acc + corr + products in one register
+                    s0, s1, s2, s3 = vadd(a0, cv), vadd(a1, cv), vadd(a2, cv), vadd(a3, cv)
+                    s4, s5, s6, s7 = vadd(a4, cv), vadd(a5, cv), vadd(a6, cv), vadd(a7, cv)
+                else:
+                    s0, s1, s2, s3, s4, s5, s6, s7 = cv, cv, cv, cv, cv, cv, cv, cv
                 wb = (c * G * MB + mb) * 16
                 xb = x0 + c * G
                 for g in range(G):
@@ -274,13 +287,23 @@ def vnni_chunks(cols, nq, KQ, wq, MB, corr, b0, C, G, a_mode, a_lo, a_hi, a_mask
                     s5 = vdp(s5, vbcast(cols, xb + g + 5 * KQ), w)
                     s6 = vdp(s6, vbcast(cols, xb + g + 6 * KQ), w)
                     s7 = vdp(s7, vbcast(cols, xb + g + 7 * KQ), w)
-                if sat:
-                    a0, a1, a2, a3 = vclamp(s0, vlo, vhi), vclamp(s1, vlo, vhi), vclamp(s2, vlo, vhi), vclamp(s3, vlo, vhi)
-                    a4, a5, a6, a7 = vclamp(s4, vlo, vhi), vclamp(s5, vlo, vhi), vclamp(s6, vlo, vhi), vclamp(s7, vlo, vhi)
-                else:
-                    a0, a1, a2, a3 = vwrap(s0, vlo, vmask), vwrap(s1, vlo, vmask), vwrap(s2, vlo, vmask), vwrap(s3, vlo, vmask)
-                    a4, a5, a6, a7 = vwrap(s4, vlo, vmask), vwrap(s5, vlo, vmask), vwrap(s6, vlo, vmask), vwrap(s7, vlo, vmask)
-                ev += (vcount_ne(a0, s0) + vcount_ne(a1, s1) + vcount_ne(a2, s2) + vcount_ne(a3, s3)
+                if pm != MODE_NONE:
+                    t0, t1, t2, t3 = (_vstage(s0, pm, plo, phi, pmask), _vstage(s1, pm, plo, phi, pmask),
+                                      _vstage(s2, pm, plo, phi, pmask), _vstage(s3, pm, plo, phi, pmask))
+                    t4, t5, t6, t7 = (_vstage(s4, pm, plo, phi, pmask), _vstage(s5, pm, plo, phi, pmask),
+                                      _vstage(s6, pm, plo, phi, pmask), _vstage(s7, pm, plo, phi, pmask))
+                    pe += (vcount_ne(t0, s0) + vcount_ne(t1, s1) + vcount_ne(t2, s2) + vcount_ne(t3, s3)
+                           + vcount_ne(t4, s4) + vcount_ne(t5, s5) + vcount_ne(t6, s6) + vcount_ne(t7, s7))
+                    s0, s1, s2, s3 = vadd(a0, t0), vadd(a1, t1), vadd(a2, t2), vadd(a3, t3)
+                    s4, s5, s6, s7 = vadd(a4, t4), vadd(a5, t5), vadd(a6, t6), vadd(a7, t7)
+                if am == MODE_NONE:
+                    a0, a1, a2, a3, a4, a5, a6, a7 = s0, s1, s2, s3, s4, s5, s6, s7
+                    continue
+                a0, a1, a2, a3 = (_vstage(s0, am, alo, ahi, amask), _vstage(s1, am, alo, ahi, amask),
+                                  _vstage(s2, am, alo, ahi, amask), _vstage(s3, am, alo, ahi, amask))
+                a4, a5, a6, a7 = (_vstage(s4, am, alo, ahi, amask), _vstage(s5, am, alo, ahi, amask),
+                                  _vstage(s6, am, alo, ahi, amask), _vstage(s7, am, alo, ahi, amask))
+                ae += (vcount_ne(a0, s0) + vcount_ne(a1, s1) + vcount_ne(a2, s2) + vcount_ne(a3, s3)
                        + vcount_ne(a4, s4) + vcount_ne(a5, s5) + vcount_ne(a6, s6) + vcount_ne(a7, s7))
             r = q * Mp + mb * 16
             vstore(res, r, a0)
@@ -297,15 +320,47 @@ def vnni_chunks(cols, nq, KQ, wq, MB, corr, b0, C, G, a_mode, a_lo, a_hi, a_mask
         for mb in range(mb0, mb1):
             a0 = vload(b0, mb * 16)
             for c in range(C):
-                s0 = vadd(a0, vload(corr, c * Mp + mb * 16))
+                cv = vload(corr, c * Mp + mb * 16)
+                s0 = vadd(a0, cv) if pm == MODE_NONE else cv
                 wb = (c * G * MB + mb) * 16
                 for g in range(G):
                     s0 = vdp(s0, vbcast(cols, x0 + c * G + g), vload(wq, wb + g * MB * 16))
-                a0 = vclamp(s0, vlo, vhi) if sat else vwrap(s0, vlo, vmask)
-                ev += vcount_ne(a0, s0)
+                if pm != MODE_NONE:
+                    t0 = _vstage(s0, pm, plo, phi, pmask)
+                    pe += vcount_ne(t0, s0)
+                    s0 = vadd(a0, t0)
+                a0 = _vstage(s0, am, alo, ahi, amask)
+                ae += vcount_ne(a0, s0)
             vstore(res, q * Mp + mb * 16, a0)
         q += 1
-    return ev
+    return pe, ae
+
+
+def _stages(spec) -> np.ndarray:
+    """:func:`vnni_chunks`' stages array of a plan's spec (a_bits, a_mode, p_bits, p_mode)."""
+    out = np.zeros(8, np.int64)
+    for i, (bits, mode) in enumerate(((int(spec[0]), int(spec[1])), (int(spec[2]), int(spec[3])))):
+        if mode != MODE_NONE:
+            lo = -(1 << (bits - 1))
+            out[4 * i:4 * i + 4] = (mode, lo, -lo - 1, (1 << bits) - 1)
+    return out
+
+
+def _vnni_bounds(plan, spec, o: int, xabs: int, wchunk: int, wtot: int, C: int) -> bool:
+    """Every lane of :func:`vnni_chunks` stays inside int32 for this batch (o: the input offset, xabs: max |x - z_x|,
+    wchunk / wtot: max over channels of a chunk's / all of sum |w - z_w|): a chunk's partial sums are at most
+    (|o| + 255) wchunk; the accumulator at most 2^(A-1) with an A stage, else |b| + (C 2^(P-1) with a P stage, else
+    wtot xabs); without a P stage the register holds both at once."""
+    a_bits, a_mode, p_bits, p_mode = (int(v) for v in spec[:4])
+    chunk = (abs(o) + 255) * wchunk
+    if a_mode != MODE_NONE:
+        acc = 1 << (a_bits - 1)
+    else:
+        acc = int(np.abs(plan.bias).max(initial=0)) + min(C << (p_bits - 1) if p_mode != MODE_NONE else wtot * xabs,
+                                                          wtot * xabs)
+    if p_mode == MODE_NONE:
+        return acc + chunk < 1 << 31
+    return chunk < 1 << 31 and acc + (1 << (p_bits - 1)) < 1 << 31
 
 
 @njit(cache=True, nogil=True)
@@ -339,8 +394,8 @@ def finish_positions(res, Mp, q0, nq, L, m0, m1, out):
 
 
 def vnni_chunk_weights(plan, xshape: tuple, geom: np.ndarray):
-    """(wq int32 [C * G * MB * 16], wsum int64 [C, Mp], max over chunks and channels of the chunk's sum |w|,
-    slot offsets int64 [C * 4G], C, G, MB) of a one-group plan whose w - z_w fits int8, for :func:`vnni_chunks`
+    """(wq int32 [C * G * MB * 16], wsum int64 [C, Mp], max over chunks and channels of the chunk's sum |w|, max over
+    channels of sum |w|, slot offsets int64 [C * 4G], C, G, MB) of a one-group plan whose w - z_w fits int8, for :func:`vnni_chunks`
     on a padded input of shape xshape; None when the weights leave int8. Made once per input shape, kept in
     plan.cache."""
     key = ("vnni",) + tuple(int(v) for v in xshape[1:])
@@ -359,18 +414,20 @@ def vnni_chunk_weights(plan, xshape: tuple, geom: np.ndarray):
             wchunk = int(np.abs(wp).sum(axis=1).max(initial=0))
             offs = np.zeros((C, 4 * G), np.int64)  # empty slots read offset 0 (a valid pixel; weight 0)
             offs[k // R, k % R] = input_offsets(xshape, geom, K)
-            got = (wq.reshape(-1).view(np.int32), wp.sum(axis=1), wchunk, offs.reshape(-1), C, G, MB)
+            wtot = int(np.abs(wp).sum(axis=(0, 1)).max(initial=0))
+            got = (wq.reshape(-1).view(np.int32), wp.sum(axis=1), wchunk, wtot, offs.reshape(-1), C, G, MB)
         plan.cache[key] = got
     return plan.cache[key]
 
 
 def vnni_ok(plan) -> bool:
-    """:func:`run_vnni_chunks` may take this plan's layer (the CPU, the accumulator, int8 weights; the input's
-    range is checked per batch)."""
+    """:func:`run_vnni_chunks` may take this plan's layer (the CPU; an order-dependent accumulator whose bounded
+    stages have at most 30 bits; int8 weights; the input's range and the int32 bounds are checked per batch)."""
     from hwsim import simd
 
-    a_bits, a_mode, _, p_mode, R = (int(v) for v in plan.spec[:5])
-    if not (simd.vnni() and p_mode == MODE_NONE and a_mode in (MODE_SAT, MODE_WRAP) and a_bits <= 30 and R >= 2):
+    a_bits, a_mode, p_bits, p_mode, R = (int(v) for v in plan.spec[:5])
+    if not (simd.vnni() and R >= 2 and (a_mode == MODE_NONE or a_bits <= 30) and (p_mode == MODE_NONE or p_bits <= 30)
+            and (a_mode != MODE_NONE or p_mode != MODE_NONE)):
         return False
     if "w_int8" not in plan.cache:
         wk = plan.w_kernel
@@ -381,31 +438,30 @@ def vnni_ok(plan) -> bool:
 def run_vnni_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
     """The MAC-array model of one conv group by :func:`vnni_chunks` (chunk sums by VPDPBUSD in registers, no
     chunk-sum buffer); (pe, ae), or None (the caller's paths run) unless: the CPU has AVX-512 VNNI
-    (:func:`hwsim.simd.vnni`), chunks of >= 2 products, no P stage, a saturating or wrapping A stage of at most
-    30 bits, w - z_w in int8, the batch's padded input within 256 consecutive integers (x - o in 0..255, o its
-    minimum with 0), and every lane provably inside int32 (:func:`vnni_chunks`).
+    (:func:`hwsim.simd.vnni`) and the accumulator :func:`vnni_ok` takes, w - z_w in int8, the batch's padded
+    input within 256 consecutive integers (x - o in 0..255, o its minimum with 0), and every lane provably
+    inside int32 (:func:`_vnni_bounds`).
 
     Work: blocks of consecutive positions whose uint8 columns fit VNNI_COLS_BYTES, each block's channels split
     in 16-channel blocks over the worker threads where the blocks alone are too few to share out (deep layers).
-    Measured (this CPU, one thread, the kernel alone, chunks of 16, ResNet-18 @ 32 conv shapes at batch 128):
-    75-90 GMAC/s, 40-45 on layer4 (P = 128 positions, K = 4608, M = 512); the int8 chunk GEMMs
+    Measured (Xeon family 6 model 207, one thread, the kernel alone, chunks of 16, ResNet-18 @ 32 conv shapes at
+    batch 128, tiles of 8): 99-130 GMAC/s, 37-72 on layer4 (P = 128 positions, K = 4608, M = 512); the int8 chunk GEMMs
     (torch._int_mm at K = 16) with the stage pass ran the whole network at about 10.
     """
     from hwsim import kernels as _k
 
     spec = plan.spec
-    a_bits, a_mode = int(spec[0]), int(spec[1])
     if N == 0 or xp.ndim != 4 or xp.shape[1] * int(geom[0]) * int(geom[1]) != K or not vnni_ok(plan):
         return None
     got = vnni_chunk_weights(plan, xp.shape, geom)
     if got is None:
         return None
-    wq, wsum, wchunk, offs, C, G, MB = got
+    wq, wsum, wchunk, wtot, offs, C, G, MB = got
     xp = np.ascontiguousarray(xp)
     xf = xp.reshape(-1)
     lo, hi = (int(v) for v in value_range(xf))
     o = lo  # x - o in 0..hi - lo
-    if hi - o > 255 or (1 << (a_bits - 1)) + abs(o) * wchunk + 255 * wchunk >= 1 << 31:
+    if hi - o > 255 or not _vnni_bounds(plan, spec, o, max(-lo, hi), wchunk, wtot, C):
         return None
     xu = np.empty(xf.size, np.uint8)
     shift_u8(xf, o, xu)
@@ -414,9 +470,8 @@ def run_vnni_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: i
     corr = np.ascontiguousarray((wsum * o).astype(np.int32).reshape(-1))  # exact: |o| * wchunk < 2^31
     b0, bev = _bias_in_acc(plan.bias, spec)
     b0p = np.zeros(Mp, np.int32)
-    b0p[:M] = b0  # inside the A range (<= 30 bits)
-    a_lo = -(1 << (a_bits - 1))
-    a_hi, a_mask = -a_lo - 1, (1 << a_bits) - 1
+    b0p[:M] = b0  # inside int32 (_vnni_bounds)
+    stages = _stages(spec)
     KQ = C * G
     bases = _positions(plan, xp.shape, geom, N, K)[1]
     Q = N * L
@@ -430,18 +485,18 @@ def run_vnni_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: i
     def work(mine):
         cols = np.empty(PB * KQ, np.int32)
         res = np.empty(PB * Mp, np.int32)
-        ev = 0
+        pe = ae = 0
         for (q0, nq), (mb0, mb1) in mine:
             c8 = cols[:nq * KQ].view(np.uint8).reshape(nq, 4 * KQ)
             im2col_offsets(xu, bases, q0, offs, c8)
-            ev += int(vnni_chunks(cols, nq, KQ, wq, MB, corr, b0p, C, G, a_mode, a_lo, a_hi, a_mask, mb0, mb1, res,
-                                  Mp))
+            p1, a1 = vnni_chunks(cols, nq, KQ, wq, MB, corr, b0p, C, G, stages, mb0, mb1, res, Mp)
+            pe, ae = pe + int(p1), ae + int(a1)
             finish_positions(res, Mp, q0, nq, L, mb0 * 16, min(M, mb1 * 16), out)
-        return ev
+        return pe, ae
 
     nt = max(1, min(nw, len(tasks)))
     res = _k._in_workers(work, [tasks[i::nt] for i in range(nt)])
-    return 0, sum(res) + bev * N * L
+    return sum(r[0] for r in res), sum(r[1] for r in res) + bev * N * L
 
 
 @njit(cache=True, nogil=True)
@@ -482,7 +537,7 @@ def run_vnni_fused(plan, x: np.ndarray, zx: int, geom: np.ndarray, pad, epi, out
     """A one-group conv (or linear as a 1x1 conv) under a chunked accumulator straight from its input codes x
     [N, C, H, W] to its requantized, clamped output ``out`` [N, M, L] (narrow dtype): :func:`vnni_chunks` with the
     layer's fused epilogue (:class:`hwsim.kernels.Epilogue`, the requant of the general path bit for bit) behind
-    it, no int64 accumulators between. Returns (clipped, acc events), or None where :func:`run_vnni_chunks`'s
+    it, no int64 accumulators between. Returns (clipped, partial events, acc events), or None where :func:`run_vnni_chunks`'s
     conditions fail for this batch (the caller runs the general path).
 
     Per block of whole images (and, where the blocks are fewer than the workers, per 16-channel part): the input
@@ -496,7 +551,6 @@ def run_vnni_fused(plan, x: np.ndarray, zx: int, geom: np.ndarray, pad, epi, out
     if N == 0 or not vnni_ok(plan) or plan.w_kernel.shape[0] != K:
         return None
     spec = plan.spec
-    a_bits, a_mode = int(spec[0]), int(spec[1])
     x = np.ascontiguousarray(x)
     xmin, xmax = (int(v) for v in value_range(x.reshape(-1)))  # 0 included
     lo, hi = min(xmin - zx, 0), max(xmax - zx, 0)  # of x - z_x, padding (0) included
@@ -506,8 +560,8 @@ def run_vnni_fused(plan, x: np.ndarray, zx: int, geom: np.ndarray, pad, epi, out
     got = vnni_chunk_weights(plan, pshape, geom)
     if got is None:
         return None
-    wq, wsum, wchunk, offs, C, G, MB = got
-    if hi - o > 255 or (1 << (a_bits - 1)) + abs(o) * wchunk + 255 * wchunk >= 1 << 31:
+    wq, wsum, wchunk, wtot, offs, C, G, MB = got
+    if hi - o > 255 or not _vnni_bounds(plan, spec, o, max(-lo, hi), wchunk, wtot, C):
         return None
     M = plan.w_kernel.shape[1]
     Mp = MB * 16
@@ -515,8 +569,7 @@ def run_vnni_fused(plan, x: np.ndarray, zx: int, geom: np.ndarray, pad, epi, out
     b0, bev = _bias_in_acc(plan.bias, spec)
     b0p = np.zeros(Mp, np.int32)
     b0p[:M] = b0
-    a_lo = -(1 << (a_bits - 1))
-    a_hi, a_mask = -a_lo - 1, (1 << a_bits) - 1
+    stages = _stages(spec)
     KQ = C * G
     bases = _positions(plan, pshape, geom, N, K)[1]
     nw = _k.workers()
@@ -538,7 +591,7 @@ def run_vnni_fused(plan, x: np.ndarray, zx: int, geom: np.ndarray, pad, epi, out
         cols = np.empty(PB * KQ, np.int32)
         res = np.empty(PB * Mp, np.int32)
         ct = None
-        ev = clipped = 0
+        pe = ae = clipped = 0
         for (n0, b), (mb0, mb1) in mine:
             m0, m1 = mb0 * 16, min(M, mb1 * 16)
             if ct is None or ct.shape[0] < m1 - m0:
@@ -546,16 +599,16 @@ def run_vnni_fused(plan, x: np.ndarray, zx: int, geom: np.ndarray, pad, epi, out
             for q0 in range(n0 * L, (n0 + b) * L, PB):
                 nq = min(PB, (n0 + b) * L - q0)
                 im2col_offsets(xf, bases, q0, offs, cols[:nq * KQ].view(np.uint8).reshape(nq, 4 * KQ))
-                ev += int(vnni_chunks(cols, nq, KQ, wq, MB, corr, b0p, C, G, a_mode, a_lo, a_hi, a_mask, mb0, mb1,
-                                      res, Mp))
+                p1, a1 = vnni_chunks(cols, nq, KQ, wq, MB, corr, b0p, C, G, stages, mb0, mb1, res, Mp)
+                pe, ae = pe + int(p1), ae + int(a1)
                 res_to_ct(res, Mp, nq, q0 - n0 * L, m0, m1, ct)
             dst = out if (m0, m1) == (0, M) else out[:, m0:m1]
             clipped += epis[(mb0, mb1)].run(ct[:m1 - m0, :b * L], n0, zero[m0:m1], dst)
-        return clipped, ev
+        return clipped, pe, ae
 
     nt = max(1, min(nw, len(tasks)))
     res = _k._in_workers(work, [tasks[i::nt] for i in range(nt)])
-    return sum(r[0] for r in res), sum(r[1] for r in res) + bev * N * L
+    return sum(r[0] for r in res), sum(r[1] for r in res), sum(r[2] for r in res) + bev * N * L
 
 
 # ----------------------------------------------------------------------------- chunks of R >= 8: int8 chunk GEMMs

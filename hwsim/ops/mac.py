@@ -156,7 +156,9 @@ class MacSpec(OpSpec):
                           for a, m in zip(dws.spec[:, 0], dws.spec[:, 1]))
         elif len(plan.groups) == 1 and not plan.groups[0].layer_exact and accumulate.vnni_ok(plan.groups[0]):
             p = plan.groups[0]
-            channels, acc_max = int(p.w_kernel.shape[1]), 1 << (int(p.spec[0]) - 1)
+            # |acc| <= 2^(A-1) with an A stage; without one the driver proves it inside int32 per batch
+            channels = int(p.w_kernel.shape[1])
+            acc_max = 1 << (int(p.spec[0]) - 1) if int(p.spec[1]) != kernels.MODE_NONE else (1 << 31) - 1
         else:
             return None
         key = (lay.requant, int(gy.zero_point), int(gy.qmin), int(gy.qmax), tuple(lay.clamp), lay.activation is None)
@@ -185,7 +187,7 @@ class MacSpec(OpSpec):
             got = kernels.depthwise_staged_run(x4, plan, geom, pad, out, epi)
             return None if got is None else (out.reshape(shape), got[0], got[2], got[1])
         got = accumulate.run_vnni_fused(plan.groups[0], x4, int(plan.zx), geom, pad, epi, out)
-        return None if got is None else (out.reshape(shape), got[0], got[1], 0)
+        return None if got is None else (out.reshape(shape), got[0], got[2], got[1])
 
     def fast(self, lay, x: np.ndarray, gx) -> tuple[np.ndarray, int, int]:
         """The layer's accumulators by the fast kernels with its plan (:meth:`planned`).

@@ -86,9 +86,17 @@ def test_intrinsics_equal_numpy():
 
 
 # ----------------------------------------------------------------------------- convs against the reference
-VNNI_ACCS = [ops.Accumulator(bits=a, overflow=o, rows=r) for a, o in ((12, "saturate"), (13, "wrap"), (16, "saturate"),
-                                                                    (16, "wrap"), (20, "saturate"))
-             for r in (2, 5, 8, 16, 24)]
+VNNI_ACCS = ([ops.Accumulator(bits=a, overflow=o, rows=r) for a, o in ((12, "saturate"), (13, "wrap"), (16, "saturate"),
+                                                                     (16, "wrap"), (20, "saturate"))
+              for r in (2, 5, 8, 16, 24)]
+             + [ops.Accumulator(bits=a, overflow=o, rows=r, partial_bits=p, partial_overflow=po)
+                for a, o, p, po in ((16, "saturate", 12, "saturate"), (14, "wrap", 11, "wrap"), (None, "wrap", 12, "saturate"),
+                                    (None, "wrap", 10, "wrap"), (32, "saturate", 13, "saturate"))
+                for r in (5, 16, 24)])
+
+
+def _acc_id(a):
+    return f"A{a.bits}{a.overflow[0]}-R{a.rows}" + (f"-P{a.partial_bits}{a.partial_overflow[0]}" if a.partial_bits else "")
 
 
 def _case(rng, n=3, cin=6, cout=21, k=3, h=7, w=6):
@@ -102,7 +110,7 @@ def _case(rng, n=3, cin=6, cout=21, k=3, h=7, w=6):
     return x, wt, b
 
 
-@pytest.mark.parametrize("acc", VNNI_ACCS, ids=lambda a: f"A{a.bits}{a.overflow[0]}-R{a.rows}")
+@pytest.mark.parametrize("acc", VNNI_ACCS, ids=_acc_id)
 def test_conv_equals_reference(acc, spy, threads):
     """K = 54 in chunks of 2 .. 24 (R not a multiple of 4, none dividing K), 21 channels (two 16-channel
     blocks, the second mostly padding), 3 x 4 x 3 positions (not a multiple of the 4-position tile), padding,
@@ -113,21 +121,26 @@ def test_conv_equals_reference(acc, spy, threads):
     fast = ops.conv2d(x, w, b, **kw)
     _same(fast, ref)
     assert spy["n"] > 0
-    assert ref[1].acc_events > 0  # the stage acts: a plain sum would differ
+    # the stages act: a plain sum, or the other policy of the stage that acts, would differ
+    assert ref[1].acc_events + ref[1].partial_events > 0
     plain = ops.conv2d(x, w, b, impl="reference", x_zero_point=3, padding=(1, 0, 2, 1), stride=(2, 1))
     assert not np.array_equal(plain[0], ref[0])
-    other = ops.Accumulator(bits=acc.bits, overflow="wrap" if acc.overflow == "saturate" else "saturate",
-                            rows=acc.rows)
+    flip = {"saturate": "wrap", "wrap": "saturate"}
+    if ref[1].partial_events:
+        other = ops.Accumulator(bits=acc.bits, overflow=acc.overflow, rows=acc.rows, partial_bits=acc.partial_bits,
+                                partial_overflow=flip[acc.partial_overflow])
+    else:
+        other = ops.Accumulator(bits=acc.bits, overflow=flip[acc.overflow], rows=acc.rows)
     assert not np.array_equal(ops.conv2d(x, w, b, impl="reference", **{**kw, "acc": other})[0], ref[0])
 
 
 def test_off_switch_and_paths_it_does_not_take(spy, monkeypatch):
-    """HWSIM_VNNI=0 turns it off; a P stage, an accumulator over 30 bits, weights outside int8 and inputs
-    spanning more than 256 values run the other paths (still == reference)."""
+    """HWSIM_VNNI=0 turns it off; a stage over 30 bits (A or P), weights outside int8 and inputs spanning more
+    than 256 values run the other paths (still == reference)."""
     x, w, b = _case(np.random.default_rng(1))
     base = ops.Accumulator(bits=16, overflow="saturate", rows=16)
     cases = [(base, x, w, "env"),
-             (ops.Accumulator(bits=16, overflow="saturate", rows=16, partial_bits=12, partial_overflow="wrap"), x, w, ""),
+             (ops.Accumulator(bits=None, overflow="saturate", rows=16, partial_bits=31, partial_overflow="wrap"), x, w, ""),
              (ops.Accumulator(bits=31, overflow="saturate", rows=16), x, w, ""),
              (base, x, w * 2, ""),
              (base, x * 2, w, "")]
@@ -192,8 +205,12 @@ def test_linear_and_deep_layers_split_channels(spy, threads, monkeypatch):
 def test_property(data):
     """Random shapes, chunk sizes, widths, policies, zero points, padding, stride and thread counts."""
     d = data.draw
-    acc = ops.Accumulator(bits=d(st.sampled_from([9, 11, 14, 16, 20, 30])),
-                          overflow=d(st.sampled_from(["wrap", "saturate"])), rows=d(st.sampled_from([2, 3, 4, 7, 8, 16, 32])))
+    acc = ops.Accumulator(bits=d(st.sampled_from([None, 9, 11, 14, 16, 20, 30])),
+                          overflow=d(st.sampled_from(["wrap", "saturate"])), rows=d(st.sampled_from([2, 3, 4, 7, 8, 16, 32])),
+                          partial_bits=d(st.sampled_from([None, None, 8, 10, 13, 16])),
+                          partial_overflow=d(st.sampled_from(["wrap", "saturate"])))
+    if acc.bits is None and acc.partial_bits is None:
+        return
     rng = np.random.default_rng(d(st.integers(0, 2**32 - 1)))
     n, cin, cout, k = d(st.integers(1, 5)), d(st.integers(1, 9)), d(st.integers(1, 40)), d(st.sampled_from([1, 2, 3]))
     zx = d(st.sampled_from([0, 3, 128, 255]))
