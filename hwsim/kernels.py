@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from hwsim import accumulate as _acc
 from hwsim.errors import HwsimError
@@ -1731,13 +1732,30 @@ def _fma_f32(x, r, z):
     return y
 
 
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """fl32(a * b + c) rounded once (IEEE fusedMultiplyAdd on float32 operands): LLVM's ``llvm.fma.f32``, the
+    CPU's FMA instruction (vfmadd, vectorized with the loop), libm's ``fmaf`` on a CPU without one -- fused on
+    every target, unlike ``llvm.fmuladd``. Its arguments must already be float32 (an integer |x| <= 2^24 converts
+    exactly; :func:`_fma_f32` covers larger ones). Bit for bit :func:`_fma_f32` on float32 operands (NaN aside)
+    except just below the overflow midpoint 2^128 - 2^103, where this gives +-FLT_MAX and the emulation +-inf
+    (tests/core/test_exact_speed.py: random bit patterns, halfway cases at every exponent, subnormals, inf)."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _quantize_fma_range(x, inv, z, qmin, qmax, out, i0, i1):
-    """out[i] = clip(int64(rint(fl32(x[i] * inv + z))), qmin, qmax) for i in [i0, i1): the float32 FMA exactly
-    (:func:`_fma_f32`: x * inv is exact in float64 for any float32 x, inv). int64(r) as numpy's astype on x86
+    """out[i] = clip(int64(rint(fl32(x[i] * inv + z))), qmin, qmax) for i in [i0, i1): the float32 FMA
+    (:func:`fma32`; x is float32; just below the overflow midpoint it gives +-FLT_MAX where compile.fma_f32
+    gives +-inf: qmin either way). int64(r) as numpy's astype on x86
     (compile.TorchQuantizeGrid): NaN and |r| >= 2^63 give INT64_MIN, so qmin after the clip."""
     for i in range(i0, i1):
-        r = np.rint(_fma_f32(x[i], inv, z))
+        r = np.rint(fma32(x[i], inv, z))
         if not (abs(r) < 9.223372036854775808e18):  # NaN, +-inf, out of int64 range: cvttsd2si's INT64_MIN
             out[i] = qmin
         else:
@@ -1769,16 +1787,40 @@ def quantize_fma(x, inv, z, qmin: int, qmax: int) -> np.ndarray:
     return out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _add_ratio_fma_range(p, q, rp, rq, k, mode, small, out, i0, i1):
+    if small:  # |p|, |q| <= 2^24: exact in float32, the CPU's FMA (10x the TwoSum form on int8 operands)
+        for i in range(i0, i1):
+            inner = fma32(np.float32(q[i]), rq, k)
+            out[i] = _round_f64(np.float64(fma32(np.float32(p[i]), rp, inner)), mode)
+    else:
+        for i in range(i0, i1):
+            inner = _fma_f32(np.int64(q[i]), rq, k)
+            out[i] = _round_f64(np.float64(_fma_f32(np.int64(p[i]), rp, inner)), mode)
+
+
 @njit(parallel=True, cache=True)
-def add_ratio_fma(p, q, rp, rq, k, mode, out):
-    """ONNX Runtime QLinearAdd (MLAS AVX2) on flat arrays: out = round(fma(p, r_p, fma(q, r_q, K))),
-    ROUND_CODE ``mode`` (docs/semantics.md section 7; ops.add's ratio_fma form; |p|, |q| < 2^29)."""
+def _add_ratio_fma_par(p, q, rp, rq, k, mode, small, out):
     n = p.shape[0]
     nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
     for t in prange(nt):
-        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
-            inner = _fma_f32(np.int64(q[i]), rq, k)
-            out[i] = _round_f64(np.float64(_fma_f32(np.int64(p[i]), rp, inner)), mode)
+        _add_ratio_fma_range(p, q, rp, rq, k, mode, small, out, t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK))
+
+
+@njit(cache=True, nogil=True)
+def _add_ratio_fma_ser(p, q, rp, rq, k, mode, small, out):
+    _add_ratio_fma_range(p, q, rp, rq, k, mode, small, out, 0, p.shape[0])
+
+
+def add_ratio_fma(p, q, rp, rq, k, mode, out, small: bool | None = None) -> None:
+    """ONNX Runtime QLinearAdd (MLAS AVX2) on flat arrays: out = round(fma(p, r_p, fma(q, r_q, K))),
+    ROUND_CODE ``mode`` (docs/semantics.md section 7; ops.add's ratio_fma form; |p|, |q| < 2^29). ``small``:
+    |p|, |q| < 2^24 (the float32 conversion exact: the CPU's FMA; None = from the dtypes, else the float64
+    TwoSum form :func:`_fma_f32`). Parallel, single-threaded inside :func:`serial_mode`."""
+    if small is None:
+        small = all(np.iinfo(a.dtype).bits <= 16 for a in (p, q))
+    (_add_ratio_fma_ser if serial() else _add_ratio_fma_par)(p, q, np.float32(rp), np.float32(rq), np.float32(k),
+                                                             int(mode), bool(small), out)
 
 
 # ----------------------------------------------------------------------------- pools

@@ -135,6 +135,14 @@ def _max_abs(x: np.ndarray) -> int:
     return max(-int(x.min()), int(x.max()))
 
 
+def _abs_below(x: np.ndarray, bits: int) -> bool:
+    """|x| < 2^bits everywhere: from the dtype where it decides (no pass over x), else from the values."""
+    if not x.size:
+        return True
+    info = np.iinfo(x.dtype)
+    return max(-int(info.min), int(info.max)) < 1 << bits or _max_abs(x) < 1 << bits
+
+
 def _add_kernel(a: np.ndarray, b: np.ndarray, p: AddParams, cfg: Requant) -> np.ndarray | None:
     """ops.add's float32 ("dequantize", no tail) and fixed (31-bit, scalar loop) forms by the numba
     kernels (kernels.add_float32 / kernels.add_fixed, same arithmetic); None outside their domain."""
@@ -238,7 +246,7 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
                          "multiplier_bits = 31 (TFLite's vector loop)")
     if fixed_vec and a.size and max(np.abs(a - p.a_zero_point).max(), np.abs(b - p.b_zero_point).max()) >= 2**11:
         raise HwsimError("add: vector_width with requant.mode = 'fixed' needs |a - z_a|, |b - z_b| < 2^11")
-    if ratio_fma and a.size and _max_abs(a_in) >= 2**29 or ratio_fma and b.size and _max_abs(b_in) >= 2**29:
+    if ratio_fma and not (_abs_below(a_in, 29) and _abs_below(b_in, 29)):
         raise HwsimError("add: add_form = 'ratio_fma' needs |a|, |b| < 2^29")
     tail = 0 if vector_width is None else a.size % int(vector_width)
     body = a.size - tail if fixed_vec else 0
@@ -262,7 +270,8 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
 
             y = np.empty(P.size, np.int64)
             kernels.add_ratio_fma(np.ascontiguousarray(P).reshape(-1), np.ascontiguousarray(Q).reshape(-1),
-                                  np.float32(rp), np.float32(rq), np.float32(k), kernels.ROUND_CODE[cfg.rounding], y)
+                                  np.float32(rp), np.float32(rq), np.float32(k), kernels.ROUND_CODE[cfg.rounding], y,
+                                  small=_abs_below(a_in, 24) and _abs_below(b_in, 24))
             y = y.reshape(P.shape)
         else:
             y = fp.round_float(fma_f32(P, rp, fma_f32(Q, rq, k)), cfg.rounding, cfg.seed, idx)

@@ -1,0 +1,203 @@
+"""The exact int8 path's element-wise kernels (#18): the hardware float32 FMA (kernels.fma32) against the float64
+TwoSum emulation and exact rationals, the ratio_fma add on both of its FMA forms, the max pool's padded-row kernel
+and the table add's derived tables -- each bit for bit against its reference, serial and parallel."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from numba import njit
+
+from hwsim import kernels, ops
+from hwsim import reference as ref
+
+f32 = np.float32
+FLT_MAX = float(np.finfo(f32).max)
+
+
+# ----------------------------------------------------------------------------- fma32
+@njit(cache=True)
+def _fma32_each(a, b, c, out):
+    for i in range(a.shape[0]):
+        out[i] = kernels.fma32(a[i], b[i], c[i])
+
+
+@njit(cache=True)
+def _twosum_each(a, b, c, out):
+    for i in range(a.shape[0]):
+        out[i] = kernels._fma_f32(a[i], b[i], c[i])
+
+
+def _both(a, b, c):
+    a, b, c = (np.ascontiguousarray(v, f32) for v in (a, b, c))
+    hw, ts = np.empty(a.size, f32), np.empty(a.size, f32)
+    _fma32_each(a, b, c, hw)
+    _twosum_each(a, b, c, ts)
+    return hw, ts
+
+
+def _bits(x):
+    return np.asarray(x, f32).view(np.uint32)
+
+
+def _near_midpoints(rng, n):
+    """(a, b, c): c a random float32 of exponent E (normal and subnormal), a*b = +-half an ulp of c, times
+    (1 - 2^-46), 1 or (1 + 2^-22 + 2^-46): the exact sum lies just below, on, or above a float32 midpoint, and
+    float64 rounds the first case onto the midpoint (the double rounding the TwoSum correction undoes)."""
+    E = rng.integers(-126, 128, n)
+    sub = rng.random(n) < 0.15  # subnormal c: ulp 2^-149
+    mant = (rng.integers(0, 1 << 23, n) | (1 << 23)).astype(np.float64)
+    c = np.where(sub, rng.integers(1, 1 << 23, n) * 2.0**-149, np.ldexp(mant, E - 23))
+    c = np.where(rng.random(n) < 0.5, -c, c).astype(f32)
+    half = np.where(sub, -150, E - 24)  # exponent of half an ulp of c
+    ea = half // 2
+    eb = half - ea
+    kind = rng.integers(0, 3, n)  # below (1 - 2^-46), tie (exactly half), above
+    ma = np.choose(kind, [1 + 2.0**-23, 1.0, 1 + 2.0**-23])
+    mb = np.choose(kind, [1 - 2.0**-23, 1.0, 1 + 2.0**-23])
+    a = np.ldexp(ma, ea).astype(f32)
+    b = np.ldexp(mb, eb).astype(f32)
+    a = np.where(rng.random(n) < 0.5, -a, a).astype(f32)
+    return a, b, c
+
+
+def test_fma32_is_the_correctly_rounded_fma():
+    """kernels.fma32 (llvm.fma.f32, the CPU's vfmadd) == the float64 TwoSum form kernels._fma_f32 bit for bit
+    (NaN aside) on random bit patterns (every exponent, subnormals, inf, NaN), random values, halfway cases
+    above/on/below a float32 midpoint at every exponent and +-0; both == exact rationals on finite cases.
+    The one difference: just below the overflow midpoint 2^128 - 2^103 the hardware gives FLT_MAX, the
+    emulation inf (float64 lands on the midpoint, and the neighbour of inf is not found) -- both callers
+    (quantize_fma: qmin; the ratio_fma add: clipped at 2^62) turn either into the same integer."""
+    rng = np.random.default_rng(18)
+    n = 200_000
+    bits = rng.integers(0, 1 << 32, (3, n), dtype=np.uint64).astype(np.uint32).view(f32)
+    vals = (rng.uniform(-2, 2, (3, n)) * 2.0 ** rng.integers(-80, 80, (3, n))).astype(f32)
+    mid = _near_midpoints(rng, n)
+    special = np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, FLT_MAX, -FLT_MAX, 2.0**-149, -(2.0**-149),
+                        2.0**-126, 2.0**24, 2.0**24 + 2, 0.5], f32)
+    sa, sb, sc = np.meshgrid(special, special, special, indexing="ij")
+    a = np.concatenate([bits[0], vals[0], mid[0], sa.ravel()])
+    b = np.concatenate([bits[1], vals[1], mid[1], sb.ravel()])
+    c = np.concatenate([bits[2], vals[2], mid[2], sc.ravel()])
+    hw, ts = _both(a, b, c)
+    nan = np.isnan(hw)
+    np.testing.assert_array_equal(nan, np.isnan(ts))
+    diff = ~nan & (_bits(hw) != _bits(ts))
+    # the overflow midpoint: float64(a*b + c) == +-(2^128 - 2^103) exactly, the exact value just inside
+    edge = np.abs(a.astype(np.float64) * b + c.astype(np.float64)) == 2.0**128 - 2.0**103
+    assert not (diff & ~edge).any(), (a[diff & ~edge][:5], b[diff & ~edge][:5], c[diff & ~edge][:5])
+    np.testing.assert_array_equal(np.abs(hw[diff]), f32(FLT_MAX))
+    # the halfway cases really are the hard ones: float64 then float32 double-rounds on some of them
+    naive = (mid[0].astype(np.float64) * mid[1] + mid[2]).astype(f32)
+    assert (naive != hw[2 * n:3 * n]).sum() > 1000
+    # exact rationals on a sample of the finite, in-range cases
+    fin = np.flatnonzero(np.isfinite(hw) & (np.abs(hw) < FLT_MAX) & np.isfinite(a) & np.isfinite(b) & np.isfinite(c))
+    pick = np.concatenate([rng.choice(fin[fin < 2 * n], 1500, replace=False),
+                           rng.choice(fin[(fin >= 2 * n) & (fin < 3 * n)], 1500, replace=False)])
+    for i in pick:
+        want = ref.round_to_f32(Fraction(float(a[i])) * Fraction(float(b[i])) + Fraction(float(c[i])))
+        assert _bits(hw[i]) == _bits(want) or hw[i] == want == 0, (a[i], b[i], c[i], hw[i], want)
+
+
+def test_fma32_overflow_midpoint():
+    """The documented difference, pinned: FLT_MAX + (half its ulp)(1 - 2^-46) rounds to FLT_MAX."""
+    a, b = f32(2.0**51 * (1 + 2.0**-23)), f32(2.0**52 * (1 - 2.0**-23))
+    hw, ts = _both([a, -a], [b, b], [FLT_MAX, -FLT_MAX])
+    np.testing.assert_array_equal(hw, [FLT_MAX, -FLT_MAX])
+    np.testing.assert_array_equal(ts, [np.inf, -np.inf])
+
+
+# ----------------------------------------------------------------------------- the ratio_fma add
+ROUNDINGS = ("half_even", "half_away", "half_up", "floor", "trunc")
+LIMIT = 2**24
+EDGES = np.array([0, 1, -1, 2, -2, 127, -128, 255, 2**15 - 1, -(2**15), LIMIT - 2, -(LIMIT - 2), LIMIT - 1,
+                  -(LIMIT - 1), LIMIT, -LIMIT], np.int64)
+
+
+def _ratio_consts(sa, za, sb, zb, sy, zy):
+    p = ops.add_params(sa, za, sb, zb, sy, zy, ops.Requant(add_form="ratio_fma"))
+    k = ops.ratio_fma_constant(p.a_ratio, za, p.b_ratio, zb, zy)
+    return f32(p.a_ratio), f32(p.b_ratio), f32(k)
+
+
+SCALES = [(0.5, 0, 0.25, 0, 0.5, 0), (2.0**-4, 3, 2.0**-5, -7, 0.75 * 2.0**-3, 1), (0.0173, -3, 0.0091, 11, 0.0311, -5)]
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_ratio_fma_add_both_fma_forms_equal_reference(rounding):
+    """ops.add's ratio_fma form (ONNX Runtime QLinearAdd) with operands at +-(2^24 - 1), +-2^24 and random
+    int8/int16 values: the kernel's hardware-FMA form (small=True, |p|, |q| <= 2^24: exact in float32), its
+    TwoSum form (small=False) and the plain-Python reference agree, serial and parallel; tie-rich binary scales."""
+    rng = np.random.default_rng(24)
+    ea, eb = np.meshgrid(EDGES, EDGES, indexing="ij")
+    a = np.concatenate([ea.ravel(), rng.integers(-128, 128, 150), rng.integers(-(2**15), 2**15, 150),
+                        rng.integers(-LIMIT, LIMIT + 1, 100)])
+    b = np.concatenate([eb.ravel(), rng.integers(-128, 128, 150), rng.integers(-(2**15), 2**15, 150),
+                        rng.integers(-LIMIT, LIMIT + 1, 100)])
+    cfg = ops.Requant(add_form="ratio_fma", rounding=rounding)
+    for sa, za, sb, zb, sy, zy in SCALES:
+        kw = dict(a_scale=sa, a_zero_point=za, b_scale=sb, b_zero_point=zb, y_scale=sy, y_zero_point=zy,
+                  qmin=-(2**62), qmax=2**62, cfg=cfg)
+        want, _ = ops.add(a, b, impl="reference", **kw)
+        np.testing.assert_array_equal(ops.add(a, b, **kw)[0], want)
+        rp, rq, k = _ratio_consts(sa, za, sb, zb, sy, zy)
+        for small in (True, False):
+            for on in (False, True):
+                with kernels.serial_mode(on):
+                    y = np.empty(a.size, np.int64)
+                    kernels.add_ratio_fma(a, b, rp, rq, k, kernels.ROUND_CODE[rounding], y, small=small)
+                    np.testing.assert_array_equal(y, want, err_msg=f"small={small} serial={on}")
+
+
+def test_ratio_fma_add_large_arrays_every_block():
+    """Many parallel blocks (kernels.ADD_BLOCK): both FMA forms == the numpy FMA emulation (ops.fma_f32, itself
+    pinned to the reference above and in test_onnxruntime_engine) on int8 and int16 operands, every rounding;
+    beyond 2^24 (float32 no longer exact) only the TwoSum form is right and ops.add takes it."""
+    from hwsim import fixedpoint as fp
+
+    rng = np.random.default_rng(25)
+    n = 5 * kernels.ADD_BLOCK + 17
+    for dt in (np.int8, np.int16):
+        info = np.iinfo(dt)
+        a = rng.integers(info.min, int(info.max) + 1, n).astype(dt)
+        b = rng.integers(info.min, int(info.max) + 1, n).astype(dt)
+        for sa, za, sb, zb, sy, zy in SCALES:
+            rp, rq, k = _ratio_consts(sa, za, sb, zb, sy, zy)
+            v = ops.fma_f32(a.astype(np.int64), rp, ops.fma_f32(b.astype(np.int64), rq, k))
+            for rounding in ROUNDINGS:
+                want = fp.round_float(v, rounding, 0, None)
+                for small in (None, True, False):
+                    for on in (False, True):
+                        with kernels.serial_mode(on):
+                            y = np.empty(n, np.int64)
+                            kernels.add_ratio_fma(a, b, rp, rq, k, kernels.ROUND_CODE[rounding], y, small=small)
+                            np.testing.assert_array_equal(y, want)
+    # 2^24 + 1 is not a float32: the hardware form would read 2^24 (ties to even); ops.add must not take it
+    a = np.array([LIMIT + 1, -(LIMIT + 1), LIMIT + 3, 5], np.int64)
+    b = np.array([1, 0, -(LIMIT + 1), LIMIT + 1], np.int64)
+    rp, rq, k = _ratio_consts(1.0, 0, 1.0, 0, 1.0, 0)
+    wrong = np.empty(4, np.int64)
+    kernels.add_ratio_fma(a, b, rp, rq, k, 0, wrong, small=True)
+    kw = dict(a_scale=1.0, a_zero_point=0, b_scale=1.0, b_zero_point=0, y_scale=1.0, y_zero_point=0,
+              qmin=-(2**62), qmax=2**62, cfg=ops.Requant(add_form="ratio_fma"))
+    want = ops.add(a, b, impl="reference", **kw)[0]
+    assert (wrong != want).any()
+    np.testing.assert_array_equal(ops.add(a, b, **kw)[0], want)
+
+
+def test_ratio_fma_add_picks_the_fma_form_from_the_values(monkeypatch):
+    """ops.add hands the kernel small=True exactly when |a|, |b| < 2^24 (int8 codes; int64 below the limit)."""
+    seen = []
+    real = kernels.add_ratio_fma
+
+    def spy(*args, small=None):
+        seen.append(small)
+        return real(*args, small=small)
+
+    monkeypatch.setattr(kernels, "add_ratio_fma", spy)
+    kw = dict(a_scale=0.02, a_zero_point=0, b_scale=0.03, b_zero_point=0, y_scale=0.05, y_zero_point=0,
+              qmin=-128, qmax=127, cfg=ops.Requant(add_form="ratio_fma"))
+    for a, small in ((np.arange(-128, 128, dtype=np.int8), True), (np.arange(256) + (LIMIT - 256), True),
+                     (np.arange(256) + (LIMIT - 255), False), (-np.arange(256) - (LIMIT - 255), False)):
+        ops.add(a, np.ones(256, np.int64), **kw)
+        assert seen.pop() is small
