@@ -201,3 +201,64 @@ def test_ratio_fma_add_picks_the_fma_form_from_the_values(monkeypatch):
                      (np.arange(256) + (LIMIT - 255), False), (-np.arange(256) - (LIMIT - 255), False)):
         ops.add(a, np.ones(256, np.int64), **kw)
         assert seen.pop() is small
+
+
+# ----------------------------------------------------------------------------- max pool
+POOL_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64)
+
+
+def _pool_case(rng, dt):
+    info = np.iinfo(dt)
+    lo, hi = max(int(info.min), -5000), min(int(info.max), 5000)
+    kh, kw = (int(v) for v in rng.integers(1, 6, 2))
+    sh, sw = (int(v) for v in rng.integers(1, 5, 2))
+    # padding up to kernel + 1 on each side: windows wholly in the padding, windows past the bottom/right edge
+    pt, pb, pl, pr = (int(rng.integers(0, k + 2)) for k in (kh, kh, kw, kw))
+    H, W = (int(v) for v in rng.integers(1, 9, 2))
+    if H + pt + pb < kh or W + pl + pr < kw:
+        pb, pr = pb + kh, pr + kw
+    x = rng.integers(lo, hi + 1, (int(rng.integers(1, 3)), int(rng.integers(1, 4)), H, W)).astype(dt)
+    pv = int(rng.choice([lo, info.min, 0 if lo <= 0 else lo, hi, hi + 1, lo - 1, -(10**6), 10**6]))
+    return x, (kh, kw), (sh, sw), (pt, pb, pl, pr), pv
+
+
+@pytest.mark.parametrize("dt", POOL_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_max_pool_kernel_equals_reference_everywhere(dt):
+    """kernels.max_pool (padded row buffer, vertical then horizontal max) == reference.max_pool2d on random
+    geometries: kernels 1-5 (each horizontal branch), strides 1-4, paddings up to kernel + 1 (windows wholly
+    in the padding, windows past the bottom/right edge), pad values inside, at and beyond the dtype's range
+    (the int64 buffer); out in x's dtype where pad_value fits it, else int64; serial and parallel."""
+    rng = np.random.default_rng(30 + POOL_DTYPES.index(dt))
+    for _ in range(60):
+        x, k, s, pad, pv = _pool_case(rng, dt)
+        want = ref.max_pool2d(x, k, s, pad, pv)
+        info = np.iinfo(dt)
+        for odt in {np.int64, dt if info.min <= pv <= info.max else np.int64}:
+            for on in (False, True):
+                out = np.empty(want.shape, odt)
+                with kernels.serial_mode(on):
+                    kernels.max_pool(x, *k, *s, pad[0], pad[2], pv, out)
+                np.testing.assert_array_equal(out, want, err_msg=f"{k} {s} {pad} pv={pv} out={np.dtype(odt)}")
+        np.testing.assert_array_equal(ops.max_pool2d(x, k, s, pad, pv), want)
+
+
+def test_max_pool_kernel_many_planes_and_strided_arrays():
+    """Several parallel tasks (kernels.MAX_POOL_TASK), a non-contiguous x and out, an empty batch."""
+    rng = np.random.default_rng(33)
+    x = rng.integers(-128, 128, (3, 70, 20, 17)).astype(np.int8)
+    assert x[0, :, 0].size * 20 * 3 > kernels.MAX_POOL_TASK
+    for k, s, pad in (((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 4), (1, 3), (2, 0, 1, 3))):
+        want = ref.max_pool2d(x[:1], k, s, pad, -128)
+        for on in (False, True):
+            with kernels.serial_mode(on):
+                out = np.empty((3,) + want.shape[1:], np.int8)
+                kernels.max_pool(x, *k, *s, pad[0], pad[2], -128, out)
+                np.testing.assert_array_equal(out[:1], want)
+                np.testing.assert_array_equal(out[1:], ref.max_pool2d(x[1:], k, s, pad, -128))
+                xt = x.transpose(0, 1, 3, 2)  # a strided view
+                outt = np.empty((3, want.shape[1], want.shape[3], want.shape[2]), np.int64).transpose(0, 1, 3, 2)
+                kernels.max_pool(np.ascontiguousarray(xt).transpose(0, 1, 3, 2), *k, *s, pad[0], pad[2], -128, outt)
+                np.testing.assert_array_equal(outt, out)
+        np.testing.assert_array_equal(ops.max_pool2d(xt.transpose(0, 1, 3, 2)[:1], k, s, pad, -128), want)
+    out = np.empty((0, 70, 10, 9), np.int8)
+    kernels.max_pool(x[:0], 3, 3, 2, 2, 1, 1, -128, out)
