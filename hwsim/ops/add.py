@@ -461,8 +461,28 @@ class AddSpec(OpSpec):
         return getattr(lay, "fused_sum", None) is None and self.table(qg, lay) is not None
 
     def prepare(self, qg, lay) -> None:
-        """Make the table now (compile time)."""
-        self.table(qg, lay)
+        """Make the table and its derived tables for narrow outputs (execute's) now (compile time)."""
+        from hwsim import kernels
+
+        t = self.table(qg, lay)
+        if t is not None and getattr(lay, "fused_sum", None) is None:
+            self.derived(qg, lay, t, kernels.narrow_dtype(*lay.clamp))
+
+    @staticmethod
+    def derived(qg, lay, t, dtype) -> tuple:
+        """kernels.table2_derived of the layer's table ``t`` for its clamp, output grid, count rule and the output
+        dtype: the clamped table and the event table, made once (attribute ``fast_table_out``, made again when
+        the table or any of these change)."""
+        from hwsim import kernels
+
+        gy = qg.grids[lay.output]
+        lo, hi = lay.clamp
+        key = (int(lo), int(hi), int(gy.qmin), int(gy.qmax), lay.activation is None, np.dtype(dtype).str)
+        cached = getattr(lay, "fast_table_out", None)
+        if cached is None or cached[0] is not t or cached[1] != key:
+            cached = (t, key, kernels.table2_derived(t[4], lo, hi, gy.qmin, gy.qmax, lay.activation is None, dtype))
+            lay.fast_table_out = cached
+        return cached[2]
 
     def fused(self, qg, lay, xa, xb, narrow):
         """(y, clipped) by the table (kernels.table2: lookup, clamp and count in one pass), or None."""
@@ -478,7 +498,8 @@ class AddSpec(OpSpec):
         lo, hi = lay.clamp
         out = np.empty(xa.shape, kernels.narrow_dtype(lo, hi) if narrow else np.int64)
         c = kernels.table2(np.ascontiguousarray(xa).reshape(-1), np.ascontiguousarray(xb).reshape(-1), t[0], t[1],
-                           t[2], t[3], t[4], lo, hi, gy.qmin, gy.qmax, lay.activation is None, out.reshape(-1))
+                           t[2], t[3], t[4], lo, hi, gy.qmin, gy.qmax, lay.activation is None, out.reshape(-1),
+                           derived=self.derived(qg, lay, t, out.dtype))
         return None if c is None else (out, c)
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):

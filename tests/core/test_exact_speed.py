@@ -2,8 +2,10 @@
 TwoSum emulation and exact rationals, the ratio_fma add on both of its FMA forms, the max pool's padded-row kernel
 and the table add's derived tables -- each bit for bit against its reference, serial and parallel."""
 
+import contextlib
 from fractions import Fraction
 
+import numba
 import numpy as np
 import pytest
 from numba import njit
@@ -13,6 +15,20 @@ from hwsim import reference as ref
 
 f32 = np.float32
 FLT_MAX = float(np.finfo(f32).max)
+
+
+@contextlib.contextmanager
+def _serial(on: bool):
+    """on: the serial kernels (kernels.serial_mode); off: the parallel ones, on two numba threads where there are
+    two (the wrappers take the serial kernel on one thread)."""
+    prev = numba.get_num_threads()
+    try:
+        if not on:
+            numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        with kernels.serial_mode(on):
+            yield
+    finally:
+        numba.set_num_threads(prev)
 
 
 # ----------------------------------------------------------------------------- fma32
@@ -143,7 +159,7 @@ def test_ratio_fma_add_both_fma_forms_equal_reference(rounding):
         rp, rq, k = _ratio_consts(sa, za, sb, zb, sy, zy)
         for small in (True, False):
             for on in (False, True):
-                with kernels.serial_mode(on):
+                with _serial(on):
                     y = np.empty(a.size, np.int64)
                     kernels.add_ratio_fma(a, b, rp, rq, k, kernels.ROUND_CODE[rounding], y, small=small)
                     np.testing.assert_array_equal(y, want, err_msg=f"small={small} serial={on}")
@@ -168,7 +184,7 @@ def test_ratio_fma_add_large_arrays_every_block():
                 want = fp.round_float(v, rounding, 0, None)
                 for small in (None, True, False):
                     for on in (False, True):
-                        with kernels.serial_mode(on):
+                        with _serial(on):
                             y = np.empty(n, np.int64)
                             kernels.add_ratio_fma(a, b, rp, rq, k, kernels.ROUND_CODE[rounding], y, small=small)
                             np.testing.assert_array_equal(y, want)
@@ -236,7 +252,7 @@ def test_max_pool_kernel_equals_reference_everywhere(dt):
         for odt in {np.int64, dt if info.min <= pv <= info.max else np.int64}:
             for on in (False, True):
                 out = np.empty(want.shape, odt)
-                with kernels.serial_mode(on):
+                with _serial(on):
                     kernels.max_pool(x, *k, *s, pad[0], pad[2], pv, out)
                 np.testing.assert_array_equal(out, want, err_msg=f"{k} {s} {pad} pv={pv} out={np.dtype(odt)}")
         np.testing.assert_array_equal(ops.max_pool2d(x, k, s, pad, pv), want)
@@ -250,7 +266,7 @@ def test_max_pool_kernel_many_planes_and_strided_arrays():
     for k, s, pad in (((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 4), (1, 3), (2, 0, 1, 3))):
         want = ref.max_pool2d(x[:1], k, s, pad, -128)
         for on in (False, True):
-            with kernels.serial_mode(on):
+            with _serial(on):
                 out = np.empty((3,) + want.shape[1:], np.int8)
                 kernels.max_pool(x, *k, *s, pad[0], pad[2], -128, out)
                 np.testing.assert_array_equal(out[:1], want)
@@ -262,3 +278,102 @@ def test_max_pool_kernel_many_planes_and_strided_arrays():
         np.testing.assert_array_equal(ops.max_pool2d(xt.transpose(0, 1, 3, 2)[:1], k, s, pad, -128), want)
     out = np.empty((0, 70, 10, 9), np.int8)
     kernels.max_pool(x[:0], 3, 3, 2, 2, 1, 1, -128, out)
+
+
+# ----------------------------------------------------------------------------- the table add
+def _table2_numpy(a, b, amin, bmin, na, nb, table, lo, hi, qmin, qmax, count_low, odt):
+    """kernels.table2's definition: None when an input is off the table, else (clamp(v, lo, hi) cast to out's
+    dtype, #(v > qmax) + count_low * #(v < qmin))."""
+    ia = a.astype(object) - amin  # Python ints: no wrap at the int64 extremes
+    ib = b.astype(object) - bmin
+    if ((ia < 0) | (ia >= na) | (ib < 0) | (ib >= nb)).any():
+        return None
+    v = table.astype(np.int64)[(ia * nb + ib).astype(np.int64)]
+    c = int(np.count_nonzero(v > qmax)) + (int(np.count_nonzero(v < qmin)) if count_low else 0)
+    return np.minimum(np.maximum(v, lo), hi).astype(odt), c
+
+
+TABLE_GRIDS = [(-128, 256, -128, 256), (0, 256, -128, 256), (-5, 40, 3, 30), (-300, 512, -200, 256)]
+
+
+@pytest.mark.parametrize("grid", TABLE_GRIDS, ids=lambda g: f"a{g[0]}+{g[1]}-b{g[2]}+{g[3]}")
+def test_table2_equals_its_definition(grid):
+    """kernels.table2 (clamped table in out's dtype + uint8 event table; the pure lookup where the dtypes fit
+    the table, else clamped indices and a bad flag) == its numpy definition: input dtypes inside and wider than
+    the table, out dtypes narrow (wrapping where the clamp exceeds them, as a store would) and int64, both count
+    rules, clamps inside/outside the grid; an input off the table anywhere (either end, either operand, the
+    last element, a late parallel block, the int64 extremes) gives None; serial and parallel; derived tables
+    passed or made inside."""
+    amin, na, bmin, nb = grid
+    rng = np.random.default_rng(40 + TABLE_GRIDS.index(grid))
+    table = rng.integers(-400, 400, na * nb).astype(np.int32)
+    table[:3] = (-(2**31), 2**31 - 1, 0)
+    n = 3 * kernels.ADD_BLOCK + 5
+    for adt in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64):
+        info = np.iinfo(adt)
+        alo, ahi = max(amin, int(info.min)), min(amin + na - 1, int(info.max))
+        blo, bhi = max(bmin, int(info.min)), min(bmin + nb - 1, int(info.max))
+        if alo > ahi or blo > bhi:
+            continue
+        a = rng.integers(alo, ahi + 1, n).astype(adt)
+        b = rng.integers(blo, bhi + 1, n).astype(adt)
+        outs = [(np.int8, -128, 127, -128, 127, True), (np.int8, 0, 127, -128, 127, False),
+                (np.int8, -200, 300, -100, 100, True)]  # the last wraps in int8, as a store would
+        if adt in (np.int8, np.int64):  # (each dtype pair is a compilation: the other out dtypes on two inputs)
+            outs += [(np.uint8, 0, 255, 0, 255, True), (np.int16, -200, 200, -128, 127, False),
+                     (np.int64, -(2**62), 2**62, -128, 127, True), (np.int64, 5, 3, 0, 10, True)]  # lo > hi: hi
+        for odt, lo, hi, qmin, qmax, count_low in outs:
+            want = _table2_numpy(a, b, amin, bmin, na, nb, table, lo, hi, qmin, qmax, count_low, odt)
+            der = kernels.table2_derived(table, lo, hi, qmin, qmax, count_low, odt)
+            for on in (False, True):
+                for d in (der, None):
+                    with _serial(on):
+                        out = np.zeros(n, odt)
+                        c = kernels.table2(a, b, amin, bmin, na, nb, table, lo, hi, qmin, qmax, count_low, out, d)
+                    assert c == want[1]
+                    np.testing.assert_array_equal(out, want[0])
+        # off the table: each end of each operand, at a few positions
+        for which, pos in ((0, n - 1), (1, 0), (0, kernels.ADD_BLOCK * 2 + 7), (1, n - 1)):
+            for v in (amin - 1 if which == 0 else bmin - 1, (amin + na) if which == 0 else (bmin + nb),
+                      int(info.min), int(info.max)):
+                if not info.min <= v <= info.max:
+                    continue
+                x = (a if which == 0 else b).copy()
+                x[pos] = v
+                aa, bb = (x, b) if which == 0 else (a, x)
+                want = _table2_numpy(aa, bb, amin, bmin, na, nb, table, -128, 127, -128, 127, True, np.int8)
+                for on in (False, True):
+                    with _serial(on):
+                        c = kernels.table2(aa, bb, amin, bmin, na, nb, table, -128, 127, -128, 127, True,
+                                           np.empty(n, np.int8))
+                    assert (c is None) == (want is None), (adt, which, pos, v)
+                    if want is not None:
+                        assert c == want[1]
+
+
+def test_add_layer_derived_tables_cached_per_clamp():
+    """ops.add's layer caches the derived tables next to its table (attribute fast_table_out): the same object
+    while clamp, output grid, count rule and dtype stay, made again when the clamp changes; results == reference."""
+    from hwsim.compile import compile_model
+    from hwsim.execute import _new_stats
+    from hwsim.profile import load_profile
+    from tests.nets import images, tiny_cnn
+
+    qg = compile_model(tiny_cnn(seed=3), load_profile("int8-onnxruntime"), images(32, seed=5))
+    lay = next(lay for lay in qg.layers if lay.op == "add")
+    spec = ops.get("add")
+    ga, gb = qg.grids[lay.inputs[0]], qg.grids[lay.inputs[1]]
+    rng = np.random.default_rng(7)
+    xa = rng.integers(ga.qmin, ga.qmax + 1, (2, 4, 3, 3)).astype(kernels.narrow_dtype(ga.qmin, ga.qmax))
+    xb = rng.integers(gb.qmin, gb.qmax + 1, (2, 4, 3, 3)).astype(kernels.narrow_dtype(gb.qmin, gb.qmax))
+    env = {lay.inputs[0]: xa, lay.inputs[1]: xb}
+    seen = []
+    for clamp in (lay.clamp, lay.clamp, (lay.clamp[0] + 7, lay.clamp[1])):
+        lay.clamp = clamp
+        y, c = spec.fused(qg, lay, xa, xb, True)
+        seen.append(lay.fast_table_out[2])
+        yr, cr = spec.execute(qg, lay, {k: v.astype(np.int64) for k, v in env.items()}, _new_stats(qg)[0],
+                              "reference", 0, True)
+        np.testing.assert_array_equal(y, yr)
+        assert c == cr
+    assert seen[0] is seen[1] and seen[2] is not seen[1]
