@@ -1788,7 +1788,7 @@ def quantize_fma(x, inv, z, qmin: int, qmax: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _add_ratio_fma_range(p, q, rp, rq, k, mode, small, out, i0, i1):
+def _add_ratio_fma_loop(p, q, rp, rq, k, mode, small, out, i0, i1):
     if small:  # |p|, |q| <= 2^24: exact in float32, the CPU's FMA (10x the TwoSum form on int8 operands)
         for i in range(i0, i1):
             inner = fma32(np.float32(q[i]), rq, k)
@@ -1799,12 +1799,29 @@ def _add_ratio_fma_range(p, q, rp, rq, k, mode, small, out, i0, i1):
             out[i] = _round_f64(np.float64(_fma_f32(np.int64(p[i]), rp, inner)), mode)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _add_ratio_fma_range(p, q, rp, rq, k, mode, small, out, i0, i1):
+    """Elements i0..i1 of :func:`add_ratio_fma`: one loop per rounding mode, each with its mode a constant (the
+    loop then vectorizes: 2x the loop that dispatches per element)."""
+    if mode == 0:
+        _add_ratio_fma_loop(p, q, rp, rq, k, 0, small, out, i0, i1)
+    elif mode == 1:
+        _add_ratio_fma_loop(p, q, rp, rq, k, 1, small, out, i0, i1)
+    elif mode == 2:
+        _add_ratio_fma_loop(p, q, rp, rq, k, 2, small, out, i0, i1)
+    elif mode == 3:
+        _add_ratio_fma_loop(p, q, rp, rq, k, 3, small, out, i0, i1)
+    else:
+        _add_ratio_fma_loop(p, q, rp, rq, k, 4, small, out, i0, i1)
+
+
 @njit(parallel=True, cache=True)
 def _add_ratio_fma_par(p, q, rp, rq, k, mode, small, out):
     n = p.shape[0]
     nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
-    for t in prange(nt):
-        _add_ratio_fma_range(p, q, rp, rq, k, mode, small, out, t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK))
+    for t in prange(nt):  # per-block slices, as _table2_par
+        s, e = t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)
+        _add_ratio_fma_range(p[s:e], q[s:e], rp, rq, k, mode, small, out[s:e], 0, e - s)
 
 
 @njit(cache=True, nogil=True)
@@ -1816,11 +1833,11 @@ def add_ratio_fma(p, q, rp, rq, k, mode, out, small: bool | None = None) -> None
     """ONNX Runtime QLinearAdd (MLAS AVX2) on flat arrays: out = round(fma(p, r_p, fma(q, r_q, K))),
     ROUND_CODE ``mode`` (docs/semantics.md section 7; ops.add's ratio_fma form; |p|, |q| < 2^29). ``small``:
     |p|, |q| < 2^24 (the float32 conversion exact: the CPU's FMA; None = from the dtypes, else the float64
-    TwoSum form :func:`_fma_f32`). Parallel, single-threaded inside :func:`serial_mode`."""
+    TwoSum form :func:`_fma_f32`). Parallel; single-threaded inside :func:`serial_mode` or at one numba thread."""
     if small is None:
         small = all(np.iinfo(a.dtype).bits <= 16 for a in (p, q))
-    (_add_ratio_fma_ser if serial() else _add_ratio_fma_par)(p, q, np.float32(rp), np.float32(rq), np.float32(k),
-                                                             int(mode), bool(small), out)
+    f = _add_ratio_fma_ser if workers() == 1 else _add_ratio_fma_par
+    f(p, q, np.float32(rp), np.float32(rq), np.float32(k), int(mode), bool(small), out)
 
 
 # ----------------------------------------------------------------------------- pools
@@ -1892,8 +1909,8 @@ def max_pool(x, kh, kw, sh, sw, pt, pl, pad_value, out) -> None:
     """out[n, c, i, j] = max over the window at (i*sh - pt, j*sw - pl) of x, padding pixels = pad_value
     (docs/semantics.md section 6; ops.max_pool2d); out's shape gives the windows (any that reach past the
     bottom/right edge are padded too). out may have x's dtype (pad_value must fit it). The kernel works in x's
-    dtype where pad_value fits it, else in int64. Parallel over planes, single-threaded inside
-    :func:`serial_mode`."""
+    dtype where pad_value fits it, else in int64. Parallel over planes; single-threaded inside :func:`serial_mode`
+    or at one numba thread."""
     N, C, H, W = x.shape
     Ho, Wo = out.shape[2], out.shape[3]
     if N * C * Ho * Wo == 0:
@@ -1902,8 +1919,8 @@ def max_pool(x, kh, kw, sh, sw, pt, pl, pad_value, out) -> None:
     info = np.iinfo(x.dtype)
     pv = x.dtype.type(pad_value) if info.min <= pad_value <= info.max else np.int64(pad_value)
     of = out.reshape(-1) if out.flags.c_contiguous else np.empty(out.size, out.dtype)
-    (_max_pool_ser if serial() else _max_pool_par)(x.reshape(-1), N * C, H, W, int(kh), int(kw), int(sh), int(sw),
-                                                   int(pt), int(pl), pv, of, Ho, Wo)
+    f = _max_pool_ser if workers() == 1 else _max_pool_par
+    f(x.reshape(-1), N * C, H, W, int(kh), int(kw), int(sh), int(sw), int(pt), int(pl), pv, of, Ho, Wo)
     if not out.flags.c_contiguous:
         out[...] = of.reshape(out.shape)
 
