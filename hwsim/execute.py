@@ -127,7 +127,11 @@ def prepare(qg: QuantizedGraph) -> list[bool]:
     several threads at once (the op spec's ``thread_safe(qg, layer)`` hook; False without one)."""
     safe = []
     for lay in qg.layers:
-        f = getattr(ops.get(lay.op), "thread_safe", None)
+        spec = ops.get(lay.op)
+        made = getattr(spec, "prepare", None)  # the op's own compile-time work (plans, tables), where it has any
+        if made is not None:
+            made(qg, lay)
+        f = getattr(spec, "thread_safe", None)
         safe.append(bool(f(qg, lay)) if f is not None else False)
     return safe
 

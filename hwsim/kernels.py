@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from hwsim import accumulate as _acc
 from hwsim.errors import HwsimError
@@ -1858,13 +1859,30 @@ def _fma_f32(x, r, z):
     return y
 
 
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """fl32(a * b + c) rounded once (IEEE fusedMultiplyAdd on float32 operands): LLVM's ``llvm.fma.f32``, the
+    CPU's FMA instruction (vfmadd, vectorized with the loop), libm's ``fmaf`` on a CPU without one -- fused on
+    every target, unlike ``llvm.fmuladd``. Its arguments must already be float32 (an integer |x| <= 2^24 converts
+    exactly; :func:`_fma_f32` covers larger ones). Bit for bit :func:`_fma_f32` on float32 operands (NaN aside)
+    except just below the overflow midpoint 2^128 - 2^103, where this gives +-FLT_MAX and the emulation +-inf
+    (tests/core/test_exact_speed.py: random bit patterns, halfway cases at every exponent, subnormals, inf)."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _quantize_fma_range(x, inv, z, qmin, qmax, out, i0, i1):
-    """out[i] = clip(int64(rint(fl32(x[i] * inv + z))), qmin, qmax) for i in [i0, i1): the float32 FMA exactly
-    (:func:`_fma_f32`: x * inv is exact in float64 for any float32 x, inv). int64(r) as numpy's astype on x86
+    """out[i] = clip(int64(rint(fl32(x[i] * inv + z))), qmin, qmax) for i in [i0, i1): the float32 FMA
+    (:func:`fma32`; x is float32; just below the overflow midpoint it gives +-FLT_MAX where compile.fma_f32
+    gives +-inf: qmin either way). int64(r) as numpy's astype on x86
     (compile.TorchQuantizeGrid): NaN and |r| >= 2^63 give INT64_MIN, so qmin after the clip."""
     for i in range(i0, i1):
-        r = np.rint(_fma_f32(x[i], inv, z))
+        r = np.rint(fma32(x[i], inv, z))
         if not (abs(r) < 9.223372036854775808e18):  # NaN, +-inf, out of int64 range: cvttsd2si's INT64_MIN
             out[i] = qmin
         else:
@@ -1896,66 +1914,142 @@ def quantize_fma(x, inv, z, qmin: int, qmax: int) -> np.ndarray:
     return out
 
 
-@njit(parallel=True, cache=True)
-def add_ratio_fma(p, q, rp, rq, k, mode, out):
-    """ONNX Runtime QLinearAdd (MLAS AVX2) on flat arrays: out = round(fma(p, r_p, fma(q, r_q, K))),
-    ROUND_CODE ``mode`` (docs/semantics.md section 7; ops.add's ratio_fma form; |p|, |q| < 2^29)."""
-    n = p.shape[0]
-    nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
-    for t in prange(nt):
-        for i in range(t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)):
+@njit(cache=True, nogil=True, inline="always")
+def _add_ratio_fma_loop(p, q, rp, rq, k, mode, small, out, i0, i1):
+    if small:  # |p|, |q| <= 2^24: exact in float32, the CPU's FMA (10x the TwoSum form on int8 operands)
+        for i in range(i0, i1):
+            inner = fma32(np.float32(q[i]), rq, k)
+            out[i] = _round_f64(np.float64(fma32(np.float32(p[i]), rp, inner)), mode)
+    else:
+        for i in range(i0, i1):
             inner = _fma_f32(np.int64(q[i]), rq, k)
             out[i] = _round_f64(np.float64(_fma_f32(np.int64(p[i]), rp, inner)), mode)
 
 
-# ----------------------------------------------------------------------------- pools
 @njit(cache=True, nogil=True, inline="always")
-def _max_pool_plane(x, n, c, kh, kw, sh, sw, pt, pl, pad_value, out):
-    """Plane (n, c) of :func:`max_pool`: the max over the window's pixels inside the input, then pad_value
-    if the window reaches into the padding and pad_value is larger (a window wholly in the padding: pad_value).
-    The window's rows and columns are clipped to the input once per output, so the inner loops do not branch."""
-    H, W = x.shape[2], x.shape[3]
-    Ho, Wo = out.shape[2], out.shape[3]
-    pv = np.int64(pad_value)
-    for i in range(Ho):
-        h0 = i * sh - pt
-        ha, hb = max(h0, 0), min(h0 + kh, H)
-        for j in range(Wo):
-            w0 = j * sw - pl
-            wa, wb = max(w0, 0), min(w0 + kw, W)
-            if ha >= hb or wa >= wb:
-                out[n, c, i, j] = pv
-                continue
-            m = np.int64(x[n, c, ha, wa])
-            for h in range(ha, hb):
-                for v in range(wa, wb):
-                    e = np.int64(x[n, c, h, v])
-                    m = e if e > m else m
-            if (hb - ha < kh or wb - wa < kw) and pv > m:
-                m = pv
-            out[n, c, i, j] = m
+def _add_ratio_fma_range(p, q, rp, rq, k, mode, small, out, i0, i1):
+    """Elements i0..i1 of :func:`add_ratio_fma`: one loop per rounding mode, each with its mode a constant (the
+    loop then vectorizes: 2x the loop that dispatches per element)."""
+    if mode == 0:
+        _add_ratio_fma_loop(p, q, rp, rq, k, 0, small, out, i0, i1)
+    elif mode == 1:
+        _add_ratio_fma_loop(p, q, rp, rq, k, 1, small, out, i0, i1)
+    elif mode == 2:
+        _add_ratio_fma_loop(p, q, rp, rq, k, 2, small, out, i0, i1)
+    elif mode == 3:
+        _add_ratio_fma_loop(p, q, rp, rq, k, 3, small, out, i0, i1)
+    else:
+        _add_ratio_fma_loop(p, q, rp, rq, k, 4, small, out, i0, i1)
 
 
 @njit(parallel=True, cache=True)
-def _max_pool_par(x, kh, kw, sh, sw, pt, pl, pad_value, out):
-    N, C = x.shape[0], x.shape[1]
-    for t in prange(N * C):
-        n = t // C
-        _max_pool_plane(x, n, t - n * C, kh, kw, sh, sw, pt, pl, pad_value, out)
+def _add_ratio_fma_par(p, q, rp, rq, k, mode, small, out):
+    n = p.shape[0]
+    nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
+    for t in prange(nt):  # per-block slices, as _table2_par
+        s, e = t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)
+        _add_ratio_fma_range(p[s:e], q[s:e], rp, rq, k, mode, small, out[s:e], 0, e - s)
 
 
 @njit(cache=True, nogil=True)
-def _max_pool_ser(x, kh, kw, sh, sw, pt, pl, pad_value, out):
-    for n in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            _max_pool_plane(x, n, c, kh, kw, sh, sw, pt, pl, pad_value, out)
+def _add_ratio_fma_ser(p, q, rp, rq, k, mode, small, out):
+    _add_ratio_fma_range(p, q, rp, rq, k, mode, small, out, 0, p.shape[0])
+
+
+def add_ratio_fma(p, q, rp, rq, k, mode, out, small: bool | None = None) -> None:
+    """ONNX Runtime QLinearAdd (MLAS AVX2) on flat arrays: out = round(fma(p, r_p, fma(q, r_q, K))),
+    ROUND_CODE ``mode`` (docs/semantics.md section 7; ops.add's ratio_fma form; |p|, |q| < 2^29). ``small``:
+    |p|, |q| < 2^24 (the float32 conversion exact: the CPU's FMA; None = from the dtypes, else the float64
+    TwoSum form :func:`_fma_f32`). Parallel; single-threaded inside :func:`serial_mode` or at one numba thread."""
+    if small is None:
+        small = all(np.iinfo(a.dtype).bits <= 16 for a in (p, q))
+    f = _add_ratio_fma_ser if workers() == 1 else _add_ratio_fma_par
+    f(p, q, np.float32(rp), np.float32(rq), np.float32(k), int(mode), bool(small), out)
+
+
+# ----------------------------------------------------------------------------- pools
+@njit(cache=True, nogil=True, inline="always")
+def _max_pool_planes(xf, p0, p1, H, W, kh, kw, sh, sw, pt, pl, pv, of, Ho, Wo):
+    """Planes p0..p1 of :func:`max_pool` on flat C-order x [P, H, W] and out [P, Ho, Wo]: each output row is the
+    column-wise max of its window's rows inside the input (contiguous, vectorized), max pv if the window's rows
+    reach into the padding, written into a row buffer whose padding columns hold pv; then each output is the
+    max of kw neighbours in that buffer. So out = the max over the window with padding pixels = pv, and a
+    window wholly in the padding gives pv (:func:`hwsim.reference.max_pool2d`). The buffer has pv's type:
+    x's dtype where pv fits it, else int64 (:func:`max_pool`)."""
+    Wp = (Wo - 1) * sw + kw  # the padded columns the windows cover
+    row = np.full(Wp, pv)
+    wn = max(0, min(W, Wp - pl))  # input columns inside them
+    rv = row[pl:pl + wn]
+    for p in range(p0, p1):
+        for i in range(Ho):
+            h0 = i * sh - pt
+            ha, hb = max(h0, 0), min(h0 + kh, H)
+            ob = (p * Ho + i) * Wo
+            dst = of[ob:ob + Wo]
+            if ha >= hb:  # the window's rows all in the padding
+                for j in range(Wo):
+                    dst[j] = pv
+                continue
+            src = xf[(p * H + ha) * W:(p * H + ha) * W + wn]
+            for w in range(wn):
+                rv[w] = src[w]
+            for h in range(ha + 1, hb):
+                src = xf[(p * H + h) * W:(p * H + h) * W + wn]
+                for w in range(wn):
+                    rv[w] = max(rv[w], src[w])
+            if hb - ha < kh:  # padding rows in every window of this output row
+                for w in range(wn):
+                    rv[w] = max(rv[w], pv)
+            if kw == 3:  # the common widths unrolled (3.5x faster rows than the loop over b)
+                for j in range(Wo):
+                    win = row[j * sw:j * sw + 3]
+                    dst[j] = max(max(win[0], win[1]), win[2])
+            elif kw == 2:
+                for j in range(Wo):
+                    win = row[j * sw:j * sw + 2]
+                    dst[j] = max(win[0], win[1])
+            else:
+                for j in range(Wo):
+                    win = row[j * sw:j * sw + kw]
+                    m = win[0]
+                    for b in range(1, kw):
+                        m = max(m, win[b])
+                    dst[j] = m
+
+
+MAX_POOL_TASK = 1 << 16  # input elements per parallel task of the max pool (whole planes)
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_par(xf, P, H, W, kh, kw, sh, sw, pt, pl, pv, of, Ho, Wo):
+    per = max(1, MAX_POOL_TASK // max(1, H * W))
+    for t in prange((P + per - 1) // per):
+        _max_pool_planes(xf, t * per, min(P, (t + 1) * per), H, W, kh, kw, sh, sw, pt, pl, pv, of, Ho, Wo)
+
+
+@njit(cache=True, nogil=True)
+def _max_pool_ser(xf, P, H, W, kh, kw, sh, sw, pt, pl, pv, of, Ho, Wo):
+    _max_pool_planes(xf, 0, P, H, W, kh, kw, sh, sw, pt, pl, pv, of, Ho, Wo)
 
 
 def max_pool(x, kh, kw, sh, sw, pt, pl, pad_value, out) -> None:
     """out[n, c, i, j] = max over the window at (i*sh - pt, j*sw - pl) of x, padding pixels = pad_value
-    (docs/semantics.md section 6; ops.max_pool2d). out may have x's dtype (pad_value must fit it).
-    Parallel over planes, single-threaded inside :func:`serial_mode`."""
-    (_max_pool_ser if serial() else _max_pool_par)(x, kh, kw, sh, sw, pt, pl, pad_value, out)
+    (docs/semantics.md section 6; ops.max_pool2d); out's shape gives the windows (any that reach past the
+    bottom/right edge are padded too). out may have x's dtype (pad_value must fit it). The kernel works in x's
+    dtype where pad_value fits it, else in int64. Parallel over planes; single-threaded inside :func:`serial_mode`
+    or at one numba thread."""
+    N, C, H, W = x.shape
+    Ho, Wo = out.shape[2], out.shape[3]
+    if N * C * Ho * Wo == 0:
+        return
+    x = np.ascontiguousarray(x if x.dtype != np.uint64 else x.view(np.int64))  # uint64: as the int64 it wraps to
+    info = np.iinfo(x.dtype)
+    pv = x.dtype.type(pad_value) if info.min <= pad_value <= info.max else np.int64(pad_value)
+    of = out.reshape(-1) if out.flags.c_contiguous else np.empty(out.size, out.dtype)
+    f = _max_pool_ser if workers() == 1 else _max_pool_par
+    f(x.reshape(-1), N * C, H, W, int(kh), int(kw), int(sh), int(sw), int(pt), int(pl), pv, of, Ho, Wo)
+    if not out.flags.c_contiguous:
+        out[...] = of.reshape(out.shape)
 
 
 # ----------------------------------------------------------------------------- output clamp
@@ -2129,44 +2223,86 @@ ADD_TABLE_MAX = 1 << 17  # entries of an element-wise table: two 8-bit (or 8 x 9
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _table2_range(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out, i0, i1):
-    """Elements i0..i1 of :func:`table2`; -1 when an input lies outside the table (out then incomplete)."""
+def _table2_range(a, b, amin, bmin, na, nbv, tc, ev, check, out, i0, i1):
+    """Elements i0..i1 of :func:`table2` by its derived tables; -1 when ``check`` finds an input outside the
+    table (the index is clamped into it meanwhile, so memory stays in bounds; out then incomplete). Without
+    ``check`` (the dtypes fit the table) a pure lookup."""
     c = np.int64(0)
-    for i in range(i0, i1):
-        ia = np.int64(a[i]) - amin
-        ib = np.int64(b[i]) - bmin
-        if ia < 0 or ia >= na or ib < 0 or ib >= nbv:
-            return np.int64(-1)
-        v = np.int64(table[ia * nbv + ib])
-        c += np.int64(v > qmax) + np.int64(count_low and v < qmin)
-        out[i] = min(max(v, lo), hi)
+    if check:
+        una, unb = np.uint64(na), np.uint64(nbv)
+        bad = np.uint64(0)
+        for i in range(i0, i1):
+            ia = np.uint64(np.int64(a[i]) - amin)  # below amin: wraps above 2^63, so one unsigned compare
+            ib = np.uint64(np.int64(b[i]) - bmin)
+            bad |= np.uint64(ia >= una) | np.uint64(ib >= unb)
+            k = min(ia, una - np.uint64(1)) * unb + min(ib, unb - np.uint64(1))
+            out[i] = tc[k]
+            c += ev[k]
+        return np.int64(-1) if bad else c
+    amin32, bmin32, nb32 = np.int32(amin), np.int32(bmin), np.uint32(nbv)  # a table covers 16-bit dtypes at most
+    for i in range(i0, i1):  # 32-bit index arithmetic: 1.5x the int64 form
+        k = np.uint32(np.int32(a[i]) - amin32) * nb32 + np.uint32(np.int32(b[i]) - bmin32)
+        out[i] = tc[k]
+        c += ev[k]
     return c
 
 
 @njit(parallel=True, cache=True)
-def _table2_par(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out):
+def _table2_par(a, b, amin, bmin, na, nbv, tc, ev, check, out):
     n = a.shape[0]
     nt = (n + ADD_BLOCK - 1) // ADD_BLOCK
     cnt = np.zeros(nt, np.int64)
-    for t in prange(nt):
-        cnt[t] = _table2_range(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out,
-                               t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK))
+    for t in prange(nt):  # per-block slices: numba's parallel loop indexes whole arrays 1.7x slower
+        s, e = t * ADD_BLOCK, min(n, (t + 1) * ADD_BLOCK)
+        cnt[t] = _table2_range(a[s:e], b[s:e], amin, bmin, na, nbv, tc, ev, check, out[s:e], 0, e - s)
     return np.int64(-1) if cnt.min() < 0 else cnt.sum()
 
 
 @njit(cache=True, nogil=True)
-def _table2_ser(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out):
-    return _table2_range(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out, 0, a.shape[0])
+def _table2_ser(a, b, amin, bmin, na, nbv, tc, ev, check, out):
+    return _table2_range(a, b, amin, bmin, na, nbv, tc, ev, check, out, 0, a.shape[0])
+
+
+def table2_derived(table, lo: int, hi: int, qmin: int, qmax: int, count_low: bool, dtype) -> tuple:
+    """The two tables :func:`table2` reads, made once per layer (ops.add caches them): the clamped table
+    min(max(v, lo), hi) cast to ``dtype`` (out's: a narrow dtype wraps as a store into out would; int32 for a
+    wider out where the clamped values fit) and the uint8 event table (v > qmax) + count_low * (v < qmin) of the
+    unclamped v."""
+    v = np.asarray(table).astype(np.int64)
+    c = np.minimum(np.maximum(v, np.int64(lo)), np.int64(hi))
+    dt = np.dtype(dtype)
+    if dt.itemsize > 4 and c.size and -(1 << 31) <= int(c.min()) and int(c.max()) < 1 << 31:
+        dt = np.dtype(np.int32)  # half the cache lines of an int64 table; widened by the store
+    ev = (v > qmax).astype(np.uint8)
+    if count_low:
+        ev += (v < qmin).astype(np.uint8)
+    return c.astype(dt), ev
+
+
+def _table_covers(x: np.ndarray, xmin: int, n: int) -> bool:
+    """Every value of x's dtype lies in [xmin, xmin + n) (no range check needed)."""
+    info = np.iinfo(x.dtype)
+    return xmin <= int(info.min) and int(info.max) < xmin + n
 
 
 def table2(a, b, amin: int, bmin: int, na: int, nbv: int, table, lo: int, hi: int, qmin: int, qmax: int,
-           count_low: bool, out) -> int | None:
+           count_low: bool, out, derived: tuple | None = None) -> int | None:
     """An element-wise op of two integer inputs by its table (flat arrays): v = table[(a - amin) * nbv + (b - bmin)],
     out = clamp(v, lo, hi) (out's dtype may be narrow), returns #(v > qmax) + count_low * #(v < qmin)
     (registry.clamp_counted's count), or None when an input lies outside the table. ops.add builds the table
-    from its own kernels over every pair of grid values (exact by construction)."""
-    f = _table2_ser if serial() else _table2_par
-    c = int(f(a, b, amin, bmin, na, nbv, table, lo, hi, qmin, qmax, count_low, out))
+    from its own kernels over every pair of grid values (exact by construction). ``derived``:
+    :func:`table2_derived` of (table, lo, hi, qmin, qmax, count_low, out.dtype), made here if None; the kernel
+    is a lookup in those two, with no range check where the input dtypes fit the table (int8 codes on an
+    8-bit grid)."""
+    for x in (a, b):
+        if x.dtype == np.uint64 and x.size and int(x.max()) >= 1 << 63:
+            return None  # outside any table; below 2^63 uint64 reads as int64 in the kernel
+    if derived is None:
+        derived = table2_derived(table, lo, hi, qmin, qmax, count_low, out.dtype)
+    tc, ev = derived
+    check = not (_table_covers(a, amin, na) and _table_covers(b, bmin, nbv))
+    f = _table2_ser if workers() == 1 else _table2_par  # (numba's parallel loop on one thread: 1.7x slower)
+    c = int(f(a, b, int(amin), int(bmin), int(na), int(nbv), tc, ev, check, out))
     return None if c < 0 else c
 
 

@@ -135,6 +135,14 @@ def _max_abs(x: np.ndarray) -> int:
     return max(-int(x.min()), int(x.max()))
 
 
+def _abs_below(x: np.ndarray, bits: int) -> bool:
+    """|x| < 2^bits everywhere: from the dtype where it decides (no pass over x), else from the values."""
+    if not x.size:
+        return True
+    info = np.iinfo(x.dtype)
+    return max(-int(info.min), int(info.max)) < 1 << bits or _max_abs(x) < 1 << bits
+
+
 def _add_kernel(a: np.ndarray, b: np.ndarray, p: AddParams, cfg: Requant) -> np.ndarray | None:
     """ops.add's float32 ("dequantize", no tail) and fixed (31-bit, scalar loop) forms by the numba
     kernels (kernels.add_float32 / kernels.add_fixed, same arithmetic); None outside their domain."""
@@ -238,7 +246,7 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
                          "multiplier_bits = 31 (TFLite's vector loop)")
     if fixed_vec and a.size and max(np.abs(a - p.a_zero_point).max(), np.abs(b - p.b_zero_point).max()) >= 2**11:
         raise HwsimError("add: vector_width with requant.mode = 'fixed' needs |a - z_a|, |b - z_b| < 2^11")
-    if ratio_fma and a.size and _max_abs(a_in) >= 2**29 or ratio_fma and b.size and _max_abs(b_in) >= 2**29:
+    if ratio_fma and not (_abs_below(a_in, 29) and _abs_below(b_in, 29)):
         raise HwsimError("add: add_form = 'ratio_fma' needs |a|, |b| < 2^29")
     tail = 0 if vector_width is None else a.size % int(vector_width)
     body = a.size - tail if fixed_vec else 0
@@ -262,7 +270,8 @@ def add(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
 
             y = np.empty(P.size, np.int64)
             kernels.add_ratio_fma(np.ascontiguousarray(P).reshape(-1), np.ascontiguousarray(Q).reshape(-1),
-                                  np.float32(rp), np.float32(rq), np.float32(k), kernels.ROUND_CODE[cfg.rounding], y)
+                                  np.float32(rp), np.float32(rq), np.float32(k), kernels.ROUND_CODE[cfg.rounding], y,
+                                  small=_abs_below(a_in, 24) and _abs_below(b_in, 24))
             y = y.reshape(P.shape)
         else:
             y = fp.round_float(fma_f32(P, rp, fma_f32(Q, rq, k)), cfg.rounding, cfg.seed, idx)
@@ -452,8 +461,28 @@ class AddSpec(OpSpec):
         return getattr(lay, "fused_sum", None) is None and self.table(qg, lay) is not None
 
     def prepare(self, qg, lay) -> None:
-        """Make the table now (compile time)."""
-        self.table(qg, lay)
+        """Make the table and its derived tables for narrow outputs (execute's) now (compile time)."""
+        from hwsim import kernels
+
+        t = self.table(qg, lay)
+        if t is not None and getattr(lay, "fused_sum", None) is None:
+            self.derived(qg, lay, t, kernels.narrow_dtype(*lay.clamp))
+
+    @staticmethod
+    def derived(qg, lay, t, dtype) -> tuple:
+        """kernels.table2_derived of the layer's table ``t`` for its clamp, output grid, count rule and the output
+        dtype: the clamped table and the event table, made once (attribute ``fast_table_out``, made again when
+        the table or any of these change)."""
+        from hwsim import kernels
+
+        gy = qg.grids[lay.output]
+        lo, hi = lay.clamp
+        key = (int(lo), int(hi), int(gy.qmin), int(gy.qmax), lay.activation is None, np.dtype(dtype).str)
+        cached = getattr(lay, "fast_table_out", None)
+        if cached is None or cached[0] is not t or cached[1] != key:
+            cached = (t, key, kernels.table2_derived(t[4], lo, hi, gy.qmin, gy.qmax, lay.activation is None, dtype))
+            lay.fast_table_out = cached
+        return cached[2]
 
     def fused(self, qg, lay, xa, xb, narrow):
         """(y, clipped) by the table (kernels.table2: lookup, clamp and count in one pass), or None."""
@@ -469,7 +498,8 @@ class AddSpec(OpSpec):
         lo, hi = lay.clamp
         out = np.empty(xa.shape, kernels.narrow_dtype(lo, hi) if narrow else np.int64)
         c = kernels.table2(np.ascontiguousarray(xa).reshape(-1), np.ascontiguousarray(xb).reshape(-1), t[0], t[1],
-                           t[2], t[3], t[4], lo, hi, gy.qmin, gy.qmax, lay.activation is None, out.reshape(-1))
+                           t[2], t[3], t[4], lo, hi, gy.qmin, gy.qmax, lay.activation is None, out.reshape(-1),
+                           derived=self.derived(qg, lay, t, out.dtype))
         return None if c is None else (out, c)
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
