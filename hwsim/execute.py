@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -207,29 +206,25 @@ def run_quantized(qg: QuantizedGraph, x_norm: np.ndarray, batch_size: int = 256,
     split = (impl == "fast" and T > 1 and not keep_tensors and len(x_norm) > 1
              and all(ok for lay, ok in zip(qg.layers, safe) if id(lay) in macs))
     logits, env = [], {}
-    pool = ThreadPoolExecutor(T, initializer=kernels.torch_one_thread_init) if split else None  # torch: 1 thread
-    try:
-        with kernels._torch_one_thread() if split else contextlib.nullcontext():
-            for i in range(0, len(x_norm), batch_size):
-                xb = x_norm[i:i + batch_size]
-                if split and len(xb) > 1:
-                    bounds = np.linspace(0, len(xb), min(T, len(xb)) + 1).astype(int)
-                    futs = [pool.submit(_run_part, qg, xb[s:e], safe, offset + i + s)
-                            for s, e in zip(bounds[:-1], bounds[1:])]
-                    res = [f.result() for f in futs]
-                    _merge(stats, [r[1] for r in res])
-                    y = np.concatenate([r[0] for r in res])
-                else:
-                    env = {qg.input_name: qg.grids[qg.input_name].quantize(xb)}
-                    for lay, st in zip(qg.layers, stats):
-                        run_layer(qg, lay, env, st, impl, offset=offset + i, narrow=True)
-                    y = _logits(qg, env, impl)
-                logits.append(y.reshape(len(xb), -1))
-                if progress:
-                    progress(min(i + batch_size, len(x_norm)))
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    pool = kernels.batch_pool(T) if split else None  # torch: 1 thread in each
+    with kernels._torch_one_thread() if split else contextlib.nullcontext():
+        for i in range(0, len(x_norm), batch_size):
+            xb = x_norm[i:i + batch_size]
+            if split and len(xb) > 1:
+                bounds = np.linspace(0, len(xb), min(T, len(xb)) + 1).astype(int)
+                futs = [pool.submit(_run_part, qg, xb[s:e], safe, offset + i + s)
+                        for s, e in zip(bounds[:-1], bounds[1:])]
+                res = [f.result() for f in futs]
+                _merge(stats, [r[1] for r in res])
+                y = np.concatenate([r[0] for r in res])
+            else:
+                env = {qg.input_name: qg.grids[qg.input_name].quantize(xb)}
+                for lay, st in zip(qg.layers, stats):
+                    run_layer(qg, lay, env, st, impl, offset=offset + i, narrow=True)
+                y = _logits(qg, env, impl)
+            logits.append(y.reshape(len(xb), -1))
+            if progress:
+                progress(min(i + batch_size, len(x_norm)))
     return RunOutput(np.concatenate(logits), stats, time.perf_counter() - t0, _wide(env) if keep_tensors else None)
 
 
