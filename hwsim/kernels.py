@@ -1435,16 +1435,8 @@ def depthwise_staged_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Ep
     Returns (clipped, partial events, acc events), or None when x leaves the plan's range."""
     d = plan.dw_stage
     N, C = x.shape[0], x.shape[1]
-    KH, KW, sh, sw, dh, dw, Ho, Wo = (int(v) for v in geom)
-    L = Ho * Wo
-    n_workers = min(workers(), N)
-    nb = int(max(1, min(-(-N // n_workers), DW_BLOCK_BYTES // max(1, C * L * 4))))
-    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     x = np.ascontiguousarray(x)
-    H, W = x.shape[2], x.shape[3]
-    Hp = max((Ho - 1) * sh + (KH - 1) * dh + 1, pad[0] + H)
-    Wp = max((Wo - 1) * sw + (KW - 1) * dw + 1, pad[2] + W)
-    Hq, Wq = -(-Hp // sh) + 1, -(-Wp // sw)
+    L, n_workers, blocks, (sh, sw, Ho, Hq, Wq) = _dw_blocks(x, geom, pad)
     wk = d.w.astype(np.int32)  # every partial sum of the taps < 2^31 (the plan's check)
     zero = np.zeros(C, np.int64)
 
@@ -1549,24 +1541,29 @@ def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, phases, acc, ct):
 DW_BLOCK_BYTES = 1 << 18  # accumulators per depthwise block (cache-sized: the epilogue reads them again)
 
 
+def _dw_blocks(x: np.ndarray, geom: np.ndarray, pad):
+    """(L, workers, blocks of images [(n0, b)], (sh, sw, Ho, Hq, Wq): the stride-phase buffers' shape) of a
+    depthwise conv on x [N, C, H, W]: blocks whose accumulators fit DW_BLOCK_BYTES, one per worker at least."""
+    N, C, H, W = x.shape
+    KH, KW, sh, sw, dh, dw, Ho, Wo = (int(v) for v in geom)
+    L = Ho * Wo
+    n_workers = min(workers(), N)
+    nb = int(max(1, min(-(-N // n_workers), DW_BLOCK_BYTES // max(1, C * L * 4))))
+    Hp = max((Ho - 1) * sh + (KH - 1) * dh + 1, pad[0] + H)
+    Wp = max((Wo - 1) * sw + (KW - 1) * dw + 1, pad[2] + W)
+    Hq, Wq = -(-Hp // sh) + 1, -(-Wp // sw)  # a spare row: the tap loops also fill the Wq - Wo unused columns
+    return L, n_workers, [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)], (sh, sw, Ho, Hq, Wq)
+
+
 def depthwise_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue | None" = None) -> int | None:
     """The exact depthwise conv of ``plan.depthwise`` on x [N, C, H, W] into out [N, C, L], by blocks of images in
     :func:`workers` threads: :func:`depthwise_acc` then ``epi`` (fused requant + clamp + count, narrow out) or,
     without one, the accumulators (out's dtype). Returns the clipped count (0 without ``epi``), or None when x
     leaves the plan's range."""
     d = plan.depthwise
-    N, C = x.shape[0], x.shape[1]
-    KH, KW, sh, sw, dh, dw, Ho, Wo = (int(v) for v in geom)
-    L = Ho * Wo
-    n_workers = min(workers(), N)
-    nb = int(max(1, min(-(-N // n_workers), DW_BLOCK_BYTES // max(1, C * L * 4))))
-    blocks = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
+    C = x.shape[1]
     x = np.ascontiguousarray(x)
-
-    H, W = x.shape[2], x.shape[3]
-    Hp = max((Ho - 1) * sh + (KH - 1) * dh + 1, pad[0] + H)
-    Wp = max((Wo - 1) * sw + (KW - 1) * dw + 1, pad[2] + W)
-    Hq, Wq = -(-Hp // sh) + 1, -(-Wp // sw)  # a spare row: the tap loops also fill the Wq - Wo unused columns
+    L, n_workers, blocks, (sh, sw, Ho, Hq, Wq) = _dw_blocks(x, geom, pad)
     dt = np.int32 if d.sum_max < 1 << 31 else np.int64  # every partial sum of the taps < 2^31: int32 is exact
     wk = d.w.astype(dt)
 

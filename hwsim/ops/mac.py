@@ -123,6 +123,15 @@ class MacSpec(OpSpec):
         gy = qg.grids[lay.output]
         return self.epilogue(lay, gy, plan) is not None or self.chunk_epilogue(lay, gy, plan) is not None
 
+    def _fused_io(self, lay, x: np.ndarray, plan, narrow: bool):
+        """(x as [N, C, H, W], geom, padding, output shape, the output buffer [N, M, L] in the clamp's narrow dtype
+        or int64) of a fused route."""
+        from hwsim import kernels
+
+        x4, geom, pad, shape = self.gemm_shape(lay, x, plan)
+        dt = kernels.narrow_dtype(*lay.clamp) if narrow else np.int64
+        return x4, geom, pad, shape, np.empty((shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))), dt)
+
     def fused(self, lay, x: np.ndarray, gx, gy, narrow: bool):
         """(y, clipped) by the int8 GEMM with the fused epilogue (one pass from the int32 products to the
         clamped output in its narrow dtype), or None where it does not apply (the caller runs :meth:`fast`)."""
@@ -132,9 +141,7 @@ class MacSpec(OpSpec):
         epi = self.epilogue(lay, gy, plan)
         if epi is None or x.shape[0] == 0:
             return None
-        x4, geom, pad, shape = self.gemm_shape(lay, x, plan)
-        dt = kernels.narrow_dtype(*lay.clamp) if narrow else np.int64
-        out = np.empty((shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))), dt)
+        x4, geom, pad, shape, out = self._fused_io(lay, x, plan, narrow)
         run = kernels.gemm_int8 if plan.gemm is not None else kernels.depthwise_run
         clipped = run(x4, plan, geom, pad, out, epi)
         return None if clipped is None else (out.reshape(shape), clipped)
@@ -180,9 +187,7 @@ class MacSpec(OpSpec):
         epi = self.chunk_epilogue(lay, gy, plan)
         if epi is None or x.shape[0] == 0:
             return None
-        x4, geom, pad, shape = self.gemm_shape(lay, x, plan)
-        dt = kernels.narrow_dtype(*lay.clamp) if narrow else np.int64
-        out = np.empty((shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))), dt)
+        x4, geom, pad, shape, out = self._fused_io(lay, x, plan, narrow)
         if getattr(plan, "dw_stage", None) is not None:
             got = kernels.depthwise_staged_run(x4, plan, geom, pad, out, epi)
             return None if got is None else (out.reshape(shape), got[0], got[2], got[1])
