@@ -165,6 +165,7 @@ def test_ratio_fma_add_both_fma_forms_equal_reference(rounding):
                     np.testing.assert_array_equal(y, want, err_msg=f"small={small} serial={on}")
 
 
+@pytest.mark.slow  # ~50 s on a cold numba cache (int8 / int16 kernels x modes x forms x serial / parallel)
 def test_ratio_fma_add_large_arrays_every_block():
     """Many parallel blocks (kernels.ADD_BLOCK): both FMA forms == the numpy FMA emulation (ops.fma_f32, itself
     pinned to the reference above and in test_onnxruntime_engine) on int8 and int16 operands, every rounding;
@@ -238,7 +239,8 @@ def _pool_case(rng, dt):
     return x, (kh, kw), (sh, sw), (pt, pb, pl, pr), pv
 
 
-@pytest.mark.parametrize("dt", POOL_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dt", [d if d in (np.int8, np.int64) else pytest.param(d, marks=pytest.mark.slow)
+                                for d in POOL_DTYPES], ids=lambda d: np.dtype(d).name)  # slow: 7-16 s each, cold
 def test_max_pool_kernel_equals_reference_everywhere(dt):
     """kernels.max_pool (padded row buffer, vertical then horizontal max) == reference.max_pool2d on random
     geometries: kernels 1-5 (each horizontal branch), strides 1-4, paddings up to kernel + 1 (windows wholly
@@ -296,6 +298,7 @@ def _table2_numpy(a, b, amin, bmin, na, nb, table, lo, hi, qmin, qmax, count_low
 TABLE_GRIDS = [(-128, 256, -128, 256), (0, 256, -128, 256), (-5, 40, 3, 30), (-300, 512, -200, 256)]
 
 
+@pytest.mark.slow  # ~60 s on a cold numba cache (every input x output dtype pair is a compilation)
 @pytest.mark.parametrize("grid", TABLE_GRIDS, ids=lambda g: f"a{g[0]}+{g[1]}-b{g[2]}+{g[3]}")
 def test_table2_equals_its_definition(grid):
     """kernels.table2 (clamped table in out's dtype + uint8 event table; the pure lookup where the dtypes fit

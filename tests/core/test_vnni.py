@@ -200,7 +200,7 @@ def test_linear_and_deep_layers_split_channels(spy, threads, monkeypatch):
     assert spy["n"] - n >= (2 * threads if threads > 1 else 1)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(st.data())
 def test_property(data):
     """Random shapes, chunk sizes, widths, policies, zero points, padding, stride and thread counts."""
