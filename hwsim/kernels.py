@@ -1406,27 +1406,28 @@ def depthwise_stage(ct, b0, spec):
                 ae += np.int64(r != v)
                 row[j] = r
             continue
-        p_lo = -(np.int64(1) << (p_bits - 1)) if p_mode != MODE_NONE else np.int64(0)
-        p_hi = -p_lo - 1
         for j in range(row.shape[0]):
             v = np.int64(row[j])
-            if p_mode == MODE_SAT:
-                t = min(max(v, p_lo), p_hi)
-            elif p_mode == MODE_WRAP:
-                t = ((v - p_lo) & ((np.int64(1) << p_bits) - 1)) + p_lo
-            else:
-                t = v
+            t = _stage_value(v, p_mode, p_bits)
             pe += np.int64(t != v)
             v = b + t
-            if a_mode == MODE_SAT:
-                r = min(max(v, a_lo), a_hi)
-            elif a_mode == MODE_WRAP:
-                r = ((v - a_lo) & ((np.int64(1) << a_bits) - 1)) + a_lo
-            else:
-                r = v
+            r = _stage_value(v, a_mode, a_bits)
             ae += np.int64(r != v)
             row[j] = r
     return pe, ae
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _stage_value(v, mode, bits):
+    """One register stage on an int64 value: saturate into, or wrap into, ``bits`` bits (MODE_SAT / MODE_WRAP), or
+    nothing (MODE_NONE)."""
+    if mode == MODE_SAT:
+        lo = -(np.int64(1) << (bits - 1))
+        return min(max(v, lo), -lo - 1)
+    if mode == MODE_WRAP:
+        lo = -(np.int64(1) << (bits - 1))
+        return ((v - lo) & ((np.int64(1) << bits) - 1)) + lo
+    return v
 
 
 def depthwise_staged_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue"):

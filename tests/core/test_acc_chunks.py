@@ -44,14 +44,6 @@ def no_int_mm(monkeypatch):
     monkeypatch.setattr(kernels, "_INT_MM", False)  # as without torch: the float32 fused kernel runs
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
-def threads(request):
-    prev = kernels.numba.get_num_threads()
-    kernels.set_threads(request.param)
-    yield request.param
-    kernels.set_threads(prev)
-
-
 def _conv_case(rng, n=2, cin=6, cout=16, k=3, xhi=256):
     x = rng.integers(0, xhi, (n, cin, 7, 7))
     x[0, :, :3] = xhi - 1  # the largest inputs
@@ -634,7 +626,7 @@ def test_worker_threads_kept_and_resized(threads):
 
 
 # ----------------------------------------------------------------------------- depthwise convs of one chunk
-@pytest.mark.parametrize("profile", ["int8-acc16-sat", "int8-psum16", "w4a4-acc12"])
+@pytest.mark.parametrize("profile", ["int8-acc16-sat", "int8-acc16-wrap", "int8-psum16", "w4a4-acc12"])
 @pytest.mark.parametrize("bs,threads_", [(5, 1), (5, 2), (1, 2)])
 def test_depthwise_one_chunk_route_equals_reference(profile, bs, threads_, monkeypatch):
     """A depthwise conv whose accumulator sees one chunk per channel (3x3 taps, rows 16 / 64): ops.mac's fused

@@ -37,14 +37,6 @@ def spy(monkeypatch):
     return calls
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
-def threads(request):
-    prev = kernels.numba.get_num_threads()
-    kernels.set_threads(request.param)
-    yield request.param
-    kernels.set_threads(prev)
-
-
 # ----------------------------------------------------------------------------- the intrinsics
 @njit
 def _ops(a, b, c, lo, hi, out):
