@@ -19,6 +19,12 @@ one warm-up run, then the minimum of ``--repeat`` blocked timings of a whole bat
     python benchmarks/network.py [--nets resnet18-32,mobilenetv2,smallcnn] [--batch 256] [--threads 2]
         [--repeat 3] [--profile int8-onnxruntime --profile int8-acc16-sat] [--hwsim-only] [--json]
 
+``--scaling`` instead times every engine at 1 and at ``--threads`` threads, the timings interleaved (one
+blocked batch of each configuration in turn, ``--repeat`` rounds, the minimum of each), and prints each
+engine's T-thread / 1-thread ratio from that one run, beside a host probe: T copies of a fixed integer loop
+(numba, no memory traffic) on T threads against one copy on one thread -- what the machine itself gives
+(a VM whose vCPUs share a core, or a host slowing them, shows up there, not only in the engines).
+
 ``--hwsim-only`` times hwsim alone: run it with ``PYTHONPATH=/path/to/other/checkout`` to time
 another version of hwsim on the same networks (the "before" column). ``--memory`` reports the
 peak resident memory of one hwsim run (a fresh subprocess per network and profile).
@@ -234,6 +240,134 @@ def torch_rate(net: str, batch: int, repeat: int) -> float:
     return batch / _best(run, repeat)
 
 
+def _probe_kernel():
+    import numba
+    import numpy as np
+
+    @numba.njit(nogil=True)
+    def spin(n, width):  # `width` independent 64-bit LCGs: integer multiply-adds in registers, no memory traffic
+        x = np.arange(1, width + 1).astype(np.uint64)
+        for _ in range(n):
+            for j in range(width):
+                x[j] = x[j] * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
+        return x.sum()
+
+    @numba.njit(nogil=True)
+    def stream(buf, reps):  # sum a thread's own buffer `reps` times: its cache level's bandwidth
+        t = np.int64(0)
+        for _ in range(reps):
+            for i in range(buf.size):
+                t += buf[i]
+        return t
+
+    from hwsim import simd
+
+    if not simd.vnni():
+        return spin, stream, None
+
+    @numba.njit(nogil=True)
+    def spin_vnni(n, width):  # 8 independent VPDPBUSD accumulators on registers (width unused): the
+        buf = np.arange(16 * 9).astype(np.int32)  # AVX-512 dot-product ports, as hwsim's VNNI kernel uses them
+        a, b = simd.vload(buf, 0), simd.vload(buf, 16)
+        c0, c1, c2, c3 = simd.vload(buf, 32), simd.vload(buf, 48), simd.vload(buf, 64), simd.vload(buf, 80)
+        c4, c5, c6, c7 = simd.vload(buf, 96), simd.vload(buf, 112), simd.vload(buf, 128), simd.vload(buf, 0)
+        for _ in range(n):
+            c0, c1, c2, c3 = simd.vdp(c0, a, b), simd.vdp(c1, a, b), simd.vdp(c2, a, b), simd.vdp(c3, a, b)
+            c4, c5, c6, c7 = simd.vdp(c4, a, b), simd.vdp(c5, a, b), simd.vdp(c6, a, b), simd.vdp(c7, a, b)
+        for i, c in enumerate((c0, c1, c2, c3, c4, c5, c6, c7)):
+            simd.vstore(buf, 16 * i, c)
+        return buf.sum()
+
+    return spin, stream, spin_vnni
+
+
+def scaling(net: str, profiles: list[str], batch: int, threads: int, repeat: int) -> dict:
+    """T-thread ÷ 1-thread throughput of torch x86 int8, ONNX Runtime and hwsim's profiles on one net, from
+    interleaved blocked timings (see the module docstring), and of the host probe."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from frontends.pytorch.export import to_graph
+    from hwsim import kernels
+    from hwsim.compile import compile_model
+    from hwsim.execute import run_quantized
+    from hwsim.onnx_export import to_onnx
+    from hwsim.profile import load_profile
+
+    torch.backends.quantized.engine = "x86"
+    model, shape = build(net)
+    calib = _images(32, shape, 1)
+    x = _images(batch, shape, 2)
+    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (torch.from_numpy(calib),))
+    with torch.no_grad():
+        prepared(torch.from_numpy(calib))
+    qmodel, xt = convert_fx(prepared), torch.from_numpy(x)
+    graph = to_graph(model, shape)
+    qgs = {p: compile_model(graph, load_profile(p), calib) for p in profiles}
+    fns = {}
+
+    def torch_run(t):
+        torch.set_num_threads(t)
+        with torch.no_grad():
+            qmodel(xt)
+    fns["torch_x86_int8"] = torch_run
+    if net not in NO_ORT:
+        qg = qgs.get("int8-onnxruntime") or compile_model(graph, load_profile("int8-onnxruntime"), calib)
+        model_bytes, codes = to_onnx(qg).SerializeToString(), qg.grids[qg.input_name].quantize(x).astype("uint8")
+        sessions = {}
+        for t in sorted({1, threads}):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = t, 1
+            sessions[t] = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        fns["onnxruntime"] = lambda t: sessions[t].run(None, {qg.input_name: codes})
+    for p, qg in qgs.items():
+        def hw_run(t, qg=qg):
+            kernels.set_threads(t)
+            run_quantized(qg, x, batch_size=batch, threads=t)
+        fns[p] = hw_run
+    (spin, stream, spin_vnni), pool = _probe_kernel(), ThreadPoolExecutor(threads)
+    # one chain: latency-bound (two vCPUs on one core's hyperthreads still give ~T x); 32 chains: the
+    # multiplier's throughput (hyperthreads of one core share it: ~1 x); VNNI: the vector dot-product units;
+    # streams: each thread reads its own 1 MiB (private L2) / 64 MiB (shared L3 and memory) buffer
+    probes = [("host probe 1 chain", spin, 20_000_000, 1), ("host probe 32 chains", spin, 1_000_000, 32)]
+    if spin_vnni is not None:
+        probes.append(("host probe VNNI", spin_vnni, 5_000_000, 0))
+    for name, f, n, width in probes:
+        def probe(t, f=f, n=n, width=width):  # t copies of the loop, one per thread
+            list(pool.map(f, [n] * t, [width] * t))
+        fns[name] = probe
+    bufs = {mib: [np.ones((mib << 20) // 8, np.int64) for _ in range(threads)] for mib in (1, 64)}
+    for mib, reps in ((1, 200), (64, 3)):
+        def probe(t, mib=mib, reps=reps):
+            list(pool.map(stream, bufs[mib][:t], [reps] * t))
+        fns[f"host probe {mib} MiB stream"] = probe
+    best = {(k, t): float("inf") for k in fns for t in sorted({1, threads})}
+    for k, t in best:
+        fns[k](t)  # warm-up (compilation, engine initialisation)
+    for _ in range(repeat):
+        for k, t in best:
+            t0 = time.perf_counter()
+            fns[k](t)
+            best[k, t] = min(best[k, t], time.perf_counter() - t0)
+    pool.shutdown()
+    kernels.set_threads(threads)
+    torch.set_num_threads(threads)
+    row = {}
+    for k in fns:
+        if k.startswith("host probe"):  # T copies in best[k, T] against one copy in best[k, 1]
+            row[f"{k} {threads}/1"] = threads * best[k, 1] / best[k, threads]
+            continue
+        row[f"{k} 1 thr img/s"] = batch / best[k, 1]
+        row[f"{k} {threads} thr img/s"] = batch / best[k, threads]
+        row[f"{k} {threads}/1"] = best[k, 1] / best[k, threads]
+    return row
+
+
 def peak_memory_mb(net: str, profile: str, batch: int) -> float:
     """Peak RSS (MiB) of a fresh process that compiles and runs one hwsim batch (torch only exports)."""
     code = ("import resource, sys; sys.argv = ['x']; import benchmarks.network as b; "
@@ -256,6 +390,8 @@ def main(argv=None) -> None:
     ap.add_argument("--hwsim-only", action="store_true", help="time hwsim alone (e.g. another checkout)")
     ap.add_argument("--memory", action="store_true", help="also the peak RSS of one hwsim run per net/profile")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--scaling", action="store_true",
+                    help="instead: T-thread / 1-thread ratios of every engine and a host probe, timings interleaved")
     ap.add_argument("--kernels", action="store_true",
                     help="instead: exclusive time per kernel of one hwsim batch (ms) per net and profile")
     args = ap.parse_args(argv)
@@ -272,13 +408,19 @@ def main(argv=None) -> None:
     kernels.set_threads(args.threads)
     torch.set_num_threads(args.threads)
     import hwsim
+    from hwsim.cpu import cpu_summary
 
+    if args.scaling:
+        print(f"cpu: {cpu_summary()}", flush=True)
+        for net in nets:
+            row = scaling(net, profiles, args.batch, args.threads, args.repeat)
+            print(net, " | ".join(f"{k}: {v:.4g}" for k, v in row.items()), flush=True)
+        return
     if args.kernels:
         for net in nets:
             for p in profiles:
                 print(net, p, json.dumps(kernel_profile(net, p, args.batch, args.repeat)), flush=True)
         return
-    from hwsim.cpu import cpu_summary
 
     if not args.json:
         print(f"cpu: {cpu_summary()}", flush=True)  # the ratios depend on it (AMX / VNNI kernels)
