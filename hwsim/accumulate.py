@@ -356,7 +356,9 @@ def _vnni_bounds(plan, spec, o: int, xabs: int, wchunk: int, wtot: int, C: int) 
     if a_mode != MODE_NONE:
         acc = 1 << (a_bits - 1)
     else:
-        acc = int(np.abs(plan.bias).max(initial=0)) + min(C << (p_bits - 1) if p_mode != MODE_NONE else wtot * xabs,
+        if "bias_abs_max" not in plan.cache:
+            plan.cache["bias_abs_max"] = int(np.abs(plan.bias).max(initial=0))
+        acc = plan.cache["bias_abs_max"] + min(C << (p_bits - 1) if p_mode != MODE_NONE else wtot * xabs,
                                                           wtot * xabs)
     if p_mode == MODE_NONE:
         return acc + chunk < 1 << 31
@@ -425,14 +427,15 @@ def vnni_ok(plan) -> bool:
     stages have at most 30 bits; int8 weights; the input's range and the int32 bounds are checked per batch)."""
     from hwsim import simd
 
-    a_bits, a_mode, p_bits, p_mode, R = (int(v) for v in plan.spec[:5])
-    if not (simd.vnni() and R >= 2 and (a_mode == MODE_NONE or a_bits <= 30) and (p_mode == MODE_NONE or p_bits <= 30)
-            and (a_mode != MODE_NONE or p_mode != MODE_NONE)):
-        return False
-    if "w_int8" not in plan.cache:
+    ok = plan.cache.get("vnni_plan_ok")  # what depends on the plan alone, once (~20 us a call)
+    if ok is None:
+        a_bits, a_mode, p_bits, p_mode, R = (int(v) for v in plan.spec[:5])
         wk = plan.w_kernel
-        plan.cache["w_int8"] = wk.size > 0 and -128 <= int(wk.min()) and int(wk.max()) <= 127
-    return plan.cache["w_int8"]
+        ok = plan.cache["vnni_plan_ok"] = bool(
+            R >= 2 and (a_mode == MODE_NONE or a_bits <= 30) and (p_mode == MODE_NONE or p_bits <= 30)
+            and (a_mode != MODE_NONE or p_mode != MODE_NONE)
+            and wk.size > 0 and -128 <= int(wk.min()) and int(wk.max()) <= 127)
+    return ok and simd.vnni()
 
 
 def run_vnni_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: int, out: np.ndarray):
@@ -467,11 +470,8 @@ def run_vnni_chunks(plan, xp: np.ndarray, geom: np.ndarray, N: int, L: int, K: i
     shift_u8(xf, o, xu)
     M = plan.w_kernel.shape[1]
     Mp = MB * 16
-    corr = np.ascontiguousarray((wsum * o).astype(np.int32).reshape(-1))  # exact: |o| * wchunk < 2^31
-    b0, bev = _bias_in_acc(plan.bias, spec)
-    b0p = np.zeros(Mp, np.int32)
-    b0p[:M] = b0  # inside int32 (_vnni_bounds)
-    stages = _stages(spec)
+    corr = _vnni_corr(plan, wsum, o)
+    b0p, bev, stages = _vnni_consts(plan, spec, M, Mp)
     KQ = C * G
     bases = _positions(plan, xp.shape, geom, N, K)[1]
     Q = N * L
@@ -533,6 +533,28 @@ def _epilogue_part(epi, m0: int, m1: int):
     return dataclasses.replace(epi, **cut)
 
 
+def _vnni_consts(plan, spec, M: int, Mp: int):
+    """(the bias in the accumulator padded to Mp int32 lanes (inside int32: _vnni_bounds), its events per position,
+    the stage spec) of a plan, made once (plan.cache; ~50 us a call that was per batch and layer)."""
+    got = plan.cache.get("vnni_consts")
+    if got is None:
+        b0, bev = _bias_in_acc(plan.bias, spec)
+        b0p = np.zeros(Mp, np.int32)
+        b0p[:M] = b0
+        got = plan.cache["vnni_consts"] = (b0p, bev, _stages(spec))
+    return got
+
+
+def _vnni_corr(plan, wsum: np.ndarray, o: int) -> np.ndarray:
+    """o * sum_chunk d as int32 (exact: |o| * wchunk < 2^31, _vnni_bounds), kept for the last input offset o
+    (a layer's batches mostly share it; ~50 us a call for a deep layer's [chunks, channels]). One tuple: a batch
+    worker reads the pair another one wrote whole."""
+    got = plan.cache.get("vnni_corr")
+    if got is None or got[0] != o:
+        got = plan.cache["vnni_corr"] = (o, np.ascontiguousarray((wsum * o).astype(np.int32).reshape(-1)))
+    return got[1]
+
+
 def run_vnni_fused(plan, x: np.ndarray, zx: int, geom: np.ndarray, pad, epi, out: np.ndarray):
     """A one-group conv (or linear as a 1x1 conv) under a chunked accumulator straight from its input codes x
     [N, C, H, W] to its requantized, clamped output ``out`` [N, M, L] (narrow dtype): :func:`vnni_chunks` with the
@@ -565,11 +587,8 @@ def run_vnni_fused(plan, x: np.ndarray, zx: int, geom: np.ndarray, pad, epi, out
         return None
     M = plan.w_kernel.shape[1]
     Mp = MB * 16
-    corr = np.ascontiguousarray((wsum * o).astype(np.int32).reshape(-1))
-    b0, bev = _bias_in_acc(plan.bias, spec)
-    b0p = np.zeros(Mp, np.int32)
-    b0p[:M] = b0
-    stages = _stages(spec)
+    corr = _vnni_corr(plan, wsum, o)
+    b0p, bev, stages = _vnni_consts(plan, spec, M, Mp)
     KQ = C * G
     bases = _positions(plan, pshape, geom, N, K)[1]
     nw = _k.workers()
@@ -781,7 +800,7 @@ def int8_and_range(xf, out):
 
 def _positions(plan, xshape: tuple, geom: np.ndarray, N: int, K: int):
     """(input offsets [K], position bases [N * L]) of this input shape, kept in plan.cache (one entry)."""
-    key = (tuple(int(v) for v in xshape), N, tuple(int(v) for v in geom))
+    key = (tuple(xshape), N, np.asarray(geom).tobytes())
     got = plan.cache.get("i8pos")
     if got is None or got[0] != key:
         got = (key, input_offsets(xshape, geom, K), position_bases(N, xshape, geom))

@@ -2065,13 +2065,13 @@ def max_pool(x, kh, kw, sh, sw, pt, pl, pad_value, out) -> None:
 
 # ----------------------------------------------------------------------------- output clamp
 NARROW_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
+_NARROW_RANGES = tuple((int(np.iinfo(dt).min), int(np.iinfo(dt).max), dt) for dt in NARROW_DTYPES)  # np.iinfo: ~3 us a call
 
 
 def narrow_dtype(lo: int, hi: int):
     """The narrowest integer dtype holding [lo, hi] (int64 if none is narrower)."""
-    for dt in NARROW_DTYPES:
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
+    for dmin, dmax, dt in _NARROW_RANGES:
+        if dmin <= lo and hi <= dmax:
             return dt
     return np.int64
 

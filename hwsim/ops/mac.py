@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import math
+
 import numpy as np
 
 from hwsim import fixedpoint as fp
@@ -130,7 +132,7 @@ class MacSpec(OpSpec):
 
         x4, geom, pad, shape = self.gemm_shape(lay, x, plan)
         dt = kernels.narrow_dtype(*lay.clamp) if narrow else np.int64
-        return x4, geom, pad, shape, np.empty((shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))), dt)
+        return x4, geom, pad, shape, np.empty((shape[0], shape[1], math.prod(shape[2:])), dt)
 
     def fused(self, lay, x: np.ndarray, gx, gy, narrow: bool):
         """(y, clipped) by the int8 GEMM with the fused epilogue (one pass from the int32 products to the
