@@ -284,18 +284,57 @@ def global_avgpool(x) -> np.ndarray:
     return out.reshape(x.shape[0], x.shape[1], 1, 1)
 
 
-@njit(cache=True, parallel=True)
-def _dequantize_kernel(q, z, s, out):
-    for i in prange(q.size):
+@njit(cache=True, inline="always")
+def _dequantize_range(q, z, s, out, i0, i1):
+    for i in range(i0, i1):
         out[i] = np.float64(np.float32(q[i] - z)) * s  # rounded to float32 by the store
 
 
-@njit(cache=True, parallel=True)
-def _quantize_kernel(y, s, z, out):
-    for i in prange(y.size):
+@njit(cache=True, inline="always")
+def _quantize_range(y, s, z, out, i0, i1):
+    for i in range(i0, i1):
         v = np.float64(np.float32(np.float64(y[i]) / s))  # fl32(y / s): one rounding (float64 quotient)
         v = min(max(v, -(2.0**40)), 2.0**40)
         out[i] = np.int64((v + _MAGIC) - _MAGIC) + z  # round half even (|v| <= 2^40 < 2^51)
+
+
+_BLOCK = 1 << 14  # elements per parallel task
+
+
+# each twice: parallel, and serial for execute's batch workers (kernels.serial_mode); separate functions, as numba's
+# cache keys a compiled function by its Python function and signature, not by its parallel flag
+@njit(cache=True, parallel=True)
+def _dequantize_par(q, z, s, out):
+    for t in prange((q.size + _BLOCK - 1) // _BLOCK):
+        _dequantize_range(q, z, s, out, t * _BLOCK, min(q.size, (t + 1) * _BLOCK))
+
+
+@njit(cache=True, nogil=True)
+def _dequantize_ser(q, z, s, out):
+    _dequantize_range(q, z, s, out, 0, q.size)
+
+
+@njit(cache=True, parallel=True)
+def _quantize_par(y, s, z, out):
+    for t in prange((y.size + _BLOCK - 1) // _BLOCK):
+        _quantize_range(y, s, z, out, t * _BLOCK, min(y.size, (t + 1) * _BLOCK))
+
+
+@njit(cache=True, nogil=True)
+def _quantize_ser(y, s, z, out):
+    _quantize_range(y, s, z, out, 0, y.size)
+
+
+def _dequantize_kernel(q, z, s, out):
+    from hwsim import kernels
+
+    (_dequantize_ser if kernels.serial() else _dequantize_par)(q, z, s, out)
+
+
+def _quantize_kernel(y, s, z, out):
+    from hwsim import kernels
+
+    (_quantize_ser if kernels.serial() else _quantize_par)(y, s, z, out)
 
 
 def dequantize(q, scale, zero_point=0, axis: int | None = None) -> np.ndarray:

@@ -376,7 +376,7 @@ def build_table(fn: str, in_scale, in_zp, in_qmin, in_qmax, out_scale, out_zp, o
                                 form=form, alpha=alpha, beta=beta)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gather(x, table, qmin, out):
     """out[i] = table[x[i] - qmin]; returns the number of x outside the table (those outputs are left 0)."""
     n = table.shape[0]
@@ -522,6 +522,11 @@ class _TableSpec(OpSpec):
         lay.table = build_table(self.fn, gi.scale, gi.zero_point, gi.qmin, gi.qmax, go.scale, go.zero_point,
                                 WIDE[0], WIDE[1], layer_rounding(cx.prof.requant), form=lay.form, alpha=a, beta=b)
         lay.table_qmin = gi.qmin
+
+    def thread_safe(self, qg, lay) -> bool:
+        """The table gather and the clamp (serial kernels, releasing the GIL) run in several of execute's batch
+        workers at once; not a hard-swish fused with its MAC layer (activation_form 'inductor')."""
+        return getattr(lay, "fused_mac", None) is None
 
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x, gy = env[lay.inputs[0]], qg.grids[lay.output]

@@ -20,6 +20,10 @@ class FlattenSpec(OpSpec):
     def float_forward(self, node, graph, ins):
         return ins[0].reshape(len(ins[0]), -1)
 
+    def thread_safe(self, qg, lay) -> bool:
+        """A reshape: any number of execute's batch workers at once."""
+        return True
+
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x = env[lay.inputs[0]]
         return x.reshape(x.shape[0], -1), 0

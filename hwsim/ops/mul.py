@@ -48,10 +48,10 @@ def _int_array(a, name: str) -> np.ndarray:
     return x
 
 
-@njit(parallel=True, cache=True)
-def _mul_kernel(a, b, za, zb, fixed, m, zf, z_before, mode, q, sh, single, tie0, tie1, zy, qmin, qmax, out,
-                clipped):
-    """out = clamp(requant((a - za) * (b - zb)) + zy) over 4-D broadcast views a, b (any strides).
+@njit(cache=True, inline="always")
+def _mul_rows(a, b, za, zb, fixed, m, zf, z_before, mode, q, sh, single, tie0, tie1, zy, qmin, qmax, out,
+              clipped, t):
+    """Row t = (i, j) of out = clamp(requant((a - za) * (b - zb)) + zy) over 4-D broadcast views a, b (any strides).
 
     float32 (``fixed`` False): v = fl32(fl32(p) * m), v = fl32(v + zf) if z_before, round in ROUND_CODE ``mode``
     (kernels._round_f64), + zy unless z_before; fixed: kernels._mbqm(p, q, sh, ...) + zy. Same arithmetic as
@@ -59,28 +59,43 @@ def _mul_kernel(a, b, za, zb, fixed, m, zf, z_before, mode, q, sh, single, tie0,
     """
     N0, N1, N2, N3 = out.shape
     z_after = 0 if z_before else zy
-    for t in prange(N0 * N1):
-        i = t // N1
-        j = t - i * N1
-        c = 0
-        for k in range(N2):
-            for l in range(N3):
-                p = (np.int64(a[i, j, k, l]) - za) * (np.int64(b[i, j, k, l]) - zb)
-                if fixed:
-                    y = kernels._mbqm(p, q, sh, single, tie0, tie1) + zy
-                else:
-                    v = np.float32(np.float32(p) * m)
-                    if z_before:
-                        v = np.float32(v + zf)
-                    y = kernels._round_f64(np.float64(v), mode) + z_after
-                if y < qmin:
-                    y = qmin
-                    c += 1
-                elif y > qmax:
-                    y = qmax
-                    c += 1
-                out[i, j, k, l] = y
-        clipped[t] = c
+    i = t // N1
+    j = t - i * N1
+    c = 0
+    for k in range(N2):
+        for l in range(N3):
+            p = (np.int64(a[i, j, k, l]) - za) * (np.int64(b[i, j, k, l]) - zb)
+            if fixed:
+                y = kernels._mbqm(p, q, sh, single, tie0, tie1) + zy
+            else:
+                v = np.float32(np.float32(p) * m)
+                if z_before:
+                    v = np.float32(v + zf)
+                y = kernels._round_f64(np.float64(v), mode) + z_after
+            if y < qmin:
+                y = qmin
+                c += 1
+            elif y > qmax:
+                y = qmax
+                c += 1
+            out[i, j, k, l] = y
+    clipped[t] = c
+
+
+# twice: parallel over rows (i, j), and serial for execute's batch workers (kernels.serial_mode); two functions, as
+# numba's cache keys a compiled function by its Python function and signature, not by its parallel flag
+@njit(parallel=True, cache=True)
+def _mul_par(a, b, za, zb, fixed, m, zf, z_before, mode, q, sh, single, tie0, tie1, zy, qmin, qmax, out, clipped):
+    for t in prange(out.shape[0] * out.shape[1]):
+        _mul_rows(a, b, za, zb, fixed, m, zf, z_before, mode, q, sh, single, tie0, tie1, zy, qmin, qmax, out, clipped,
+                  t)
+
+
+@njit(cache=True, nogil=True)
+def _mul_ser(a, b, za, zb, fixed, m, zf, z_before, mode, q, sh, single, tie0, tie1, zy, qmin, qmax, out, clipped):
+    for t in range(out.shape[0] * out.shape[1]):
+        _mul_rows(a, b, za, zb, fixed, m, zf, z_before, mode, q, sh, single, tie0, tie1, zy, qmin, qmax, out, clipped,
+                  t)
 
 
 def _mul_fast(a, b, shape, za, zb, zy, qmin, qmax, params, cfg):
@@ -107,10 +122,11 @@ def _mul_fast(a, b, shape, za, zb, zy, qmin, qmax, params, cfg):
     out = np.empty(shape4, np.int64)
     clipped = np.zeros(shape4[0] * shape4[1], np.int64)
     m = np.float32(params.multiplier[0]) if not fixed else np.float32(0)
-    _mul_kernel(a4, b4, np.int64(za), np.int64(zb), fixed, m, np.float32(zy), cfg.zero_point == "before",
-                kernels.ROUND_CODE.get(cfg.rounding, 0), np.int64(q), np.int64(sh), cfg.fixed_rounding == "single",
-                kernels.TIE_CODE[cfg.fixed_ties[0]], kernels.TIE_CODE[cfg.fixed_ties[1]], np.int64(zy),
-                np.int64(qmin), np.int64(qmax), out, clipped)
+    kern = _mul_ser if kernels.serial() else _mul_par  # serial in execute's batch workers
+    kern(a4, b4, np.int64(za), np.int64(zb), fixed, m, np.float32(zy), cfg.zero_point == "before",
+         kernels.ROUND_CODE.get(cfg.rounding, 0), np.int64(q), np.int64(sh), cfg.fixed_rounding == "single",
+         kernels.TIE_CODE[cfg.fixed_ties[0]], kernels.TIE_CODE[cfg.fixed_ties[1]], np.int64(zy),
+         np.int64(qmin), np.int64(qmax), out, clipped)
     return out.reshape(shape), int(clipped.sum())
 
 
@@ -164,7 +180,8 @@ def mul(a_q, b_q, *, a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_ze
     index = None
     if cfg.rounding == "stochastic" and index_offset:
         index = index_offset + fp._flat_index(shape)
-    return ops.requantize(p, params, cfg, zy, qmin, qmax, channel_axis=0, impl=impl, index=index)
+    with kernels.exclusive():  # its parallel kernels: one of execute's batch workers at a time
+        return ops.requantize(p, params, cfg, zy, qmin, qmax, channel_axis=0, impl=impl, index=index)
 
 
 # ----------------------------------------------------------------------------- registry entry
@@ -222,6 +239,11 @@ class MulSpec(OpSpec):
                    multiplier="inverse" if lay.form == "torch" else "requant", impl=impl,
                    index_offset=offset * per_image(np.broadcast_shapes(xa.shape, xb.shape)))
         return clamp_counted(y, lay, gy, narrow)
+
+    def thread_safe(self, qg, lay) -> bool:
+        """Runs in several threads at once (execute's batch workers): the fused kernel and ORT's float path have
+        serial twins, :func:`mul`'s fallback takes the lock (kernels.exclusive); not inductor's squeeze-excite mul."""
+        return getattr(lay, "se", None) is None
 
     @staticmethod
     def _execute_se(qg, lay, env, impl) -> np.ndarray:

@@ -2,6 +2,8 @@
 (torch._int_mm), per-layer plans made once, the numba element-wise add kernels — each bit-identical
 to the reference, zero tolerance, and each shown to be the path actually taken."""
 
+import importlib
+
 import numba
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from tests.nets import images, tiny_cnn
 
 HAS_INT_MM = kernels.int_mm() is not None
 needs_int_mm = pytest.mark.skipif(not HAS_INT_MM, reason="torch._int_mm not available")
+
+mul_mod = importlib.import_module("hwsim.ops.mul")  # the module (hwsim.ops.mul the name is its function)
 
 
 @pytest.fixture
@@ -473,6 +477,41 @@ def test_serial_mode_kernels_equal_parallel():
     for u, v in zip(*res):
         np.testing.assert_array_equal(u, v)
     assert res[0][2] == int(np.count_nonzero((y > 127) | (y < -128)))
+    assert not kernels.serial()
+
+
+@pytest.mark.parametrize("cfg", [ops.Requant(mode="fixed"), ops.Requant(mode="float32", zero_point="before"),
+                                 ops.Requant(mode="float32", rounding="half_away")], ids=lambda c: c.mode + c.zero_point)
+def test_serial_twins_of_mul_and_ort_float_path_equal_parallel(cfg):
+    """ops.mul's fused kernel and ORT's float-path (de)quantizers (hwsim.mlas) in a batch worker (serial twins)
+    == the parallel kernels == the reference, on every int8 pair and a broadcast (squeeze-excite) shape."""
+    from hwsim import mlas
+
+    ramp = np.arange(-128, 128, dtype=np.int8)
+    a, b = np.meshgrid(ramp, ramp)
+    a, b = a.reshape(2, 128, 16, 16), b.reshape(2, 128, 16, 16)
+    kw = dict(a_scale=0.05, a_zero_point=3, b_scale=0.02, b_zero_point=-2, y_scale=0.07, y_zero_point=1,
+              qmin=-128, qmax=127, cfg=cfg)
+    got = []
+    for on in (False, True):
+        with kernels.serial_mode(on):
+            spy = []
+            real_ser, real_par = mul_mod._mul_ser, mul_mod._mul_par
+            try:
+                mul_mod._mul_ser = lambda *x: (spy.append("ser"), real_ser(*x))[1]
+                mul_mod._mul_par = lambda *x: (spy.append("par"), real_par(*x))[1]
+                y = ops.mul(a, b, **kw)
+                se = ops.mul(a, b[:, :, :1, :1], **kw)
+            finally:
+                mul_mod._mul_ser, mul_mod._mul_par = real_ser, real_par
+            assert spy == ["ser" if on else "par"] * 2
+            d = mlas.dequantize(a, 0.05, 3)
+            q = mlas.quantize(d * np.float32(1.7), 0.07, 1)
+            got.append((y, se, d, q))
+    for u, v in zip(*got):
+        for s, t in zip(u if isinstance(u, tuple) else (u,), v if isinstance(v, tuple) else (v,)):
+            np.testing.assert_array_equal(s, t)
+    np.testing.assert_array_equal(got[0][0][0], ops.mul(a, b, impl="reference", **kw)[0])
     assert not kernels.serial()
 
 

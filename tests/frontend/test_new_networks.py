@@ -93,3 +93,60 @@ def test_fake_quant_mirror_of_the_new_layers_is_within_one_code(exported):
     assert checked >= 4
     logits, codes = mirror_codes(qg, x[:2])
     assert logits.shape == (2, 10) and set(codes) >= {lay.output for lay in qg.layers}
+
+
+
+@pytest.fixture(scope="module")
+def mobilenetv3_rgb():
+    """MobileNetV3-small-style at 3x16x16 with BatchNorm statistics drawn at random (benchmarks/network.py's
+    way): every MAC layer takes a thread-safe fast path under the int8 engine profiles."""
+    torch.manual_seed(1)
+    m = build_model("mobilenetv3", 10, 3)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.1, 0.1)
+    x = np.random.default_rng(2).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    return to_graph(m.eval(), (3, 16, 16)), x
+
+
+@pytest.mark.parametrize("profile,fallback", [("int8-onnxruntime", False), ("int8-fbgemm", False),
+                                              ("int8-tflite", False), ("int8-tflite", True)])
+def test_batch_workers_run_the_tables_and_the_mul_equal_one_thread(mobilenetv3_rgb, profile, fallback, monkeypatch):
+    """The table activations (hard-swish, hard-sigmoid), the squeeze-excite mul and flatten run in execute's batch
+    workers at once (issue 18: they took the lock, one worker at a time, and MobileNetV3 gained 1.1x from a second
+    thread): 2 threads == 1 thread == reference, logits and every counter. Spies show the batch split and the mul's
+    serial twin in the workers; ``fallback``: the mul's fused kernel declined (as outside its domain), its
+    requantize fallback runs under the lock in the workers, still == reference."""
+    import importlib
+
+    from hwsim import execute, kernels
+
+    mul_mod = importlib.import_module("hwsim.ops.mul")  # the module (hwsim.ops.mul the name is the function)
+    g, x = mobilenetv3_rgb
+    qg = compile_model(g, load_profile(profile), x)
+    assert all(execute.prepare(qg)) and {"hardswish", "hardsigmoid", "mul", "flatten"} <= {lay.op for lay in qg.layers}
+    ref = run_quantized(qg, x[:3], batch_size=3, impl="reference")
+    seen = []
+    for mod, name in ((execute, "_run_part"), (mul_mod, "_mul_ser"), (kernels, "exclusive")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name, **k: (seen.append((_n, kernels.serial())),
+                                                                        _r(*a, **k))[1])
+    if fallback:
+        monkeypatch.setattr(mul_mod, "_mul_fast", lambda *a, **k: None)
+    prev = kernels.workers()
+    try:
+        kernels.set_threads(2)
+        for threads in (1, 2):
+            seen.clear()
+            got = run_quantized(qg, x[:3], batch_size=3, threads=threads)  # 2 threads: parts of 1 and 2
+            np.testing.assert_array_equal(got.logits, ref.logits, err_msg=f"{profile} threads {threads}")
+            assert [s.to_json() for s in got.layers] == [s.to_json() for s in ref.layers]
+            split = threads == 2
+            assert (("_run_part", False) in seen) == split
+            assert (("_mul_ser", True) in seen) == (split and not fallback)
+            assert (("exclusive", True) in seen) == (split and fallback), seen  # no other layer takes the lock
+    finally:
+        kernels.set_threads(prev)
