@@ -19,8 +19,9 @@ one warm-up run, then the minimum of ``--repeat`` blocked timings of a whole bat
     python benchmarks/network.py [--nets resnet18-32,mobilenetv2,smallcnn] [--batch 256] [--threads 2]
         [--repeat 3] [--profile int8-onnxruntime --profile int8-acc16-sat] [--hwsim-only] [--json]
 
-``--scaling`` instead times every engine at 1 and at ``--threads`` threads, the timings interleaved (one
-blocked batch of each configuration in turn, ``--repeat`` rounds, the minimum of each), and prints each
+``--scaling`` instead times every engine at 1 and at ``--threads`` threads, the timings interleaved (each
+configuration in turn runs an untimed batch -- the previous engine's spinning threads go idle, this one's wake --
+then a timed one; ``--repeat`` rounds, the minimum of each), and prints each
 engine's T-thread / 1-thread ratio from that one run, beside a host probe: T copies of a fixed integer loop
 (numba, no memory traffic) on T threads against one copy on one thread -- what the machine itself gives
 (a VM whose vCPUs share a core, or a host slowing them, shows up there, not only in the engines).
@@ -351,6 +352,7 @@ def scaling(net: str, profiles: list[str], batch: int, threads: int, repeat: int
         fns[k](t)  # warm-up (compilation, engine initialisation)
     for _ in range(repeat):
         for k, t in best:
+            fns[k](t)  # untimed: the previous engine's threads stop spinning (ORT's pool, OpenMP), this one's wake
             t0 = time.perf_counter()
             fns[k](t)
             best[k, t] = min(best[k, t], time.perf_counter() - t0)
