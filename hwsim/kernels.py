@@ -1351,20 +1351,24 @@ def conv_plan(w, bias, zx, zw, stride, pad, dilation, groups, acc, lo: int, hi: 
 
 @dataclass
 class _DepthwiseStage:
-    """A depthwise conv whose accumulator is order-dependent but sees one chunk per channel (rows >= kernel
+    """A depthwise conv under an order-dependent accumulator of R rows. One chunk per channel (R >= kernel
     taps): acc = A(A(b) + P(S)), S the exact tap sum (depthwise_acc), so the chunk model is one stage pass over
-    the exact sums (:func:`depthwise_stage`). Every value fits int32 (checked when planned)."""
+    the exact sums (:func:`depthwise_stage`). Several (R < taps, a 5x5 depthwise under 16 rows): the chunks of R
+    taps in tap order, acc = A(acc + P(S_j)) after each, fused into the tap loop (:func:`depthwise_chunks`). Every
+    chunk sum and accumulator fits int32 (checked when planned)."""
 
     w: np.ndarray  # int64 [C, kh*kw]: w - z_w
     b0: np.ndarray  # int64 [C]: the bias after the A stage
     bias_events: int  # channels whose bias leaves the A stage (events at every position)
     spec: np.ndarray  # int64 [C, 4]: a_bits, a_mode, p_bits, p_mode of each channel's plan
     sum_max: int  # max over channels of sum |w - z_w| * max |x - z_x|
+    rows: int = 0  # R: taps per chunk (>= the taps: one chunk)
 
 
 def _depthwise_stage_plan(wd: np.ndarray, plans: list, xmax: int) -> "_DepthwiseStage | None":
-    """The :class:`_DepthwiseStage` of a depthwise conv (one plan per channel), or None where a channel has more
-    than one chunk or a value could leave int32."""
+    """The :class:`_DepthwiseStage` of a depthwise conv (one plan per channel), or None where a value could leave
+    int32 (a chunk sum: |S| <= sum |w - z_w| * max |x - z_x|; the accumulator: an A stage of at most 32 bits, or
+    |b| + that bound, as |P(S)| <= |S|) or the channels' chunk rows differ."""
     K = wd.shape[1]
     rows = np.abs(wd).sum(axis=1)
     sum_max = int(rows.max(initial=0)) * xmax
@@ -1373,9 +1377,12 @@ def _depthwise_stage_plan(wd: np.ndarray, plans: list, xmax: int) -> "_Depthwise
     b0 = np.zeros(len(plans), np.int64)
     spec = np.zeros((len(plans), 4), np.int64)
     bev = 0
+    rows_R = {int(p.spec[4]) for p in plans}
+    if len(rows_R) != 1 or min(rows_R) < 1:
+        return None
     for c, p in enumerate(plans):
         a_bits, a_mode, p_bits, p_mode, R = (int(v) for v in p.spec[:5])
-        if R < K or (a_mode != MODE_NONE and a_bits > 32):
+        if a_mode != MODE_NONE and a_bits > 32:
             return None
         b = int(p.bias[0])
         if a_mode == MODE_NONE and abs(b) + int(rows[c]) * xmax >= 1 << 31:
@@ -1383,7 +1390,7 @@ def _depthwise_stage_plan(wd: np.ndarray, plans: list, xmax: int) -> "_Depthwise
         bb, ev = _acc._bias_in_acc(p.bias, p.spec)
         b0[c], bev = int(bb[0]), bev + ev
         spec[c] = (a_bits, a_mode, p_bits, p_mode)
-    return _DepthwiseStage(np.ascontiguousarray(wd.astype(np.int64)), b0, bev, spec, sum_max)
+    return _DepthwiseStage(np.ascontiguousarray(wd.astype(np.int64)), b0, bev, spec, sum_max, rows_R.pop())
 
 
 @njit(cache=True, nogil=True)
@@ -1431,25 +1438,34 @@ def _stage_value(v, mode, bits):
 
 
 def depthwise_staged_run(x, plan: GemmPlan, geom: np.ndarray, pad, out, epi: "Epilogue"):
-    """:func:`depthwise_run` for ``plan.dw_stage``: per block of images the exact tap sums (depthwise_acc, int32),
-    the one-chunk accumulator model (:func:`depthwise_stage`), then ``epi`` (bias already in the accumulator).
-    Returns (clipped, partial events, acc events), or None when x leaves the plan's range."""
+    """:func:`depthwise_run` for ``plan.dw_stage``: per block of images the accumulators (one chunk: the exact tap
+    sums, depthwise_acc, then :func:`depthwise_stage`; several: :func:`depthwise_chunks`), then ``epi`` (bias
+    already in the accumulator). Returns (clipped, partial events, acc events), or None when x leaves the plan's
+    range."""
     d = plan.dw_stage
     N, C = x.shape[0], x.shape[1]
     x = np.ascontiguousarray(x)
     L, n_workers, blocks, (sh, sw, Ho, Hq, Wq) = _dw_blocks(x, geom, pad)
     wk = d.w.astype(np.int32)  # every partial sum of the taps < 2^31 (the plan's check)
     zero = np.zeros(C, np.int64)
+    one_chunk = d.rows >= wk.shape[1]
 
     def work(part):
         clipped = pe = ae = 0
         phases = np.empty(sh * sw * Hq * Wq, np.int32)
         acc = np.empty(Ho * Wq, np.int32)
+        acc64 = None if one_chunk else np.empty(Ho * Wq, np.int64)
         for n0, b in part:
             ct = np.empty((C, b * L), np.int32)
-            if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], phases, acc, ct):
-                return None
-            p1, a1 = depthwise_stage(ct, d.b0, d.spec)
+            if one_chunk:
+                if not depthwise_acc(x, n0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], phases, acc, ct):
+                    return None
+                p1, a1 = depthwise_stage(ct, d.b0, d.spec)
+            else:
+                ok, p1, a1 = depthwise_chunks(x, n0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], d.rows, d.b0,
+                                              d.spec, phases, acc, acc64, ct)
+                if not ok:
+                    return None
             pe, ae = pe + int(p1), ae + int(a1)
             clipped += epi.run(ct, n0, zero, out)
         return clipped, pe, ae
@@ -1483,42 +1499,16 @@ def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, phases, acc, ct):
     reads one phase plane at stride 1, so each tap is one long contiguous multiply-add over the Ho x Wq output
     rows (``acc``, flat: vectorized), of which the first Wo columns of each row are the outputs."""
     kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
-    H, W = x.shape[2], x.shape[3]
     C, L = ct.shape[0], Ho * Wo
     nb = ct.shape[1] // L
-    S = sh * sw
-    plane = phases.shape[0] // S
+    plane = phases.shape[0] // (sh * sw)
     Wq = acc.shape[0] // Ho
     n = Ho * Wq
     zero = phases[0] * 0
     bad = False
     for i in range(nb):
         for c in range(C):
-            for t in range(phases.shape[0]):
-                phases[t] = zero
-            for r in range(H):
-                pr = r + pt
-                row0 = ((pr % sh) * sw * plane) + (pr // sh) * Wq
-                if sw == 1:
-                    dst = phases[row0 + pl:row0 + pl + W]
-                    src = x[n0 + i, c, r]
-                    for s in range(W):
-                        v = src[s]
-                        bad |= (v < lo) | (v > hi)
-                        dst[s] = v - zx
-                else:
-                    for q in range(sw):  # column phase q: input columns s0, s0 + sw, ... (contiguous in the plane)
-                        s0 = (q - pl) % sw
-                        if s0 >= W:
-                            continue
-                        cnt = (W - s0 + sw - 1) // sw
-                        d0 = row0 + q * plane + (s0 + pl) // sw
-                        dst = phases[d0:d0 + cnt]
-                        src = x[n0 + i, c, r, s0::sw]
-                        for s in range(cnt):
-                            v = src[s]
-                            bad |= (v < lo) | (v > hi)
-                            dst[s] = v - zx
+            bad |= _dw_phases(x, n0 + i, c, zx, lo, hi, pt, pl, sh, sw, plane, Wq, phases)
             for t in range(n):
                 acc[t] = zero
             for a in range(kh):
@@ -1537,6 +1527,94 @@ def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, phases, acc, ct):
                 for ow in range(Wo):
                     d[ow] = a_row[ow]
     return not bad
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dw_phases(x, n, c, zx, lo, hi, pt, pl, sh, sw, plane, Wq, phases):
+    """The zero-padded plane x[n, c] - z_x split into its sh*sw stride phases (depthwise_acc's layout); returns
+    whether an input lies outside [lo, hi]."""
+    H, W = x.shape[2], x.shape[3]
+    bad = False
+    zero = phases[0] * 0
+    for t in range(phases.shape[0]):
+        phases[t] = zero
+    for r in range(H):
+        pr = r + pt
+        row0 = ((pr % sh) * sw * plane) + (pr // sh) * Wq
+        if sw == 1:
+            dst = phases[row0 + pl:row0 + pl + W]
+            src = x[n, c, r]
+            for s in range(W):
+                v = src[s]
+                bad |= (v < lo) | (v > hi)
+                dst[s] = v - zx
+        else:
+            for q in range(sw):  # column phase q: input columns s0, s0 + sw, ... (contiguous in the plane)
+                s0 = (q - pl) % sw
+                if s0 >= W:
+                    continue
+                cnt = (W - s0 + sw - 1) // sw
+                d0 = row0 + q * plane + (s0 + pl) // sw
+                dst = phases[d0:d0 + cnt]
+                src = x[n, c, r, s0::sw]
+                for s in range(cnt):
+                    v = src[s]
+                    bad |= (v < lo) | (v > hi)
+                    dst[s] = v - zx
+    return bad
+
+
+@njit(cache=True, nogil=True)
+def depthwise_chunks(x, n0, zx, lo, hi, w, geom, pt, pl, R, b0, spec, phases, cacc, acc, ct):
+    """The MAC-array model of a depthwise conv with several chunks per output (docs/semantics.md section 10):
+    per output of channel c, acc = b0[c] (the bias after the A stage), then for each chunk j of R taps in tap
+    order (k = a*kw + b, padding pixels adding 0): t = P(S_j), acc = A(acc + t); ct = acc. S_j by depthwise_acc's
+    stride-phase planes, one contiguous multiply-add per tap over the Ho x Wq rows (``cacc``, int32: the plan's
+    bound), the stages on the Ho x Wo outputs only (int64 ``acc``; spec[c] = a_bits, a_mode, p_bits, p_mode).
+    Returns (every input inside [lo, hi], partial events, acc events)."""
+    kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    C, L = ct.shape[0], Ho * Wo
+    K = kh * kw
+    nb = ct.shape[1] // L
+    plane = phases.shape[0] // (sh * sw)
+    Wq = cacc.shape[0] // Ho
+    n = Ho * Wq
+    bad = False
+    pe = np.int64(0)
+    ae = np.int64(0)
+    for i in range(nb):
+        for c in range(C):
+            bad |= _dw_phases(x, n0 + i, c, zx, lo, hi, pt, pl, sh, sw, plane, Wq, phases)
+            a_bits, a_mode, p_bits, p_mode = spec[c, 0], spec[c, 1], spec[c, 2], spec[c, 3]
+            for t in range(n):
+                acc[t] = b0[c]
+            for k0 in range(0, K, R):
+                for t in range(n):
+                    cacc[t] = 0
+                for k in range(k0, min(K, k0 + R)):
+                    a = k // kw
+                    b = k - a * kw
+                    ra, cb = a * dh, b * dw
+                    wv = w[c, k]
+                    off = ((ra % sh) * sw + cb % sw) * plane + (ra // sh) * Wq + cb // sw
+                    src = phases[off:off + n]
+                    for t in range(n):
+                        cacc[t] += wv * src[t]
+                for oh in range(Ho):
+                    for ow in range(Wo):
+                        t = oh * Wq + ow
+                        v = np.int64(cacc[t])
+                        s = _stage_value(v, p_mode, p_bits)
+                        pe += np.int64(s != v)
+                        v = acc[t] + s
+                        r = _stage_value(v, a_mode, a_bits)
+                        ae += np.int64(r != v)
+                        acc[t] = r
+            base = i * L
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    ct[c, base + oh * Wo + ow] = acc[oh * Wq + ow]
+    return not bad, pe, ae
 
 
 DW_BLOCK_BYTES = 1 << 18  # accumulators per depthwise block (cache-sized: the epilogue reads them again)

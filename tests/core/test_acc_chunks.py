@@ -625,32 +625,51 @@ def test_worker_threads_kept_and_resized(threads):
     assert kernels._POOL[1] is pool  # the same size again: the same threads
 
 
-# ----------------------------------------------------------------------------- depthwise convs of one chunk
-@pytest.mark.parametrize("profile", ["int8-acc16-sat", "int8-acc16-wrap", "int8-psum16", "w4a4-acc12"])
+
+# ----------------------------------------------------------------------------- depthwise convs under chunks
+# (profile, settings): one chunk of 16 / 64 rows per 3x3 channel (int8-acc16-sat, -wrap, int8-psum16's P stage), and
+# several: rows 4 (chunks of 4, 4, 1 taps) saturating / wrapping, rows 2 with a P stage, a chunk per MAC
+DW_CASES = [("int8-acc16-sat", {}), ("int8-acc16-wrap", {}), ("int8-psum16", {}),
+            ("int8-acc16-sat", {"accumulator.rows": 1, "accumulator.bits": 13}),
+            ("int8-acc16-sat", {"accumulator.rows": 4, "accumulator.bits": 13}),
+            ("int8-acc16-wrap", {"accumulator.rows": 4, "accumulator.bits": 12}),
+            ("int8-psum16", {"accumulator.rows": 2, "accumulator.partial_bits": 10, "accumulator.bits": 14})]
+
+
+@pytest.mark.parametrize("profile,settings", DW_CASES, ids=lambda v: v if isinstance(v, str) else
+                         ",".join(f"{k.split('.')[1]}={x}" for k, x in v.items()) or "-")
 @pytest.mark.parametrize("bs,threads_", [(5, 1), (5, 2), (1, 2)])
-def test_depthwise_one_chunk_route_equals_reference(profile, bs, threads_, monkeypatch):
-    """A depthwise conv whose accumulator sees one chunk per channel (3x3 taps, rows 16 / 64): ops.mac's fused
-    route (kernels.depthwise_staged_run: exact tap sums, the one-chunk model A(A(b) + P(S)), the fused epilogue)
-    == the reference executor, logits and every counter (saturating A stage; P stage of int8-psum16); w4a4-acc12
-    (a chunk per MAC) keeps the general path."""
+def test_depthwise_chunk_route_equals_reference(profile, settings, bs, threads_, monkeypatch):
+    """A depthwise conv under an order-dependent accumulator takes ops.mac's fused route (kernels.depthwise_staged_run:
+    one chunk per channel, exact tap sums then A(A(b) + P(S)); several chunks, kernels.depthwise_chunks: the chunks
+    of R taps in tap order with A(acc + P(S_j)) after each; the fused epilogue) == the reference executor, logits and
+    every counter, in one and two batch workers; the events show the stages act, and the one-chunk form on the
+    several-chunk cases (one stage on the whole sum) gives other accumulators."""
     from hwsim.compile import compile_model
     from hwsim.execute import run_quantized
     from hwsim.profile import load_profile
     from tests.nets import images, tiny_cnn
 
-    qg = compile_model(tiny_cnn(seed=3, channels=20), load_profile(profile), images(32, seed=5))
+    prof = load_profile(profile)
+    qg = compile_model(tiny_cnn(seed=3, channels=20), prof.with_settings(settings) if settings else prof,
+                       images(32, seed=5))
     x = images(5, seed=4)
     x[0] *= 6
     ref = run_quantized(qg, x, batch_size=5, impl="reference")
-    calls = {"n": 0}
-    real = kernels.depthwise_staged_run
+    calls = {"n": 0, "chunks": 0}
+    real, real_chunks = kernels.depthwise_staged_run, kernels.depthwise_chunks
 
     def counted(*a):
         got = real(*a)
         calls["n"] += got is not None
         return got
 
+    def chunks(*a):
+        calls["chunks"] += 1
+        return real_chunks(*a)
+
     monkeypatch.setattr(kernels, "depthwise_staged_run", counted)
+    monkeypatch.setattr(kernels, "depthwise_chunks", chunks)
     prev = kernels.numba.get_num_threads()
     try:
         kernels.set_threads(threads_)
@@ -659,10 +678,31 @@ def test_depthwise_one_chunk_route_equals_reference(profile, bs, threads_, monke
         kernels.set_threads(prev)
     np.testing.assert_array_equal(got.logits, ref.logits)
     assert [s.to_json() for s in got.layers] == [s.to_json() for s in ref.layers]
-    dw = next(s for s, lay in zip(ref.layers, qg.layers) if lay.name == "dw")
-    if profile == "w4a4-acc12":
-        assert calls["n"] == 0
-    else:
-        assert calls["n"] == -(-5 // bs)
-        if profile == "int8-acc16-sat":
-            assert dw.acc_events > 0  # the stage acts on this layer
+    lay = qg.layer("dw")
+    dw = next(s for s, la in zip(ref.layers, qg.layers) if la.name == "dw")
+    rows = lay.accumulator.rows or 1 << 30  # unbounded: one chunk
+    assert calls["n"] == -(-5 // bs)
+    assert (calls["chunks"] > 0) == (rows < 9)
+    if profile == "int8-acc16-sat" or settings:
+        assert dw.acc_events + dw.partial_events > 0  # the stages act on this layer
+    if rows < 9:  # the one-chunk model on the same layer: other integers, or (wrapping) other events
+        spec = ops.get("conv2d")
+        plan = spec.planned(lay, qg.grids[lay.inputs[0]])[3]
+        d = plan.dw_stage
+        xin = run_quantized(qg, x, batch_size=5, impl="reference", keep_tensors=True).tensors[lay.inputs[0]]
+        geom, pad = spec.gemm_shape(lay, xin, plan)[1:3]
+        L, _, _, (sh, sw, Ho, Hq, Wq) = kernels._dw_blocks(xin, geom, pad)
+        wk = d.w.astype(np.int32)
+        one = np.empty((xin.shape[1], 5 * L), np.int32)
+        assert kernels.depthwise_acc(xin, 0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2],
+                                     np.empty(sh * sw * Hq * Wq, np.int32), np.empty(Ho * Wq, np.int32), one)
+        several = np.empty_like(one)
+        ok, pe, ae = real_chunks(xin, 0, plan.zx, plan.lo, plan.hi, wk, geom, pad[0], pad[2], rows, d.b0, d.spec,
+                                 np.empty(sh * sw * Hq * Wq, np.int32), np.empty(Ho * Wq, np.int32),
+                                 np.empty(Ho * Wq, np.int64), several)
+        p1, a1 = kernels.depthwise_stage(one, d.b0, d.spec)
+        assert ok and (pe, ae) != (0, 0)
+        if lay.accumulator.overflow == "saturate":
+            assert not np.array_equal(one, several)
+        else:  # wrapping once or after every chunk: the same residues, not the same events
+            assert (p1, a1) != (pe, ae)
