@@ -8,7 +8,7 @@ model kernel (operands too wide for either); each test checks the path it means 
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from hwsim import accumulate, kernels, ops
@@ -706,3 +706,47 @@ def test_depthwise_chunk_route_equals_reference(profile, settings, bs, threads_,
             assert not np.array_equal(one, several)
         else:  # wrapping once or after every chunk: the same residues, not the same events
             assert (p1, a1) != (pe, ae)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.data())
+def test_depthwise_chunks_property(data):
+    """kernels.depthwise_staged_run (one chunk: exact sums then the stage; several: depthwise_chunks) == the
+    reference conv (ops.conv2d, impl="reference"): accumulators and both event counts, over kernel sizes 1-5,
+    strides 1-3, dilations 1-2, asymmetric padding, rows 1 to beyond the taps, saturating / wrapping A and P
+    stages, zero points, batch 1-3 and one or two workers."""
+    d = data.draw
+    k = (d(st.integers(1, 5)), d(st.integers(1, 5)))
+    stride, dil = (d(st.integers(1, 3)), d(st.integers(1, 3))), (d(st.integers(1, 2)), d(st.integers(1, 2)))
+    pad = tuple(d(st.integers(0, 2)) for _ in range(4))
+    H, W = d(st.integers(max(1, (k[0] - 1) * dil[0] + 1 - pad[0] - pad[1]), 9)), \
+        d(st.integers(max(1, (k[1] - 1) * dil[1] + 1 - pad[2] - pad[3]), 9))
+    acc = ops.Accumulator(bits=d(st.integers(9, 16)), overflow=d(st.sampled_from(["wrap", "saturate"])),
+                          rows=d(st.integers(1, k[0] * k[1] + 2)), partial_bits=d(st.sampled_from([None, 8, 11])),
+                          partial_overflow=d(st.sampled_from(["wrap", "saturate"])))
+    C, N, zx = d(st.integers(1, 5)), d(st.integers(1, 3)), d(st.integers(-20, 20))
+    rng = np.random.default_rng(d(st.integers(0, 2**16)))
+    x = rng.integers(-128, 128, (N, C, H, W))
+    w = rng.integers(-127, 128, (C, 1, *k))
+    b = rng.integers(-3000, 3000, C)
+    plan = kernels.conv_plan(w, b, zx, np.zeros(C, np.int64), stride, pad, dil, C, acc, -128, 127)
+    assume(plan.depthwise is None and plan.dw_stage is not None)  # events possible, the chunked route planned
+    geom = np.array([k[0], k[1], stride[0], stride[1], dil[0], dil[1],
+                     (H + pad[0] + pad[1] - (k[0] - 1) * dil[0] - 1) // stride[0] + 1,
+                     (W + pad[2] + pad[3] - (k[1] - 1) * dil[1] - 1) // stride[1] + 1], np.int64)
+    ref, st_ref = ops.conv2d(x, w, b, x_zero_point=zx, stride=stride, padding=pad, dilation=dil, groups=C, acc=acc,
+                             impl="reference")
+    # an identity epilogue: fl32(acc * 1) is exact (|acc| < 2^24), no clamp
+    epi = kernels.Epilogue(kind="float32", zy=0, lo=-(1 << 40), hi=1 << 40, qmin=-(1 << 40), qmax=1 << 40,
+                           count_low=False, mult=np.ones(C, np.float32), bias=np.zeros(C, np.float32),
+                           pre=np.ones(C, np.float32))
+    prev = kernels.numba.get_num_threads()
+    try:
+        kernels.set_threads(d(st.integers(1, 2)))
+        out = np.empty((N, C, int(geom[6] * geom[7])), np.int64)
+        got = kernels.depthwise_staged_run(x, plan, geom, pad, out, epi)
+    finally:
+        kernels.set_threads(prev)
+    assert got is not None
+    np.testing.assert_array_equal(out.reshape(ref.shape), ref)
+    assert (got[1], got[2]) == (st_ref.partial_events, st_ref.acc_events)
