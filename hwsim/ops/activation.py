@@ -391,6 +391,23 @@ def _gather(x, table, qmin, out):
     return bad
 
 
+@njit(cache=True, nogil=True)
+def _gather_clamped(x, table, counted, qmin, out):
+    """out[i] = table[x[i] - qmin] (a clamped table in out's dtype), plus the number of counted entries read;
+    returns (inputs outside the table, that count) (serial: execute's batch workers run it at once)."""
+    n = table.shape[0]
+    bad = 0
+    c = 0
+    for i in range(x.shape[0]):
+        k = x[i] - qmin
+        if k < 0 or k >= n:
+            bad += 1
+        else:
+            out[i] = table[k]
+            c += counted[k]
+    return bad, c
+
+
 def apply_table(x_q, table, in_qmin: int) -> np.ndarray:
     """y = table[x - in_qmin] (int64, shape of x); every x must lie on the table's input grid.
 
@@ -528,10 +545,32 @@ class _TableSpec(OpSpec):
         workers at once; not a hard-swish fused with its MAC layer (activation_form 'inductor')."""
         return getattr(lay, "fused_mac", None) is None
 
+    def clamped_table(self, lay, gy, narrow: bool):
+        """(the table clamped to the layer's output range in the output dtype, per entry 1 where clamp_counted
+        counts it: above the grid, or below it without a fused activation), made once per layer and setting."""
+        from hwsim import kernels
+
+        lo, hi = lay.clamp
+        key = (lo, hi, int(gy.qmin), int(gy.qmax), lay.activation is None, narrow)
+        got = getattr(lay, "fast_clamped_table", None)
+        if got is None or got[0] != key or got[1] is not lay.table:
+            t = np.asarray(lay.table, np.int64)
+            counted = (t > gy.qmax) | ((t < gy.qmin) if lay.activation is None else False)
+            dt = kernels.narrow_dtype(lo, hi) if narrow else np.int64
+            got = (key, lay.table, np.clip(t, lo, hi).astype(dt), counted.astype(np.uint8))
+            lay.fast_clamped_table = got
+        return got[2], got[3]
+
     def execute(self, qg, lay, env, st, impl, offset, narrow):
         x, gy = env[lay.inputs[0]], qg.grids[lay.output]
         if impl == "fast":
-            y = apply_table(x, lay.table, lay.table_qmin)
+            t, counted = self.clamped_table(lay, gy, narrow)
+            out = np.empty(x.shape, t.dtype)  # the lookup, clamp and count in one pass (== clamp_counted below)
+            bad, clipped = _gather_clamped(np.ascontiguousarray(x).reshape(-1), t, counted, np.int64(lay.table_qmin),
+                                           out.reshape(-1))
+            if not bad:
+                return out, int(clipped)
+            y = apply_table(x, lay.table, lay.table_qmin)  # an input off the table: apply_table's error
         else:  # the form's definition on each distinct input value (no table), scattered back
             gi = qg.grids[lay.inputs[0]]
             a, b = self.ab(lay.attrs)

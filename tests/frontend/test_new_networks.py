@@ -150,3 +150,42 @@ def test_batch_workers_run_the_tables_and_the_mul_equal_one_thread(mobilenetv3_r
             assert (("exclusive", True) in seen) == (split and fallback), seen  # no other layer takes the lock
     finally:
         kernels.set_threads(prev)
+
+
+def test_table_lookup_clamp_and_count_in_one_pass(mobilenetv3_rgb, monkeypatch):
+    """A table activation's fast path reads a per-layer table clamped to its output range, in the output dtype,
+    and counts the clipped entries in the same pass (activation._gather_clamped): == the reference execute
+    (values, dtype, clip count) for the layer's clamp and a narrower one (entries beyond the grid: counted),
+    narrow and int64 outputs; an input off the table still gives the one-line error."""
+    from hwsim import ops
+    from hwsim.errors import HwsimError
+    from hwsim.execute import _new_stats
+    from hwsim.ops import activation
+
+    g, x = mobilenetv3_rgb
+    qg = compile_model(g, load_profile("int8-tflite"), x)
+    env = run_integer(qg, x[:2], "fast")
+    calls = []
+    real = activation._gather_clamped
+    monkeypatch.setattr(activation, "_gather_clamped", lambda *a: (calls.append(1), real(*a))[1])
+    tables = [lay for lay in qg.layers if lay.op in ("hardswish", "hardsigmoid")]
+    assert tables
+    clipped_any = 0
+    for lay in tables:
+        spec, gy = ops.get(lay.op), qg.grids[lay.output]
+        for clamp in (lay.clamp, (lay.clamp[0] + 40, lay.clamp[1] - 40)):
+            monkeypatch.setattr(lay, "clamp", clamp)
+            for narrow in (True, False):
+                n0 = len(calls)
+                y, c = spec.execute(qg, lay, dict(env), _new_stats(qg)[0], "fast", 0, narrow)
+                yr, cr = spec.execute(qg, lay, dict(env), _new_stats(qg)[0], "reference", 0, narrow)
+                assert len(calls) == n0 + 1
+                np.testing.assert_array_equal(y, yr)
+                assert y.dtype == yr.dtype and c == cr
+                clipped_any += c
+    assert clipped_any > 0  # the narrower clamps clip: the count is exercised
+    bad = dict(env)
+    bad[tables[0].inputs[0]] = env[tables[0].inputs[0]].copy()
+    bad[tables[0].inputs[0]].flat[0] = 10**6
+    with pytest.raises(HwsimError, match="outside the table"):
+        ops.get(tables[0].op).execute(qg, tables[0], bad, _new_stats(qg)[0], "fast", 0, True)
