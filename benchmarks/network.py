@@ -114,8 +114,8 @@ def hwsim_rate(net: str, profile: str, batch: int, repeat: int) -> float:
 
 def kernel_profile(net: str, profile: str, batch: int, repeat: int) -> dict:
     """Exclusive time per kernel of one hwsim batch (ms, the minimum over ``repeat`` batches of each timer):
-    every hwsim kernel a batch calls (input quantizer, pad / im2col, int8 GEMM, depthwise taps, fused epilogue)
-    is wrapped with a timer that measures its own time in its own thread (batch workers summed: CPU time, not
+    every hwsim kernel a batch calls (input quantizer, pad / im2col, int8 GEMM, depthwise taps and chunks, fused
+    epilogue) is wrapped with a timer that measures its own time in its own thread (batch workers summed: CPU time, not
     thread-pool waits); per layer kind (conv kxk, depthwise, linear, add, ...) the rest of its layers' time is
     "<kind> other". Timers add a few microseconds per call."""
     import threading
@@ -173,7 +173,8 @@ def kernel_profile(net: str, profile: str, batch: int, repeat: int) -> dict:
 
     patches = [(execute, "run_layer", run_layer)]
     for name, key in (("pad_hwc", "pad_hwc (channels-last copy)"), ("im2col_hwc", "im2col_hwc"),
-                      ("depthwise_acc", "depthwise taps"), ("_INT_MM", "int8 GEMM (torch._int_mm)")):
+                      ("depthwise_acc", "depthwise taps"), ("depthwise_chunks", "depthwise chunks + stages"),
+                      ("_INT_MM", "int8 GEMM (torch._int_mm)")):
         real = kernels.int_mm() if name == "_INT_MM" else getattr(kernels, name)
         patches.append((kernels, name, timed(key, real)))
     patches.append((kernels.Epilogue, "run", timed("fused epilogue", kernels.Epilogue.run)))
