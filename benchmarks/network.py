@@ -213,26 +213,42 @@ def ort_rate(net: str, batch: int, threads: int, repeat: int) -> float:
 
     model, shape = build(net)
     qg = compile_model(to_graph(model, shape), load_profile("int8-onnxruntime"), _images(32, shape, 1))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(to_onnx(qg).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = _ort_session(qg, threads)
     codes = qg.grids[qg.input_name].quantize(_images(batch, shape, 2)).astype("uint8")
     return batch / _best(lambda: sess.run(None, {qg.input_name: codes}), repeat)
 
 
-def torch_rate(net: str, batch: int, repeat: int) -> float:
+def _ort_session(qg, threads: int):
+    """An ONNX Runtime session of hwsim's int8-onnxruntime compilation (hwsim.onnx_export), T intra-op threads."""
+    import onnxruntime as ort
+
+    from hwsim.onnx_export import to_onnx
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(to_onnx(qg).SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _torch_x86_int8(model, calib):
+    """FX post-training quantization of the float model (qconfig "x86"), calibrated on ``calib``."""
     import torch
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = "x86"
-    model, shape = build(net)
-    calib = torch.from_numpy(_images(32, shape, 1))
-    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (calib,))
+    c = torch.from_numpy(calib)
+    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (c,))
     with torch.no_grad():
-        prepared(calib)
-    qmodel = convert_fx(prepared)
+        prepared(c)
+    return convert_fx(prepared)
+
+
+def torch_rate(net: str, batch: int, repeat: int) -> float:
+    import torch
+
+    model, shape = build(net)
+    qmodel = _torch_x86_int8(model, _images(32, shape, 1))
     x = torch.from_numpy(_images(batch, shape, 2))
 
     def run():
@@ -285,30 +301,22 @@ def _probe_kernel():
 
 def scaling(net: str, profiles: list[str], batch: int, threads: int, repeat: int) -> dict:
     """T-thread ÷ 1-thread throughput of torch x86 int8, ONNX Runtime and hwsim's profiles on one net, from
-    interleaved blocked timings (see the module docstring), and of the host probe."""
+    interleaved blocked timings (see the module docstring), and of the host probes."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
-    import onnxruntime as ort
     import torch
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     from frontends.pytorch.export import to_graph
     from hwsim import kernels
     from hwsim.compile import compile_model
     from hwsim.execute import run_quantized
-    from hwsim.onnx_export import to_onnx
     from hwsim.profile import load_profile
 
-    torch.backends.quantized.engine = "x86"
     model, shape = build(net)
     calib = _images(32, shape, 1)
     x = _images(batch, shape, 2)
-    prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (torch.from_numpy(calib),))
-    with torch.no_grad():
-        prepared(torch.from_numpy(calib))
-    qmodel, xt = convert_fx(prepared), torch.from_numpy(x)
+    qmodel, xt = _torch_x86_int8(model, calib), torch.from_numpy(x)
     graph = to_graph(model, shape)
     qgs = {p: compile_model(graph, load_profile(p), calib) for p in profiles}
     fns = {}
@@ -320,12 +328,8 @@ def scaling(net: str, profiles: list[str], batch: int, threads: int, repeat: int
     fns["torch_x86_int8"] = torch_run
     if net not in NO_ORT:
         qg = qgs.get("int8-onnxruntime") or compile_model(graph, load_profile("int8-onnxruntime"), calib)
-        model_bytes, codes = to_onnx(qg).SerializeToString(), qg.grids[qg.input_name].quantize(x).astype("uint8")
-        sessions = {}
-        for t in sorted({1, threads}):
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads = t, 1
-            sessions[t] = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        codes = qg.grids[qg.input_name].quantize(x).astype("uint8")
+        sessions = {t: _ort_session(qg, t) for t in sorted({1, threads})}
         fns["onnxruntime"] = lambda t: sessions[t].run(None, {qg.input_name: codes})
     for p, qg in qgs.items():
         def hw_run(t, qg=qg):

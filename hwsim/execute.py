@@ -143,8 +143,9 @@ def _run_part(qg: QuantizedGraph, x: np.ndarray, safe: list[bool], offset: int):
     own stats)."""
     from hwsim import kernels
 
-    stats = [LayerStats(lay.name, lay.op, lay.kind) for lay in qg.layers]  # counters only (_merge reads those):
-    with kernels.serial_mode():  # _new_stats' certificate summaries held the GIL ~1-2 ms a part
+    # counters only (_merge reads nothing else): _new_stats' certificate summaries held the GIL 1-2 ms a part
+    stats = [LayerStats(lay.name, lay.op, lay.kind) for lay in qg.layers]
+    with kernels.serial_mode():
         env = {qg.input_name: qg.grids[qg.input_name].quantize(x)}
         for lay, st, ok in zip(qg.layers, stats, safe):
             if ok:

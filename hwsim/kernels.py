@@ -1369,7 +1369,6 @@ def _depthwise_stage_plan(wd: np.ndarray, plans: list, xmax: int) -> "_Depthwise
     """The :class:`_DepthwiseStage` of a depthwise conv (one plan per channel), or None where a value could leave
     int32 (a chunk sum: |S| <= sum |w - z_w| * max |x - z_x|; the accumulator: an A stage of at most 32 bits, or
     |b| + that bound, as |P(S)| <= |S|) or the channels' chunk rows differ."""
-    K = wd.shape[1]
     rows = np.abs(wd).sum(axis=1)
     sum_max = int(rows.max(initial=0)) * xmax
     if sum_max >= 1 << 31:
@@ -1377,11 +1376,11 @@ def _depthwise_stage_plan(wd: np.ndarray, plans: list, xmax: int) -> "_Depthwise
     b0 = np.zeros(len(plans), np.int64)
     spec = np.zeros((len(plans), 4), np.int64)
     bev = 0
-    rows_R = {int(p.spec[4]) for p in plans}
-    if len(rows_R) != 1 or min(rows_R) < 1:
+    rows_R = {int(p.spec[4]) for p in plans}  # R >= 1 (unbounded rows: the taps)
+    if len(rows_R) != 1:
         return None
     for c, p in enumerate(plans):
-        a_bits, a_mode, p_bits, p_mode, R = (int(v) for v in p.spec[:5])
+        a_bits, a_mode, p_bits, p_mode = (int(v) for v in p.spec[:4])
         if a_mode != MODE_NONE and a_bits > 32:
             return None
         b = int(p.bias[0])
@@ -2143,7 +2142,8 @@ def max_pool(x, kh, kw, sh, sw, pt, pl, pad_value, out) -> None:
 
 # ----------------------------------------------------------------------------- output clamp
 NARROW_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
-_NARROW_RANGES = tuple((int(np.iinfo(dt).min), int(np.iinfo(dt).max), dt) for dt in NARROW_DTYPES)  # np.iinfo: ~3 us a call
+# their ranges once: np.iinfo costs ~3 us a call, narrow_dtype runs per layer and batch
+_NARROW_RANGES = tuple((int(np.iinfo(dt).min), int(np.iinfo(dt).max), dt) for dt in NARROW_DTYPES)
 
 
 def narrow_dtype(lo: int, hi: int):
