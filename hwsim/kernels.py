@@ -1143,29 +1143,35 @@ def _round_f32(v, mode):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, mode, lo, hi, qmin, qmax, count_low, out):
+def _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, mode, lo, hi, qmin, qmax, count_low, out, rows):
     """Channel m of :func:`epilogue_float32` in 32-bit lanes (twice the vector width of int64/float64), for a plan
     proving |acc| < 2^31 (Epilogue.lanes32): int32(ct + a) wraps to the exact accumulator (|acc| < 2^31), whose
     float32 value is that of the int64; the rounding in float32 (:func:`_round_f32`); y = r + z_after compared
     and clamped as r against the bounds minus z_after (small integers, exact in float32), converted after the
-    clamp. The same integers as :func:`_epi_f32_channel`."""
+    clamp. The same integers as :func:`_epi_f32_channel`. The clip count: the row loop keeps each rounded value in
+    ``rows`` and only flags a clip; a row with one is counted by a second loop over ``rows`` (an int64 count in the
+    row loop halved its speed: numba widens the sum, and the loop ran in half as many lanes)."""
     nb, L = ct.shape[1] // out.shape[2], out.shape[2]
-    qh, ql = np.float32(qmax - z_after), np.float32(qmin - z_after)
+    qh = np.float32(qmax - z_after)
+    ql = np.float32(qmin - z_after) if count_low else np.float32(-np.inf)  # r < -inf: never
     fh, fl = np.float32(hi - z_after), np.float32(lo - z_after)
     za = np.int32(z_after)
     c = np.int64(0)
     for i in range(nb):
         src = ct[m, i * L:(i + 1) * L]
         dst = out[n0 + i, m]
-        ci = np.int32(0)
+        hit = False
         for l in range(L):
             x = np.int32(np.int64(src[l]) + a)
             fa = np.float32(np.float32(np.float32(x) * p) + b)
             v = np.float32(np.float32(fa * mm) + zb)
             r = _round_f32(v, mode)
-            ci += np.int32(r > qh) + np.int32(count_low and r < ql)
+            rows[l] = r
+            hit |= (r > qh) | (r < ql)  # a flag, not a count, in the vectorized loop (an int64 sum halved it)
             dst[l] = np.int32(min(max(r, fl), fh)) + za
-        c += ci
+        if hit:  # count this row's clipped values from the rounded results kept in `rows`
+            for l in range(L):
+                c += (rows[l] > qh) | (rows[l] < ql)
     return c
 
 
@@ -1181,6 +1187,7 @@ def epilogue_float32(ct, n0, add, mult, bias, has_bias, pre, has_pre, z_before, 
     """
     zb = np.float32(zy) if z_before else np.float32(0)
     z_after = 0 if z_before else zy
+    rows = np.empty(out.shape[2] if lanes32 else 0, np.float32)  # one output row's rounded values (_epi_f32_lanes)
     c = np.int64(0)
     for m in range(ct.shape[0]):
         a, mm = add[m], mult[m]
@@ -1188,15 +1195,15 @@ def epilogue_float32(ct, n0, add, mult, bias, has_bias, pre, has_pre, z_before, 
         p = pre[m] if has_pre else np.float32(1)
         if lanes32:
             if mode == 0:
-                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 0, lo, hi, qmin, qmax, count_low, out)
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 0, lo, hi, qmin, qmax, count_low, out, rows)
             elif mode == 1:
-                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 1, lo, hi, qmin, qmax, count_low, out)
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 1, lo, hi, qmin, qmax, count_low, out, rows)
             elif mode == 2:
-                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 2, lo, hi, qmin, qmax, count_low, out)
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 2, lo, hi, qmin, qmax, count_low, out, rows)
             elif mode == 3:
-                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 3, lo, hi, qmin, qmax, count_low, out)
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 3, lo, hi, qmin, qmax, count_low, out, rows)
             else:
-                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 4, lo, hi, qmin, qmax, count_low, out)
+                c += _epi_f32_lanes(ct, n0, m, a, mm, b, p, zb, z_after, 4, lo, hi, qmin, qmax, count_low, out, rows)
         elif mode == 0:
             c += _epi_f32_channel(ct, n0, m, a, mm, b, p, zb, z_after, 0, lo, hi, qmin, qmax, count_low, out)
         elif mode == 1:

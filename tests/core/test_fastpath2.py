@@ -147,6 +147,50 @@ def test_float32_epilogue_lanes32_equals_reference(cfg, scales):
     assert not ops.core.fused_epilogue(variants[0], cfg, 0, 0, 255, 0, 255, True, M, 2**31).lanes32
 
 
+@pytest.mark.parametrize("cfg", F32_CFGS[::3], ids=lambda c: f"{c.rounding}-{c.zero_point}-{c.multiplier_order}")
+def test_float32_epilogue_lanes32_counts_rows_with_and_without_clips(cfg):
+    """The 32-bit-lane epilogue flags a row with a clipped value and counts only such rows (kernels._epi_f32_lanes):
+    rows that clip nowhere, once above qmax, once below qmin (counted or not: count_low), at both ends, everywhere,
+    and values at the bounds themselves (no clip) == the reference requant + clamp + count, row by row."""
+    M, nb, L = 3, 8, 41
+    rng = np.random.default_rng(12)
+    sx, sw, sy = 0.5, np.array([1.0, 0.5, 0.25]), 1.0  # multipliers 0.5, 0.25, 0.125: exact
+    p = ops.make_requant_params(sx, sw, sy, cfg)
+    mult = sx * sw / sy
+    add = np.zeros(M, np.int64)
+    for zy, (lo, hi), (qmin, qmax), count_low, dt in ((-128, (-128, 127), (-128, 127), True, np.int8),
+                                                      (-128, (-128, 127), (-128, 127), False, np.int8),
+                                                      (0, (0, 255), (0, 255), True, np.uint8),
+                                                      (3, (3, 127), (-128, 127), False, np.int8)):
+        acc = np.empty((M, nb, L), np.int64)
+        for m in range(M):
+            inside = np.floor(np.array([qmin - zy + 1, qmax - zy - 1]) / mult[m]).astype(np.int64)
+            acc[m] = rng.integers(inside[0], inside[1], (nb, L))  # row 0: no clip anywhere
+            top, bottom = int((qmax - zy + 4) / mult[m]), int((qmin - zy - 4) / mult[m])
+            acc[m, 1, 7] = top  # one value above qmax
+            acc[m, 2, 0] = bottom  # one below qmin (counted only with count_low)
+            acc[m, 3, [0, L - 1]] = (bottom, top)  # both ends of the row
+            acc[m, 4] = top  # every value
+            acc[m, 5, :3] = np.array([qmax - zy, qmin - zy, 0]) / mult[m]  # exactly at the bounds: no clip
+            acc[m, 6, -1] = top * 1000  # far above
+        ct = acc.reshape(M, nb * L).astype(np.int32)
+        y, _ = ops.requantize(acc.transpose(1, 0, 2), p, cfg, zy, -(2**62), 2**62, channel_axis=1,
+                              impl="reference")
+        epi = ops.core.fused_epilogue(p, cfg, zy, lo, hi, qmin, qmax, count_low, M, int(np.abs(acc).max()))
+        assert epi.lanes32
+        out = np.empty((nb, M, L), dt)
+        got = epi.run(ct, 0, add, out)
+        np.testing.assert_array_equal(out, np.clip(y, lo, hi))
+        high, low = y > qmax, y < qmin
+        assert got == int(high.sum()) + (int(low.sum()) if count_low else 0)
+        assert not (high | low)[0].any() and high[1].any() and low[2].any()  # the rows are what they claim
+        for i in range(nb):  # each row alone (n0 = its place in out): its own count
+            one = np.empty((1, M, L), dt)
+            c = epi.run(np.ascontiguousarray(acc[:, i].astype(np.int32)), 0, add, one)
+            assert c == int(high[i].sum()) + (int(low[i].sum()) if count_low else 0)
+            np.testing.assert_array_equal(one[0], out[i])
+
+
 # ----------------------------------------------------------------------------- PyTorch's input quantizer
 def _torch_quantize_numpy(x, scale, zp, qmin, qmax):
     """compile.TorchQuantizeGrid.quantize's numpy form (before the kernel): the reference."""
