@@ -988,13 +988,14 @@ def pad_hwc(x, n0, o, lo, hi, pt, pl, pad_value, out):
 
 
 @njit(cache=True, nogil=True)
-def _im2col_rows(x2, Hp, geom, C, out2):
-    """:func:`im2col_hwc` on flat views x2 = xp [nb*Hp, Wp*C], out2 = out [nb*L, K]: at dilation 1 in width one
-    kernel row's kw*C values are one contiguous run of the input row (one long copy, vectorized), else kw runs
-    of C."""
+def _im2col_rows(x1, Hp, WpC, geom, C, out1, K):
+    """:func:`im2col_hwc` on flat views x1 = xp [nb*Hp*Wp*C], out1 = out [nb*L*K]: at dilation 1 in width one
+    kernel row's kw*C values are one contiguous run of the input row (one copy), else kw runs of C. Unsigned
+    flat indices: no negative-index wraparound check and no slice per run (a 3-channel stem's runs are 9-21
+    bytes: 1.2-1.3x faster than slices)."""
     kh, kw, sh, sw, dh, dw, Ho, Wo = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
-    nb = out2.shape[0] // (Ho * Wo)
-    run = kw * C if dw == 1 else C
+    nb = out1.shape[0] // (Ho * Wo * K)
+    run = np.uint64(kw * C if dw == 1 else C)
     nrun = 1 if dw == 1 else kw
     for i in range(nb):
         for oh in range(Ho):
@@ -1003,12 +1004,10 @@ def _im2col_rows(x2, Hp, geom, C, out2):
                 for a in range(kh):
                     r = i * Hp + oh * sh + a * dh
                     for b in range(nrun):
-                        s0 = (ow * sw + b * dw) * C
-                        d0 = (a * kw + b) * C
-                        src = x2[r, s0:s0 + run]  # slices: the copy loop indexes from 0 (no negative-index
-                        dst = out2[row, d0:d0 + run]  # wraparound check left in it: vectorized)
+                        s0 = np.uint64(r * WpC + (ow * sw + b * dw) * C)
+                        d0 = np.uint64(row * K + (a * kw + b) * C)
                         for j in range(run):
-                            dst[j] = src[j]
+                            out1[d0 + j] = x1[s0 + j]
 
 
 def im2col_hwc(xp, geom, out):
@@ -1016,7 +1015,9 @@ def im2col_hwc(xp, geom, out):
     a channels-last padded input (C-contiguous xp [nb, Hp, Wp, C] and out [nb, L, K]); geom = (kh, kw, sh, sw,
     dh, dw, Ho, Wo). Releases the GIL."""
     nb, Hp, Wp, C = xp.shape
-    _im2col_rows(xp.reshape(nb * Hp, Wp * C), Hp, geom, C, out.reshape(nb * out.shape[1], out.shape[2]))
+    if not (xp.flags.c_contiguous and out.flags.c_contiguous):
+        raise ValueError("im2col_hwc: xp and out must be C-contiguous")
+    _im2col_rows(xp.reshape(-1), Hp, Wp * C, geom, C, out.reshape(-1), out.shape[2])
 
 
 @njit(cache=True, nogil=True)

@@ -57,7 +57,9 @@ CONVS = [dict(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), cin=3, cout=
          dict(stride=(2, 1), padding=(0, 2, 1, 0), dilation=(1, 1), cin=4, cout=9, k=3),
          dict(stride=(1, 2), padding=(2, 2, 2, 2), dilation=(2, 1), cin=5, cout=16, k=3),
          dict(stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), cin=5, cout=3, k=1),
-         dict(stride=(2, 2), padding=(3, 3, 3, 3), dilation=(1, 1), cin=3, cout=12, k=7)]
+         dict(stride=(2, 2), padding=(3, 3, 3, 3), dilation=(1, 1), cin=3, cout=12, k=7),
+         dict(stride=(1, 1), padding=(2, 1, 2, 2), dilation=(2, 2), cin=3, cout=5, k=3),  # kw runs of C per row
+         dict(stride=(1, 3), padding=(1, 1, 0, 2), dilation=(1, 2), cin=1, cout=4, k=3)]
 
 
 def _conv_operands(rng, grid, case, n=3, hw=9):
@@ -139,10 +141,11 @@ def test_int8_gemm_property(data):
     cin, cout, k = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 12)), data.draw(st.integers(1, 3))
     pad = tuple(data.draw(st.integers(0, 2)) for _ in range(4))
     stride = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
-    x = rng.integers(xlo, xhi + 1, (data.draw(st.integers(1, 3)), cin, 5, 6))
+    dilation = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    x = rng.integers(xlo, xhi + 1, (data.draw(st.integers(1, 3)), cin, 5 + 2 * k, 6 + 2 * k))
     w = rng.integers(wlo, whi + 1, (cout, cin, k, k))
     b = rng.integers(-1000, 1000, cout)
-    kw = dict(x_zero_point=zx, stride=stride, padding=pad, acc=ops.Accumulator(bits=32))
+    kw = dict(x_zero_point=zx, stride=stride, padding=pad, dilation=dilation, acc=ops.Accumulator(bits=32))
     _same(ops.conv2d(x, w, b, **kw), ops.conv2d(x, w, b, impl="reference", **kw))
 
 
