@@ -390,14 +390,26 @@ def _float_graph(folded: Graph) -> Graph:
 
 # ----------------------------------------------------------------------------- step 2: calibrate
 def calibrate(folded: Graph, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Float forward pass over normalised calibration images; every named tensor, concatenated."""
+    """Float forward pass over normalised calibration images; every named tensor, concatenated.
+
+    Each tensor's array is allocated once for all images and filled batch by batch (a list of batches and a
+    concatenation held every tensor twice at the end: ResNet-18 @ 224, 32 images, 1.9 GB peak); a single batch
+    is kept as it is."""
     fg = _float_graph(folded)
-    out: dict[str, list[np.ndarray]] = {}
-    for i in range(0, len(images), batch_size):
+    n = len(images)
+    out: dict[str, np.ndarray] = {}
+    for i in range(0, n, batch_size):
         res = run_float(fg, images[i:i + batch_size], return_all=True)
         for k, v in res.items():
-            out.setdefault(k, []).append(np.asarray(v, np.float32))
-    return {k: np.concatenate(v) for k, v in out.items()}
+            v = np.asarray(v, np.float32)
+            if i == 0:
+                if len(v) == n:
+                    out[k] = v
+                    continue
+                out[k] = np.empty((n, *v.shape[1:]), np.float32)
+            out[k][i:i + len(v)] = v
+        del res
+    return out
 
 
 # ----------------------------------------------------------------------------- range setting

@@ -253,3 +253,22 @@ def test_bn_recipe_sets_activation_grids_from_the_bn_parameters():
         s, z = scale_zero_point(lo, hi, fmt, qmin, qmax)
         assert (qg.grids[tensor].scale, qg.grids[tensor].zero_point) == (float(s), int(z))
     assert any(n.startswith("bn ranges: ") and "input" in n for n in qg.notes)
+
+
+def test_calibrate_fills_one_array_per_tensor_batch_by_batch():
+    """calibrate over several batches (the last one partial) == each batch's float pass concatenated, value for
+    value, float32, one C-contiguous array per tensor; a single batch is that batch's own arrays."""
+    g = chain_net(seed=2)
+    folded, _ = fold_graph(g)
+    x = images(23, seed=4)
+    fg = _float_graph(folded)
+    parts = [run_float(fg, x[i:i + 8], return_all=True) for i in range(0, 23, 8)]
+    got = calibrate(folded, x, batch_size=8)
+    assert set(got) == set(parts[0])
+    for k, v in got.items():
+        want = np.concatenate([np.asarray(p[k], np.float32) for p in parts])
+        assert v.dtype == np.float32 and v.flags.c_contiguous and v.shape == want.shape, k
+        np.testing.assert_array_equal(v, want, err_msg=k)
+    one = calibrate(folded, x[:8], batch_size=8)
+    for k, v in one.items():
+        np.testing.assert_array_equal(v, np.asarray(parts[0][k], np.float32), err_msg=k)
