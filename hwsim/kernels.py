@@ -1536,10 +1536,45 @@ def depthwise_acc(x, n0, zx, lo, hi, w, geom, pt, pl, phases, acc, ct):
     return not bad
 
 
+@njit(cache=True, nogil=True)
+def _dw_phases_w2(x, n, c, zx, lo, hi, pt, pl, sh, plane, Wq, phases):
+    """:func:`_dw_phases` at stride 2 in width: input column s sits at padded column s + pl, so 2k goes to phase
+    pl % 2 and 2k + 1 to the other; both in one loop over the pairs of a row (an interleaved load: vectorized,
+    1.6x the strided slice per phase). A function of its own, one call per plane: inlined into depthwise_acc it
+    slowed the stride-1 taps 1.4x."""
+    H, W = x.shape[2], x.shape[3]
+    bad = False
+    zero = phases[0] * 0
+    for t in range(phases.shape[0]):
+        phases[t] = zero
+    half = W // 2
+    for r in range(H):
+        pr = r + pt
+        row0 = ((pr % sh) * 2 * plane) + (pr // sh) * Wq
+        d_even = row0 + (pl % 2) * plane + pl // 2
+        d_odd = row0 + (1 - pl % 2) * plane + (pl + 1) // 2
+        xrow = x[n, c, r]
+        de = phases[d_even:d_even + half]
+        do = phases[d_odd:d_odd + half]
+        for k in range(half):
+            v0 = xrow[2 * k]
+            v1 = xrow[2 * k + 1]
+            bad |= (v0 < lo) | (v0 > hi) | (v1 < lo) | (v1 > hi)
+            de[k] = v0 - zx
+            do[k] = v1 - zx
+        if W % 2 == 1:
+            v = xrow[W - 1]
+            bad |= (v < lo) | (v > hi)
+            phases[d_even + half] = v - zx
+    return bad
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _dw_phases(x, n, c, zx, lo, hi, pt, pl, sh, sw, plane, Wq, phases):
     """The zero-padded plane x[n, c] - z_x split into its sh*sw stride phases (depthwise_acc's layout); returns
     whether an input lies outside [lo, hi]."""
+    if sw == 2:
+        return _dw_phases_w2(x, n, c, zx, lo, hi, pt, pl, sh, plane, Wq, phases)
     H, W = x.shape[2], x.shape[3]
     bad = False
     zero = phases[0] * 0

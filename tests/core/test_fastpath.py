@@ -525,7 +525,10 @@ def test_serial_twins_of_mul_and_ort_float_path_equal_parallel(cfg):
                                   # the stride-phase planes (kernels.depthwise_acc): strides 2-3, width dilation
                                   dict(stride=(2, 2), padding=(2, 2, 2, 2), dilation=(1, 1), k=5),
                                   dict(stride=(1, 3), padding=(0, 1, 2, 0), dilation=(1, 2), k=3),
-                                  dict(stride=(3, 2), padding=(2, 0, 0, 3), dilation=(2, 3), k=3)],
+                                  dict(stride=(3, 2), padding=(2, 0, 0, 3), dilation=(2, 3), k=3),
+                                  # stride 2 in width (the pair loop, kernels._dw_phases_w2) at odd widths
+                                  dict(stride=(2, 2), padding=(1, 0, 1, 0), dilation=(1, 1), k=3, w=7),
+                                  dict(stride=(1, 2), padding=(0, 0, 0, 1), dilation=(1, 1), k=3, w=9)],
                          ids=lambda c: f"s{c['stride']}p{c['padding']}d{c['dilation']}k{c['k']}")
 @pytest.mark.parametrize("grid", GRIDS)
 def test_exact_depthwise_kernel_equals_reference(grid, case):
@@ -534,7 +537,7 @@ def test_exact_depthwise_kernel_equals_reference(grid, case):
     rng = np.random.default_rng(11)
     (xlo, xhi), zx, (wlo, whi), zw = grid
     C = 6
-    x = rng.integers(xlo, xhi + 1, (3, C, 9, 8))
+    x = rng.integers(xlo, xhi + 1, (3, C, 9, case.get("w", 8)))
     x[0, :, :2], x[-1, :, -2:] = xlo, xhi
     w = rng.integers(wlo, whi + 1, (C, 1, case["k"], case["k"]))
     b = rng.integers(-(2**20), 2**20, C)
@@ -552,13 +555,46 @@ def test_exact_depthwise_kernel_equals_reference(grid, case):
                 out, pe, ae = kernels.conv2d_accumulate(xs, w, b, zx, np.full(C, zw), case["stride"], case["padding"],
                                                         case["dilation"], C, ops.Accumulator(bits=32), plan=plan)
                 np.testing.assert_array_equal(out, ops.conv2d(xs, w, b, impl="reference", **kw)[0])
-        wide = x.copy()
-        wide[1, 0, 0, 0] = xhi + 1000  # outside the plan's range: planned again from the batch
-        out, _, _ = kernels.conv2d_accumulate(wide, w, b, zx, np.full(C, zw), case["stride"], case["padding"],
-                                              case["dilation"], C, ops.Accumulator(bits=32), plan=plan)
-        np.testing.assert_array_equal(out, ops.conv2d(wide, w, b, impl="reference", **kw)[0])
+        for col in (0, -1):  # outside the plan's range (first column, last: an odd width's tail): planned again
+            wide = x.copy()
+            wide[1, 0, 3, col] = xhi + 1000
+            out, _, _ = kernels.conv2d_accumulate(wide, w, b, zx, np.full(C, zw), case["stride"], case["padding"],
+                                                  case["dilation"], C, ops.Accumulator(bits=32), plan=plan)
+            np.testing.assert_array_equal(out, ops.conv2d(wide, w, b, impl="reference", **kw)[0])
     finally:
         kernels.set_threads(prev)
+
+
+def test_depthwise_phase_planes_and_range_check_at_every_column():
+    """kernels._dw_phases (both depthwise routes' input step) == the zero-padded plane x - z_x split into its stride
+    phases, built with numpy, over widths odd and even, left paddings 0-2, strides 1-3 (2 in width: the pair loop,
+    kernels._dw_phases_w2), narrow and int64 inputs; and a value just outside [lo, hi] in any row and column is
+    reported (the caller then plans again)."""
+    rng = np.random.default_rng(5)
+    for dt, (lo, hi) in ((np.uint8, (3, 250)), (np.int64, (-100, 90))):
+        for W in (6, 7):
+            for pl in (0, 1, 2):
+                for sh, sw in ((1, 1), (2, 2), (1, 2), (2, 3), (3, 1)):
+                    H, pt, zx = 5, 1, 7
+                    x = rng.integers(lo, hi + 1, (2, 3, H, W)).astype(dt)
+                    Ho, Wo = (pt + H + 1 - 3) // sh + 1, (pl + W + 1 - 3) // sw + 1
+                    geom = np.array([3, 3, sh, sw, 1, 1, Ho, Wo], np.int64)
+                    _, _, _, (_, _, _, Hq, Wq) = kernels._dw_blocks(x, geom, (pt, 1, pl, 1))
+                    plane = Hq * Wq
+                    padded = np.zeros((Hq * sh + sh, Wq * sw + sw), np.int64)
+                    padded[pt:pt + H, pl:pl + W] = x[1, 2].astype(np.int64) - zx
+                    want = np.concatenate([padded[p::sh][:Hq, :][:, q::sw][:, :Wq].ravel()
+                                           for p in range(sh) for q in range(sw)])
+                    phases = np.full(sh * sw * plane, 99, np.int32)
+                    assert not kernels._dw_phases(x, 1, 2, zx, lo, hi, pt, pl, sh, sw, plane, Wq, phases)
+                    np.testing.assert_array_equal(phases, want, err_msg=f"{dt} W{W} pl{pl} s{sh}{sw}")
+                    for r in (0, H - 1):
+                        for col in range(W):
+                            for v in (lo - 1, hi + 1):
+                                bad = x.copy()
+                                bad[1, 2, r, col] = v
+                                assert kernels._dw_phases(bad, 1, 2, zx, lo, hi, pt, pl, sh, sw, plane, Wq, phases), \
+                                    (dt, W, pl, sh, sw, r, col, v)
 
 
 def test_depthwise_kernel_not_taken_where_events_are_possible():
